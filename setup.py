@@ -1,0 +1,43 @@
+"""Packaging for hf_t2i: autoregressive and unified text-to-image models for the Hugging Face ecosystem."""
+
+from setuptools import find_packages, setup
+
+# torch is listed without a build tag on purpose: install the CPU build first (`make install` does) so that
+# pip does not resolve a multi-GB CUDA wheel on machines without a GPU.
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "transformers>=5.20,<6",
+    "diffusers>=0.40",
+    "accelerate>=1.10",
+    "datasets>=4.0",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "huggingface_hub>=1.0",
+    "numpy>=1.26",
+    "pillow>=10.0",
+    "tqdm>=4.66",
+]
+
+EXTRAS = {
+    "train": ["tensorboard>=2.15"],
+    "eval": ["torchmetrics>=1.4", "scipy>=1.11"],
+    "convert": [],
+    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.15", "torchmetrics>=1.4", "scipy>=1.11"],
+}
+
+setup(
+    name="hf_t2i",
+    version="0.1.0.dev0",
+    description="DALL-E, Parti, Fluid and Transfusion as first-class transformers / diffusers citizens",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"hf_t2i": ["checkpoints/*/*", "checkpoints/*/*/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["hf-t2i=hf_t2i.cli:main"]},
+)

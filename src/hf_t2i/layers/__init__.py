@@ -1,0 +1,32 @@
+"""Model-agnostic building blocks, written once and shared by every model."""
+
+from .attention import Attention, cache_length, key_length
+from .masks import (
+    SPARSE_IMAGE_ATTENTION_TYPES,
+    causal_mask,
+    causal_with_bidirectional_blocks,
+    prefix_lm_mask,
+    slice_mask,
+    sparse_image_mask,
+)
+from .mlp import FeedForward
+from .positional import AxialPositionalEmbedding, TimestepEmbedding, sinusoidal_embedding
+from .transformer import TransformerBlock
+
+
+__all__ = [
+    "SPARSE_IMAGE_ATTENTION_TYPES",
+    "Attention",
+    "AxialPositionalEmbedding",
+    "FeedForward",
+    "TimestepEmbedding",
+    "TransformerBlock",
+    "cache_length",
+    "key_length",
+    "causal_mask",
+    "causal_with_bidirectional_blocks",
+    "prefix_lm_mask",
+    "sinusoidal_embedding",
+    "slice_mask",
+    "sparse_image_mask",
+]

@@ -1,0 +1,107 @@
+"""Attention-mask builders. Every mask is boolean, `True` where query `i` may attend to key `j`, shaped `(S, S)`
+over a whole sequence; `slice_mask` cuts the rows and columns one forward pass needs (cache offset included).
+
+Sequence layouts:
+    - `causal_mask`: a plain decoder.
+    - `prefix_lm_mask`: a bidirectional prefix followed by a causal part.
+    - `sparse_image_mask`: DALL-E (Ramesh et al. 2021, appendix B.1): a causal text prefix that every image token
+      sees, then an image raster of `height x width` tokens under one of the Sparse Transformer patterns
+      "full" (causal), "row", "column" or "conv".
+    - `causal_with_bidirectional_blocks`: Transfusion (Zhou et al. 2024, section 2.3): causal over the sequence, and
+      bidirectional inside each image span.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+SPARSE_IMAGE_ATTENTION_TYPES = ("full", "row", "column", "conv")
+
+
+def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(S, S) lower-triangular mask."""
+    return torch.ones(length, length, dtype=torch.bool, device=device).tril()
+
+
+def prefix_lm_mask(prefix_length: int, length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(S, S) mask: the first `prefix_length` positions see each other; the rest is causal."""
+    mask = causal_mask(length, device)
+    mask[:prefix_length, :prefix_length] = True
+    return mask
+
+
+def sparse_image_mask(
+    attention_type: str,
+    text_length: int,
+    height: int,
+    width: int,
+    conv_kernel_size: int = 11,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """DALL-E's sparse masks over `[text ; image raster]`, shaped (S, S) with S = text_length + height * width.
+
+    Text positions are causal among themselves; every image position sees the whole text. Among image positions
+    (raster index i = r * width + c, always causal, j <= i):
+
+    - "full": every earlier image position.
+    - "row": the previous `width` positions (the Sparse Transformer's local window: the current row so far and the
+      tail of the row above), as in the paper's figure 11a.
+    - "column": the earlier positions of the same column.
+    - "conv": a causal `conv_kernel_size x conv_kernel_size` neighbourhood: rows r - k//2 .. r and columns
+      c - k//2 .. c + k//2.
+    """
+    if attention_type not in SPARSE_IMAGE_ATTENTION_TYPES:
+        raise ValueError(f"`attention_type` must be one of {SPARSE_IMAGE_ATTENTION_TYPES}, got {attention_type!r}.")
+    if conv_kernel_size < 1 or conv_kernel_size % 2 == 0:
+        raise ValueError(f"`conv_kernel_size` must be a positive odd number, got {conv_kernel_size}.")
+    num_image = height * width
+    length = text_length + num_image
+    mask = causal_mask(length, device)
+    index = torch.arange(num_image, device=device)
+    row, col = index // width, index % width
+    i, j = index[:, None], index[None, :]
+    if attention_type == "full":
+        image = j <= i
+    elif attention_type == "row":
+        image = (j <= i) & (i - j <= width)
+    elif attention_type == "column":
+        image = (j <= i) & (col[:, None] == col[None, :])
+    else:
+        half = conv_kernel_size // 2
+        image = (
+            (j <= i)
+            & (row[:, None] - row[None, :] <= half)
+            & ((col[:, None] - col[None, :]).abs() <= half)
+        )
+    mask[text_length:, text_length:] = image
+    return mask
+
+
+def causal_with_bidirectional_blocks(
+    length: int, blocks: Sequence[tuple[int, int]], device: torch.device | str | None = None
+) -> torch.Tensor:
+    """(S, S) causal mask in which every `[start, end)` span of `blocks` also attends bidirectionally to itself."""
+    mask = causal_mask(length, device)
+    for start, end in blocks:
+        if not 0 <= start < end <= length:
+            raise ValueError(f"Block {(start, end)} does not fit in a sequence of length {length}.")
+        mask[start:end, start:end] = True
+    return mask
+
+
+def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_length: int) -> torch.Tensor:
+    """Rows `[query_start, query_start + query_length)` and the first `key_length` columns of an (S, S) mask, as
+    (1, 1, Q, K). Columns past S (a preallocated cache longer than the sequence) are masked out."""
+    rows = mask[query_start : query_start + query_length]
+    if rows.shape[0] != query_length:
+        raise ValueError(
+            f"Positions {query_start}..{query_start + query_length - 1} exceed the model's context of {mask.shape[0]}."
+        )
+    if key_length <= rows.shape[1]:
+        rows = rows[:, :key_length]
+    else:
+        rows = torch.cat([rows, rows.new_zeros(query_length, key_length - rows.shape[1])], dim=1)
+    return rows[None, None]

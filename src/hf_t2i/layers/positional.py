@@ -1,0 +1,60 @@
+"""Positional and timestep embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class AxialPositionalEmbedding(nn.Module):
+    """Learned 2-D positions for an image raster: a row embedding plus a column embedding (as in DALL-E).
+
+    Args:
+        height: rows of the token grid.
+        width: columns of the token grid.
+        dim: embedding width.
+    """
+
+    def __init__(self, height: int, width: int, dim: int):
+        super().__init__()
+        self.height, self.width = height, width
+        self.row = nn.Embedding(height, dim)
+        self.col = nn.Embedding(width, dim)
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        """index: raster positions (any shape) in [0, height * width) -> (*index.shape, dim)."""
+        return self.row(index // self.width) + self.col(index % self.width)
+
+
+def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer sinusoidal features of (possibly fractional) positions or diffusion timesteps.
+
+    Args:
+        positions: (N,) values.
+        dim: output width (even).
+
+    Returns:
+        (N, dim) float32, `[cos | sin]` halves.
+    """
+    if dim % 2:
+        raise ValueError(f"`dim` must be even for sinusoidal embeddings, got {dim}.")
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=positions.device) / half)
+    args = positions.float()[:, None] * freqs[None]  # (N, half)
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedding(nn.Module):
+    """Sinusoidal timestep features followed by a two-layer MLP (as in DDPM / DiT)."""
+
+    def __init__(self, dim: int, frequency_dim: int = 256):
+        super().__init__()
+        self.frequency_dim = frequency_dim
+        self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """timesteps: (N,) -> (N, dim)."""
+        features = sinusoidal_embedding(timesteps, self.frequency_dim)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))

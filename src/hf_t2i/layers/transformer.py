@@ -1,0 +1,86 @@
+"""Pre-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .attention import Attention
+from .mlp import FeedForward
+
+
+class TransformerBlock(GradientCheckpointingLayer):
+    """`x + attn(ln(x))`, then `x + cross_attn(ln(x), encoder)` when `cross_attention`, then `x + mlp(ln(x))`.
+
+    Args:
+        hidden_size: model width.
+        num_heads: attention heads.
+        intermediate_size: feed-forward inner width.
+        layer_idx: index of this block in the cache.
+        cross_attention: add a cross-attention sub-layer over `encoder_hidden_states`.
+        encoder_hidden_size: width of `encoder_hidden_states` (defaults to `hidden_size`).
+        activation: feed-forward activation name.
+        glu: gated feed-forward.
+        norm_eps: LayerNorm epsilon.
+        bias: bias in projections.
+        attention_dropout: dropout on attention probabilities in training.
+        hidden_dropout: dropout on each residual branch in training.
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        intermediate_size: int,
+        layer_idx: int,
+        cross_attention: bool = False,
+        encoder_hidden_size: int | None = None,
+        activation: str = "gelu",
+        glu: bool = False,
+        norm_eps: float = 1e-5,
+        bias: bool = True,
+        attention_dropout: float = 0.0,
+        hidden_dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden_size, eps=norm_eps)
+        self.self_attn = Attention(hidden_size, num_heads, layer_idx, bias=bias, dropout=attention_dropout)
+        self.cross_attn = None
+        if cross_attention:
+            self.norm_cross = nn.LayerNorm(hidden_size, eps=norm_eps)
+            self.cross_attn = Attention(
+                hidden_size,
+                num_heads,
+                layer_idx,
+                is_cross_attention=True,
+                kv_input_size=encoder_hidden_size,
+                bias=bias,
+                dropout=attention_dropout,
+            )
+        self.norm2 = nn.LayerNorm(hidden_size, eps=norm_eps)
+        self.mlp = FeedForward(hidden_size, intermediate_size, activation, glu=glu, bias=bias)
+        self.dropout = nn.Dropout(hidden_dropout)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """hidden_states: (B, T, C); masks boolean (B or 1, 1, T, K). Returns (B, T, C)."""
+        h = self.self_attn(self.norm1(hidden_states), attention_mask, past_key_values, is_causal=is_causal)
+        hidden_states = hidden_states + self.dropout(h)
+        if self.cross_attn is not None:
+            h = self.cross_attn(
+                self.norm_cross(hidden_states),
+                encoder_attention_mask,
+                past_key_values,
+                encoder_hidden_states=encoder_hidden_states,
+            )
+            hidden_states = hidden_states + self.dropout(h)
+        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))

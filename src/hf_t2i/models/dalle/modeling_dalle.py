@@ -1,0 +1,330 @@
+"""The DALL-E prior (Ramesh et al. 2021, section 2.2): a decoder-only transformer over `[text ; image tokens]`.
+
+Token layout (one id space):
+
+    position:  0 ............. L-1 | L ........................ L+N-1
+    token:     text BPE ids (pads) | text_vocab_size + image code
+    predicts:  next text token ... | first image token ... (last position predicts nothing)
+
+- Each padded text position has its own learned embedding (`text_pad_embeddings`), so the text context is always
+  exactly `L = text_seq_len` long and needs no padding mask.
+- Text positions use a learned 1-D embedding; image positions a learned row + column embedding.
+- Attention follows `config.attention_types`: every image token sees the whole text; among image tokens the layer's
+  pattern (full / row / column / conv) applies (`layers.masks.sparse_image_mask`).
+- Loss (section 2.2): `text_loss_weight * CE(text) + image_loss_weight * CE(image)`, 1/8 and 7/8 by default.
+- Logits at positions whose next token is an image token are restricted to image ids (and text positions to text
+  ids), so stock `generate()` can only emit image tokens once the text is complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from ...layers import (
+    AxialPositionalEmbedding,
+    TransformerBlock,
+    cache_length,
+    key_length,
+    slice_mask,
+    sparse_image_mask,
+)
+from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
+from .configuration_dalle import DalleConfig
+
+
+@dataclass
+class DalleCausalLMOutput(CausalLMOutputWithPast):
+    """[`CausalLMOutputWithPast`] plus the two weighted terms of the loss.
+
+    Args:
+        text_loss: mean cross-entropy over text targets (unweighted).
+        image_loss: mean cross-entropy over image targets (unweighted).
+    """
+
+    text_loss: torch.Tensor | None = None
+    image_loss: torch.Tensor | None = None
+
+
+class DallePreTrainedModel(PreTrainedModel):
+    config_class = DalleConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+        elif isinstance(module, DalleDVAE):
+            module.apply(module._init_weights)
+
+
+class DalleModel(DallePreTrainedModel):
+    """Embeddings + sparse-attention transformer + final LayerNorm; returns hidden states."""
+
+    def __init__(self, config: DalleConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        grid = config.image_grid_size
+        self.text_embeddings = nn.Embedding(config.text_vocab_size, hidden)
+        self.text_pad_embeddings = nn.Embedding(config.text_seq_len, hidden)
+        self.text_position_embeddings = nn.Embedding(config.text_seq_len, hidden)
+        self.image_embeddings = nn.Embedding(config.image_vocab_size, hidden)
+        self.image_position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.num_attention_heads,
+                config.intermediate_size,
+                layer_idx=i,
+                activation=config.hidden_act,
+                glu=config.glu,
+                norm_eps=config.layer_norm_eps,
+                attention_dropout=config.attention_dropout,
+                hidden_dropout=config.hidden_dropout,
+            )
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self._masks: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.text_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.text_embeddings = value
+
+    def sparse_mask(self, attention_type: str, device: torch.device) -> torch.Tensor:
+        """The (S, S) mask of one attention type over the whole context, built once per device."""
+        key = (attention_type, device)
+        if key not in self._masks:
+            grid = self.config.image_grid_size
+            self._masks[key] = sparse_image_mask(
+                attention_type, self.config.text_seq_len, grid, grid, self.config.conv_kernel_size, device
+            )
+        return self._masks[key]
+
+    def embed(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
+        """(B, T) ids at positions `start .. start + T - 1` -> (B, T, C) input embeddings."""
+        config = self.config
+        length = input_ids.shape[1]
+        text_len = config.text_seq_len
+        context = text_len + config.num_image_tokens
+        if start + length > context:
+            raise ValueError(f"Positions {start}..{start + length - 1} exceed the context of {context} tokens.")
+        num_text = max(0, min(text_len - start, length))
+        parts = []
+        if num_text:
+            text_ids = input_ids[:, :num_text]
+            if length > 1 and (text_ids.min() < 0 or text_ids.max() >= config.text_vocab_size):
+                raise ValueError(
+                    f"Text positions 0..{text_len - 1} of `input_ids` must hold text ids in [0, {config.text_vocab_size})."
+                )
+            positions = torch.arange(start, start + num_text, device=input_ids.device)
+            tokens = self.text_embeddings(text_ids)
+            pads = self.text_pad_embeddings(positions)[None].expand_as(tokens)
+            tokens = torch.where((text_ids == config.text_pad_token_id)[..., None], pads, tokens)
+            parts.append(tokens + self.text_position_embeddings(positions))
+        if num_text < length:
+            image_ids = input_ids[:, num_text:] - config.text_vocab_size
+            if length > 1 and (image_ids.min() < 0 or image_ids.max() >= config.image_vocab_size):
+                raise ValueError(
+                    f"Image positions of `input_ids` must hold ids in [{config.text_vocab_size}, {config.vocab_size})."
+                )
+            first = start + num_text - text_len
+            positions = torch.arange(first, first + image_ids.shape[1], device=input_ids.device)
+            parts.append(self.image_embeddings(image_ids) + self.image_position_embeddings(positions))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """
+        Args:
+            input_ids: (B, T) ids of the positions after the cached ones.
+            attention_mask: optional (B, K) key-padding mask (1 = attend) over cached + new positions; DALL-E
+                itself never needs one (pads are learned tokens).
+            past_key_values: a transformers `Cache` (`DynamicCache` or a preallocated `StaticCache`).
+            use_cache: create a `DynamicCache` when none is given.
+        """
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        cache = past_key_values if use_cache else None
+        start = cache_length(cache)
+        length = input_ids.shape[1]
+        keys = key_length(cache, length)
+        hidden_states = self.dropout(self.embed(input_ids, start))
+
+        masks = {}
+        for attention_type in set(self.config.attention_types):
+            mask = slice_mask(self.sparse_mask(attention_type, input_ids.device), start, length, keys)
+            if attention_mask is not None:
+                padding = attention_mask.bool()[:, :keys]
+                if padding.shape[1] < keys:  # positions past the mask's end are valid
+                    padding = F.pad(padding, (0, keys - padding.shape[1]), value=True)
+                mask = mask & padding[:, None, None, :]
+            masks[attention_type] = mask
+
+        for layer, attention_type in zip(self.layers, self.config.attention_types):
+            hidden_states = layer(hidden_states, masks[attention_type], cache)
+        hidden_states = self.norm(hidden_states)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache)
+
+
+class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
+    """The DALL-E prior with its LM head and its image tokenizer (`vqmodel`, a [`DalleDVAE`]).
+
+    Example:
+
+    ```python
+    >>> from hf_t2i import DalleForConditionalGeneration, DalleProcessor
+    >>> model = DalleForConditionalGeneration.from_pretrained(path)
+    >>> processor = DalleProcessor.from_pretrained(path)
+    >>> text = processor(text=["a red circle"], return_tensors="pt").input_ids  # (1, L)
+    >>> ids = model.generate(text, do_sample=True, top_k=64)  # (1, L + N), image ids offset by text_vocab_size
+    >>> pixels = model.decode_image_tokens(ids[:, text.shape[1]:])  # (1, 3, H, W) in [-1, 1]
+    ```
+    """
+
+    def __init__(self, config: DalleConfig):
+        super().__init__(config)
+        self.model = DalleModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.vqmodel = DalleDVAE(config.vq_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.text_embeddings
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    # -- token layout helpers ---------------------------------------------------------------------------------------
+    def build_sequence(self, input_ids: torch.Tensor, image_token_ids: torch.Tensor) -> torch.Tensor:
+        """Text ids (B, L) and image codes (B, N) -> one (B, L + N) sequence of model ids."""
+        return torch.cat([input_ids, image_token_ids + self.config.text_vocab_size], dim=1)
+
+    def restrict_logits(self, logits: torch.Tensor, start: int) -> torch.Tensor:
+        """Mask (-inf) the ids that cannot come next: text ids after the text, image ids inside it.
+
+        logits: (B, T, V) for positions `start .. start + T - 1`.
+        """
+        positions = torch.arange(start, start + logits.shape[1], device=logits.device)
+        next_is_image = positions >= self.config.text_seq_len - 1  # (T,)
+        is_image_id = torch.arange(logits.shape[-1], device=logits.device) >= self.config.text_vocab_size  # (V,)
+        return logits.masked_fill(next_is_image[:, None] != is_image_id[None, :], float("-inf"))
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) image codes (or model ids >= `text_vocab_size`) -> (B, 3, H, W) pixels in [-1, 1]."""
+        if image_token_ids.numel() and image_token_ids.min() >= self.config.text_vocab_size:
+            image_token_ids = image_token_ids - self.config.text_vocab_size
+        return self.vqmodel.decode(image_token_ids)
+
+    # -- forward ----------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> DalleCausalLMOutput | tuple:
+        """
+        Args:
+            input_ids: (B, T) model ids (see the module docstring) after the cached positions.
+            attention_mask: optional (B, K) key-padding mask.
+            past_key_values: a transformers `Cache`.
+            labels: (B, T) targets aligned with `input_ids` (shifted inside); -100 is ignored. Usually `input_ids`.
+            use_cache: return the cache.
+            logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        start = cache_length(past_key_values) if use_cache else 0
+        outputs = self.model(input_ids, attention_mask, past_key_values, use_cache=use_cache)
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        first = start + outputs.last_hidden_state.shape[1] - hidden.shape[1]
+        logits = self.restrict_logits(self.lm_head(hidden), first)
+
+        loss = text_loss = image_loss = None
+        if labels is not None:
+            loss, text_loss, image_loss = self.loss(logits, labels, start)
+        out = DalleCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            text_loss=text_loss,
+            image_loss=image_loss,
+        )
+        return out if return_dict else out.to_tuple()
+
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, start: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Weighted text + image cross-entropy (paper: 1/8 and 7/8) of next-token predictions."""
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(logits.shape[:2])}, got {tuple(labels.shape)}.")
+        config = self.config
+        logits, targets = logits[:, :-1].float(), labels[:, 1:]
+        positions = torch.arange(start + 1, start + labels.shape[1], device=labels.device)
+        valid = targets != -100
+        is_image = (positions >= config.text_seq_len)[None].expand_as(targets)
+        total = logits.new_zeros(())
+        terms = []
+        for select, weight, offset, vocab in (
+            (valid & ~is_image, config.text_loss_weight, 0, config.text_vocab_size),
+            (valid & is_image, config.image_loss_weight, config.text_vocab_size, config.image_vocab_size),
+        ):
+            if not select.any():
+                terms.append(None)
+                continue
+            term = F.cross_entropy(logits[select][:, offset : offset + vocab], targets[select] - offset)
+            terms.append(term)
+            total = total + weight * term
+        return total, terms[0], terms[1]
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
+        )
+        # `generate()` builds a 4-D *causal* mask for preallocated caches; the sparse masks are built in `forward`
+        # instead, so keep the plain 2-D padding mask.
+        if attention_mask is not None:
+            inputs["attention_mask"] = attention_mask
+        return inputs
+
+
+__all__ = ["DalleCausalLMOutput", "DalleForConditionalGeneration", "DalleModel", "DallePreTrainedModel"]
