@@ -1,6 +1,36 @@
-"""hf_t2i: DALL-E, Parti, Fluid and Transfusion as first-class Hugging Face citizens."""
+"""hf_t2i: DALL-E, Parti, Fluid and Transfusion as first-class Hugging Face citizens.
+
+Importing the package registers its models with the transformers Auto classes and the "text-to-image" pipeline task.
+"""
 
 __version__ = "0.1.0.dev0"
 
+from .auto import AutoModelForTextToImage, register_all
+from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel, DallePreTrainedModel
+from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .pipelines import DallePipeline, T2IPipelineOutput, TextToImagePipeline
+from .processing_utils import T2IProcessor
+from .tokenization import train_bpe_tokenizer
+
+
+register_all()
+
+__all__ = [
+    "AutoModelForTextToImage",
+    "DalleConfig",
+    "DalleDVAE",
+    "DalleDVAEConfig",
+    "DalleForConditionalGeneration",
+    "DalleModel",
+    "DallePipeline",
+    "DallePreTrainedModel",
+    "DalleProcessor",
+    "T2IImageProcessor",
+    "T2IPipelineOutput",
+    "T2IProcessor",
+    "TextToImagePipeline",
+    "register_all",
+    "train_bpe_tokenizer",
+]

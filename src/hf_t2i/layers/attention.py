@@ -44,7 +44,9 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if hidden_size % num_heads != 0:
-            raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_heads}).")
+            raise ValueError(
+                f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_heads})."
+            )
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.layer_idx = layer_idx

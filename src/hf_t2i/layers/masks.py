@@ -71,11 +71,7 @@ def sparse_image_mask(
         image = (j <= i) & (col[:, None] == col[None, :])
     else:
         half = conv_kernel_size // 2
-        image = (
-            (j <= i)
-            & (row[:, None] - row[None, :] <= half)
-            & ((col[:, None] - col[None, :]).abs() <= half)
-        )
+        image = (j <= i) & (row[:, None] - row[None, :] <= half) & ((col[:, None] - col[None, :]).abs() <= half)
     mask[text_length:, text_length:] = image
     return mask
 

@@ -93,7 +93,9 @@ class DalleConfig(PreTrainedConfig):
                 f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads})."
             )
         if not 0 <= text_pad_token_id < text_vocab_size:
-            raise ValueError(f"`text_pad_token_id` ({text_pad_token_id}) must be in [0, text_vocab_size={text_vocab_size}).")
+            raise ValueError(
+                f"`text_pad_token_id` ({text_pad_token_id}) must be in [0, text_vocab_size={text_vocab_size})."
+            )
         if conv_kernel_size < 1 or conv_kernel_size % 2 == 0:
             raise ValueError(f"`conv_kernel_size` must be a positive odd number, got {conv_kernel_size}.")
         for name, value in (("text_seq_len", text_seq_len), ("num_hidden_layers", num_hidden_layers)):

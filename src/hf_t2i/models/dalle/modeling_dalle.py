@@ -13,7 +13,7 @@ Token layout (one id space):
   pattern (full / row / column / conv) applies (`layers.masks.sparse_image_mask`).
 - Loss (section 2.2): `text_loss_weight * CE(text) + image_loss_weight * CE(image)`, 1/8 and 7/8 by default.
 - Logits at positions whose next token is an image token are restricted to image ids (and text positions to text
-  ids), so stock `generate()` can only emit image tokens once the text is complete.
+  ids; the others get the lowest finite logit), so stock `generate()` can only emit image tokens after the text.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ...generation import autoregressive_sample, build_logits_processor
 from ...layers import (
     AxialPositionalEmbedding,
     TransformerBlock,
@@ -232,14 +233,16 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         return torch.cat([input_ids, image_token_ids + self.config.text_vocab_size], dim=1)
 
     def restrict_logits(self, logits: torch.Tensor, start: int) -> torch.Tensor:
-        """Mask (-inf) the ids that cannot come next: text ids after the text, image ids inside it.
+        """Give the ids that cannot come next (text ids after the text, image ids inside it) the lowest finite
+        logit. Finite rather than -inf so that `generate()`'s classifier-free guidance, which subtracts log-softmaxes,
+        stays free of `inf - inf`.
 
         logits: (B, T, V) for positions `start .. start + T - 1`.
         """
         positions = torch.arange(start, start + logits.shape[1], device=logits.device)
         next_is_image = positions >= self.config.text_seq_len - 1  # (T,)
         is_image_id = torch.arange(logits.shape[-1], device=logits.device) >= self.config.text_vocab_size  # (V,)
-        return logits.masked_fill(next_is_image[:, None] != is_image_id[None, :], float("-inf"))
+        return logits.masked_fill(next_is_image[:, None] != is_image_id[None, :], torch.finfo(logits.dtype).min)
 
     @torch.no_grad()
     def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
@@ -296,7 +299,9 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Weighted text + image cross-entropy (paper: 1/8 and 7/8) of next-token predictions."""
         if labels.shape != logits.shape[:2]:
-            raise ValueError(f"`labels` must have the shape of `input_ids` {tuple(logits.shape[:2])}, got {tuple(labels.shape)}.")
+            raise ValueError(
+                f"`labels` must have the shape of `input_ids` {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
+            )
         config = self.config
         logits, targets = logits[:, :-1].float(), labels[:, 1:]
         positions = torch.arange(start + 1, start + labels.shape[1], device=labels.device)
@@ -315,6 +320,85 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
             terms.append(term)
             total = total + weight * term
         return total, terms[0], terms[1]
+
+    @torch.no_grad()
+    def sample_image_tokens(
+        self,
+        input_ids: torch.LongTensor,
+        negative_input_ids: torch.LongTensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+        callback=None,
+        progress_bar=None,
+    ) -> torch.LongTensor:
+        """Draw the image tokens of each caption with the package's KV-cached loop.
+
+        The cache is preallocated for the whole context, guidance runs conditional and unconditional rows as one
+        doubled batch, and only the image slice of the LM head is computed at each step.
+
+        Args:
+            input_ids: (B, L) text ids (from the processor).
+            negative_input_ids: (B, L) or (1, L) text of the unconditional branch (the processor's encoding of '' or
+                of a negative prompt); required when `guidance_scale != 1`.
+            guidance_scale: classifier-free guidance scale (1.0 = off).
+            guidance_schedule: "constant" or "linear".
+            temperature, top_k, top_p, min_p: sampling filters (transformers semantics).
+            do_sample: sample (True) or take the argmax.
+            generator: the source of randomness.
+            callback: `callback(i, tokens_so_far)` after each token.
+            progress_bar: advanced once per token.
+
+        Returns:
+            (B, N) image codes in `[0, image_vocab_size)`.
+        """
+        config = self.config
+        if input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
+            raise ValueError(
+                f"`input_ids` must be (batch, {config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
+                "Use the processor, which pads every caption to the text context."
+            )
+        batch = input_ids.shape[0]
+        guided = guidance_scale != 1.0
+        prefix = input_ids
+        if guided:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
+                    "plain classifier-free guidance)."
+                )
+            if negative_input_ids.ndim != 2 or negative_input_ids.shape[1] != config.text_seq_len:
+                raise ValueError(
+                    f"`negative_input_ids` must have {config.text_seq_len} positions, got {tuple(negative_input_ids.shape)}."
+                )
+            prefix = torch.cat([input_ids, negative_input_ids.expand(batch, -1).to(input_ids.device)])  # (2B, L)
+        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        cache = StaticCache(config=config, max_cache_len=config.max_position_embeddings)
+        offset = config.text_vocab_size
+        weight, bias = self.lm_head.weight[offset:], self.lm_head.bias[offset:]
+
+        def step(tokens: torch.Tensor | None) -> torch.Tensor:
+            ids = prefix if tokens is None else tokens + offset
+            hidden = self.model(ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
+            return F.linear(hidden, weight, bias)  # (B', image_vocab)
+
+        return autoregressive_sample(
+            step,
+            batch,
+            config.num_image_tokens,
+            logits_processor=processors,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            do_sample=do_sample,
+            generator=generator,
+            callback=callback,
+            progress_bar=progress_bar,
+        )
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(

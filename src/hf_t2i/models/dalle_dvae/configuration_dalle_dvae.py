@@ -47,7 +47,9 @@ class DalleDVAEConfig(PreTrainedConfig):
     ):
         channel_multipliers = list(channel_multipliers)
         if not channel_multipliers or any(m < 1 for m in channel_multipliers):
-            raise ValueError(f"`channel_multipliers` must be a non-empty list of positive ints, got {channel_multipliers}.")
+            raise ValueError(
+                f"`channel_multipliers` must be a non-empty list of positive ints, got {channel_multipliers}."
+            )
         downsample = 2 ** (len(channel_multipliers) - 1)
         if image_size % downsample:
             raise ValueError(
@@ -57,11 +59,17 @@ class DalleDVAEConfig(PreTrainedConfig):
             raise ValueError(f"`reconstruction_loss` must be 'logit_laplace' or 'mse', got {reconstruction_loss!r}.")
         if not 0 <= logit_laplace_eps < 0.5:
             raise ValueError(f"`logit_laplace_eps` must be in [0, 0.5), got {logit_laplace_eps}.")
-        for name, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_blocks_per_group", num_blocks_per_group)):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("hidden_size", hidden_size),
+            ("num_blocks_per_group", num_blocks_per_group),
+        ):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
         if hidden_size % 4:
-            raise ValueError(f"`hidden_size` must be divisible by 4 (the residual branch is 1/4 wide), got {hidden_size}.")
+            raise ValueError(
+                f"`hidden_size` must be divisible by 4 (the residual branch is 1/4 wide), got {hidden_size}."
+            )
         self.image_size = image_size
         self.num_channels = num_channels
         self.vocab_size = vocab_size

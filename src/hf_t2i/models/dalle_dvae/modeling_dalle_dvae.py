@@ -90,7 +90,11 @@ def _groups(config: DalleDVAEConfig, block_cls, multipliers, first_in: int, resa
             layers.append((f"block_{b}", block_cls(width, out, num_layers)))
             width = out
         if g < len(multipliers):
-            layers.append(("pool", nn.MaxPool2d(2)) if resample is nn.MaxPool2d else ("upsample", nn.Upsample(scale_factor=2, mode="nearest")))
+            layers.append(
+                ("pool", nn.MaxPool2d(2))
+                if resample is nn.MaxPool2d
+                else ("upsample", nn.Upsample(scale_factor=2, mode="nearest"))
+            )
         groups.append((f"group_{g}", nn.Sequential(OrderedDict(layers))))
     return groups, width
 
@@ -106,7 +110,14 @@ class DalleDVAEEncoder(nn.Module):
             OrderedDict(
                 [("input", nn.Conv2d(config.num_channels, first, 7, padding=3))]
                 + groups
-                + [("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(width, config.vocab_size, 1))])))]
+                + [
+                    (
+                        "output",
+                        nn.Sequential(
+                            OrderedDict([("relu", nn.ReLU()), ("conv", nn.Conv2d(width, config.vocab_size, 1))])
+                        ),
+                    )
+                ]
             )
         )
 

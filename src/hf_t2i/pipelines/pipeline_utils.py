@@ -1,0 +1,123 @@
+"""Base class of the hf_t2i `DiffusionPipeline`s: one folder that transformers and diffusers both read.
+
+Layout of a saved pipeline (one Hub repo):
+
+    config.json, model.safetensors, generation_config.json   <- the prior (`model`), at the root
+    tokenizer*.json, processor_config.json                   <- the processor, at the root
+    model_index.json                                         <- the diffusers pipeline description
+    scorer/ , scorer_processor/ , scheduler/ ...             <- any other component, in its own subfolder
+
+transformers' `pipeline("text-to-image", model=path)` and `XForConditionalGeneration.from_pretrained(path)` read the
+root; diffusers' `XPipeline.from_pretrained(path)` reads `model_index.json` and, for a component that has no subfolder,
+loads it from the root (diffusers' own fallback). No weight is stored twice.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from diffusers import DiffusionPipeline
+
+from ..generation import validate_sampling_args
+
+
+ROOT_COMPONENTS = ("model", "processor")
+
+
+class T2IPipeline(DiffusionPipeline):
+    """Shared loading / saving (root layout, atomic file writes) and argument checks of the hf_t2i pipelines."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """diffusers' `from_pretrained`, with a clear `ValueError` when the path is neither a saved pipeline folder
+        nor a reachable Hub repository."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ValueError(
+                f"`pretrained_model_name_or_path` {path!r} has no model_index.json: it is not a saved {cls.__name__}. "
+                f"Use {cls.__name__}.save_pretrained to create one."
+            )
+        try:
+            return super().from_pretrained(path, **kwargs)
+        except OSError as error:
+            if os.path.isdir(path):
+                raise
+            raise ValueError(
+                f"`pretrained_model_name_or_path` {path!r} is not a local folder and could not be loaded from the Hub "
+                f"({type(error).__name__}: {error}). Check the path."
+            ) from error
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        """Save every component (the prior and processor at the root, others in subfolders) and `model_index.json`.
+
+        Files are written to a temporary folder first and then moved into place one by one (`os.replace`), so an
+        interrupted save never leaves a half-written weight file behind.
+        """
+        save_directory = os.fspath(save_directory)
+        if os.path.isfile(save_directory):
+            raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
+        os.makedirs(save_directory, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-save-") as tmp:
+            self.save_config(tmp)
+            for name, component in self.components.items():
+                if component is None:
+                    continue
+                target = tmp if name in ROOT_COMPONENTS else os.path.join(tmp, name)
+                if isinstance(component, torch.nn.Module):
+                    component.save_pretrained(target, safe_serialization=safe_serialization)
+                else:
+                    component.save_pretrained(target)
+            for root, _, files in os.walk(tmp):
+                relative = os.path.relpath(root, tmp)
+                destination = os.path.normpath(os.path.join(save_directory, relative))
+                os.makedirs(destination, exist_ok=True)
+                for file in files:
+                    os.replace(os.path.join(root, file), os.path.join(destination, file))
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", None) or os.path.basename(save_directory.rstrip("/"))
+            from huggingface_hub import create_repo, upload_folder
+
+            repo_id = create_repo(
+                repo_id, exist_ok=True, private=kwargs.pop("private", None), token=kwargs.get("token")
+            ).repo_id
+            upload_folder(
+                repo_id=repo_id,
+                folder_path=save_directory,
+                token=kwargs.get("token"),
+                commit_message=kwargs.get("commit_message"),
+            )
+
+    def check_image_size(self, height: int | None, width: int | None, image_size: int) -> None:
+        """These models generate one fixed size (their image tokenizer's); a different request is an error."""
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and value != image_size:
+                raise ValueError(
+                    f"`{name}` must be {image_size} for this checkpoint (its image tokenizer's size), got {value}. "
+                    "Leave it unset, or resize the returned images."
+                )
+
+    @staticmethod
+    def check_common_inputs(
+        num_images_per_prompt: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+    ) -> None:
+        if (
+            not isinstance(num_images_per_prompt, int)
+            or isinstance(num_images_per_prompt, bool)
+            or num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
+        validate_sampling_args(temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule)

@@ -1,0 +1,151 @@
+import numpy as np
+import pytest
+import torch
+from transformers import CLIPConfig, CLIPModel, pipeline
+
+from hf_t2i import AutoModelForTextToImage, DalleForConditionalGeneration, DallePipeline, DalleProcessor
+from hf_t2i.pipelines.reranking import clip_scores
+
+
+def run(pipe, prompt="a red circle", seed=0, **kwargs):
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+
+
+def test_images_have_the_model_size_and_range(dalle_pipeline):
+    images = run(dalle_pipeline, ["a red circle", "two blue squares"], num_images_per_prompt=2)
+    assert images.shape == (4, 16, 16, 3)
+    assert images.min() >= 0 and images.max() <= 1
+    pil = dalle_pipeline("a red circle", generator=torch.Generator().manual_seed(0)).images
+    assert len(pil) == 1 and pil[0].size == (16, 16)
+    assert dalle_pipeline("a red circle", output_type="pt").images.shape == (1, 3, 16, 16)
+
+
+def test_same_seed_same_image(dalle_pipeline):
+    a = run(dalle_pipeline, seed=3, guidance_scale=2.0, top_k=10)
+    b = run(dalle_pipeline, seed=3, guidance_scale=2.0, top_k=10)
+    c = run(dalle_pipeline, seed=4, guidance_scale=2.0, top_k=10)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_greedy_pipeline_matches_model_generate(dalle_pipeline):
+    model, processor = dalle_pipeline.model, dalle_pipeline.processor
+    text = processor(text=["a red circle"]).input_ids
+    ids = model.generate(text, do_sample=False, max_new_tokens=model.config.num_image_tokens)
+    expected = (model.decode_image_tokens(ids[:, text.shape[1] :]) + 1) / 2
+    images = dalle_pipeline("a red circle", do_sample=False, output_type="pt").images
+    assert torch.allclose(images, expected.clamp(0, 1))
+
+
+def test_callback_sees_every_token(dalle_pipeline):
+    steps = []
+    dalle_pipeline(
+        "a red circle", callback_on_step_end=lambda pipe, i, t, kw: steps.append(kw["image_token_ids"].shape[1])
+    )
+    assert steps == list(range(1, dalle_pipeline.model.config.num_image_tokens + 1))
+
+
+def test_save_load_all_three_entry_points(dalle_pipeline, tmp_path):
+    dalle_pipeline.save_pretrained(tmp_path)
+    expected = run(dalle_pipeline, seed=5, guidance_scale=2.0)
+
+    loaded = DallePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded, seed=5, guidance_scale=2.0), expected)
+
+    model = DalleForConditionalGeneration.from_pretrained(tmp_path)
+    auto = AutoModelForTextToImage.from_pretrained(tmp_path)
+    assert type(auto) is DalleForConditionalGeneration
+    for name, param in model.state_dict().items():
+        assert torch.equal(param, dalle_pipeline.model.state_dict()[name])
+    processor = DalleProcessor.from_pretrained(tmp_path)
+    assert (
+        processor(text="a red circle").input_ids.tolist()
+        == dalle_pipeline.processor(text="a red circle").input_ids.tolist()
+    )
+
+    task = pipeline("text-to-image", model=str(tmp_path))
+    image = task("a red circle", generator=torch.Generator().manual_seed(5), guidance_scale=2.0)
+    assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
+    # no weights stored twice: one safetensors file at the root
+    assert sorted(p.name for p in tmp_path.rglob("*.safetensors")) == ["model.safetensors"]
+
+
+def tiny_scorer():
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": 300,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+        },
+        vision_config={
+            "image_size": 16,
+            "patch_size": 8,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
+        projection_dim=8,
+    )
+    return CLIPModel(config).eval()
+
+
+def test_reranking_keeps_the_best_scored_candidates(dalle_model, dalle_processor):
+    scorer = tiny_scorer()
+    pipe = DallePipeline(model=dalle_model, processor=dalle_processor, scorer=scorer, scorer_processor=dalle_processor)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red circle",
+        num_candidates=4,
+        num_images_per_prompt=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
+    assert out.images.shape == (2, 3, 16, 16)
+    assert out.scores[0] >= out.scores[1]
+    # the kept images are the two best of the four candidates drawn with the same seed
+    candidates = pipe(
+        "a red circle", num_images_per_prompt=4, generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
+    scores = clip_scores(scorer, dalle_processor, ["a red circle"], candidates * 2 - 1)
+    best = scores.argsort(descending=True)[:2]
+    assert torch.allclose(out.images, candidates[best], atol=1e-6)
+    assert torch.allclose(out.scores, scores[best], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": "a red circle " * 10}, "prompt"),
+        ({"temperature": -1.0}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.2}, "top_p"),
+        ({"height": 32}, "height"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        ({"num_candidates": 4}, "scorer"),
+        ({"output_type": "latent"}, "output_type"),
+        ({"guidance_scale": 2.0, "negative_prompt": ["a", "b", "c"]}, "negative_prompt"),
+    ],
+)
+def test_bad_input_names_the_argument(dalle_pipeline, kwargs, name):
+    kwargs = {"prompt": "a red circle", **kwargs}
+    with pytest.raises(ValueError, match=name):
+        dalle_pipeline(**kwargs)
+
+
+def test_prompt_truncation_is_opt_in(dalle_pipeline):
+    long = "a red circle " * 10
+    assert len(dalle_pipeline(long, truncation=True).images) == 1
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="pretrained_model_name_or_path"):
+        DallePipeline.from_pretrained(tmp_path / "does-not-exist")
+    with pytest.raises(ValueError, match="model_index.json"):
+        DallePipeline.from_pretrained(tmp_path)
