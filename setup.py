@@ -34,7 +34,7 @@ setup(
     license="Apache-2.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"hf_t2i": ["checkpoints/*/*", "checkpoints/*/*/*"]},
+    package_data={"hf_t2i": ["shipped/*/*", "shipped/*/*/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -14,6 +14,7 @@ loads it from the root (diffusers' own fallback). No weight is stored twice.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
@@ -34,6 +35,8 @@ class T2IPipeline(DiffusionPipeline):
         """diffusers' `from_pretrained`, with a clear `ValueError` when the path is neither a saved pipeline folder
         nor a reachable Hub repository."""
         path = os.fspath(pretrained_model_name_or_path)
+        if cls is T2IPipeline:
+            return cls._subclass_for(path).from_pretrained(path, **kwargs)
         if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "model_index.json")):
             raise ValueError(
                 f"`pretrained_model_name_or_path` {path!r} has no model_index.json: it is not a saved {cls.__name__}. "
@@ -94,6 +97,22 @@ class T2IPipeline(DiffusionPipeline):
                 token=kwargs.get("token"),
                 commit_message=kwargs.get("commit_message"),
             )
+
+    @classmethod
+    def _subclass_for(cls, path: str) -> type[T2IPipeline]:
+        """The pipeline class a saved folder names in its model_index.json (`T2IPipeline.from_pretrained(path)`
+        loads any hf_t2i pipeline)."""
+        index = os.path.join(path, "model_index.json")
+        if not os.path.isfile(index):
+            raise ValueError(
+                f"`pretrained_model_name_or_path` {path!r} is not a saved hf_t2i pipeline (no model_index.json there)."
+            )
+        with open(index, encoding="utf-8") as f:
+            name = json.load(f).get("_class_name")
+        subclasses = {sub.__name__: sub for sub in T2IPipeline.__subclasses__()}
+        if name not in subclasses:
+            raise ValueError(f"{index} names pipeline {name!r}; hf_t2i has {sorted(subclasses)}.")
+        return subclasses[name]
 
     def check_image_size(self, height: int | None, width: int | None, image_size: int) -> None:
         """These models generate one fixed size (their image tokenizer's); a different request is an error."""

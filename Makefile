@@ -1,0 +1,36 @@
+# hf_t2i developer commands. `make demo` and `make test` install everything they need themselves.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+TORCH_VERSION ?= 2.13.0
+PROMPT ?= a red circle left of a blue square
+
+.PHONY: install demo test test-slow test-convert quality style bench
+
+# The CPU build of torch goes first so the package's bare `torch` requirement cannot pull a CUDA build.
+install:
+	$(PIP) install -q "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[dev]"
+
+demo: install
+	hf-t2i generate "$(PROMPT)" --output out.png
+
+# The default test run: offline, tiny models, well under 15 minutes on 2 cores.
+test: install
+	$(PYTHON) -m pytest -m "not slow and not convert" -q
+
+test-slow: install
+	$(PYTHON) -m pytest -m slow -q
+
+test-convert: install
+	$(PYTHON) -m pytest -m convert -q
+
+quality:
+	ruff check src tests conversion_scripts benchmarks
+	ruff format --check src tests conversion_scripts benchmarks
+
+style:
+	ruff check --fix src tests conversion_scripts benchmarks
+	ruff format src tests conversion_scripts benchmarks
+
+bench: install
+	$(PYTHON) benchmarks/bench_dalle.py

@@ -1,0 +1,29 @@
+"""Checkpoints shipped inside the package (Hub folder layout, model card included), so the main command makes a real
+picture offline. They are produced by the package's own `hf-t2i train` recipes (see each folder's README.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+SHIPPED_DIR = Path(__file__).parent / "shipped"
+# short name -> folder under SHIPPED_DIR
+SHIPPED_CHECKPOINTS = {"dalle": "dalle-emoji"}
+DEFAULT_CHECKPOINT = "dalle"
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
+    """A shipped checkpoint's short name (e.g. "dalle") or any folder / Hub id -> a path to load from."""
+    name = os.fspath(name_or_path)
+    if name in SHIPPED_CHECKPOINTS:
+        path = SHIPPED_DIR / SHIPPED_CHECKPOINTS[name]
+        if not (path / "model_index.json").is_file():
+            raise ValueError(
+                f"The shipped checkpoint {name!r} is missing from {path}; reinstall hf_t2i or pass `--model PATH`."
+            )
+        return str(path)
+    return name
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "resolve_checkpoint"]

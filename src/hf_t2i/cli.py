@@ -1,0 +1,83 @@
+"""`hf-t2i` command line: generate | train | eval | data | convert | bench.
+
+Each subcommand's work lives in its own module; this file only parses arguments and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_generate(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate images from a prompt with a checkpoint")
+    p.add_argument("prompt", nargs="+", help="the prompt (several words are joined)")
+    p.add_argument("--model", default=None, help="a shipped checkpoint name (default: dalle) or a saved folder")
+    p.add_argument("--output", default="out.png", help="output PNG; with --num-images > 1 a grid")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--num-inference-steps", type=int, default=None, help="diffusion / masked models only")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--upscale", type=int, default=4, help="save the image N times larger (nearest), 1 = as drawn")
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    import inspect
+
+    import torch
+    from diffusers.utils import make_image_grid
+
+    from .checkpoints import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from .pipelines import T2IPipeline
+
+    path = resolve_checkpoint(args.model or DEFAULT_CHECKPOINT)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = T2IPipeline.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)
+    options = {
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "num_inference_steps": args.num_inference_steps,
+    }
+    accepted = inspect.signature(pipe.__call__).parameters
+    for name, value in options.items():
+        if value is not None and name not in accepted:
+            raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    prompt = " ".join(args.prompt)
+    generator = torch.Generator().manual_seed(args.seed)
+    images = pipe(prompt, num_images_per_prompt=args.num_images, generator=generator, **kwargs).images
+    if args.upscale > 1:
+        images = [im.resize((im.width * args.upscale, im.height * args.upscale), 0) for im in images]
+    image = images[0] if len(images) == 1 else make_image_grid(images, rows=1, cols=len(images))
+    image.save(args.output)
+    print(f"saved {args.output} ({image.width}x{image.height}) for {prompt!r} with {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    _add_generate(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
