@@ -1,0 +1,6 @@
+"""Recipes shipped with hf_t2i, one module per model and stage.
+
+Each module defines a `Recipe` subclass decorated with `@register_recipe`; import it below so that
+`hf-t2i train <name>` finds it (`hf_t2i.training.recipe.load_builtin_recipes` imports this package).
+Keep the imports light: a recipe module should import its model lazily inside `build_model`.
+"""

@@ -1,0 +1,438 @@
+"""`train(recipe, config)`: the one Accelerate training loop of hf_t2i (DESIGN decision 8).
+
+What the loop owns: AdamW + LR schedule, mixed precision, gradient accumulation and clipping, gradient
+checkpointing, EMA (diffusers `EMAModel`), tensorboard scalars, sample grids, atomic checkpoints with exact resume
+and an atomic final export. Multi-process comes from the launcher (`accelerate launch`, `torchrun`), never from here.
+
+Exact resume rests on three things: (1) everything stateful is in the checkpoint (model, optimizer, scheduler,
+EMA, per-process global RNG states, the recipe's `generator`, `TrainState`); (2) the data order is a function of
+`(seed, epoch)` only and the partly consumed epoch is skipped with `accelerator.skip_first_batches`; (3) sampling
+and evaluation run under a forked RNG, so how often they run never changes the training trajectory.
+"""
+
+import contextlib
+import json
+import math
+import os
+import shutil
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+
+from .checkpointing import GeneratorState, TrainState, resolve_resume_path, save_checkpoint
+from .config import TrainingConfig
+from .data_utils import build_dataloader
+from .recipe import Recipe
+
+
+logger = get_logger(__name__)
+
+
+def make_image_grid(images: list, cols: int | None = None):
+    """Paste PIL images (same size) into a near-square grid, padding with black tiles (diffusers' helper)."""
+    from diffusers.utils import make_image_grid as diffusers_make_image_grid
+    from PIL import Image
+
+    if not images or not all(isinstance(image, Image.Image) for image in images):
+        raise TypeError("make_image_grid expects a non-empty list of PIL images (what `sample_images` returns).")
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / cols)
+    images = [image.convert("RGB") for image in images]
+    images += [Image.new("RGB", images[0].size)] * (rows * cols - len(images))
+    return diffusers_make_image_grid(images, rows=rows, cols=cols)
+
+
+def train(recipe: Recipe, training_config: TrainingConfig) -> dict[str, float]:
+    """Train `recipe`'s model as `training_config` says; export it to `<output_dir>/final`.
+
+    Every process of a launch calls this. Returns the final metrics (`global_step`, `epoch`, `train_loss` over
+    the last logging window and averaged over processes, `lr`, and the last `eval/*` values).
+    """
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"train expects a Recipe instance as `recipe`, got {type(recipe).__name__}.")
+    if not isinstance(training_config, TrainingConfig):
+        raise TypeError(f"train expects a TrainingConfig as `training_config`, got {type(training_config).__name__}.")
+    run = _TrainingRun(recipe, training_config)
+    try:
+        return run.run()
+    finally:
+        run.accelerator.end_training()
+
+
+def _build_accelerator(config: TrainingConfig) -> Accelerator:
+    """The Accelerator of one run. The scheduler is stepped by hand once per optimizer step, so the LR schedule
+    is in optimizer steps whatever the number of processes."""
+    handlers = (
+        [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.ddp_find_unused_parameters else []
+    )
+    accelerator = Accelerator(
+        cpu=_distributed_cpu_only_launch(),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=None if config.report_to == "none" else config.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=config.output_dir, logging_dir=os.path.join(config.output_dir, "logs")
+        ),
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers,
+    )
+    launched = _launched_world_size()
+    if launched > 1 and accelerator.num_processes != launched:
+        raise RuntimeError(
+            f"The launcher started {launched} processes but Accelerate sees {accelerator.num_processes}: each would "
+            "train alone into the same output_dir. On a machine without CUDA set ACCELERATE_USE_CPU=1."
+        )
+    return accelerator
+
+
+def _launched_world_size() -> int:
+    """WORLD_SIZE set by `torchrun` / `accelerate launch` (1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _distributed_cpu_only_launch() -> bool:
+    """True for a multi-process launch on a machine without an accelerator.
+
+    Accelerate only selects its gloo `MULTI_CPU` mode when told to use the CPU (`ACCELERATE_USE_CPU=1`, which
+    `accelerate launch --cpu` sets); under `torchrun` or `accelerate launch --multi_gpu` on a CPU-only machine it
+    would otherwise fall back to N independent single-process runs.
+    """
+    return _launched_world_size() > 1 and not torch.accelerator.is_available()
+
+
+def _enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """transformers' `activation_checkpointing_enable` (`gradient_checkpointing_enable` before 5.x) or diffusers'
+    `enable_gradient_checkpointing`, whichever the model has."""
+    for method in (
+        "activation_checkpointing_enable",
+        "gradient_checkpointing_enable",
+        "enable_gradient_checkpointing",
+    ):
+        if hasattr(model, method):
+            getattr(model, method)()
+            return
+    raise ValueError(
+        f"TrainingConfig.gradient_checkpointing=True but {type(model).__name__} has no "
+        "`gradient_checkpointing_enable()`; set gradient_checkpointing=False."
+    )
+
+
+def _parameter_groups(recipe: Recipe, model: torch.nn.Module, weight_decay: float):
+    """`recipe.parameters(model)` as AdamW groups plus the flat list of trained parameters (for EMA, clipping)."""
+    items = list(recipe.parameters(model))
+    groups = items if items and isinstance(items[0], dict) else [{"params": items}]
+    for group in groups:
+        group["params"] = list(group["params"])
+        group.setdefault("weight_decay", weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    if not params:
+        raise ValueError(f"{type(recipe).__name__}.parameters(model) returned no parameters to train.")
+    return groups, params
+
+
+def _build_optimizer(groups: list[dict], config: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW over the recipe's parameter groups (a group may set its own `weight_decay`)."""
+    return torch.optim.AdamW(
+        groups,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_epsilon,
+        weight_decay=config.weight_decay,
+    )
+
+
+def _build_lr_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig):
+    """transformers' `get_scheduler`; cosine with `min_lr_ratio > 0` is its 'cosine_with_min_lr'."""
+    from transformers import get_scheduler
+
+    name, extra = config.lr_scheduler, None
+    if name == "cosine" and config.min_lr_ratio > 0:
+        name, extra = "cosine_with_min_lr", {"min_lr_rate": config.min_lr_ratio}
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_steps,
+        scheduler_specific_kwargs=extra,
+    )
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+    """True when a periodic action (every `every` steps, 0 = never) is due at `step`; also at the last step."""
+    return every > 0 and (step % every == 0 or step == last)
+
+
+def _batch_size(batch) -> int:
+    """Rows in a collated batch: the leading size of its first tensor (1 when it has none)."""
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch]
+    sizes = [v.shape[0] for v in values if isinstance(v, torch.Tensor) and v.ndim > 0]
+    return sizes[0] if sizes else 1
+
+
+def _hparams(config: TrainingConfig, recipe: Recipe) -> dict:
+    """Scalar-only view of both configs for the tracker's hyperparameter table."""
+    values = {**config.to_dict(), **{f"recipe.{k}": v for k, v in recipe.config_dict().items()}}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
+
+
+class _TrainingRun:
+    """State and steps of one call to `train()`; split into short methods, not meant for direct use."""
+
+    def __init__(self, recipe: Recipe, config: TrainingConfig):
+        self.recipe, self.config = recipe, config
+        self.accelerator = _build_accelerator(config)
+        recipe.accelerator = self.accelerator
+        self.state = TrainState()
+        self.window = {"loss_sum": 0.0, "count": 0, "metrics": {}}
+        self.results: dict[str, float] = {}
+        self.grad_norm = None
+        self._setup()
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        config, recipe, accelerator = self.config, self.recipe, self.accelerator
+        set_seed(config.seed)  # same initial weights on every process
+        model = recipe.build_model()
+        if config.gradient_checkpointing:
+            _enable_gradient_checkpointing(model)
+        groups, self.params = _parameter_groups(recipe, model, config.weight_decay)
+        optimizer = _build_optimizer(groups, config)
+        scheduler = _build_lr_scheduler(optimizer, config)
+        train_loader, eval_loader = self._build_dataloaders()
+        self.model, self.optimizer, self.train_loader, self.lr_scheduler = accelerator.prepare(
+            model, optimizer, train_loader, scheduler
+        )
+        self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
+        self.sampler = train_loader.sampler
+        self.ema = self._build_ema()
+        self._register_checkpoint_state()
+        set_seed(config.seed, device_specific=True)  # different noise per process; overwritten by a resume
+        self._maybe_resume()
+        self._init_output()
+
+    def _register_checkpoint_state(self) -> None:
+        """Give the recipe its seeded per-process generator; checkpoint it with the loop state and the EMA."""
+        accelerator, seed = self.accelerator, self.config.seed
+        self.recipe.generator = torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
+        accelerator.register_for_checkpointing(self.state)  # custom_checkpoint_0.pkl
+        accelerator.register_for_checkpointing(GeneratorState(self.recipe.generator))  # custom_checkpoint_1.pkl
+        if self.ema is not None:
+            accelerator.register_for_checkpointing(self.ema)  # custom_checkpoint_2.pkl
+
+    def _build_dataloaders(self):
+        config, recipe = self.config, self.recipe
+        with self.accelerator.main_process_first():  # lets the main process fill dataset caches first
+            train_dataset = recipe.build_train_dataset()
+            eval_dataset = recipe.build_eval_dataset()
+        kwargs = {"collate_fn": recipe.collate_fn, "seed": config.seed, "num_workers": config.dataloader_num_workers}
+        train_loader = build_dataloader(train_dataset, config.train_batch_size, **kwargs)
+        eval_loader = None
+        if eval_dataset is not None:
+            eval_loader = build_dataloader(eval_dataset, config.train_batch_size, shuffle=False, **kwargs)
+        return train_loader, eval_loader
+
+    def _build_ema(self):
+        if self.config.ema_decay is None:
+            return None
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(self.params, decay=self.config.ema_decay, update_after_step=self.config.ema_update_after_step)
+
+    def _maybe_resume(self) -> None:
+        path = resolve_resume_path(self.config.output_dir, self.config.resume_from_checkpoint)
+        if path is None:
+            if self.config.resume_from_checkpoint is not None:
+                logger.info("No complete checkpoint in %s: starting a new run.", self.config.output_dir)
+            return
+        logger.info("Resuming from %s", path)
+        self.accelerator.load_state(path)
+        if self.ema is not None:
+            self.ema.to(self.accelerator.device)
+        if self.state.batches_in_epoch >= len(self.train_loader):  # saved at the very end of an epoch
+            self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
+
+    def _init_output(self) -> None:
+        config, accelerator = self.config, self.accelerator
+        if accelerator.is_main_process:
+            os.makedirs(config.output_dir, exist_ok=True)
+            config.to_json_file(os.path.join(config.output_dir, "training_config.json"))
+            recipe_config = {"recipe": self.recipe.name, **self.recipe.config_dict()}
+            with open(os.path.join(config.output_dir, "recipe_config.json"), "w", encoding="utf-8") as f:
+                json.dump(recipe_config, f, indent=2, sort_keys=True, default=str)
+        accelerator.init_trackers(self.recipe.name or "hf_t2i", config=_hparams(config, self.recipe))
+
+    # ------------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict[str, float]:
+        """Train until `max_steps`, then export. Returns the final metrics."""
+        config = self.config
+        self.progress = tqdm(
+            total=config.max_steps,
+            initial=self.state.global_step,
+            disable=not self.accelerator.is_local_main_process,
+            desc=f"train {self.recipe.name}".strip(),
+        )
+        self.model.train()
+        while self.state.global_step < config.max_steps:
+            for batch in self._epoch_batches():
+                self.state.batches_in_epoch += 1
+                self._micro_step(batch)
+                if self.accelerator.sync_gradients:
+                    self._after_optimizer_step()
+                    if self.state.global_step >= config.max_steps:
+                        break
+            else:
+                self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
+        self.progress.close()
+        self._export()
+        return {"global_step": self.state.global_step, "epoch": self.state.epoch, **self.results}
+
+    def _epoch_batches(self):
+        """The current epoch's loader: order from `(seed, epoch)`, already-consumed batches skipped."""
+        epoch, skip = self.state.epoch, self.state.batches_in_epoch
+        loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+        self.sampler.set_epoch(epoch)
+        self.train_loader.set_epoch(epoch)
+        loader.set_epoch(epoch)
+        if self.train_loader.generator is not None:  # worker seeds of this epoch
+            self.train_loader.generator.manual_seed(self.config.seed + epoch)
+        return loader
+
+    def _micro_step(self, batch) -> None:
+        """Forward/backward of one micro-batch; the optimizer only steps when Accelerate syncs gradients."""
+        accelerator, config = self.accelerator, self.config
+        with accelerator.accumulate(self.model):
+            with accelerator.autocast():
+                loss, metrics = self.recipe.training_step(self.model, batch, self.state.global_step)
+            if not (isinstance(loss, torch.Tensor) and loss.numel() == 1):
+                raise TypeError(f"{type(self.recipe).__name__}.training_step must return (scalar loss tensor, dict).")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm is not None:
+                self.grad_norm = accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self._record(loss.detach().float().item(), metrics or {})
+
+    def _record(self, loss: float, metrics: dict[str, float]) -> None:
+        self.window["loss_sum"] += loss
+        self.window["count"] += 1
+        for key, value in metrics.items():
+            self.window["metrics"].setdefault(key, []).append(float(value))
+
+    def _after_optimizer_step(self) -> None:
+        """Bookkeeping after an optimizer step: schedule, EMA, progress, logs, eval, samples, checkpoint."""
+        config, step = self.config, self.state.global_step + 1
+        if not self.accelerator.optimizer_step_was_skipped:  # fp16 overflow steps do not advance the schedule
+            self.lr_scheduler.step()
+        self.state.global_step = step
+        if self.ema is not None:
+            self.ema.step(self.params)
+        self.progress.update(1)
+        self.progress.set_postfix(loss=f"{self._window_mean_loss():.4g}", lr=f"{self._lr():.3g}")
+        if _is_due(step, config.log_steps, config.max_steps):
+            self._log()
+        if _is_due(step, config.eval_steps, config.max_steps):
+            self._evaluate()
+        if _is_due(step, config.sample_steps, config.max_steps):
+            self._sample()
+        if _is_due(step, config.checkpointing_steps, config.max_steps):
+            save_checkpoint(self.accelerator, config.output_dir, step, config.checkpoints_total_limit)
+
+    def _lr(self) -> float:
+        return self.lr_scheduler.get_last_lr()[0]
+
+    def _window_mean_loss(self) -> float:
+        return self.window["loss_sum"] / max(1, self.window["count"])
+
+    # ---------------------------------------------------------------------------------------------- logging
+    def _log(self) -> None:
+        """Log the window's loss (mean over micro-batches and processes), LR, grad norm and recipe metrics."""
+        totals = torch.tensor([self.window["loss_sum"], self.window["count"]], device=self.accelerator.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        values = {"train/loss": (totals[0] / totals[1].clamp(min=1)).item(), "train/lr": self._lr()}
+        values["train/epoch"] = self.state.epoch
+        if self.grad_norm is not None:
+            values["train/grad_norm"] = float(self.grad_norm)
+        for key, series in self.window["metrics"].items():
+            values[f"train/{key}"] = sum(series) / len(series)
+        self.accelerator.log(values, step=self.state.global_step)
+        self.results.update({"train_loss": values["train/loss"], "lr": values["train/lr"]})
+        self.window = {"loss_sum": 0.0, "count": 0, "metrics": {}}
+
+    @contextlib.contextmanager
+    def _inference_mode(self):
+        """Eval mode, no grad, EMA weights swapped in (when on) and a forked RNG, all undone on exit."""
+        devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            if self.ema is not None:
+                self.ema.store(self.params)
+                self.ema.copy_to(self.params)
+            self.model.eval()
+            try:
+                yield
+            finally:
+                self.model.train()
+                if self.ema is not None:
+                    self.ema.restore(self.params)
+
+    def _evaluate(self) -> None:
+        """Mean `training_step` loss on the eval set (all processes) plus `recipe.evaluate` (main process)."""
+        values = {}
+        with self._inference_mode():
+            if self.eval_loader is not None:
+                values["eval/loss"] = self._eval_loss()
+            if self.accelerator.is_main_process:
+                model = self.accelerator.unwrap_model(self.model)
+                extra = self.recipe.evaluate(model, self.state.global_step) or {}
+                values.update({f"eval/{k}": float(v) for k, v in extra.items()})
+        self.accelerator.log(values, step=self.state.global_step)
+        self.results.update(values)
+
+    def _eval_loss(self) -> float:
+        totals = torch.zeros(2, device=self.accelerator.device)
+        for batch in self.eval_loader:
+            with self.accelerator.autocast():
+                loss, _ = self.recipe.training_step(self.model, batch, self.state.global_step)
+            size = _batch_size(batch)
+            totals += torch.tensor([loss.float().item() * size, size], device=totals.device)
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        return (totals[0] / totals[1]).item()
+
+    def _sample(self) -> None:
+        """Save `recipe.sample_images` as `samples/step_XXXXXX.png` and log it (main process)."""
+        if not self.accelerator.is_main_process:
+            return
+        with self._inference_mode():
+            images = self.recipe.sample_images(self.accelerator.unwrap_model(self.model), self.state.global_step)
+        if not images:
+            return
+        grid = make_image_grid(images)
+        folder = os.path.join(self.config.output_dir, "samples")
+        os.makedirs(folder, exist_ok=True)
+        grid.save(os.path.join(folder, f"step_{self.state.global_step:06d}.png"))
+        if self.config.report_to == "tensorboard":
+            import numpy as np
+
+            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
+            writer.add_image("samples", np.asarray(grid), self.state.global_step, dataformats="HWC")
+
+    # ----------------------------------------------------------------------------------------------- export
+    def _export(self) -> None:
+        """`recipe.save_pretrained` of the (EMA) model into `final.tmp`, then renamed to `final` (main process)."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            final = os.path.join(self.config.output_dir, "final")
+            tmp, old = final + ".tmp", final + ".old"
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+            with self._inference_mode():
+                self.recipe.save_pretrained(accelerator.unwrap_model(self.model, keep_fp32_wrapper=False), tmp)
+            if os.path.isdir(final):
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
