@@ -62,10 +62,47 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_data(subparsers) -> None:
+    p = subparsers.add_parser("data", help="build a dataset (installs what it needs, e.g. the emoji npm packages)")
+    p.add_argument("name", choices=["shapes", "emoji", "fashion_mnist", "imagefolder"])
+    p.add_argument("--output", default=None, help="save the dataset here (datasets.save_to_disk)")
+    p.add_argument("--num-samples", type=int, default=1000, help="shapes only")
+    p.add_argument("--split", default="train", help="shapes: train|validation|test; fashion_mnist: train|test")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--cache-dir", default=None, help="emoji: where the npm packages go (default $HF_T2I_CACHE)")
+    p.add_argument("--path", default=None, help="imagefolder: the folder with metadata.jsonl")
+    p.set_defaults(func=_run_data)
+
+
+def _run_data(args) -> int:
+    from . import data
+
+    if args.name == "shapes":
+        dataset = data.build_shapes_dataset(args.num_samples, args.split, args.image_size)
+    elif args.name == "emoji":
+        dataset = data.build_emoji_dataset(args.cache_dir, image_size=args.image_size)
+    elif args.name == "fashion_mnist":
+        dataset = data.build_fashion_mnist_dataset(args.split, image_size=args.image_size)
+    else:
+        if not args.path:
+            raise ValueError("`--path` is required for imagefolder: the folder with images and metadata.jsonl.")
+        dataset = data.build_imagefolder_dataset(args.path)
+    print(dataset)
+    print("first captions:", dataset["text"][:3])
+    if args.output:
+        dataset.save_to_disk(args.output)
+        print(f"saved to {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
+    _add_data(subparsers)
+    from .training.cli import add_train_subparser
+
+    add_train_subparser(subparsers)
     return parser
 
 

@@ -4,3 +4,5 @@ Each module defines a `Recipe` subclass decorated with `@register_recipe`; impor
 `hf-t2i train <name>` finds it (`hf_t2i.training.recipe.load_builtin_recipes` imports this package).
 Keep the imports light: a recipe module should import its model lazily inside `build_model`.
 """
+
+from . import dalle  # noqa: F401  (dalle_dvae, dalle_prior)

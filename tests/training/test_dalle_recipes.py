@@ -1,0 +1,104 @@
+"""The DALL-E recipes end to end on tiny sizes: dVAE stage, cached tokens, prior stage, exported pipeline, and a
+two-process launch of the prior."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from hf_t2i import DallePipeline
+from hf_t2i.training import TrainingConfig, train
+from hf_t2i.training.recipes.dalle import (
+    DalleDVAERecipe,
+    DalleDVAERecipeConfig,
+    DallePriorRecipe,
+    DallePriorRecipeConfig,
+)
+
+
+DATA = {"dataset": "shapes", "dataset_size": 48, "eval_size": 16, "image_size": 32}
+PRIOR_FLAGS = dict(
+    text_vocab_size=300,
+    text_seq_len=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    conv_kernel_size=3,
+    sample_prompts="a red circle|two blue squares",
+)
+
+
+def run_config(output_dir, **kwargs):
+    defaults = dict(output_dir=str(output_dir), max_steps=3, train_batch_size=8, report_to="none", log_steps=1)
+    defaults.update(kwargs)
+    return TrainingConfig(**defaults)
+
+
+@pytest.fixture(scope="module")
+def dvae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dvae")
+    config = DalleDVAERecipeConfig(
+        **DATA, vocab_size=32, hidden_size=8, channel_multipliers="1,2,4", num_blocks_per_group=1
+    )
+    metrics = train(DalleDVAERecipe(config), run_config(out, eval_steps=3, sample_steps=3))
+    assert {"eval/mse", "eval/perplexity", "eval/codebook_usage"} <= set(metrics)
+    assert (out / "samples").is_dir()
+    return out / "final"
+
+
+def test_prior_recipe_exports_a_working_pipeline(dvae_dir, tmp_path):
+    cache = tmp_path / "cache"
+    config = DallePriorRecipeConfig(**DATA, dvae_path=str(dvae_dir), cache_dir=str(cache), **PRIOR_FLAGS)
+    recipe = DallePriorRecipe(config)
+    metrics = train(recipe, run_config(tmp_path / "prior", eval_steps=3, sample_steps=3))
+    assert metrics["eval/image_loss"] > 0 and metrics["eval/text_loss"] > 0
+    # the image tokens were encoded once and cached on disk
+    assert any(cache.rglob("*.arrow"))
+
+    final = tmp_path / "prior" / "final"
+    pipe = DallePipeline.from_pretrained(final)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe("a red circle", generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (1, 32, 32, 3)
+    # the frozen dVAE inside the prior is the stage-1 model, unchanged by training
+    from hf_t2i import DalleDVAE
+
+    dvae = DalleDVAE.from_pretrained(dvae_dir)
+    for name, value in dvae.state_dict().items():
+        assert torch.equal(pipe.model.vqmodel.state_dict()[name], value)
+    image = pipeline("text-to-image", model=str(final))("a red circle", generator=torch.Generator().manual_seed(0))
+    assert np.abs(np.asarray(image, dtype=np.float32) / 255 - images[0]).max() <= 1 / 255 + 1e-6
+
+
+def test_prior_recipe_requires_a_dvae():
+    with pytest.raises(ValueError, match="dvae_path"):
+        DallePriorRecipe(DallePriorRecipeConfig())
+
+
+def test_two_process_launch_of_the_prior(dvae_dir, tmp_path):
+    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root / "src"), HF_T2I_CACHE=str(tmp_path / "cache"))
+    flags = {**DATA, **PRIOR_FLAGS, "dvae_path": str(dvae_dir)}
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "hf_t2i.training", "dalle_prior"]
+    command += ["--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--train-batch-size", "4"]
+    command += ["--report-to", "none", "--log-steps", "1", "--checkpointing-steps", "2"]
+    for key, value in flags.items():
+        command += [f"--{key.replace('_', '-')}", str(value)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    checkpoint = tmp_path / "run" / "checkpoint-000002"
+    # one RNG state per process: both ranks trained
+    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == [
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    ]
+    assert (tmp_path / "run" / "final" / "model_index.json").is_file()
+    assert json.loads((tmp_path / "run" / "recipe_config.json").read_text())["recipe"] == "dalle_prior"
