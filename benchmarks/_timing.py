@@ -1,0 +1,182 @@
+"""Small helpers shared by the benchmark scripts: machine description, interleaved timing, peak-RSS deltas, tables.
+
+Timing is interleaved: every case runs once per round, the order rotating between rounds, so that load from other
+processes on a shared machine hits all cases alike and ratios taken within a round stay meaningful.
+
+Memory is the growth of the process's peak resident set (Linux `VmHWM`) over its resident set just before one call,
+after freed heap pages have been handed back to the OS (`malloc_trim`). Where `/proc/self/clear_refs` cannot reset the
+peak, memory is reported as unavailable rather than guessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+
+def machine_info(threads: int) -> dict:
+    """CPU count, torch / transformers versions and the intra-op thread count in use."""
+    import transformers
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        usable = os.cpu_count()
+    model = None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    return {
+        "cpu": platform.machine(),
+        "cpu_model": model or platform.processor() or "unknown CPU",
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "threads": threads,
+        "load_average": load_average(),
+    }
+
+
+def load_average() -> str:
+    """The 1 / 5 / 15-minute load averages, e.g. '1.10 1.66 1.34' ('n/a' where the OS has none)."""
+    if not hasattr(os, "getloadavg"):
+        return "n/a"
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# -- memory --------------------------------------------------------------------------------------------------------
+def _status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _release_free_memory() -> None:
+    """Collect garbage and return free glibc heap pages to the OS, so the next baseline is the live set."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset `VmHWM` to the current RSS (Linux >= 4.0). False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+class PeakRSS:
+    """Context manager: `mib` is the peak RSS growth inside the block, None where `VmHWM` cannot be reset."""
+
+    def __enter__(self) -> PeakRSS:
+        _release_free_memory()
+        self.baseline = _status_kib("VmRSS") if _reset_peak_rss() else None
+        self.mib: float | None = None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        peak = _status_kib("VmHWM")
+        if self.baseline is not None and peak is not None:
+            self.mib = max(0, peak - self.baseline) / 1024
+
+
+# -- timing --------------------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    """One thing to time. `fn` does the whole measured call; `per` divides its seconds (e.g. images per call).
+
+    `seconds` are wall-clock; `cpu_seconds` the process's CPU time over the same calls (all threads, so idle-spinning
+    worker threads count too). With one thread, CPU time is the steadier figure on a loaded machine.
+    """
+
+    name: str
+    fn: Callable[[], object]
+    per: int = 1
+    seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
+    memory_mib: list[float] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def median(self) -> float | None:
+        """Median wall seconds per unit (`per`)."""
+        return statistics.median(self.seconds) / self.per if self.seconds else None
+
+    @property
+    def memory_median(self) -> float | None:
+        """Median peak-RSS growth in MiB over all calls (warm-up included)."""
+        return statistics.median(self.memory_mib) if self.memory_mib else None
+
+    @property
+    def spread(self) -> float | None:
+        """Slowest / fastest timed call: well above 1 means the machine's load changed during the rounds."""
+        return max(self.seconds) / min(self.seconds) if self.seconds and min(self.seconds) > 0 else None
+
+    def call(self, timed: bool) -> None:
+        with PeakRSS() as memory:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            self.fn()
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        if memory.mib is not None:
+            self.memory_mib.append(memory.mib)
+        if timed:
+            self.seconds.append(elapsed)
+            self.cpu_seconds.append(cpu)
+
+
+def run_interleaved(cases: Sequence[Case], repeats: int) -> None:
+    """One untimed warm-up call per case, then `repeats` timed rounds in rotating order; every call also records
+    its peak-RSS growth (garbage collection and `malloc_trim` run before each call, outside the timed region).
+
+    A case that raises in its warm-up is marked with its error and left out of the rounds; the others go on.
+    """
+    for case in cases:
+        try:
+            case.call(timed=False)
+        except Exception as error:  # report, do not hide, a case that cannot run
+            case.error = f"{type(error).__name__}: {error}"
+    live = [case for case in cases if case.error is None]
+    for round_index in range(repeats):
+        shift = round_index % len(live) if live else 0
+        for case in live[shift:] + live[:shift]:
+            case.call(timed=True)
+
+
+def paired_ratio(numerator: Case, denominator: Case) -> float | None:
+    """Median over rounds of `numerator / denominator` per image, each pair timed in the same round."""
+    if not numerator.seconds or not denominator.seconds:
+        return None
+    ratios = [
+        (a / numerator.per) / (b / denominator.per) for a, b in zip(numerator.seconds, denominator.seconds) if b > 0
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
+# -- output --------------------------------------------------------------------------------------------------------
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table, columns padded to their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(cell).ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
+    return "\n".join([line(headers), separator, *(line(row) for row in rows)])

@@ -1,0 +1,418 @@
+"""Speed and memory of the DALL-E prior's image-token sampling: hf_t2i next to min-dalle 0.4.11, in one run.
+
+Config (the project's benchmark issue): text vocab 4096, 32 text tokens, 16x16 = 256 image tokens, codebook 1024,
+width 256, depth 4, 8 heads, MLP x4, random weights (speed does not depend on training).
+
+Rows, for batch 1 and 8, with and without classifier-free guidance:
+    - hf_t2i `sample_image_tokens` (the package's KV-cached loop: StaticCache, one doubled batch under guidance);
+    - hf_t2i via stock transformers `generate()` (DynamicCache; guidance through `negative_prompt_ids`, which runs
+      the unconditional rows as a second forward per step);
+    - min-dalle's own `DalleBartEncoder` / `DalleBartDecoder` at the same sizes, driven by a copy of the token loop
+      of `MinDalle.generate_raw_image_stream` (its `decoder.sample_tokens` and `attention_state` cache);
+    - hf_t2i's dVAE decode of the sampled codes to 64x64 pixels. min-dalle's VQGAN is hard-wired to a 16384-code,
+      256px model, so it gets only an opt-in, not-comparable row (`--min-dalle-vqgan`, batch 1).
+
+All cases of one (batch, guidance) cell run interleaved, round after round, so that a shared machine's load falls on
+all of them alike; the speed-up column is the median over rounds of min-dalle's time / ours in the same round.
+
+    python benchmarks/bench_dalle.py [--repeats N] [--threads T] [--json out.json] [--profile] [--min-dalle-vqgan]
+
+`--profile` adds a torch.profiler / cProfile breakdown of hf_t2i's batch-1 guided sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime
+import importlib
+import importlib.metadata
+import importlib.util
+import io
+import json
+import pstats
+import sys
+import time
+import types
+
+import torch
+from _timing import Case, format_table, load_average, machine_info, paired_ratio, run_interleaved
+from transformers.utils import logging as transformers_logging
+
+from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration
+
+
+TEXT_VOCAB = 4096
+TEXT_TOKENS = 32
+GRID = 16  # 16 x 16 = 256 image tokens
+CODEBOOK = 1024
+WIDTH = 256
+DEPTH = 4
+HEADS = 8
+MLP = 4 * WIDTH
+TOP_K = 64
+MIN_DALLE_VERSION = "0.4.11"
+MIN_DALLE_INSTALL = f"pip install --no-deps min-dalle=={MIN_DALLE_VERSION}"
+
+
+# -- hf_t2i --------------------------------------------------------------------------------------------------------
+def build_ours() -> DalleForConditionalGeneration:
+    """The prior at the benchmark config; a 64px dVAE with 3 groups gives the 16x16 grid."""
+    vq = DalleDVAEConfig(image_size=64, vocab_size=CODEBOOK, channel_multipliers=[1, 2, 4], hidden_size=64)
+    config = DalleConfig(
+        vq_config=vq,
+        text_vocab_size=TEXT_VOCAB,
+        text_seq_len=TEXT_TOKENS,
+        hidden_size=WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+    )
+    if config.num_image_tokens != GRID * GRID:
+        raise RuntimeError(f"The dVAE config gives {config.num_image_tokens} image tokens, expected {GRID * GRID}.")
+    return DalleForConditionalGeneration(config).eval()
+
+
+def ours_sample(model, text: torch.Tensor, negative: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    tokens = model.sample_image_tokens(
+        text,
+        negative_input_ids=negative if guidance_scale != 1.0 else None,
+        guidance_scale=guidance_scale,
+        top_k=TOP_K,
+        generator=torch.Generator().manual_seed(0),
+    )
+    if tokens.shape != (text.shape[0], GRID * GRID):
+        raise RuntimeError(f"sample_image_tokens returned {tuple(tokens.shape)}.")
+    return tokens
+
+
+def ours_generate(model, text: torch.Tensor, negative: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    kwargs = {}
+    if guidance_scale != 1.0:
+        kwargs = {"guidance_scale": guidance_scale, "negative_prompt_ids": negative.expand(text.shape[0], -1)}
+    torch.manual_seed(0)
+    ids = model.generate(text, do_sample=True, top_k=TOP_K, max_new_tokens=GRID * GRID, **kwargs)
+    if ids.shape != (text.shape[0], TEXT_TOKENS + GRID * GRID) or ids[:, TEXT_TOKENS:].min() < TEXT_VOCAB:
+        raise RuntimeError(f"generate() returned {tuple(ids.shape)} ids, not {GRID * GRID} image tokens per row.")
+    return ids
+
+
+# -- min-dalle -----------------------------------------------------------------------------------------------------
+def import_min_dalle_models() -> tuple[types.ModuleType | None, str | None, str]:
+    """`min_dalle.models` without running `min_dalle/__init__.py`.
+
+    The package's `__init__` imports `min_dalle.py`, which needs `emoji` and `requests` (tokenizer, weight downloads)
+    and at import time turns gradients off and sets the thread count to `os.cpu_count()` for the whole process. The
+    model classes need only torch, so a bare package object stands in for the real `__init__`.
+    """
+    spec = importlib.util.find_spec("min_dalle")
+    if spec is None or not spec.submodule_search_locations:
+        return None, None, f"min-dalle is not installed, so its rows are skipped; to add them: {MIN_DALLE_INSTALL}"
+    version = importlib.metadata.version("min-dalle")
+    if "min_dalle" not in sys.modules:
+        package = types.ModuleType("min_dalle")
+        package.__path__ = list(spec.submodule_search_locations)
+        sys.modules["min_dalle"] = package
+    models = importlib.import_module("min_dalle.models")
+    note = "" if version == MIN_DALLE_VERSION else f" (the issue's figures are for {MIN_DALLE_VERSION})"
+    return models, version, f"min-dalle {version}{note}"
+
+
+class MinDalleRunner:
+    """min-dalle's encoder and decoder at the benchmark config, and its token loop.
+
+    Choices forced by its architecture (BART: the text goes through an encoder, the decoder cross-attends to it):
+        - encoder: 4 layers, width 256, 8 heads, GLU 1024, over the 32 text tokens (vocab 4096);
+        - decoder: 4 layers, width 256, 8 heads, GLU 1024 (`glu_embed_count`; its GLU has three 256x1024 matrices,
+          so its feed-forward costs 1.5x our 2-matrix MLP x4), codebook 1024 (+1 start-token row it allocates);
+        - start token: `image_vocab_count` (1024), the extra embedding row. `generate_raw_image_stream` uses
+          `2 ** 14 - 1`, which only exists in its 16384-code models;
+        - pad id 1, unconditional row `[bos=0, eos=2, pad ...]` as its tokenizer would give for a prompt.
+    """
+
+    def __init__(self, models: types.ModuleType):
+        self.encoder = models.DalleBartEncoder(
+            layer_count=DEPTH,
+            embed_count=WIDTH,
+            attention_head_count=HEADS,
+            text_vocab_count=TEXT_VOCAB,
+            text_token_count=TEXT_TOKENS,
+            glu_embed_count=MLP,
+            device="cpu",
+        ).eval()
+        self.decoder = models.DalleBartDecoder(
+            image_vocab_count=CODEBOOK,
+            embed_count=WIDTH,
+            attention_head_count=HEADS,
+            glu_embed_count=MLP,
+            layer_count=DEPTH,
+            device="cpu",
+        ).eval()
+        self.image_token_count = models.dalle_bart_decoder.IMAGE_TOKEN_COUNT
+        if self.image_token_count != GRID * GRID:
+            raise RuntimeError(f"min-dalle's decoder is fixed at {self.image_token_count} image tokens.")
+
+    @torch.no_grad()
+    def sample(self, text: torch.Tensor, supercondition_factor: float, seed: int = 0) -> torch.Tensor:
+        """(B, 32) text ids -> (B, 256) image codes, following `MinDalle.generate_raw_image_stream`.
+
+        min-dalle encodes one prompt per call (its encoder's position ids are fixed at 2 rows: unconditional,
+        conditional), so B prompts take B encoder calls; decoding then runs all 2B rows together as it does for a
+        grid of images. CUDA autocast and `torch.cuda.empty_cache()` are no-ops on CPU and left out.
+        """
+        batch = text.shape[0]
+        unconditional = torch.ones_like(text)  # pad id 1
+        unconditional[:, 0], unconditional[:, 1] = 0, 2  # bos, eos
+        states = [self.encoder(torch.stack([unconditional[i], text[i]])) for i in range(batch)]  # B x (2, T, C)
+        encoder_state = torch.cat([torch.stack([s[0] for s in states]), torch.stack([s[1] for s in states])])
+        text_tokens = torch.cat([unconditional, text])  # (2B, T): unconditional rows first, as its expanded_indices
+        attention_mask = text_tokens.not_equal(1)[:, None, None, :]
+        attention_state = torch.zeros(DEPTH, batch * 4, self.image_token_count, WIDTH)
+        image_tokens = torch.full((batch, self.image_token_count + 1), CODEBOOK, dtype=torch.long)
+        torch.manual_seed(seed)
+        token_indices = torch.arange(self.image_token_count)
+        settings = torch.tensor([1.0, TOP_K, supercondition_factor], dtype=torch.float32)
+        for i in range(self.image_token_count):
+            image_tokens[:, i + 1], attention_state = self.decoder.sample_tokens(
+                settings=settings,
+                attention_mask=attention_mask,
+                encoder_state=encoder_state,
+                attention_state=attention_state,
+                prev_tokens=image_tokens[:, [i]],
+                token_index=token_indices[[i]],
+            )
+        return image_tokens[:, 1:]
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------------
+OURS_SAMPLE, OURS_GENERATE, OURS_DECODE = (
+    "hf_t2i sample_image_tokens",
+    "hf_t2i generate()",
+    "hf_t2i dVAE decode (64px)",
+)
+PEER_DECODE = "min-dalle VQGAN decode (256px, 16384 codes)"
+HEADERS = ["implementation", "batch", "guidance", "s / image", "ms / token step", "peak RSS Δ MiB", "vs min-dalle"]
+
+
+def parameter_mib(*modules: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
+
+
+def cell_cases(model, peer, vqgan, text, codes, negative, scale, peer_version) -> list[Case]:
+    """The cases of one (batch, guidance) cell; min-dalle, when present, is always the third."""
+    batch = text.shape[0]
+    cases = [
+        Case(OURS_SAMPLE, lambda: ours_sample(model, text, negative, scale), batch),
+        Case(OURS_GENERATE, lambda: ours_generate(model, text, negative, scale), batch),
+    ]
+    if peer is not None:
+        cases.append(Case(f"min-dalle {peer_version}", lambda: peer.sample(text, scale), batch))
+    if scale == 1.0:
+        cases.append(Case(OURS_DECODE, lambda: model.decode_image_tokens(codes), batch))
+        if vqgan is not None:
+            vq_codes = codes[:1]  # its detokenizer takes one image (or one seamless grid) per call
+
+            def vqgan_decode():
+                with torch.no_grad():
+                    return vqgan(False, vq_codes)
+
+            cases.append(Case(PEER_DECODE, vqgan_decode, 1))
+    return cases
+
+
+def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> tuple[list[str], dict]:
+    """One printed row and its JSON record. Decode rows have no guidance and no speed-up."""
+    is_decode = case.name in (OURS_DECODE, PEER_DECODE)
+    is_peer = case is reference
+    guided = scale != 1.0
+    if is_decode:
+        guidance = "-"
+    elif is_peer and not guided:
+        guidance = "off (factor 1.0, still 2B rows)"
+    else:
+        guidance = f"{scale:g}" if guided else "off"
+    ratio = None
+    if is_peer and not case.error:
+        ratio = 1.0
+    elif reference is not None and not (case.error or reference.error or is_decode):
+        ratio = paired_ratio(reference, case)
+    median = case.median
+    batch_shown = case.per if is_decode else batch
+    row = [
+        case.name,
+        str(batch_shown),
+        guidance,
+        f"FAILED: {case.error}" if case.error else f"{median:.3f}",
+        "-" if median is None or is_decode else f"{median * batch / (GRID * GRID) * 1e3:.2f}",
+        "n/a" if case.memory_median is None else f"{case.memory_median:.1f}",
+        "-" if ratio is None else f"{ratio:.2f}x",
+    ]
+    record = {
+        "implementation": case.name,
+        "batch": batch_shown,
+        "guidance_scale": None if is_decode else scale,
+        "seconds_per_call": case.seconds,
+        "cpu_seconds_per_call": case.cpu_seconds,
+        "seconds_per_image_median": median,
+        "peak_rss_delta_mib_per_call": case.memory_mib,
+        "peak_rss_delta_mib_median": case.memory_median,
+        "speed_up_vs_min_dalle": ratio,
+        "slowest_over_fastest": case.spread,
+        "error": case.error,
+    }
+    return row, record
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    model = build_ours()
+    models, peer_version, peer_note = import_min_dalle_models()
+    peer = MinDalleRunner(models) if models is not None else None
+    vqgan = models.VQGanDetokenizer().eval() if models is not None and args.min_dalle_vqgan else None
+    generator = torch.Generator().manual_seed(1234)
+    negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)  # the processor's encoding of '' is all pads (id 0)
+
+    # One untimed call of each implementation first, so that one-time costs (thread pools, kernel caches, the sparse
+    # masks) land on no row's memory or time.
+    warm_text = torch.randint(3, TEXT_VOCAB, (1, TEXT_TOKENS), generator=generator)
+    warm_codes = torch.zeros(1, GRID * GRID, dtype=torch.long)
+    for case in cell_cases(model, peer, None, warm_text, warm_codes, negative, 1.0, ""):
+        with contextlib.suppress(Exception):  # a case that cannot run is reported by its own row below
+            case.fn()
+
+    rows, records, all_cases = [], [], []
+    for batch in args.batches:
+        text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
+        codes = torch.randint(0, CODEBOOK, (batch, GRID * GRID), generator=generator)
+        for scale in (1.0, args.guidance_scale):
+            cases = cell_cases(model, peer, vqgan if batch == 1 else None, text, codes, negative, scale, peer_version)
+            run_interleaved(cases, args.repeats)
+            reference = cases[2] if peer is not None else None
+            all_cases.extend(cases)
+            for case in cases:
+                row, record = table_row(case, reference, batch, scale)
+                rows.append(row)
+                records.append(record)
+    noisy = [
+        f"{r['implementation']} (batch {r['batch']})" for r, c in zip(records, all_cases) if (c.spread or 1) > 1.5
+    ]
+    weights = {"hf_t2i prior": parameter_mib(model.model, model.lm_head), "hf_t2i dVAE": parameter_mib(model.vqmodel)}
+    if peer is not None:
+        weights["min-dalle encoder + decoder"] = parameter_mib(peer.encoder, peer.decoder)
+    return {
+        "table": format_table(HEADERS, rows),
+        "rows": records,
+        "noisy_rows": noisy,
+        "peer": peer_note,
+        "weights_mib": weights,
+    }
+
+
+def profile_ours(guidance_scale: float, top: int = 15) -> str:
+    """torch.profiler (ops) and cProfile (Python frames) of one batch-1 guided `sample_image_tokens` call."""
+    model = build_ours()
+    text = torch.randint(3, TEXT_VOCAB, (1, TEXT_TOKENS), generator=torch.Generator().manual_seed(0))
+    negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)
+    ours_sample(model, text, negative, guidance_scale)  # warm-up
+    steps = GRID * GRID
+    out = io.StringIO()
+    start = time.perf_counter()
+    ours_sample(model, text, negative, guidance_scale)
+    wall = time.perf_counter() - start
+    out.write(f"unprofiled call: {wall:.3f} s = {wall / steps * 1e3:.2f} ms per token step (prefill included)\n\n")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        ours_sample(model, text, negative, guidance_scale)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    out.write(f"torch.profiler, self CPU time by op over {steps} steps (total {total / 1e3:.0f} ms):\n")
+    op_rows = [
+        [
+            e.key,
+            f"{e.count / steps:.1f}",
+            f"{e.self_cpu_time_total / steps / 1e3:.3f}",
+            f"{e.self_cpu_time_total / total:.1%}",
+        ]
+        for e in events[:top]
+    ]
+    out.write(format_table(["op", "calls / step", "self ms / step", "share"], op_rows) + "\n\n")
+    profiler = cProfile.Profile()
+    profiler.enable()
+    ours_sample(model, text, negative, guidance_scale)
+    profiler.disable()
+    text_out = io.StringIO()
+    pstats.Stats(profiler, stream=text_out).sort_stats("tottime").print_stats(top)
+    out.write("cProfile, Python frames by own time (includes the ops they call directly):\n")
+    report = text_out.getvalue()
+    out.write(report[report.find("   ncalls") :] if "   ncalls" in report else report)
+    return out.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    parser.add_argument("--guidance-scale", type=float, default=3.0, help="guidance scale of the guided rows")
+    parser.add_argument("--profile", action="store_true", help="also profile hf_t2i at batch 1 with guidance")
+    parser.add_argument(
+        "--min-dalle-vqgan",
+        action="store_true",
+        help="also time min-dalle's VQGAN detokenizer at batch 1 (random weights; fixed at 16384 codes and 256px, "
+        "so not the benchmark config; MinDalle.generate_image runs it after sampling)",
+    )
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    if args.guidance_scale == 1.0:
+        parser.error("--guidance-scale must differ from 1.0 (1.0 is the unguided row).")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    transformers_logging.set_verbosity_error()
+
+    machine = machine_info(torch.get_num_threads())
+    print(
+        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"python {machine['python']}, threads {machine['threads']}, load average {machine['load_average']}"
+    )
+    print(
+        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook {CODEBOOK}, "
+        f"width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, random weights"
+    )
+    print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per case")
+    started = datetime.datetime.now()
+    result = run_benchmark(args)
+    print(f"peer: {result['peer']}")
+    print("weights (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in result["weights_mib"].items()))
+    print()
+    print(result["table"])
+    print()
+    print(
+        "s / image: median call time / batch. ms / token step: median call time / 256.\n"
+        "peak RSS Δ: growth of the process's peak RSS over its RSS just before the call (median over all calls).\n"
+        "vs min-dalle: median over rounds of min-dalle's time / this row's time, both from the same round "
+        "(> 1 = faster than min-dalle)."
+    )
+    if result["noisy_rows"]:
+        print(
+            "WARNING: the machine's load changed during these rows (slowest timed call > 1.5x the fastest): "
+            + "; ".join(result["noisy_rows"])
+            + ". Their medians are unreliable, the paired ratios less so; re-run, raise --repeats, or use --threads 1 "
+            "(with all cores busy elsewhere, spinning OpenMP workers make multi-threaded calls many times slower)."
+        )
+    elapsed = (datetime.datetime.now() - started).total_seconds()
+    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
+    if args.profile:
+        print()
+        print(profile_ours(args.guidance_scale))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": machine, "date": started.isoformat(timespec="seconds"), **result}, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
