@@ -4,6 +4,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, pipeline
 
 from hf_t2i import AutoModelForTextToImage, DalleForConditionalGeneration, DallePipeline, DalleProcessor
+from hf_t2i.pipelines import T2IPipeline
 from hf_t2i.pipelines.reranking import clip_scores
 
 
@@ -52,6 +53,7 @@ def test_save_load_all_three_entry_points(dalle_pipeline, tmp_path):
     loaded = DallePipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert np.array_equal(run(loaded, seed=5, guidance_scale=2.0), expected)
+    assert type(T2IPipeline.from_pretrained(tmp_path)) is DallePipeline  # the base class dispatches on model_index
 
     model = DalleForConditionalGeneration.from_pretrained(tmp_path)
     auto = AutoModelForTextToImage.from_pretrained(tmp_path)

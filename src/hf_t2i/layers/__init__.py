@@ -3,6 +3,7 @@
 from .attention import Attention, cache_length, key_length
 from .masks import (
     SPARSE_IMAGE_ATTENTION_TYPES,
+    additive_mask,
     causal_mask,
     causal_with_bidirectional_blocks,
     prefix_lm_mask,
@@ -17,6 +18,7 @@ from .transformer import TransformerBlock
 __all__ = [
     "SPARSE_IMAGE_ATTENTION_TYPES",
     "Attention",
+    "additive_mask",
     "AxialPositionalEmbedding",
     "FeedForward",
     "TimestepEmbedding",

@@ -88,9 +88,15 @@ def causal_with_bidirectional_blocks(
     return mask
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask -> float mask of 0 (attend) and -inf (masked), the form SDPA adds to the scores directly
+    (a boolean mask is converted on every call)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
 def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_length: int) -> torch.Tensor:
-    """Rows `[query_start, query_start + query_length)` and the first `key_length` columns of an (S, S) mask, as
-    (1, 1, Q, K). Columns past S (a preallocated cache longer than the sequence) are masked out."""
+    """Rows `[query_start, query_start + query_length)` and the first `key_length` columns of an (S, S) boolean or
+    additive mask, as (1, 1, Q, K). Columns past S (a preallocated cache longer than the sequence) are masked out."""
     rows = mask[query_start : query_start + query_length]
     if rows.shape[0] != query_length:
         raise ValueError(
@@ -99,5 +105,6 @@ def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_leng
     if key_length <= rows.shape[1]:
         rows = rows[:, :key_length]
     else:
-        rows = torch.cat([rows, rows.new_zeros(query_length, key_length - rows.shape[1])], dim=1)
+        masked = False if rows.dtype == torch.bool else float("-inf")
+        rows = torch.cat([rows, rows.new_full((query_length, key_length - rows.shape[1]), masked)], dim=1)
     return rows[None, None]

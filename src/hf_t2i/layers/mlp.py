@@ -35,7 +35,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(hidden_size, intermediate_size * (2 if glu else 1), bias=bias)
         self.act = ACT2FN[activation]
         self.fc2 = nn.Linear(intermediate_size, hidden_size, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)
@@ -44,4 +44,5 @@ class FeedForward(nn.Module):
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return self.dropout(self.fc2(h))
+        h = self.fc2(h)
+        return h if self.dropout is None else self.dropout(h)

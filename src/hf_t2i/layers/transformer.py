@@ -61,7 +61,11 @@ class TransformerBlock(GradientCheckpointingLayer):
             )
         self.norm2 = nn.LayerNorm(hidden_size, eps=norm_eps)
         self.mlp = FeedForward(hidden_size, intermediate_size, activation, glu=glu, bias=bias)
-        self.dropout = nn.Dropout(hidden_dropout)
+        # No module at all without dropout: a no-op call per sub-layer costs real time in batch-1 decoding.
+        self.dropout = nn.Dropout(hidden_dropout) if hidden_dropout > 0 else None
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.dropout is None else self.dropout(x)
 
     def forward(
         self,
@@ -74,7 +78,7 @@ class TransformerBlock(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """hidden_states: (B, T, C); masks boolean (B or 1, 1, T, K). Returns (B, T, C)."""
         h = self.self_attn(self.norm1(hidden_states), attention_mask, past_key_values, is_causal=is_causal)
-        hidden_states = hidden_states + self.dropout(h)
+        hidden_states = hidden_states + self._drop(h)
         if self.cross_attn is not None:
             h = self.cross_attn(
                 self.norm_cross(hidden_states),
@@ -82,5 +86,5 @@ class TransformerBlock(GradientCheckpointingLayer):
                 past_key_values,
                 encoder_hidden_states=encoder_hidden_states,
             )
-            hidden_states = hidden_states + self.dropout(h)
-        return hidden_states + self.dropout(self.mlp(self.norm2(hidden_states)))
+            hidden_states = hidden_states + self._drop(h)
+        return hidden_states + self._drop(self.mlp(self.norm2(hidden_states)))

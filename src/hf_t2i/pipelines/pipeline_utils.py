@@ -109,7 +109,11 @@ class T2IPipeline(DiffusionPipeline):
             )
         with open(index, encoding="utf-8") as f:
             name = json.load(f).get("_class_name")
-        subclasses = {sub.__name__: sub for sub in T2IPipeline.__subclasses__()}
+        subclasses, stack = {}, [T2IPipeline]
+        while stack:
+            for sub in stack.pop().__subclasses__():
+                subclasses[sub.__name__] = sub
+                stack.append(sub)
         if name not in subclasses:
             raise ValueError(f"{index} names pipeline {name!r}; hf_t2i has {sorted(subclasses)}.")
         return subclasses[name]

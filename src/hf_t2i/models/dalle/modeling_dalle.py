@@ -31,6 +31,7 @@ from ...generation import autoregressive_sample, build_logits_processor
 from ...layers import (
     AxialPositionalEmbedding,
     TransformerBlock,
+    additive_mask,
     cache_length,
     key_length,
     slice_mask,
@@ -88,7 +89,7 @@ class DalleModel(DallePreTrainedModel):
         self.text_position_embeddings = nn.Embedding(config.text_seq_len, hidden)
         self.image_embeddings = nn.Embedding(config.image_vocab_size, hidden)
         self.image_position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
-        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.layers = nn.ModuleList(
             TransformerBlock(
                 hidden,
@@ -105,7 +106,7 @@ class DalleModel(DallePreTrainedModel):
         )
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
-        self._masks: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._masks: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -114,14 +115,15 @@ class DalleModel(DallePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.text_embeddings = value
 
-    def sparse_mask(self, attention_type: str, device: torch.device) -> torch.Tensor:
-        """The (S, S) mask of one attention type over the whole context, built once per device."""
-        key = (attention_type, device)
+    def sparse_mask(self, attention_type: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The additive (S, S) mask of one attention type over the whole context, built once per device and dtype."""
+        key = (attention_type, device, dtype)
         if key not in self._masks:
             grid = self.config.image_grid_size
-            self._masks[key] = sparse_image_mask(
+            mask = sparse_image_mask(
                 attention_type, self.config.text_seq_len, grid, grid, self.config.conv_kernel_size, device
             )
+            self._masks[key] = additive_mask(mask, dtype)
         return self._masks[key]
 
     def embed(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
@@ -181,16 +183,19 @@ class DalleModel(DallePreTrainedModel):
         start = cache_length(cache)
         length = input_ids.shape[1]
         keys = key_length(cache, length)
-        hidden_states = self.dropout(self.embed(input_ids, start))
+        hidden_states = self.embed(input_ids, start)
+        if self.dropout is not None:
+            hidden_states = self.dropout(hidden_states)
 
         masks = {}
         for attention_type in set(self.config.attention_types):
-            mask = slice_mask(self.sparse_mask(attention_type, input_ids.device), start, length, keys)
+            mask = self.sparse_mask(attention_type, input_ids.device, hidden_states.dtype)
+            mask = slice_mask(mask, start, length, keys)  # (1, 1, T, K)
             if attention_mask is not None:
                 padding = attention_mask.bool()[:, :keys]
                 if padding.shape[1] < keys:  # positions past the mask's end are valid
                     padding = F.pad(padding, (0, keys - padding.shape[1]), value=True)
-                mask = mask & padding[:, None, None, :]
+                mask = mask.masked_fill(~padding[:, None, None, :], float("-inf"))
             masks[attention_type] = mask
 
         for layer, attention_type in zip(self.layers, self.config.attention_types):

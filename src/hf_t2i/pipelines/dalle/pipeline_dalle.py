@@ -7,16 +7,13 @@ from collections.abc import Callable
 
 import torch
 
-from ...image_processing import T2IImageProcessor
 from ...models.dalle.modeling_dalle import DalleForConditionalGeneration
 from ...models.dalle.processing_dalle import DalleProcessor
-from ...processing_utils import as_prompt_list
+from ..autoregressive import AutoregressiveT2IPipeline
 from ..pipeline_output import T2IPipelineOutput
-from ..pipeline_utils import T2IPipeline
-from ..reranking import rerank
 
 
-class DallePipeline(T2IPipeline):
+class DallePipeline(AutoregressiveT2IPipeline):
     """Text-to-image with DALL-E.
 
     Components:
@@ -47,20 +44,6 @@ class DallePipeline(T2IPipeline):
     ):
         super().__init__()
         self.register_modules(model=model, processor=processor, scorer=scorer, scorer_processor=scorer_processor)
-
-    def check_inputs(self, num_images_per_prompt: int, num_candidates: int | None) -> None:
-        if num_candidates is None:
-            return
-        if not isinstance(num_candidates, int) or num_candidates < num_images_per_prompt:
-            raise ValueError(
-                f"`num_candidates` must be an integer >= `num_images_per_prompt` ({num_images_per_prompt}), "
-                f"got {num_candidates!r}."
-            )
-        if self.scorer is None or self.scorer_processor is None:
-            raise ValueError(
-                "`num_candidates` reranks samples with a scorer, but this pipeline has none. Pass `scorer=` and "
-                "`scorer_processor=` when building it, or leave `num_candidates=None`."
-            )
 
     @torch.no_grad()
     def __call__(
@@ -109,65 +92,29 @@ class DallePipeline(T2IPipeline):
         Returns:
             [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
-        prompts = as_prompt_list(prompt)
-        self.check_common_inputs(
-            num_images_per_prompt, temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule
+        return self._generate(
+            prompt,
+            negative_prompt,
+            height,
+            width,
+            num_images_per_prompt,
+            guidance_scale,
+            guidance_schedule,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            do_sample,
+            num_candidates,
+            generator,
+            output_type,
+            return_dict,
+            truncation,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            image_size=self.model.config.vq_config.image_size,
+            decode=self.model.decode_image_tokens,
         )
-        self.check_inputs(num_images_per_prompt, num_candidates)
-        self.check_image_size(height, width, self.model.config.vq_config.image_size)
-        if callback_on_step_end_tensor_inputs not in (None, ["image_token_ids"]):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be None or ['image_token_ids'], got "
-                f"{callback_on_step_end_tensor_inputs!r}."
-            )
-        device = self._execution_device
-        samples = num_candidates or num_images_per_prompt
-        input_ids = self.processor(text=prompts, truncation=truncation, text_argument="prompt").input_ids
-        input_ids = input_ids.to(device).repeat_interleave(samples, dim=0)  # (B * n, L)
-
-        negative_ids = None
-        if guidance_scale != 1.0:
-            negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
-            if len(negatives) not in (1, len(prompts)):
-                raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts; pass one or as many."
-                )
-            negative_ids = self.processor(text=negatives, truncation=truncation, text_argument="negative_prompt")
-            negative_ids = negative_ids.input_ids.to(device)
-            if len(negatives) > 1:
-                negative_ids = negative_ids.repeat_interleave(samples, dim=0)
-
-        callback = None
-        if callback_on_step_end is not None:
-
-            def callback(i: int, tokens: torch.Tensor) -> None:
-                callback_on_step_end(self, i, i, {"image_token_ids": tokens})
-
-        with self.progress_bar(total=self.model.config.num_image_tokens) as progress_bar:
-            tokens = self.model.sample_image_tokens(
-                input_ids,
-                negative_input_ids=negative_ids,
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                do_sample=do_sample,
-                generator=generator,
-                callback=callback,
-                progress_bar=progress_bar,
-            )
-        pixels = self.model.decode_image_tokens(tokens)  # (B * n, 3, H, W) in [-1, 1]
-
-        scores = None
-        if num_candidates is not None:
-            pixels, scores = rerank(self.scorer, self.scorer_processor, prompts, pixels, num_images_per_prompt)
-        images = T2IImageProcessor.postprocess(pixels, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return T2IPipelineOutput(images=images, scores=scores)
 
 
 __all__ = ["DallePipeline"]
