@@ -147,6 +147,8 @@ class DalleDVAEDecoder(nn.Module):
             )
         )
 
+        self.blocks.input.is_code_embedding = True  # see DalleDVAEPreTrainedModel._init_weights
+
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return self.blocks(codes)
 
@@ -171,10 +173,14 @@ class DalleDVAEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # OpenAI's init: N(0, 1 / fan_in) weights, zero biases.
+        # OpenAI's init, N(0, 1 / fan_in) weights and zero biases, except the decoder's input conv: its input is a
+        # (relaxed) one-hot over K codes, so it is an embedding table and gets N(0, 1). With 1 / fan_in its
+        # outputs start ~1/sqrt(K) times smaller than the codes' information needs, and a small model takes
+        # thousands of steps to leave the "decode the mean image" solution (measured on shapes at 32 px).
         if isinstance(module, nn.Conv2d):
             fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
-            module.weight.normal_(0.0, 1.0 / math.sqrt(fan_in))
+            is_code_embedding = getattr(module, "is_code_embedding", False)
+            module.weight.normal_(0.0, 1.0 if is_code_embedding else 1.0 / math.sqrt(fan_in))
             if module.bias is not None:
                 module.bias.zero_()
 
@@ -206,10 +212,12 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         eps = self.config.logit_laplace_eps
         return eps + (1 - 2 * eps) * (pixel_values + 1) / 2
 
-    def unmap_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """[eps, 1 - eps] -> [-1, 1], clamped."""
+    def unmap_pixels(self, x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """[eps, 1 - eps] -> [-1, 1] (clamped for images; unclamped inside losses, where a clamp would stop the
+        gradient of every pixel predicted past the range)."""
         eps = self.config.logit_laplace_eps
-        return (((x - eps) / (1 - 2 * eps)).clamp(0, 1)) * 2 - 1
+        x = (x - eps) / (1 - 2 * eps)
+        return (x.clamp(0, 1) if clamp else x) * 2 - 1
 
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         size, channels = self.config.image_size, self.config.num_channels
@@ -231,8 +239,8 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         paper does to build the prior's training data)."""
         return self.get_logits(pixel_values).argmax(dim=1).flatten(1)
 
-    def _stats_to_pixels(self, stats: torch.Tensor) -> torch.Tensor:
-        return self.unmap_pixels(torch.sigmoid(stats[:, : self.config.num_channels].float()))
+    def _stats_to_pixels(self, stats: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        return self.unmap_pixels(torch.sigmoid(stats[:, : self.config.num_channels].float()), clamp)
 
     def decode(self, image_token_ids: torch.Tensor) -> torch.Tensor:
         """(B, h * w) or (B, h, w) token ids -> (B, C, H, W) pixels in [-1, 1] (float32)."""
@@ -254,7 +262,7 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         """Per-dimension reconstruction loss of `pixel_values` (B, C, H, W) under decoder statistics (B, 2C, H, W)."""
         channels = self.config.num_channels
         if self.config.reconstruction_loss == "mse":
-            return F.mse_loss(self._stats_to_pixels(stats), pixel_values.float())
+            return F.mse_loss(self._stats_to_pixels(stats, clamp=False), pixel_values.float())
         x = self.map_pixels(pixel_values.float())
         mu, log_scale = stats[:, :channels].float(), stats[:, channels:].float()
         logit_x = torch.log(x) - torch.log1p(-x)
@@ -268,6 +276,7 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         temperature: float = 1.0,
         kl_weight: float = 0.0,
         generator: torch.Generator | None = None,
+        straight_through: bool = False,
         return_dict: bool = True,
     ) -> DalleDVAEOutput | tuple:
         """Training pass with the Gumbel-softmax relaxation.
@@ -277,6 +286,8 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
             temperature: Gumbel-softmax temperature tau.
             kl_weight: beta, the weight of KL(q(z|x) || uniform).
             generator: source of the Gumbel noise.
+            straight_through: feed the decoder the hard one-hot of the relaxed sample (gradients still flow
+                through the relaxation), so training decodes the same kind of input as `decode` does.
         """
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}.")
@@ -284,6 +295,9 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         uniform = rand_like_on(tuple(logits.shape), generator, logits.device).clamp_(1e-10, 1 - 1e-7)
         gumbel = -torch.log(-torch.log(uniform))
         soft_codes = torch.softmax((logits.float() + gumbel) / temperature, dim=1).to(logits.dtype)
+        if straight_through:
+            hard = F.one_hot(soft_codes.argmax(dim=1), self.config.vocab_size).permute(0, 3, 1, 2).to(soft_codes.dtype)
+            soft_codes = hard + soft_codes - soft_codes.detach()
         stats = self.decoder(soft_codes)
         reconstruction_loss = self.reconstruction_nll(stats, pixel_values)
 
