@@ -10,7 +10,9 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel, DallePreTrainedModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
-from .pipelines import DallePipeline, T2IPipelineOutput, TextToImagePipeline
+from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
+from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
+from .pipelines import DallePipeline, PartiPipeline, T2IPipeline, T2IPipelineOutput, TextToImagePipeline
 from .processing_utils import T2IProcessor
 from .tokenization import train_bpe_tokenizer
 
@@ -27,10 +29,20 @@ __all__ = [
     "DallePipeline",
     "DallePreTrainedModel",
     "DalleProcessor",
+    "PartiConfig",
+    "PartiForConditionalGeneration",
+    "PartiModel",
+    "PartiPipeline",
+    "PartiProcessor",
+    "T2IPipeline",
     "T2IImageProcessor",
     "T2IPipelineOutput",
     "T2IProcessor",
     "TextToImagePipeline",
+    "ViTVQGAN",
+    "ViTVQGANConfig",
+    "ViTVQGANUpsampler",
+    "ViTVQGANUpsamplerConfig",
     "register_all",
     "train_bpe_tokenizer",
 ]

@@ -18,7 +18,10 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
+from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
 from .pipelines.dalle.pipeline_dalle import DallePipeline
+from .pipelines.parti.pipeline_parti import PartiPipeline
 from .pipelines.text_to_image import TEXT_TO_IMAGE_PIPELINES, TextToImagePipeline
 
 
@@ -29,12 +32,17 @@ class AutoModelForTextToImage(_BaseAutoModelClass):
     _model_mapping = _LazyAutoMapping(CONFIG_MAPPING_NAMES, OrderedDict())
 
 
-# (config class, model_type, base model, text-to-image model, processor, diffusers pipeline)
+# (config class, base model, text-to-image model, processor, diffusers pipeline)
 _TEXT_TO_IMAGE_MODELS = [
     (DalleConfig, DalleModel, DalleForConditionalGeneration, DalleProcessor, DallePipeline),
+    (PartiConfig, PartiModel, PartiForConditionalGeneration, PartiProcessor, PartiPipeline),
 ]
 # (config class, model) of the image tokenizers
-_IMAGE_TOKENIZERS = [(DalleDVAEConfig, DalleDVAE)]
+_IMAGE_TOKENIZERS = [
+    (DalleDVAEConfig, DalleDVAE),
+    (ViTVQGANConfig, ViTVQGAN),
+    (ViTVQGANUpsamplerConfig, ViTVQGANUpsampler),
+]
 
 _registered = False
 

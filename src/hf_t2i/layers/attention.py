@@ -139,5 +139,5 @@ def key_length(past_key_values: Cache | None, new_length: int) -> int:
     if past_key_values is None:
         return new_length
     cache = _self_attention_cache(past_key_values)
-    max_length = cache.get_max_length()
+    max_length = cache.get_max_length(0) if len(cache.layers) else -1  # a lazily built cache has no layers yet
     return max_length if max_length is not None and max_length > 0 else int(cache.get_seq_length()) + new_length

@@ -1,9 +1,18 @@
 """Pipelines: the diffusers `DiffusionPipeline`s of each model and the transformers "text-to-image" task."""
 
+from .autoregressive import AutoregressiveT2IPipeline
 from .dalle.pipeline_dalle import DallePipeline
+from .parti.pipeline_parti import PartiPipeline
 from .pipeline_output import T2IPipelineOutput
 from .pipeline_utils import T2IPipeline
 from .text_to_image import TextToImagePipeline
 
 
-__all__ = ["DallePipeline", "T2IPipeline", "T2IPipelineOutput", "TextToImagePipeline"]
+__all__ = [
+    "AutoregressiveT2IPipeline",
+    "DallePipeline",
+    "PartiPipeline",
+    "T2IPipeline",
+    "T2IPipelineOutput",
+    "TextToImagePipeline",
+]

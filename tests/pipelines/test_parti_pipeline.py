@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+from transformers import pipeline
+
+from hf_t2i import (
+    AutoModelForTextToImage,
+    PartiForConditionalGeneration,
+    PartiPipeline,
+    PartiProcessor,
+    T2IImageProcessor,
+    T2IPipeline,
+    ViTVQGANUpsampler,
+)
+
+from ..models.test_parti import tiny_parti_config
+
+
+@pytest.fixture
+def parti_pipeline(tokenizer):
+    torch.manual_seed(0)
+    config = tiny_parti_config(text_vocab_size=len(tokenizer), text_seq_len=tokenizer.model_max_length)
+    model = PartiForConditionalGeneration(config).eval()
+    processor = PartiProcessor(T2IImageProcessor(image_size=32), tokenizer)
+    upsampler = ViTVQGANUpsampler.from_tokenizer(
+        model.vqmodel, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).eval()
+    pipe = PartiPipeline(model=model, processor=processor, upsampler=upsampler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, prompt="a red circle", seed=0, **kwargs):
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+
+
+def test_images_seeded_guided_and_super_resolved(parti_pipeline):
+    a = run(parti_pipeline, seed=1, guidance_scale=3.0, top_k=16)
+    assert a.shape == (1, 32, 32, 3)
+    assert np.array_equal(a, run(parti_pipeline, seed=1, guidance_scale=3.0, top_k=16))
+    assert not np.array_equal(a, run(parti_pipeline, seed=2, guidance_scale=3.0, top_k=16))
+    big = run(parti_pipeline, seed=1, guidance_scale=3.0, top_k=16, super_resolution=True)
+    assert big.shape == (1, 64, 64, 3)
+
+
+def test_negative_prompt_changes_the_unconditional_branch(parti_pipeline):
+    a = run(parti_pipeline, guidance_scale=5.0, do_sample=False)
+    b = run(parti_pipeline, guidance_scale=5.0, do_sample=False, negative_prompt="two blue squares")
+    assert not np.array_equal(a, b)
+
+
+def test_save_load_all_three_entry_points(parti_pipeline, tmp_path):
+    parti_pipeline.save_pretrained(tmp_path)
+    expected = run(parti_pipeline, seed=3, guidance_scale=2.0)
+    loaded = T2IPipeline.from_pretrained(tmp_path)
+    assert type(loaded) is PartiPipeline and loaded.upsampler is not None
+    loaded.set_progress_bar_config(disable=True)
+    assert np.array_equal(run(loaded, seed=3, guidance_scale=2.0), expected)
+    assert np.array_equal(
+        run(loaded, seed=3, super_resolution=True), run(parti_pipeline, seed=3, super_resolution=True)
+    )
+    assert type(AutoModelForTextToImage.from_pretrained(tmp_path)) is PartiForConditionalGeneration
+    image = pipeline("text-to-image", model=str(tmp_path))(
+        "a red circle", generator=torch.Generator().manual_seed(3), guidance_scale=2.0
+    )
+    assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.safetensors")) == [
+        "model.safetensors",
+        "upsampler/model.safetensors",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"prompt": []}, "prompt"),
+        ({"prompt": "a red circle " * 10}, "prompt"),
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 2.0}, "top_p"),
+        ({"height": 64}, "height"),
+        ({"num_candidates": 2}, "scorer"),
+    ],
+)
+def test_bad_input_names_the_argument(parti_pipeline, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        parti_pipeline(**{"prompt": "a red circle", **kwargs})
+
+
+def test_super_resolution_needs_an_upsampler(parti_pipeline):
+    pipe = PartiPipeline(model=parti_pipeline.model, processor=parti_pipeline.processor)
+    with pytest.raises(ValueError, match="upsampler"):
+        pipe("a red circle", super_resolution=True)

