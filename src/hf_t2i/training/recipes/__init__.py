@@ -7,6 +7,7 @@ Keep the imports light: a recipe module should import its model lazily inside `b
 
 from . import (
     dalle,  # noqa: F401  (dalle_dvae, dalle_prior)
+    parti,  # noqa: F401  (parti_prior)
     vit_vqgan,  # noqa: F401  (vit_vqgan, vit_vqgan_upsampler)
 )
 from .clip import ClipScorerRecipe  # noqa: F401  (clip_scorer)

@@ -16,22 +16,17 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
 
-from ..data_utils import cached_map
+from ...models.dalle import DalleConfig, DalleForConditionalGeneration
+from ...models.dalle.processing_dalle import DalleProcessor
+from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from ...pipelines.dalle.pipeline_dalle import DallePipeline
 from ..recipe import Recipe, register_recipe
-from .common import (
-    ImageTextDataConfig,
-    cosine_ramp,
-    default_cache_dir,
-    fingerprint,
-    load_image_text_splits,
-    stack_column,
-    with_pixel_values,
-)
+from .common import ImageTextDataConfig, cosine_ramp, load_image_text_splits, stack_column, with_pixel_values
+from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
 
 
 # ----------------------------------------------------------------------------------------------------- stage 1
@@ -66,8 +61,6 @@ class DalleDVAERecipe(Recipe):
     }
 
     def build_model(self):
-        from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
-
         c = self.config
         multipliers = [int(m) for m in c.channel_multipliers.split(",")]
         config = DalleDVAEConfig(
@@ -156,130 +149,26 @@ def dvae_reconstruction_metrics(model, dataset, device, batch_size: int = 64) ->
 
 # ----------------------------------------------------------------------------------------------------- stage 2
 @dataclass
-class DallePriorRecipeConfig(ImageTextDataConfig):
+class DallePriorRecipeConfig(TokenPriorRecipeConfig):
     dvae_path: str = field(default="", metadata={"help": "a DalleDVAE folder (stage 1's final export)"})
-    tokenizer_path: str | None = field(
-        default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
-    )
-    text_vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary trained on the captions"})
-    text_seq_len: int = 32
-    hidden_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 8
-    intermediate_size: int = 1024
     attention_types: str = field(default="", metadata={"help": "comma-separated per layer; default: the paper's"})
-    conv_kernel_size: int = 11
-    hidden_dropout: float = 0.0
-    caption_dropout: float = field(default=0.1, metadata={"help": "probability of training on the empty caption"})
-    cache_dir: str | None = field(default=None, metadata={"help": "where pre-encoded tokens are cached"})
-    sample_prompts: str = field(default="", metadata={"help": "'|'-separated prompts for sample grids"})
-    sample_guidance_scale: float = 3.0
-    eval_num_images: int = field(
-        default=0, metadata={"help": "images generated for hf_t2i.evaluation metrics at each eval (0: off)"}
-    )
-    eval_metrics: str = field(default="", metadata={"help": "e.g. 'compositional' or 'fid,compositional'; '' = all"})
 
 
 @register_recipe
-class DallePriorRecipe(Recipe):
+class DallePriorRecipe(TokenPriorRecipe):
     """Stage 2: train `DalleForConditionalGeneration` on cached image tokens; export a `DallePipeline` folder."""
 
     name = "dalle_prior"
     config_class = DallePriorRecipeConfig
-    training_defaults = {
-        "learning_rate": 5e-4,
-        "train_batch_size": 32,
-        "weight_decay": 0.01,
-        "lr_scheduler": "cosine",
-        "lr_warmup_steps": 200,
-        "max_grad_norm": 1.0,
-        "ema_decay": 0.999,
-    }
+    image_tokenizer_class = DalleDVAE
+    image_tokenizer_argument = "dvae_path"
+    logged_losses = ("text_loss", "image_loss")
+    processor_class = DalleProcessor
+    pipeline_class = DallePipeline
 
-    def __init__(self, config=None):
-        super().__init__(config)
-        if not self.config.dvae_path:
-            raise ValueError("`dvae_path` is required: pass the folder of a trained DalleDVAE (stage 1).")
-        if not 0 <= self.config.caption_dropout < 1:
-            raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.config.caption_dropout}.")
-
-    # -- data and processor -------------------------------------------------------------------------------------
-    def _splits(self):
-        if not hasattr(self, "_data"):
-            self._data = load_image_text_splits(self.config)
-        return self._data
-
-    @property
-    def processor(self):
-        """The `DalleProcessor`: the given tokenizer, or a byte-level BPE trained on the training captions."""
-        if not hasattr(self, "_processor"):
-            from transformers import AutoTokenizer
-
-            from ...image_processing import T2IImageProcessor
-            from ...models.dalle.processing_dalle import DalleProcessor
-            from ...tokenization import train_bpe_tokenizer
-
-            c = self.config
-            if c.tokenizer_path:
-                tokenizer = AutoTokenizer.from_pretrained(c.tokenizer_path, model_max_length=c.text_seq_len)
-            else:
-                tokenizer = train_bpe_tokenizer(
-                    self._splits()[0]["text"], vocab_size=c.text_vocab_size, model_max_length=c.text_seq_len
-                )
-            self._processor = DalleProcessor(T2IImageProcessor(image_size=c.image_size), tokenizer)
-        return self._processor
-
-    def _load_dvae(self):
-        from ...models.dalle_dvae import DalleDVAE
-
-        dvae = DalleDVAE.from_pretrained(self.config.dvae_path)
-        if dvae.config.image_size != self.config.image_size:
-            raise ValueError(
-                f"`image_size` ({self.config.image_size}) differs from the dVAE's ({dvae.config.image_size})."
-            )
-        return dvae
-
-    def _encoded(self, dataset, split: str):
-        """Caption ids and image tokens of every pair, computed once and cached on disk."""
-        from ...image_processing import T2IImageProcessor
-
-        c = self.config
-        device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
-        dvae = self._load_dvae().to(device).eval()
-        processor = self.processor
-        image_processor = T2IImageProcessor(image_size=c.image_size)
-
-        def encode(batch):
-            pixels = image_processor(batch["image"], return_tensors="pt")["pixel_values"].to(device)
-            text = processor(text=batch["text"], truncation=True).input_ids
-            return {"input_ids": text.tolist(), "image_token_ids": dvae.encode(pixels).cpu().tolist()}
-
-        with open(os.path.join(c.dvae_path, "model.safetensors"), "rb") as f:
-            weights = f.read()
-        key = fingerprint(weights, processor.tokenizer.backend_tokenizer.to_str(), str(c.text_seq_len))
-        encoded = cached_map(
-            dataset,
-            encode,
-            c.cache_dir or os.path.join(default_cache_dir(), "tokens"),
-            f"dalle-{split}-{key}",
-            batched=True,
-            batch_size=256,
-            remove_columns=dataset.column_names,
-        )
-        return encoded.with_format("torch")
-
-    def build_train_dataset(self):
-        return self._encoded(self._splits()[0], "train")
-
-    def build_eval_dataset(self):
-        return self._encoded(self._splits()[1], "eval")
-
-    # -- model ----------------------------------------------------------------------------------------------------
     def build_model(self):
-        from ...models.dalle import DalleConfig, DalleForConditionalGeneration
-
         c = self.config
-        dvae = self._load_dvae()
+        dvae = self.load_image_tokenizer()
         tokenizer = self.processor.tokenizer
         config = DalleConfig(
             vq_config=dvae.config.to_dict(),
@@ -299,65 +188,7 @@ class DallePriorRecipe(Recipe):
         model.vqmodel.requires_grad_(False)
         return model
 
-    def _empty_caption(self, device) -> torch.Tensor:
-        if not hasattr(self, "_empty"):
-            self._empty = self.processor(text=[""]).input_ids
-        return self._empty.to(device)
-
-    def training_step(self, model, batch, step):
-        text, image = batch["input_ids"], batch["image_token_ids"]
-        if model.training and self.config.caption_dropout > 0:
-            drop = (
-                torch.rand(text.shape[0], generator=self.generator, device=self.generator.device)
-                < self.config.caption_dropout
-            )
-            text = torch.where(drop.to(text.device)[:, None], self._empty_caption(text.device), text)
+    def prior_output(self, model, text, image_token_ids):
         text_vocab_size = self.accelerator.unwrap_model(model).config.text_vocab_size
-        ids = torch.cat([text, image + text_vocab_size], dim=1)
-        out = model(input_ids=ids, labels=ids, use_cache=False)
-        return out.loss, {"text_loss": out.text_loss.item(), "image_loss": out.image_loss.item()}
-
-    def evaluate(self, model, step):
-        """Held-out text and image cross-entropy (unweighted), the numbers the model card reports."""
-        dataset = self.build_eval_dataset()
-        device = self.accelerator.device
-        totals, count = {"text_loss": 0.0, "image_loss": 0.0}, 0
-        for start in range(0, len(dataset), 64):
-            rows = dataset[start : start + 64]
-            ids = model.build_sequence(rows["input_ids"].to(device), rows["image_token_ids"].to(device))
-            out = model(input_ids=ids, labels=ids, use_cache=False)
-            totals["text_loss"] += out.text_loss.item() * ids.shape[0]
-            totals["image_loss"] += out.image_loss.item() * ids.shape[0]
-            count += ids.shape[0]
-        metrics = {k: v / count for k, v in totals.items()}
-        if self.config.eval_num_images:
-            from ...evaluation import evaluate_for_training
-
-            metrics.update(
-                evaluate_for_training(
-                    self._pipeline(model),
-                    self.config.dataset,
-                    num_images=self.config.eval_num_images,
-                    metrics=self.config.eval_metrics or None,
-                    data_dir=self.config.data_dir,
-                    data_seed=self.config.data_seed,
-                    guidance_scale=self.config.sample_guidance_scale,
-                )
-            )
-        return metrics
-
-    def _pipeline(self, model):
-        from ...pipelines.dalle.pipeline_dalle import DallePipeline
-
-        pipe = DallePipeline(model=model, processor=self.processor)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def sample_images(self, model, step):
-        prompts = [p for p in self.config.sample_prompts.split("|") if p] or list(self._splits()[1]["text"][:8])
-        generator = torch.Generator().manual_seed(0)
-        pipe = self._pipeline(model)
-        return pipe(prompts, guidance_scale=self.config.sample_guidance_scale, generator=generator).images
-
-    def save_pretrained(self, model, output_dir):
-        self._pipeline(model).save_pretrained(output_dir)
+        ids = torch.cat([text["input_ids"], image_token_ids + text_vocab_size], dim=1)
+        return model(input_ids=ids, labels=ids, use_cache=False)

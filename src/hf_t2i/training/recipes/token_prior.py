@@ -1,0 +1,220 @@
+"""What the priors over discrete image tokens (DALL-E, Parti) share in training: a text tokenizer (trained BPE or
+given), the frozen image tokenizer's codes of every training image computed ONCE and cached on disk with
+`datasets.map`, caption dropout for classifier-free guidance, held-out losses, sample grids, and the export of a
+full pipeline folder. A model's recipe adds its config fields, `build_model` and how its loss is called."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..data_utils import cached_map
+from ..recipe import Recipe
+from .common import ImageTextDataConfig, default_cache_dir, fingerprint, load_image_text_splits
+
+
+@dataclass
+class TokenPriorRecipeConfig(ImageTextDataConfig):
+    tokenizer_path: str | None = field(
+        default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
+    )
+    text_vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary trained on the captions"})
+    text_seq_len: int = 32
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 8
+    intermediate_size: int = 1024
+    conv_kernel_size: int = 11
+    hidden_dropout: float = 0.0
+    caption_dropout: float = field(default=0.1, metadata={"help": "probability of training on the empty caption"})
+    cache_dir: str | None = field(default=None, metadata={"help": "where pre-encoded tokens are cached"})
+    sample_prompts: str = field(default="", metadata={"help": "'|'-separated prompts for sample grids"})
+    sample_guidance_scale: float = 3.0
+    eval_num_images: int = field(
+        default=0, metadata={"help": "images generated for hf_t2i.evaluation metrics at each eval (0: off)"}
+    )
+    eval_metrics: str = field(default="", metadata={"help": "e.g. 'compositional' or 'fid,compositional'; '' = all"})
+
+
+class TokenPriorRecipe(Recipe):
+    """Base of the prior recipes. Subclasses set `image_tokenizer_class` (and the config field holding its folder,
+    `image_tokenizer_argument`), `processor_class`, `pipeline_class`, `text_input_names`, and implement
+    `build_model` and `prior_output`."""
+
+    image_tokenizer_class: type = None
+    image_tokenizer_argument: str = ""
+    processor_class: type = None
+    pipeline_class: type = None
+    #: processor outputs the prior takes (DALL-E: ids; Parti: ids + padding mask)
+    text_input_names: tuple[str, ...] = ("input_ids",)
+    #: parts of the model output's loss logged in training and reported on held-out data
+    logged_losses: tuple[str, ...] = ()
+    training_defaults = {
+        "learning_rate": 5e-4,
+        "train_batch_size": 32,
+        "weight_decay": 0.01,
+        "lr_scheduler": "cosine",
+        "lr_warmup_steps": 200,
+        "max_grad_norm": 1.0,
+        "ema_decay": 0.999,
+    }
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        if not self.image_tokenizer_path:
+            raise ValueError(
+                f"`{self.image_tokenizer_argument}` is required: the folder of a trained "
+                f"{self.image_tokenizer_class.__name__} (the first training stage's final export)."
+            )
+        if not 0 <= self.config.caption_dropout < 1:
+            raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.config.caption_dropout}.")
+
+    @property
+    def image_tokenizer_path(self) -> str:
+        return getattr(self.config, self.image_tokenizer_argument)
+
+    def build_model(self):
+        raise NotImplementedError
+
+    def prior_output(self, model, text: dict[str, torch.Tensor], image_token_ids: torch.Tensor):
+        """The model's forward with labels; the output has `loss` and the per-part losses to log."""
+        raise NotImplementedError
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def _splits(self):
+        if not hasattr(self, "_data"):
+            self._data = load_image_text_splits(self.config)
+        return self._data
+
+    def load_text_tokenizer(self):
+        """The given tokenizer, or a byte-level BPE trained on the training captions."""
+        from transformers import AutoTokenizer
+
+        from ...tokenization import train_bpe_tokenizer
+
+        c = self.config
+        if c.tokenizer_path:
+            return AutoTokenizer.from_pretrained(c.tokenizer_path, model_max_length=c.text_seq_len)
+        return train_bpe_tokenizer(
+            self._splits()[0]["text"], vocab_size=c.text_vocab_size, model_max_length=c.text_seq_len
+        )
+
+    @property
+    def processor(self):
+        if not hasattr(self, "_processor"):
+            from ...image_processing import T2IImageProcessor
+
+            image_processor = T2IImageProcessor(image_size=self.config.image_size)
+            self._processor = self.processor_class(image_processor, self.load_text_tokenizer())
+        return self._processor
+
+    def load_image_tokenizer(self):
+        tokenizer = self.image_tokenizer_class.from_pretrained(self.image_tokenizer_path)
+        if tokenizer.config.image_size != self.config.image_size:
+            raise ValueError(
+                f"`image_size` ({self.config.image_size}) differs from the image tokenizer's "
+                f"({tokenizer.config.image_size})."
+            )
+        return tokenizer
+
+    def _encoded(self, dataset, split: str):
+        """Caption inputs and image tokens of every pair, computed once and cached on disk."""
+        from ...image_processing import T2IImageProcessor
+
+        c = self.config
+        device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+        image_tokenizer = self.load_image_tokenizer().to(device).eval()
+        processor = self.processor
+        image_processor = T2IImageProcessor(image_size=c.image_size)
+
+        def encode(batch):
+            pixels = image_processor(batch["image"], return_tensors="pt")["pixel_values"].to(device)
+            text = processor(text=batch["text"], truncation=True)
+            out = {name: text[name].tolist() for name in self.text_input_names}
+            out["image_token_ids"] = image_tokenizer.encode(pixels).cpu().tolist()
+            return out
+
+        with open(os.path.join(self.image_tokenizer_path, "model.safetensors"), "rb") as f:
+            weights = f.read()
+        tokenizer_json = processor.tokenizer.backend_tokenizer.to_str()
+        key = fingerprint(weights, tokenizer_json, str(c.text_seq_len), ",".join(self.text_input_names))
+        encoded = cached_map(
+            dataset,
+            encode,
+            c.cache_dir or os.path.join(default_cache_dir(), "tokens"),
+            f"{self.name}-{split}-{key}",
+            batched=True,
+            batch_size=256,
+            remove_columns=dataset.column_names,
+        )
+        return encoded.with_format("torch")
+
+    def build_train_dataset(self):
+        return self._encoded(self._splits()[0], "train")
+
+    def build_eval_dataset(self):
+        return self._encoded(self._splits()[1], "eval")
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def _empty_caption(self, device) -> dict[str, torch.Tensor]:
+        if not hasattr(self, "_empty"):
+            self._empty = self.processor(text=[""])
+        return {name: self._empty[name].to(device) for name in self.text_input_names}
+
+    def training_step(self, model, batch, step):
+        text = {name: batch[name] for name in self.text_input_names}
+        if model.training and self.config.caption_dropout > 0:
+            rows = text["input_ids"].shape[0]
+            drop = (
+                torch.rand(rows, generator=self.generator, device=self.generator.device) < self.config.caption_dropout
+            )
+            empty = self._empty_caption(text["input_ids"].device)
+            text = {k: torch.where(drop.to(v.device)[:, None], empty[k], v) for k, v in text.items()}
+        out = self.prior_output(model, text, batch["image_token_ids"])
+        return out.loss, {name: getattr(out, name).item() for name in self.logged_losses}
+
+    def evaluate(self, model, step):
+        """Held-out cross-entropies (unweighted) and, when `eval_num_images`, the evaluation metrics."""
+        dataset = self.build_eval_dataset()
+        device = self.accelerator.device
+        totals, count = {}, 0
+        for start in range(0, len(dataset) if self.logged_losses else 0, 64):
+            rows = dataset[start : start + 64]
+            text = {name: rows[name].to(device) for name in self.text_input_names}
+            out = self.prior_output(model, text, rows["image_token_ids"].to(device))
+            size = rows["image_token_ids"].shape[0]
+            for name in self.logged_losses:
+                totals[name] = totals.get(name, 0.0) + getattr(out, name).item() * size
+            count += size
+        metrics = {k: v / count for k, v in totals.items()}  # (the loop logs the total as eval/loss)
+        if self.config.eval_num_images:
+            from ...evaluation import evaluate_for_training
+
+            metrics.update(
+                evaluate_for_training(
+                    self.pipeline(model),
+                    self.config.dataset,
+                    num_images=self.config.eval_num_images,
+                    metrics=self.config.eval_metrics or None,
+                    data_dir=self.config.data_dir,
+                    data_seed=self.config.data_seed,
+                    guidance_scale=self.config.sample_guidance_scale,
+                )
+            )
+        return metrics
+
+    def pipeline(self, model):
+        pipe = self.pipeline_class(model=model, processor=self.processor)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_images(self, model, step):
+        prompts = [p for p in self.config.sample_prompts.split("|") if p] or list(self._splits()[1]["text"][:8])
+        generator = torch.Generator().manual_seed(0)
+        pipe = self.pipeline(model)
+        return pipe(prompts, guidance_scale=self.config.sample_guidance_scale, generator=generator).images
+
+    def save_pretrained(self, model, output_dir):
+        self.pipeline(model).save_pretrained(output_dir)
