@@ -11,6 +11,7 @@ from .masks import (
     sparse_image_mask,
 )
 from .mlp import FeedForward
+from .patchify import patchify, unpatchify
 from .positional import AxialPositionalEmbedding, TimestepEmbedding, sinusoidal_embedding
 from .transformer import TransformerBlock
 
@@ -25,6 +26,8 @@ __all__ = [
     "TransformerBlock",
     "cache_length",
     "key_length",
+    "patchify",
+    "unpatchify",
     "causal_mask",
     "causal_with_bidirectional_blocks",
     "prefix_lm_mask",
