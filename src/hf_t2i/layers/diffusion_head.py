@@ -1,0 +1,265 @@
+"""Per-token diffusion: a small MLP that denoises one continuous token given a condition vector (MAR, Li et al.
+2024, section 3.2; Fluid, Fan et al. 2024, section 3), its DDPM loss, and the sampling loop.
+
+- `DiffusionHead`: residual MLP blocks with adaptive LayerNorm (shift, scale, gate) driven by
+  `timestep embedding + condition`, zero-initialised modulations and output (as DiT / MAR), predicting epsilon.
+- `DiffusionHeadScheduler`: diffusers' `DDPMScheduler` plus the one thing MAR's sampler has that diffusers lacks:
+  a `temperature` multiplying the std of the noise added at each reverse step (0 = the posterior mean).
+- `diffusion_loss` and `ddpm_sample`: model-agnostic; `denoise(x_t, timesteps) -> epsilon` is all they need, so
+  any model with a per-token or per-image denoiser (Fluid's head, Transfusion's patches) can use them.
+
+Randomness comes only from the `generator` passed in (timesteps and noise through diffusers' `randn_tensor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .positional import TimestepEmbedding
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+
+
+class DiffusionHeadScheduler(DDPMScheduler):
+    """`DDPMScheduler` whose `step` takes a `temperature`: the reverse step draws
+    `x_{t-1} = mu(x_t, eps) + temperature * sigma_t * z` (MAR's `p_sample` with temperature). `temperature=1` is
+    exactly `DDPMScheduler.step`; `temperature=0` returns the posterior mean. Everything else (schedules, timestep
+    spacing, `add_noise`, `save_pretrained`) is diffusers'."""
+
+    _noise_scale = 1.0
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: int,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        return_dict: bool = True,
+        temperature: float = 1.0,
+    ):
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
+            raise ValueError(f"`temperature` must be a number >= 0, got {temperature!r}.")
+        self._noise_scale = float(temperature)
+        try:
+            return super().step(model_output, timestep, sample, generator=generator, return_dict=return_dict)
+        finally:
+            self._noise_scale = 1.0
+
+    def _get_variance(self, t, predicted_variance=None, variance_type=None):
+        # `step` turns this into the std of the added noise: sqrt of "fixed_small"/"fixed_large", the value itself
+        # for "fixed_small_log", exp(0.5 * log-variance) for "learned_range"; scale each form by temperature.
+        variance = super()._get_variance(t, predicted_variance=predicted_variance, variance_type=variance_type)
+        scale = self._noise_scale
+        if scale == 1.0:
+            return variance
+        kind = variance_type or self.config.variance_type
+        if kind == "fixed_small_log":
+            return variance * scale
+        if kind in ("learned_range", "fixed_large_log"):
+            return variance + 2 * torch.log(torch.as_tensor(max(scale, 1e-20)))
+        return variance * scale**2
+
+
+def build_ddpm_scheduler(
+    num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"
+) -> DiffusionHeadScheduler:
+    """The ε-prediction DDPM of MAR / Fluid / Transfusion: cosine (`squaredcos_cap_v2`) schedule by default, fixed
+    small variance, no clipping (latents scaled to unit variance exceed [-1, 1]), and sampling steps spaced as MAR's
+    respacing does ("leading": 990, 980, ..., 0 for 100 of 1000 steps). "trailing" would start at the last step,
+    whose cosine `alpha_bar` (~1e-9, beta capped at 0.999) divides the noise estimate's error by ~3e-5."""
+    if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        raise ValueError(f"`num_train_timesteps` must be an int >= 2, got {num_train_timesteps!r}.")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
+    return DiffusionHeadScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon",
+        variance_type="fixed_small",
+        clip_sample=False,
+        timestep_spacing="leading",
+    )
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class _ResBlock(nn.Module):
+    """`x + gate * mlp(modulate(ln(x), shift, scale))` with (shift, scale, gate) from the conditioning vector."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(c).chunk(3, dim=-1)  # each (N, W)
+        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
+
+
+class DiffusionHead(nn.Module):
+    """MAR-style denoising MLP for one token: `epsilon = head(x_t, t, z)`.
+
+    Args:
+        token_dim: width D of a token (Fluid: latent channels x patch area).
+        condition_dim: width of the condition `z` (the transformer's output at the token's position).
+        width: inner width W (paper: the backbone's width).
+        num_layers: residual blocks (paper: 6 for Fluid's head, 3 for MAR-B).
+        norm_eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, token_dim: int, condition_dim: int, width: int, num_layers: int, norm_eps: float = 1e-6):
+        super().__init__()
+        for name, value in (("token_dim", token_dim), ("condition_dim", condition_dim), ("width", width)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` of the diffusion head must be a positive int, got {value!r}.")
+        if not isinstance(num_layers, int) or num_layers < 1:
+            raise ValueError(f"`num_layers` of the diffusion head must be a positive int, got {num_layers!r}.")
+        if width % 2:
+            raise ValueError(f"`width` of the diffusion head must be even (timestep features), got {width}.")
+        self.token_dim = token_dim
+        self.input_proj = nn.Linear(token_dim, width)
+        self.time_embed = TimestepEmbedding(width, frequency_dim=width)
+        self.cond_embed = nn.Linear(condition_dim, width)
+        self.blocks = nn.ModuleList(_ResBlock(width, norm_eps) for _ in range(num_layers))
+        self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=norm_eps)
+        self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.output = nn.Linear(width, token_dim)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Xavier linears, N(0, 0.02) timestep MLP, zero modulations and output: every block starts as the identity
+        and the head as the zero predictor (DiT / MAR)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for layer in self.time_embed.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.modulation[-1].weight)
+            nn.init.zeros_(block.modulation[-1].bias)
+        for layer in (self.final_modulation[-1], self.output):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            noisy: (N, D) noisy tokens x_t.
+            timesteps: (N,) integer (or float) diffusion steps.
+            condition: (N, C) condition vectors.
+
+        Returns:
+            (N, D) predicted noise.
+        """
+        if noisy.ndim != 2 or noisy.shape[-1] != self.token_dim:
+            raise ValueError(f"`noisy` must be (N, {self.token_dim}), got {tuple(noisy.shape)}.")
+        x = self.input_proj(noisy)
+        c = self.time_embed(timesteps) + self.cond_embed(condition)  # (N, W)
+        for block in self.blocks:
+            x = block(x, c)
+        shift, scale = self.final_modulation(c).chunk(2, dim=-1)
+        return self.output(_modulate(self.final_norm(x), shift, scale))
+
+
+def _device_randint(high: int, size: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.randint(0, high, (size,), generator=generator, device=gen_device).to(device)
+
+
+def diffusion_loss(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    targets: torch.Tensor,
+    scheduler: DDPMScheduler,
+    generator: torch.Generator | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """DDPM's simple loss `|| eps - denoise(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2` (Ho et al. 2020, eq. 14) with
+    `t` uniform over the training steps and `eps ~ N(0, I)`, both drawn from `generator`.
+
+    Args:
+        denoise: `denoise(x_t, t) -> eps_hat`, shapes (N, ...) and (N,).
+        targets: (N, ...) clean samples x0.
+        scheduler: a DDPM-type scheduler (`add_noise`, `config.num_train_timesteps`).
+        reduction: "mean" (a scalar) or "none" ((N,), the mean over each sample's dimensions).
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"`reduction` must be 'mean' or 'none', got {reduction!r}.")
+    n = targets.shape[0]
+    timesteps = _device_randint(scheduler.config.num_train_timesteps, n, generator, targets.device)
+    noise = randn_tensor(targets.shape, generator=generator, device=targets.device, dtype=targets.dtype)
+    noisy = scheduler.add_noise(targets, noise, timesteps)
+    error = (denoise(noisy, timesteps).float() - noise.float()).pow(2).flatten(1).mean(dim=1)  # (N,)
+    return error.mean() if reduction == "mean" else error
+
+
+@torch.no_grad()
+def ddpm_sample(
+    denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    scheduler: DiffusionHeadScheduler,
+    num_inference_steps: int,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    guidance_scale: float = 1.0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Ancestral DDPM sampling of `shape` from pure noise.
+
+    With `guidance_scale != 1` the sample is doubled: `denoise` sees (2N, ...) rows, conditional first, and
+    returns their predictions; `eps = eps_u + s * (eps_c - eps_u)` drives both halves (MAR's `forward_with_cfg`).
+
+    Args:
+        denoise: `denoise(x_t, t) -> eps_hat` with t a (rows,) tensor of one timestep.
+        shape: (N, ...) of the samples.
+        scheduler: a `DiffusionHeadScheduler` (any `DDPMScheduler` when `temperature == 1`).
+        num_inference_steps: reverse steps (spread over the training steps by the scheduler's spacing).
+        temperature: noise scale of each reverse step.
+
+    Returns:
+        (N, ...) samples.
+    """
+    if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+        raise ValueError(f"`num_diffusion_steps` must be a positive int, got {num_inference_steps!r}.")
+    if num_inference_steps > scheduler.config.num_train_timesteps:
+        raise ValueError(
+            f"`num_diffusion_steps` ({num_inference_steps}) exceeds the {scheduler.config.num_train_timesteps} "
+            "training steps of the diffusion schedule; pass at most that many."
+        )
+    step_kwargs = {} if temperature == 1.0 else {"temperature": temperature}
+    if step_kwargs and not isinstance(scheduler, DiffusionHeadScheduler):
+        raise ValueError("`temperature` != 1 needs a `DiffusionHeadScheduler` (plain DDPMScheduler has none).")
+    guided = guidance_scale != 1.0
+    sample = randn_tensor(shape, generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
+    scheduler.set_timesteps(num_inference_steps, device=sample.device)
+    for t in scheduler.timesteps:
+        x = torch.cat([sample, sample]) if guided else sample
+        timesteps = torch.full((x.shape[0],), int(t), device=sample.device, dtype=torch.long)
+        eps = denoise(x, timesteps)
+        if guided:
+            cond, uncond = eps.chunk(2)
+            eps = uncond + guidance_scale * (cond - uncond)
+        sample = scheduler.step(eps, t, sample, generator=generator, **step_kwargs).prev_sample
+    return sample
+
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "DiffusionHead",
+    "DiffusionHeadScheduler",
+    "build_ddpm_scheduler",
+    "ddpm_sample",
+    "diffusion_loss",
+]
