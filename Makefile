@@ -22,8 +22,15 @@ test: install
 test-slow: install
 	$(PYTHON) -m pytest -m slow -q
 
+# The original implementations the converters are checked against. `--no-deps` keeps them from replacing torch,
+# transformers or diffusers (and from pulling a CUDA torchvision); only the small modules they import are added.
+CONVERT_ORIGINALS := DALL-E==0.1 dalle-pytorch==1.6.6 min-dalle==0.4.11 parti-pytorch==0.2.0
+CONVERT_DEPS := attrs requests emoji typing_extensions einops==0.8.2 einops-exts==0.0.4 \
+	axial-positional-embedding==0.3.12 rotary-embedding-torch==0.9.1
+
 test-convert: install
-	$(PYTHON) -m pytest -m convert -q
+	$(PIP) install -q --no-deps $(CONVERT_ORIGINALS) $(CONVERT_DEPS)
+	$(PYTHON) -m pytest -m convert -q tests/conversion
 
 quality:
 	ruff check src tests conversion_scripts benchmarks
