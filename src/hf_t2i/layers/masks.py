@@ -108,3 +108,47 @@ def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_leng
         masked = False if rows.dtype == torch.bool else float("-inf")
         rows = torch.cat([rows, rows.new_full((query_length, key_length - rows.shape[1]), masked)], dim=1)
     return rows[None, None]
+
+
+def image_span_ids(is_image: torch.Tensor) -> torch.Tensor:
+    """(B, T) boolean "this position is an image patch" -> (B, T) span ids: 0 for non-image positions, and
+    1, 2, ... numbering the maximal runs of image positions, in row-major order over the whole batch (so ids are
+    unique across rows)."""
+    starts = is_image.clone()
+    starts[:, 1:] &= ~is_image[:, :-1]
+    return starts.flatten().cumsum(0).view_as(is_image) * is_image
+
+
+def causal_with_bidirectional_spans(
+    span_ids: torch.Tensor, past_length: int = 0, key_padding_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Batched Transfusion mask (Zhou et al. 2024, section 2.3) for the `T` new positions of a forward pass.
+
+    Query `i` sees key `j` when `j <= i` (causal) or when both lie in the same span (`span_ids[i] == span_ids[j] > 0`,
+    bidirectional inside an image). All `past_length` cached positions precede the new ones, so every query sees them
+    (a span is never split between the cache and the new positions). For one row without cache this equals
+    `causal_with_bidirectional_blocks`.
+
+    Args:
+        span_ids: (B, T) ids from `image_span_ids`: 0 = causal token, k > 0 = the k-th bidirectional span.
+        past_length: cached positions before the new ones.
+        key_padding_mask: optional (B, past_length + T), 1 / True = a real token, 0 = padding. Padded keys are
+            hidden from every query; each query still sees itself, so a padded row never has an empty softmax.
+
+    Returns:
+        (B, 1, T, past_length + T) boolean, True = attend.
+    """
+    batch, length = span_ids.shape
+    device = span_ids.device
+    same_span = (span_ids[:, :, None] == span_ids[:, None, :]) & (span_ids[:, :, None] > 0)  # (B, T, T)
+    new = causal_mask(length, device)[None] | same_span
+    mask = torch.cat([torch.ones(batch, length, past_length, dtype=torch.bool, device=device), new], dim=-1)
+    if key_padding_mask is not None:
+        if key_padding_mask.shape != (batch, past_length + length):
+            raise ValueError(
+                f"`attention_mask` must cover the cached and the new positions, shape {(batch, past_length + length)}, "
+                f"got {tuple(key_padding_mask.shape)}."
+            )
+        mask = mask & key_padding_mask.bool()[:, None, :]
+        mask[:, :, past_length:] |= torch.eye(length, dtype=torch.bool, device=device)[None]
+    return mask[:, None]

@@ -1,0 +1,397 @@
+"""Transfusion inference (section 2.5): LM mode samples text with the KV cache; at `<boi>` the model switches to
+diffusion mode, appends N noise patches and denoises them for `num_inference_steps` with a diffusers scheduler,
+reusing the cached prefix at every step (only the N patch positions run; their keys/values are dropped from the cache
+after each step); then the clean image and `<eoi>` enter the cache and LM mode resumes.
+
+Classifier-free guidance on the noise: eps = eps_u + s * (eps_c - eps_u), with the unconditional branch written the
+way caption dropout wrote it in training: `<s> </s> <boi>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from transformers.cache_utils import DynamicCache
+
+from ...generation import apply_guidance, build_logits_processor, sample_tokens
+from ...layers import cache_length
+
+
+SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def truncate_cache(cache: DynamicCache, length: int) -> None:
+    """Drop the positions past `length` from a `DynamicCache` (the patches of one denoising step). transformers
+    5.x's `crop` takes the number of positions to remove as a negative int."""
+    extra = cache_length(cache) - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def left_pad_concat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(ids (b_i, L_i), mask (b_i, L_i)), ...] -> one left-padded batch (sum b_i, max L_i): the last tokens of every
+    row (the `<boi>` of a prompt) line up, so the patches that follow share their positions in the cache."""
+    length = max(ids.shape[1] for ids, _ in parts)
+    all_ids, all_masks = [], []
+    for ids, mask in parts:
+        pad = length - ids.shape[1]
+        all_ids.append(F.pad(ids, (pad, 0), value=pad_id))
+        all_masks.append(F.pad(mask.to(ids.device, torch.long), (pad, 0), value=0))
+    return torch.cat(all_ids), torch.cat(all_masks)
+
+
+@dataclass
+class _Prefix:
+    """A context to denoise after: its ids and mask, and the cache holding it (None = recompute every step)."""
+
+    input_ids: torch.Tensor  # (B', P)
+    attention_mask: torch.Tensor  # (B', P)
+    cache: DynamicCache | None
+
+
+@dataclass
+class TransfusionInterleavedOutput:
+    """Output of `generate_interleaved`, one entry per input row.
+
+    Args:
+        sequences: the generated ids (prompt excluded); each image appears as `<boi> <image> x N <eoi>`.
+        image_latents: (num_images, C, h, w) scaled latents of the generated images, in order.
+    """
+
+    sequences: list[torch.Tensor]
+    image_latents: list[torch.Tensor]
+
+
+class TransfusionGenerationMixin:
+    """Generation methods of `TransfusionForConditionalGeneration` (kept apart so the model file reads as the
+    architecture and the loss)."""
+
+    def make_scheduler(self, kind: str = "ddim") -> SchedulerMixin:
+        """A diffusers scheduler ("ddim" or "ddpm") with the training noise schedule."""
+        if kind not in SCHEDULERS:
+            raise ValueError(
+                f"`scheduler` must be one of {sorted(SCHEDULERS)} or a diffusers scheduler, got {kind!r}."
+            )
+        return SCHEDULERS[kind](**self.config.scheduler_config())
+
+    def unconditional_input_ids(self, batch: int, device) -> torch.Tensor:
+        """`<s> </s> <boi>` (the caption-dropped prompt of training) repeated `batch` times, (batch, <=3)."""
+        config = self.config
+        ids = [i for i in (config.bos_token_id, config.eos_token_id) if i is not None] + [config.boi_token_id]
+        return torch.tensor([ids], device=device).expand(batch, -1)
+
+    # -- diffusion mode ---------------------------------------------------------------------------------------------
+    def _prefill_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, use_cache: bool) -> _Prefix:
+        cache = None
+        if use_cache:
+            cache = DynamicCache(config=self.config)
+            self.model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+        return _Prefix(input_ids, attention_mask, cache)
+
+    def _predict_noise(self, prefix: _Prefix, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Noise prediction for `latents` (B', C, h, w) placed after `prefix` at `timestep`."""
+        rows = latents.shape[0]
+        placeholders = torch.full(
+            (rows, self.config.num_image_tokens), self.config.image_token_id, device=latents.device
+        )
+        mask = torch.cat([prefix.attention_mask, torch.ones_like(placeholders)], dim=1)
+        timesteps = torch.as_tensor(timestep, device=latents.device).expand(rows)
+        if prefix.cache is None:  # recompute the prefix (reference path)
+            ids = torch.cat([prefix.input_ids, placeholders], dim=1)
+            out = self.model(ids, attention_mask=mask, image_latents=latents, timesteps=timesteps, use_cache=False)
+            return out.noise_pred
+        length = cache_length(prefix.cache)
+        out = self.model(
+            placeholders,
+            attention_mask=mask,
+            past_key_values=prefix.cache,
+            image_latents=latents,
+            timesteps=timesteps,
+            use_cache=True,
+        )
+        truncate_cache(prefix.cache, length)
+        return out.noise_pred
+
+    def _denoise(
+        self,
+        prefixes: list[_Prefix],
+        batch: int,
+        guidance_scale: float,
+        num_inference_steps: int,
+        scheduler: SchedulerMixin,
+        generator: torch.Generator | None,
+        latents: torch.Tensor | None,
+        callback: Callable | None,
+        progress_bar,
+    ) -> torch.Tensor:
+        """Run the scheduler loop. `prefixes` hold B rows (unguided) or 2B rows (conditional first), in one or two
+        prefixes whose noise predictions are concatenated in order."""
+        config = self.config
+        device = prefixes[0].input_ids.device
+        dtype = self.model.embed_tokens.weight.dtype
+        shape = (batch, config.latent_channels, config.latent_size, config.latent_size)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+            latents = latents * scheduler.init_noise_sigma
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        guided = guidance_scale != 1.0
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        for i, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat([latents, latents]) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            preds, row = [], 0
+            for prefix in prefixes:
+                rows = prefix.input_ids.shape[0]
+                preds.append(self._predict_noise(prefix, model_input[row : row + rows], t))
+                row += rows
+            noise_pred = torch.cat(preds)
+            if guided:
+                noise_pred = apply_guidance(noise_pred, guidance_scale)
+            latents = scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+            if callback is not None:
+                latents = callback(i, t, latents)
+            if progress_bar is not None:
+                progress_bar.update()
+        return latents
+
+    @staticmethod
+    def _check_steps(num_inference_steps) -> None:
+        if (
+            not isinstance(num_inference_steps, int)
+            or isinstance(num_inference_steps, bool)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+
+    def _scheduler(self, scheduler: SchedulerMixin | str | None) -> SchedulerMixin:
+        if scheduler is None or isinstance(scheduler, str):
+            return self.make_scheduler(scheduler or "ddim")
+        return scheduler
+
+    @torch.no_grad()
+    def generate_image_latents(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        num_inference_steps: int = 50,
+        scheduler: SchedulerMixin | str | None = None,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        use_cache: bool = True,
+        callback: Callable | None = None,
+        progress_bar=None,
+    ) -> torch.Tensor:
+        """Text -> image latents (diffusion mode after a prompt that ends with `<boi>`).
+
+        Args:
+            input_ids: (B, L) left-padded prompts, each ending with `<boi>` (`processor.image_generation_inputs`).
+            attention_mask: (B, L) padding mask.
+            negative_input_ids, negative_attention_mask: (B or 1, L') the unconditional branch under guidance
+                (default: `<s> </s> <boi>`, the caption-dropped prompt), also ending with `<boi>`.
+            guidance_scale: classifier-free guidance on the noise (1.0 = off). Both branches run as ONE doubled
+                batch over one cache.
+            num_inference_steps: denoising steps.
+            scheduler: a diffusers scheduler instance, or "ddim" (default) / "ddpm" with the training schedule.
+            generator: the only source of randomness (initial noise, DDPM noise).
+            latents: (B, C, h, w) initial noise instead of drawing it.
+            use_cache: run the prefix once and reuse its keys/values at every step (False recomputes it: the
+                reference the cached path is tested against).
+            callback: `callback(i, t, latents) -> latents` after each step.
+            progress_bar: advanced once per step.
+
+        Returns:
+            (B, C, h, w) scaled latents (`decode_latents` turns them into pixels).
+        """
+        config = self.config
+        self._check_steps(num_inference_steps)
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
+        if input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must be (batch, length), got {tuple(input_ids.shape)}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch, device = input_ids.shape[0], input_ids.device
+        if (input_ids[:, -1] != config.boi_token_id).any():
+            raise ValueError(
+                f"Every prompt must end with `boi_token_id` ({config.boi_token_id}) to draw an image after it; build "
+                "the inputs with `TransfusionProcessor.image_generation_inputs` (left padding)."
+            )
+        scheduler = self._scheduler(scheduler)
+        ids, mask = input_ids, attention_mask
+        if guidance_scale != 1.0:
+            if negative_input_ids is None:
+                negative_input_ids = self.unconditional_input_ids(batch, device)
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            if (negative_input_ids[:, -1] != config.boi_token_id).any():
+                raise ValueError(f"`negative_input_ids` rows must end with `boi_token_id` ({config.boi_token_id}).")
+            negative = negative_input_ids.to(device).expand(batch, -1)
+            negative_mask = negative_attention_mask.to(device).expand(batch, -1)
+            ids, mask = left_pad_concat([(ids, mask), (negative, negative_mask)], config.pad_token_id or 0)
+        prefix = self._prefill_prefix(ids, mask, use_cache)
+        return self._denoise(
+            [prefix], batch, guidance_scale, num_inference_steps, scheduler, generator, latents, callback, progress_bar
+        )
+
+    @torch.no_grad()
+    def generate_images(self, *args, **kwargs) -> torch.Tensor:
+        """`generate_image_latents` followed by the VAE decoder: (B, 3, H, W) pixels in [-1, 1]."""
+        return self.decode_latents(self.generate_image_latents(*args, **kwargs))
+
+    # -- LM mode ----------------------------------------------------------------------------------------------------
+    def _next_token_logits(self, ids, mask, cache, image_latents=None, timesteps=None) -> torch.Tensor:
+        out = self(
+            ids,
+            attention_mask=mask,
+            past_key_values=cache,
+            image_latents=image_latents,
+            timesteps=timesteps,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1]
+
+    def _image_inputs(self, pixel_values, image_latents):
+        if pixel_values is not None and image_latents is not None:
+            raise ValueError("Pass either `pixel_values` or `image_latents`, not both.")
+        return self.encode_images(pixel_values) if pixel_values is not None else image_latents
+
+    @torch.no_grad()
+    def generate_text(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.LongTensor:
+        """LM mode only: continue text, or caption the images in the prompt (`processor(images=..., text=...)`).
+        Stops at `eos_token_id`; `<boi>` is not sampled here (see `generate_interleaved`).
+
+        Returns:
+            (B, <= max_new_tokens) new ids, `pad_token_id` after a row's `</s>`.
+        """
+        config = self.config
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
+        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        latents = self._image_inputs(pixel_values, image_latents)
+        batch, device = input_ids.shape[0], input_ids.device
+        cache = DynamicCache(config=self.config)
+        logits = self._next_token_logits(input_ids, attention_mask, cache, latents)
+        tokens = torch.full((batch, max_new_tokens), config.pad_token_id or 0, dtype=torch.long, device=device)
+        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        mask = attention_mask
+        for i in range(max_new_tokens):
+            logits[:, config.boi_token_id] = torch.finfo(logits.dtype).min
+            logits = processors(tokens[:, :i], logits)
+            token = sample_tokens(logits, generator, do_sample)
+            token = torch.where(done, torch.full_like(token, config.pad_token_id or 0), token)
+            tokens[:, i] = token
+            done |= token == config.eos_token_id
+            if done.all() or i == max_new_tokens - 1:
+                return tokens[:, : i + 1]
+            mask = torch.cat([mask, (~done).long()[:, None]], dim=1)
+            logits = self._next_token_logits(token[:, None], mask, cache)
+        return tokens
+
+    @torch.no_grad()
+    def generate_interleaved(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        max_images: int = 1,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        scheduler: SchedulerMixin | str | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> TransfusionInterleavedOutput:
+        """The full mode-switching loop: sample text; when `<boi>` is drawn, denoise an image after the cached
+        context (guided against `<s> </s> <boi>`), append it with `<eoi>` and resume text, until `</s>`,
+        `max_new_tokens` sampled tokens, or `<boi>` after `max_images` images (then `<boi>` is no longer drawn).
+
+        Rows are generated one after another (each row switches modes at its own time), all from `generator`.
+        """
+        config = self.config
+        self._check_steps(num_inference_steps)
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
+        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        scheduler = self._scheduler(scheduler)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        latents = self._image_inputs(pixel_values, image_latents)
+        device = input_ids.device
+        images_per_row = (input_ids == config.image_token_id).sum(1) // config.num_image_tokens
+        first_image = torch.cumsum(images_per_row, 0) - images_per_row
+        sequences, all_images = [], []
+        for row in range(input_ids.shape[0]):
+            ids, mask = input_ids[row : row + 1], attention_mask[row : row + 1]
+            row_latents = None
+            if latents is not None and images_per_row[row] > 0:
+                start = int(first_image[row])
+                row_latents = latents[start : start + int(images_per_row[row])]
+            cache = DynamicCache(config=self.config)
+            logits = self._next_token_logits(ids, mask, cache, row_latents)
+            new, images = [], []
+            for _ in range(max_new_tokens):
+                if len(images) >= max_images:
+                    logits[:, config.boi_token_id] = torch.finfo(logits.dtype).min
+                history = torch.tensor([new], dtype=torch.long, device=device).view(1, -1)
+                token = sample_tokens(processors(history, logits), generator, do_sample)  # (1,)
+                new.append(int(token))
+                mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
+                if int(token) == config.eos_token_id:
+                    break
+                if int(token) != config.boi_token_id:
+                    logits = self._next_token_logits(token[:, None], mask, cache)
+                    continue
+                # diffusion mode: <boi> enters the cache, the patches are denoised after it
+                self.model(token[:, None], attention_mask=mask, past_key_values=cache, use_cache=True)
+                prefixes = [_Prefix(torch.cat([ids, history, token[:, None]], 1), mask, cache)]
+                if guidance_scale != 1.0:
+                    negative = self.unconditional_input_ids(1, device)
+                    prefixes.append(self._prefill_prefix(negative, torch.ones_like(negative), use_cache=True))
+                image = self._denoise(
+                    prefixes, 1, guidance_scale, num_inference_steps, scheduler, generator, None, None, None
+                )
+                images.append(image)
+                # the clean image (t = 0) and <eoi> join the context; LM mode resumes after <eoi>
+                tail = torch.tensor(
+                    [[config.image_token_id] * config.num_image_tokens + [config.eoi_token_id]], device=device
+                )
+                mask = torch.cat([mask, torch.ones_like(tail)], dim=1)
+                logits = self._next_token_logits(tail, mask, cache, image, torch.zeros(1, device=device))
+                new.extend(tail[0].tolist())
+            sequences.append(torch.tensor(new, dtype=torch.long, device=device))
+            all_images.append(torch.cat(images) if images else input_ids.new_zeros((0,)).float())
+        return TransfusionInterleavedOutput(sequences=sequences, image_latents=all_images)
+
+
+__all__ = ["SCHEDULERS", "TransfusionGenerationMixin", "TransfusionInterleavedOutput", "left_pad_concat"]

@@ -1,0 +1,371 @@
+"""Transfusion: the mask cell by cell, the loss, cached-prefix denoising, both generation modes, save / load, errors."""
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from torch import nn
+
+from hf_t2i.image_processing import T2IImageProcessor
+from hf_t2i.layers.masks import causal_with_bidirectional_blocks, causal_with_bidirectional_spans, image_span_ids
+from hf_t2i.models.transfusion import (
+    TransfusionConfig,
+    TransfusionForConditionalGeneration,
+    TransfusionProcessor,
+    add_image_tokens,
+)
+from hf_t2i.tokenization import train_bpe_tokenizer
+
+
+CAPTIONS = ["a red circle", "two blue squares", "a green triangle left of a red square", "three yellow circles"]
+TINY_VAE = {
+    "down_block_types": ["DownEncoderBlock2D"] * 2,
+    "up_block_types": ["UpDecoderBlock2D"] * 2,
+    "block_out_channels": [8, 8],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 16,
+    "scaling_factor": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def processor():
+    tokenizer = add_image_tokens(train_bpe_tokenizer(CAPTIONS * 20, vocab_size=300, model_max_length=12))
+    return TransfusionProcessor(T2IImageProcessor(image_size=16), tokenizer, num_image_tokens=16)
+
+
+def tiny_config(processor, **kwargs) -> TransfusionConfig:
+    defaults = dict(
+        vae_config=TINY_VAE,
+        image_size=16,  # latent 8x8, patch 2 -> 4x4 = 16 patches
+        patch_size=2,
+        vocab_size=len(processor.tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        unet_channels=8,
+        unet_norm_groups=4,
+        **processor.special_token_ids(),
+    )
+    defaults.update(kwargs)
+    return TransfusionConfig(**defaults)
+
+
+@pytest.fixture(scope="module", params=["linear", "unet"])
+def model(request, processor):
+    torch.manual_seed(0)
+    return TransfusionForConditionalGeneration(tiny_config(processor, patch_encoder=request.param)).eval()
+
+
+@pytest.fixture(scope="module")
+def linear_model(processor):
+    torch.manual_seed(0)
+    return TransfusionForConditionalGeneration(tiny_config(processor)).eval()
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def latents_like(model, n, seed=0):
+    c = model.config
+    return torch.randn(n, c.latent_channels, c.latent_size, c.latent_size, generator=seeded(seed))
+
+
+# -- mask -----------------------------------------------------------------------------------------------------------
+# t = text, B = <boi>, i = image patch, E = <eoi>; two images of 2 patches (a toy N = 2).
+MASK_SEQUENCE = "t B i i E t B i i E"
+MASK_EXPECTED = """
+1 0 0 0 0 0 0 0 0 0
+1 1 0 0 0 0 0 0 0 0
+1 1 1 1 0 0 0 0 0 0
+1 1 1 1 0 0 0 0 0 0
+1 1 1 1 1 0 0 0 0 0
+1 1 1 1 1 1 0 0 0 0
+1 1 1 1 1 1 1 0 0 0
+1 1 1 1 1 1 1 1 1 0
+1 1 1 1 1 1 1 1 1 0
+1 1 1 1 1 1 1 1 1 1
+"""
+
+
+def expected_mask() -> torch.Tensor:
+    rows = [[int(x) for x in line.split()] for line in MASK_EXPECTED.strip().splitlines()]
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_mask_is_causal_plus_bidirectional_within_each_image_cell_by_cell():
+    is_image = torch.tensor([[tok == "i" for tok in MASK_SEQUENCE.split()]])
+    mask = causal_with_bidirectional_spans(image_span_ids(is_image))
+    assert mask.shape == (1, 1, 10, 10)
+    expected = expected_mask()
+    for i in range(10):
+        for j in range(10):
+            assert mask[0, 0, i, j] == expected[i, j], (i, j)
+    assert torch.equal(mask[0, 0], causal_with_bidirectional_blocks(10, [(2, 4), (7, 9)]))
+
+
+def test_mask_with_left_padding_and_cache():
+    # row 0: two pads then "t B i i"; row 1: "t t B i i E"
+    is_image = torch.tensor([[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]], dtype=torch.bool)
+    padding = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    mask = causal_with_bidirectional_spans(image_span_ids(is_image), key_padding_mask=padding)[:, 0]
+    assert not mask[0, 2:, :2].any()  # nobody sees a pad
+    assert mask[0, 0, 0] and not mask[0, 0, 1]  # a pad query only sees itself (no empty softmax)
+    assert mask[0, 4, 5] and mask[0, 5, 4]  # bidirectional inside the image
+    assert mask[1, 3, 4] and not mask[1, 2, 3] and not mask[1, 4, 5]
+    # new positions after 3 cached ones see all of them (the last cached one is padding)
+    cached = causal_with_bidirectional_spans(
+        image_span_ids(is_image[:1, 2:]), past_length=3, key_padding_mask=torch.tensor([[1, 1, 0, 1, 1, 1, 1]])
+    )[0, 0]
+    assert cached[:, :2].all() and not cached[:, 2].any()
+    assert cached[2:, 5:].all() and not cached[0, 4:].any()
+
+
+def test_model_attends_causally_and_bidirectionally_inside_images(linear_model, processor):
+    model, n = linear_model, linear_model.config.num_image_tokens
+    batch = processor.build_training_batch(["a red circle"], latents_like(model, 1), image_first=[True])
+    ids, latents = batch["input_ids"], batch["image_latents"]
+    first_patch, last_patch = 2, 1 + n  # <s> <boi> i ... i <eoi> caption </s>
+    base = model.model(ids, image_latents=latents, use_cache=False).last_hidden_state
+
+    changed = latents.clone()
+    changed[..., -1, -1] += 1.0  # only the last patch's values change
+    out = model.model(ids, image_latents=changed, use_cache=False).last_hidden_state
+    assert not torch.allclose(out[0, first_patch], base[0, first_patch])  # earlier patch sees the later one
+    assert torch.allclose(out[0, :first_patch], base[0, :first_patch])  # the text before does not
+    assert not torch.allclose(out[0, last_patch + 2], base[0, last_patch + 2])  # the caption after does
+
+    other = ids.clone()
+    other[0, -2] = (other[0, -2] + 1) % 250 + 3  # a later caption token
+    out = model.model(other, image_latents=latents, use_cache=False).last_hidden_state
+    assert torch.allclose(out[0, :-2], base[0, :-2], atol=1e-6)
+
+
+# -- loss -----------------------------------------------------------------------------------------------------------
+def test_loss_is_lm_plus_lambda_times_per_image_ddpm(linear_model, processor):
+    model = linear_model
+    batch = processor.build_training_batch(CAPTIONS[:3], latents_like(model, 3), image_first=[False, True, False])
+    noise, timesteps = latents_like(model, 3, seed=1), torch.tensor([10, 500, 999])
+    out = model(**batch, noise=noise, timesteps=timesteps)
+    assert torch.allclose(out.loss, out.lm_loss + 5.0 * out.diffusion_loss)
+
+    # the diffusion term: noise added to the latent before patchifying with the cosine DDPM schedule
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    noisy = scheduler.add_noise(batch["image_latents"], noise, timesteps)
+    pred = model(batch["input_ids"], batch["attention_mask"], image_latents=noisy, timesteps=timesteps).noise_pred
+    per_image = ((pred - noise) ** 2).flatten(1).mean(1)
+    assert torch.allclose(out.diffusion_loss, per_image.mean(), atol=1e-6)
+
+    # the LM term: next-token CE on text targets only (placeholders, <eoi> and pads are ignored)
+    logits = model(batch["input_ids"], batch["attention_mask"], image_latents=noisy, timesteps=timesteps).logits
+    labels = batch["labels"]
+    assert (labels[batch["input_ids"] == processor.image_token_id] == -100).all()
+    assert (labels[batch["input_ids"] == processor.eoi_token_id] == -100).all()
+    full = model.lm_head(
+        model.model(
+            batch["input_ids"], batch["attention_mask"], image_latents=noisy, timesteps=timesteps, use_cache=False
+        ).last_hidden_state
+    )
+    ce = nn.functional.cross_entropy(full[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+    assert torch.allclose(out.lm_loss, ce, atol=1e-5)
+    assert logits.shape[:2] == batch["input_ids"].shape
+
+
+def test_training_timesteps_respect_noise_limits_and_the_generator(linear_model):
+    latents = latents_like(linear_model, 64)
+    limits = torch.tensor([500] * 32 + [1000] * 32)
+    _, t, noise = linear_model.sample_training_noise(latents, timestep_limits=limits, generator=seeded(0))
+    assert t[:32].max() < 500 and t[32:].max() >= 500
+    _, t2, noise2 = linear_model.sample_training_noise(latents, timestep_limits=limits, generator=seeded(0))
+    assert torch.equal(t, t2) and torch.equal(noise, noise2)
+
+
+def test_a_few_steps_of_training_lower_the_loss(processor):
+    torch.manual_seed(0)
+    model = TransfusionForConditionalGeneration(tiny_config(processor)).train()
+    batch = processor.build_training_batch(CAPTIONS, latents_like(model, 4), image_first=[False, True] * 2)
+    noise, timesteps = latents_like(model, 4, seed=2), torch.tensor([100, 300, 600, 900])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = model(**batch, noise=noise, timesteps=timesteps).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+    assert all(p.grad is None for p in model.vae.parameters())  # the VAE stays frozen
+
+
+# -- diffusion mode -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
+def test_cached_prefix_denoising_equals_recomputed_sequence(model, processor, scheduler):
+    inputs = processor.image_generation_inputs(["a red circle", "a green triangle left of a red square"])
+    assert inputs["attention_mask"][0, 0] == 0  # the short prompt is left-padded
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=4, scheduler=scheduler)
+    cached = model.generate_image_latents(**inputs, generator=seeded(1), **kwargs)
+    full = model.generate_image_latents(**inputs, generator=seeded(1), use_cache=False, **kwargs)
+    assert torch.allclose(cached, full, atol=1e-5)
+
+
+def test_batch_with_padding_equals_singles(linear_model, processor):
+    prompts = ["a red circle", "a green triangle left of a red square"]
+    latents = latents_like(linear_model, 2)
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=3)
+    batched = linear_model.generate_image_latents(
+        **processor.image_generation_inputs(prompts), latents=latents, **kwargs
+    )
+    for i, prompt in enumerate(prompts):
+        single = linear_model.generate_image_latents(
+            **processor.image_generation_inputs([prompt]), latents=latents[i : i + 1], **kwargs
+        )
+        assert torch.allclose(batched[i : i + 1], single, atol=1e-5)
+
+
+def test_same_seed_same_image(linear_model, processor):
+    inputs = processor.image_generation_inputs(["a red circle"])
+    for scheduler in ("ddpm", "ddim"):
+        kwargs = dict(guidance_scale=2.0, num_inference_steps=3, scheduler=scheduler)
+        a = linear_model.generate_images(**inputs, generator=seeded(3), **kwargs)
+        b = linear_model.generate_images(**inputs, generator=seeded(3), **kwargs)
+        c = linear_model.generate_images(**inputs, generator=seeded(4), **kwargs)
+        assert a.shape == (1, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_guidance_changes_the_image(linear_model, processor):
+    inputs = processor.image_generation_inputs(["a red circle"])
+    plain = linear_model.generate_image_latents(**inputs, num_inference_steps=3, generator=seeded(0))
+    guided = linear_model.generate_image_latents(
+        **inputs, num_inference_steps=3, generator=seeded(0), guidance_scale=4.0
+    )
+    assert not torch.allclose(plain, guided)
+
+
+# -- LM mode and mode switching -------------------------------------------------------------------------------------
+def test_captioning_with_stock_generate_matches_the_package_loop(linear_model, processor):
+    image = (torch.rand(16, 16, 3, generator=seeded(0)).numpy() * 255).astype("uint8")
+    inputs = processor(images=[image, image[::-1]], text=["", "a"])
+    assert inputs["input_ids"][0, 1] == processor.boi_token_id or inputs["input_ids"][0, 2] == processor.boi_token_id
+    ours = linear_model.generate_text(**inputs, max_new_tokens=6, do_sample=False)
+    stock = linear_model.generate(**inputs, max_new_tokens=6, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+    assert torch.equal(ours, stock[:, : ours.shape[1]])
+    # the image conditions the caption
+    other = processor(images=[image[:, ::-1], image[::-1]], text=["", "a"])
+    logits = linear_model(**inputs).logits[0, -1]
+    assert not torch.allclose(logits, linear_model(**other).logits[0, -1])
+
+
+def test_text_continuation_is_seeded(linear_model, processor):
+    inputs = processor(text=["a red", "two"])
+    a = linear_model.generate_text(**inputs, max_new_tokens=5, generator=seeded(0), top_k=20)
+    b = linear_model.generate_text(**inputs, max_new_tokens=5, generator=seeded(0), top_k=20)
+    assert torch.equal(a, b)
+    assert processor.boi_token_id not in a  # LM-only mode never opens an image
+
+
+def test_interleaved_generation_switches_to_diffusion_at_boi(processor):
+    torch.manual_seed(0)
+    model = TransfusionForConditionalGeneration(tiny_config(processor)).eval()
+    config = model.config
+    head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)  # make <boi> the greedy choice
+    head.weight.data.copy_(model.lm_head.weight.data)
+    head.bias.data.zero_()
+    head.bias.data[config.boi_token_id] = 100.0
+    model.lm_head = head
+    prompt = processor(text=["a red circle"])
+    out = model.generate_interleaved(
+        **prompt, max_new_tokens=3, num_inference_steps=3, guidance_scale=2.0, do_sample=False, generator=seeded(5)
+    )
+    seq, n = out.sequences[0].tolist(), config.num_image_tokens
+    assert seq[0] == config.boi_token_id
+    assert seq[1 : 1 + n] == [config.image_token_id] * n and seq[1 + n] == config.eoi_token_id
+    assert config.boi_token_id not in seq[2 + n :]  # max_images=1: LM mode afterwards
+    assert len(seq) == n + 4  # 3 sampled tokens, one of which opened the image
+    # the image is the one text -> image draws after the same context with the same seed
+    direct = model.generate_image_latents(
+        input_ids=torch.cat([prompt["input_ids"], torch.tensor([[config.boi_token_id]])], 1),
+        num_inference_steps=3,
+        guidance_scale=2.0,
+        generator=seeded(5),
+    )
+    assert torch.allclose(out.image_latents[0], direct, atol=1e-5)
+
+
+# -- save / load ----------------------------------------------------------------------------------------------------
+def test_save_load_round_trip(model, processor, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = TransfusionForConditionalGeneration.from_pretrained(tmp_path).eval()
+    saved, original = loaded.config.to_dict(), model.config.to_dict()
+    saved.pop("_name_or_path"), original.pop("_name_or_path")
+    assert saved == original
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    inputs = processor.image_generation_inputs(["a red circle"])
+    kwargs = dict(num_inference_steps=2, guidance_scale=2.0)
+    assert torch.equal(
+        loaded.generate_images(**inputs, generator=seeded(0), **kwargs),
+        model.generate_images(**inputs, generator=seeded(0), **kwargs),
+    )
+    TransfusionConfig.from_pretrained(tmp_path)  # the nested VAE config survives JSON
+
+
+# -- errors ---------------------------------------------------------------------------------------------------------
+def test_bad_config_errors(processor):
+    with pytest.raises(ValueError, match="not a multiple of `patch_size`"):
+        tiny_config(processor, image_size=16, patch_size=3)
+    with pytest.raises(ValueError, match="VAE's downsampling factor"):
+        tiny_config(processor, image_size=15)
+    with pytest.raises(ValueError, match="`boi_token_id` is required"):
+        tiny_config(processor, boi_token_id=None)
+    with pytest.raises(ValueError, match="`eoi_token_id` is required"):
+        tiny_config(processor, eoi_token_id=None)
+    with pytest.raises(ValueError, match="distinct"):
+        tiny_config(processor, eoi_token_id=processor.boi_token_id)
+    with pytest.raises(ValueError, match="patch_encoder"):
+        tiny_config(processor, patch_encoder="conv")
+
+
+def test_bad_input_errors(linear_model, processor):
+    inputs = processor.image_generation_inputs(["a red circle"])
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        linear_model.generate_image_latents(**inputs, num_inference_steps=-1)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        linear_model.generate_image_latents(**inputs, num_inference_steps=0)
+    with pytest.raises(ValueError, match="end with `boi_token_id`"):
+        linear_model.generate_image_latents(**processor(text=["a red circle"]), num_inference_steps=2)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        linear_model.generate_image_latents(**inputs, guidance_scale=-1.0)
+
+    batch = processor.build_training_batch(["a red circle"], latents_like(linear_model, 1))
+    ids = batch["input_ids"]
+    with pytest.raises(ValueError, match="no `image_latents`"):
+        linear_model(ids)
+    with pytest.raises(ValueError, match="shape"):
+        linear_model(ids, image_latents=latents_like(linear_model, 2))
+    boi = (ids[0] == processor.boi_token_id).nonzero().item()
+    no_boi = ids.clone()
+    no_boi[0, boi] = 5
+    with pytest.raises(ValueError, match="not preceded by `boi_token_id`"):
+        linear_model(no_boi, image_latents=batch["image_latents"])
+    no_eoi = ids.clone()
+    no_eoi[no_eoi == processor.eoi_token_id] = 5
+    with pytest.raises(ValueError, match="not followed by `eoi_token_id`"):
+        linear_model(no_eoi, image_latents=batch["image_latents"])
+    short = torch.cat([ids[:, : boi + 5], ids[:, boi + 6 :]], 1)  # one placeholder missing
+    with pytest.raises(ValueError, match="exactly 16"):
+        linear_model(short, image_latents=batch["image_latents"])
+    with pytest.raises(ValueError, match="image_size|num_images"):
+        linear_model.encode_images(torch.zeros(1, 3, 20, 20))
+
+
+def test_processor_requires_the_image_tokens(processor):
+    plain = train_bpe_tokenizer(CAPTIONS * 20, vocab_size=300, model_max_length=12)
+    with pytest.raises(ValueError, match="lacks the image tokens"):
+        TransfusionProcessor(T2IImageProcessor(image_size=16), plain, num_image_tokens=16)
+    with pytest.raises(ValueError, match="tokens long"):
+        processor.image_generation_inputs(["a red circle " * 10])
