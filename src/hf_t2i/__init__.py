@@ -10,9 +10,10 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel, DallePreTrainedModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
-from .pipelines import DallePipeline, PartiPipeline, T2IPipeline, T2IPipelineOutput, TextToImagePipeline
+from .pipelines import DallePipeline, FluidPipeline, PartiPipeline, T2IPipeline, T2IPipelineOutput, TextToImagePipeline
 from .processing_utils import T2IProcessor
 from .tokenization import train_bpe_tokenizer
 
@@ -29,6 +30,11 @@ __all__ = [
     "DallePipeline",
     "DallePreTrainedModel",
     "DalleProcessor",
+    "FluidConfig",
+    "FluidForConditionalGeneration",
+    "FluidModel",
+    "FluidPipeline",
+    "FluidProcessor",
     "PartiConfig",
     "PartiForConditionalGeneration",
     "PartiModel",

@@ -18,9 +18,11 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
 from .pipelines.dalle.pipeline_dalle import DallePipeline
+from .pipelines.fluid.pipeline_fluid import FluidPipeline
 from .pipelines.parti.pipeline_parti import PartiPipeline
 from .pipelines.text_to_image import TEXT_TO_IMAGE_PIPELINES, TextToImagePipeline
 
@@ -36,6 +38,7 @@ class AutoModelForTextToImage(_BaseAutoModelClass):
 _TEXT_TO_IMAGE_MODELS = [
     (DalleConfig, DalleModel, DalleForConditionalGeneration, DalleProcessor, DallePipeline),
     (PartiConfig, PartiModel, PartiForConditionalGeneration, PartiProcessor, PartiPipeline),
+    (FluidConfig, FluidModel, FluidForConditionalGeneration, FluidProcessor, FluidPipeline),
 ]
 # (config class, model) of the image tokenizers
 _IMAGE_TOKENIZERS = [

@@ -16,7 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from diffusers import DDPMScheduler
+
+# diffusers finds a pipeline component's loading method by looking its base class up in the component's module, so
+# `SchedulerMixin` must be importable from here for `FluidPipeline.from_pretrained` to load the scheduler.
+from diffusers import DDPMScheduler, SchedulerMixin  # noqa: F401
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 

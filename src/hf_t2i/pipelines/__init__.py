@@ -2,6 +2,7 @@
 
 from .autoregressive import AutoregressiveT2IPipeline
 from .dalle.pipeline_dalle import DallePipeline
+from .fluid.pipeline_fluid import FluidPipeline
 from .parti.pipeline_parti import PartiPipeline
 from .pipeline_output import T2IPipelineOutput
 from .pipeline_utils import T2IPipeline
@@ -11,6 +12,7 @@ from .text_to_image import TextToImagePipeline
 __all__ = [
     "AutoregressiveT2IPipeline",
     "DallePipeline",
+    "FluidPipeline",
     "PartiPipeline",
     "T2IPipeline",
     "T2IPipelineOutput",

@@ -470,6 +470,8 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
     ) -> torch.Tensor:
         """New tokens from backbone outputs hidden (B', M, C) -> (B, M, D) latents or (B, M) ids."""
         batch = hidden.shape[0] // 2 if guided else hidden.shape[0]
+        if guided and scale == 1.0:  # e.g. the first iteration of the linear schedule: the conditional rows only
+            hidden, guided = hidden[:batch], False
         count = hidden.shape[1]
         if self.config.is_continuous:
             condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
@@ -480,7 +482,7 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
                 diffusion_steps,
                 generator,
                 temperature,
-                scale if guided else 1.0,
+                scale,
                 device=hidden.device,
                 dtype=hidden.dtype,
             )
