@@ -14,6 +14,11 @@ from .mlp import FeedForward
 class TransformerBlock(GradientCheckpointingLayer):
     """`x + attn(ln(x))`, then `x + cross_attn(ln(x), encoder)` when `cross_attention`, then `x + mlp(ln(x))`.
 
+    Options for converted checkpoints (all off by default): `sandwich_norm` adds a LayerNorm on each branch's output
+    before the residual add (CogView's sandwich norm; BART-style DALL·E Mega's `*_layer_norm`), `layer_scale_init`
+    multiplies each branch by a learned per-channel scale (CaiT's LayerScale, as in DALLE-pytorch), and
+    `mlp_inner_norm` puts a LayerNorm inside the feed-forward before its output projection.
+
     Args:
         hidden_size: model width.
         num_heads: attention heads.
@@ -27,6 +32,10 @@ class TransformerBlock(GradientCheckpointingLayer):
         bias: bias in projections.
         attention_dropout: dropout on attention probabilities in training.
         hidden_dropout: dropout on each residual branch in training.
+        sandwich_norm: LayerNorm on each branch output (`norm1_post`, `norm_cross_post`, `norm2_post`).
+        layer_scale_init: when set, learned per-channel scales `scale1`, `scale_cross`, `scale2` of each branch,
+            initialised to this value.
+        mlp_inner_norm: LayerNorm on the feed-forward's inner activations (see [`FeedForward`]).
     """
 
     def __init__(
@@ -43,6 +52,9 @@ class TransformerBlock(GradientCheckpointingLayer):
         bias: bool = True,
         attention_dropout: float = 0.0,
         hidden_dropout: float = 0.0,
+        sandwich_norm: bool = False,
+        layer_scale_init: float | None = None,
+        mlp_inner_norm: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=norm_eps)
@@ -60,12 +72,36 @@ class TransformerBlock(GradientCheckpointingLayer):
                 dropout=attention_dropout,
             )
         self.norm2 = nn.LayerNorm(hidden_size, eps=norm_eps)
-        self.mlp = FeedForward(hidden_size, intermediate_size, activation, glu=glu, bias=bias)
+        self.mlp = FeedForward(
+            hidden_size,
+            intermediate_size,
+            activation,
+            glu=glu,
+            bias=bias,
+            inner_norm=mlp_inner_norm,
+            norm_eps=norm_eps,
+        )
+        branches = ["1", "2"] + (["_cross"] if cross_attention else [])
+        for b in branches:
+            if sandwich_norm:
+                setattr(self, f"norm{b}_post", nn.LayerNorm(hidden_size, eps=norm_eps))
+            if layer_scale_init is not None:
+                setattr(self, f"scale{b}", nn.Parameter(torch.full((hidden_size,), float(layer_scale_init))))
+        self.sandwich_norm = sandwich_norm
+        self.layer_scale = layer_scale_init is not None
         # No module at all without dropout: a no-op call per sub-layer costs real time in batch-1 decoding.
         self.dropout = nn.Dropout(hidden_dropout) if hidden_dropout > 0 else None
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.dropout is None else self.dropout(x)
+
+    def _branch(self, h: torch.Tensor, name: str) -> torch.Tensor:
+        """Post-process one branch output: sandwich norm, layer scale, dropout."""
+        if self.sandwich_norm:
+            h = getattr(self, f"norm{name}_post")(h)
+        if self.layer_scale:
+            h = h * getattr(self, f"scale{name}")
+        return self._drop(h)
 
     def forward(
         self,
@@ -78,7 +114,7 @@ class TransformerBlock(GradientCheckpointingLayer):
     ) -> torch.Tensor:
         """hidden_states: (B, T, C); masks boolean (B or 1, 1, T, K). Returns (B, T, C)."""
         h = self.self_attn(self.norm1(hidden_states), attention_mask, past_key_values, is_causal=is_causal)
-        hidden_states = hidden_states + self._drop(h)
+        hidden_states = hidden_states + self._branch(h, "1")
         if self.cross_attn is not None:
             h = self.cross_attn(
                 self.norm_cross(hidden_states),
@@ -86,5 +122,5 @@ class TransformerBlock(GradientCheckpointingLayer):
                 past_key_values,
                 encoder_hidden_states=encoder_hidden_states,
             )
-            hidden_states = hidden_states + self._drop(h)
-        return hidden_states + self._drop(self.mlp(self.norm2(hidden_states)))
+            hidden_states = hidden_states + self._branch(h, "_cross")
+        return hidden_states + self._branch(self.mlp(self.norm2(hidden_states)), "2")

@@ -46,6 +46,10 @@ class DalleConfig(PreTrainedConfig):
         image_loss_weight (`float`, *optional*, defaults to 0.875): weight of the image cross-entropy (paper: 7/8).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init of linear and embedding
             weights.
+        sandwich_norm (`bool`, *optional*, defaults to `False`): a LayerNorm on each attention / feed-forward output
+            before the residual add (CogView's sandwich norm; DALLE-pytorch's `sandwich_norm=True`).
+        layer_scale_init (`float`, *optional*): when set, each residual branch is multiplied by a learned per-channel
+            scale initialised to this value (LayerScale, which every DALLE-pytorch >= 1.0 model has).
     """
 
     model_type = "dalle"
@@ -72,6 +76,8 @@ class DalleConfig(PreTrainedConfig):
         image_loss_weight: float = 0.875,
         initializer_range: float = 0.02,
         use_cache: bool = True,
+        sandwich_norm: bool = False,
+        layer_scale_init: float | None = None,
         **kwargs,
     ):
         if vq_config is None:
@@ -121,6 +127,8 @@ class DalleConfig(PreTrainedConfig):
         self.image_loss_weight = image_loss_weight
         self.initializer_range = initializer_range
         self.use_cache = use_cache
+        self.sandwich_norm = sandwich_norm
+        self.layer_scale_init = layer_scale_init
         # Derived from the image tokenizer; stored so generation utilities that read `vocab_size` find it.
         self.vocab_size = text_vocab_size + vq_config.vocab_size
         kwargs.setdefault("tie_word_embeddings", False)

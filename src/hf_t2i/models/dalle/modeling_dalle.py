@@ -101,6 +101,8 @@ class DalleModel(DallePreTrainedModel):
                 norm_eps=config.layer_norm_eps,
                 attention_dropout=config.attention_dropout,
                 hidden_dropout=config.hidden_dropout,
+                sandwich_norm=config.sandwich_norm,
+                layer_scale_init=config.layer_scale_init,
             )
             for i in range(config.num_hidden_layers)
         )

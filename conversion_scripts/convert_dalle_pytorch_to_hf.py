@@ -1,0 +1,452 @@
+"""Convert a DALLE-pytorch training checkpoint (`dalle.pt` of `train_dalle.py`) to [`DalleForConditionalGeneration`]
+with its OpenAI dVAE as the nested [`DalleDVAE`].
+
+Checkpoint: `{'hparams', 'vae_params', 'weights', 'vae_class_name', 'version', 'epoch', 'opt_state',
+'scheduler_state'}` (older releases have only the first three). Only `hparams`, `vae_class_name` and `weights` are
+read; optimizer and scheduler states are dropped. Layer keys are matched by suffix, because the number of `fn.`
+hops between a layer index and its weights changes with options and releases (`LayerScale`, `PreNorm`, `CachedAs`,
+`PreShiftToken`, `NonCached` wrappers).
+
+Token layout. DALLE-pytorch prepends a <bos> (id 0) to the `L` text ids, replaces each text id 0 (padding) with a
+per-position id `V + i`, and predicts image codes in the logit slots after the `V + L` text slots. The converted
+model uses the same id space: `text_seq_len = L + 1` (the <bos> is position 0), `text_vocab_size = V + L`, image code
+`k` is id `V + L + k`, and `text_pad_token_id = 0` selects `text_pad_embeddings[p]`, which holds the <bos> embedding
+at `p = 0` and the per-position padding embedding `V + p - 1` elsewhere. Inputs are therefore `[0, *text_ids]`, with
+the text padded by 0 to `L` as DALLE-pytorch's tokenizers do.
+
+Key map (`{i}`: layer, `...`: any wrapper hops):
+
+| source (`weights`)                                       | target                                                 |
+|----------------------------------------------------------|--------------------------------------------------------|
+| `text_emb.weight` (or `to_logits.1.weight` when shared)  | `model.text_embeddings.weight`; rows 0 and `V..V+L-1` also `model.text_pad_embeddings.weight` |
+| `image_emb.weight` (or `to_logits.1.weight` rows)        | `model.image_embeddings.weight`                         |
+| `text_pos_emb.weight`                                    | `model.text_position_embeddings.weight`                |
+| `image_pos_emb.weights.{0,1}` (or `weights_{0,1}`)       | `model.image_position_embeddings.{row,col}.weight`     |
+| `transformer.layers.layers.{i}.0...norm.{weight,bias}`   | `model.layers.{i}.norm1.*`                             |
+| `transformer.layers.layers.{i}.0...to_qkv.weight`        | `model.layers.{i}.self_attn.qkv_proj.weight` (bias: zeros) |
+| `transformer.layers.layers.{i}.0...to_out.0.*`           | `model.layers.{i}.self_attn.out_proj.*`                |
+| `transformer.layers.layers.{i}.0...norm_out.*` (sandwich) | `model.layers.{i}.norm1_post.*`                        |
+| `transformer.layers.layers.{i}.0.scale` (LayerScale)     | `model.layers.{i}.scale1`                              |
+| `transformer.layers.layers.{i}.1...norm.*`               | `model.layers.{i}.norm2.*`                             |
+| `transformer.layers.layers.{i}.1...net.0.*` (GEGLU in)   | `model.layers.{i}.mlp.fc1.*` (halves swapped: [gate, value]) |
+| `transformer.layers.layers.{i}.1...net.3.*`              | `model.layers.{i}.mlp.fc2.*`                           |
+| `transformer.layers.layers.{i}.1...norm_out.*`, `.1.scale` | `model.layers.{i}.norm2_post.*`, `model.layers.{i}.scale2` |
+| `to_logits.0.*`, `to_logits.1.*`                         | `model.norm.*`, `lm_head.*`                            |
+| `vae.enc.blocks.*.{w,b}`, `vae.dec.blocks.*.{w,b}`       | `vqmodel.{encoder,decoder}.blocks.*.{weight,bias}`     |
+| `text_emb.linear.*`, `image_emb.linear.*` (shared copies) | dropped after checking they equal `to_logits.1.*`     |
+| `logits_mask` (persistent in old releases)               | dropped (recomputed)                                   |
+
+Supported: `attn_types` of `full` and `axial_col` (the image token sees the whole text and the earlier tokens of
+its column, exactly the package's `"column"` mask), `sandwich_norm`, LayerScale, `share_input_output_emb`,
+`shared_attn_ids` / `shared_ff_ids` (weights are copied per layer), dropout settings, `loss_img_weight`. Refused with
+an error naming the option: `rotary_emb=True` and `shift_tokens=True` (DALLE-pytorch's defaults), `reversible`,
+`stable`, `sparse_attn` and the `sparse`, `axial_row`, `conv_like` attention types, `dim_head * heads != dim`, and
+VAEs other than `OpenAIDiscreteVAE` (DALLE-pytorch's own `DiscreteVAE` and `VQGanVAE` have other architectures).
+
+Usage:
+    python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import re
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import convert_dalle_dvae_to_hf as dvae_script  # noqa: E402
+from conversion_utils import (  # noqa: E402
+    ConversionError,
+    KeyConsumer,
+    load_converted,
+    load_torch_file,
+    max_abs_diff,
+    report_parity,
+    require_mapping,
+    run_main,
+    tensors_only,
+    write_model_card,
+)
+
+from hf_t2i import DalleConfig, DalleForConditionalGeneration  # noqa: E402
+
+
+# DALLE-pytorch 1.6.6 defaults of the `DALLE` constructor, used for hparams an older checkpoint did not record.
+DALLE_DEFAULTS = dict(
+    num_text_tokens=10000,
+    text_seq_len=256,
+    heads=8,
+    dim_head=64,
+    reversible=False,
+    attn_dropout=0.0,
+    ff_dropout=0.0,
+    sparse_attn=False,
+    attn_types=None,
+    loss_img_weight=7,
+    stable=False,
+    sandwich_norm=False,
+    shift_tokens=True,
+    rotary_emb=True,
+    shared_attn_ids=None,
+    shared_ff_ids=None,
+    share_input_output_emb=False,
+    optimize_for_inference=False,
+)
+REQUIRED_HPARAMS = ("dim", "depth")
+ATTENTION_TYPES = {"full": "full", "axial_col": "column"}
+CHECKPOINT_DROPPED = ("vae_params", "opt_state", "scheduler_state", "epoch", "version")
+
+
+def read_hparams(checkpoint: dict) -> dict:
+    """The DALLE constructor arguments, with 1.6.6 defaults filled in; unknown names fail."""
+    hparams = dict(require_mapping(checkpoint["hparams"], "checkpoint['hparams']", REQUIRED_HPARAMS))
+    unknown = sorted(set(hparams) - set(DALLE_DEFAULTS) - set(REQUIRED_HPARAMS) - {"vae"})
+    if unknown:
+        raise ConversionError(f"unsupported DALLE-pytorch hparams {unknown}: this converter does not know them.")
+    return {**DALLE_DEFAULTS, **hparams}
+
+
+def check_supported(hparams: dict, weights: dict, vae_class_name: str) -> list[str]:
+    """Fail with the name of the first option the package's DALL-E cannot reproduce; return the attention types."""
+    rotary = hparams["rotary_emb"] or "transformer.pos_emb" in weights
+    refusals = [
+        (
+            rotary,
+            "rotary_emb=True",
+            "rotary embeddings (applied to queries, keys AND values with DALLE-pytorch's "
+            "text + axial-pixel frequency layout) have no counterpart in DalleConfig",
+        ),
+        (
+            hparams["shift_tokens"],
+            "shift_tokens=True",
+            "token shifting (half the channels from the previous text "
+            "token, quarters from the image token above / to the left) has no counterpart in DalleConfig",
+        ),
+        (hparams["reversible"], "reversible=True", "reversible layers compute a two-stream residual"),
+        (hparams["stable"], "stable=True", "the final divide-by-max before the output norm changes the logits"),
+        (bool(hparams["sparse_attn"]), "sparse_attn", "DeepSpeed block-sparse attention has no exact mask here"),
+        (
+            hparams["heads"] * hparams["dim_head"] != hparams["dim"],
+            f"dim_head={hparams['dim_head']}",
+            f"heads * dim_head ({hparams['heads']} * {hparams['dim_head']}) must equal dim ({hparams['dim']})",
+        ),
+    ]
+    for refused, option, why in refusals:
+        if refused:
+            raise ConversionError(f"unsupported DALLE-pytorch hparam {option}: {why}.")
+    if vae_class_name != "OpenAIDiscreteVAE":
+        raise ConversionError(
+            f"unsupported DALLE-pytorch VAE {vae_class_name!r}: DalleForConditionalGeneration nests OpenAI's dVAE "
+            "architecture (`OpenAIDiscreteVAE`); DALLE-pytorch's own `DiscreteVAE` (strided convs + codebook) and "
+            "`VQGanVAE` have other architectures."
+        )
+    attn_types = hparams["attn_types"] or ("full",)
+    if isinstance(attn_types, str):
+        attn_types = tuple(t.strip() for t in attn_types.split(","))
+    bad = [t for t in attn_types if t not in ATTENTION_TYPES]
+    if bad:
+        raise ConversionError(
+            f"unsupported DALLE-pytorch attn_types {bad}: only {sorted(ATTENTION_TYPES)} map exactly onto the "
+            "package's masks (axial_row attends within the row, the package's 'row' is a sliding window; conv_like "
+            "uses a window anchored at the bottom-right, the package's 'conv' a centred one)."
+        )
+    depth = hparams["depth"]
+    return [ATTENTION_TYPES[attn_types[i % len(attn_types)]] for i in range(depth)]
+
+
+def _pop_suffix(keys: KeyConsumer, prefix: str, pattern: str, required: bool = True) -> torch.Tensor | None:
+    """Pop the one key under `prefix` whose remainder matches the regex `pattern` (anchored at a dot or start)."""
+    regex = re.compile(rf"(?:^|\.){pattern}$")
+    found = [k for k in keys.remaining() if k.startswith(prefix) and regex.search(k[len(prefix) :])]
+    if len(found) > 1:
+        raise ConversionError(f"ambiguous keys under {prefix!r} for {pattern!r}: {found}")
+    if not found:
+        if required:
+            raise ConversionError(f"the checkpoint lacks a {pattern!r} weight under {prefix!r}.")
+        return None
+    return keys.pop(found[0])
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """GEGLU's `x, gates = chunk(2)` -> the package's `gate, up = chunk(2)` order."""
+    value, gate = t.chunk(2, dim=0)
+    return torch.cat([gate, value], dim=0)
+
+
+def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) -> tuple[DalleConfig, dict]:
+    """-> (config, state dict of `DalleForConditionalGeneration`)."""
+    keys = KeyConsumer(weights, "checkpoint['weights']")
+    dim, depth = hparams["dim"], hparams["depth"]
+    seq_len_text = hparams["text_seq_len"]
+    keys.drop("logits_mask", "a constant mask the model recomputes")
+
+    # -- dVAE -------------------------------------------------------------------------------------------------------
+    halves = {}
+    for half, short in (("encoder", "enc"), ("decoder", "dec")):
+        prefix = f"vae.{short}."
+        halves[half] = {k[len(prefix) :]: keys.pop(k) for k in keys.remaining() if k.startswith(prefix)}
+        if not halves[half]:
+            raise ConversionError(f"the checkpoint has no `{prefix}*` weights of its OpenAIDiscreteVAE.")
+    vae_state = dvae_script.convert_state(halves["encoder"], halves["decoder"])
+
+    # -- embeddings and head ----------------------------------------------------------------------------------------
+    head_w, head_b = keys.pop("to_logits.1.weight"), keys.pop("to_logits.1.bias")
+    total_tokens = head_w.shape[0]
+    if "text_emb.linear.weight" in keys:  # share_input_output_emb: SharedEmbedding views of the head
+        for k in (
+            "text_emb.linear.weight",
+            "text_emb.linear.bias",
+            "image_emb.linear.weight",
+            "image_emb.linear.bias",
+        ):
+            if not torch.equal(keys.pop(k), head_b if k.endswith("bias") else head_w):
+                raise ConversionError(f"{k} should be the shared output projection but differs from to_logits.1.")
+        num_text_tokens = hparams["num_text_tokens"] + seq_len_text
+        text_emb, image_emb = head_w[:num_text_tokens], head_w[num_text_tokens:]
+    else:
+        text_emb, image_emb = keys.pop("text_emb.weight"), keys.pop("image_emb.weight")
+        num_text_tokens = text_emb.shape[0]
+    vocab_text = num_text_tokens - seq_len_text
+    num_codes = image_emb.shape[0]
+    if num_text_tokens + num_codes != total_tokens or vocab_text < 1:
+        raise ConversionError(
+            f"inconsistent sizes: {num_text_tokens} text + {num_codes} image embeddings vs {total_tokens} logits "
+            f"(text_seq_len {seq_len_text})."
+        )
+    text_pos = keys.pop("text_pos_emb.weight", shape=(seq_len_text + 1, dim))
+    axial = [_pop_suffix(keys, "image_pos_emb.", rf"weights[._]{i}") for i in (0, 1)]
+    grid = axial[0].shape[1]
+    if axial[0].shape != (1, grid, 1, dim) or axial[1].shape != (1, 1, grid, dim):
+        raise ConversionError(f"unexpected axial position shapes {[tuple(a.shape) for a in axial]}.")
+
+    vq_config = dvae_script.infer_config(halves["encoder"], halves["decoder"], None)
+    vq_config.image_size = grid * vq_config.downsample_factor
+    if vq_config.vocab_size != num_codes:
+        raise ConversionError(f"the dVAE has {vq_config.vocab_size} codes but the prior {num_codes} image embeddings.")
+    weight = hparams["loss_img_weight"]
+    config = DalleConfig(
+        vq_config=vq_config.to_dict(),
+        text_vocab_size=num_text_tokens,
+        text_seq_len=seq_len_text + 1,
+        text_pad_token_id=0,
+        hidden_size=dim,
+        num_hidden_layers=depth,
+        num_attention_heads=hparams["heads"],
+        intermediate_size=4 * dim,
+        hidden_act="gelu",
+        glu=True,
+        attention_types=attention_types,
+        attention_dropout=hparams["attn_dropout"],
+        hidden_dropout=hparams["ff_dropout"],
+        text_loss_weight=1 / (weight + 1),
+        image_loss_weight=weight / (weight + 1),
+        sandwich_norm=any(k.endswith("norm_out.weight") for k in keys.remaining()),
+        layer_scale_init=0.1 if any(k.endswith(".scale") for k in keys.remaining()) else None,
+    )
+
+    state = {f"vqmodel.{k}": v for k, v in vae_state.items()}
+    state["model.text_embeddings.weight"] = text_emb
+    state["model.text_pad_embeddings.weight"] = torch.cat([text_emb[:1], text_emb[vocab_text:]])  # <bos>, pads
+    state["model.text_position_embeddings.weight"] = text_pos
+    state["model.image_embeddings.weight"] = image_emb
+    state["model.image_position_embeddings.row.weight"] = axial[0].reshape(grid, dim)
+    state["model.image_position_embeddings.col.weight"] = axial[1].reshape(grid, dim)
+    state["model.norm.weight"], state["model.norm.bias"] = keys.pop("to_logits.0.weight"), keys.pop("to_logits.0.bias")
+    state["lm_head.weight"], state["lm_head.bias"] = head_w, head_b
+
+    # -- layers -----------------------------------------------------------------------------------------------------
+    for i in range(depth):
+        ours = f"model.layers.{i}."
+        for j, branch in ((0, "1"), (1, "2")):
+            src = f"transformer.layers.layers.{i}.{j}."
+            for p in ("weight", "bias"):
+                state[f"{ours}norm{branch}.{p}"] = _pop_suffix(keys, src, rf"norm\.{p}")
+                if config.sandwich_norm:
+                    state[f"{ours}norm{branch}_post.{p}"] = _pop_suffix(keys, src, rf"norm_out\.{p}")
+            if config.layer_scale_init is not None:
+                state[f"{ours}scale{branch}"] = _pop_suffix(keys, src, "scale").reshape(dim)
+        src = f"transformer.layers.layers.{i}.0."
+        qkv = _pop_suffix(keys, src, r"to_qkv\.weight")
+        state[f"{ours}self_attn.qkv_proj.weight"] = qkv
+        state[f"{ours}self_attn.qkv_proj.bias"] = torch.zeros(qkv.shape[0])  # DALLE-pytorch's to_qkv has no bias
+        state[f"{ours}self_attn.out_proj.weight"] = _pop_suffix(keys, src, r"to_out\.0\.weight")
+        state[f"{ours}self_attn.out_proj.bias"] = _pop_suffix(keys, src, r"to_out\.0\.bias")
+        src = f"transformer.layers.layers.{i}.1."
+        state[f"{ours}mlp.fc1.weight"] = _swap_halves(_pop_suffix(keys, src, r"net\.0\.weight"))
+        state[f"{ours}mlp.fc1.bias"] = _swap_halves(_pop_suffix(keys, src, r"net\.0\.bias"))
+        state[f"{ours}mlp.fc2.weight"] = _pop_suffix(keys, src, r"net\.3\.weight")
+        state[f"{ours}mlp.fc2.bias"] = _pop_suffix(keys, src, r"net\.3\.bias")
+    keys.finish()
+    return config, state
+
+
+# -- the original, for the parity check -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _stand_in_modules(names: list[str]):
+    """Temporarily provide empty modules for imports that dalle-pytorch makes at import time but that the classes
+    used here never call (its VQGAN wrapper, tokenizers, packaging metadata); removed again afterwards."""
+    added = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception:
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):
+                sub = ".".join(parts[:k])
+                if sub not in sys.modules:
+                    module = types.ModuleType(sub)
+                    module.__path__ = []
+                    module.__getattr__ = lambda attr, sub=sub: type(attr, (), {"__module__": sub})
+                    sys.modules[sub] = module
+                    added.append(sub)
+    try:
+        yield
+    finally:
+        for sub in added:
+            sys.modules.pop(sub, None)
+
+
+def import_dalle_pytorch():
+    """`dalle_pytorch` (the original package), or None when it (or a module its model code needs) is missing."""
+    with _stand_in_modules(["pkg_resources", "omegaconf", "taming.models.vqgan", "youtokentome", "yaml", "tqdm"]):
+        try:
+            return importlib.import_module("dalle_pytorch")
+        except ImportError:
+            return None
+
+
+def build_original(checkpoint: dict, hparams: dict, config: DalleConfig):
+    """The original DALLE-pytorch model with the checkpoint's weights; None when the packages are missing."""
+    dalle_pytorch = import_dalle_pytorch()
+    try:
+        import dall_e
+    except ImportError:
+        return None
+    if dalle_pytorch is None:
+        return None
+    vq = config.vq_config
+    vae = dalle_pytorch.OpenAIDiscreteVAE.__new__(dalle_pytorch.OpenAIDiscreteVAE)  # its __init__ downloads
+    torch.nn.Module.__init__(vae)
+    common = dict(n_hid=vq.hidden_size, n_blk_per_group=vq.num_blocks_per_group, vocab_size=vq.vocab_size)
+    vae.enc = dall_e.Encoder(**common)
+    vae.dec = dall_e.Decoder(n_init=vq.decoder_init_channels, **common)
+    vae.channels, vae.num_layers, vae.image_size, vae.num_tokens = 3, 3, vq.image_size, vq.vocab_size
+    kwargs = {k: v for k, v in hparams.items() if k != "vae"}
+    original = dalle_pytorch.DALLE(vae=vae, **kwargs)
+    weights = {k: v for k, v in checkpoint["weights"].items() if k != "logits_mask"}  # persistent in old releases
+    original.load_state_dict(weights)
+    return original.eval()
+
+
+@torch.no_grad()
+def original_greedy(original, text: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Greedy image tokens from the original's own forward (no cache): argmax of the last position's logits."""
+    image = text.new_zeros(text.shape[0], 0)
+    for _ in range(num_tokens):
+        logits = original(text.clone(), image)[:, -1]
+        image = torch.cat([image, logits.argmax(-1, keepdim=True) - original.num_text_tokens], dim=1)
+    return image
+
+
+@torch.no_grad()
+def check_parity(model: DalleForConditionalGeneration, original, tolerance: float = 1e-4) -> dict[str, float]:
+    """Logits of a fixed (text, image) pair and the greedy image tokens of a fixed text, against the original."""
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+    length = config.text_seq_len - 1
+    vocab_text = config.text_vocab_size - length
+    text = torch.randint(1, vocab_text, (2, length), generator=generator)
+    text[0, length // 2 :] = 0  # padding, which DALLE-pytorch turns into per-position pad tokens
+    codes = torch.randint(0, config.image_vocab_size, (2, config.num_image_tokens), generator=generator)
+    ref = original(text.clone(), codes.clone())  # (B, L + N, V + L + K): the last image token is not fed
+    ids = torch.cat([torch.zeros(2, 1, dtype=torch.long), text, codes + config.text_vocab_size], dim=1)
+    logits = model(ids, use_cache=False).logits[:, : ref.shape[1]]
+    deltas = {"logits": max_abs_diff(logits, ref)}
+    report_parity("logits", deltas["logits"], tolerance)
+    ours = model.sample_image_tokens(ids[:, : config.text_seq_len], do_sample=False)
+    same = torch.equal(ours, original_greedy(original, text, config.num_image_tokens))
+    print(f"parity greedy tokens: {'identical' if same else 'DIFFERENT'}")
+    deltas["tokens_identical"] = float(same)
+    pixels = model.vqmodel.decode(ours)  # not decode_image_tokens: it guesses whether ids carry the text offset
+    ref_pixels = original.vae.decode(ours) * 2 - 1  # dall_e unmap_pixels gives [0, 1]
+    deltas["decoded pixels"] = max_abs_diff(pixels, ref_pixels)
+    report_parity("decoded pixels", deltas["decoded pixels"], tolerance)
+    return deltas
+
+
+def convert(checkpoint_path, output_dir=None, check: bool = True):
+    """Convert, check parity (when dalle-pytorch and DALL-E are installed) and save. Returns (model, parity)."""
+    checkpoint = load_torch_file(checkpoint_path, "DALLE-pytorch checkpoint")
+    checkpoint = require_mapping(checkpoint, "the DALLE-pytorch checkpoint", ("hparams", "weights"))
+    unknown = sorted(set(checkpoint) - {"hparams", "weights", "vae_class_name", *CHECKPOINT_DROPPED})
+    if unknown:
+        raise ConversionError(f"the DALLE-pytorch checkpoint has unknown entries {unknown}.")
+    weights = tensors_only(checkpoint["weights"], "checkpoint['weights']")
+    hparams = read_hparams(checkpoint)
+    vae_class_name = checkpoint.get("vae_class_name")
+    if vae_class_name is None:  # releases before `vae_class_name`: tell the VAE by its keys
+        vae_class_name = "OpenAIDiscreteVAE" if any(k.startswith("vae.enc.") for k in weights) else "DiscreteVAE"
+    attention_types = check_supported(hparams, weights, vae_class_name)
+    config, state = convert_weights(weights, hparams, attention_types)
+    model = DalleForConditionalGeneration(config).eval()
+    load_converted(model, state, "DalleForConditionalGeneration")
+    print(
+        f"converted: {config.num_hidden_layers} layers x {config.hidden_size}, text {config.text_seq_len - 1} "
+        f"(+<bos>) x {config.text_vocab_size - config.text_seq_len + 1} ids, image "
+        f"{config.image_grid_size}x{config.image_grid_size} x {config.image_vocab_size} codes"
+    )
+    parity = None
+    if check:
+        original = build_original(checkpoint, hparams, config)
+        if original is None:
+            print("parity: skipped (install `dalle-pytorch` and `DALL-E` to compare against the original)")
+        else:
+            parity = check_parity(model, original)
+            failed = [k for k, v in parity.items() if k != "tokens_identical" and v > 1e-4]
+            if failed or not parity["tokens_identical"]:
+                raise ConversionError(f"the converted model does not match the original ({failed or 'tokens'}).")
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        model.save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            "DALL-E prior converted from a DALLE-pytorch checkpoint",
+            f"""
+A DALLE-pytorch model ({config.num_hidden_layers} layers, width {config.hidden_size}, attention
+{sorted(set(config.attention_types))}) with OpenAI's dVAE, as `hf_t2i.DalleForConditionalGeneration`, converted with
+`conversion_scripts/convert_dalle_pytorch_to_hf.py`.
+
+Text input: `[0, *ids]` where `ids` are the original tokenizer's ids padded with 0 to {config.text_seq_len - 1}
+(DALLE-pytorch's <bos> and padding convention). The tokenizer is not part of the checkpoint and is not converted.
+
+Parity with the original (float32): {parity if parity is not None else "not measured"}.
+""",
+            tags=["dalle"],
+        )
+        print(f"saved to {output_dir}")
+    return model, parity
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="DALLE-pytorch checkpoint (dalle.pt)")
+    parser.add_argument("--output", required=True, help="output folder (save_pretrained layout)")
+    parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
+    args = parser.parse_args(argv)
+    convert(args.checkpoint, args.output, not args.skip_parity)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
