@@ -12,8 +12,15 @@ from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
 from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
+from .models.transfusion import (
+    TransfusionConfig,
+    TransfusionForConditionalGeneration,
+    TransfusionModel,
+    TransfusionProcessor,
+)
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
 from .pipelines import DallePipeline, FluidPipeline, PartiPipeline, T2IPipeline, T2IPipelineOutput, TextToImagePipeline
+from .pipelines.transfusion.pipeline_transfusion import TransfusionPipeline
 from .processing_utils import T2IProcessor
 from .tokenization import train_bpe_tokenizer
 
@@ -45,6 +52,11 @@ __all__ = [
     "T2IPipelineOutput",
     "T2IProcessor",
     "TextToImagePipeline",
+    "TransfusionConfig",
+    "TransfusionForConditionalGeneration",
+    "TransfusionModel",
+    "TransfusionPipeline",
+    "TransfusionProcessor",
     "ViTVQGAN",
     "ViTVQGANConfig",
     "ViTVQGANUpsampler",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
 from transformers.models.auto.auto_factory import _BaseAutoModelClass, _LazyAutoMapping
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 from transformers.pipelines import PIPELINE_REGISTRY
@@ -20,11 +20,18 @@ from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
 from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
+from .models.transfusion import (
+    TransfusionConfig,
+    TransfusionForConditionalGeneration,
+    TransfusionModel,
+    TransfusionProcessor,
+)
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
 from .pipelines.dalle.pipeline_dalle import DallePipeline
 from .pipelines.fluid.pipeline_fluid import FluidPipeline
 from .pipelines.parti.pipeline_parti import PartiPipeline
 from .pipelines.text_to_image import TEXT_TO_IMAGE_PIPELINES, TextToImagePipeline
+from .pipelines.transfusion.pipeline_transfusion import TransfusionPipeline
 
 
 class AutoModelForTextToImage(_BaseAutoModelClass):
@@ -38,6 +45,13 @@ class AutoModelForTextToImage(_BaseAutoModelClass):
 _TEXT_TO_IMAGE_MODELS = [
     (DalleConfig, DalleModel, DalleForConditionalGeneration, DalleProcessor, DallePipeline),
     (PartiConfig, PartiModel, PartiForConditionalGeneration, PartiProcessor, PartiPipeline),
+    (
+        TransfusionConfig,
+        TransfusionModel,
+        TransfusionForConditionalGeneration,
+        TransfusionProcessor,
+        TransfusionPipeline,
+    ),
     (FluidConfig, FluidModel, FluidForConditionalGeneration, FluidProcessor, FluidPipeline),
 ]
 # (config class, model) of the image tokenizers
@@ -65,6 +79,8 @@ def register_all() -> None:
         AutoImageProcessor.register(config_class, image_processor_classes={"pil": T2IImageProcessor}, exist_ok=True)
         AutoProcessor.register(config_class, processor_class, exist_ok=True)
         TEXT_TO_IMAGE_PIPELINES[config_class.model_type] = pipeline_class
+    # Transfusion also writes text about images: transformers' "image-text-to-text" task (captioning)
+    AutoModelForImageTextToText.register(TransfusionConfig, TransfusionForConditionalGeneration, exist_ok=True)
     PIPELINE_REGISTRY.register_pipeline(
         "text-to-image", pipeline_class=TextToImagePipeline, pt_model=AutoModelForTextToImage, type="multimodal"
     )

@@ -7,6 +7,7 @@ from .parti.pipeline_parti import PartiPipeline
 from .pipeline_output import T2IPipelineOutput
 from .pipeline_utils import T2IPipeline
 from .text_to_image import TextToImagePipeline
+from .transfusion.pipeline_transfusion import TransfusionPipeline
 
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "T2IPipeline",
     "T2IPipelineOutput",
     "TextToImagePipeline",
+    "TransfusionPipeline",
 ]

@@ -1,0 +1,127 @@
+"""TransfusionPipeline: images, seeds, guidance, callbacks, captioning, and one folder for every entry point."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+from hf_t2i import (
+    AutoModelForTextToImage,
+    TransfusionForConditionalGeneration,
+    TransfusionPipeline,
+    TransfusionProcessor,
+)
+from hf_t2i.pipelines import T2IPipeline
+
+from ..models.test_transfusion import processor, tiny_config  # noqa: F401  (module fixture)
+
+
+@pytest.fixture(scope="module")
+def pipe(processor):  # noqa: F811
+    torch.manual_seed(0)
+    model = TransfusionForConditionalGeneration(tiny_config(processor)).eval()
+    pipe = TransfusionPipeline(model=model, processor=processor)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, prompt="a red circle", seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 3)
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+
+
+def test_images_have_the_model_size_and_range(pipe):
+    images = run(pipe, ["a red circle", "two blue squares"], num_images_per_prompt=2)
+    assert images.shape == (4, 16, 16, 3)
+    assert images.min() >= 0 and images.max() <= 1
+    pil = pipe("a red circle", num_inference_steps=2).images
+    assert len(pil) == 1 and pil[0].size == (16, 16)
+
+
+def test_same_seed_same_image_and_guidance_matters(pipe):
+    a, b, c = run(pipe, seed=3), run(pipe, seed=3), run(pipe, seed=4)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(run(pipe, seed=3, guidance_scale=1.0), a)
+    assert not np.array_equal(run(pipe, seed=3, negative_prompt="two blue squares"), a)
+
+
+def test_pipeline_equals_the_model_call(pipe, processor):  # noqa: F811
+    inputs = processor.image_generation_inputs(["a red circle"])
+    pixels = pipe.model.generate_images(
+        **inputs, guidance_scale=3.0, num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+    )
+    assert np.allclose(run(pipe)[0], ((pixels[0].permute(1, 2, 0) + 1) / 2).numpy(), atol=1e-6)
+
+
+def test_callback_can_replace_latents(pipe):
+    steps = []
+
+    def callback(p, i, t, kwargs):
+        steps.append(i)
+        return {"latents": torch.zeros_like(kwargs["latents"])}
+
+    pipe("a red circle", num_inference_steps=3, callback_on_step_end=callback, output_type="np")
+    assert steps == [0, 1, 2]
+    zeros = pipe.model.decode_latents(torch.zeros(1, 4, 8, 8))
+    out = pipe("a red circle", num_inference_steps=1, callback_on_step_end=callback, output_type="pt").images
+    assert torch.allclose(out, (zeros + 1) / 2, atol=1e-6)
+
+
+def test_bad_inputs(pipe):
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        pipe("a red circle", num_inference_steps=-2)
+    with pytest.raises(ValueError, match="`height` must be 16"):
+        pipe("a red circle", height=20)
+    with pytest.raises(ValueError, match="num_images_per_prompt"):
+        pipe("a red circle", num_images_per_prompt=0)
+    with pytest.raises(ValueError, match="negative_prompt"):
+        pipe(["a", "b", "c"], negative_prompt=["x", "y"])
+    with pytest.raises(ValueError, match="tokens long"):
+        pipe("a red circle " * 10)
+
+
+def test_captioning_through_the_pipeline_and_the_image_text_to_text_task(pipe, tmp_path):
+    image = run(pipe, seed=1)[0]
+    pil = pipe.numpy_to_pil(image[None])[0]
+    captions = pipe.caption(pil, max_new_tokens=5)
+    assert len(captions) == 1 and isinstance(captions[0], str)
+
+    pipe.save_pretrained(tmp_path)
+    task = pipeline("image-text-to-text", model=str(tmp_path))
+    assert type(task.model) is TransfusionForConditionalGeneration
+    out = task(images=pil, text="", generate_kwargs={"max_new_tokens": 5, "do_sample": False})
+    assert out[0]["generated_text"].strip() == captions[0].strip()
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path)) is TransfusionForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(tmp_path)) is TransfusionProcessor
+
+
+def test_save_load_all_three_entry_points(pipe, tmp_path):
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)  # a non-default scheduler must survive
+    try:
+        pipe.save_pretrained(tmp_path)
+        expected = run(pipe, seed=5)
+    finally:
+        pipe.scheduler = pipe.model.make_scheduler("ddim")
+
+    loaded = TransfusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is DDPMScheduler
+    assert np.array_equal(run(loaded, seed=5), expected)
+    assert type(T2IPipeline.from_pretrained(tmp_path)) is TransfusionPipeline
+
+    model = TransfusionForConditionalGeneration.from_pretrained(tmp_path)
+    assert type(AutoModelForTextToImage.from_pretrained(tmp_path)) is TransfusionForConditionalGeneration
+    for name, param in model.state_dict().items():
+        assert torch.equal(param, pipe.model.state_dict()[name]), name
+    reloaded = TransfusionProcessor.from_pretrained(tmp_path)
+    assert reloaded.num_image_tokens == 16
+    assert reloaded.image_generation_inputs("a red circle")["input_ids"].tolist() == (
+        pipe.processor.image_generation_inputs("a red circle")["input_ids"].tolist()
+    )
+
+    task = pipeline("text-to-image", model=str(tmp_path))
+    image = task("a red circle", generator=torch.Generator().manual_seed(5), num_inference_steps=3)
+    assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
+    # no weights stored twice: one safetensors file at the root (the VAE is inside the model)
+    assert sorted(p.name for p in tmp_path.rglob("*.safetensors")) == ["model.safetensors"]
