@@ -6,8 +6,11 @@ Keep the imports light: a recipe module should import its model lazily inside `b
 """
 
 from . import (
+    autoencoder_kl,  # noqa: F401  (autoencoder_kl)
     dalle,  # noqa: F401  (dalle_dvae, dalle_prior)
+    fluid,  # noqa: F401  (fluid)
     parti,  # noqa: F401  (parti_prior)
+    transfusion,  # noqa: F401  (transfusion)
     vit_vqgan,  # noqa: F401  (vit_vqgan, vit_vqgan_upsampler)
 )
 from .clip import ClipScorerRecipe  # noqa: F401  (clip_scorer)

@@ -1,0 +1,248 @@
+"""Fluid's prior stage (`fluid`), any cell of the paper's 2x2 study: continuous tokens from a trained
+`AutoencoderKL` (the `autoencoder_kl` recipe) or discrete ids from a trained `DalleDVAE` / `ViTVQGAN`, generated in
+random or raster order. Tokens are computed once per image and cached on disk (`datasets.map`); captions are dropped
+with `caption_dropout` for classifier-free guidance.
+
+    hf-t2i train autoencoder_kl --output-dir runs/vae --image-size 32
+    hf-t2i train fluid --vae-path runs/vae/final --output-dir runs/fluid --image-size 32          # continuous, random
+    hf-t2i train fluid --vae-path runs/vae/final --generation-order raster ...                       # continuous, raster
+    hf-t2i train fluid --token-type discrete --vq-path runs/dvae/final --output-dir runs/fluid-d ... # discrete
+    hf-t2i train fluid ... --text-encoder minilm --num-aligner-layers 2   # frozen all-MiniLM-L6-v2 + aligner
+
+Continuous tokens are the posterior means of the VAE (MAR re-samples cached moments each epoch; at these sizes the
+posterior std is small). Held-out losses are computed with a fixed seed for the mask and diffusion noise, so they
+compare across runs and cells.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ...layers.text_encoder import minilm_path
+from ...models.fluid import FluidConfig, FluidForConditionalGeneration, FluidProcessor
+from ...pipelines.fluid.pipeline_fluid import FluidPipeline
+from ..data_utils import cached_map
+from ..recipe import register_recipe
+from .common import default_cache_dir, fingerprint
+from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
+
+
+EVAL_SEED = 1234
+
+
+@dataclass
+class FluidRecipeConfig(TokenPriorRecipeConfig):
+    image_size: int = field(default=32, metadata={"help": "training resolution (the image tokenizer's)"})
+    token_type: str = field(default="continuous", metadata={"help": "continuous (AutoencoderKL) | discrete (VQ)"})
+    generation_order: str = field(default="random", metadata={"help": "random | raster"})
+    vae_path: str = field(
+        default="", metadata={"help": "an AutoencoderKL folder (the autoencoder_kl recipe's export)"}
+    )
+    vq_path: str = field(default="", metadata={"help": "a DalleDVAE / ViTVQGAN folder (discrete tokens)"})
+    patch_size: int = field(default=2, metadata={"help": "latent patch grouped into one continuous token"})
+    text_encoder: str = field(
+        default="own",
+        metadata={"help": "'own' (trained), 'minilm' (frozen all-MiniLM-L6-v2) or a transformers folder"},
+    )
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 8
+    encoder_intermediate_size: int = 1024
+    num_aligner_layers: int = field(default=0, metadata={"help": "trainable blocks after the text encoder"})
+    diffusion_head_layers: int = 3
+    diffusion_head_width: int = field(default=0, metadata={"help": "0: the backbone width"})
+    num_train_timesteps: int = 1000
+    num_diffusion_steps: int = field(default=100, metadata={"help": "head steps when sampling (grids, eval)"})
+    diffusion_batch_mul: int = 4
+    sample_num_inference_steps: int = field(default=64, metadata={"help": "random-order iterations for grids/eval"})
+
+
+@register_recipe
+class FluidRecipe(TokenPriorRecipe):
+    """Train `FluidForConditionalGeneration` on cached image tokens; export a `FluidPipeline` folder."""
+
+    name = "fluid"
+    config_class = FluidRecipeConfig
+    processor_class = FluidProcessor
+    pipeline_class = FluidPipeline
+    text_input_names = ("input_ids", "attention_mask")
+    training_defaults = {
+        **TokenPriorRecipe.training_defaults,
+        "adam_beta2": 0.95,  # paper: AdamW (0.9, 0.95), wd 0.02
+        "weight_decay": 0.02,
+    }
+
+    def __init__(self, config=None):
+        c = config if config is not None else FluidRecipeConfig()
+        if isinstance(c, FluidRecipeConfig):
+            if c.token_type not in ("continuous", "discrete"):
+                raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
+            if c.generation_order not in ("random", "raster"):
+                raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
+        self.image_tokenizer_argument = "vae_path" if c.token_type == "continuous" else "vq_path"
+        self.image_tokenizer_class = _ImageTokenizerName(c.token_type)
+        super().__init__(config)
+
+    # -- image tokenizer -------------------------------------------------------------------------------------------
+    @property
+    def continuous(self) -> bool:
+        return self.config.token_type == "continuous"
+
+    def load_image_tokenizer(self):
+        path = self.image_tokenizer_path
+        if self.continuous:
+            from diffusers import AutoencoderKL
+
+            tokenizer = AutoencoderKL.from_pretrained(path)
+            size = tokenizer.config.sample_size
+        else:
+            from transformers import AutoModel
+
+            from ... import auto  # noqa: F401  (registers the VQ tokenizers with AutoModel)
+
+            tokenizer = AutoModel.from_pretrained(path)
+            size = tokenizer.config.image_size
+        if size != self.config.image_size:
+            raise ValueError(f"`image_size` ({self.config.image_size}) differs from the image tokenizer's ({size}).")
+        return tokenizer
+
+    def _tokenizer_weights(self) -> bytes:
+        for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
+            path = os.path.join(self.image_tokenizer_path, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    return f.read()
+        raise ValueError(
+            f"`{self.image_tokenizer_argument}` {self.image_tokenizer_path!r} has no safetensors weights."
+        )
+
+    def build_model(self):
+        from transformers import AutoConfig
+
+        c = self.config
+        tokenizer = self.load_image_tokenizer()
+        pretrained = self.pretrained_text_encoder
+        config = FluidConfig(
+            token_type=c.token_type,
+            generation_order=c.generation_order,
+            vae_config=dict(tokenizer.config) if self.continuous else None,
+            vq_config=None if self.continuous else tokenizer.config.to_dict(),
+            patch_size=c.patch_size,
+            text_vocab_size=len(self.processor.tokenizer),
+            text_seq_len=c.text_seq_len,
+            text_encoder_config=AutoConfig.from_pretrained(pretrained).to_dict() if pretrained else None,
+            encoder_layers=c.encoder_layers,
+            encoder_attention_heads=c.encoder_attention_heads,
+            encoder_intermediate_size=c.encoder_intermediate_size,
+            num_aligner_layers=c.num_aligner_layers,
+            hidden_size=c.hidden_size,
+            num_hidden_layers=c.num_hidden_layers,
+            num_attention_heads=c.num_attention_heads,
+            intermediate_size=c.intermediate_size,
+            hidden_dropout=c.hidden_dropout,
+            diffusion_head_layers=c.diffusion_head_layers,
+            diffusion_head_width=c.diffusion_head_width or None,
+            num_train_timesteps=c.num_train_timesteps,
+            num_diffusion_steps=c.num_diffusion_steps,
+            diffusion_batch_mul=c.diffusion_batch_mul,
+        )
+        model = FluidForConditionalGeneration(config)
+        if pretrained:
+            model.load_text_encoder(pretrained)
+        model.image_tokenizer().load_state_dict(tokenizer.state_dict())
+        model.image_tokenizer().requires_grad_(False)
+        return model
+
+    @property
+    def pretrained_text_encoder(self) -> str | None:
+        choice = self.config.text_encoder
+        return None if choice == "own" else minilm_path() if choice == "minilm" else choice
+
+    def load_text_tokenizer(self):
+        if self.pretrained_text_encoder is None:
+            return super().load_text_tokenizer()
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.pretrained_text_encoder, model_max_length=self.config.text_seq_len)
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def _encoded(self, dataset, split: str):
+        """Caption inputs and image tokens (scaled latent patches or ids) of every pair, cached on disk. The tokens
+        are stored in the `image_token_ids` column the shared prior recipe reads (floats for continuous tokens)."""
+        from ...image_processing import T2IImageProcessor
+        from ...layers import patchify
+
+        c = self.config
+        device = self.accelerator.device if self.accelerator is not None else torch.device("cpu")
+        tokenizer = self.load_image_tokenizer().to(device).eval()
+        processor = self.processor
+        image_processor = T2IImageProcessor(image_size=c.image_size)
+
+        @torch.no_grad()
+        def encode(batch):
+            pixels = image_processor(batch["image"], return_tensors="pt")["pixel_values"].to(device)
+            text = processor(text=batch["text"], truncation=True)
+            out = {name: text[name].tolist() for name in self.text_input_names}
+            if self.continuous:
+                latents = tokenizer.encode(pixels).latent_dist.mode()
+                latents = (latents - (tokenizer.config.shift_factor or 0.0)) * tokenizer.config.scaling_factor
+                out["image_token_ids"] = patchify(latents, c.patch_size).cpu().tolist()  # (B, N, D)
+            else:
+                out["image_token_ids"] = tokenizer.encode(pixels).cpu().tolist()
+            return out
+
+        key = fingerprint(
+            self._tokenizer_weights(),
+            processor.tokenizer.backend_tokenizer.to_str(),
+            str(c.text_seq_len),
+            str(c.patch_size if self.continuous else 0),
+            ",".join(self.text_input_names),
+        )
+        encoded = cached_map(
+            dataset,
+            encode,
+            c.cache_dir or os.path.join(default_cache_dir(), "tokens"),
+            f"{self.name}-{c.token_type}-{split}-{key}",
+            batched=True,
+            batch_size=256,
+            remove_columns=dataset.column_names,
+        )
+        return encoded.with_format("torch")
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def prior_output(self, model, text, image_tokens):
+        if model.training:
+            generator = self.generator
+        else:  # held-out losses: the same masks and noise at every evaluation, in every run
+            device = image_tokens.device
+            generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
+        return model(**text, image_tokens=image_tokens, generator=generator, use_cache=False)
+
+    def pipeline(self, model):
+        pipe = FluidPipeline(model=model, processor=self.processor)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def sample_images(self, model, step):
+        c = self.config
+        prompts = [p for p in c.sample_prompts.split("|") if p] or list(self._splits()[1]["text"][:8])
+        steps = (
+            None
+            if c.generation_order == "raster"
+            else min(c.sample_num_inference_steps, model.config.num_image_tokens)
+        )
+        return self.pipeline(model)(
+            prompts,
+            guidance_scale=c.sample_guidance_scale,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+
+class _ImageTokenizerName:
+    """Stands in for `image_tokenizer_class` in the shared recipe's messages (the class depends on the folder)."""
+
+    def __init__(self, token_type: str):
+        self.__name__ = "AutoencoderKL" if token_type == "continuous" else "DalleDVAE or ViTVQGAN"

@@ -1,0 +1,139 @@
+"""`autoencoder_kl` and `fluid` end to end on tiny sizes: the VAE export carries its latent scaling factor, the four
+Fluid cells train on cached tokens and export working pipelines."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+
+from hf_t2i import DalleDVAE, DalleDVAEConfig, FluidPipeline
+from hf_t2i.training import TrainingConfig, train
+from hf_t2i.training.recipes.autoencoder_kl import AutoencoderKLRecipe, AutoencoderKLRecipeConfig
+from hf_t2i.training.recipes.fluid import FluidRecipe, FluidRecipeConfig
+
+
+DATA = {"dataset": "shapes", "dataset_size": 32, "eval_size": 8, "image_size": 32}
+SIZES = dict(
+    text_vocab_size=300,
+    text_seq_len=16,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    encoder_layers=1,
+    encoder_attention_heads=4,
+    encoder_intermediate_size=64,
+    diffusion_head_layers=1,
+    num_train_timesteps=50,
+    num_diffusion_steps=3,
+    sample_num_inference_steps=4,
+    sample_prompts="a red circle",
+)
+
+
+def run(recipe, output_dir, steps=2, **kwargs):
+    config = TrainingConfig(
+        output_dir=str(output_dir), max_steps=steps, train_batch_size=8, report_to="none", eval_steps=steps, **kwargs
+    )
+    return train(recipe, config)
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    """A 32px VAE (8x8x4 latents, 4x4 tokens) trained for a few steps by the recipe."""
+    out = tmp_path_factory.mktemp("vae")
+    from .training_toy import reset_accelerate_state
+
+    reset_accelerate_state()
+    recipe = AutoencoderKLRecipe(
+        AutoencoderKLRecipeConfig(**DATA, block_out_channels="8,8,16", norm_num_groups=8, scale_num_images=16)
+    )
+    metrics = run(recipe, out, steps=3, sample_steps=3)
+    return out / "final", metrics
+
+
+@pytest.fixture(scope="module")
+def dvae_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dvae")
+    torch.manual_seed(0)
+    config = DalleDVAEConfig(
+        image_size=32, hidden_size=8, vocab_size=32, channel_multipliers=[1, 2, 2, 2], num_blocks_per_group=1
+    )
+    DalleDVAE(config).save_pretrained(out)
+    return out
+
+
+def test_autoencoder_kl_exports_a_unit_variance_scaling_factor(vae_dir):
+    path, metrics = vae_dir
+    assert {"eval/mse", "eval/psnr", "eval/latent_std"} <= set(metrics)
+    assert metrics["eval/psnr"] == pytest.approx(10 * np.log10(4 / metrics["eval/mse"]))
+    vae = AutoencoderKL.from_pretrained(path)
+    assert list(vae.config.block_out_channels) == [8, 8, 16] and vae.config.sample_size == 32
+    recipe = AutoencoderKLRecipe(AutoencoderKLRecipeConfig(**DATA, block_out_channels="8,8,16", norm_num_groups=8))
+    pixels = next(recipe._rows(recipe.build_train_dataset(), 16))
+    latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    assert latents.std().item() == pytest.approx(1.0, rel=1e-3)  # the export measured the same 16 images
+
+
+def test_autoencoder_kl_bad_config():
+    with pytest.raises(ValueError, match="reconstruction_loss"):
+        AutoencoderKLRecipe(AutoencoderKLRecipeConfig(reconstruction_loss="l3"))
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        AutoencoderKLRecipe(AutoencoderKLRecipeConfig(block_out_channels="12,16", norm_num_groups=8))
+    with pytest.raises(ValueError, match="block_out_channels"):
+        AutoencoderKLRecipe(AutoencoderKLRecipeConfig(block_out_channels="8;16")).vae_config()
+
+
+@pytest.mark.parametrize(
+    ("token_type", "order"), [("continuous", "random"), ("continuous", "raster"), ("discrete", "random")]
+)
+def test_fluid_recipe_exports_a_working_pipeline(vae_dir, dvae_dir, tmp_path, token_type, order):
+    tokenizer = {"vae_path": str(vae_dir[0])} if token_type == "continuous" else {"vq_path": str(dvae_dir)}
+    recipe = FluidRecipe(
+        FluidRecipeConfig(
+            **DATA, **SIZES, **tokenizer, token_type=token_type, generation_order=order, cache_dir=str(tmp_path / "c")
+        )
+    )
+    metrics = run(recipe, tmp_path / "run", sample_steps=2)
+    assert metrics["eval/loss"] > 0
+    pipe = FluidPipeline.from_pretrained(tmp_path / "run" / "final")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.model.config.token_type == token_type and pipe.model.config.generation_order == order
+    steps = 4 if order == "random" else None
+    images = pipe(
+        "a red circle",
+        guidance_scale=2.0,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
+    assert images.shape == (1, 32, 32, 3) and np.isfinite(images).all()
+    if token_type == "continuous":  # the nested VAE is the trained one, scaling factor included
+        vae = AutoencoderKL.from_pretrained(vae_dir[0])
+        assert pipe.model.vae.config.scaling_factor == vae.config.scaling_factor
+        assert torch.equal(pipe.model.vae.decoder.conv_out.weight, vae.decoder.conv_out.weight)
+        config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+        assert config["vae_config"]["scaling_factor"] == vae.config.scaling_factor
+
+
+def test_fluid_held_out_loss_is_seeded(vae_dir, tmp_path):
+    recipe = FluidRecipe(FluidRecipeConfig(**DATA, **SIZES, vae_path=str(vae_dir[0]), cache_dir=str(tmp_path / "c")))
+    recipe.generator = torch.Generator().manual_seed(0)
+    model = recipe.build_model().eval()
+    rows = recipe.build_eval_dataset()[:8]
+    text = {k: rows[k] for k in recipe.text_input_names}
+    a = recipe.prior_output(model, text, rows["image_token_ids"]).loss
+    b = recipe.prior_output(model, text, rows["image_token_ids"]).loss
+    assert torch.equal(a, b)
+    assert rows["image_token_ids"].shape == (8, 16, 16) and rows["image_token_ids"].dtype == torch.float32
+
+
+def test_fluid_recipe_requires_its_image_tokenizer():
+    with pytest.raises(ValueError, match="vae_path"):
+        FluidRecipe(FluidRecipeConfig())
+    with pytest.raises(ValueError, match="vq_path"):
+        FluidRecipe(FluidRecipeConfig(token_type="discrete"))
+    with pytest.raises(ValueError, match="generation_order"):
+        FluidRecipe(FluidRecipeConfig(vae_path="x", generation_order="zigzag"))
