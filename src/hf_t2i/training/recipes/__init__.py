@@ -11,7 +11,6 @@ from . import (
     fluid,  # noqa: F401  (fluid)
     parti,  # noqa: F401  (parti_prior)
     transfusion,  # noqa: F401  (transfusion)
-    transfusion,  # noqa: F401  (transfusion)
     vit_vqgan,  # noqa: F401  (vit_vqgan, vit_vqgan_upsampler)
 )
 from .clip import ClipScorerRecipe  # noqa: F401  (clip_scorer)
