@@ -95,6 +95,23 @@ def _run_data(args) -> int:
     return 0
 
 
+def _add_study(subparsers) -> None:
+    from .training.cli import add_dataclass_arguments
+    from .training.study import StudyConfig
+
+    p = subparsers.add_parser(
+        "study", help="Fluid's 2x2 study: continuous/discrete x random/raster at equal compute, metrics side by side"
+    )
+    p.set_defaults(func=_run_study, study_fields=add_dataclass_arguments(p, StudyConfig, title="study"))
+
+
+def _run_study(args) -> int:
+    from .training.study import StudyConfig, run_study
+
+    run_study(StudyConfig(**{name: getattr(args, name) for name in args.study_fields}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.cli import add_eval_subparser
 
     add_eval_subparser(subparsers)
+    _add_study(subparsers)
     return parser
 
 

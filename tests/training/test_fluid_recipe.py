@@ -137,3 +137,32 @@ def test_fluid_recipe_requires_its_image_tokenizer():
         FluidRecipe(FluidRecipeConfig(token_type="discrete"))
     with pytest.raises(ValueError, match="generation_order"):
         FluidRecipe(FluidRecipeConfig(vae_path="x", generation_order="zigzag"))
+
+
+def test_study_trains_the_four_cells_and_reports_them_side_by_side(tmp_path, capsys):
+    from hf_t2i.cli import main
+
+    argv = ["study", "--output-dir", str(tmp_path / "study"), "--dataset-size", "16", "--eval-size", "8"]
+    argv += ["--tokenizer-steps", "1", "--max-steps", "1", "--train-batch-size", "8", "--hidden-size", "32"]
+    argv += ["--num-hidden-layers", "1", "--num-attention-heads", "4", "--intermediate-size", "64"]
+    argv += ["--encoder-layers", "1", "--diffusion-head-layers", "1", "--num-diffusion-steps", "2"]
+    argv += ["--eval-num-images", "2", "--eval-metrics", "compositional", "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert sorted(report["results"]) == sorted(
+        ["continuous-random", "continuous-raster", "discrete-random", "discrete-raster"]
+    )
+    for metrics in report["results"].values():
+        assert metrics["eval/loss"] > 0
+        assert any(k.startswith("eval/compositional") for k in metrics), sorted(metrics)
+    table = capsys.readouterr().out
+    assert "| cell" in table and "val loss" in table and table.count("-random") + table.count("-raster") >= 4
+    for cell in report["results"]:
+        assert (tmp_path / "study" / cell / "final" / "model_index.json").is_file()
+
+
+def test_study_rejects_unknown_cells():
+    from hf_t2i.training.study import StudyConfig
+
+    with pytest.raises(ValueError, match="cells"):
+        StudyConfig(output_dir="x", cells="continuous-random,spiral")
