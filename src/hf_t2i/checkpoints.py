@@ -26,4 +26,32 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "resolve_checkpoint"]
+def export_checkpoint(
+    source: str | os.PathLike, destination: str | os.PathLike, model_card: str | os.PathLike | None = None, dtype=None
+) -> str:
+    """Copy a trained pipeline folder into a shippable one: weights cast to `dtype` (default float16, half the size;
+    loading with `dtype=torch.float32` casts them back), the model card as the folder's README.md.
+
+    This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
+    `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md`.
+    """
+    import shutil
+
+    import torch
+
+    from .pipelines import T2IPipeline
+
+    source, destination = os.fspath(source), os.fspath(destination)
+    if not os.path.isfile(os.path.join(source, "model_index.json")):
+        raise ValueError(f"`source` ({source}) is not a saved pipeline folder (no model_index.json).")
+    if model_card is not None and not os.path.isfile(model_card):
+        raise ValueError(f"`model_card` ({model_card}) does not exist.")
+    pipe = T2IPipeline.from_pretrained(source)
+    pipe.to(dtype=dtype or torch.float16)
+    pipe.save_pretrained(destination)
+    if model_card is not None:
+        shutil.copyfile(model_card, os.path.join(destination, "README.md"))
+    return destination
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "export_checkpoint", "resolve_checkpoint"]

@@ -112,6 +112,25 @@ def _run_study(args) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    p = subparsers.add_parser("export", help="copy a trained pipeline folder as a small shippable checkpoint")
+    p.add_argument("source", help="a saved pipeline folder (a recipe's final/ export)")
+    p.add_argument("destination", help="the folder to write")
+    p.add_argument("--model-card", default=None, help="a markdown file copied in as README.md")
+    p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    import torch
+
+    from .checkpoints import export_checkpoint
+
+    path = export_checkpoint(args.source, args.destination, args.model_card, getattr(torch, args.dtype))
+    print(f"exported {args.source} to {path} ({args.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_subparser(subparsers)
     _add_study(subparsers)
+    _add_export(subparsers)
     return parser
 
 
