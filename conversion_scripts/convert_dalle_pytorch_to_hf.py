@@ -376,7 +376,7 @@ def check_parity(model: DalleForConditionalGeneration, original, tolerance: floa
     same = torch.equal(ours, original_greedy(original, text, config.num_image_tokens))
     print(f"parity greedy tokens: {'identical' if same else 'DIFFERENT'}")
     deltas["tokens_identical"] = float(same)
-    pixels = model.vqmodel.decode(ours)  # not decode_image_tokens: it guesses whether ids carry the text offset
+    pixels = model.decode_image_tokens(ours)
     ref_pixels = original.vae.decode(ours) * 2 - 1  # dall_e unmap_pixels gives [0, 1]
     deltas["decoded pixels"] = max_abs_diff(pixels, ref_pixels)
     report_parity("decoded pixels", deltas["decoded pixels"], tolerance)

@@ -130,9 +130,10 @@ def test_save_load_round_trip(dalle_model, tmp_path):
     loaded = DalleForConditionalGeneration.from_pretrained(tmp_path).eval()
     ids = sequence(dalle_model)
     assert torch.equal(dalle_model(ids, use_cache=False).logits, loaded(ids, use_cache=False).logits)
-    pixels_a = dalle_model.decode_image_tokens(ids[:, dalle_model.config.text_seq_len :])
-    pixels_b = loaded.decode_image_tokens(ids[:, dalle_model.config.text_seq_len :])
-    assert torch.equal(pixels_a, pixels_b)
+    codes = dalle_model.image_codes_from_generated(ids)
+    assert torch.equal(dalle_model.decode_image_tokens(codes), loaded.decode_image_tokens(codes))
+    with pytest.raises(ValueError, match="image_codes_from_generated"):
+        dalle_model.decode_image_tokens(ids[:, dalle_model.config.text_seq_len :])
     assert loaded.config.vq_config.vocab_size == 32
 
 

@@ -33,7 +33,7 @@ def test_greedy_pipeline_matches_model_generate(dalle_pipeline):
     model, processor = dalle_pipeline.model, dalle_pipeline.processor
     text = processor(text=["a red circle"]).input_ids
     ids = model.generate(text, do_sample=False, max_new_tokens=model.config.num_image_tokens)
-    expected = (model.decode_image_tokens(ids[:, text.shape[1] :]) + 1) / 2
+    expected = (model.decode_image_tokens(model.image_codes_from_generated(ids)) + 1) / 2
     images = dalle_pipeline("a red circle", do_sample=False, output_type="pt").images
     assert torch.allclose(images, expected.clamp(0, 1))
 

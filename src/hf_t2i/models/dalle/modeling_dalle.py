@@ -217,7 +217,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
     >>> processor = DalleProcessor.from_pretrained(path)
     >>> text = processor(text=["a red circle"], return_tensors="pt").input_ids  # (1, L)
     >>> ids = model.generate(text, do_sample=True, top_k=64)  # (1, L + N), image ids offset by text_vocab_size
-    >>> pixels = model.decode_image_tokens(ids[:, text.shape[1]:])  # (1, 3, H, W) in [-1, 1]
+    >>> pixels = model.decode_image_tokens(model.image_codes_from_generated(ids))  # (1, 3, H, W) in [-1, 1]
     ```
     """
 
@@ -252,10 +252,28 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         return logits.masked_fill(next_is_image[:, None] != is_image_id[None, :], torch.finfo(logits.dtype).min)
 
     @torch.no_grad()
+    def image_codes_from_generated(self, generated_ids: torch.Tensor) -> torch.Tensor:
+        """`generate()`'s (B, L + N) output -> the (B, N) image codes in [0, image_vocab_size): the text part is
+        dropped and the image ids' offset (`text_vocab_size`, see the module docstring) removed."""
+        codes = generated_ids[:, self.config.text_seq_len :] - self.config.text_vocab_size
+        if codes.shape[1] != self.config.num_image_tokens or (codes.numel() and codes.min() < 0):
+            raise ValueError(
+                f"`generated_ids` must be `generate()` output of shape (B, {self.config.text_seq_len} + "
+                f"{self.config.num_image_tokens}) whose image part holds image ids, got {tuple(generated_ids.shape)}."
+            )
+        return codes
+
     def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
-        """(B, N) image codes (or model ids >= `text_vocab_size`) -> (B, 3, H, W) pixels in [-1, 1]."""
-        if image_token_ids.numel() and image_token_ids.min() >= self.config.text_vocab_size:
-            image_token_ids = image_token_ids - self.config.text_vocab_size
+        """(B, N) image codes in [0, image_vocab_size) -> (B, 3, H, W) pixels in [-1, 1]. For `generate()` output,
+        take the codes with `image_codes_from_generated` first."""
+        if image_token_ids.numel() and (
+            image_token_ids.min() < 0 or image_token_ids.max() >= self.config.image_vocab_size
+        ):
+            raise ValueError(
+                f"`image_token_ids` must be image codes in [0, {self.config.image_vocab_size}), got values in "
+                f"[{int(image_token_ids.min())}, {int(image_token_ids.max())}]; for `generate()` output use "
+                "`model.image_codes_from_generated(ids)`."
+            )
         return self.vqmodel.decode(image_token_ids)
 
     # -- forward ----------------------------------------------------------------------------------------------------
