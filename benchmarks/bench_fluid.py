@@ -1,0 +1,284 @@
+"""Speed and memory of Fluid's 64-iteration random-order sampling: hf_t2i next to muse-maskgit-pytorch 0.3.5, in one
+run.
+
+Config (the DALL-E benchmark issue's): text vocab 4096, 32 text tokens, 16x16 = 256 image tokens, width 256, depth 4,
+8 heads, MLP x4 (1024), fp32, random weights (speed does not depend on training), classifier-free guidance 3.0.
+
+Rows, for batch 1 and 8:
+    - hf_t2i Fluid, continuous tokens (16 values each: 2x2 patches of 4-channel latents), random order:
+      `sample_image_tokens(num_inference_steps=64, num_diffusion_steps=D)` with the paper's D = 100 and D = 25
+      (3-layer, 256-wide diffusion head; each token's reverse steps run once, when the token is revealed; guidance on
+      the head's epsilon as one doubled batch).
+    - hf_t2i Fluid, discrete tokens (codebook 1024), random order, 64 iterations (`top_k=64`).
+    - muse-maskgit-pytorch 0.3.5 (`MaskGitTransformer(num_tokens=1024, seq_len=256, dim=256, depth=4, heads=8,
+      dim_head=32, ff_mult=4)`, random init), driven by a copy of `MaskGit.generate`'s token loop with
+      `timesteps=64`, `cond_scale=3`, its default `topk_filter_thres=0.9`, text embeddings given directly.
+
+Peer set-up, all forced by "offline, no weights": `pip install --no-deps muse-maskgit-pytorch==0.3.5
+memory-efficient-attention-pytorch==0.1.6 beartype==0.23.1`. The package imports torchvision and
+vector-quantize-pytorch at module level for its VQGAN only, and its `Transformer.__init__` asks the Hub for the T5
+config; the script imports `muse_maskgit_pytorch.muse_maskgit_pytorch` with stand-ins for those two modules (removed
+right after), and pre-fills its T5 config cache with a local `T5Config(d_model=256)`, so the text embeddings (random,
+32 x 256, not timed: MUSE encodes text with a frozen T5 outside the loop) need no projection. Its guidance
+(`forward_with_cond_scale`) runs the conditional and the unconditional batch as two forwards per step; ours runs one
+doubled batch. Our rows include the text encoder (4 blocks over 32 tokens, once per call).
+
+    python benchmarks/bench_fluid.py [--repeats N] [--threads T] [--batches 1 8] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import sys
+import types
+
+import torch
+from _timing import Case, format_table, load_average, machine_info, paired_ratio, run_interleaved
+from transformers import T5Config
+from transformers.utils import logging as transformers_logging
+
+from hf_t2i import DalleDVAEConfig, FluidConfig, FluidForConditionalGeneration
+from hf_t2i.models.fluid import small_vae_config
+
+
+TEXT_VOCAB = 4096
+TEXT_TOKENS = 32
+GRID = 16  # 16 x 16 = 256 image tokens
+CODEBOOK = 1024
+WIDTH = 256
+DEPTH = 4
+HEADS = 8
+MLP = 4 * WIDTH
+STEPS = 64
+GUIDANCE = 3.0
+MUSE_VERSION = "0.3.5"
+MUSE_INSTALL = (
+    f"pip install --no-deps muse-maskgit-pytorch=={MUSE_VERSION} memory-efficient-attention-pytorch==0.1.6 "
+    "beartype==0.23.1"
+)
+
+
+# -- hf_t2i --------------------------------------------------------------------------------------------------------
+def build_ours(token_type: str) -> FluidForConditionalGeneration:
+    common = dict(
+        token_type=token_type,
+        generation_order="random",
+        text_vocab_size=TEXT_VOCAB,
+        text_seq_len=TEXT_TOKENS,
+        hidden_size=WIDTH,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+    )
+    if token_type == "continuous":  # 128px -> 32x32x4 latents -> 16x16 tokens of 16 values
+        config = FluidConfig(vae_config=small_vae_config(8 * GRID), patch_size=2, **common)
+    else:  # 64px -> 16x16 codes
+        vq = DalleDVAEConfig(image_size=4 * GRID, vocab_size=CODEBOOK, channel_multipliers=[1, 2, 4], hidden_size=64)
+        config = FluidConfig(vq_config=vq, **common)
+    assert config.num_image_tokens == GRID * GRID
+    torch.manual_seed(0)
+    return FluidForConditionalGeneration(config).eval()
+
+
+def ours_case(model, batch: int, name: str, **kwargs) -> Case:
+    text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS))
+    negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)
+
+    def fn():
+        return model.sample_image_tokens(
+            text,
+            negative_input_ids=negative,
+            num_inference_steps=STEPS,
+            guidance_scale=GUIDANCE,
+            generator=torch.Generator().manual_seed(0),
+            **kwargs,
+        )
+
+    return Case(name, fn, per=batch)
+
+
+# -- muse-maskgit-pytorch ------------------------------------------------------------------------------------------
+def import_muse():
+    """`muse_maskgit_pytorch.muse_maskgit_pytorch` without torchvision / vector-quantize-pytorch and the Hub (see the
+    module docstring), or None with the reason."""
+    spec = importlib.util.find_spec("muse_maskgit_pytorch")
+    if spec is None:
+        return None, f"muse-maskgit-pytorch is not installed ({MUSE_INSTALL})"
+    version = importlib.metadata.version("muse-maskgit-pytorch")
+    torchvision = types.ModuleType("torchvision")
+    torchvision.transforms = types.ModuleType("torchvision.transforms")
+    vqgan = types.ModuleType("muse_maskgit_pytorch.vqgan_vae")
+    vqgan.VQGanVAE = object
+    package = types.ModuleType("muse_maskgit_pytorch")
+    package.__path__ = list(spec.submodule_search_locations)
+    stand_ins = {
+        "torchvision": torchvision,
+        "torchvision.transforms": torchvision.transforms,
+        "muse_maskgit_pytorch": package,
+        "muse_maskgit_pytorch.vqgan_vae": vqgan,
+    }
+    saved = {name: sys.modules.get(name) for name in ("torchvision", "torchvision.transforms")}
+    sys.modules.update(stand_ins)
+    try:
+        from muse_maskgit_pytorch import muse_maskgit_pytorch as muse
+        from muse_maskgit_pytorch import t5
+
+        t5.T5_CONFIGS["local-t5"] = {"config": T5Config(d_model=WIDTH)}
+    except ImportError as error:
+        return None, f"muse-maskgit-pytorch {version} cannot be imported: {error} ({MUSE_INSTALL})"
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    return muse, f"muse-maskgit-pytorch {version}"
+
+
+def build_muse(muse):
+    torch.manual_seed(0)
+    return muse.MaskGitTransformer(
+        num_tokens=CODEBOOK,
+        seq_len=GRID * GRID,
+        dim=WIDTH,
+        depth=DEPTH,
+        heads=HEADS,
+        dim_head=WIDTH // HEADS,
+        ff_mult=4,
+        t5_name="local-t5",
+    ).eval()
+
+
+@torch.no_grad()
+def muse_generate(muse, transformer, text_embeds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A copy of `MaskGit.generate`'s loop (0.3.5) without its VAE, T5 and tqdm: confidence-based re-masking,
+    `cosine_schedule`, `top_k(logits, 0.9)`, annealed Gumbel sampling, `forward_with_cond_scale`. Its `uniform` noise
+    uses the global RNG; we seed it from `generator` once per call."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    batch, seq_len = text_embeds.shape[0], GRID * GRID
+    mask_id = transformer.mask_id
+    ids = torch.full((batch, seq_len), mask_id, dtype=torch.long)
+    scores = torch.zeros(batch, seq_len)
+    for timestep, steps_until_x0 in zip(torch.linspace(0, 1, STEPS), reversed(range(STEPS))):
+        num_masked = max(int((muse.cosine_schedule(timestep) * seq_len).item()), 1)
+        masked = scores.topk(num_masked, dim=-1).indices
+        ids = ids.scatter(1, masked, mask_id)
+        logits = transformer.forward_with_cond_scale(ids, text_embeds=text_embeds, cond_scale=GUIDANCE)
+        filtered = muse.top_k(logits, 0.9)
+        temperature = steps_until_x0 / STEPS
+        pred = muse.gumbel_sample(filtered, temperature=temperature, dim=-1)
+        is_mask = ids == mask_id
+        ids = torch.where(is_mask, pred, ids)
+        scores = 1 - logits.softmax(dim=-1).gather(2, pred[..., None])[..., 0]
+        scores = scores.masked_fill(~is_mask, -1e5)
+    return ids
+
+
+def muse_case(muse, transformer, batch: int) -> Case:
+    embeds = torch.randn(batch, TEXT_TOKENS, WIDTH, generator=torch.Generator().manual_seed(0))
+
+    def fn():
+        return muse_generate(muse, transformer, embeds, torch.Generator().manual_seed(0))
+
+    return Case("muse-maskgit-pytorch (discrete, confidence order)", fn, per=batch)
+
+
+# -- run -----------------------------------------------------------------------------------------------------------
+def run_benchmark(args) -> dict:
+    continuous, discrete = build_ours("continuous"), build_ours("discrete")
+    muse, peer = import_muse()
+    transformer = build_muse(muse) if muse is not None else None
+    rows, raw, noisy = [], [], []
+    for batch in args.batches:
+        cases = [
+            ours_case(continuous, batch, "hf_t2i Fluid continuous, head 100 steps", num_diffusion_steps=100),
+            ours_case(continuous, batch, "hf_t2i Fluid continuous, head 25 steps", num_diffusion_steps=25),
+            ours_case(discrete, batch, "hf_t2i Fluid discrete", top_k=64),
+        ]
+        peer_case = muse_case(muse, transformer, batch) if transformer is not None else None
+        if peer_case is not None:
+            cases.append(peer_case)
+        run_interleaved(cases, args.repeats)
+        for case in cases:
+            if case.error:
+                rows.append([str(batch), case.name, "error: " + case.error, "", "", ""])
+                continue
+            if case.spread and case.spread > 1.5:
+                noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
+            ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
+            rows.append(
+                [
+                    str(batch),
+                    case.name,
+                    f"{case.median:.2f}",
+                    f"{1000 * case.median * batch / STEPS:.0f}",
+                    f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
+                    f"{ratio:.2f}x" if ratio else "",
+                ]
+            )
+            raw.append({"batch": batch, "case": case.name, "seconds": case.seconds, "per": case.per})
+    headers = ["batch", "case", "s / image", "ms / iteration", "peak RSS Δ (MiB)", "vs muse-maskgit"]
+    weights = {
+        "fluid continuous prior": _mib(continuous, exclude=("vae",)),
+        "fluid discrete prior": _mib(discrete, exclude=("vqmodel",)),
+    }
+    if transformer is not None:
+        weights["muse-maskgit transformer"] = _mib(transformer)
+    return {"table": format_table(headers, rows), "raw": raw, "noisy_rows": noisy, "peer": peer, "weights": weights}
+
+
+def _mib(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> float:
+    return sum(p.numel() * p.element_size() for n, p in module.named_parameters() if not n.startswith(exclude)) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up (default 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    transformers_logging.set_verbosity_error()
+    machine = machine_info(torch.get_num_threads())
+    print(
+        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"threads {machine['threads']}, load average {machine['load_average']}"
+    )
+    print(
+        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, width {WIDTH}, "
+        f"depth {DEPTH}, {HEADS} heads, MLP {MLP}, {STEPS} iterations, guidance {GUIDANCE}, fp32, random weights"
+    )
+    started = datetime.datetime.now()
+    result = run_benchmark(args)
+    print(f"peer: {result['peer']}")
+    print("weights (MiB): " + ", ".join(f"{k} {v:.1f}" for k, v in result["weights"].items()))
+    print()
+    print(result["table"])
+    print()
+    print(
+        "s / image: median call time / batch. ms / iteration: median call time / 64. vs muse-maskgit: median over "
+        "rounds of muse-maskgit's time / this row's, same round (> 1 = faster)."
+    )
+    if result["noisy_rows"]:
+        print("WARNING: load changed during: " + "; ".join(result["noisy_rows"]))
+    print(
+        f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine, **result}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
