@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,3 +96,21 @@ def test_decoder_code_embedding_starts_informative():
     a = model.decode(torch.zeros(1, 64, dtype=torch.long))
     b = model.decode(torch.ones(1, 64, dtype=torch.long))
     assert (a - b).abs().mean() > 1e-3
+
+
+def test_diversity_loss_measures_codebook_usage():
+    config = DalleDVAEConfig(
+        image_size=16, vocab_size=8, hidden_size=8, channel_multipliers=[1, 2], num_blocks_per_group=1
+    )
+    model = DalleDVAE(config)
+    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        conv = model.encoder.blocks.output.conv
+        conv.weight.zero_()
+        conv.bias.zero_()  # uniform q everywhere: every code equally used
+        uniform = model(pixels, generator=torch.Generator().manual_seed(0))
+        conv.bias[3] = 100.0  # one code everywhere
+        collapsed = model(pixels, generator=torch.Generator().manual_seed(0), diversity_weight=0.5)
+    assert uniform.diversity_loss.item() == pytest.approx(0.0, abs=1e-5)
+    assert collapsed.diversity_loss.item() == pytest.approx(math.log(8), abs=1e-4)
+    assert collapsed.loss.item() == pytest.approx(collapsed.reconstruction_loss.item() + 0.5 * math.log(8), abs=1e-4)

@@ -31,6 +31,7 @@ class DalleDVAEOutput(ModelOutput):
         loss: reconstruction NLL + `kl_weight` * KL, per pixel dimension (the normalised ELB of section 2.1).
         reconstruction_loss: per-pixel-dimension reconstruction loss.
         kl_loss: KL(q(z|x) || uniform) summed over grid positions, averaged over the batch.
+        diversity_loss: log K - H(q̄), q̄ the batch's average code distribution: 0 when every code is used equally.
         logits: (B, K, h, w) encoder logits.
         reconstruction: (B, C, H, W) decoded pixels in [-1, 1].
     """
@@ -38,6 +39,7 @@ class DalleDVAEOutput(ModelOutput):
     loss: torch.Tensor | None = None
     reconstruction_loss: torch.Tensor | None = None
     kl_loss: torch.Tensor | None = None
+    diversity_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
 
@@ -277,6 +279,7 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         kl_weight: float = 0.0,
         generator: torch.Generator | None = None,
         straight_through: bool = False,
+        diversity_weight: float = 0.0,
         return_dict: bool = True,
     ) -> DalleDVAEOutput | tuple:
         """Training pass with the Gumbel-softmax relaxation.
@@ -288,6 +291,10 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
             generator: source of the Gumbel noise.
             straight_through: feed the decoder the hard one-hot of the relaxed sample (gradients still flow
                 through the relaxation), so training decodes the same kind of input as `decode` does.
+            diversity_weight: weight of `diversity_loss` (not in the paper, which has 0). The per-position KL to the
+                uniform prior penalises *confident* codes, not *few* codes; on small, sparse data (our 32px shapes)
+                the encoder then settles on a handful of codes. Maximising the entropy of the batch-averaged code
+                distribution, as wav2vec 2.0's codebook diversity loss does, keeps the codebook in use.
         """
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}.")
@@ -304,10 +311,13 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         log_q = torch.log_softmax(logits.float(), dim=1)
         kl = (log_q.exp() * (log_q + math.log(self.config.vocab_size))).sum(dim=1)  # (B, h, w)
         kl_loss = kl.sum(dim=(1, 2)).mean()
+        average_q = log_q.exp().mean(dim=(0, 2, 3))  # (K,) the batch's code usage
+        entropy = -(average_q * torch.log(average_q.clamp_min(1e-12))).sum()
+        diversity_loss = math.log(self.config.vocab_size) - entropy
         pixel_dims = pixel_values[0].numel()
-        loss = reconstruction_loss + kl_weight * kl_loss / pixel_dims
+        loss = reconstruction_loss + kl_weight * kl_loss / pixel_dims + diversity_weight * diversity_loss
         reconstruction = self._stats_to_pixels(stats.detach())
-        out = DalleDVAEOutput(loss, reconstruction_loss, kl_loss, logits, reconstruction)
+        out = DalleDVAEOutput(loss, reconstruction_loss, kl_loss, diversity_loss, logits, reconstruction)
         return out if return_dict else out.to_tuple()
 
 

@@ -43,6 +43,9 @@ class DalleDVAERecipeConfig(ImageTextDataConfig):
     kl_weight: float = field(default=6.6, metadata={"help": "final KL weight beta"})
     kl_warmup_steps: int = field(default=0, metadata={"help": "steps to raise beta from 0 (0: constant beta)"})
     straight_through: bool = field(default=False, metadata={"help": "decode hard one-hot codes in training"})
+    diversity_weight: float = field(
+        default=0.0, metadata={"help": "weight of the codebook-usage entropy term (0 = the paper; see DalleDVAE)"}
+    )
 
 
 @register_recipe
@@ -99,10 +102,12 @@ class DalleDVAERecipe(Recipe):
             kl_weight=kl_weight,
             generator=generator,
             straight_through=self.config.straight_through,
+            diversity_weight=self.config.diversity_weight,
         )
         metrics = {
             "reconstruction_loss": out.reconstruction_loss.item(),
             "kl": out.kl_loss.item(),
+            "diversity_loss": out.diversity_loss.item(),
             "temperature": temperature,
             "kl_weight": kl_weight,
         }
