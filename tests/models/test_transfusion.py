@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 from torch import nn
+from transformers import DynamicCache
 
 from hf_t2i.image_processing import T2IImageProcessor
 from hf_t2i.layers.masks import causal_with_bidirectional_blocks, causal_with_bidirectional_spans, image_span_ids
@@ -258,6 +259,20 @@ def test_captioning_with_stock_generate_matches_the_package_loop(linear_model, p
     other = processor(images=[image[:, ::-1], image[::-1]], text=["", "a"])
     logits = linear_model(**inputs).logits[0, -1]
     assert not torch.allclose(logits, linear_model(**other).logits[0, -1])
+
+
+def test_lm_mode_cached_equals_uncached(linear_model, processor):
+    batch = processor.build_training_batch(CAPTIONS[:2], latents_like(linear_model, 2), image_first=[True, True])
+    ids, mask, latents = batch["input_ids"], batch["attention_mask"], batch["image_latents"]
+    full = linear_model(ids, mask, image_latents=latents, use_cache=False).logits
+    prefix = 2 + linear_model.config.num_image_tokens + 1  # <s> <boi> image <eoi>
+    cache = DynamicCache(config=linear_model.config)
+    steps = [linear_model(ids[:, :prefix], mask[:, :prefix], image_latents=latents, past_key_values=cache).logits]
+    for t in range(prefix, ids.shape[1]):
+        steps.append(linear_model(ids[:, t : t + 1], mask[:, : t + 1], past_key_values=cache).logits)
+    incremental = torch.cat(steps, 1)
+    real = mask.bool()
+    assert torch.allclose(full[real], incremental[real], atol=1e-5)
 
 
 def test_text_continuation_is_seeded(linear_model, processor):
