@@ -143,6 +143,9 @@ def load_torch_file(
         if "WeightsUnpickler error:" in message:
             message = message.split("WeightsUnpickler error:", 1)[1]
         message = " ".join(message.split())[:300]
+        file_format = _describe_format(path)
+        if file_format in ("a JSON file", "an unrecognised format"):
+            raise ConversionError(f"{what} ({path}) is not a PyTorch checkpoint ({file_format}): {message}") from None
         if any(s in message for s in ("global", "Unsupported", "allowlist", "Can only", "persistent_load")):
             raise ConversionError(
                 f"{what} ({path}) holds an object the restricted loader does not accept ({message}). It is not the "

@@ -245,10 +245,270 @@ def check_tokenizer_parity(tokenizer, vocab_path, merges_path, texts: list[str])
     return same
 
 
-def convert(model_dir=None, detoker_path=None, output_dir=None, check: bool = True) -> dict:
-    """Convert what is given; returns {"vqmodel", "tokenizer", "parity"}."""
+# -- the DALL·E Mega / mini prior --------------------------------------------------------------------------------
+
+HEAD_DIM = 64  # min-dalle: mega 2048 / 32 heads, mini 1024 / 16 heads; the head count is not stored in the files
+IMAGE_CODES = 2**14  # min-dalle samples from the first 2**14 logits only
+START_TOKEN = 2**14 - 1  # min-dalle's decoder start token (itself a valid code)
+
+
+def _glu(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
+    """min-dalle's `GLU`: ln0 -> (gelu(fc0) * fc1) -> ln1 -> fc2; the block's pre-norm is `ln0`."""
+    for p in ("weight", "bias"):
+        out[f"{dst}.norm2.{p}"] = keys.pop(f"{src}.glu.ln0.{p}")
+        out[f"{dst}.mlp.inner_norm.{p}"] = keys.pop(f"{src}.glu.ln1.{p}")
+    # FeedForward(glu=True) chunks fc1's output into (gate, up): fc0 is the gated half.
+    out[f"{dst}.mlp.fc1.weight"] = torch.cat([keys.pop(f"{src}.glu.fc0.weight"), keys.pop(f"{src}.glu.fc1.weight")])
+    out[f"{dst}.mlp.fc2.weight"] = keys.pop(f"{src}.glu.fc2.weight")
+
+
+def _norm(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
+    for p in ("weight", "bias"):
+        out[f"{dst}.{p}"] = keys.pop(f"{src}.{p}")
+
+
+def _self_attention(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
+    qkv = [keys.pop(f"{src}.{n}_proj.weight") for n in ("q", "k", "v")]
+    out[f"{dst}.qkv_proj.weight"] = torch.cat(qkv)  # (3C, C): q, k, v as `Attention._heads` splits them
+    out[f"{dst}.out_proj.weight"] = keys.pop(f"{src}.out_proj.weight")
+
+
+def _count_layers(state: dict) -> int:
+    layers = {int(k.split(".")[1]) for k in state if k.startswith("layers.")}
+    if not layers or layers != set(range(len(layers))):
+        raise ConversionError(f"expected layers 0..N-1 under `layers.`, found {sorted(layers)[:8]}")
+    return len(layers)
+
+
+def convert_prior_state(
+    encoder_state: dict, decoder_state: dict, num_heads: int | None = None
+) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict[str, str]]]:
+    """encoder.pt + decoder.pt -> (PartiConfig keyword arguments, the prior's state dict without `vqmodel.*`,
+    the dropped keys of each file). Every source key is consumed; leftovers fail the conversion.
+
+    `num_heads` is not stored in the files: it defaults to width / 64 (mega: 32, mini: 16)."""
+    enc, dec = KeyConsumer(encoder_state, "encoder.pt"), KeyConsumer(decoder_state, "decoder.pt")
+    for keys, required in ((enc, "embed_tokens.weight"), (dec, "lm_head.weight")):
+        if required not in keys:
+            other = "decoder.pt" if keys is enc else "encoder.pt"
+            raise ConversionError(
+                f"{keys.what} has no `{required}`: it is not min-dalle's {keys.what.split('.')[0]}"
+                + (f" (is it the {other}?)" if required.replace("lm_head", "embed_tokens") in keys else ".")
+            )
+    text_vocab, hidden = enc.state["embed_tokens.weight"].shape
+    text_len = enc.state["embed_positions.weight"].shape[0]
+    decoder_vocab, decoder_hidden = dec.state["embed_tokens.weight"].shape
+    image_tokens = dec.state["embed_positions.weight"].shape[0]
+    glu_width = enc.state["layers.0.glu.fc0.weight"].shape[0]
+    if decoder_hidden != hidden:
+        raise ConversionError(f"encoder width {hidden} and decoder width {decoder_hidden} differ.")
+    if decoder_vocab <= IMAGE_CODES or image_tokens != 256:
+        raise ConversionError(
+            f"decoder.pt has {decoder_vocab} token rows and {image_tokens} positions; min-dalle's decoder has more "
+            f"than {IMAGE_CODES} rows and 256 positions."
+        )
+    num_heads = num_heads or hidden // HEAD_DIM
+    if num_heads < 1 or hidden % num_heads:
+        raise ConversionError(f"width {hidden} is not divisible into {num_heads} heads; pass --num-heads.")
+    encoder_layers, decoder_layers = _count_layers(enc.state), _count_layers(dec.state)
+    out: dict[str, torch.Tensor] = {}
+
+    te = "model.text_encoder"
+    out[f"{te}.embeddings.weight"] = enc.pop("embed_tokens.weight")
+    out[f"{te}.position_embeddings.weight"] = enc.pop("embed_positions.weight")
+    _norm(enc, "layernorm_embedding", f"{te}.embedding_norm", out)
+    for i in range(encoder_layers):
+        src, dst = f"layers.{i}", f"{te}.layers.{i}"
+        _norm(enc, f"{src}.pre_self_attn_layer_norm", f"{dst}.norm1", out)
+        _self_attention(enc, f"{src}.self_attn", f"{dst}.self_attn", out)
+        _norm(enc, f"{src}.self_attn_layer_norm", f"{dst}.norm1_post", out)
+        _glu(enc, src, dst, out)
+    _norm(enc, "final_ln", f"{te}.norm", out)
+
+    de = "model.decoder"
+    out[f"{de}.embeddings.weight"] = dec.pop("embed_tokens.weight")
+    out[f"{de}.position_embeddings.weight"] = dec.pop("embed_positions.weight")
+    _norm(dec, "layernorm_embedding", f"{de}.embedding_norm", out)
+    for i in range(decoder_layers):
+        src, dst = f"layers.{i}", f"{de}.layers.{i}"
+        _norm(dec, f"{src}.pre_self_attn_layer_norm", f"{dst}.norm1", out)
+        _self_attention(dec, f"{src}.self_attn", f"{dst}.self_attn", out)
+        _norm(dec, f"{src}.self_attn_layer_norm", f"{dst}.norm1_post", out)
+        _norm(dec, f"{src}.pre_encoder_attn_layer_norm", f"{dst}.norm_cross", out)
+        out[f"{dst}.cross_attn.q_proj.weight"] = dec.pop(f"{src}.encoder_attn.q_proj.weight")
+        kv = [dec.pop(f"{src}.encoder_attn.{n}_proj.weight") for n in ("k", "v")]
+        out[f"{dst}.cross_attn.kv_proj.weight"] = torch.cat(kv)  # (2C, C): keys then values
+        out[f"{dst}.cross_attn.out_proj.weight"] = dec.pop(f"{src}.encoder_attn.out_proj.weight")
+        _norm(dec, f"{src}.encoder_attn_layer_norm", f"{dst}.norm_cross_post", out)
+        _glu(dec, src, dst, out)
+    _norm(dec, "final_ln", f"{de}.norm", out)
+    out["lm_head.weight"] = dec.pop("lm_head.weight", shape=(decoder_vocab, hidden))
+    enc.finish()
+    dec.finish()
+    config = dict(
+        text_vocab_size=text_vocab,
+        text_seq_len=text_len,
+        encoder_layers=encoder_layers,
+        encoder_attention_heads=num_heads,
+        encoder_intermediate_size=glu_width,
+        hidden_size=hidden,
+        num_hidden_layers=decoder_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=glu_width,
+        hidden_act="gelu",  # torch's exact GELU (nn.GELU())
+        layer_norm_eps=1e-5,
+        use_bias=False,
+        mlp_glu=True,
+        mlp_inner_norm=True,
+        attention_post_norm=True,
+        embedding_norm=True,
+        decoder_vocab_size=decoder_vocab,
+        image_start_token_id=START_TOKEN,
+    )
+    return config, out, {"encoder.pt": enc.dropped, "decoder.pt": dec.dropped}
+
+
+def load_state(path, what: str) -> dict[str, torch.Tensor]:
+    return {k: v.float() for k, v in tensors_only(load_torch_file(path, what), what).items()}
+
+
+def convert_prior(encoder_path, decoder_path, vqmodel, num_heads: int | None = None):
+    """encoder.pt + decoder.pt (+ the converted detokenizer) -> `PartiForConditionalGeneration`."""
+    from hf_t2i import PartiConfig, PartiForConditionalGeneration
+    from hf_t2i.models.parti import DiffusersVQConfig
+
+    config_kwargs, state, _ = convert_prior_state(
+        load_state(encoder_path, "encoder.pt"), load_state(decoder_path, "decoder.pt"), num_heads
+    )
+    vqmodel_config = {k: v for k, v in vqmodel.config.items() if not k.startswith("_")}
+    vq_config = DiffusersVQConfig(vqmodel_config=vqmodel_config, output_range=[0.0, 1.0])  # min-dalle: [0, 1]
+    config = PartiConfig(vq_config=vq_config, **config_kwargs)
+    model = PartiForConditionalGeneration(config).eval()
+    state.update({f"vqmodel.{k}": v for k, v in vqmodel.state_dict().items()})
+    load_converted(model, state, "PartiForConditionalGeneration")
+    return model
+
+
+def _build_original_prior(encoder_state: dict, decoder_state: dict, heads: int):
+    models = import_min_dalle("min_dalle.models")
+    hidden = encoder_state["embed_tokens.weight"].shape[1]
+    glu = encoder_state["layers.0.glu.fc0.weight"].shape[0]
+    encoder = models.DalleBartEncoder(
+        layer_count=_count_layers(encoder_state),
+        embed_count=hidden,
+        attention_head_count=heads,
+        text_vocab_count=encoder_state["embed_tokens.weight"].shape[0],
+        text_token_count=encoder_state["embed_positions.weight"].shape[0],
+        glu_embed_count=glu,
+        device="cpu",
+    ).eval()
+    decoder = models.DalleBartDecoder(
+        image_vocab_count=decoder_state["embed_tokens.weight"].shape[0] - 1,
+        embed_count=hidden,
+        attention_head_count=heads,
+        glu_embed_count=glu,
+        layer_count=_count_layers(decoder_state),
+        device="cpu",
+    ).eval()
+    encoder.load_state_dict(encoder_state)
+    decoder.load_state_dict(decoder_state)
+    return encoder, decoder
+
+
+def fixed_text_tokens(text_vocab: int, text_len: int) -> torch.Tensor:
+    """min-dalle's (2, L) text batch: row 0 the unconditional `<s> </s>`, row 1 a caption; pads are id 1."""
+    tokens = torch.ones(2, text_len, dtype=torch.long)
+    caption = torch.randint(4, text_vocab, (min(text_len, 7),), generator=torch.Generator().manual_seed(0))
+    tokens[0, :2] = torch.tensor([0, 2])
+    tokens[1, : len(caption)] = caption
+    tokens[1, 0], tokens[1, len(caption) - 1] = 0, 2
+    return tokens
+
+
+@torch.no_grad()
+def min_dalle_greedy(encoder, decoder, text_tokens: torch.Tensor, guidance: float, num_tokens: int) -> torch.Tensor:
+    """min-dalle's own sampling loop (`MinDalle.generate_raw_image_stream`, one image) with top_k = 1: greedy."""
+    hidden = decoder.embed_count
+    encoder_state = encoder(text_tokens)  # (2, L, C): [uncond, cond]
+    attention_mask = text_tokens.not_equal(1)[:, None, None, :]
+    attention_state = torch.zeros(decoder.layer_count, 4, 256, hidden)  # (layers, 2 * 2 images, 256, C)
+    tokens = torch.full((1, num_tokens + 1), START_TOKEN, dtype=torch.long)
+    settings = torch.tensor([1.0, 1.0, guidance])
+    indices = torch.arange(256)
+    for i in range(num_tokens):
+        tokens[:, i + 1], attention_state = decoder.sample_tokens(
+            settings=settings,
+            attention_mask=attention_mask,
+            encoder_state=encoder_state,
+            attention_state=attention_state,
+            prev_tokens=tokens[:, [i]],
+            token_index=indices[[i]],
+        )
+    return tokens[0, 1:]
+
+
+@torch.no_grad()
+def check_prior_parity(
+    model, encoder_state: dict, decoder_state: dict, guidance: float = 16.0, tolerance: float = 1e-4
+) -> dict[str, float] | None:
+    """Compare the converted prior with min-dalle's `DalleBartEncoder` / `DalleBartDecoder` on a fixed input: text
+    states, decoder logits of a fixed image-token prefix (teacher forcing, both guidance rows), the guided logits,
+    and the greedy tokens of min-dalle's own loop against the package's cached sampler."""
+    try:
+        encoder, decoder = _build_original_prior(encoder_state, decoder_state, model.config.num_attention_heads)
+    except ImportError:
+        print("parity prior: skipped (install `min-dalle` to compare against the original)")
+        return None
+    config = model.config
+    text = fixed_text_tokens(config.text_vocab_size, config.text_seq_len)  # (2, L) [uncond, cond]
+    mask = text.ne(1).long()
+    ref_states = encoder(text)
+    ours_states = model.model.text_encoder(text, mask).last_hidden_state
+    codes = torch.randint(0, IMAGE_CODES, (1, 256), generator=torch.Generator().manual_seed(1))
+    prev = torch.cat([torch.full((1, 1), START_TOKEN), codes[:, :-1]], dim=1)  # (1, 256)
+    ref_logits, _ = decoder(
+        attention_mask=mask.bool()[:, None, None, :],
+        encoder_state=ref_states,
+        attention_state=torch.zeros(decoder.layer_count, 4, 256, decoder.embed_count),
+        prev_tokens=prev,
+        token_index=torch.arange(256),
+    )  # (2, 256, V): [uncond, cond]
+    out = model(input_ids=text, attention_mask=mask, decoder_input_ids=prev.expand(2, -1), use_cache=False)
+    ours_logits = out.logits[..., :IMAGE_CODES]
+    ref_logits = ref_logits[..., :IMAGE_CODES]
+    ref_guided = ref_logits[0] * (1 - guidance) + ref_logits[1] * guidance  # min-dalle's formula
+    from hf_t2i.generation import apply_guidance
+
+    ours_guided = apply_guidance(ours_logits.flip(0), guidance)[0]  # ours: conditional rows first
+    deltas = {
+        "prior text encoder states": max_abs_diff(ours_states, ref_states),
+        "prior decoder logits": max_abs_diff(ours_logits, ref_logits),
+        f"prior guided logits (s={guidance:g})": max_abs_diff(ours_guided, ref_guided),
+    }
+    for name, delta in deltas.items():
+        # Guided logits are a difference amplified by s: compare them relative to s.
+        report_parity(name, delta, tolerance * (guidance if "guided" in name else 1))
+    num_tokens = config.num_image_tokens
+    ref_tokens = min_dalle_greedy(encoder, decoder, text, guidance, num_tokens)
+    ours_tokens = model.sample_image_tokens(
+        text[1:], mask[1:], text[:1], mask[:1], guidance_scale=guidance, do_sample=False
+    )[0]
+    same = bool(torch.equal(ours_tokens, ref_tokens))
+    print(f"parity prior greedy tokens ({num_tokens}, s={guidance:g}): {'identical' if same else 'DIFFERENT'}")
+    deltas["prior_greedy_identical"] = float(same)
+    return deltas
+
+
+def convert(
+    model_dir=None, detoker_path=None, output_dir=None, check: bool = True, num_heads: int | None = None
+) -> dict:
+    """Convert what is given; returns {"vqmodel", "tokenizer", "model" (the prior), "parity"}.
+
+    The prior (`encoder.pt` + `decoder.pt` in `model_dir`) is converted when both files are there; it needs
+    `detoker_path` too (the prior nests its image tokenizer).
+    """
     if model_dir is None and detoker_path is None:
-        raise ConversionError("pass --model-dir (vocab.json, merges.txt) and/or --detoker (detoker.pt).")
+        raise ConversionError("pass --model-dir (encoder.pt, decoder.pt, vocab.json, merges.txt) and/or --detoker.")
     result, parity = {}, {}
     if detoker_path is not None:
         vqmodel = convert_detokenizer(detoker_path)
@@ -258,55 +518,110 @@ def convert(model_dir=None, detoker_path=None, output_dir=None, check: bool = Tr
             parity.update(check_detokenizer_parity(vqmodel, state) or {})
     if model_dir is not None:
         model_dir = Path(model_dir)
-        for name in ("encoder.pt", "decoder.pt"):
-            if (model_dir / name).exists():
-                print(f"note: {name} (the DALL·E Mega/mini prior) is not converted by this version of the script")
+        if not model_dir.is_dir():
+            raise ConversionError(f"--model-dir must be a folder, got {model_dir}")
+        encoder_path, decoder_path = model_dir / "encoder.pt", model_dir / "decoder.pt"
+        if encoder_path.exists() or decoder_path.exists():
+            check_file(encoder_path, "encoder.pt")
+            check_file(decoder_path, "decoder.pt")
+            if detoker_path is None:
+                raise ConversionError(
+                    "converting the prior (encoder.pt, decoder.pt) needs --detoker: the prior nests its VQGAN."
+                )
+            model = convert_prior(encoder_path, decoder_path, result["vqmodel"], num_heads)
+            result["model"] = model
+            if check:
+                deltas = check_prior_parity(
+                    model, load_state(encoder_path, "encoder.pt"), load_state(decoder_path, "decoder.pt")
+                )
+                parity.update(deltas or {})
         vocab, merges = model_dir / "vocab.json", model_dir / "merges.txt"
-        tokenizer = convert_tokenizer(vocab, merges)
-        result["tokenizer"] = tokenizer
-        if check:
-            texts = ["a red circle", "Cats   playing chess on the moon", "an astronaut, riding a horse.", "zzqx"]
-            same = check_tokenizer_parity(tokenizer, vocab, merges, texts)
-            if same is not None:
-                parity["tokenizer_identical"] = float(same)
+        if vocab.exists() or merges.exists() or "model" not in result:
+            tokenizer = convert_tokenizer(vocab, merges)
+            if "model" in result:
+                text_config = result["model"].config
+                tokenizer.model_max_length = text_config.text_seq_len  # min-dalle: 64
+                if len(tokenizer) > text_config.text_vocab_size:
+                    raise ConversionError(
+                        f"vocab.json has {len(tokenizer)} tokens, more than the encoder's {text_config.text_vocab_size} "
+                        "embeddings: it belongs to another model (mega and mini have their own vocabularies)."
+                    )
+            result["tokenizer"] = tokenizer
+            if check:
+                texts = ["a red circle", "Cats   playing chess on the moon", "an astronaut, riding a horse.", "zzqx"]
+                same = check_tokenizer_parity(tokenizer, vocab, merges, texts)
+                if same is not None:
+                    parity["tokenizer_identical"] = float(same)
     result["parity"] = parity
-    failed = [k for k, v in parity.items() if k == "detokenizer output (eps matched)" and v > 1e-4]
+    failed = [
+        k
+        for k, v in parity.items()
+        if k in ("detokenizer output (eps matched)", "prior text encoder states", "prior decoder logits") and v > 1e-4
+    ]
+    failed += [k for k, v in parity.items() if k.startswith("prior guided") and v > 16e-4]
     if parity.get("tokenizer_identical") == 0.0:
         failed.append("tokenizer")
+    if parity.get("prior_greedy_identical") == 0.0:
+        failed.append("prior greedy tokens")
     if output_dir is not None:
-        output_dir = Path(output_dir)
+        save(result, parity, Path(output_dir))
+    if failed:
+        raise ConversionError(f"the converted parts do not match min-dalle ({failed}).")
+    return result
+
+
+def save(result: dict, parity: dict, output_dir: Path) -> None:
+    """The prior as one checkpoint folder (model + processor at the root), else the parts in subfolders."""
+    if "model" in result:
+        from hf_t2i import PartiProcessor, T2IImageProcessor
+
+        model = result["model"]
+        model.save_pretrained(output_dir)
+        if "tokenizer" in result:
+            image_processor = T2IImageProcessor(image_size=model.config.vq_config.image_size)
+            PartiProcessor(image_processor, result["tokenizer"]).save_pretrained(output_dir)
+        title = "DALL·E Mega / mini (min-dalle) as hf_t2i Parti classes"
+        body = f"""
+Converted with `conversion_scripts/convert_min_dalle_to_hf.py` from min-dalle's `encoder.pt`, `decoder.pt`,
+`detoker.pt` (and `vocab.json`, `merges.txt` when present): a `PartiForConditionalGeneration` with the BART-style
+options (no biases, GLU feed-forward with an inner LayerNorm, post-attention LayerNorms, embedding LayerNorm, decoder
+start token {START_TOKEN}) nesting min-dalle's VQGAN as a diffusers `VQModel`.
+
+Sample with `guidance_scale=16` (min-dalle's `supercondition_factor`) and `top_k=256`; the unconditional prompt is
+the empty string (`<s> </s>`).
+
+Parity with min-dalle (max |delta|, float32): {parity or "not measured"}.
+"""
+    else:
         if "vqmodel" in result:
             result["vqmodel"].save_pretrained(output_dir / "vqgan")
         if "tokenizer" in result:
             result["tokenizer"].save_pretrained(output_dir / "tokenizer")
-        write_model_card(
-            output_dir,
-            "min-dalle VQGAN detokenizer and BART tokenizer",
-            f"""
+        title = "min-dalle VQGAN detokenizer and BART tokenizer"
+        body = f"""
 Converted with `conversion_scripts/convert_min_dalle_to_hf.py`: `vqgan/` is a diffusers `VQModel` holding min-dalle's
 VQGAN detokenizer (decoder half only; the encoder is zeros), `tokenizer/` the BART BPE tokenizer with min-dalle's
-text handling. The DALL·E Mega / mini prior is not part of this conversion.
+text handling.
 
 Parity with min-dalle (max |delta|, float32): {parity or "not measured"}.
-""",
-            tags=["min-dalle", "vqgan"],
-        )
-        print(f"saved to {output_dir}")
-    if failed:
-        raise ConversionError(f"the converted parts do not match min-dalle ({failed}).")
-    return result
+"""
+    write_model_card(output_dir, title, body, tags=["min-dalle", "vqgan"])
+    print(f"saved to {output_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--model-dir", help="min-dalle model folder with vocab.json and merges.txt")
+    parser.add_argument(
+        "--model-dir", help="min-dalle model folder: encoder.pt and decoder.pt (the prior), vocab.json, merges.txt"
+    )
     parser.add_argument("--detoker", help="min-dalle's detoker.pt")
     parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--num-heads", type=int, help="attention heads of the prior (default: width / 64)")
     parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
     args = parser.parse_args(argv)
-    convert(args.model_dir, args.detoker, args.output, not args.skip_parity)
+    convert(args.model_dir, args.detoker, args.output, not args.skip_parity, args.num_heads)
     return 0
 
 

@@ -75,3 +75,177 @@ def test_tokenizer_ids_identical(tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "out" / "tokenizer")
     for text in ["A  Red circle ", "cats, playing chess", "Ünïcode moon", "the astronaut riding qz"]:
         assert reloaded(text)["input_ids"] == original.tokenize(text), text
+
+
+# -- the DALL·E Mega / mini prior ---------------------------------------------------------------------------------
+
+
+def _original_prior(tmp_path):
+    """min-dalle's encoder and decoder, tiny but with the real decoder vocabulary (mega: 16415 + 1 rows), random
+    weights (LayerNorm affine parameters moved off their init), saved in fp16 as min-dalle ships them."""
+    from min_dalle.models import DalleBartDecoder, DalleBartEncoder
+
+    torch.manual_seed(0)
+    encoder = DalleBartEncoder(
+        layer_count=2,
+        embed_count=32,
+        attention_head_count=4,
+        text_vocab_count=120,
+        text_token_count=16,
+        glu_embed_count=48,
+        device="cpu",
+    )
+    decoder = DalleBartDecoder(
+        image_vocab_count=16415,
+        embed_count=32,
+        attention_head_count=4,
+        glu_embed_count=48,
+        layer_count=2,
+        device="cpu",
+    )
+    with torch.no_grad():
+        for p in (*encoder.parameters(), *decoder.parameters()):
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model_dir = tmp_path / "dalle_bart_mega"
+    model_dir.mkdir()
+    torch.save(encoder.half().state_dict(), model_dir / "encoder.pt")
+    torch.save(decoder.half().state_dict(), model_dir / "decoder.pt")
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def detoker_file(tmp_path_factory):
+    from min_dalle.models import VQGanDetokenizer
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("vqgan") / "detoker.pt"
+    torch.save(VQGanDetokenizer().state_dict(), path)
+    return path
+
+
+def test_guidance_formula_equals_min_dalle():
+    from hf_t2i.generation import apply_guidance
+
+    cond, uncond = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(0)).unbind(0)
+    for scale in (0.0, 1.0, 3.5, 16.0):
+        torch.testing.assert_close(
+            apply_guidance(torch.cat([cond, uncond]), scale), uncond * (1 - scale) + cond * scale, rtol=0, atol=1e-5
+        )
+
+
+def test_prior_parity_and_reload(tmp_path, detoker_file):
+    import convert_min_dalle_to_hf as script
+    from min_dalle.models import VQGanDetokenizer
+
+    from hf_t2i import PartiForConditionalGeneration, PartiProcessor
+
+    model_dir = _original_prior(tmp_path)
+    _bpe_files(model_dir)
+    result = script.convert(model_dir, detoker_file, tmp_path / "out", num_heads=4)
+    parity = result["parity"]
+    assert parity["prior text encoder states"] <= 1e-4, parity
+    assert parity["prior decoder logits"] <= 1e-4, parity
+    assert parity["prior guided logits (s=16)"] <= 1e-4, parity
+    assert parity["prior_greedy_identical"] == 1.0, parity
+    config = result["model"].config
+    assert (config.decoder_vocab_size, config.image_vocab_size, config.bos_token_id) == (16416, 16384, 16383)
+
+    reloaded = PartiForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    processor = PartiProcessor.from_pretrained(tmp_path / "out")
+    text = processor(text=["a cat"])
+    negative = processor(text=[""])
+    assert negative["input_ids"][0, :3].tolist() == [0, 2, 1]  # min-dalle's unconditional row: <s> </s> <pad>...
+    tokens = reloaded.sample_image_tokens(
+        text["input_ids"],
+        text["attention_mask"],
+        negative["input_ids"],
+        negative["attention_mask"],
+        guidance_scale=16.0,
+        do_sample=False,
+    )
+    again = result["model"].sample_image_tokens(
+        text["input_ids"],
+        text["attention_mask"],
+        negative["input_ids"],
+        negative["attention_mask"],
+        guidance_scale=16.0,
+        do_sample=False,
+    )
+    assert torch.equal(tokens, again)
+    # generate() emits only codes (ids >= 16384 are masked) after the start token 16383.
+    ids = reloaded.generate(**text, do_sample=False, max_new_tokens=4)
+    assert ids[0, 0] == 16383 and (ids[0, 1:] < 16384).all()
+
+    # The nested VQModel decodes as min-dalle's detokenizer does ([0, 1] mapped to [-1, 1]; diffusers' GroupNorm eps).
+    original = VQGanDetokenizer().eval()
+    original.load_state_dict(torch.load(detoker_file, weights_only=True))
+    with torch.no_grad():
+        image = original(False, tokens)  # (256, 256, 3) in [0, 255]
+        pixels = reloaded.decode_image_tokens(tokens)[0].permute(1, 2, 0)
+    assert (((pixels + 1) / 2 * 255) - image).abs().max() <= 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_vqmodel():
+    """A small diffusers `VQModel` with min-dalle's codebook size and 16 x 16 grid (the error tests need no parity)."""
+    from diffusers import VQModel
+
+    return VQModel(
+        block_out_channels=(8,),
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        layers_per_block=1,
+        latent_channels=4,
+        vq_embed_dim=4,
+        num_vq_embeddings=16384,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda d: (d / "decoder.pt").write_bytes((d / "decoder.pt").read_bytes()[:1000]), "could not be read"),
+        (lambda d: (d / "decoder.pt").unlink(), "decoder.pt not found"),
+        (lambda d: (d / "decoder.pt").write_bytes((d / "encoder.pt").read_bytes()), "is it the encoder.pt"),
+        (lambda d: (d / "encoder.pt").write_text('{"vocab": 1}'), "JSON"),
+        (lambda d: torch.save({"extra": torch.zeros(1), **torch.load(d / "encoder.pt")}, d / "encoder.pt"), "extra"),
+        (
+            lambda d: torch.save(
+                {**torch.load(d / "decoder.pt"), "layers.5.glu.fc2.weight": torch.zeros(1)}, d / "decoder.pt"
+            ),
+            "layers 0..N-1",
+        ),
+    ],
+    ids=["truncated", "missing", "swapped", "json", "leftover-key", "layer-gap"],
+)
+def test_prior_bad_files_fail_clearly(tmp_path, tiny_vqmodel, corrupt, message):
+    import convert_min_dalle_to_hf as script
+    from conversion_utils import ConversionError
+
+    model_dir = _original_prior(tmp_path)
+    corrupt(model_dir)
+    with pytest.raises(ConversionError, match=message):
+        script.convert_prior(model_dir / "encoder.pt", model_dir / "decoder.pt", tiny_vqmodel, num_heads=4)
+
+
+def test_prior_converts_with_a_small_vqmodel(tmp_path, tiny_vqmodel):
+    import convert_min_dalle_to_hf as script
+
+    model_dir = _original_prior(tmp_path)
+    model = script.convert_prior(model_dir / "encoder.pt", model_dir / "decoder.pt", tiny_vqmodel, num_heads=4)
+    assert model.config.num_image_tokens == 256
+    deltas = script.check_prior_parity(
+        model, *(script.load_state(model_dir / n, n) for n in ("encoder.pt", "decoder.pt"))
+    )
+    assert deltas["prior decoder logits"] <= 1e-4 and deltas["prior_greedy_identical"] == 1.0, deltas
+
+
+def test_prior_needs_detokenizer(tmp_path):
+    import convert_min_dalle_to_hf as script
+    from conversion_utils import ConversionError
+
+    with pytest.raises(ConversionError, match="needs --detoker"):
+        script.convert(_original_prior(tmp_path), None, tmp_path / "out", check=False)

@@ -36,6 +36,10 @@ class TextEncoder(nn.Module):
         freeze_pretrained: keep the pretrained encoder frozen and in eval mode.
         num_aligner_layers: trainable transformer blocks applied after the encoder.
         activation, norm_eps: of the own blocks.
+        block_options: extra [`TransformerBlock`] arguments for the own and aligner blocks (e.g. `bias=False`,
+            `glu=True`, `sandwich_norm=True` for a converted BART-style encoder); none by default.
+        embedding_norm: a LayerNorm on the token + position embeddings (BART's `layernorm_embedding`); own encoder
+            only, off by default.
     """
 
     def __init__(
@@ -52,8 +56,11 @@ class TextEncoder(nn.Module):
         num_aligner_layers: int = 0,
         activation: str = "gelu",
         norm_eps: float = 1e-5,
+        block_options: dict | None = None,
+        embedding_norm: bool = False,
     ):
         super().__init__()
+        block_options = dict(block_options or {})
         self.pretrained = None
         self.freeze_pretrained = freeze_pretrained and pretrained_config is not None
         if pretrained_config is not None:
@@ -64,6 +71,8 @@ class TextEncoder(nn.Module):
         else:
             self.embeddings = nn.Embedding(vocab_size, hidden_size)
             self.position_embeddings = nn.Embedding(max_length, hidden_size)
+            if embedding_norm:
+                self.embedding_norm = nn.LayerNorm(hidden_size, eps=norm_eps)
 
         def blocks(n: int, offset: int) -> nn.ModuleList:
             return nn.ModuleList(
@@ -74,6 +83,7 @@ class TextEncoder(nn.Module):
                     layer_idx=offset + i,
                     activation=activation,
                     norm_eps=norm_eps,
+                    **block_options,
                 )
                 for i in range(n)
             )
@@ -98,6 +108,8 @@ class TextEncoder(nn.Module):
         else:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             hidden = self.embeddings(input_ids) + self.position_embeddings(positions)
+            if getattr(self, "embedding_norm", None) is not None:
+                hidden = self.embedding_norm(hidden)
         mask = padding_mask(attention_mask, hidden.dtype)
         for block in (*self.layers, *self.aligner):
             hidden = block(hidden, mask)

@@ -17,7 +17,9 @@ class TransformerBlock(GradientCheckpointingLayer):
     Options for converted checkpoints (all off by default): `sandwich_norm` adds a LayerNorm on each branch's output
     before the residual add (CogView's sandwich norm; BART-style DALL·E Mega's `*_layer_norm`), `layer_scale_init`
     multiplies each branch by a learned per-channel scale (CaiT's LayerScale, as in DALLE-pytorch), and
-    `mlp_inner_norm` puts a LayerNorm inside the feed-forward before its output projection.
+    `mlp_inner_norm` puts a LayerNorm inside the feed-forward before its output projection. With
+    `sandwich_norm_mlp=False` only the attention branches get the post-branch LayerNorm (NormFormer / DALL·E Mega:
+    `self_attn_layer_norm`, `encoder_attn_layer_norm`, none after the GLU).
 
     Args:
         hidden_size: model width.
@@ -36,6 +38,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         layer_scale_init: when set, learned per-channel scales `scale1`, `scale_cross`, `scale2` of each branch,
             initialised to this value.
         mlp_inner_norm: LayerNorm on the feed-forward's inner activations (see [`FeedForward`]).
+        sandwich_norm_mlp: with `sandwich_norm`, whether the feed-forward branch gets its `norm2_post` too.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         sandwich_norm: bool = False,
         layer_scale_init: float | None = None,
         mlp_inner_norm: bool = False,
+        sandwich_norm_mlp: bool = True,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=norm_eps)
@@ -83,7 +87,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         )
         branches = ["1", "2"] + (["_cross"] if cross_attention else [])
         for b in branches:
-            if sandwich_norm:
+            if sandwich_norm and (b != "2" or sandwich_norm_mlp):
                 setattr(self, f"norm{b}_post", nn.LayerNorm(hidden_size, eps=norm_eps))
             if layer_scale_init is not None:
                 setattr(self, f"scale{b}", nn.Parameter(torch.full((hidden_size,), float(layer_scale_init))))
@@ -97,8 +101,9 @@ class TransformerBlock(GradientCheckpointingLayer):
 
     def _branch(self, h: torch.Tensor, name: str) -> torch.Tensor:
         """Post-process one branch output: sandwich norm, layer scale, dropout."""
-        if self.sandwich_norm:
-            h = getattr(self, f"norm{name}_post")(h)
+        post_norm = getattr(self, f"norm{name}_post", None) if self.sandwich_norm else None
+        if post_norm is not None:
+            h = post_norm(h)
         if self.layer_scale:
             h = h * getattr(self, f"scale{name}")
         return self._drop(h)

@@ -1,9 +1,10 @@
-from .configuration_parti import PartiConfig
+from .configuration_parti import DiffusersVQConfig, PartiConfig
 from .modeling_parti import PartiDecoder, PartiForConditionalGeneration, PartiModel, PartiPreTrainedModel
 from .processing_parti import PartiProcessor
 
 
 __all__ = [
+    "DiffusersVQConfig",
     "PartiConfig",
     "PartiDecoder",
     "PartiForConditionalGeneration",

@@ -8,15 +8,66 @@ from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
 from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
 
 
+class DiffusersVQConfig(PreTrainedConfig):
+    r"""A diffusers `VQModel` as Parti's image tokenizer, for converted checkpoints whose tokenizer is a
+    taming-transformers VQGAN (min-dalle's DALL·E Mega / mini detokenizer) rather than a ViT-VQGAN.
+
+    Pass it (or its dict, recognised by `model_type`) as `PartiConfig.vq_config`; the prior then nests a
+    `diffusers.VQModel(**vqmodel_config)` as `vqmodel`.
+
+    Args:
+        vqmodel_config (`dict`): the diffusers `VQModel` constructor arguments (`sample_size`, `block_out_channels`,
+            `num_vq_embeddings`, `vq_embed_dim`, ...).
+        output_range (`list[float]`, *optional*, defaults to `[-1.0, 1.0]`): the range the VQModel decodes to;
+            `decode_image_tokens` maps it linearly to the package's [-1, 1] (min-dalle's VQGAN: `[0.0, 1.0]`).
+    """
+
+    model_type = "parti_diffusers_vq"
+
+    def __init__(self, vqmodel_config: dict | None = None, output_range: list[float] | None = None, **kwargs):
+        vqmodel_config = dict(vqmodel_config or {})
+        for key in ("sample_size", "block_out_channels", "num_vq_embeddings"):
+            if key not in vqmodel_config:
+                raise ValueError(f"`vqmodel_config` must set `{key}` (a diffusers `VQModel` argument).")
+        output_range = [float(v) for v in (output_range if output_range is not None else (-1.0, 1.0))]
+        if len(output_range) != 2 or output_range[0] >= output_range[1]:
+            raise ValueError(f"`output_range` must be [low, high] with low < high, got {output_range}.")
+        self.vqmodel_config = vqmodel_config
+        self.output_range = output_range
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vqmodel_config["num_vq_embeddings"]
+
+    @property
+    def image_size(self) -> int:
+        return self.vqmodel_config["sample_size"]
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vqmodel_config["block_out_channels"]) - 1)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size**2
+
+
 class PartiConfig(PreTrainedConfig):
     r"""Configuration of [`PartiForConditionalGeneration`] (Yu et al. 2022, section 2): a text encoder and an
     image-token decoder that cross-attends to it, with the ViT-VQGAN image tokenizer nested as `vq_config`.
 
     Decoder ids: image codes `[0, image_vocab_size)`, then the start token `image_vocab_size` (= `bos_token_id` =
-    `decoder_start_token_id`), so `vocab_size = image_vocab_size + 1`.
+    `decoder_start_token_id`), so `vocab_size = image_vocab_size + 1`. Converted checkpoints may use a larger
+    `decoder_vocab_size` and another `image_start_token_id` (DALL·E Mega: 16416 rows, start 16383, itself a valid
+    code); ids >= `image_vocab_size` are never predicted.
+
+    The options after `initializer_range` exist for converted checkpoints (DALL·E Mega / mini, a BART-style
+    NormFormer encoder-decoder) and are all off by default.
 
     Args:
-        vq_config (`ViTVQGANConfig` or `dict`, *optional*): the image tokenizer; fixes the codebook size and grid.
+        vq_config (`ViTVQGANConfig`, `DiffusersVQConfig` or `dict`, *optional*): the image tokenizer; fixes the
+            codebook size and grid. A dict is read by its `model_type` (a ViT-VQGAN when it names none).
         text_vocab_size (`int`, *optional*, defaults to 4096): text tokenizer vocabulary (own encoder).
         text_seq_len (`int`, *optional*, defaults to 32): text context (paper: 128).
         text_encoder_config (`dict` or `PreTrainedConfig`, *optional*): a transformers config of a pretrained
@@ -37,6 +88,17 @@ class PartiConfig(PreTrainedConfig):
         layer_norm_eps (`float`, *optional*, defaults to 1e-5): LayerNorm epsilon.
         hidden_dropout (`float`, *optional*, defaults to 0.0): residual dropout in training.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
+        use_bias (`bool`, *optional*, defaults to `True`): biases in the attention / feed-forward projections and
+            the LM head.
+        mlp_glu (`bool`, *optional*, defaults to `False`): gated feed-forward `fc2(act(gate(x)) * up(x))`.
+        mlp_inner_norm (`bool`, *optional*, defaults to `False`): LayerNorm on the feed-forward's inner width.
+        attention_post_norm (`bool`, *optional*, defaults to `False`): LayerNorm on every attention branch's output
+            before the residual add (NormFormer; BART's `self_attn_layer_norm` / `encoder_attn_layer_norm`).
+        embedding_norm (`bool`, *optional*, defaults to `False`): LayerNorm on the token + position embeddings of
+            the own encoder and of the decoder (BART's `layernorm_embedding`).
+        decoder_vocab_size (`int`, *optional*): rows of the decoder embedding and LM head; defaults to
+            `image_vocab_size + 1`.
+        image_start_token_id (`int`, *optional*): the decoder's start token; defaults to `image_vocab_size`.
     """
 
     model_type = "parti"
@@ -64,12 +126,20 @@ class PartiConfig(PreTrainedConfig):
         hidden_dropout: float = 0.0,
         initializer_range: float = 0.02,
         use_cache: bool = True,
+        use_bias: bool = True,
+        mlp_glu: bool = False,
+        mlp_inner_norm: bool = False,
+        attention_post_norm: bool = False,
+        embedding_norm: bool = False,
+        decoder_vocab_size: int | None = None,
+        image_start_token_id: int | None = None,
         **kwargs,
     ):
         if vq_config is None:
             vq_config = ViTVQGANConfig()
         elif isinstance(vq_config, dict):
-            vq_config = ViTVQGANConfig(**vq_config)
+            vq_class = DiffusersVQConfig if vq_config.get("model_type") == DiffusersVQConfig.model_type else None
+            vq_config = (vq_class or ViTVQGANConfig)(**vq_config)
         if isinstance(text_encoder_config, dict):
             model_type = text_encoder_config.get("model_type")
             if model_type is None:
@@ -94,6 +164,18 @@ class PartiConfig(PreTrainedConfig):
                 raise ValueError(f"`hidden_size` ({width}) must be divisible by `{name}` ({heads}).")
         if text_encoder_config is None and encoder_layers < 1:
             raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
+        image_vocab_size = vq_config.vocab_size
+        decoder_vocab_size = image_vocab_size + 1 if decoder_vocab_size is None else decoder_vocab_size
+        if decoder_vocab_size <= image_vocab_size:
+            raise ValueError(
+                f"`decoder_vocab_size` ({decoder_vocab_size}) must exceed the codebook size ({image_vocab_size})."
+            )
+        image_start_token_id = image_vocab_size if image_start_token_id is None else image_start_token_id
+        if not 0 <= image_start_token_id < decoder_vocab_size:
+            raise ValueError(
+                f"`image_start_token_id` ({image_start_token_id}) must lie in [0, {decoder_vocab_size}) "
+                "(`decoder_vocab_size`)."
+            )
         for key in ("vocab_size", "bos_token_id", "decoder_start_token_id", "is_encoder_decoder"):
             kwargs.pop(key, None)  # derived below
         self.vq_config = vq_config
@@ -116,12 +198,19 @@ class PartiConfig(PreTrainedConfig):
         self.hidden_dropout = hidden_dropout
         self.initializer_range = initializer_range
         self.use_cache = use_cache
-        self.vocab_size = vq_config.vocab_size + 1
+        self.use_bias = use_bias
+        self.mlp_glu = mlp_glu
+        self.mlp_inner_norm = mlp_inner_norm
+        self.attention_post_norm = attention_post_norm
+        self.embedding_norm = embedding_norm
+        self.decoder_vocab_size = decoder_vocab_size
+        self.image_start_token_id = image_start_token_id
+        self.vocab_size = decoder_vocab_size
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(
             is_encoder_decoder=True,
-            bos_token_id=vq_config.vocab_size,
-            decoder_start_token_id=vq_config.vocab_size,
+            bos_token_id=image_start_token_id,
+            decoder_start_token_id=image_start_token_id,
             **kwargs,
         )
 
@@ -161,5 +250,18 @@ class PartiConfig(PreTrainedConfig):
         defaults.update(kwargs)
         return cls(**defaults)
 
+    def block_options(self) -> dict:
+        """The [`TransformerBlock`] options of the converted-checkpoint fields (empty for the defaults)."""
+        options = {}
+        if not self.use_bias:
+            options["bias"] = False
+        if self.mlp_glu:
+            options["glu"] = True
+        if self.mlp_inner_norm:
+            options["mlp_inner_norm"] = True
+        if self.attention_post_norm:
+            options.update(sandwich_norm=True, sandwich_norm_mlp=False)
+        return options
 
-__all__ = ["PartiConfig"]
+
+__all__ = ["DiffusersVQConfig", "PartiConfig"]

@@ -33,7 +33,7 @@ from ...layers import (
 )
 from ...layers.text_encoder import TextEncoder, padding_mask
 from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
-from .configuration_parti import PartiConfig
+from .configuration_parti import DiffusersVQConfig, PartiConfig
 
 
 class PartiPreTrainedModel(PreTrainedModel):
@@ -70,6 +70,7 @@ class PartiDecoder(nn.Module):
         hidden = config.hidden_size
         self.embeddings = nn.Embedding(config.vocab_size, hidden)  # image codes + BOS
         self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
+        self.embedding_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps) if config.embedding_norm else None
         self.layers = nn.ModuleList(
             TransformerBlock(
                 hidden,
@@ -80,6 +81,7 @@ class PartiDecoder(nn.Module):
                 activation=config.hidden_act,
                 norm_eps=config.layer_norm_eps,
                 hidden_dropout=config.hidden_dropout,
+                **config.block_options(),
             )
             for i in range(config.num_hidden_layers)
         )
@@ -111,6 +113,8 @@ class PartiDecoder(nn.Module):
             )
         positions = torch.arange(start, start + length, device=decoder_input_ids.device)
         hidden = self.embeddings(decoder_input_ids) + self.position_embeddings(positions)
+        if self.embedding_norm is not None:
+            hidden = self.embedding_norm(hidden)
         keys = key_length(past_key_values, length)
         masks = {
             kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length, keys)
@@ -136,7 +140,19 @@ def build_text_encoder(config: PartiConfig) -> TextEncoder:
         num_aligner_layers=config.num_aligner_layers,
         activation=config.hidden_act,
         norm_eps=config.layer_norm_eps,
+        # Fluid builds its text encoder here too; its config has none of Parti's converted-checkpoint options.
+        block_options=config.block_options() if isinstance(config, PartiConfig) else None,
+        embedding_norm=getattr(config, "embedding_norm", False),
     )
+
+
+def build_image_tokenizer(config: PartiConfig) -> nn.Module:
+    """The nested image tokenizer: a `ViTVQGAN`, or a diffusers `VQModel` for a [`DiffusersVQConfig`]."""
+    if isinstance(config.vq_config, DiffusersVQConfig):
+        from diffusers import VQModel
+
+        return VQModel(**config.vq_config.vqmodel_config)
+    return ViTVQGAN(config.vq_config)
 
 
 class PartiModel(PartiPreTrainedModel):
@@ -209,8 +225,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
     def __init__(self, config: PartiConfig):
         super().__init__(config)
         self.model = PartiModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        self.vqmodel = ViTVQGAN(config.vq_config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.use_bias)
+        self.vqmodel = build_image_tokenizer(config)
         self.post_init()
 
     def get_encoder(self) -> TextEncoder:
@@ -231,7 +247,15 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) image codes -> (B, 3, H, W) pixels in [-1, 1]."""
-        return self.vqmodel.decode(image_token_ids)
+        vq_config = self.config.vq_config
+        if not isinstance(vq_config, DiffusersVQConfig):
+            return self.vqmodel.decode(image_token_ids)
+        grid, channels = vq_config.grid_size, self.vqmodel.quantize.embedding.weight.shape[1]
+        shape = (image_token_ids.shape[0], grid, grid, channels)
+        quant = self.vqmodel.quantize.get_codebook_entry(image_token_ids, shape)  # (B, C, grid, grid)
+        pixels = self.vqmodel.decode(quant, force_not_quantize=True).sample
+        low, high = vq_config.output_range
+        return ((pixels - low) / (high - low) * 2 - 1).clamp(-1, 1)
 
     def forward(
         self,
@@ -252,7 +276,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             (other arguments as in [`PartiModel.forward`])
 
         Returns:
-            logits over image codes + BOS (BOS is never a valid prediction: it gets the lowest finite logit).
+            logits over the decoder vocabulary; ids >= `image_vocab_size` (BOS, a converted checkpoint's unused
+            rows) are never a valid prediction: they get the lowest finite logit.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if decoder_input_ids is None:
@@ -264,7 +289,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden)
-        logits[..., self.config.bos_token_id] = torch.finfo(logits.dtype).min
+        logits[..., self.config.image_vocab_size :] = torch.finfo(logits.dtype).min
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[..., : self.config.image_vocab_size].flatten(0, 1).float(), labels.flatten())
@@ -332,7 +357,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
         )
         vocab = self.config.image_vocab_size
-        weight, bias = self.lm_head.weight[:vocab], self.lm_head.bias[:vocab]
+        weight = self.lm_head.weight[:vocab]
+        bias = None if self.lm_head.bias is None else self.lm_head.bias[:vocab]
         bos = torch.full((input_ids.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
 
         def step(tokens: torch.Tensor | None) -> torch.Tensor:
