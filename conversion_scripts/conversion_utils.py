@@ -296,6 +296,28 @@ def load_converted(model: torch.nn.Module, state: Mapping[str, torch.Tensor], wh
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
+# -- shared key maps ---------------------------------------------------------------------------------------------
+
+
+def ldm_resnet(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
+    """A taming / latent-diffusion `ResnetBlock` -> a diffusers `ResnetBlock2D` (`nin_shortcut` -> `conv_shortcut`)."""
+    for name, target in (("norm1", "norm1"), ("conv1", "conv1"), ("norm2", "norm2"), ("conv2", "conv2")):
+        for p in ("weight", "bias"):
+            out[f"{dst}.{target}.{p}"] = keys.pop(f"{src}.{name}.{p}")
+    if f"{src}.nin_shortcut.weight" in keys:
+        for p in ("weight", "bias"):
+            out[f"{dst}.conv_shortcut.{p}"] = keys.pop(f"{src}.nin_shortcut.{p}")
+
+
+def ldm_attention(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
+    """A taming / latent-diffusion single-head `AttnBlock` (1x1 convs) -> a diffusers `Attention` (linears)."""
+    for p in ("weight", "bias"):
+        out[f"{dst}.group_norm.{p}"] = keys.pop(f"{src}.norm.{p}")
+    for name, target in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
+        out[f"{dst}.{target}.weight"] = keys.pop(f"{src}.{name}.weight")[:, :, 0, 0]  # 1x1 conv -> linear
+        out[f"{dst}.{target}.bias"] = keys.pop(f"{src}.{name}.bias")
+
+
 # -- parity and output --------------------------------------------------------------------------------------------
 
 

@@ -52,6 +52,8 @@ from conversion_utils import (  # noqa: E402
     ConversionError,
     KeyConsumer,
     check_file,
+    ldm_attention,
+    ldm_resnet,
     load_converted,
     load_torch_file,
     max_abs_diff,
@@ -93,23 +95,6 @@ def vqgan_config() -> dict:
     )
 
 
-def _resnet(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
-    for name, target in (("norm1", "norm1"), ("conv1", "conv1"), ("norm2", "norm2"), ("conv2", "conv2")):
-        for p in ("weight", "bias"):
-            out[f"{dst}.{target}.{p}"] = keys.pop(f"{src}.{name}.{p}")
-    if f"{src}.nin_shortcut.weight" in keys:
-        for p in ("weight", "bias"):
-            out[f"{dst}.conv_shortcut.{p}"] = keys.pop(f"{src}.nin_shortcut.{p}")
-
-
-def _attention(keys: KeyConsumer, src: str, dst: str, out: dict) -> None:
-    for p in ("weight", "bias"):
-        out[f"{dst}.group_norm.{p}"] = keys.pop(f"{src}.norm.{p}")
-    for name, target in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")):
-        out[f"{dst}.{target}.weight"] = keys.pop(f"{src}.{name}.weight")[:, :, 0, 0]  # 1x1 conv -> linear
-        out[f"{dst}.{target}.bias"] = keys.pop(f"{src}.{name}.bias")
-
-
 def convert_detokenizer_state(state: dict) -> dict[str, torch.Tensor]:
     """`detoker.pt` -> the decoder half of a `VQModel` state dict; fails on any key it does not map."""
     keys = KeyConsumer(state, "detoker.pt")
@@ -119,15 +104,15 @@ def convert_detokenizer_state(state: dict) -> dict[str, torch.Tensor]:
         out[f"decoder.conv_in.{p}"] = keys.pop(f"decoder.conv_in.{p}")
         out[f"decoder.conv_norm_out.{p}"] = keys.pop(f"decoder.norm_out.{p}")
         out[f"decoder.conv_out.{p}"] = keys.pop(f"decoder.conv_out.{p}")
-    _resnet(keys, "decoder.mid.block_1", "decoder.mid_block.resnets.0", out)
-    _attention(keys, "decoder.mid.attn_1", "decoder.mid_block.attentions.0", out)
-    _resnet(keys, "decoder.mid.block_2", "decoder.mid_block.resnets.1", out)
+    ldm_resnet(keys, "decoder.mid.block_1", "decoder.mid_block.resnets.0", out)
+    ldm_attention(keys, "decoder.mid.attn_1", "decoder.mid_block.attentions.0", out)
+    ldm_resnet(keys, "decoder.mid.block_2", "decoder.mid_block.resnets.1", out)
     for j in range(UP_BLOCKS):
         src, dst = f"decoder.up.{UP_BLOCKS - 1 - j}", f"decoder.up_blocks.{j}"
         for r in range(3):
-            _resnet(keys, f"{src}.block.{r}", f"{dst}.resnets.{r}", out)
+            ldm_resnet(keys, f"{src}.block.{r}", f"{dst}.resnets.{r}", out)
             if f"{src}.attn.{r}.q.weight" in keys:
-                _attention(keys, f"{src}.attn.{r}", f"{dst}.attentions.{r}", out)
+                ldm_attention(keys, f"{src}.attn.{r}", f"{dst}.attentions.{r}", out)
         if f"{src}.upsample.conv.weight" in keys:
             for p in ("weight", "bias"):
                 out[f"{dst}.upsamplers.0.conv.{p}"] = keys.pop(f"{src}.upsample.conv.{p}")
