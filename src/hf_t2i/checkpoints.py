@@ -9,7 +9,7 @@ from pathlib import Path
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 # short name -> folder under SHIPPED_DIR
-SHIPPED_CHECKPOINTS = {"dalle": "dalle-emoji", "transfusion": "transfusion-shapes"}
+SHIPPED_CHECKPOINTS = {"dalle": "dalle-emoji", "parti": "parti-shapes", "transfusion": "transfusion-shapes"}
 DEFAULT_CHECKPOINT = "dalle"
 
 

@@ -3,6 +3,7 @@
     hf-t2i eval --model dalle --dataset emoji --num-images 64 --output-dir eval/dalle-emoji
     hf-t2i eval --model runs/prior/final --dataset shapes --scorer runs/clip/final --metrics fid,compositional,clip
     hf-t2i eval --scorer runs/clip/final --dataset shapes --metrics retrieval     # the scorer alone, no --model
+    hf-t2i eval --tokenizer runs/vit_vqgan/final --dataset shapes --num-images 200   # an image tokenizer alone
 
 The package CLI wires it in with `add_eval_subparser(subparsers)`; the parsed arguments run `run_eval(args)`.
 """
@@ -24,6 +25,12 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--model", default=None, help="a shipped checkpoint name (e.g. dalle) or a saved pipeline folder")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="evaluate an image tokenizer folder instead: held-out reconstruction error, codebook usage and (shapes) "
+        "the compositional accuracy of its reconstructions",
+    )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}; its held-out split is used")
     p.add_argument(
         "--num-images", type=int, default=64, help="images to generate (FID: ~0.12-0.7 s per image on a CPU)"
@@ -49,6 +56,20 @@ def run_eval(args) -> int:
 
     from .runner import evaluate_pipeline, evaluate_scorer, resolve_metrics
 
+    if args.tokenizer is not None:
+        from .tokenizer import evaluate_image_tokenizer
+
+        if args.model is not None:
+            raise ValueError("Pass either `--model` (a pipeline) or `--tokenizer` (an image tokenizer), not both.")
+        results = evaluate_image_tokenizer(
+            args.tokenizer, args.dataset, args.num_images, args.data_dir, args.data_seed
+        )
+        print(json.dumps(results, indent=2))
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            with open(os.path.join(args.output_dir, "tokenizer_report.json"), "w", encoding="utf-8") as f:
+                json.dump({"metrics": results, "settings": _settings(args)}, f, indent=2)
+        return 0
     metrics = resolve_metrics(args.metrics, args.dataset, args.scorer is not None) if args.metrics else None
     if args.model is None:
         if metrics != ["retrieval"]:

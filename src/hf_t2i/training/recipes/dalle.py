@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -127,29 +126,15 @@ class DalleDVAERecipe(Recipe):
 
 @torch.no_grad()
 def dvae_reconstruction_metrics(model, dataset, device, batch_size: int = 64) -> dict[str, float]:
-    """Held-out reconstruction through hard codes (encode -> argmax -> decode), as the prior will see them.
+    """Held-out reconstruction through hard codes (encode -> argmax -> decode), as the prior will see them: `mse`
+    (pixels in [0, 1]), `psnr`, code `perplexity` and `codebook_usage` (see `evaluation.tokenizer`)."""
+    from ...evaluation.tokenizer import reconstruction_metrics
 
-    Returns `mse` (pixels in [0, 1]), `psnr` (dB), the codebook `perplexity` (exp of the entropy of code usage) and
-    the fraction of codes used.
-    """
-    squared, pixels_seen, counts = 0.0, 0, torch.zeros(model.config.vocab_size, dtype=torch.float64)
-    for start in range(0, len(dataset), batch_size):
-        rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        pixels = stack_column(rows, "pixel_values").to(device)
-        ids = model.encode(pixels)
-        reconstruction = model.decode(ids)
-        squared += (((reconstruction - pixels.float()) / 2) ** 2).sum().item()
-        pixels_seen += pixels.numel()
-        counts += torch.bincount(ids.flatten().cpu(), minlength=model.config.vocab_size).double()
-    mse = squared / pixels_seen
-    probs = counts / counts.sum()
-    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum().item()
-    return {
-        "mse": mse,
-        "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
-        "perplexity": math.exp(entropy),
-        "codebook_usage": (counts > 0).double().mean().item(),
-    }
+    batches = (
+        stack_column([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], "pixel_values")
+        for start in range(0, len(dataset), batch_size)
+    )
+    return reconstruction_metrics(model, batches)[0]
 
 
 # ----------------------------------------------------------------------------------------------------- stage 2

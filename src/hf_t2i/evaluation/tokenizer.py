@@ -1,0 +1,85 @@
+"""How good an image tokenizer (DalleDVAE, ViTVQGAN, any model with `encode -> ids` / `decode(ids) -> pixels`) is on
+held-out images: reconstruction error through hard codes, codebook usage, and, on `shapes`, the compositional
+accuracy of its reconstructions -- the ceiling that any prior over its codes can reach on that metric."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def reconstruction_metrics(tokenizer, pixel_values, batch_size: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """Encode -> hard codes -> decode, as a prior's samples will be decoded.
+
+    Args:
+        tokenizer: a model with `encode(pixels) -> ids`, `decode(ids) -> pixels` and `config.vocab_size`.
+        pixel_values: (N, 3, H, W) in [-1, 1], or an iterable of such batches.
+
+    Returns:
+        (`{"mse", "psnr", "perplexity", "codebook_usage"}`, the (N, 3, H, W) reconstructions in [-1, 1]). `mse` is over
+        pixels in [0, 1]; `perplexity` is exp(entropy of code usage); `codebook_usage` the fraction of codes used.
+    """
+    if isinstance(pixel_values, torch.Tensor):
+        pixel_values = pixel_values.split(batch_size)
+    device = next(tokenizer.parameters()).device
+    dtype = next(tokenizer.parameters()).dtype
+    squared, pixels_seen = 0.0, 0
+    counts = torch.zeros(tokenizer.config.vocab_size, dtype=torch.float64)
+    reconstructions = []
+    for pixels in pixel_values:
+        pixels = pixels.to(device=device, dtype=dtype)
+        ids = tokenizer.encode(pixels)
+        reconstruction = tokenizer.decode(ids).float().clamp(-1, 1)
+        squared += (((reconstruction - pixels.float()) / 2) ** 2).sum().item()
+        pixels_seen += pixels.numel()
+        counts += torch.bincount(ids.flatten().cpu(), minlength=tokenizer.config.vocab_size).double()
+        reconstructions.append(reconstruction.cpu())
+    if not pixels_seen:
+        raise ValueError("`pixel_values` is empty: pass at least one image.")
+    mse = squared / pixels_seen
+    probs = counts[counts > 0] / counts.sum()
+    metrics = {
+        "mse": mse,
+        "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
+        "perplexity": math.exp(-(probs * probs.log()).sum().item()),
+        "codebook_usage": (counts > 0).double().mean().item(),
+    }
+    return metrics, torch.cat(reconstructions)
+
+
+def evaluate_image_tokenizer(
+    tokenizer, dataset_name: str = "shapes", num_images: int = 256, data_dir: str | None = None, data_seed: int = 0
+) -> dict:
+    """Reconstruction metrics of `tokenizer` on the first `num_images` images of `dataset_name`'s held-out split
+    (the `test` split for shapes: the held-out attribute combinations), plus, on shapes, `compositional_ceiling`:
+    the compositional accuracy of the reconstructions scored against the captions' specs.
+
+    Args:
+        tokenizer: an image tokenizer model, or a folder to load one from (its `config.json` names the class).
+    """
+    from ..image_processing import T2IImageProcessor
+    from .compositional import compositional_accuracy
+    from .runner import load_eval_split
+
+    if isinstance(tokenizer, str):
+        from transformers import AutoModel
+
+        import hf_t2i  # noqa: F401  (registers the tokenizer classes with AutoModel)
+
+        tokenizer = AutoModel.from_pretrained(tokenizer).eval()
+    image_size = tokenizer.config.image_size
+    split = load_eval_split(dataset_name, num_images, image_size, data_dir=data_dir, data_seed=data_seed)
+    pixels = T2IImageProcessor(image_size=image_size)(list(split["image"]), return_tensors="pt")["pixel_values"]
+    metrics, reconstructions = reconstruction_metrics(tokenizer, pixels)
+    metrics["num_images"] = len(split)
+    if dataset_name == "shapes":
+        images = list(((reconstructions + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        ceiling = compositional_accuracy(images, split["spec"])
+        ceiling.pop("correct", None)
+        metrics["compositional_ceiling"] = ceiling
+        originals = [np.asarray(image.convert("RGB")) for image in split["image"]]
+        metrics["compositional_originals"] = compositional_accuracy(originals, split["spec"])["overall"]
+    return metrics

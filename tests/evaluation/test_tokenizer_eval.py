@@ -1,0 +1,58 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hf_t2i import DalleDVAE, DalleDVAEConfig
+from hf_t2i.evaluation.tokenizer import evaluate_image_tokenizer, reconstruction_metrics
+
+
+class _Config:
+    vocab_size = 4
+    image_size = 32
+
+
+class MemoryTokenizer(nn.Module):
+    """Returns exactly what it last encoded, with code ids that cycle over 2 of its 4 codes."""
+
+    config = _Config()
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def encode(self, pixels):
+        self.last = pixels
+        return (torch.arange(pixels.shape[0] * 4) % 2).reshape(pixels.shape[0], 4)
+
+    def decode(self, ids):
+        return self.last
+
+
+def test_perfect_reconstruction_and_usage_are_measured():
+    pixels = torch.rand(6, 3, 8, 8) * 2 - 1
+    metrics, reconstructions = reconstruction_metrics(MemoryTokenizer(), pixels, batch_size=4)
+    assert metrics["mse"] == 0.0
+    assert metrics["codebook_usage"] == 0.5
+    assert metrics["perplexity"] == pytest.approx(2.0)
+    assert torch.equal(reconstructions, pixels)
+    noisy = MemoryTokenizer()
+    noisy.decode = lambda ids: noisy.last * 0  # mid-grey everywhere
+    expected = ((pixels / 2) ** 2).mean().item()
+    assert reconstruction_metrics(noisy, pixels)[0]["mse"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="empty"):
+        reconstruction_metrics(MemoryTokenizer(), [])
+
+
+def test_shapes_report_has_the_ceiling_of_a_perfect_and_a_random_tokenizer(tmp_path):
+    perfect = evaluate_image_tokenizer(MemoryTokenizer(), "shapes", num_images=12)
+    assert perfect["mse"] < 1e-4 and perfect["compositional_originals"] == 1.0
+    # uint8 rounding of the reconstructions must not cost the detector anything
+    assert perfect["compositional_ceiling"]["overall"] == 1.0
+    config = DalleDVAEConfig(image_size=32, vocab_size=16, hidden_size=8, channel_multipliers=[1, 2])
+    DalleDVAE(config).save_pretrained(tmp_path)
+    random = evaluate_image_tokenizer(str(tmp_path), "shapes", num_images=12)
+    assert random["num_images"] == 12 and random["mse"] > perfect["mse"]
+    assert random["compositional_ceiling"]["overall"] < 0.5
+    assert random["psnr"] == pytest.approx(10 * math.log10(1 / random["mse"]))
