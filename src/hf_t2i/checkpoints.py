@@ -9,7 +9,12 @@ from pathlib import Path
 
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 # short name -> folder under SHIPPED_DIR
-SHIPPED_CHECKPOINTS = {"dalle": "dalle-emoji", "parti": "parti-shapes", "transfusion": "transfusion-shapes"}
+SHIPPED_CHECKPOINTS = {
+    "dalle": "dalle-emoji",
+    "parti": "parti-shapes",
+    "fluid": "fluid-shapes",
+    "transfusion": "transfusion-shapes",
+}
 DEFAULT_CHECKPOINT = "dalle"
 
 
@@ -26,11 +31,36 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name
 
 
+def set_compute_dtype(folder: str | os.PathLike, dtype: str = "float32") -> list[str]:
+    """Set the top-level `"dtype"` of every transformers `config.json` under `folder` (stored weights keep their
+    precision; loading casts them). Returns the configs changed."""
+    import json
+
+    changed = []
+    for root, _, files in os.walk(folder):
+        if "config.json" not in files:
+            continue
+        path = os.path.join(root, "config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        if config.get("dtype", dtype) != dtype:
+            config["dtype"] = dtype
+            tmp = path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+            changed.append(path)
+    return changed
+
+
 def export_checkpoint(
     source: str | os.PathLike, destination: str | os.PathLike, model_card: str | os.PathLike | None = None, dtype=None
 ) -> str:
-    """Copy a trained pipeline folder into a shippable one: weights cast to `dtype` (default float16, half the size;
-    loading with `dtype=torch.float32` casts them back), the model card as the folder's README.md.
+    """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
+    the model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
+    (`from_pretrained`, `pipeline("text-to-image")`, the Auto classes) computes in float32 unless asked otherwise:
+    float16 arithmetic is slow or unsupported on CPUs.
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md`.
@@ -49,9 +79,10 @@ def export_checkpoint(
     pipe = T2IPipeline.from_pretrained(source)
     pipe.to(dtype=dtype or torch.float16)
     pipe.save_pretrained(destination)
+    set_compute_dtype(destination)
     if model_card is not None:
         shutil.copyfile(model_card, os.path.join(destination, "README.md"))
     return destination
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "export_checkpoint", "resolve_checkpoint"]
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "export_checkpoint", "resolve_checkpoint", "set_compute_dtype"]
