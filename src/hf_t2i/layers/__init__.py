@@ -13,7 +13,7 @@ from .masks import (
 from .mlp import FeedForward
 from .patchify import patchify, unpatchify
 from .positional import AxialPositionalEmbedding, TimestepEmbedding, sinusoidal_embedding
-from .transformer import TransformerBlock
+from .transformer import TransformerBlock, transformer_blocks
 
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "FeedForward",
     "TimestepEmbedding",
     "TransformerBlock",
+    "transformer_blocks",
     "cache_length",
     "key_length",
     "patchify",

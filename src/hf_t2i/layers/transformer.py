@@ -129,3 +129,25 @@ class TransformerBlock(GradientCheckpointingLayer):
             )
             hidden_states = hidden_states + self._branch(h, "_cross")
         return hidden_states + self._branch(self.mlp(self.norm2(hidden_states)), "2")
+
+
+def transformer_blocks(config, cross_attention: bool = False, **options) -> nn.ModuleList:
+    """The `config.num_hidden_layers` [`TransformerBlock`]s of a model config.
+
+    Reads `hidden_size`, `num_attention_heads`, `intermediate_size`, `hidden_act`, `layer_norm_eps` and
+    `hidden_dropout`; `options` are the other [`TransformerBlock`] arguments, passed on as they are.
+    """
+    return nn.ModuleList(
+        TransformerBlock(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.intermediate_size,
+            layer_idx=i,
+            cross_attention=cross_attention,
+            activation=config.hidden_act,
+            norm_eps=config.layer_norm_eps,
+            hidden_dropout=config.hidden_dropout,
+            **options,
+        )
+        for i in range(config.num_hidden_layers)
+    )

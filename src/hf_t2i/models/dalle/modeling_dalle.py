@@ -30,13 +30,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from ...generation import autoregressive_sample, build_logits_processor
 from ...layers import (
     AxialPositionalEmbedding,
-    TransformerBlock,
     additive_mask,
     cache_length,
     key_length,
     slice_mask,
     sparse_image_mask,
+    transformer_blocks,
 )
+from ...modeling_utils import init_transformer_weights
 from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
 from .configuration_dalle import DalleConfig
 
@@ -65,16 +66,7 @@ class DallePreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, DalleDVAE):
-            module.apply(module._init_weights)
+        init_transformer_weights(module, self.config.initializer_range, owner=self, nested=(DalleDVAE,))
 
 
 class DalleModel(DallePreTrainedModel):
@@ -90,21 +82,12 @@ class DalleModel(DallePreTrainedModel):
         self.image_embeddings = nn.Embedding(config.image_vocab_size, hidden)
         self.image_position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                hidden,
-                config.num_attention_heads,
-                config.intermediate_size,
-                layer_idx=i,
-                activation=config.hidden_act,
-                glu=config.glu,
-                norm_eps=config.layer_norm_eps,
-                attention_dropout=config.attention_dropout,
-                hidden_dropout=config.hidden_dropout,
-                sandwich_norm=config.sandwich_norm,
-                layer_scale_init=config.layer_scale_init,
-            )
-            for i in range(config.num_hidden_layers)
+        self.layers = transformer_blocks(
+            config,
+            glu=config.glu,
+            attention_dropout=config.attention_dropout,
+            sandwich_norm=config.sandwich_norm,
+            layer_scale_init=config.layer_scale_init,
         )
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False

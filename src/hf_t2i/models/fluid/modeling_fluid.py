@@ -39,18 +39,19 @@ from ...generation import (
     validate_sampling_args,
 )
 from ...layers import (
-    TransformerBlock,
     additive_mask,
     cache_length,
     causal_mask,
     key_length,
     patchify,
     slice_mask,
+    transformer_blocks,
     unpatchify,
 )
 from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, build_ddpm_scheduler, ddpm_sample
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, padding_mask
+from ...modeling_utils import init_transformer_weights
 from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
 from ..parti.modeling_parti import build_text_encoder
 from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
@@ -120,21 +121,13 @@ class FluidPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (ViTVQGAN, DalleDVAE)):
-            module.apply(module._init_weights)
-        elif isinstance(module, PreTrainedModel) and module is not self:
-            module.apply(module._init_weights)  # a pretrained text encoder's own init (its weights get loaded)
-        elif isinstance(module, DiffusionHead):
+        if isinstance(module, DiffusionHead):
             module.reset_parameters()  # runs after its children: the head keeps its zero-initialised modulations
-        elif isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
-            module.weight.fill_(1.0)
-            module.bias.zero_()
-        elif isinstance(module, FluidModel):
+        elif isinstance(module, FluidModel) and module is self:
             module.special_embedding.normal_(0.0, std)
+        else:
+            # the image tokenizer and a pretrained text encoder (its weights get loaded) keep their own init
+            init_transformer_weights(module, std, owner=self, nested=(PreTrainedModel,))
 
 
 class FluidModel(FluidPreTrainedModel):
@@ -152,19 +145,7 @@ class FluidModel(FluidPreTrainedModel):
         # [MASK] in random order, [START] in raster order
         self.special_embedding = nn.Parameter(torch.zeros(hidden))
         self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                hidden,
-                config.num_attention_heads,
-                config.intermediate_size,
-                layer_idx=i,
-                cross_attention=True,
-                activation=config.hidden_act,
-                norm_eps=config.layer_norm_eps,
-                hidden_dropout=config.hidden_dropout,
-            )
-            for i in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_blocks(config, cross_attention=True)
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self._causal: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
         self.gradient_checkpointing = False

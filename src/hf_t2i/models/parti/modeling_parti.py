@@ -24,14 +24,15 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 
 from ...generation import autoregressive_sample, build_logits_processor
 from ...layers import (
-    TransformerBlock,
     additive_mask,
     cache_length,
     key_length,
     slice_mask,
     sparse_image_mask,
+    transformer_blocks,
 )
 from ...layers.text_encoder import TextEncoder, padding_mask
+from ...modeling_utils import init_transformer_weights
 from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
 from .configuration_parti import DiffusersVQConfig, PartiConfig
 
@@ -47,18 +48,8 @@ class PartiPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, ViTVQGAN):
-            module.apply(module._init_weights)
-        elif isinstance(module, PreTrainedModel) and module is not self:
-            module.apply(module._init_weights)  # a pretrained text encoder's own init (its weights get loaded)
-        elif isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        # the ViT-VQGAN and a pretrained text encoder (its weights get loaded) keep their own init
+        init_transformer_weights(module, self.config.initializer_range, owner=self, nested=(PreTrainedModel,))
 
 
 class PartiDecoder(nn.Module):
@@ -71,20 +62,7 @@ class PartiDecoder(nn.Module):
         self.embeddings = nn.Embedding(config.vocab_size, hidden)  # image codes + BOS
         self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
         self.embedding_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps) if config.embedding_norm else None
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                hidden,
-                config.num_attention_heads,
-                config.intermediate_size,
-                layer_idx=i,
-                cross_attention=True,
-                activation=config.hidden_act,
-                norm_eps=config.layer_norm_eps,
-                hidden_dropout=config.hidden_dropout,
-                **config.block_options(),
-            )
-            for i in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_blocks(config, cross_attention=True, **config.block_options())
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self._masks: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 

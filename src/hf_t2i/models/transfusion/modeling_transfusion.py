@@ -31,8 +31,9 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ...layers import AxialPositionalEmbedding, TransformerBlock, additive_mask, cache_length
+from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
+from ...modeling_utils import init_transformer_weights
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
 from .patching_transfusion import build_patch_modules
@@ -71,14 +72,7 @@ class TransfusionPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.normal_(0.0, std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                module.bias.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.fill_(1.0)
-            module.bias.zero_()
+        init_transformer_weights(module, self.config.initializer_range, owner=self)
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, start: int, batch: int, length: int, device):
@@ -102,20 +96,7 @@ class TransfusionModel(TransfusionPreTrainedModel):
         self.patch_positions = AxialPositionalEmbedding(grid, grid, hidden)
         self.patch_embedding, self.patch_head = build_patch_modules(config)
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
-        self.layers = nn.ModuleList(
-            TransformerBlock(
-                hidden,
-                config.num_attention_heads,
-                config.intermediate_size,
-                layer_idx=i,
-                activation=config.hidden_act,
-                glu=config.glu,
-                norm_eps=config.layer_norm_eps,
-                attention_dropout=config.attention_dropout,
-                hidden_dropout=config.hidden_dropout,
-            )
-            for i in range(config.num_hidden_layers)
-        )
+        self.layers = transformer_blocks(config, glu=config.glu, attention_dropout=config.attention_dropout)
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
