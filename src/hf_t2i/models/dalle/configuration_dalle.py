@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from ...configuration_utils import check_heads
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
 from ..dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
 
@@ -94,10 +95,7 @@ class DalleConfig(PreTrainedConfig):
         bad = [t for t in attention_types if t not in SPARSE_IMAGE_ATTENTION_TYPES]
         if bad:
             raise ValueError(f"`attention_types` entries must be in {SPARSE_IMAGE_ATTENTION_TYPES}, got {bad}.")
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads})."
-            )
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
         if not 0 <= text_pad_token_id < text_vocab_size:
             raise ValueError(
                 f"`text_pad_token_id` ({text_pad_token_id}) must be in [0, text_vocab_size={text_vocab_size})."

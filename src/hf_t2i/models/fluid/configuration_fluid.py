@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
 from ...layers.diffusion_head import BETA_SCHEDULES
 from ..dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
 from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
@@ -148,27 +149,18 @@ class FluidConfig(PreTrainedConfig):
         else:
             vq_config = self._vq_config(vq_config)
             vae_config = None
-        if isinstance(text_encoder_config, dict):
-            if text_encoder_config.get("model_type") is None:
-                raise ValueError("`text_encoder_config` must name its `model_type` (e.g. 'bert').")
-            text_encoder_config = AutoConfig.for_model(**text_encoder_config)
-        for name, value in (
-            ("patch_size", patch_size),
-            ("hidden_size", hidden_size),
-            ("num_hidden_layers", num_hidden_layers),
-            ("diffusion_head_layers", diffusion_head_layers),
-            ("num_train_timesteps", num_train_timesteps),
-            ("num_diffusion_steps", num_diffusion_steps),
-            ("diffusion_batch_mul", diffusion_batch_mul),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        for name, heads in (
-            ("num_attention_heads", num_attention_heads),
-            ("encoder_attention_heads", encoder_attention_heads),
-        ):
-            if hidden_size % heads:
-                raise ValueError(f"`hidden_size` ({hidden_size}) must be divisible by `{name}` ({heads}).")
+        text_encoder_config = text_encoder_config_from(text_encoder_config)
+        check_positive_ints(
+            patch_size=patch_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            diffusion_head_layers=diffusion_head_layers,
+            num_train_timesteps=num_train_timesteps,
+            num_diffusion_steps=num_diffusion_steps,
+            diffusion_batch_mul=diffusion_batch_mul,
+        )
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        check_heads("hidden_size", hidden_size, "encoder_attention_heads", encoder_attention_heads)
         if text_encoder_config is None and encoder_layers < 1:
             raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
         if beta_schedule not in BETA_SCHEDULES:

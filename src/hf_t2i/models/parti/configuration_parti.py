@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from ...configuration_utils import check_heads, text_encoder_config_from
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
 from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
 
@@ -140,11 +141,7 @@ class PartiConfig(PreTrainedConfig):
         elif isinstance(vq_config, dict):
             vq_class = DiffusersVQConfig if vq_config.get("model_type") == DiffusersVQConfig.model_type else None
             vq_config = (vq_class or ViTVQGANConfig)(**vq_config)
-        if isinstance(text_encoder_config, dict):
-            model_type = text_encoder_config.get("model_type")
-            if model_type is None:
-                raise ValueError("`text_encoder_config` must name its `model_type` (e.g. 'bert').")
-            text_encoder_config = AutoConfig.for_model(**text_encoder_config)
+        text_encoder_config = text_encoder_config_from(text_encoder_config)
         decoder_attention_types = list(decoder_attention_types or ["full"] * num_hidden_layers)
         if len(decoder_attention_types) != num_hidden_layers:
             raise ValueError(
@@ -156,12 +153,8 @@ class PartiConfig(PreTrainedConfig):
             raise ValueError(
                 f"`decoder_attention_types` entries must be in {SPARSE_IMAGE_ATTENTION_TYPES}, got {bad}."
             )
-        for name, width, heads in (
-            ("num_attention_heads", hidden_size, num_attention_heads),
-            ("encoder_attention_heads", hidden_size, encoder_attention_heads),
-        ):
-            if width % heads:
-                raise ValueError(f"`hidden_size` ({width}) must be divisible by `{name}` ({heads}).")
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        check_heads("hidden_size", hidden_size, "encoder_attention_heads", encoder_attention_heads)
         if text_encoder_config is None and encoder_layers < 1:
             raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
         image_vocab_size = vq_config.vocab_size

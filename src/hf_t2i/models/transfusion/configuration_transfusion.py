@@ -6,6 +6,8 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
+from ...configuration_utils import check_heads
+
 
 PATCH_ENCODERS = ("linear", "unet")
 
@@ -115,10 +117,7 @@ class TransfusionConfig(PreTrainedConfig):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if hidden_size % num_attention_heads:
-            raise ValueError(
-                f"`hidden_size` ({hidden_size}) must be divisible by `num_attention_heads` ({num_attention_heads})."
-            )
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
         factor = 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
         if image_size % factor:
             raise ValueError(

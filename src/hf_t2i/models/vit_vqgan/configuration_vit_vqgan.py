@@ -5,16 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-
-
-def _check_heads(width_name: str, width: int, heads_name: str, heads: int) -> None:
-    if width % heads:
-        raise ValueError(f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}).")
+from ...configuration_utils import check_heads, check_positive_ints
 
 
 def _check_losses(l2_loss_weight: float, logit_laplace_loss_weight: float, logit_laplace_eps: float) -> None:
@@ -106,7 +97,7 @@ class ViTVQGANConfig(PreTrainedConfig):
             decoder_num_attention_heads = num_attention_heads
         if decoder_intermediate_size is None:
             decoder_intermediate_size = intermediate_size
-        _check_positive(
+        check_positive_ints(
             image_size=image_size,
             num_channels=num_channels,
             patch_size=patch_size,
@@ -125,8 +116,8 @@ class ViTVQGANConfig(PreTrainedConfig):
                 f"`image_size` ({image_size}) must be divisible by `patch_size` ({patch_size}): the encoder cuts the "
                 "image into non-overlapping patches."
             )
-        _check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
-        _check_heads(
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        check_heads(
             "decoder_hidden_size", decoder_hidden_size, "decoder_num_attention_heads", decoder_num_attention_heads
         )
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
@@ -240,7 +231,7 @@ class ViTVQGANUpsamplerConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        _check_positive(
+        check_positive_ints(
             image_size=image_size,
             patch_size=patch_size,
             num_channels=num_channels,
@@ -256,7 +247,7 @@ class ViTVQGANUpsamplerConfig(PreTrainedConfig):
             raise ValueError(f"`image_size` ({image_size}) must be divisible by `patch_size` ({patch_size}).")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
             raise ValueError(f"`vocab_size` (the codebook size) must be an int >= 2, got {vocab_size!r}.")
-        _check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
         if hidden_act not in ACT2FN:
             raise ValueError(f"`hidden_act` must be a transformers activation name, got {hidden_act!r}.")
         _check_losses(l2_loss_weight, logit_laplace_loss_weight, logit_laplace_eps)

@@ -1,0 +1,27 @@
+"""Validation shared by the model configs: each raises a `ValueError` naming the field, its value and the rule."""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, PreTrainedConfig
+
+
+def check_positive_ints(**values: int) -> None:
+    """Each keyword's value must be an int >= 1 (a bool is refused)."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
+def check_heads(width_name: str, width: int, heads_name: str, heads: int) -> None:
+    """Attention heads must split the width evenly."""
+    if width % heads:
+        raise ValueError(f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}).")
+
+
+def text_encoder_config_from(text_encoder_config: PreTrainedConfig | dict | None) -> PreTrainedConfig | None:
+    """A pretrained text encoder's config from its dict (as saved in `config.json`), which must name a `model_type`."""
+    if isinstance(text_encoder_config, dict):
+        if text_encoder_config.get("model_type") is None:
+            raise ValueError("`text_encoder_config` must name its `model_type` (e.g. 'bert').")
+        text_encoder_config = AutoConfig.for_model(**text_encoder_config)
+    return text_encoder_config
