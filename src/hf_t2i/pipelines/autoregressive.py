@@ -1,5 +1,5 @@
-"""Shared machinery of the token-by-token pipelines (DALL-E, Parti): prompt encoding (with the unconditional
-branch of guidance), the KV-cached sampling call with progress bar and step callback, decoding, reranking, output."""
+"""Shared machinery of the token-by-token pipelines (DALL-E, Parti): the KV-cached sampling call with progress bar
+and step callback, decoding and reranking (prompt encoding and output live in [`T2IPipeline`])."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import torch
 
-from ..image_processing import T2IImageProcessor
 from ..processing_utils import as_prompt_list
 from .pipeline_output import T2IPipelineOutput
 from .pipeline_utils import T2IPipeline
@@ -18,9 +17,6 @@ class AutoregressiveT2IPipeline(T2IPipeline):
     """Base of pipelines whose `model` has `sample_image_tokens(input_ids, [attention_mask], negative_input_ids=,
     [negative_attention_mask=], ...)` and `decode_image_tokens(ids)`, a `processor`, and optional `scorer` /
     `scorer_processor` for reranking."""
-
-    #: processor outputs the model's `sample_image_tokens` takes (DALL-E: ids only; Parti: ids + padding mask)
-    text_input_names: tuple[str, ...] = ("input_ids",)
 
     def check_rerank_inputs(self, num_images_per_prompt: int, num_candidates: int | None) -> None:
         if num_candidates is None:
@@ -35,34 +31,6 @@ class AutoregressiveT2IPipeline(T2IPipeline):
                 "`num_candidates` reranks samples with a scorer, but this pipeline has none. Pass `scorer=` and "
                 "`scorer_processor=` when building it, or leave `num_candidates=None`."
             )
-
-    def encode_prompts(
-        self,
-        prompts: list[str],
-        negative_prompt: str | list[str] | None,
-        samples_per_prompt: int,
-        guided: bool,
-        truncation: bool,
-        device: torch.device,
-    ) -> dict[str, torch.Tensor]:
-        """Processor outputs for the prompts (each repeated `samples_per_prompt` times) and, under guidance, for the
-        negative prompts (default: the empty caption) as `negative_*`."""
-        encoded = self.processor(text=prompts, truncation=truncation, text_argument="prompt")
-        inputs = {
-            name: encoded[name].to(device).repeat_interleave(samples_per_prompt, dim=0)
-            for name in self.text_input_names
-        }
-        if guided:
-            negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
-            if len(negatives) not in (1, len(prompts)):
-                raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts; pass one or as many."
-                )
-            encoded = self.processor(text=negatives, truncation=truncation, text_argument="negative_prompt")
-            repeats = samples_per_prompt if len(negatives) > 1 else 1
-            for name in self.text_input_names:
-                inputs[f"negative_{name}"] = encoded[name].to(device).repeat_interleave(repeats, dim=0)
-        return inputs
 
     def _generate(
         self,
@@ -96,13 +64,7 @@ class AutoregressiveT2IPipeline(T2IPipeline):
         )
         self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, image_size)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if callback_on_step_end_tensor_inputs not in (None, ["image_token_ids"]):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be None or ['image_token_ids'], got "
-                f"{callback_on_step_end_tensor_inputs!r}."
-            )
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "image_token_ids")
         device = self._execution_device
         samples = num_candidates or num_images_per_prompt
         guided = guidance_scale != 1.0
@@ -133,8 +95,4 @@ class AutoregressiveT2IPipeline(T2IPipeline):
         scores = None
         if num_candidates is not None:
             pixels, scores = rerank(self.scorer, self.scorer_processor, prompts, pixels, num_images_per_prompt)
-        images = T2IImageProcessor.postprocess(pixels, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return T2IPipelineOutput(images=images, scores=scores)
+        return self.output(pixels, output_type, return_dict, scores=scores)

@@ -22,13 +22,17 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..generation import validate_sampling_args
+from ..image_processing import T2IImageProcessor
+from ..processing_utils import as_prompt_list
+from .pipeline_output import T2IPipelineOutput
 
 
 ROOT_COMPONENTS = ("model", "processor")
 
 
 class T2IPipeline(DiffusionPipeline):
-    """Shared loading / saving (root layout, atomic file writes) and argument checks of the hf_t2i pipelines."""
+    """Shared loading / saving (root layout, atomic file writes), prompt encoding, argument checks and output of the
+    hf_t2i pipelines."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
@@ -127,6 +131,41 @@ class T2IPipeline(DiffusionPipeline):
                     "Leave it unset, or resize the returned images."
                 )
 
+    #: processor outputs the model takes for a caption, each also passed as `negative_<name>` under guidance
+    text_input_names: tuple[str, ...] = ("input_ids",)
+
+    def encode_text(self, prompts: list[str], truncation: bool, argument: str):
+        """The processor's outputs for captions; `argument` names the caller's argument in error messages."""
+        return self.processor(text=prompts, truncation=truncation, text_argument=argument)
+
+    def encode_prompts(
+        self,
+        prompts: list[str],
+        negative_prompt: str | list[str] | None,
+        samples_per_prompt: int,
+        guided: bool,
+        truncation: bool,
+        device: torch.device,
+    ) -> dict[str, torch.Tensor]:
+        """Processor outputs for the prompts (each repeated `samples_per_prompt` times) and, under guidance, for the
+        negative prompts (default: the empty caption) as `negative_*`."""
+        encoded = self.encode_text(prompts, truncation, "prompt")
+        inputs = {
+            name: encoded[name].to(device).repeat_interleave(samples_per_prompt, dim=0)
+            for name in self.text_input_names
+        }
+        if guided:
+            negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
+            if len(negatives) not in (1, len(prompts)):
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts; pass one or as many."
+                )
+            encoded = self.encode_text(negatives, truncation, "negative_prompt")
+            repeats = samples_per_prompt if len(negatives) > 1 else 1
+            for name in self.text_input_names:
+                inputs[f"negative_{name}"] = encoded[name].to(device).repeat_interleave(repeats, dim=0)
+        return inputs
+
     @staticmethod
     def check_common_inputs(
         num_images_per_prompt: int,
@@ -144,3 +183,27 @@ class T2IPipeline(DiffusionPipeline):
         ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
         validate_sampling_args(temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule)
+
+    @staticmethod
+    def check_output_inputs(
+        output_type: str, callback_on_step_end_tensor_inputs: list[str] | None, tensor_input: str
+    ) -> None:
+        """`output_type` is one `T2IImageProcessor.postprocess` knows; the step callback can see `tensor_input`."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        if callback_on_step_end_tensor_inputs not in (None, [tensor_input]):
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` must be None or {[tensor_input]!r}, got "
+                f"{callback_on_step_end_tensor_inputs!r}."
+            )
+
+    def output(
+        self, pixels: torch.Tensor, output_type: str, return_dict: bool, scores: torch.Tensor | None = None
+    ) -> T2IPipelineOutput | tuple:
+        """The end of every `__call__`: (B, 3, H, W) pixels in [-1, 1] -> `output_type` images, offloaded models
+        released, returned as a [`T2IPipelineOutput`] or `(images,)`."""
+        images = T2IImageProcessor.postprocess(pixels, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return T2IPipelineOutput(images=images, scores=scores)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import torch
 
-from ...image_processing import T2IImageProcessor
 from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
@@ -101,13 +100,7 @@ class FluidPipeline(AutoregressiveT2IPipeline):
             num_images_per_prompt, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule
         )
         self.check_image_size(height, width, model.config.image_size)
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if callback_on_step_end_tensor_inputs not in (None, ["image_tokens"]):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be None or ['image_tokens'], got "
-                f"{callback_on_step_end_tensor_inputs!r}."
-            )
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "image_tokens")
         device = self._execution_device
         inputs = self.encode_prompts(
             prompts, negative_prompt, num_images_per_prompt, guidance_scale != 1.0, truncation, device
@@ -139,11 +132,7 @@ class FluidPipeline(AutoregressiveT2IPipeline):
                 progress_bar=progress_bar,
             )
         pixels = model.decode_image_tokens(tokens)  # (B * n, 3, H, W) in [-1, 1]
-        images = T2IImageProcessor.postprocess(pixels, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return T2IPipelineOutput(images=images)
+        return self.output(pixels, output_type, return_dict)
 
 
 __all__ = ["FluidPipeline"]

@@ -11,7 +11,6 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ...image_processing import T2IImageProcessor
 from ...models.transfusion.modeling_transfusion import TransfusionForConditionalGeneration
 from ...models.transfusion.processing_transfusion import TransfusionProcessor
 from ...processing_utils import as_prompt_list
@@ -52,6 +51,7 @@ class TransfusionPipeline(T2IPipeline):
 
     model_cpu_offload_seq = "model"
     _optional_components = ["scheduler"]
+    text_input_names = ("input_ids", "attention_mask")
 
     def __init__(
         self,
@@ -64,9 +64,9 @@ class TransfusionPipeline(T2IPipeline):
             scheduler = saved_scheduler(model) or model.make_scheduler("ddim")
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
 
-    def _encode(self, prompts, samples, truncation, device, argument) -> dict[str, torch.Tensor]:
-        encoded = self.processor.image_generation_inputs(prompts, truncation=truncation, text_argument=argument)
-        return {k: encoded[k].to(device).repeat_interleave(samples, dim=0) for k in ("input_ids", "attention_mask")}
+    def encode_text(self, prompts: list[str], truncation: bool, argument: str):
+        """`<s> caption </s> <boi>` ids and their mask (left-padded), as diffusion mode starts from."""
+        return self.processor.image_generation_inputs(prompts, truncation=truncation, text_argument=argument)
 
     @torch.no_grad()
     def __call__(
@@ -117,26 +117,11 @@ class TransfusionPipeline(T2IPipeline):
             or num_inference_steps < 1
         ):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        if callback_on_step_end_tensor_inputs not in (None, ["latents"]):
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` must be None or ['latents'], got "
-                f"{callback_on_step_end_tensor_inputs!r}."
-            )
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
         device = self._execution_device
-        inputs = self._encode(prompts, num_images_per_prompt, truncation, device, "prompt")
-        if guidance_scale != 1.0:
-            negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
-            if len(negatives) not in (1, len(prompts)):
-                raise ValueError(
-                    f"`negative_prompt` has {len(negatives)} entries for {len(prompts)} prompts; pass one or as many."
-                )
-            negative = self._encode(
-                negatives, num_images_per_prompt if len(negatives) > 1 else 1, truncation, device, "negative_prompt"
-            )
-            inputs["negative_input_ids"] = negative["input_ids"]
-            inputs["negative_attention_mask"] = negative["attention_mask"]
+        inputs = self.encode_prompts(
+            prompts, negative_prompt, num_images_per_prompt, guidance_scale != 1.0, truncation, device
+        )
 
         callback = None
         if callback_on_step_end is not None:
@@ -156,11 +141,7 @@ class TransfusionPipeline(T2IPipeline):
                 callback=callback,
                 progress_bar=progress_bar,
             )
-        images = T2IImageProcessor.postprocess(self.model.decode_latents(latents), output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return T2IPipelineOutput(images=images)
+        return self.output(self.model.decode_latents(latents), output_type, return_dict)
 
     @torch.no_grad()
     def caption(
