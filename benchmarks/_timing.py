@@ -10,6 +10,7 @@ peak, memory is reported as unavailable rather than guessed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import gc
@@ -23,6 +24,32 @@ from dataclasses import dataclass, field
 import torch
 
 
+# -- command line --------------------------------------------------------------------------------------------------
+def add_common_arguments(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
+    """`--repeats`, `--threads`, `--json` and `--batches`, the options every benchmark script takes."""
+    parser.add_argument(
+        "--repeats", type=int, default=repeats, help=f"timed rounds after one warm-up (default {repeats})"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+
+
+def apply_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Check `--repeats` / `--threads` (a `parser.error` names a bad value), set torch's thread count and silence
+    transformers' warnings, which would land between the table rows."""
+    from transformers.utils import logging as transformers_logging
+
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    transformers_logging.set_verbosity_error()
+
+
+# -- machine -------------------------------------------------------------------------------------------------------
 def machine_info(threads: int) -> dict:
     """CPU count, torch / transformers versions and the intra-op thread count in use."""
     import transformers
@@ -45,6 +72,15 @@ def machine_info(threads: int) -> dict:
         "threads": threads,
         "load_average": load_average(),
     }
+
+
+def machine_line(machine: dict) -> str:
+    """One printable line of `machine_info`."""
+    return (
+        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
+        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
+        f"python {machine['python']}, threads {machine['threads']}, load average {machine['load_average']}"
+    )
 
 
 def load_average() -> str:
@@ -160,6 +196,16 @@ def run_interleaved(cases: Sequence[Case], repeats: int) -> None:
             case.call(timed=True)
 
 
+def reference_ratio(case: Case, reference: Case | None) -> float | None:
+    """`case`'s speed-up over `reference` (`paired_ratio(reference, case)`; 1.0 for the reference itself), None
+    where either has no timings to compare."""
+    if case is reference and not case.error:
+        return 1.0
+    if reference is not None and not (case.error or reference.error):
+        return paired_ratio(reference, case)
+    return None
+
+
 def paired_ratio(numerator: Case, denominator: Case) -> float | None:
     """Median over rounds of `numerator / denominator` per image, each pair timed in the same round."""
     if not numerator.seconds or not denominator.seconds:
@@ -180,3 +226,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     separator = "|" + "|".join("-" * (width + 2) for width in widths) + "|"
     return "\n".join([line(headers), separator, *(line(row) for row in rows)])
+
+
+def noisy_warning(noisy_rows: Sequence[str], advice: str = "re-run or raise --repeats.") -> str | None:
+    """The warning for rows whose slowest timed call was > 1.5x their fastest, or None when there are none."""
+    if not noisy_rows:
+        return None
+    return (
+        "WARNING: the machine's load changed during these rows (slowest timed call > 1.5x the fastest): "
+        + "; ".join(noisy_rows)
+        + ". Their medians are unreliable, the paired ratios less so; "
+        + advice
+    )

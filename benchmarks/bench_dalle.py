@@ -37,8 +37,18 @@ import time
 import types
 
 import torch
-from _timing import Case, format_table, load_average, machine_info, paired_ratio, run_interleaved
-from transformers.utils import logging as transformers_logging
+from _timing import (
+    Case,
+    add_common_arguments,
+    apply_common_arguments,
+    format_table,
+    load_average,
+    machine_info,
+    machine_line,
+    noisy_warning,
+    reference_ratio,
+    run_interleaved,
+)
 
 from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration
 
@@ -232,11 +242,7 @@ def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> t
         guidance = "off (factor 1.0, still 2B rows)"
     else:
         guidance = f"{scale:g}" if guided else "off"
-    ratio = None
-    if is_peer and not case.error:
-        ratio = 1.0
-    elif reference is not None and not (case.error or reference.error or is_decode):
-        ratio = paired_ratio(reference, case)
+    ratio = None if is_decode else reference_ratio(case, reference)
     median = case.median
     batch_shown = case.per if is_decode else batch
     row = [
@@ -349,10 +355,7 @@ def profile_ours(guidance_scale: float, top: int = 15) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="also write the raw results to this file")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    add_common_arguments(parser)
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="guidance scale of the guided rows")
     parser.add_argument("--profile", action="store_true", help="also profile hf_t2i at batch 1 with guidance")
     parser.add_argument(
@@ -362,22 +365,12 @@ def main() -> None:
         "so not the benchmark config; MinDalle.generate_image runs it after sampling)",
     )
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    apply_common_arguments(parser, args)
     if args.guidance_scale == 1.0:
         parser.error("--guidance-scale must differ from 1.0 (1.0 is the unguided row).")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    transformers_logging.set_verbosity_error()
 
     machine = machine_info(torch.get_num_threads())
-    print(
-        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
-        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"python {machine['python']}, threads {machine['threads']}, load average {machine['load_average']}"
-    )
+    print(machine_line(machine))
     print(
         f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook {CODEBOOK}, "
         f"width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, random weights"
@@ -396,13 +389,13 @@ def main() -> None:
         "vs min-dalle: median over rounds of min-dalle's time / this row's time, both from the same round "
         "(> 1 = faster than min-dalle)."
     )
-    if result["noisy_rows"]:
-        print(
-            "WARNING: the machine's load changed during these rows (slowest timed call > 1.5x the fastest): "
-            + "; ".join(result["noisy_rows"])
-            + ". Their medians are unreliable, the paired ratios less so; re-run, raise --repeats, or use --threads 1 "
-            "(with all cores busy elsewhere, spinning OpenMP workers make multi-threaded calls many times slower)."
-        )
+    warning = noisy_warning(
+        result["noisy_rows"],
+        "re-run, raise --repeats, or use --threads 1 (with all cores busy elsewhere, spinning OpenMP workers make "
+        "multi-threaded calls many times slower).",
+    )
+    if warning:
+        print(warning)
     elapsed = (datetime.datetime.now() - started).total_seconds()
     print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
     if args.profile:

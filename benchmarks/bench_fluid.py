@@ -37,9 +37,19 @@ import sys
 import types
 
 import torch
-from _timing import Case, format_table, load_average, machine_info, paired_ratio, run_interleaved
+from _timing import (
+    Case,
+    add_common_arguments,
+    apply_common_arguments,
+    format_table,
+    load_average,
+    machine_info,
+    machine_line,
+    noisy_warning,
+    paired_ratio,
+    run_interleaved,
+)
 from transformers import T5Config
-from transformers.utils import logging as transformers_logging
 
 from hf_t2i import DalleDVAEConfig, FluidConfig, FluidForConditionalGeneration
 from hf_t2i.models.fluid import small_vae_config
@@ -237,24 +247,11 @@ def _mib(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=2, help="timed rounds after one warm-up (default 2)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
-    parser.add_argument("--json", default=None, help="also write the raw results to this file")
+    add_common_arguments(parser, repeats=2)
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    transformers_logging.set_verbosity_error()
+    apply_common_arguments(parser, args)
     machine = machine_info(torch.get_num_threads())
-    print(
-        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
-        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"threads {machine['threads']}, load average {machine['load_average']}"
-    )
+    print(machine_line(machine))
     print(
         f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, width {WIDTH}, "
         f"depth {DEPTH}, {HEADS} heads, MLP {MLP}, {STEPS} iterations, guidance {GUIDANCE}, fp32, random weights"
@@ -270,8 +267,9 @@ def main() -> None:
         "s / image: median call time / batch. ms / iteration: median call time / 64. vs muse-maskgit: median over "
         "rounds of muse-maskgit's time / this row's, same round (> 1 = faster)."
     )
-    if result["noisy_rows"]:
-        print("WARNING: load changed during: " + "; ".join(result["noisy_rows"]))
+    warning = noisy_warning(result["noisy_rows"])
+    if warning:
+        print(warning)
     print(
         f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
     )

@@ -32,9 +32,19 @@ import sys
 import types
 
 import torch
-from _timing import Case, format_table, load_average, machine_info, paired_ratio, run_interleaved
+from _timing import (
+    Case,
+    add_common_arguments,
+    apply_common_arguments,
+    format_table,
+    load_average,
+    machine_info,
+    machine_line,
+    noisy_warning,
+    reference_ratio,
+    run_interleaved,
+)
 from transformers import T5Config, T5EncoderModel
-from transformers.utils import logging as transformers_logging
 
 from hf_t2i import PartiConfig, PartiForConditionalGeneration, ViTVQGANConfig
 
@@ -205,11 +215,7 @@ def cell_cases(model, peer, text, negative, scale, peer_name) -> list[Case]:
 
 
 def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> tuple[list[str], dict]:
-    ratio = None
-    if case is reference and not case.error:
-        ratio = 1.0
-    elif reference is not None and not (case.error or reference.error):
-        ratio = paired_ratio(reference, case)
+    ratio = reference_ratio(case, reference)
     median = case.median
     row = [
         case.name,
@@ -270,28 +276,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up (default 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--json", default=None, help="also write the raw results to this file")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    add_common_arguments(parser)
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="guidance scale of the guided rows")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    apply_common_arguments(parser, args)
     if args.guidance_scale == 1.0:
         parser.error("--guidance-scale must differ from 1.0 (1.0 is the unguided row).")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error(f"--threads must be >= 1, got {args.threads}.")
-        torch.set_num_threads(args.threads)
-    transformers_logging.set_verbosity_error()
 
     machine = machine_info(torch.get_num_threads())
-    print(
-        f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
-        f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"python {machine['python']}, threads {machine['threads']}, load average {machine['load_average']}"
-    )
+    print(machine_line(machine))
     print(
         f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB} through a {DEPTH}-layer encoder, image {GRID}x{GRID} "
         f"x codebook {CODEBOOK}, width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, "
@@ -311,12 +304,9 @@ def main() -> None:
         "vs parti-pytorch: median over rounds of parti-pytorch's time / this row's time, both from the same round "
         "(> 1 = faster than parti-pytorch)."
     )
-    if result["noisy_rows"]:
-        print(
-            "WARNING: the machine's load changed during these rows (slowest timed call > 1.5x the fastest): "
-            + "; ".join(result["noisy_rows"])
-            + ". Their medians are unreliable, the paired ratios less so; re-run or raise --repeats."
-        )
+    warning = noisy_warning(result["noisy_rows"])
+    if warning:
+        print(warning)
     elapsed = (datetime.datetime.now() - started).total_seconds()
     print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
     if args.json:

@@ -29,7 +29,15 @@ import json
 import logging
 
 import torch
-from _timing import Case, format_table, machine_info, paired_ratio, run_interleaved
+from _timing import (
+    Case,
+    add_common_arguments,
+    apply_common_arguments,
+    format_table,
+    machine_info,
+    paired_ratio,
+    run_interleaved,
+)
 
 from hf_t2i import TransfusionConfig, TransfusionForConditionalGeneration
 
@@ -136,14 +144,10 @@ HEADERS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    add_common_arguments(parser)
     parser.add_argument("--peer-batch-8", action="store_true", help="also time the peer at batch > 1 (slow)")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_common_arguments(parser, args)
     torch.manual_seed(0)
     ours = build_ours()
     peer, peer_note = build_peer()
