@@ -334,6 +334,14 @@ def report_parity(name: str, delta: float, tolerance: float = 1e-4) -> bool:
     return ok
 
 
+def require_parity(parity: Mapping[str, float], tolerance: float = 1e-4) -> None:
+    """A `ConversionError` unless every max |delta| in `parity` is within `tolerance` and its `tokens_identical`
+    entry (1.0 or 0.0: the converted model draws the original's tokens) is set."""
+    failed = [k for k, v in parity.items() if k != "tokens_identical" and v > tolerance]
+    if failed or not parity["tokens_identical"]:
+        raise ConversionError(f"the converted model does not match the original ({failed or 'tokens'}).")
+
+
 def write_model_card(path: str | os.PathLike, title: str, body: str, tags: Iterable[str] = ()) -> None:
     """A README.md with YAML front matter (pipeline_tag text-to-image) in the output folder."""
     tag_lines = "".join(f"- {t}\n" for t in ("hf_t2i", *tags))

@@ -43,6 +43,7 @@ from conversion_utils import (  # noqa: E402
     max_abs_diff,
     module_tensors,
     report_parity,
+    require_parity,
     run_main,
     stand_ins,
     write_model_card,
@@ -220,9 +221,7 @@ def convert(
             print("parity: skipped (install the `DALL-E` package to compare against the original)")
         else:
             parity = check_parity(model, originals)
-            failed = [k for k, v in parity.items() if k != "tokens_identical" and v > 1e-4]
-            if failed or not parity["tokens_identical"]:
-                raise ConversionError(f"the converted model does not match the original ({failed or 'tokens'}).")
+            require_parity(parity)
     if output_dir is not None:
         output_dir = Path(output_dir)
         model.save_pretrained(output_dir)

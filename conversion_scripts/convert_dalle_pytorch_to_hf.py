@@ -70,6 +70,7 @@ from conversion_utils import (  # noqa: E402
     max_abs_diff,
     report_parity,
     require_mapping,
+    require_parity,
     run_main,
     tensors_only,
     write_model_card,
@@ -411,9 +412,7 @@ def convert(checkpoint_path, output_dir=None, check: bool = True):
             print("parity: skipped (install `dalle-pytorch` and `DALL-E` to compare against the original)")
         else:
             parity = check_parity(model, original)
-            failed = [k for k, v in parity.items() if k != "tokens_identical" and v > 1e-4]
-            if failed or not parity["tokens_identical"]:
-                raise ConversionError(f"the converted model does not match the original ({failed or 'tokens'}).")
+            require_parity(parity)
     if output_dir is not None:
         output_dir = Path(output_dir)
         model.save_pretrained(output_dir)
