@@ -10,7 +10,7 @@ from pathlib import Path
 SHIPPED_DIR = Path(__file__).parent / "shipped"
 # short name -> folder under SHIPPED_DIR
 SHIPPED_CHECKPOINTS = {
-    "dalle": "dalle-emoji",
+    "dalle": "dalle-shapes",
     "parti": "parti-shapes",
     "fluid": "fluid-shapes",
     "transfusion": "transfusion-shapes",

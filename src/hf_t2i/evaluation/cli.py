@@ -1,6 +1,6 @@
 """`hf-t2i eval`: generate images for a dataset's held-out captions, compute the metrics, write a report.
 
-    hf-t2i eval --model dalle --dataset emoji --num-images 64 --output-dir eval/dalle-emoji
+    hf-t2i eval --model dalle --dataset shapes --num-images 200 --output-dir eval/dalle-shapes
     hf-t2i eval --model runs/prior/final --dataset shapes --scorer runs/clip/final --metrics fid,compositional,clip
     hf-t2i eval --scorer runs/clip/final --dataset shapes --metrics retrieval     # the scorer alone, no --model
     hf-t2i eval --tokenizer runs/vit_vqgan/final --dataset shapes --num-images 200   # an image tokenizer alone
