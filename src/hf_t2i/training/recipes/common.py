@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data_utils import cached_map
 from ..recipe import RecipeConfig
 
 
@@ -93,3 +94,18 @@ def cosine_ramp(step: int, steps: int, start: float, end: float) -> float:
 
 def stack_column(rows: list[dict], name: str) -> torch.Tensor:
     return torch.stack([torch.as_tensor(row[name]) for row in rows])
+
+
+def cached_encode(dataset, encode, cache_dir: str | None, kind: str, name: str, batch_size: int):
+    """`encode` over `dataset` in batches, computed once and stored as `name` under `cache_dir` (default: the
+    package cache's `kind` folder); the result holds `encode`'s columns only, as torch tensors."""
+    encoded = cached_map(
+        dataset,
+        encode,
+        cache_dir or os.path.join(default_cache_dir(), kind),
+        name,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=dataset.column_names,
+    )
+    return encoded.with_format("torch")

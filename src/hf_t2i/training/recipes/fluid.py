@@ -24,9 +24,8 @@ import torch
 from ...layers.text_encoder import minilm_path
 from ...models.fluid import FluidConfig, FluidForConditionalGeneration, FluidProcessor
 from ...pipelines.fluid.pipeline_fluid import FluidPipeline
-from ..data_utils import cached_map
 from ..recipe import register_recipe
-from .common import default_cache_dir, fingerprint
+from .common import cached_encode, fingerprint
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
 
 
@@ -200,16 +199,8 @@ class FluidRecipe(TokenPriorRecipe):
             str(c.patch_size if self.continuous else 0),
             ",".join(self.text_input_names),
         )
-        encoded = cached_map(
-            dataset,
-            encode,
-            c.cache_dir or os.path.join(default_cache_dir(), "tokens"),
-            f"{self.name}-{c.token_type}-{split}-{key}",
-            batched=True,
-            batch_size=256,
-            remove_columns=dataset.column_names,
-        )
-        return encoded.with_format("torch")
+        name = f"{self.name}-{c.token_type}-{split}-{key}"
+        return cached_encode(dataset, encode, c.cache_dir, "tokens", name, batch_size=256)
 
     # -- training --------------------------------------------------------------------------------------------------
     def prior_output(self, model, text, image_tokens):

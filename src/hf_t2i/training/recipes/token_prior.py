@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data_utils import cached_map
 from ..recipe import Recipe
-from .common import ImageTextDataConfig, default_cache_dir, fingerprint, load_image_text_splits
+from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits
 
 
 @dataclass
@@ -140,16 +139,7 @@ class TokenPriorRecipe(Recipe):
             weights = f.read()
         tokenizer_json = processor.tokenizer.backend_tokenizer.to_str()
         key = fingerprint(weights, tokenizer_json, str(c.text_seq_len), ",".join(self.text_input_names))
-        encoded = cached_map(
-            dataset,
-            encode,
-            c.cache_dir or os.path.join(default_cache_dir(), "tokens"),
-            f"{self.name}-{split}-{key}",
-            batched=True,
-            batch_size=256,
-            remove_columns=dataset.column_names,
-        )
-        return encoded.with_format("torch")
+        return cached_encode(dataset, encode, c.cache_dir, "tokens", f"{self.name}-{split}-{key}", batch_size=256)
 
     def build_train_dataset(self):
         return self._encoded(self._splits()[0], "train")

@@ -21,9 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data_utils import cached_map
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, default_cache_dir, fingerprint, load_image_text_splits
+from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits
 
 
 @dataclass
@@ -198,16 +197,7 @@ class TransfusionRecipe(Recipe):
         key = fingerprint(
             weights, processor.tokenizer.backend_tokenizer.to_str(), str(c.text_seq_len), str(c.image_size)
         )
-        encoded = cached_map(
-            dataset,
-            encode,
-            c.cache_dir or os.path.join(default_cache_dir(), "latents"),
-            f"{self.name}-{split}-{key}",
-            batched=True,
-            batch_size=128,
-            remove_columns=dataset.column_names,
-        )
-        return encoded.with_format("torch")
+        return cached_encode(dataset, encode, c.cache_dir, "latents", f"{self.name}-{split}-{key}", batch_size=128)
 
     def build_train_dataset(self):
         return self._encoded(self._splits()[0], "train")
