@@ -92,7 +92,7 @@ def test_two_process_launch_of_the_prior(dvae_dir, tmp_path):
     command += ["--report-to", "none", "--log-steps", "1", "--checkpointing-steps", "2"]
     for key, value in flags.items():
         command += [f"--{key.replace('_', '-')}", str(value)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     checkpoint = tmp_path / "run" / "checkpoint-000002"
     # one RNG state per process: both ranks trained

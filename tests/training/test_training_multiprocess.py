@@ -52,7 +52,7 @@ def launch(tmp_path: Path, max_steps: int) -> list[dict]:
     )
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
     command = [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out"), str(max_steps)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
