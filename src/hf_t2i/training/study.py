@@ -174,8 +174,16 @@ def run_study(study: StudyConfig, log=print) -> dict:
 
 
 def format_study(results: dict[str, dict]) -> str:
-    """Markdown table: one row per cell, validation loss then every `eval/*` metric, then training time."""
-    metric_names = sorted({k for m in results.values() for k in m if k.startswith("eval/") and k != "eval/loss"})
+    """Markdown table: one row per cell, validation loss then the headline `eval/*` metrics (per-task breakdowns and
+    sample counts stay in study.json), then training time."""
+    metric_names = sorted(
+        {
+            k
+            for m in results.values()
+            for k in m
+            if k.startswith("eval/") and k != "eval/loss" and "/per_task" not in k and not k.endswith("num_samples")
+        }
+    )
     headers = ["cell", "val loss", *[k.removeprefix("eval/") for k in metric_names], "train loss", "train s"]
     rows = []
     for cell, m in results.items():
