@@ -59,3 +59,28 @@ def test_shipped_transfusion_captions_an_image(shipped):
     image = build_shapes_dataset(1, "test", 32)[0]["image"]
     caption = pipe.caption(image, max_new_tokens=16)[0]
     assert isinstance(caption, str) and caption.strip()
+
+
+def test_cli_generate_guides_the_default_checkpoint(tmp_path, monkeypatch):
+    """`hf-t2i generate` (the README's main command) draws with the shipped DALL-E at guidance 3 unless told."""
+    import functools
+
+    from PIL import Image
+
+    from hf_t2i.cli import DEFAULT_GUIDANCE_SCALE, main
+    from hf_t2i.pipelines.dalle.pipeline_dalle import DallePipeline
+
+    seen = []
+    original = DallePipeline.__call__
+
+    @functools.wraps(original)  # keeps the signature the CLI inspects
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("guidance_scale"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DallePipeline, "__call__", spy)
+    assert main(["generate", PROMPT, "--output", str(tmp_path / "a.png"), "--upscale", "1"]) == 0
+    assert main(["generate", PROMPT, "--output", str(tmp_path / "b.png"), "--guidance-scale", "1"]) == 0
+    assert seen == [DEFAULT_GUIDANCE_SCALE, 1.0]
+    assert Image.open(tmp_path / "a.png").size == (32, 32)
+    assert Image.open(tmp_path / "b.png").size == (128, 128)  # upscaled 4x by default

@@ -1,4 +1,4 @@
-"""`hf-t2i` command line: generate | train | eval | data | convert | bench.
+"""`hf-t2i` command line: generate | data | train | eval | study | export.
 
 Each subcommand's work lives in its own module; this file only parses arguments and dispatches.
 """
