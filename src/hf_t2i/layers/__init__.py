@@ -1,6 +1,6 @@
 """Model-agnostic building blocks, written once and shared by every model."""
 
-from .attention import Attention, cache_length, key_length
+from .attention import Attention, cache_length, key_length, truncate_cache
 from .masks import (
     SPARSE_IMAGE_ATTENTION_TYPES,
     additive_mask,
@@ -27,6 +27,7 @@ __all__ = [
     "transformer_blocks",
     "cache_length",
     "key_length",
+    "truncate_cache",
     "patchify",
     "unpatchify",
     "causal_mask",

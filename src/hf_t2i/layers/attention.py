@@ -133,6 +133,16 @@ def cache_length(past_key_values: Cache | None) -> int:
     return int(_self_attention_cache(past_key_values).get_seq_length())
 
 
+def truncate_cache(past_key_values: Cache, length: int) -> None:
+    """Drop the positions past `length` from a dynamic (self-attention) cache, e.g. the image patches of one
+    denoising step after a cached prefix. transformers 5.x's `DynamicCache.crop` takes the number of positions to
+    remove as a negative int (a positive one now raises)."""
+    cache = _self_attention_cache(past_key_values)
+    extra = int(cache.get_seq_length()) - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
 def key_length(past_key_values: Cache | None, new_length: int) -> int:
     """Keys that self-attention sees after caching `new_length` more positions: all slots of a preallocated
     (static) cache, else the cached positions plus the new ones."""

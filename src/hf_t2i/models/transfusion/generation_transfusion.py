@@ -20,18 +20,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
 from ...generation import apply_guidance, build_logits_processor, sample_tokens
-from ...layers import cache_length
+from ...layers import cache_length, truncate_cache
 
 
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
-
-
-def truncate_cache(cache: DynamicCache, length: int) -> None:
-    """Drop the positions past `length` from a `DynamicCache` (the patches of one denoising step). transformers
-    5.x's `crop` takes the number of positions to remove as a negative int."""
-    extra = cache_length(cache) - length
-    if extra > 0:
-        cache.crop(-extra)
 
 
 def left_pad_concat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

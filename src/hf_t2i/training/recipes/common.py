@@ -96,6 +96,19 @@ def stack_column(rows: list[dict], name: str) -> torch.Tensor:
     return torch.stack([torch.as_tensor(row[name]) for row in rows])
 
 
+def reconstruction_metrics_on(tokenizer, dataset, batch_size: int = 64) -> dict[str, float]:
+    """An image tokenizer's held-out reconstruction through hard codes, as a prior's samples will be decoded:
+    `mse` (pixels in [0, 1]), `psnr`, code `perplexity`, `codebook_usage` (`evaluation.tokenizer`), over a dataset
+    with a `pixel_values` column."""
+    from ...evaluation.tokenizer import reconstruction_metrics
+
+    batches = (
+        stack_column([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], "pixel_values")
+        for start in range(0, len(dataset), batch_size)
+    )
+    return reconstruction_metrics(tokenizer, batches)[0]
+
+
 def cached_encode(dataset, encode, cache_dir: str | None, kind: str, name: str, batch_size: int):
     """`encode` over `dataset` in batches, computed once and stored as `name` under `cache_dir` (default: the
     package cache's `kind` folder); the result holds `encode`'s columns only, as torch tensors."""

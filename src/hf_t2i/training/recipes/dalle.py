@@ -24,7 +24,14 @@ from ...models.dalle.processing_dalle import DalleProcessor
 from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
 from ...pipelines.dalle.pipeline_dalle import DallePipeline
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, cosine_ramp, load_image_text_splits, stack_column, with_pixel_values
+from .common import (
+    ImageTextDataConfig,
+    cosine_ramp,
+    load_image_text_splits,
+    reconstruction_metrics_on,
+    stack_column,
+    with_pixel_values,
+)
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
 
 
@@ -113,7 +120,7 @@ class DalleDVAERecipe(Recipe):
         return out.loss, metrics
 
     def evaluate(self, model, step):
-        return dvae_reconstruction_metrics(model, self.build_eval_dataset(), self.accelerator.device)
+        return reconstruction_metrics_on(model, self.build_eval_dataset())
 
     def sample_images(self, model, step):
         from ...image_processing import T2IImageProcessor
@@ -122,19 +129,6 @@ class DalleDVAERecipe(Recipe):
         pixels = pixels.to(self.accelerator.device)
         reconstruction = model.decode(model.encode(pixels))
         return T2IImageProcessor.postprocess(torch.cat([pixels, reconstruction]), "pil")
-
-
-@torch.no_grad()
-def dvae_reconstruction_metrics(model, dataset, device, batch_size: int = 64) -> dict[str, float]:
-    """Held-out reconstruction through hard codes (encode -> argmax -> decode), as the prior will see them: `mse`
-    (pixels in [0, 1]), `psnr`, code `perplexity` and `codebook_usage` (see `evaluation.tokenizer`)."""
-    from ...evaluation.tokenizer import reconstruction_metrics
-
-    batches = (
-        stack_column([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], "pixel_values")
-        for start in range(0, len(dataset), batch_size)
-    )
-    return reconstruction_metrics(model, batches)[0]
 
 
 # ----------------------------------------------------------------------------------------------------- stage 2

@@ -30,8 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, load_image_text_splits, stack_column, with_pixel_values
-from .dalle import dvae_reconstruction_metrics
+from .common import (
+    ImageTextDataConfig,
+    load_image_text_splits,
+    reconstruction_metrics_on,
+    stack_column,
+    with_pixel_values,
+)
 
 
 PERCEPTUAL_NETWORKS = ("inception", "none")
@@ -220,7 +225,7 @@ class ViTVQGANRecipe(Recipe):
 
     def evaluate(self, model, step):
         """Held-out reconstruction through hard codes: mse (pixels in [0, 1]), psnr, perplexity, codebook_usage."""
-        return dvae_reconstruction_metrics(model.generator, self.build_eval_dataset(), self.accelerator.device)
+        return reconstruction_metrics_on(model.generator, self.build_eval_dataset())
 
     def sample_images(self, model, step):
         """Held-out originals (first half of the grid), then their reconstructions."""
