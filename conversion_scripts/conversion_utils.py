@@ -116,6 +116,7 @@ def load_torch_file(
     what: str,
     known_classes: Mapping[str, type] | None = None,
     trust_pickle: bool = False,
+    safe_globals: Iterable[type] = (),
 ):
     """Load a file written by `torch.save` without running code from it.
 
@@ -123,7 +124,8 @@ def load_torch_file(
     only. A whole pickled module tree (OpenAI's dVAE) needs `known_classes`, a map from full class names to
     stand-ins ([`stand_ins`]): a restricted unpickler then creates those and the tensor rebuilders, nothing else,
     for both the zip and the legacy `torch.save` formats. `trust_pickle=True` lifts every restriction: the file may
-    then run arbitrary code, so use it only for files you trust.
+    then run arbitrary code, so use it only for files you trust. `safe_globals` are extra plain-data classes the
+    restricted loader may build (e.g. the `argparse.Namespace` of training arguments saved in a checkpoint).
 
     Raises:
         ConversionError: the file is missing, truncated, not a torch file, or needs a class that is not allowed.
@@ -137,7 +139,8 @@ def load_torch_file(
             if known_classes is not None:
                 module = _restricted_pickle_module(known_classes)
                 return torch.load(path, map_location="cpu", weights_only=False, pickle_module=module)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(list(safe_globals)):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         message = str(err).strip()
         if "WeightsUnpickler error:" in message:

@@ -1,9 +1,8 @@
-"""Convert MAR's KL-16 VAE (LTH14/mar, `kl16.ckpt`: `{"model": state dict}`) to a diffusers `AutoencoderKL`.
+"""Convert LTH14/mar checkpoints: the KL-16 VAE (`kl16.ckpt`: `{"model": state dict}`) to a diffusers
+`AutoencoderKL`, and the MAR prior (`checkpoint-last.pth`: `{"model", "model_ema", ...}`) together with that VAE to a
+class-conditional `FluidForConditionalGeneration` saved as a `FluidPipeline` folder.
 
-Status: the VAE converts (parity below). The MAR prior (`checkpoint-last.pth`: `{"model", "model_ema", ...}`) is NOT
-converted yet: it is an MAE-style encoder-decoder over a class embedding (64 buffer tokens, masked tokens dropped
-in the encoder), which `FluidForConditionalGeneration` does not have (see `conversion_scripts/README.md`); this
-script refuses such a file with an error saying so.
+## KL-16 VAE
 
 MAR's VAE is latent-diffusion's KL autoencoder: `ch=128`, `ch_mult=(1, 1, 2, 2, 4)`, 2 res blocks per level, 16
 latent channels (f16: 256px -> 16 x 16 x 16), GroupNorm(32, eps 1e-6), swish, single-head attention in the encoder's
@@ -25,13 +24,50 @@ as `scaling_factor`. Widths, levels and latent channels are read from the tensor
 | `quant_conv`, `post_quant_conv`                          | `quant_conv`, `post_quant_conv`                          |
 | `loss.*` (discriminator / LPIPS, if present)             | dropped (training only)                                  |
 
+## MAR prior
+
+`FluidConfig(num_classes=..., buffer_size=...)` is MAR's layout (see `FluidMAEModel`); the blocks are timm `Block`s
+(pre-LayerNorm eps 1e-6, fused q/k/v with bias, exact-GELU MLP), i.e. the package's `TransformerBlock` without
+cross-attention. The diffusion head is `DiffusionHead(learned_variance=True, norm_affine=True, frequency_dim=256)` with
+diffusers' `DDPMScheduler(variance_type="learned_range", timestep_spacing="linspace")`: the cosine schedule over 1000
+steps and, for 100 sampling steps, MAR's respaced timesteps `round(i * 999 / 99)` exactly. All sizes are read from the
+tensor shapes except the attention heads (timm stores none): taken from the checkpoint's `args.model` when saved
+(`mar_base` 12, `mar_large` / `mar_huge` 16), else from the width (768 -> 12, 1024 / 1280 -> 16), or `--num-heads`.
+The EMA weights (`model_ema`, what MAR evaluates) are converted by default; `--weights model` takes `model`.
+
+| source (`model_ema` / `model`)                               | target (`FluidForConditionalGeneration`)          |
+|--------------------------------------------------------------|---------------------------------------------------|
+| `class_emb`, `fake_latent` (1, C)                             | `model.class_embeddings`, `model.null_class_embedding` (C) |
+| `z_proj`, `z_proj_ln`                                          | `model.token_embeddings`, `model.token_embedding_norm` |
+| `encoder_pos_embed_learned` (1, P + N, C)                      | `model.encoder_position_embeddings` (P + N, C)    |
+| `{encoder,decoder}_blocks.{i}.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}` | `model.{encoder,decoder}_layers.{i}.{norm1, self_attn.qkv_proj, self_attn.out_proj, norm2, mlp.fc1, mlp.fc2}` |
+| `encoder_norm`, `decoder_embed`, `decoder_norm`                | `model.encoder_norm`, `model.decoder_embeddings`, `model.decoder_norm` |
+| `mask_token` (1, 1, C), `decoder_pos_embed_learned`           | `model.mask_embedding` (C), `model.position_embeddings` |
+| `diffusion_pos_embed_learned` (1, N, C)                        | `model.head_position_embeddings` (N, C)           |
+| `diffloss.net.{input_proj, cond_embed, time_embed.mlp.{0,2}}` | `diffusion_head.{input_proj, cond_embed, time_embed.mlp.{0,2}}` |
+| `diffloss.net.res_blocks.{i}.{in_ln, mlp.{0,2}, adaLN_modulation.1}` | `diffusion_head.blocks.{i}.{norm, mlp.{0,2}, modulation.1}` |
+| `diffloss.net.final_layer.{adaLN_modulation.1, linear}`       | `diffusion_head.{final_modulation.1, output}`     |
+| the KL-16 VAE (`--vae`)                                        | `vae.*` (table above)                             |
+| `optimizer`, `scaler`, `epoch`, `args`, the other weight set   | dropped (training state)                          |
+
+Sampling like MAR's evaluation: `pipe(class_labels=[...], guidance_scale=2.9, guidance_schedule="linear",
+num_inference_steps=256, num_diffusion_steps=100, temperature=1.0)` (MAR-B; L: 3.0, H: 3.2). Fluid's random-order
+loop keeps the same number of tokens masked after each iteration as MAR (`floor(N cos(pi/2 (k+1)/K))`, clamped), and
+"linear" guidance is MAR's `1 + (s - 1) (N - masked) / N`; the random generation order itself comes from the
+`generator` (MAR: numpy's global state).
+
+`--mar-repo PATH` (a clone of LTH14/mar; needs `timm`) also builds the ORIGINAL `models.mar.MAR` with the converted
+weights and prints the max |delta| of the diffusion conditions and of the head's outputs on a fixed input.
+
 Usage:
     python conversion_scripts/convert_mar_to_hf.py --vae kl16.ckpt --output out/
+    python conversion_scripts/convert_mar_to_hf.py --prior checkpoint-last.pth --vae kl16.ckpt --output out/
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -46,6 +82,8 @@ from conversion_utils import (  # noqa: E402
     ldm_resnet,
     load_converted,
     load_torch_file,
+    max_abs_diff,
+    report_parity,
     require_mapping,
     run_main,
     tensors_only,
@@ -130,10 +168,7 @@ def read_vae_checkpoint(path) -> dict[str, torch.Tensor]:
     state = checkpoint.get("model", checkpoint)
     state = tensors_only(state, "kl16 VAE checkpoint['model']")
     if "model_ema" in checkpoint or "diffloss.net.input_proj.weight" in state:
-        raise ConversionError(
-            f"{path} is a MAR prior checkpoint, not the KL-16 VAE; converting the prior is not supported yet (its "
-            "MAE encoder-decoder with class-embedding buffer tokens has no Fluid counterpart)."
-        )
+        raise ConversionError(f"{path} is a MAR prior checkpoint, not the KL-16 VAE: pass it as --prior.")
     if "encoder.conv_in.weight" not in state or "post_quant_conv.weight" not in state:
         raise ConversionError(
             f"{path} is not an LDM KL-VAE checkpoint (no `encoder.conv_in` / `post_quant_conv`; it has "
@@ -167,14 +202,273 @@ proven in `tests/conversion/test_convert_mar.py` (random weights).
     return {"vae": vae, "config": config}
 
 
+# -- the MAR prior ------------------------------------------------------------------------------------------------
+
+HEADS_BY_MODEL = {"mar_base": 12, "mar_large": 16, "mar_huge": 16}
+HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
+BLOCK_KEYS = {  # timm Block -> TransformerBlock
+    "norm1": "norm1",
+    "attn.qkv": "self_attn.qkv_proj",
+    "attn.proj": "self_attn.out_proj",
+    "norm2": "norm2",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
+HEAD_KEYS = {  # diffloss.net. -> diffusion_head. (outside the residual blocks)
+    "input_proj": "input_proj",
+    "cond_embed": "cond_embed",
+    "time_embed.mlp.0": "time_embed.mlp.0",
+    "time_embed.mlp.2": "time_embed.mlp.2",
+    "final_layer.adaLN_modulation.1": "final_modulation.1",
+    "final_layer.linear": "output",
+}
+RES_BLOCK_KEYS = {"in_ln": "norm", "mlp.0": "mlp.0", "mlp.2": "mlp.2", "adaLN_modulation.1": "modulation.1"}
+
+
+def read_prior_checkpoint(path, weights: str = "ema") -> tuple[dict[str, torch.Tensor], dict]:
+    """-> (the chosen weight set, the saved training arguments as a dict, or {})."""
+    checkpoint = require_mapping(
+        load_torch_file(path, "MAR prior checkpoint", safe_globals=[argparse.Namespace]), "MAR prior checkpoint"
+    )
+    name = {"ema": "model_ema", "model": "model"}[weights]
+    if checkpoint.get(name) is None:
+        if "encoder.conv_in.weight" in checkpoint.get("model", {}):
+            raise ConversionError(f"{path} is the KL-16 VAE, not a MAR prior: pass it as --vae.")
+        raise ConversionError(
+            f"{path} has no {name!r} weights (keys: {sorted(checkpoint)[:8]}); "
+            + ("try --weights model." if weights == "ema" else "it is not a MAR checkpoint.")
+        )
+    state = tensors_only(checkpoint[name], f"MAR prior checkpoint[{name!r}]")
+    if "class_emb.weight" not in state or "diffloss.net.input_proj.weight" not in state:
+        raise ConversionError(
+            f"{path} is not a MAR prior (no `class_emb` / `diffloss.net.input_proj` in {name!r}; it has "
+            f"{sorted(state)[:6]})."
+        )
+    args = checkpoint.get("args")
+    args = vars(args) if isinstance(args, argparse.Namespace) else dict(args) if isinstance(args, dict) else {}
+    return {k: v.float() for k, v in state.items()}, args
+
+
+def _depth(state: dict, prefix: str) -> int:
+    return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def _heads(width: int, args: dict, num_heads: int | None) -> int:
+    heads = num_heads or HEADS_BY_MODEL.get(args.get("model")) or HEADS_BY_WIDTH.get(width)
+    if heads is None:
+        raise ConversionError(
+            f"MAR prior: the attention heads of a width-{width} model are not stored in the checkpoint; pass "
+            "--num-heads."
+        )
+    if width % heads:
+        raise ConversionError(f"MAR prior: width {width} is not divisible by {heads} heads (--num-heads).")
+    return heads
+
+
+def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = None):
+    """The class-conditional `FluidConfig` of a MAR prior state dict (+ the converted VAE's config)."""
+    from hf_t2i import FluidConfig
+
+    num_classes, hidden = state["class_emb.weight"].shape
+    token_dim = state["z_proj.weight"].shape[1]
+    positions = state["encoder_pos_embed_learned"].shape[1]
+    tokens = state["diffusion_pos_embed_learned"].shape[1]
+    side = math.isqrt(tokens)
+    patch = math.isqrt(token_dim // vae["latent_channels"])
+    if side * side != tokens or patch * patch * vae["latent_channels"] != token_dim:
+        raise ConversionError(
+            f"MAR prior: {tokens} tokens of {token_dim} values do not form a square grid of patches of the VAE's "
+            f"{vae['latent_channels']}-channel latents."
+        )
+    if state["decoder_embed.weight"].shape != (hidden, hidden):
+        raise ConversionError(
+            "MAR prior: encoder and decoder widths differ "
+            f"({tuple(state['decoder_embed.weight'].shape)}); the converted layout has one `hidden_size`."
+        )
+    head_out = state["diffloss.net.final_layer.linear.weight"].shape[0]
+    if head_out != 2 * token_dim:
+        raise ConversionError(f"MAR prior: the head predicts {head_out} values per token, expected 2 x {token_dim}.")
+    downsample = 2 ** (len(vae["block_out_channels"]) - 1)
+    vae = {**vae, "sample_size": side * patch * downsample}
+    heads = _heads(hidden, args, num_heads)
+    return FluidConfig(
+        token_type="continuous",
+        generation_order="random",
+        vae_config=vae,
+        patch_size=patch,
+        num_classes=num_classes,
+        buffer_size=positions - tokens,
+        class_dropout_prob=float(args.get("label_drop_prob", 0.1)),
+        hidden_size=hidden,
+        encoder_layers=_depth(state, "encoder_blocks."),
+        encoder_attention_heads=heads,
+        encoder_intermediate_size=state["encoder_blocks.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=_depth(state, "decoder_blocks."),
+        num_attention_heads=heads,
+        intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        diffusion_head_layers=_depth(state, "diffloss.net.res_blocks."),
+        diffusion_head_width=state["diffloss.net.input_proj.weight"].shape[0],
+        diffusion_head_frequency_dim=state["diffloss.net.time_embed.mlp.0.weight"].shape[1],
+        diffusion_head_learned_variance=True,
+        diffusion_head_norm_affine=True,
+        diffusion_timestep_spacing="linspace",
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        num_diffusion_steps=int(args.get("num_sampling_steps", 100)),
+        diffusion_batch_mul=int(args.get("diffusion_batch_mul", 4)),
+    )
+
+
+def convert_prior_state(state: dict) -> dict[str, torch.Tensor]:
+    """MAR prior state dict -> `FluidForConditionalGeneration` keys (without `vae.*`); fails on leftovers."""
+    keys = KeyConsumer(state, "MAR prior")
+    out: dict[str, torch.Tensor] = {}
+
+    def move(src: str, dst: str, params=("weight", "bias")) -> None:
+        for p in params:
+            out[f"{dst}.{p}"] = keys.pop(f"{src}.{p}")
+
+    out["model.class_embeddings.weight"] = keys.pop("class_emb.weight")
+    out["model.null_class_embedding"] = keys.pop("fake_latent")[0]
+    move("z_proj", "model.token_embeddings")
+    move("z_proj_ln", "model.token_embedding_norm")
+    out["model.encoder_position_embeddings"] = keys.pop("encoder_pos_embed_learned")[0]
+    move("encoder_norm", "model.encoder_norm")
+    move("decoder_embed", "model.decoder_embeddings")
+    out["model.mask_embedding"] = keys.pop("mask_token")[0, 0]
+    out["model.position_embeddings"] = keys.pop("decoder_pos_embed_learned")[0]
+    move("decoder_norm", "model.decoder_norm")
+    out["model.head_position_embeddings"] = keys.pop("diffusion_pos_embed_learned")[0]
+    for side in ("encoder", "decoder"):
+        for i in range(_depth(state, f"{side}_blocks.")):
+            for src, dst in BLOCK_KEYS.items():
+                move(f"{side}_blocks.{i}.{src}", f"model.{side}_layers.{i}.{dst}")
+    for src, dst in HEAD_KEYS.items():
+        move(f"diffloss.net.{src}", f"diffusion_head.{dst}")
+    for i in range(_depth(state, "diffloss.net.res_blocks.")):
+        for src, dst in RES_BLOCK_KEYS.items():
+            move(f"diffloss.net.res_blocks.{i}.{src}", f"diffusion_head.blocks.{i}.{dst}")
+    keys.finish()
+    return out
+
+
+def convert_prior(
+    prior_path, vae_path, output_dir=None, weights: str = "ema", num_heads: int | None = None, mar_repo=None
+) -> dict:
+    """-> {"model": FluidForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}."""
+    from hf_t2i import FluidForConditionalGeneration, FluidPipeline
+
+    state, args = read_prior_checkpoint(prior_path, weights)
+    vae_config_, vae_state = convert_vae_state(read_vae_checkpoint(vae_path))
+    config = prior_config(state, vae_config_, args, num_heads)
+    converted = convert_prior_state(state)
+    converted.update({f"vae.{k}": v for k, v in vae_state.items()})
+    model = FluidForConditionalGeneration(config).eval()
+    load_converted(model, converted, "FluidForConditionalGeneration")
+    parity = original_parity(mar_repo, state, args, model) if mar_repo is not None else {}
+    pipeline = FluidPipeline(model=model, processor=None)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        pipeline.save_pretrained(output_dir)
+        c = config
+        write_model_card(
+            output_dir,
+            "MAR (class-conditional) as hf_t2i Fluid",
+            f"""
+Converted with `conversion_scripts/convert_mar_to_hf.py` from LTH14/mar's `{Path(prior_path).name}` ({weights}
+weights) and its KL-16 VAE. Class-conditional (`num_classes` = {c.num_classes}), {c.encoder_layers} + {c.num_hidden_layers}
+encoder / decoder blocks of width {c.hidden_size}, {c.buffer_size} buffer positions, {c.num_image_tokens} tokens of
+{c.token_dim} values, a {c.diffusion_head_layers}-block diffusion head of width {c.diffusion_head_width} with learned
+variance.
+
+```python
+from hf_t2i import FluidPipeline
+pipe = FluidPipeline.from_pretrained("{output_dir}")
+images = pipe(class_labels=[207, 360], guidance_scale=2.9, guidance_schedule="linear",
+              num_inference_steps=256, num_diffusion_steps=100).images
+```
+
+The parity of the architecture with MAR's `models/mar.py` is proven in `tests/conversion/test_convert_mar.py`.
+""",
+            tags=["mar", "fluid", "class-conditional"],
+        )
+        print(f"saved to {output_dir}")
+    return {"model": model, "pipeline": pipeline, "config": config, "parity": parity}
+
+
+def original_parity(mar_repo, state: dict, args: dict, model) -> dict[str, float]:
+    """Build LTH14/mar's own `MAR` (from a clone at `mar_repo`, needs timm) with `state` and compare the diffusion
+    conditions of a fixed masked input and the head's outputs (epsilon and variance values)."""
+    repo = Path(mar_repo)
+    if not (repo / "models" / "mar.py").is_file():
+        raise ConversionError(f"--mar-repo {repo} is not a clone of LTH14/mar (no models/mar.py).")
+    sys.path.insert(0, str(repo))
+    try:
+        from models.mar import MAR
+    except ModuleNotFoundError as err:
+        raise ConversionError(f"the original MAR needs the module {err.name!r} (pip install timm scipy).") from None
+    finally:
+        sys.path.remove(str(repo))
+    c = model.config
+    original = MAR(
+        img_size=c.image_size,
+        vae_stride=c.vae_downsample_factor,
+        patch_size=c.patch_size,
+        encoder_embed_dim=c.hidden_size,
+        encoder_depth=c.encoder_layers,
+        encoder_num_heads=c.encoder_attention_heads,
+        decoder_embed_dim=c.hidden_size,
+        decoder_depth=c.num_hidden_layers,
+        decoder_num_heads=c.num_attention_heads,
+        mlp_ratio=c.intermediate_size / c.hidden_size,
+        norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6),
+        vae_embed_dim=c.token_dim // c.patch_size**2,
+        class_num=c.num_classes,
+        buffer_size=c.buffer_size,
+        diffloss_d=c.diffusion_head_layers,
+        diffloss_w=c.diffusion_head_width,
+        num_sampling_steps=str(c.num_diffusion_steps),
+    ).eval()
+    original.load_state_dict(state)
+    g = torch.Generator().manual_seed(0)
+    batch, n = 2, c.num_image_tokens
+    tokens = torch.randn(batch, n, c.token_dim, generator=g)
+    mask = torch.zeros(batch, n)
+    mask[:, torch.randperm(n, generator=g)[: n // 2]] = 1.0  # MAR drops the same number of tokens per row
+    labels = torch.tensor([0, c.num_classes - 1])
+    with torch.no_grad():
+        x = original.forward_mae_encoder(tokens, mask, original.class_emb(labels))
+        z_ref = original.forward_mae_decoder(x, mask)
+        z = model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
+        noisy = torch.randn(batch * n, c.token_dim, generator=g)
+        timesteps = torch.randint(0, 1000, (batch * n,), generator=g)
+        head_ref = original.diffloss.net(noisy, timesteps, z_ref.reshape(batch * n, -1))
+        head = model.diffusion_head(noisy, timesteps, z.reshape(batch * n, -1))
+    parity = {"diffusion conditions": max_abs_diff(z, z_ref), "head outputs": max_abs_diff(head, head_ref)}
+    for name, delta in parity.items():
+        report_parity(f"MAR prior vs models/mar.py: {name}", delta)
+    if max(parity.values()) > 1e-4:
+        raise ConversionError(f"the converted MAR prior does not match the original ({parity}).")
+    return parity
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--vae", required=True, help="MAR's kl16.ckpt")
+    parser.add_argument("--prior", help="a MAR prior checkpoint (checkpoint-last.pth); converted with --vae")
+    parser.add_argument("--weights", choices=("ema", "model"), default="ema", help="the prior's weight set")
+    parser.add_argument("--num-heads", type=int, help="attention heads of the prior (not stored in the checkpoint)")
+    parser.add_argument("--mar-repo", help="a clone of LTH14/mar: check parity against its own MAR (needs timm)")
     parser.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
-    convert(args.vae, args.output)
+    if args.prior is None:
+        convert(args.vae, args.output)
+    else:
+        convert_prior(args.prior, args.vae, args.output, args.weights, args.num_heads, args.mar_repo)
     return 0
 
 

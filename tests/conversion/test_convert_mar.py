@@ -7,6 +7,9 @@ MAR has no PyPI package: the reference below is a compact re-implementation of t
 the decoder's up path, asymmetric downsampling pad) are MAR's. These tests need no original package and always run.
 """
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,3 +190,294 @@ def test_leftover_and_wrong_files_fail_clearly(tmp_path):
     (tmp_path / "broken.ckpt").write_bytes((tmp_path / "extra.ckpt").read_bytes()[:500])
     with pytest.raises(ConversionError, match="could not be read"):
         script.convert(tmp_path / "broken.ckpt")
+
+
+# -- the MAR prior ---------------------------------------------------------------------------------------------------
+# A random state dict with the key names and shapes of LTH14/mar's `MAR` (models/mar.py: timm `Block`s, `DiffLoss`'s
+# `SimpleMLPAdaLN`) at a tiny size, and a re-implementation of its forward and of its `p_sample_loop` (IDDPM's
+# learned-range variance, `space_timesteps` respacing) written from reading the original.
+
+WIDTH, HEADS, DEPTH, BUFFER, CLASSES, PATCH = 32, 2, 1, 4, 10, 4
+HEAD_WIDTH, HEAD_DEPTH, FREQ = 32, 2, 256
+GRID = RES // 2 // PATCH  # the test VAE downsamples by 2: 16 x 16 latents, 4 x 4 tokens
+TOKENS, TOKEN_DIM = GRID * GRID, Z * PATCH * PATCH
+
+
+def _linear(state, name, cin, cout, g, scale=1.0):
+    state[f"{name}.weight"] = torch.randn(cout, cin, generator=g) * scale / cin**0.5
+    state[f"{name}.bias"] = torch.randn(cout, generator=g) * 0.1
+
+
+def mar_prior_state(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = {
+        "class_emb.weight": torch.randn(CLASSES, WIDTH, generator=g),
+        "fake_latent": torch.randn(1, WIDTH, generator=g),
+        "mask_token": torch.randn(1, 1, WIDTH, generator=g),
+        "encoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, WIDTH, generator=g),
+        "decoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, WIDTH, generator=g),
+        "diffusion_pos_embed_learned": 0.5 * torch.randn(1, TOKENS, WIDTH, generator=g),
+    }
+    _linear(s, "z_proj", TOKEN_DIM, WIDTH, g)
+    _linear(s, "decoder_embed", WIDTH, WIDTH, g)
+    for name in ("z_proj_ln", "encoder_norm", "decoder_norm"):
+        _norm(s, name, WIDTH, g)
+    for side in ("encoder", "decoder"):
+        for i in range(DEPTH):
+            b = f"{side}_blocks.{i}"
+            _norm(s, f"{b}.norm1", WIDTH, g)
+            _norm(s, f"{b}.norm2", WIDTH, g)
+            _linear(s, f"{b}.attn.qkv", WIDTH, 3 * WIDTH, g)
+            _linear(s, f"{b}.attn.proj", WIDTH, WIDTH, g)
+            _linear(s, f"{b}.mlp.fc1", WIDTH, 4 * WIDTH, g)
+            _linear(s, f"{b}.mlp.fc2", 4 * WIDTH, WIDTH, g)
+    n = "diffloss.net"
+    _linear(s, f"{n}.input_proj", TOKEN_DIM, HEAD_WIDTH, g)
+    _linear(s, f"{n}.cond_embed", WIDTH, HEAD_WIDTH, g)
+    _linear(s, f"{n}.time_embed.mlp.0", FREQ, HEAD_WIDTH, g)
+    _linear(s, f"{n}.time_embed.mlp.2", HEAD_WIDTH, HEAD_WIDTH, g)
+    for i in range(HEAD_DEPTH):
+        _norm(s, f"{n}.res_blocks.{i}.in_ln", HEAD_WIDTH, g)
+        _linear(s, f"{n}.res_blocks.{i}.mlp.0", HEAD_WIDTH, HEAD_WIDTH, g)
+        _linear(s, f"{n}.res_blocks.{i}.mlp.2", HEAD_WIDTH, HEAD_WIDTH, g)
+        _linear(s, f"{n}.res_blocks.{i}.adaLN_modulation.1", HEAD_WIDTH, 3 * HEAD_WIDTH, g, scale=0.3)
+    _linear(s, f"{n}.final_layer.adaLN_modulation.1", HEAD_WIDTH, 2 * HEAD_WIDTH, g, scale=0.3)
+    _linear(s, f"{n}.final_layer.linear", HEAD_WIDTH, 2 * TOKEN_DIM, g)
+    # the variance values are a tanh-free linear output: keep them in MAR's nominal [-1, 1]
+    s[f"{n}.final_layer.linear.weight"][TOKEN_DIM:] *= 0.1
+    s[f"{n}.final_layer.linear.bias"][TOKEN_DIM:] *= 0.1
+    return s
+
+
+def _ln(s, name, x):
+    return F.layer_norm(x, (x.shape[-1],), s[f"{name}.weight"], s[f"{name}.bias"], eps=1e-6)
+
+
+def _lin(s, name, x):
+    return F.linear(x, s[f"{name}.weight"], s[f"{name}.bias"])
+
+
+def _timm_block(s, name, x):
+    b, n, c = x.shape
+    qkv = _lin(s, f"{name}.attn.qkv", _ln(s, f"{name}.norm1", x)).reshape(b, n, 3, HEADS, c // HEADS)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, heads, n, d)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * (c // HEADS) ** -0.5, dim=-1)
+    x = x + _lin(s, f"{name}.attn.proj", (weights @ v).transpose(1, 2).reshape(b, n, c))
+    return x + _lin(s, f"{name}.mlp.fc2", F.gelu(_lin(s, f"{name}.mlp.fc1", _ln(s, f"{name}.norm2", x))))
+
+
+def reference_conditions(s, tokens, mask, class_embedding):
+    """MAR's `forward_mae_encoder` + `forward_mae_decoder` (eval): tokens (B, N, D), mask (B, N) float 1 = masked,
+    the same count per row."""
+    b = tokens.shape[0]
+    x = _lin(s, "z_proj", tokens)
+    x = torch.cat([torch.zeros(b, BUFFER, WIDTH), x], dim=1)
+    mask_with_buffer = torch.cat([torch.zeros(b, BUFFER), mask], dim=1)
+    x[:, :BUFFER] = class_embedding.unsqueeze(1)
+    x = _ln(s, "z_proj_ln", x + s["encoder_pos_embed_learned"])
+    x = x[(1 - mask_with_buffer).nonzero(as_tuple=True)].reshape(b, -1, WIDTH)
+    for i in range(DEPTH):
+        x = _timm_block(s, f"encoder_blocks.{i}", x)
+    x = _lin(s, "decoder_embed", _ln(s, "encoder_norm", x))
+    padded = s["mask_token"].repeat(b, BUFFER + TOKENS, 1)
+    padded[(1 - mask_with_buffer).nonzero(as_tuple=True)] = x.reshape(-1, WIDTH)
+    x = padded + s["decoder_pos_embed_learned"]
+    for i in range(DEPTH):
+        x = _timm_block(s, f"decoder_blocks.{i}", x)
+    return _ln(s, "decoder_norm", x)[:, BUFFER:] + s["diffusion_pos_embed_learned"]
+
+
+def reference_head(s, x, t, c):
+    """`SimpleMLPAdaLN.forward`: (N, D) noisy tokens, (N,) timesteps, (N, C) conditions -> (N, 2D)."""
+    n = "diffloss.net"
+    half = FREQ // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
+    args = t[:, None].float() * freqs[None]  # float32 features, as MAR
+    t_emb = _lin(
+        s,
+        f"{n}.time_embed.mlp.2",
+        F.silu(_lin(s, f"{n}.time_embed.mlp.0", torch.cat([args.cos(), args.sin()], -1).to(x.dtype))),
+    )
+    y = t_emb + _lin(s, f"{n}.cond_embed", c)
+    x = _lin(s, f"{n}.input_proj", x)
+    for i in range(HEAD_DEPTH):
+        r = f"{n}.res_blocks.{i}"
+        shift, scale, gate = _lin(s, f"{r}.adaLN_modulation.1", F.silu(y)).chunk(3, dim=-1)
+        h = _ln(s, f"{r}.in_ln", x) * (1 + scale) + shift
+        x = x + gate * _lin(s, f"{r}.mlp.2", F.silu(_lin(s, f"{r}.mlp.0", h)))
+    shift, scale = _lin(s, f"{n}.final_layer.adaLN_modulation.1", F.silu(y)).chunk(2, dim=-1)
+    return _lin(s, f"{n}.final_layer.linear", F.layer_norm(x, (HEAD_WIDTH,), eps=1e-6) * (1 + scale) + shift)
+
+
+def reference_betas() -> torch.Tensor:
+    """MAR's `get_named_beta_schedule("cosine", 1000)` in float64."""
+    alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    betas = [min(1 - alpha_bar((i + 1) / 1000) / alpha_bar(i / 1000), 0.999) for i in range(1000)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def reference_head_sample(s, c, steps, generator, temperature=1.0, cfg=1.0):
+    """MAR's `DiffLoss.sample` -> `p_sample_loop` with `create_diffusion(str(steps), "cosine")`: float64 schedule,
+    respaced by `space_timesteps`, learned-range variance; `c` (N or 2N, C), guidance on epsilon only."""
+    acp = torch.cumprod(1 - reference_betas(), 0)
+    use, cur, stride = [], 0.0, 999 / (steps - 1) if steps > 1 else 1
+    for _ in range(steps):
+        use.append(round(cur))
+        cur += stride
+    last, new_betas = 1.0, []
+    for i in use:
+        new_betas.append(1 - acp[i] / last)
+        last = acp[i]
+    b = torch.stack(new_betas)
+    a = torch.cumprod(1 - b, 0)
+    a_prev = torch.cat([torch.ones(1, dtype=a.dtype), a[:-1]])
+    post_var = b * (1 - a_prev) / (1 - a)
+    post_log = torch.log(torch.cat([post_var[1:2], post_var[1:]]))
+    coef1, coef2 = b * a_prev.sqrt() / (1 - a), (1 - a_prev) * (1 - b).sqrt() / (1 - a)
+    rows = c.shape[0] // 2 if cfg != 1.0 else c.shape[0]
+    dtype = c.dtype
+    x = torch.randn(rows, TOKEN_DIM, generator=generator, dtype=dtype)
+    for i in reversed(range(steps)):
+        xin = torch.cat([x, x]) if cfg != 1.0 else x
+        out = reference_head(s, xin, torch.full((xin.shape[0],), use[i]), c)
+        eps, v = out[:, :TOKEN_DIM], out[:, TOKEN_DIM:]
+        if cfg != 1.0:
+            cond, uncond = eps.chunk(2)
+            eps, v = uncond + cfg * (cond - uncond), v[:rows]
+        a_i, b_i, c1, c2, post_log_i = (arr[i].to(dtype) for arr in (a, b, coef1, coef2, post_log))
+        x0 = (1 / a_i).sqrt() * x - (1 / a_i - 1).sqrt() * eps
+        mean = c1 * x0 + c2 * x
+        frac = (v + 1) / 2
+        log_var = frac * torch.log(b_i) + (1 - frac) * post_log_i
+        if i > 0:
+            x = mean + torch.exp(0.5 * log_var) * torch.randn(x.shape, generator=generator, dtype=dtype) * temperature
+        else:
+            x = mean
+    return x
+
+
+def head_sample_delta(model, state, conditions, scale, steps=20) -> float:
+    """max |delta| of 20 reverse steps of the converted head (diffusers' DDPMScheduler, `ddpm_sample`) against
+    `reference_head_sample`, noise from one seeded generator in the same order. Run in float64: at MAR's first
+    timestep (999) the cosine alpha_bar is ~1e-9, so x0 = (x - sqrt(1 - a) eps) / sqrt(a) of a random-weight head is
+    ~1e5 and float32 rounding alone (in MAR as here) moves it by ~1e-2 (a relative 2e-6)."""
+    from hf_t2i.layers.diffusion_head import build_ddpm_scheduler, ddpm_sample
+
+    scheduler = build_ddpm_scheduler(1000, timestep_spacing="linspace", learned_variance=True)
+    torch.testing.assert_close(scheduler.betas, reference_betas().float())  # the same schedule, in float32
+    scheduler.betas = reference_betas()
+    scheduler.alphas = 1 - scheduler.betas
+    scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, 0)
+    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
+    head = copy.deepcopy(model.diffusion_head).double()
+    rows = conditions.shape[0] // (2 if scale != 1 else 1)
+    conditions = conditions.double()
+    ours = ddpm_sample(
+        lambda x, t: head(x, t, conditions),
+        (rows, TOKEN_DIM),
+        scheduler,
+        steps,
+        torch.Generator().manual_seed(5),
+        guidance_scale=scale,
+        dtype=torch.float64,
+    )
+    state64 = {k: v.double() for k, v in state.items()}
+    ref = reference_head_sample(state64, conditions, steps, torch.Generator().manual_seed(5), cfg=scale)
+    return (ours - ref).abs().max().item()
+
+
+def _write_prior(tmp_path, state, extra=None):
+    import argparse
+
+    args = argparse.Namespace(model="mar_tiny", label_drop_prob=0.1, num_sampling_steps="100", diffusion_batch_mul=4)
+    checkpoint = {"model": state, "model_ema": state, "epoch": 3, "optimizer": {"state": {}}, "args": args}
+    checkpoint.update(extra or {})
+    torch.save(checkpoint, tmp_path / "checkpoint-last.pth")
+    torch.save({"model": mar_vae_state()}, tmp_path / "kl16.ckpt")
+    return tmp_path / "checkpoint-last.pth", tmp_path / "kl16.ckpt"
+
+
+def test_prior_parity_sampling_and_reload(tmp_path):
+    import convert_mar_to_hf as script
+
+    from hf_t2i import FluidPipeline
+
+    state = mar_prior_state()
+    prior, vae = _write_prior(tmp_path, state)
+    result = script.convert_prior(prior, vae, tmp_path / "out", num_heads=HEADS)
+    model, c = result["model"], result["config"]
+    assert (c.num_classes, c.buffer_size, c.num_image_tokens, c.token_dim) == (CLASSES, BUFFER, TOKENS, TOKEN_DIM)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(2, TOKENS, TOKEN_DIM, generator=g)
+    mask = torch.zeros(2, TOKENS)
+    mask[0, [1, 4, 5, 9, 15]] = 1
+    mask[1, [0, 2, 3, 7, 8]] = 1
+    labels = torch.tensor([3, 7])
+    with torch.no_grad():
+        z_ref = reference_conditions(state, tokens, mask, state["class_emb.weight"][labels])
+        z = model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
+        # the unconditional rows: MAR's `fake_latent`
+        z_null_ref = reference_conditions(state, tokens, mask, state["fake_latent"].repeat(2, 1))
+        z_null = model.model(
+            image_tokens=tokens, mask=mask.bool(), class_embeds=model.model.null_class_embedding.expand(2, -1)
+        ).last_hidden_state
+        noisy = torch.randn(2 * TOKENS, TOKEN_DIM, generator=g)
+        timesteps = torch.randint(0, 1000, (2 * TOKENS,), generator=g)
+        head_ref = reference_head(state, noisy, timesteps, z_ref.reshape(-1, WIDTH))
+        head = model.diffusion_head(noisy, timesteps, z.reshape(-1, WIDTH))
+        cond = z.reshape(-1, WIDTH)[:6]
+        cond2 = torch.cat([cond, z_null.reshape(-1, WIDTH)[:6]])
+        samples = {}
+        for scale in (1.0, 3.0):
+            samples[f"head sample, guidance {scale}"] = head_sample_delta(
+                model, state, cond2 if scale != 1 else cond, scale
+            )
+    deltas = {
+        "diffusion conditions": (z - z_ref).abs().max().item(),
+        "null-class conditions": (z_null - z_null_ref).abs().max().item(),
+        "head outputs (eps, variance)": (head - head_ref).abs().max().item(),
+        **samples,
+    }
+    print(f"parity MAR prior: {deltas}")
+    assert max(deltas.values()) <= 1e-4, deltas
+
+    pipe = FluidPipeline.from_pretrained(tmp_path / "out")
+    assert pipe.processor is None and pipe.model.config.num_classes == CLASSES
+    with torch.no_grad():
+        reloaded = pipe.model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
+    torch.testing.assert_close(reloaded, z, rtol=0, atol=0)
+    kwargs = dict(class_labels=[1, 2], num_inference_steps=4, num_diffusion_steps=5, guidance_scale=2.0)
+    kwargs.update(guidance_schedule="linear", output_type="pt")
+    first = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    again = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert first.shape == (2, 3, RES, RES) and torch.equal(first, again)
+    with pytest.raises(ValueError, match="class-conditional"):
+        pipe("a red circle")
+    with pytest.raises(ValueError, match=r"class_labels.*\[0, 10\)"):
+        pipe(class_labels=[10])
+    assert (tmp_path / "out" / "README.md").exists()
+
+
+def test_prior_leftovers_and_wrong_files_fail_clearly(tmp_path):
+    import convert_mar_to_hf as script
+    from conversion_utils import ConversionError
+
+    state = mar_prior_state()
+    prior, vae = _write_prior(tmp_path, {**state, "diffloss.net.extra.weight": torch.zeros(2)})
+    with pytest.raises(ConversionError, match="not converted.*diffloss.net.extra.weight"):
+        script.convert_prior(prior, vae, num_heads=HEADS)
+    prior, vae = _write_prior(tmp_path, state)
+    with pytest.raises(ConversionError, match="heads.*--num-heads"):
+        script.convert_prior(prior, vae)  # width 32 is no released MAR's: the heads are not known
+    with pytest.raises(ConversionError, match="KL-16 VAE, not a MAR prior"):
+        script.convert_prior(vae, vae, num_heads=HEADS)
+    _write_prior(tmp_path, state, {"model_ema": None})
+    with pytest.raises(ConversionError, match="no 'model_ema'.*--weights model"):
+        script.convert_prior(prior, vae, num_heads=HEADS)
+    assert script.convert_prior(prior, vae, weights="model", num_heads=HEADS)["config"].encoder_layers == DEPTH
+    broken = dict(state)
+    broken["diffloss.net.final_layer.linear.weight"] = broken["diffloss.net.final_layer.linear.weight"][:TOKEN_DIM]
+    broken["diffloss.net.final_layer.linear.bias"] = broken["diffloss.net.final_layer.linear.bias"][:TOKEN_DIM]
+    prior, vae = _write_prior(tmp_path, broken)
+    with pytest.raises(ConversionError, match="predicts 64 values per token"):
+        script.convert_prior(prior, vae, num_heads=HEADS)

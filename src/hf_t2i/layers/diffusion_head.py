@@ -13,6 +13,7 @@ Randomness comes only from the `generator` passed in (timesteps and noise throug
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,7 @@ from .positional import TimestepEmbedding
 
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 
 
 class DiffusionHeadScheduler(DDPMScheduler):
@@ -70,23 +72,35 @@ class DiffusionHeadScheduler(DDPMScheduler):
 
 
 def build_ddpm_scheduler(
-    num_train_timesteps: int = 1000, beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000,
+    beta_schedule: str = "squaredcos_cap_v2",
+    timestep_spacing: str = "leading",
+    learned_variance: bool = False,
 ) -> DiffusionHeadScheduler:
     """The ε-prediction DDPM of MAR / Fluid / Transfusion: cosine (`squaredcos_cap_v2`) schedule by default, fixed
-    small variance, no clipping (latents scaled to unit variance exceed [-1, 1]), and sampling steps spaced as MAR's
-    respacing does ("leading": 990, 980, ..., 0 for 100 of 1000 steps). "trailing" would start at the last step,
-    whose cosine `alpha_bar` (~1e-9, beta capped at 0.999) divides the noise estimate's error by ~3e-5."""
+    small variance, no clipping (latents scaled to unit variance exceed [-1, 1]).
+
+    Args:
+        timestep_spacing: which training steps the sampler visits. "leading" (the default: 990, 980, ..., 0 for 100
+            of 1000 steps) avoids the last step, whose cosine `alpha_bar` (~1e-9, beta capped at 0.999) divides the
+            noise estimate's error by ~3e-5; "linspace" (999, 989, ..., 0: `round(i * 999 / 99)`) is exactly MAR's
+            respacing (`space_timesteps(1000, "100")`), used for converted MAR heads.
+        learned_variance: the head also predicts the variance (2 x token width outputs, IDDPM's "learned_range":
+            a per-value interpolation between the posterior's and beta's log-variance, as MAR's `learn_sigma`).
+    """
     if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
         raise ValueError(f"`num_train_timesteps` must be an int >= 2, got {num_train_timesteps!r}.")
     if beta_schedule not in BETA_SCHEDULES:
         raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
     return DiffusionHeadScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,
         prediction_type="epsilon",
-        variance_type="fixed_small",
+        variance_type="learned_range" if learned_variance else "fixed_small",
         clip_sample=False,
-        timestep_spacing="leading",
+        timestep_spacing=timestep_spacing,
     )
 
 
@@ -97,9 +111,9 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 class _ResBlock(nn.Module):
     """`x + gate * mlp(modulate(ln(x), shift, scale))` with (shift, scale, gate) from the conditioning vector."""
 
-    def __init__(self, width: int, eps: float):
+    def __init__(self, width: int, eps: float, norm_affine: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=eps)
+        self.norm = nn.LayerNorm(width, elementwise_affine=norm_affine, eps=eps)
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
@@ -117,25 +131,45 @@ class DiffusionHead(nn.Module):
         width: inner width W (paper: the backbone's width).
         num_layers: residual blocks (paper: 6 for Fluid's head, 3 for MAR-B).
         norm_eps: LayerNorm epsilon.
+        frequency_dim: sinusoidal timestep features before the timestep MLP (default `width`; MAR: 256).
+        learned_variance: also predict the variance: the output has `2 * token_dim` values, epsilon first, then the
+            "learned_range" interpolation values (MAR's `learn_sigma=True`).
+        norm_affine: learned scale and bias in the residual blocks' LayerNorms (MAR's `in_ln`; the final norm never
+            has them).
     """
 
-    def __init__(self, token_dim: int, condition_dim: int, width: int, num_layers: int, norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        token_dim: int,
+        condition_dim: int,
+        width: int,
+        num_layers: int,
+        norm_eps: float = 1e-6,
+        frequency_dim: int | None = None,
+        learned_variance: bool = False,
+        norm_affine: bool = False,
+    ):
         super().__init__()
         for name, value in (("token_dim", token_dim), ("condition_dim", condition_dim), ("width", width)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` of the diffusion head must be a positive int, got {value!r}.")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"`num_layers` of the diffusion head must be a positive int, got {num_layers!r}.")
-        if width % 2:
-            raise ValueError(f"`width` of the diffusion head must be even (timestep features), got {width}.")
+        frequency_dim = width if frequency_dim is None else frequency_dim
+        if not isinstance(frequency_dim, int) or frequency_dim < 2 or frequency_dim % 2:
+            raise ValueError(
+                f"`frequency_dim` of the diffusion head (its timestep features) must be an even int, got "
+                f"{frequency_dim!r}."
+            )
         self.token_dim = token_dim
+        self.learned_variance = learned_variance
         self.input_proj = nn.Linear(token_dim, width)
-        self.time_embed = TimestepEmbedding(width, frequency_dim=width)
+        self.time_embed = TimestepEmbedding(width, frequency_dim=frequency_dim)
         self.cond_embed = nn.Linear(condition_dim, width)
-        self.blocks = nn.ModuleList(_ResBlock(width, norm_eps) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(_ResBlock(width, norm_eps, norm_affine) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=norm_eps)
         self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
-        self.output = nn.Linear(width, token_dim)
+        self.output = nn.Linear(width, token_dim * (2 if learned_variance else 1))
         self.reset_parameters()
 
     @torch.no_grad()
@@ -145,6 +179,9 @@ class DiffusionHead(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for layer in self.time_embed.mlp:
             if isinstance(layer, nn.Linear):
@@ -164,7 +201,8 @@ class DiffusionHead(nn.Module):
             condition: (N, C) condition vectors.
 
         Returns:
-            (N, D) predicted noise.
+            (N, D) predicted noise, or (N, 2 * D) with `learned_variance`: noise, then variance values in [-1, 1]
+            (nominally; unclamped) between the posterior's (-1) and beta's (+1) log-variance.
         """
         if noisy.ndim != 2 or noisy.shape[-1] != self.token_dim:
             raise ValueError(f"`noisy` must be (N, {self.token_dim}), got {tuple(noisy.shape)}.")
@@ -191,6 +229,10 @@ def diffusion_loss(
     """DDPM's simple loss `|| eps - denoise(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2` (Ho et al. 2020, eq. 14) with
     `t` uniform over the training steps and `eps ~ N(0, I)`, both drawn from `generator`.
 
+    When `denoise` also predicts the variance (twice the channels of `targets` along dim 1, a scheduler with
+    `variance_type="learned_range"`), the loss is IDDPM's hybrid `L_simple + L_vlb` (Nichol & Dhariwal 2021, section
+    3.1; MAR's training loss): `L_vlb` trains the variance only (the mean is detached), in bits per dimension.
+
     Args:
         denoise: `denoise(x_t, t) -> eps_hat`, shapes (N, ...) and (N,).
         targets: (N, ...) clean samples x0.
@@ -203,8 +245,62 @@ def diffusion_loss(
     timesteps = _device_randint(scheduler.config.num_train_timesteps, n, generator, targets.device)
     noise = randn_tensor(targets.shape, generator=generator, device=targets.device, dtype=targets.dtype)
     noisy = scheduler.add_noise(targets, noise, timesteps)
-    error = (denoise(noisy, timesteps).float() - noise.float()).pow(2).flatten(1).mean(dim=1)  # (N,)
+    prediction = denoise(noisy, timesteps).float()
+    learned = scheduler.config.variance_type == "learned_range"
+    if learned != (prediction.shape[1] == 2 * targets.shape[1]):
+        raise ValueError(
+            f"The denoiser returns {prediction.shape[1]} channels for {targets.shape[1]}-channel targets, but the "
+            f"scheduler's `variance_type` is {scheduler.config.variance_type!r}: a learned-variance head needs "
+            "'learned_range' (and twice the channels), any other head a fixed variance."
+        )
+    eps, variance_values = prediction.split(targets.shape[1], dim=1) if learned else (prediction, None)
+    error = (eps - noise.float()).pow(2).flatten(1).mean(dim=1)  # (N,)
+    if learned:
+        error = error + _vlb_bits(scheduler, targets.float(), noisy.float(), timesteps, eps.detach(), variance_values)
     return error.mean() if reduction == "mean" else error
+
+
+def _vlb_bits(scheduler, x0, x_t, timesteps, eps, variance_values) -> torch.Tensor:
+    """(N,) IDDPM's variational bound term in bits per dimension: `KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))` for
+    t > 0, the discretised Gaussian decoder NLL of x0 at t = 0 (improved-diffusion's `_vb_terms_bpd`)."""
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    alphas_cumprod = scheduler.alphas_cumprod.to(x0.device, torch.float64)
+    betas = scheduler.betas.to(x0.device, torch.float64)
+    previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1 - previous) / (1 - alphas_cumprod)
+    # log clipped at t = 0, where the posterior variance is 0: use t = 1's
+    min_log_all = torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]]))
+
+    def at(values):
+        return values[timesteps].float().view(shape)
+
+    a_t, a_prev, beta = at(alphas_cumprod), at(previous), at(betas)
+    coef_x0 = beta * a_prev.sqrt() / (1 - a_t)
+    coef_xt = (1 - a_prev) * (1 - beta).sqrt() / (1 - a_t)
+    true_mean, true_log_variance = coef_x0 * x0 + coef_xt * x_t, at(min_log_all)
+    x0_hat = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    mean = coef_x0 * x0_hat + coef_xt * x_t
+    frac = (variance_values + 1) / 2
+    log_variance = frac * beta.log() + (1 - frac) * true_log_variance
+    kl = 0.5 * (-1 + log_variance - true_log_variance + torch.exp(true_log_variance - log_variance))
+    kl = kl + 0.5 * (true_mean - mean).pow(2) * torch.exp(-log_variance)
+    kl = kl.flatten(1).mean(dim=1) / math.log(2.0)
+    nll = -_discretized_gaussian_log_likelihood(x0, mean, log_variance).flatten(1).mean(dim=1) / math.log(2.0)
+    return torch.where(timesteps == 0, nll, kl)
+
+
+def _discretized_gaussian_log_likelihood(x, mean, log_variance) -> torch.Tensor:
+    """log P(x) of data in [-1, 1] quantised to 256 bins under N(mean, exp(log_variance)) (IDDPM / MAR)."""
+
+    def cdf(v):  # standard normal CDF, tanh approximation (as the original)
+        return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v.pow(3))))
+
+    centered, inv_std = x - mean, torch.exp(-0.5 * log_variance)
+    cdf_plus, cdf_min = cdf(inv_std * (centered + 1.0 / 255)), cdf(inv_std * (centered - 1.0 / 255))
+    log_cdf_plus = torch.log(cdf_plus.clamp(min=1e-12))
+    log_one_minus_cdf_min = torch.log((1.0 - cdf_min).clamp(min=1e-12))
+    log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
+    return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
 @torch.no_grad()
@@ -222,7 +318,8 @@ def ddpm_sample(
     """Ancestral DDPM sampling of `shape` from pure noise.
 
     With `guidance_scale != 1` the sample is doubled: `denoise` sees (2N, ...) rows, conditional first, and
-    returns their predictions; `eps = eps_u + s * (eps_c - eps_u)` drives both halves (MAR's `forward_with_cfg`).
+    returns their predictions; `eps = eps_u + s * (eps_c - eps_u)` drives both halves (MAR's `forward_with_cfg`). A
+    learned-variance denoiser (twice the channels along dim 1) keeps the conditional rows' variance values, as MAR.
 
     Args:
         denoise: `denoise(x_t, t) -> eps_hat` with t a (rows,) tensor of one timestep.
@@ -253,13 +350,16 @@ def ddpm_sample(
         eps = denoise(x, timesteps)
         if guided:
             cond, uncond = eps.chunk(2)
-            eps = uncond + guidance_scale * (cond - uncond)
+            channels = shape[1]
+            guided_eps = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
+            eps = torch.cat([guided_eps, cond[:, channels:]], dim=1)
         sample = scheduler.step(eps, t, sample, generator=generator, **step_kwargs).prev_sample
     return sample
 
 
 __all__ = [
     "BETA_SCHEDULES",
+    "TIMESTEP_SPACINGS",
     "DiffusionHead",
     "DiffusionHeadScheduler",
     "build_ddpm_scheduler",

@@ -9,7 +9,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
-from ...layers.diffusion_head import BETA_SCHEDULES
+from ...layers.diffusion_head import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from ..dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
 from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
 
@@ -73,6 +73,11 @@ class FluidConfig(PreTrainedConfig):
     Text is encoded by `layers.TextEncoder` (own transformer, or a frozen pretrained one + trainable aligner blocks)
     and read by every backbone block through cross-attention.
 
+    With `num_classes` the model is class-conditional instead, with MAR's layout (Li et al. 2024, LTH14/mar; random
+    order only): an MAE encoder (`encoder_layers` blocks) reads `buffer_size` copies of the class embedding followed
+    by the VISIBLE tokens only (masked ones are dropped, not replaced), and a decoder (`num_hidden_layers` blocks)
+    reads the encoder's outputs scattered back among [MASK] embeddings; no text, no cross-attention.
+
     Args:
         token_type (`str`, *optional*, defaults to `"continuous"`): "continuous" or "discrete".
         generation_order (`str`, *optional*, defaults to `"random"`): "random" or "raster".
@@ -86,10 +91,12 @@ class FluidConfig(PreTrainedConfig):
             (e.g. all-MiniLM-L6-v2's; the paper uses T5-XXL) used instead of the own encoder.
         freeze_text_encoder (`bool`, *optional*, defaults to `True`): keep the pretrained encoder frozen.
         encoder_layers, encoder_attention_heads, encoder_intermediate_size (`int`, *optional*, defaults to 4, 8,
-            1024): own text-encoder sizes.
+            1024): own text-encoder sizes; with `num_classes`, the MAE encoder's blocks, heads and feed-forward width
+            (MAR's `encoder_depth`, `encoder_num_heads`, width `hidden_size`).
         num_aligner_layers (`int`, *optional*, defaults to 0): trainable blocks after the text encoder (paper: 6).
         hidden_size (`int`, *optional*, defaults to 256): backbone width.
-        num_hidden_layers (`int`, *optional*, defaults to 4): backbone blocks (self-attn, cross-attn, MLP).
+        num_hidden_layers (`int`, *optional*, defaults to 4): backbone blocks (self-attn, cross-attn, MLP); with
+            `num_classes`, the MAE decoder's blocks (self-attn, MLP).
         num_attention_heads (`int`, *optional*, defaults to 8): backbone heads.
         intermediate_size (`int`, *optional*, defaults to 1024): backbone feed-forward width.
         hidden_act (`str`, *optional*, defaults to `"gelu"`): feed-forward activation.
@@ -101,6 +108,19 @@ class FluidConfig(PreTrainedConfig):
         beta_schedule (`str`, *optional*, defaults to `"squaredcos_cap_v2"`): diffusers' name of the cosine schedule.
         num_diffusion_steps (`int`, *optional*, defaults to 100): default reverse steps of the head at sampling.
         diffusion_batch_mul (`int`, *optional*, defaults to 4): noise draws per token in one training step (MAR).
+        diffusion_head_frequency_dim (`int`, *optional*): sinusoidal timestep features of the head (default: its
+            width; MAR: 256).
+        diffusion_head_learned_variance (`bool`, *optional*, defaults to `False`): the head also predicts the
+            variance (IDDPM's "learned_range", trained with the hybrid loss; MAR's `learn_sigma`).
+        diffusion_head_norm_affine (`bool`, *optional*, defaults to `False`): learned LayerNorm scale and bias in the
+            head's residual blocks (MAR's `in_ln`).
+        diffusion_timestep_spacing (`str`, *optional*, defaults to `"leading"`): which training steps the head's
+            sampler visits ("leading": 990, ..., 0; "linspace": 999, 989, ..., 0, MAR's respacing; "trailing").
+        num_classes (`int`, *optional*): class-conditional (MAR) instead of text-conditional: the number of classes.
+        class_dropout_prob (`float`, *optional*, defaults to 0.1): class-conditional training replaces the class by
+            the learned null class with this probability (for classifier-free guidance).
+        buffer_size (`int`, *optional*, defaults to 64): class-conditional: positions holding the class embedding
+            in front of the image tokens (MAR's buffer).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
     """
 
@@ -135,6 +155,13 @@ class FluidConfig(PreTrainedConfig):
         beta_schedule: str = "squaredcos_cap_v2",
         num_diffusion_steps: int = 100,
         diffusion_batch_mul: int = 4,
+        diffusion_head_frequency_dim: int | None = None,
+        diffusion_head_learned_variance: bool = False,
+        diffusion_head_norm_affine: bool = False,
+        diffusion_timestep_spacing: str = "leading",
+        num_classes: int | None = None,
+        class_dropout_prob: float = 0.1,
+        buffer_size: int = 64,
         initializer_range: float = 0.02,
         use_cache: bool = True,
         **kwargs,
@@ -172,6 +199,28 @@ class FluidConfig(PreTrainedConfig):
         diffusion_head_width = diffusion_head_width or hidden_size
         if diffusion_head_width % 2:
             raise ValueError(f"`diffusion_head_width` must be even, got {diffusion_head_width}.")
+        frequency_dim = diffusion_head_frequency_dim
+        if frequency_dim is not None and (
+            not isinstance(frequency_dim, int) or frequency_dim < 2 or frequency_dim % 2
+        ):
+            raise ValueError(f"`diffusion_head_frequency_dim` must be an even int >= 2, got {frequency_dim!r}.")
+        if diffusion_timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(
+                f"`diffusion_timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {diffusion_timestep_spacing!r}."
+            )
+        if num_classes is not None:
+            check_positive_ints(num_classes=num_classes, buffer_size=buffer_size, encoder_layers=encoder_layers)
+            if generation_order != "random":
+                raise ValueError(
+                    "Class-conditional Fluid (`num_classes`, MAR's masked encoder-decoder) generates in random order; "
+                    f"got `generation_order={generation_order!r}`."
+                )
+            if text_encoder_config is not None:
+                raise ValueError(
+                    "Class-conditional Fluid (`num_classes`) has no text encoder: drop `text_encoder_config`."
+                )
+            if not 0 <= class_dropout_prob < 1:
+                raise ValueError(f"`class_dropout_prob` must be in [0, 1), got {class_dropout_prob!r}.")
         self.token_type = token_type
         self.generation_order = generation_order
         self.vae_config = vae_config
@@ -198,6 +247,13 @@ class FluidConfig(PreTrainedConfig):
         self.beta_schedule = beta_schedule
         self.num_diffusion_steps = num_diffusion_steps
         self.diffusion_batch_mul = diffusion_batch_mul
+        self.diffusion_head_frequency_dim = diffusion_head_frequency_dim
+        self.diffusion_head_learned_variance = diffusion_head_learned_variance
+        self.diffusion_head_norm_affine = diffusion_head_norm_affine
+        self.diffusion_timestep_spacing = diffusion_timestep_spacing
+        self.num_classes = num_classes
+        self.class_dropout_prob = class_dropout_prob
+        self.buffer_size = buffer_size
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         if token_type == "continuous":
@@ -237,6 +293,10 @@ class FluidConfig(PreTrainedConfig):
     @property
     def is_continuous(self) -> bool:
         return self.token_type == "continuous"
+
+    @property
+    def is_class_conditional(self) -> bool:
+        return self.num_classes is not None
 
     @property
     def is_causal(self) -> bool:

@@ -18,26 +18,17 @@ Token layout (N = grid * grid image tokens, raster positions 0..N-1, each with a
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
+from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from ...generation import (
-    apply_guidance,
-    autoregressive_sample,
-    build_logits_processor,
-    guidance_scale_at,
-    rand_like_on,
-    sample_tokens,
-    validate_sampling_args,
-)
+from ...generation import rand_like_on
 from ...layers import (
     additive_mask,
     cache_length,
@@ -48,14 +39,16 @@ from ...layers import (
     transformer_blocks,
     unpatchify,
 )
-from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, build_ddpm_scheduler, ddpm_sample
+from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, build_ddpm_scheduler
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, padding_mask
+from ...layers.transformer import TransformerBlock
 from ...modeling_utils import init_transformer_weights
 from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
 from ..parti.modeling_parti import build_text_encoder
 from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
 from .configuration_fluid import FluidConfig
+from .generation_fluid import FluidGenerationMixin, cosine_mask_ratio, random_orders
 
 
 VQ_MODELS = {"dalle_dvae": DalleDVAE, "vit_vqgan": ViTVQGAN}
@@ -89,18 +82,6 @@ class FluidOutput(ModelOutput):
     past_key_values: Cache | None = None
 
 
-def cosine_mask_ratio(progress: torch.Tensor | float) -> torch.Tensor | float:
-    """Fraction of tokens still masked at `progress` in [0, 1]: `cos(pi / 2 * progress)` (MaskGIT / MUSE / Fluid)."""
-    if isinstance(progress, torch.Tensor):
-        return torch.cos(math.pi / 2 * progress)
-    return math.cos(math.pi / 2 * progress)
-
-
-def random_orders(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """(B, N) independent random permutations of `range(N)` drawn from `generator`."""
-    return rand_like_on((batch, length), generator, device).argsort(dim=1)
-
-
 def random_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """(B, N) bool mask, True = masked: per row a cosine-schedule ratio of positions (at least one), chosen at random."""
     ratio = cosine_mask_ratio(rand_like_on((batch,), generator, device))
@@ -109,53 +90,8 @@ def random_training_mask(batch: int, length: int, generator: torch.Generator | N
     return ranks < count[:, None]
 
 
-class FluidPreTrainedModel(PreTrainedModel):
-    config_class = FluidConfig
-    base_model_prefix = "model"
-    main_input_name = "input_ids"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
-
-    @torch.no_grad()
-    def _init_weights(self, module):
-        std = self.config.initializer_range
-        if isinstance(module, DiffusionHead):
-            module.reset_parameters()  # runs after its children: the head keeps its zero-initialised modulations
-        elif isinstance(module, FluidModel) and module is self:
-            module.special_embedding.normal_(0.0, std)
-        else:
-            # the image tokenizer and a pretrained text encoder (its weights get loaded) keep their own init
-            init_transformer_weights(module, std, owner=self, nested=(PreTrainedModel,))
-
-
-class FluidModel(FluidPreTrainedModel):
-    """Text encoder + image-token transformer (bidirectional in random order, causal in raster order), each block
-    cross-attending to the text; returns the hidden states at the image positions."""
-
-    def __init__(self, config: FluidConfig):
-        super().__init__(config)
-        hidden = config.hidden_size
-        self.text_encoder = build_text_encoder(config)
-        if config.is_continuous:
-            self.token_embeddings = nn.Linear(config.token_dim, hidden)
-        else:
-            self.token_embeddings = nn.Embedding(config.image_vocab_size, hidden)
-        # [MASK] in random order, [START] in raster order
-        self.special_embedding = nn.Parameter(torch.zeros(hidden))
-        self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
-        self.layers = transformer_blocks(config, cross_attention=True)
-        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
-        self._causal: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        self.gradient_checkpointing = False
-        self.post_init()
-
-    def get_encoder(self) -> TextEncoder:
-        return self.text_encoder
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.token_embeddings
+class FluidImageTokenInputs:
+    """Image-token checks and embedding shared by the two backbones (both have `token_embeddings`)."""
 
     def check_image_tokens(self, image_tokens: torch.Tensor, name: str = "image_tokens") -> None:
         c = self.config
@@ -184,6 +120,64 @@ class FluidModel(FluidPreTrainedModel):
         if self.config.is_continuous:
             return self.token_embeddings(image_tokens.to(self.token_embeddings.weight.dtype))
         return self.token_embeddings(image_tokens)
+
+
+class FluidPreTrainedModel(PreTrainedModel):
+    config_class = FluidConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["TransformerBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, DiffusionHead):
+            module.reset_parameters()  # runs after its children: the head keeps its zero-initialised modulations
+        elif isinstance(module, FluidModel) and module is self:
+            module.special_embedding.normal_(0.0, std)
+        elif isinstance(module, FluidMAEModel) and module is self:
+            for parameter in (
+                module.null_class_embedding,
+                module.mask_embedding,
+                module.encoder_position_embeddings,
+                module.position_embeddings,
+                module.head_position_embeddings,
+            ):
+                parameter.normal_(0.0, std)
+        else:
+            # the image tokenizer and a pretrained text encoder (its weights get loaded) keep their own init
+            init_transformer_weights(module, std, owner=self, nested=(PreTrainedModel,))
+
+
+class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
+    """Text encoder + image-token transformer (bidirectional in random order, causal in raster order), each block
+    cross-attending to the text; returns the hidden states at the image positions."""
+
+    def __init__(self, config: FluidConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.text_encoder = build_text_encoder(config)
+        if config.is_continuous:
+            self.token_embeddings = nn.Linear(config.token_dim, hidden)
+        else:
+            self.token_embeddings = nn.Embedding(config.image_vocab_size, hidden)
+        # [MASK] in random order, [START] in raster order
+        self.special_embedding = nn.Parameter(torch.zeros(hidden))
+        self.position_embeddings = nn.Embedding(config.num_image_tokens, hidden)
+        self.layers = transformer_blocks(config, cross_attention=True)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self._causal: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_encoder(self) -> TextEncoder:
+        return self.text_encoder
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.token_embeddings
 
     def input_embeddings(self, image_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's inputs for all N positions (without positions): random order replaces the `mask`ed tokens
@@ -274,7 +268,130 @@ class FluidModel(FluidPreTrainedModel):
         )
 
 
-class FluidForConditionalGeneration(FluidPreTrainedModel):
+class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
+    """Class-conditional backbone with MAR's masked encoder-decoder layout (Li et al. 2024, section 3.3; `models/mar.py`
+    of LTH14/mar), used when `config.num_classes` is set.
+
+    Sequence: `buffer_size` buffer positions, then the N image tokens in raster order.
+
+    - encoder: `token_embeddings` (MAR's `z_proj`) of every token, the class embedding copied into the buffer,
+      `encoder_position_embeddings` added, `token_embedding_norm` (`z_proj_ln`), then the MASKED TOKENS ARE DROPPED:
+      `encoder_layers` blocks read the buffer and the visible tokens only, `encoder_norm`;
+    - decoder: `decoder_embeddings` of the encoder's outputs scattered back to their places, [MASK] (`mask_embedding`)
+      in the dropped ones, `position_embeddings`, `decoder_layers` blocks, `decoder_norm`; the buffer is removed and
+      `head_position_embeddings` added (MAR's `diffusion_pos_embed_learned`): (B, N, C), the diffusion head's
+      conditions.
+
+    Rows with different numbers of visible tokens are padded to the longest and the padding masked out of attention
+    (MAR itself needs one count per batch).
+    """
+
+    def __init__(self, config: FluidConfig):
+        super().__init__(config)
+        hidden, positions = config.hidden_size, config.buffer_size + config.num_image_tokens
+        self.class_embeddings = nn.Embedding(config.num_classes, hidden)
+        self.null_class_embedding = nn.Parameter(torch.zeros(hidden))  # the unconditional class (MAR's `fake_latent`)
+        if config.is_continuous:
+            self.token_embeddings = nn.Linear(config.token_dim, hidden)
+        else:
+            self.token_embeddings = nn.Embedding(config.image_vocab_size, hidden)
+        self.token_embedding_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.encoder_position_embeddings = nn.Parameter(torch.zeros(positions, hidden))
+        self.encoder_layers = nn.ModuleList(
+            TransformerBlock(
+                hidden,
+                config.encoder_attention_heads,
+                config.encoder_intermediate_size,
+                layer_idx=i,
+                activation=config.hidden_act,
+                norm_eps=config.layer_norm_eps,
+                hidden_dropout=config.hidden_dropout,
+            )
+            for i in range(config.encoder_layers)
+        )
+        self.encoder_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.decoder_embeddings = nn.Linear(hidden, hidden)
+        self.mask_embedding = nn.Parameter(torch.zeros(hidden))
+        self.position_embeddings = nn.Parameter(torch.zeros(positions, hidden))
+        self.decoder_layers = transformer_blocks(config)
+        self.decoder_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.head_position_embeddings = nn.Parameter(torch.zeros(config.num_image_tokens, hidden))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.token_embeddings
+
+    def embed_classes(self, class_labels: torch.Tensor) -> torch.Tensor:
+        """(B,) class ids -> (B, C) class embeddings."""
+        n = self.config.num_classes
+        if class_labels.is_floating_point() or class_labels.ndim != 1:
+            raise ValueError(f"`class_labels` must be integer ids of shape (batch,), got {tuple(class_labels.shape)}.")
+        if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= n):
+            raise ValueError(f"`class_labels` must be in [0, {n}), got {class_labels.tolist()}.")
+        return self.class_embeddings(class_labels)
+
+    def forward(
+        self,
+        class_labels: torch.LongTensor | None = None,
+        image_tokens: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        class_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> FluidModelOutput:
+        """
+        Args:
+            class_labels: (B,) class ids (or pass `class_embeds`).
+            image_tokens: (B, N, D) latents or (B, N) ids in raster order; the masked ones are never read.
+            mask: (B, N) bool, True = masked (dropped from the encoder, predicted); default: none masked.
+            class_embeds: (B, C) condition vectors instead of `class_labels` (e.g. the null class for guidance).
+
+        Returns:
+            [`FluidModelOutput`] with `last_hidden_state` (B, N, C).
+        """
+        c = self.config
+        if image_tokens is None:
+            raise ValueError("Pass `image_tokens` (`encode_images(pixel_values)`).")
+        self.check_image_tokens(image_tokens)
+        batch, n = image_tokens.shape[:2]
+        if mask is None:
+            mask = torch.zeros(batch, n, dtype=torch.bool, device=image_tokens.device)
+        if mask.shape != (batch, n) or mask.dtype != torch.bool:
+            raise ValueError(f"`mask` must be bool (batch, {n}), got {tuple(mask.shape)} {mask.dtype}.")
+        if class_embeds is None:
+            if class_labels is None:
+                raise ValueError("Class-conditional Fluid needs `class_labels` (or `class_embeds`).")
+            class_embeds = self.embed_classes(class_labels)
+        embeds = self.embed_image_tokens(image_tokens)  # (B, N, C)
+        hidden_size, buffer = embeds.shape[-1], c.buffer_size
+        buffer_embeds = class_embeds.to(embeds.dtype)[:, None].expand(-1, buffer, -1)  # (B, P, C)
+        x = torch.cat([buffer_embeds, embeds], dim=1) + self.encoder_position_embeddings  # (B, P + N, C)
+        x = self.token_embedding_norm(x)
+
+        # keep the buffer and the visible tokens, in position order, padded to the longest row
+        visible = torch.cat([mask.new_ones(batch, buffer), ~mask], dim=1)  # (B, P + N)
+        counts = visible.sum(dim=1)
+        width = int(counts.max())
+        kept = torch.sort((~visible).to(torch.uint8), dim=1, stable=True).indices[:, :width]  # (B, V)
+        x = x.gather(1, kept[..., None].expand(-1, -1, hidden_size))  # (B, V, C)
+        padded = None if int(counts.min()) == width else torch.arange(width, device=x.device)[None] < counts[:, None]
+        key_mask = padding_mask(padded, x.dtype)  # (B, 1, 1, V) or None
+        for layer in self.encoder_layers:
+            x = layer(x, key_mask)
+        x = self.decoder_embeddings(self.encoder_norm(x))  # (B, V, C)
+
+        # scatter back among [MASK]s (padding rows write [MASK] to a masked place)
+        mask_embeds = self.mask_embedding.to(x.dtype).expand(batch, buffer + n, -1)  # (B, P + N, C)
+        if padded is not None:
+            x = torch.where(padded[..., None], x, mask_embeds[:, :width])
+        x = mask_embeds.scatter(1, kept[..., None].expand(-1, -1, hidden_size), x) + self.position_embeddings
+        for layer in self.decoder_layers:
+            x = layer(x)
+        x = self.decoder_norm(x)[:, buffer:] + self.head_position_embeddings  # (B, N, C)
+        return FluidModelOutput(last_hidden_state=x)
+
+
+class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
     """Fluid with its output head (diffusion MLP or linear) and its image tokenizer (`vae` or `vqmodel`).
 
     Example:
@@ -289,7 +406,7 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
 
     def __init__(self, config: FluidConfig):
         super().__init__(config)
-        self.model = FluidModel(config)
+        self.model = FluidMAEModel(config) if config.is_class_conditional else FluidModel(config)
         self.vae = self.vqmodel = self.diffusion_head = self.lm_head = None
         if config.is_continuous:
             from diffusers import AutoencoderKL
@@ -299,6 +416,9 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
                 config.hidden_size,
                 config.diffusion_head_width,
                 config.diffusion_head_layers,
+                frequency_dim=config.diffusion_head_frequency_dim,
+                learned_variance=config.diffusion_head_learned_variance,
+                norm_affine=config.diffusion_head_norm_affine,
             )
             self.vae = AutoencoderKL(**config.vae_config)
         else:
@@ -308,11 +428,19 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
         self.post_init()
 
     def get_encoder(self) -> TextEncoder:
+        self._require_text("get_encoder")
         return self.model.text_encoder
 
     def load_text_encoder(self, path: str) -> None:
         """Load pretrained weights into the (frozen) text encoder, e.g. all-MiniLM-L6-v2 from `minilm_path()`."""
+        self._require_text("load_text_encoder")
         self.model.text_encoder.load_pretrained(path)
+
+    def _require_text(self, what: str) -> None:
+        if self.config.is_class_conditional:
+            raise ValueError(
+                f"`{what}`: this Fluid model is class-conditional (`num_classes`) and has no text encoder."
+            )
 
     def image_tokenizer(self) -> nn.Module:
         """The nested `AutoencoderKL` (continuous) or VQ tokenizer (discrete)."""
@@ -324,7 +452,13 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
         if not self.config.is_continuous:
             raise ValueError("Discrete Fluid has no diffusion head, hence no scheduler.")
         if self._scheduler is None:
-            self._scheduler = build_ddpm_scheduler(self.config.num_train_timesteps, self.config.beta_schedule)
+            c = self.config
+            self._scheduler = build_ddpm_scheduler(
+                c.num_train_timesteps,
+                c.beta_schedule,
+                timestep_spacing=c.diffusion_timestep_spacing,
+                learned_variance=c.diffusion_head_learned_variance,
+            )
         return self._scheduler
 
     # -- image tokens <-> pixels -----------------------------------------------------------------------------------
@@ -383,6 +517,7 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
         generator: torch.Generator | None = None,
         return_loss: bool = True,
         return_dict: bool | None = None,
+        class_labels: torch.LongTensor | None = None,
         **kwargs,
     ) -> FluidOutput | tuple:
         """
@@ -390,8 +525,10 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
             image_tokens: (B, N, D) scaled latent tokens or (B, N) ids (`encode_images`), in raster order.
             mask: (B, N) bool, random order only: the tokens replaced by [MASK] and predicted. Default in training /
                 with `return_loss`: drawn from the cosine schedule with `generator`.
-            generator: source of the training mask, diffusion timesteps and noise.
+            generator: source of the training mask, the class dropout, diffusion timesteps and noise.
             return_loss: compute the loss (needs the full `image_tokens`).
+            class_labels: (B,) class ids, class-conditional Fluid only (instead of the text arguments); in training
+                each is replaced by the null class with probability `config.class_dropout_prob`.
             (text and cache arguments as in [`FluidModel.forward`])
         """
         c = self.config
@@ -408,16 +545,31 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
             if mask is None and return_loss:
                 mask = random_training_mask(batch, length, generator, image_tokens.device)
             loss_mask = mask
-        outputs = self.model(
-            input_ids,
-            attention_mask,
-            image_tokens=image_tokens,
-            mask=mask,
-            position_ids=position_ids,
-            encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
-            use_cache=use_cache,
-        )
+        if c.is_class_conditional:
+            if input_ids is not None or encoder_outputs is not None:
+                raise ValueError("This Fluid model is class-conditional: pass `class_labels`, not text inputs.")
+            if class_labels is None:
+                raise ValueError(
+                    f"Pass `class_labels` (batch,) ids in [0, {c.num_classes}) for class-conditional Fluid."
+                )
+            class_embeds = self.model.embed_classes(class_labels)  # (B, C)
+            if self.training and c.class_dropout_prob > 0:
+                dropped = rand_like_on((batch,), generator, class_embeds.device) < c.class_dropout_prob
+                class_embeds = torch.where(dropped[:, None], self.model.null_class_embedding, class_embeds)
+            outputs = self.model(image_tokens=image_tokens, mask=mask, class_embeds=class_embeds)
+        else:
+            if class_labels is not None:
+                raise ValueError("`class_labels` apply to class-conditional Fluid (`num_classes`); pass `input_ids`.")
+            outputs = self.model(
+                input_ids,
+                attention_mask,
+                image_tokens=image_tokens,
+                mask=mask,
+                position_ids=position_ids,
+                encoder_outputs=encoder_outputs,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
         hidden = outputs.last_hidden_state
         logits = self.lm_head(hidden) if not c.is_continuous else None
         loss = None
@@ -432,272 +584,14 @@ class FluidForConditionalGeneration(FluidPreTrainedModel):
             logits=logits,
             last_hidden_state=hidden,
             mask=loss_mask,
-            past_key_values=outputs.past_key_values,
+            past_key_values=outputs.get("past_key_values"),
         )
         return out if return_dict else out.to_tuple()
-
-    # -- sampling --------------------------------------------------------------------------------------------------
-    def _draw(
-        self,
-        hidden: torch.Tensor,
-        guided: bool,
-        scale: float,
-        generator,
-        scheduler,
-        diffusion_steps: int,
-        temperature: float,
-        processors,
-        do_sample: bool,
-    ) -> torch.Tensor:
-        """New tokens from backbone outputs hidden (B', M, C) -> (B, M, D) latents or (B, M) ids."""
-        batch = hidden.shape[0] // 2 if guided else hidden.shape[0]
-        if guided and scale == 1.0:  # e.g. the first iteration of the linear schedule: the conditional rows only
-            hidden, guided = hidden[:batch], False
-        count = hidden.shape[1]
-        if self.config.is_continuous:
-            condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
-            new = ddpm_sample(
-                lambda x, t: self.diffusion_head(x, t, condition),
-                (batch * count, self.config.token_dim),
-                scheduler,
-                diffusion_steps,
-                generator,
-                temperature,
-                scale,
-                device=hidden.device,
-                dtype=hidden.dtype,
-            )
-            return new.view(batch, count, -1)
-        logits = self.lm_head(hidden).float()  # (B', M, V)
-        if guided:
-            logits = apply_guidance(logits, scale)
-        flat = logits.reshape(batch * count, -1)
-        if processors:
-            flat = processors(None, flat)
-        return sample_tokens(flat, generator, do_sample).view(batch, count)
-
-    @torch.no_grad()
-    def sample_image_tokens(
-        self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.Tensor | None = None,
-        negative_input_ids: torch.LongTensor | None = None,
-        negative_attention_mask: torch.Tensor | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
-        temperature: float = 1.0,
-        num_diffusion_steps: int | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        do_sample: bool = True,
-        generator: torch.Generator | None = None,
-        scheduler: DiffusionHeadScheduler | None = None,
-        callback=None,
-        progress_bar=None,
-    ) -> torch.Tensor:
-        """Generate image tokens for the captions.
-
-        Args:
-            input_ids, attention_mask: (B, S) captions (from the processor).
-            negative_input_ids, negative_attention_mask: (B or 1, S) unconditional captions, required when
-                `guidance_scale != 1` (the processor's encoding of '' for plain classifier-free guidance).
-            num_inference_steps: random order: iterations (default 64 as the paper, or N when smaller; at most N); raster order: must be None or N.
-            guidance_scale, guidance_schedule: classifier-free guidance, "constant" or "linear" (1 at the first
-                iteration up to `guidance_scale` at the last).
-            temperature: continuous: noise scale of the diffusion head's reverse steps (MAR); discrete: softmax
-                temperature.
-            num_diffusion_steps: reverse steps of the diffusion head per token (default `config.num_diffusion_steps`).
-            top_k, top_p, min_p, do_sample: discrete only (transformers semantics).
-            generator: the only source of randomness (orders, noise, draws).
-            scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
-            callback: `callback(i, tokens)` after each iteration; `tokens` as returned, unknown ones zero.
-
-        Returns:
-            (B, N, D) latent tokens (continuous) or (B, N) ids (discrete), in raster order.
-        """
-        c = self.config
-        bad_temperature = isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0
-        if c.is_continuous and bad_temperature:  # the head's temperature may be 0 (the mean path)
-            raise ValueError(f"`temperature` must be a number >= 0 for continuous Fluid, got {temperature!r}.")
-        validate_sampling_args(
-            1.0 if c.is_continuous else temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule
-        )
-        if c.is_continuous and any(v is not None for v in (top_k, top_p, min_p)):
-            raise ValueError(
-                "`top_k` / `top_p` / `min_p` apply to discrete Fluid only; continuous Fluid uses `temperature`."
-            )
-        if c.is_continuous and not do_sample:
-            raise ValueError(
-                "`do_sample=False` applies to discrete Fluid only; use `temperature=0` for the head's mean path."
-            )
-        n = c.num_image_tokens
-        if c.is_causal:
-            if num_inference_steps not in (None, n):
-                raise ValueError(
-                    f"Raster-order Fluid draws one token per step: `num_inference_steps` must be None or {n}, got "
-                    f"{num_inference_steps!r}."
-                )
-            steps = n
-        else:
-            steps = min(64, n) if num_inference_steps is None else num_inference_steps
-            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
-                raise ValueError(
-                    f"`num_inference_steps` must be an int in [1, {n}] (the image tokens), got {steps!r}."
-                )
-        diffusion_steps = c.num_diffusion_steps if num_diffusion_steps is None else num_diffusion_steps
-        if c.is_continuous:
-            scheduler = scheduler if scheduler is not None else self.scheduler
-            if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 1:
-                raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
-        batch = input_ids.shape[0]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        guided = guidance_scale != 1.0
-        if guided:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_input_ids.shape[1] != input_ids.shape[1]:
-                raise ValueError(
-                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got "
-                    f"{negative_input_ids.shape[1]}."
-                )
-            if negative_attention_mask is None:
-                negative_attention_mask = torch.ones_like(negative_input_ids)
-            input_ids = torch.cat([input_ids, negative_input_ids.to(input_ids.device).expand(batch, -1)])
-            attention_mask = torch.cat(
-                [attention_mask, negative_attention_mask.to(attention_mask.device).expand(batch, -1)]
-            )
-        text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
-        processors = None if c.is_continuous else build_logits_processor(temperature, top_k, top_p, min_p)
-        draw_kwargs = dict(
-            generator=generator,
-            scheduler=scheduler,
-            diffusion_steps=diffusion_steps,
-            temperature=temperature,
-            processors=processors,
-            do_sample=do_sample,
-        )
-        device = input_ids.device
-        if c.is_causal:
-            return self._sample_raster(
-                text,
-                attention_mask,
-                batch,
-                guided,
-                guidance_scale,
-                guidance_schedule,
-                draw_kwargs,
-                callback,
-                progress_bar,
-            )
-
-        if c.is_continuous:
-            tokens = torch.zeros(batch, n, c.token_dim, device=device, dtype=self.dtype)
-        else:
-            tokens = torch.zeros(batch, n, dtype=torch.long, device=device)
-        known = torch.zeros(batch, n, dtype=torch.bool, device=device)
-        orders = random_orders(batch, n, generator, device)  # (B, N): position revealed k-th
-        revealed = 0
-        for step in range(steps):
-            # MAR: keep floor(N * cos(pi/2 * (k+1)/K)) masked, at least 1 until the last iteration and at most all
-            # but one of the unknown tokens (every iteration reveals at least one while it can)
-            still_masked = math.floor(n * cosine_mask_ratio((step + 1) / steps))
-            still_masked = 0 if step == steps - 1 else max(1, min(n - revealed - 1, still_masked))
-            count = n - still_masked - revealed
-            if count > 0:
-                embeds = self.model.input_embeddings(tokens, ~known)
-                if guided:
-                    embeds = torch.cat([embeds, embeds])
-                hidden = self.model(
-                    inputs_embeds=embeds, attention_mask=attention_mask, encoder_outputs=text, use_cache=False
-                ).last_hidden_state  # (B', N, C)
-                positions = orders[:, revealed : revealed + count]  # (B, M)
-                index = positions.repeat(2, 1) if guided else positions
-                selected = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
-                scale = guidance_scale_at(guidance_scale, step, steps, guidance_schedule)
-                new = self._draw(selected, guided, scale, **draw_kwargs)
-                if c.is_continuous:
-                    tokens.scatter_(1, positions[..., None].expand(-1, -1, c.token_dim), new.to(tokens.dtype))
-                else:
-                    tokens.scatter_(1, positions, new)
-                known.scatter_(1, positions, True)
-                revealed += count
-            if callback is not None:
-                callback(step, tokens)
-            if progress_bar is not None:
-                progress_bar.update()
-        return tokens
-
-    def _sample_raster(
-        self,
-        text,
-        attention_mask,
-        batch,
-        guided,
-        guidance_scale,
-        guidance_schedule,
-        draw_kwargs,
-        callback,
-        progress_bar,
-    ) -> torch.Tensor:
-        """One token per step with the KV cache: self-attention keys/values appended (preallocated StaticCache),
-        cross-attention keys/values computed once."""
-        c = self.config
-        n = c.num_image_tokens
-        input_rows = text.last_hidden_state.shape[0]
-        cache = EncoderDecoderCache(StaticCache(config=c, max_cache_len=n), DynamicCache())
-        start = self.model.special_embedding.to(self.dtype).expand(input_rows, 1, -1)  # (B', 1, C)
-
-        def forward(embeds: torch.Tensor) -> torch.Tensor:
-            return self.model(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                encoder_outputs=text,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1:]  # (B', 1, C)
-
-        if not c.is_continuous:
-            head = self.lm_head
-
-            def step(tokens: torch.Tensor | None) -> torch.Tensor:
-                embeds = start if tokens is None else self.model.embed_image_tokens(tokens)
-                return head(forward(embeds))[:, 0].float()  # (B', V)
-
-            return autoregressive_sample(
-                step,
-                batch,
-                n,
-                logits_processor=draw_kwargs["processors"],
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                do_sample=draw_kwargs["do_sample"],
-                generator=draw_kwargs["generator"],
-                callback=callback,
-                progress_bar=progress_bar,
-            )
-        tokens = torch.zeros(batch, n, c.token_dim, device=text.last_hidden_state.device, dtype=self.dtype)
-        embeds = start
-        for i in range(n):
-            hidden = forward(embeds)
-            scale = guidance_scale_at(guidance_scale, i, n, guidance_schedule)
-            new = self._draw(hidden, guided, scale, **draw_kwargs)  # (B, 1, D)
-            tokens[:, i : i + 1] = new.to(tokens.dtype)
-            embeds = self.model.embed_image_tokens(torch.cat([new, new]) if guided else new)
-            if callback is not None:
-                callback(i, tokens)
-            if progress_bar is not None:
-                progress_bar.update()
-        return tokens
 
 
 __all__ = [
     "FluidForConditionalGeneration",
+    "FluidMAEModel",
     "FluidModel",
     "FluidOutput",
     "FluidPreTrainedModel",

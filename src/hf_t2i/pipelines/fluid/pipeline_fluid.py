@@ -1,4 +1,4 @@
-"""`FluidPipeline`: caption -> text encoder (once) -> image tokens (random order: `num_inference_steps` masked
+"""`FluidPipeline`: caption (or class label) -> text encoder (once) -> image tokens (random order: `num_inference_steps` masked
 iterations on a cosine schedule; raster order: one token per step with the KV cache; each continuous token drawn by
 the diffusion head in `num_diffusion_steps` DDPM steps) -> VAE / VQ decoder -> images."""
 
@@ -22,7 +22,8 @@ class FluidPipeline(AutoregressiveT2IPipeline):
     Components:
         model: [`FluidForConditionalGeneration`] (with its `AutoencoderKL` as `model.vae`, or its VQ tokenizer as
             `model.vqmodel`).
-        processor: [`FluidProcessor`].
+        processor: [`FluidProcessor`]; None for a class-conditional model (e.g. a converted MAR checkpoint), which
+            takes `class_labels` instead of prompts.
         scheduler (optional): the diffusion head's [`DiffusionHeadScheduler`] (a `DDPMScheduler` with a sampling
             temperature); default: the schedule of the model's config. Saved in `scheduler/`.
 
@@ -31,17 +32,18 @@ class FluidPipeline(AutoregressiveT2IPipeline):
     ```python
     >>> pipe = FluidPipeline.from_pretrained(path)
     >>> image = pipe("a red circle", guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images[0]
+    >>> # class-conditional (MAR): pipe(class_labels=[207, 360], guidance_scale=2.9, guidance_schedule="linear")
     ```
     """
 
     model_cpu_offload_seq = "model"
-    _optional_components = ["scheduler"]
+    _optional_components = ["processor", "scheduler"]
     text_input_names = ("input_ids", "attention_mask")
 
     def __init__(
         self,
         model: FluidForConditionalGeneration,
-        processor: FluidProcessor,
+        processor: FluidProcessor | None = None,
         scheduler: DiffusionHeadScheduler | None = None,
     ):
         super().__init__()
@@ -50,7 +52,7 @@ class FluidPipeline(AutoregressiveT2IPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -70,6 +72,7 @@ class FluidPipeline(AutoregressiveT2IPipeline):
         truncation: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        class_labels: int | str | list[int | str] | torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
@@ -81,7 +84,8 @@ class FluidPipeline(AutoregressiveT2IPipeline):
             num_inference_steps: random order: generation iterations (default 64, or the number of image tokens when
                 smaller); raster order: None (one step per token).
             guidance_scale: classifier-free guidance scale (1 = off).
-            guidance_schedule: "constant", or "linear" from 1 at the first iteration to `guidance_scale` at the last.
+            guidance_schedule: "constant" or "linear" (random order: linear in the share of revealed tokens, MAR's;
+                raster order: from 1 at the first token to `guidance_scale` at the last).
             temperature: continuous: the diffusion head's noise temperature (>= 0); discrete: softmax temperature.
             num_diffusion_steps: DDPM reverse steps of the head per token (default: the model config's, 100).
             top_k, top_p, min_p, do_sample: discrete tokens only.
@@ -90,11 +94,12 @@ class FluidPipeline(AutoregressiveT2IPipeline):
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"image_tokens": tokens})` after each iteration.
             callback_on_step_end_tensor_inputs: None or ["image_tokens"].
+            class_labels: class-conditional models only, instead of `prompt`: class ids, or names from the model
+                config's `id2label`.
 
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
-        prompts = as_prompt_list(prompt)
         model = self.model
         self.check_common_inputs(
             num_images_per_prompt, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule
@@ -102,9 +107,26 @@ class FluidPipeline(AutoregressiveT2IPipeline):
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "image_tokens")
         device = self._execution_device
-        inputs = self.encode_prompts(
-            prompts, negative_prompt, num_images_per_prompt, guidance_scale != 1.0, truncation, device
-        )
+        if model.config.is_class_conditional:
+            if prompt is not None or negative_prompt is not None:
+                raise ValueError(
+                    "This Fluid model is class-conditional: pass `class_labels` (ids or names), not `prompt`."
+                )
+            labels = self.class_label_ids(class_labels).to(device)
+            inputs = {"class_labels": labels.repeat_interleave(num_images_per_prompt)}
+        else:
+            if class_labels is not None:
+                raise ValueError("`class_labels` apply to class-conditional Fluid models; this one takes `prompt`.")
+            if self.processor is None:
+                raise ValueError("A text-conditional FluidPipeline needs its `processor`.")
+            inputs = self.encode_prompts(
+                as_prompt_list(prompt),
+                negative_prompt,
+                num_images_per_prompt,
+                guidance_scale != 1.0,
+                truncation,
+                device,
+            )
         callback = None
         if callback_on_step_end is not None:
 
@@ -133,6 +155,37 @@ class FluidPipeline(AutoregressiveT2IPipeline):
             )
         pixels = model.decode_image_tokens(tokens)  # (B * n, 3, H, W) in [-1, 1]
         return self.output(pixels, output_type, return_dict)
+
+    def class_label_ids(self, class_labels) -> torch.Tensor:
+        """`class_labels` (an id, a name from `config.id2label`, a list of them, or a tensor) -> (B,) ids."""
+        config = self.model.config
+        if class_labels is None:
+            raise ValueError(f"Pass `class_labels`: class ids in [0, {config.num_classes}) or names from `id2label`.")
+        if isinstance(class_labels, torch.Tensor):
+            labels = class_labels.reshape(-1)
+        else:
+            items = class_labels if isinstance(class_labels, (list, tuple)) else [class_labels]
+            if not items:
+                raise ValueError("`class_labels` is empty; pass at least one class.")
+            label2id = {str(name).lower(): int(i) for i, name in (config.id2label or {}).items()}
+            ids = []
+            for item in items:
+                if isinstance(item, str):
+                    if item.lower() not in label2id:
+                        raise ValueError(
+                            f"`class_labels`: unknown class name {item!r}; the model's `id2label` has "
+                            f"{len(label2id)} names. Pass an id in [0, {config.num_classes}) instead."
+                        )
+                    item = label2id[item.lower()]
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise ValueError(f"`class_labels` entries must be ints or names, got {item!r}.")
+                ids.append(item)
+            labels = torch.tensor(ids, dtype=torch.long)
+        if labels.is_floating_point() or labels.numel() == 0:
+            raise ValueError(f"`class_labels` must be integer ids, got {class_labels!r}.")
+        if labels.min() < 0 or labels.max() >= config.num_classes:
+            raise ValueError(f"`class_labels` must be in [0, {config.num_classes}), got {labels.tolist()}.")
+        return labels.long()
 
 
 __all__ = ["FluidPipeline"]
