@@ -67,6 +67,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from pathlib import Path
@@ -423,7 +424,7 @@ def original_parity(mar_repo, state: dict, args: dict, model) -> dict[str, float
         decoder_depth=c.num_hidden_layers,
         decoder_num_heads=c.num_attention_heads,
         mlp_ratio=c.intermediate_size / c.hidden_size,
-        norm_layer=lambda dim: torch.nn.LayerNorm(dim, eps=1e-6),
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
         vae_embed_dim=c.token_dim // c.patch_size**2,
         class_num=c.num_classes,
         buffer_size=c.buffer_size,
