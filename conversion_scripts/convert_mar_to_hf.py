@@ -226,11 +226,15 @@ HEAD_KEYS = {  # diffloss.net. -> diffusion_head. (outside the residual blocks)
 RES_BLOCK_KEYS = {"in_ln": "norm", "mlp.0": "mlp.0", "mlp.2": "mlp.2", "adaLN_modulation.1": "modulation.1"}
 
 
-def read_prior_checkpoint(path, weights: str = "ema") -> tuple[dict[str, torch.Tensor], dict]:
-    """-> (the chosen weight set, the saved training arguments as a dict, or {})."""
-    checkpoint = require_mapping(
-        load_torch_file(path, "MAR prior checkpoint", safe_globals=[argparse.Namespace]), "MAR prior checkpoint"
+def read_prior_checkpoint(
+    path, weights: str = "ema", trust_pickle: bool = False
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """-> (the chosen weight set, the saved training arguments as a dict, or {}). The restricted loader accepts the
+    `argparse.Namespace` of MAR's saved `args`; `trust_pickle` lifts every restriction (runs code from the file)."""
+    checkpoint = load_torch_file(
+        path, "MAR prior checkpoint", trust_pickle=trust_pickle, safe_globals=[argparse.Namespace]
     )
+    checkpoint = require_mapping(checkpoint, "MAR prior checkpoint")
     name = {"ema": "model_ema", "model": "model"}[weights]
     if checkpoint.get(name) is None:
         if "encoder.conv_in.weight" in checkpoint.get("model", {}):
@@ -356,12 +360,18 @@ def convert_prior_state(state: dict) -> dict[str, torch.Tensor]:
 
 
 def convert_prior(
-    prior_path, vae_path, output_dir=None, weights: str = "ema", num_heads: int | None = None, mar_repo=None
+    prior_path,
+    vae_path,
+    output_dir=None,
+    weights: str = "ema",
+    num_heads: int | None = None,
+    mar_repo=None,
+    trust_pickle: bool = False,
 ) -> dict:
     """-> {"model": FluidForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}."""
     from hf_t2i import FluidForConditionalGeneration, FluidPipeline
 
-    state, args = read_prior_checkpoint(prior_path, weights)
+    state, args = read_prior_checkpoint(prior_path, weights, trust_pickle)
     vae_config_, vae_state = convert_vae_state(read_vae_checkpoint(vae_path))
     config = prior_config(state, vae_config_, args, num_heads)
     converted = convert_prior_state(state)
@@ -464,12 +474,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", choices=("ema", "model"), default="ema", help="the prior's weight set")
     parser.add_argument("--num-heads", type=int, help="attention heads of the prior (not stored in the checkpoint)")
     parser.add_argument("--mar-repo", help="a clone of LTH14/mar: check parity against its own MAR (needs timm)")
+    parser.add_argument(
+        "--trust-pickle", action="store_true", help="load the prior with full unpickling (runs code from the file)"
+    )
     parser.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
     if args.prior is None:
         convert(args.vae, args.output)
     else:
-        convert_prior(args.prior, args.vae, args.output, args.weights, args.num_heads, args.mar_repo)
+        convert_prior(
+            args.prior, args.vae, args.output, args.weights, args.num_heads, args.mar_repo, args.trust_pickle
+        )
     return 0
 
 

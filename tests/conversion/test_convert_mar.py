@@ -565,3 +565,24 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
     delta = (ours - ref_tokens).abs().max().item()
     print(f"parity MAR sample_tokens loop (5 iterations, cfg 3 linear): {delta:.2e}; calls {calls['mar']}")
     assert delta <= 1e-4
+
+
+def test_prior_command_line_errors_are_one_line(tmp_path, capsys):
+    import convert_mar_to_hf as script
+    from conversion_utils import run_main
+
+    prior, vae = _write_prior(tmp_path, mar_prior_state())
+    prior.write_bytes(prior.read_bytes()[:1000])  # truncated
+    status = run_main(script.main, ["--prior", str(prior), "--vae", str(vae), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("error: MAR prior checkpoint") and "could not be read" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+    # the saved training `args` (an argparse.Namespace) is plain data the restricted loader accepts; other objects
+    # are refused
+    torch.save({"model": {}, "model_ema": {}, "args": Gadget()}, prior)
+    status = run_main(script.main, ["--prior", str(prior), "--vae", str(vae), "--output", str(tmp_path / "o")])
+    assert status == 2 and "--trust-pickle" in capsys.readouterr().err
+
+
+class Gadget:
+    """Any class a malicious pickle could name."""
