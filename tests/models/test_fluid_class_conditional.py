@@ -94,7 +94,7 @@ def test_learned_variance_loss_is_iddpm_hybrid():
     grad = outputs["out"].grad
     # recompute the MSE-only gradient of the epsilon half with the same draws
     g = torch.Generator().manual_seed(1)
-    t = torch.randint(0, 100, (64,), generator=g)
+    torch.randint(0, 100, (64,), generator=g)  # the timesteps: advance the generator past them
     noise = torch.randn(64, 4, generator=g)
     eps = outputs["out"].detach()[:, :4]
     torch.testing.assert_close(grad[:, :4], 2 * (eps - noise) / (64 * 4), rtol=1e-4, atol=1e-7)
