@@ -350,9 +350,12 @@ def ddpm_sample(
         eps = denoise(x, timesteps)
         if guided:
             cond, uncond = eps.chunk(2)
-            channels = shape[1]
-            guided_eps = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
-            eps = torch.cat([guided_eps, cond[:, channels:]], dim=1)
+            if cond.shape[1] == shape[1]:
+                eps = uncond + guidance_scale * (cond - uncond)
+            else:  # learned variance: guide epsilon, keep the conditional rows' variance values
+                channels = shape[1]
+                guided_eps = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
+                eps = torch.cat([guided_eps, cond[:, channels:]], dim=1)
         sample = scheduler.step(eps, t, sample, generator=generator, **step_kwargs).prev_sample
     return sample
 
