@@ -378,7 +378,11 @@ def convert_prior(
     converted.update({f"vae.{k}": v for k, v in vae_state.items()})
     model = FluidForConditionalGeneration(config).eval()
     load_converted(model, converted, "FluidForConditionalGeneration")
-    parity = original_parity(mar_repo, state, args, model) if mar_repo is not None else {}
+    parity = {}
+    if mar_repo is not None:
+        original = build_original_mar(mar_repo, config)
+        original.load_state_dict(state)  # strict: the source keys are exactly the original's
+        parity = original_parity(original, model)
     pipeline = FluidPipeline(model=model, processor=None)
     if output_dir is not None:
         output_dir = Path(output_dir)
@@ -409,9 +413,9 @@ The parity of the architecture with MAR's `models/mar.py` is proven in `tests/co
     return {"model": model, "pipeline": pipeline, "config": config, "parity": parity}
 
 
-def original_parity(mar_repo, state: dict, args: dict, model) -> dict[str, float]:
-    """Build LTH14/mar's own `MAR` (from a clone at `mar_repo`, needs timm) with `state` and compare the diffusion
-    conditions of a fixed masked input and the head's outputs (epsilon and variance values)."""
+def build_original_mar(mar_repo, config):
+    """LTH14/mar's own `models.mar.MAR` (from a clone at `mar_repo`, needs timm) with the sizes of a converted
+    class-conditional `FluidConfig`, in eval mode and with its own random weights."""
     repo = Path(mar_repo)
     if not (repo / "models" / "mar.py").is_file():
         raise ConversionError(f"--mar-repo {repo} is not a clone of LTH14/mar (no models/mar.py).")
@@ -422,8 +426,8 @@ def original_parity(mar_repo, state: dict, args: dict, model) -> dict[str, float
         raise ConversionError(f"the original MAR needs the module {err.name!r} (pip install timm scipy).") from None
     finally:
         sys.path.remove(str(repo))
-    c = model.config
-    original = MAR(
+    c = config
+    return MAR(
         img_size=c.image_size,
         vae_stride=c.vae_downsample_factor,
         patch_size=c.patch_size,
@@ -442,7 +446,12 @@ def original_parity(mar_repo, state: dict, args: dict, model) -> dict[str, float
         diffloss_w=c.diffusion_head_width,
         num_sampling_steps=str(c.num_diffusion_steps),
     ).eval()
-    original.load_state_dict(state)
+
+
+def original_parity(original, model) -> dict[str, float]:
+    """Compare the original `MAR` (holding the source weights) with the converted model: the diffusion conditions of
+    a fixed masked input and the head's outputs (epsilon and variance values)."""
+    c = model.config
     g = torch.Generator().manual_seed(0)
     batch, n = 2, c.num_image_tokens
     tokens = torch.randn(batch, n, c.token_dim, generator=g)

@@ -8,7 +8,6 @@ the decoder's up path, asymmetric downsampling pad) are MAR's. These tests need 
 """
 
 import copy
-import functools
 import math
 import os
 
@@ -501,34 +500,14 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
 
     from hf_t2i.models.fluid import generation_fluid
 
-    monkeypatch.syspath_prepend(repo)
-    from models.mar import MAR
-
-    original = MAR(
-        img_size=RES,
-        vae_stride=2,
-        patch_size=PATCH,
-        encoder_embed_dim=WIDTH,
-        encoder_depth=DEPTH,
-        encoder_num_heads=HEADS,
-        decoder_embed_dim=WIDTH,
-        decoder_depth=DEPTH,
-        decoder_num_heads=HEADS,
-        mlp_ratio=4,
-        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
-        vae_embed_dim=Z,
-        class_num=CLASSES,
-        buffer_size=BUFFER,
-        diffloss_d=HEAD_DEPTH,
-        diffloss_w=HEAD_WIDTH,
-        num_sampling_steps="20",
-    ).eval()
     state = mar_prior_state()
-    original.load_state_dict(state)  # strict: the test's state dict has exactly the original's keys and shapes
     prior, vae = _write_prior(tmp_path, state)
+    # the converter loads the test's state dict into the original strictly: its keys and shapes are the original's
     result = script.convert_prior(prior, vae, num_heads=HEADS, mar_repo=repo)
     assert max(result["parity"].values()) <= 1e-4, result["parity"]
     model = result["model"]
+    original = script.build_original_mar(repo, model.config)
+    original.load_state_dict(state)
 
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)  # MAR's sampler calls .cuda()
     np.random.seed(0)
