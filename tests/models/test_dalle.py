@@ -17,10 +17,10 @@ def sequence(model, batch=2, seed=0):
 
 
 def incremental_logits(model, ids, cache, prefill=10):
-    out = model(ids[:, :prefill], past_key_values=cache, use_cache=True)
+    out = model(ids[:, :prefill], cache=cache, use_cache=True)
     steps = [out.logits]
     for t in range(prefill, ids.shape[1]):
-        steps.append(model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+        steps.append(model(ids[:, t : t + 1], cache=cache, use_cache=True).logits)
     return torch.cat(steps, 1)
 
 

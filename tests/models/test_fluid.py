@@ -108,7 +108,7 @@ def test_raster_cached_equals_uncached(token_type):
     for start, end in [(0, 5)] + [(t, t + 1) for t in range(5, 16)]:
         steps.append(
             model.model(
-                inputs_embeds=embeds[:, start:end], attention_mask=mask, encoder_outputs=encoder, past_key_values=cache
+                inputs_embeds=embeds[:, start:end], attention_mask=mask, encoder_outputs=encoder, cache=cache
             ).last_hidden_state
         )
     assert torch.allclose(torch.cat(steps, 1), full.last_hidden_state, atol=1e-5)

@@ -61,7 +61,7 @@ def test_cached_equals_uncached(attention):
             attention_mask=mask,
             decoder_input_ids=decoder_inputs[:, :5],
             encoder_outputs=encoder,
-            past_key_values=cache,
+            cache=cache,
         ).logits
     ]
     for t in range(5, 64):
@@ -70,7 +70,7 @@ def test_cached_equals_uncached(attention):
                 attention_mask=mask,
                 decoder_input_ids=decoder_inputs[:, t : t + 1],
                 encoder_outputs=encoder,
-                past_key_values=cache,
+                cache=cache,
             ).logits
         )
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)

@@ -267,9 +267,9 @@ def test_lm_mode_cached_equals_uncached(linear_model, processor):
     full = linear_model(ids, mask, image_latents=latents, use_cache=False).logits
     prefix = 2 + linear_model.config.num_image_tokens + 1  # <s> <boi> image <eoi>
     cache = DynamicCache(config=linear_model.config)
-    steps = [linear_model(ids[:, :prefix], mask[:, :prefix], image_latents=latents, past_key_values=cache).logits]
+    steps = [linear_model(ids[:, :prefix], mask[:, :prefix], image_latents=latents, cache=cache).logits]
     for t in range(prefix, ids.shape[1]):
-        steps.append(linear_model(ids[:, t : t + 1], mask[:, : t + 1], past_key_values=cache).logits)
+        steps.append(linear_model(ids[:, t : t + 1], mask[:, : t + 1], cache=cache).logits)
     incremental = torch.cat(steps, 1)
     real = mask.bool()
     assert torch.allclose(full[real], incremental[real], atol=1e-5)

@@ -3,7 +3,6 @@ two-process launch of the prior."""
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from hf_t2i.training.recipes.dalle import (
     DallePriorRecipe,
     DallePriorRecipeConfig,
 )
+
+from .training_toy import TORCHRUN
 
 
 DATA = {"dataset": "shapes", "dataset_size": 48, "eval_size": 16, "image_size": 32}
@@ -83,11 +84,10 @@ def test_prior_recipe_requires_a_dvae():
 
 
 def test_two_process_launch_of_the_prior(dvae_dir, tmp_path):
-    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root / "src"), HF_T2I_CACHE=str(tmp_path / "cache"))
     flags = {**DATA, **PRIOR_FLAGS, "dvae_path": str(dvae_dir)}
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "hf_t2i.training", "dalle_prior"]
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "hf_t2i.training", "dalle_prior"]
     command += ["--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--train-batch-size", "4"]
     command += ["--report-to", "none", "--log-steps", "1", "--checkpointing-steps", "2"]
     for key, value in flags.items():

@@ -2,13 +2,14 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from .training_toy import TORCHRUN
 
 
 SCRIPT = textwrap.dedent(
@@ -50,8 +51,7 @@ def launch(tmp_path: Path, max_steps: int) -> list[dict]:
         OMP_NUM_THREADS="1",
         PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parents[1])]),
     )
-    torchrun = shutil.which("torchrun") or pytest.skip("torchrun not found")
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out"), str(max_steps)]
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out"), str(max_steps)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]

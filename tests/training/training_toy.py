@@ -5,12 +5,17 @@ exact resume also needs the RNG states of the checkpoint. Shared by the tests an
 """
 
 import dataclasses
+import sys
 
 import datasets
 import torch
 from PIL import Image
 
 from hf_t2i.training import Recipe, RecipeConfig
+
+
+# `torchrun` of the interpreter running the tests: a virtual environment's launcher, whether or not its bin/ is on PATH.
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
 
 
 @dataclasses.dataclass

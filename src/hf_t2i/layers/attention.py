@@ -66,25 +66,25 @@ class Attention(nn.Module):
         return x.unbind(0)
 
     def _cross_key_values(
-        self, encoder_hidden_states: torch.Tensor | None, past_key_values: Cache | None
+        self, encoder_hidden_states: torch.Tensor | None, cache: Cache | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cache = past_key_values.cross_attention_cache if isinstance(past_key_values, EncoderDecoderCache) else None
-        if cache is not None and past_key_values.is_updated.get(self.layer_idx, False):
-            layer = cache.layers[self.layer_idx]
+        cross_cache = cache.cross_attention_cache if isinstance(cache, EncoderDecoderCache) else None
+        if cross_cache is not None and cache.is_updated.get(self.layer_idx, False):
+            layer = cross_cache.layers[self.layer_idx]
             return layer.keys, layer.values
         if encoder_hidden_states is None:
             raise ValueError("Cross-attention needs `encoder_hidden_states` (or a cache that already holds them).")
         key, value = self._heads(self.kv_proj(encoder_hidden_states), 2)
-        if cache is not None:
-            key, value = cache.update(key, value, self.layer_idx)
-            past_key_values.is_updated[self.layer_idx] = True
+        if cross_cache is not None:
+            key, value = cross_cache.update(key, value, self.layer_idx)
+            cache.is_updated[self.layer_idx] = True
         return key, value
 
     def forward(
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
@@ -92,7 +92,7 @@ class Attention(nn.Module):
         Args:
             hidden_states: (B, Q, C) queries' inputs.
             attention_mask: boolean (B or 1, 1 or H, Q, K), True = attend; `None` = full (or causal if `is_causal`).
-            past_key_values: a transformers `Cache` (an `EncoderDecoderCache` when this layer cross-attends).
+            cache: a transformers `Cache` (an `EncoderDecoderCache` when this layer cross-attends).
             encoder_hidden_states: (B, K, C_kv) keys/values' inputs for cross-attention.
             is_causal: use SDPA's built-in causal mask (only without a cache offset and without `attention_mask`).
 
@@ -102,12 +102,11 @@ class Attention(nn.Module):
         batch, length, _ = hidden_states.shape
         if self.is_cross_attention:
             query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
-            key, value = self._cross_key_values(encoder_hidden_states, past_key_values)
+            key, value = self._cross_key_values(encoder_hidden_states, cache)
         else:
             query, key, value = self._heads(self.qkv_proj(hidden_states), 3)  # each (B, H, Q, D)
-            if past_key_values is not None:
-                cache = _self_attention_cache(past_key_values)
-                key, value = cache.update(key, value, self.layer_idx)  # (B, H, K, D)
+            if cache is not None:
+                key, value = _self_attention_cache(cache).update(key, value, self.layer_idx)  # (B, H, K, D)
         out = F.scaled_dot_product_attention(
             query,
             key,
@@ -120,34 +119,35 @@ class Attention(nn.Module):
         return self.out_proj(out)
 
 
-def _self_attention_cache(past_key_values: Cache) -> Cache:
-    if isinstance(past_key_values, EncoderDecoderCache):
-        return past_key_values.self_attention_cache
-    return past_key_values
+def _self_attention_cache(cache: Cache) -> Cache:
+    if isinstance(cache, EncoderDecoderCache):
+        return cache.self_attention_cache
+    return cache
 
 
-def cache_length(past_key_values: Cache | None) -> int:
+def cache_length(cache: Cache | None) -> int:
     """Number of positions already in the (self-attention) cache, as a Python int."""
-    if past_key_values is None:
+    if cache is None:
         return 0
-    return int(_self_attention_cache(past_key_values).get_seq_length())
+    return int(_self_attention_cache(cache).get_seq_length())
 
 
-def truncate_cache(past_key_values: Cache, length: int) -> None:
+def truncate_cache(cache: Cache, length: int) -> None:
     """Drop the positions past `length` from a dynamic (self-attention) cache, e.g. the image patches of one
     denoising step after a cached prefix. transformers 5.x's `DynamicCache.crop` takes the number of positions to
     remove as a negative int (a positive one now raises)."""
-    cache = _self_attention_cache(past_key_values)
-    extra = int(cache.get_seq_length()) - length
+    self_cache = _self_attention_cache(cache)
+    extra = int(self_cache.get_seq_length()) - length
     if extra > 0:
-        cache.crop(-extra)
+        self_cache.crop(-extra)
 
 
-def key_length(past_key_values: Cache | None, new_length: int) -> int:
+def key_length(cache: Cache | None, new_length: int) -> int:
     """Keys that self-attention sees after caching `new_length` more positions: all slots of a preallocated
     (static) cache, else the cached positions plus the new ones."""
-    if past_key_values is None:
+    if cache is None:
         return new_length
-    cache = _self_attention_cache(past_key_values)
-    max_length = cache.get_max_length(0) if len(cache.layers) else -1  # a lazily built cache has no layers yet
-    return max_length if max_length is not None and max_length > 0 else int(cache.get_seq_length()) + new_length
+    self_cache = _self_attention_cache(cache)
+    # a lazily built cache has no layers yet
+    max_length = self_cache.get_max_length(0) if len(self_cache.layers) else -1
+    return max_length if max_length is not None and max_length > 0 else int(self_cache.get_seq_length()) + new_length

@@ -112,19 +112,19 @@ class TransformerBlock(GradientCheckpointingLayer):
         self,
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
         """hidden_states: (B, T, C); masks boolean (B or 1, 1, T, K). Returns (B, T, C)."""
-        h = self.self_attn(self.norm1(hidden_states), attention_mask, past_key_values, is_causal=is_causal)
+        h = self.self_attn(self.norm1(hidden_states), attention_mask, cache, is_causal=is_causal)
         hidden_states = hidden_states + self._branch(h, "1")
         if self.cross_attn is not None:
             h = self.cross_attn(
                 self.norm_cross(hidden_states),
                 encoder_attention_mask,
-                past_key_values,
+                cache,
                 encoder_hidden_states=encoder_hidden_states,
             )
             hidden_states = hidden_states + self._branch(h, "_cross")

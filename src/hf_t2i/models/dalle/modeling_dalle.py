@@ -62,7 +62,7 @@ class DallePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -147,7 +147,7 @@ class DalleModel(DallePreTrainedModel):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
@@ -156,15 +156,16 @@ class DalleModel(DallePreTrainedModel):
             input_ids: (B, T) ids of the positions after the cached ones.
             attention_mask: optional (B, K) key-padding mask (1 = attend) over cached + new positions; DALL-E
                 itself never needs one (pads are learned tokens).
-            past_key_values: a transformers `Cache` (`DynamicCache` or a preallocated `StaticCache`).
+            cache: a transformers `Cache` (`DynamicCache` or a preallocated `StaticCache`).
             use_cache: create a `DynamicCache` when none is given.
         """
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        cache = past_key_values if use_cache else None
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=self.config)
         start = cache_length(cache)
         length = input_ids.shape[1]
         keys = key_length(cache, length)
@@ -186,7 +187,7 @@ class DalleModel(DallePreTrainedModel):
         for layer, attention_type in zip(self.layers, self.config.attention_types):
             hidden_states = layer(hidden_states, masks[attention_type], cache)
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
 
 
 class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
@@ -264,7 +265,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
@@ -275,15 +276,15 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         Args:
             input_ids: (B, T) model ids (see the module docstring) after the cached positions.
             attention_mask: optional (B, K) key-padding mask.
-            past_key_values: a transformers `Cache`.
+            cache: a transformers `Cache`.
             labels: (B, T) targets aligned with `input_ids` (shifted inside); -100 is ignored. Usually `input_ids`.
             use_cache: return the cache.
             logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else self.config.use_cache
-        start = cache_length(past_key_values) if use_cache else 0
-        outputs = self.model(input_ids, attention_mask, past_key_values, use_cache=use_cache)
+        start = cache_length(cache) if use_cache else 0
+        outputs = self.model(input_ids, attention_mask, cache, use_cache=use_cache)
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -296,7 +297,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         out = DalleCausalLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             text_loss=text_loss,
             image_loss=image_loss,
         )
@@ -392,7 +393,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
 
         def step(tokens: torch.Tensor | None) -> torch.Tensor:
             ids = prefix if tokens is None else tokens + offset
-            hidden = self.model(ids, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
+            hidden = self.model(ids, cache=cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
             return F.linear(hidden, weight, bias)  # (B', image_vocab)
 
         return autoregressive_sample(
@@ -408,10 +409,8 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
             progress_bar=progress_bar,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
-        )
+    def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, attention_mask=attention_mask, **kwargs)
         # `generate()` builds a 4-D *causal* mask for preallocated caches; the sparse masks are built in `forward`
         # instead, so keep the plain 2-D padding mask.
         if attention_mask is not None:

@@ -307,7 +307,7 @@ class FluidGenerationMixin:
                 inputs_embeds=embeds,
                 attention_mask=attention_mask,
                 encoder_outputs=text,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             ).last_hidden_state[:, -1:]  # (B', 1, C)
 

@@ -59,7 +59,7 @@ class FluidModelOutput(ModelOutput):
     """Backbone outputs: `last_hidden_state` (B, T, C), the cache, and the text states (B, S, C)."""
 
     last_hidden_state: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
 
 
@@ -72,14 +72,14 @@ class FluidOutput(ModelOutput):
         logits: (B, N, V) image-code logits (discrete only).
         last_hidden_state: (B, N, C) backbone outputs, the diffusion head's conditions.
         mask: (B, N) bool, the tokens the loss is taken on (the masked ones in random order; all in raster).
-        past_key_values: the cache (raster order).
+        cache: the cache (raster order).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     mask: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
 
 
 def random_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -129,7 +129,7 @@ class FluidPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -208,7 +208,7 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> FluidModelOutput:
@@ -220,7 +220,7 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
             inputs_embeds: (B, T, C) backbone inputs instead of `image_tokens` (the sampling loops).
             position_ids: (B or 1, T) raster positions of the inputs; default: after the cached ones, in order. In
                 random order any permutation of the positions gives the same outputs, permuted.
-            past_key_values: an `EncoderDecoderCache` (raster order).
+            cache: an `EncoderDecoderCache` (raster order).
         """
         c = self.config
         if inputs_embeds is None:
@@ -241,9 +241,10 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         use_cache = (use_cache if use_cache is not None else c.use_cache) and c.is_causal
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=c), DynamicCache(config=c))
-        cache = past_key_values if use_cache else None
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=c), DynamicCache(config=c))
 
         start, length = cache_length(cache), inputs_embeds.shape[1]
         if start + length > c.num_image_tokens:
@@ -263,9 +264,7 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         text = encoder_outputs.last_hidden_state
         for layer in self.layers:
             hidden = layer(hidden, self_mask, cache, text, cross_mask)
-        return FluidModelOutput(
-            last_hidden_state=self.norm(hidden), past_key_values=cache, encoder_last_hidden_state=text
-        )
+        return FluidModelOutput(last_hidden_state=self.norm(hidden), cache=cache, encoder_last_hidden_state=text)
 
 
 class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
@@ -511,7 +510,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         image_tokens: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         position_ids: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         generator: torch.Generator | None = None,
@@ -567,7 +566,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
                 mask=mask,
                 position_ids=position_ids,
                 encoder_outputs=encoder_outputs,
-                past_key_values=past_key_values,
+                cache=cache,
                 use_cache=use_cache,
             )
         hidden = outputs.last_hidden_state
@@ -584,7 +583,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             logits=logits,
             last_hidden_state=hidden,
             mask=loss_mask,
-            past_key_values=outputs.get("past_key_values"),
+            cache=outputs.get("cache"),
         )
         return out if return_dict else out.to_tuple()
 

@@ -44,7 +44,7 @@ class PartiPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -80,10 +80,10 @@ class PartiDecoder(nn.Module):
         decoder_input_ids: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
     ) -> torch.Tensor:
         """decoder_input_ids: (B, T) after the cached positions; encoder states (B, S, C). Returns (B, T, C)."""
-        start = cache_length(past_key_values)
+        start = cache_length(cache)
         length = decoder_input_ids.shape[1]
         if start + length > self.config.num_image_tokens:
             raise ValueError(
@@ -93,14 +93,14 @@ class PartiDecoder(nn.Module):
         hidden = self.embeddings(decoder_input_ids) + self.position_embeddings(positions)
         if self.embedding_norm is not None:
             hidden = self.embedding_norm(hidden)
-        keys = key_length(past_key_values, length)
+        keys = key_length(cache, length)
         masks = {
             kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length, keys)
             for kind in set(self.config.decoder_attention_types)
         }
         cross_mask = padding_mask(encoder_attention_mask, hidden.dtype)
         for layer, kind in zip(self.layers, self.config.decoder_attention_types):
-            hidden = layer(hidden, masks[kind], past_key_values, encoder_hidden_states, cross_mask)
+            hidden = layer(hidden, masks[kind], cache, encoder_hidden_states, cross_mask)
         return self.norm(hidden)
 
 
@@ -155,7 +155,7 @@ class PartiModel(PartiPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> Seq2SeqModelOutput:
@@ -165,7 +165,7 @@ class PartiModel(PartiPreTrainedModel):
             attention_mask: (B, S) text padding mask.
             decoder_input_ids: (B, T) BOS + image codes after the cached positions.
             encoder_outputs: precomputed text states.
-            past_key_values: an `EncoderDecoderCache` (self-attention + cross-attention caches).
+            cache: an `EncoderDecoderCache` (self-attention + cross-attention caches).
         """
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if self.gradient_checkpointing and self.training:
@@ -176,13 +176,14 @@ class PartiModel(PartiPreTrainedModel):
             encoder_outputs = self.text_encoder(input_ids, attention_mask)
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        cache = past_key_values if use_cache else None
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         hidden = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state, attention_mask, cache)
         return Seq2SeqModelOutput(
             last_hidden_state=hidden,
-            past_key_values=cache,
+            cache=cache,
             encoder_last_hidden_state=encoder_outputs.last_hidden_state,
         )
 
@@ -241,7 +242,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
@@ -262,7 +263,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             if labels is None:
                 raise ValueError("Pass `decoder_input_ids` or `labels` (the image codes).")
             decoder_input_ids = self.decoder_inputs(labels)
-        outputs = self.model(input_ids, attention_mask, decoder_input_ids, encoder_outputs, past_key_values, use_cache)
+        outputs = self.model(input_ids, attention_mask, decoder_input_ids, encoder_outputs, cache, use_cache)
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -274,7 +275,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         out = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
         )
         return out if return_dict else out.to_tuple()

@@ -83,7 +83,7 @@ class TransfusionGenerationMixin:
         cache = None
         if use_cache:
             cache = DynamicCache(config=self.config)
-            self.model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True)
+            self.model(input_ids, attention_mask=attention_mask, cache=cache, use_cache=True)
         return _Prefix(input_ids, attention_mask, cache)
 
     def _predict_noise(self, prefix: _Prefix, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class TransfusionGenerationMixin:
         out = self.model(
             placeholders,
             attention_mask=mask,
-            past_key_values=prefix.cache,
+            cache=prefix.cache,
             image_latents=latents,
             timesteps=timesteps,
             use_cache=True,
@@ -245,7 +245,7 @@ class TransfusionGenerationMixin:
         out = self(
             ids,
             attention_mask=mask,
-            past_key_values=cache,
+            cache=cache,
             image_latents=image_latents,
             timesteps=timesteps,
             use_cache=True,
@@ -365,7 +365,7 @@ class TransfusionGenerationMixin:
                     logits = self._next_token_logits(token[:, None], mask, cache)
                     continue
                 # diffusion mode: <boi> enters the cache, the patches are denoised after it
-                self.model(token[:, None], attention_mask=mask, past_key_values=cache, use_cache=True)
+                self.model(token[:, None], attention_mask=mask, cache=cache, use_cache=True)
                 prefixes = [_Prefix(torch.cat([ids, history, token[:, None]], 1), mask, cache)]
                 if guidance_scale != 1.0:
                     negative = self.unconditional_input_ids(1, device)

@@ -68,7 +68,7 @@ class TransfusionPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["TransformerBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -158,7 +158,7 @@ class TransfusionModel(TransfusionPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         image_latents: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         use_cache: bool | None = None,
@@ -169,7 +169,7 @@ class TransfusionModel(TransfusionPreTrainedModel):
             input_ids: (B, T) ids of the positions after the cached ones; images as `<boi> <image> x N <eoi>`.
             attention_mask: (B, K) key-padding mask over cached + new positions (1 = real token).
             position_ids: (B, T); default: counted from `attention_mask`.
-            past_key_values: a transformers `Cache`.
+            cache: a transformers `Cache`.
             image_latents: (I, C, h, w) the (noisy) scaled VAE latent of each image run, in row-major order.
             timesteps: (I,) or a scalar: the diffusion timestep of each image; default 0 (clean images).
             use_cache: create a `DynamicCache` when none is given.
@@ -178,9 +178,10 @@ class TransfusionModel(TransfusionPreTrainedModel):
         use_cache = use_cache if use_cache is not None else config.use_cache
         if self.gradient_checkpointing and self.training:
             use_cache = False
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=config)
-        cache = past_key_values if use_cache else None
+        if not use_cache:
+            cache = None
+        elif cache is None:
+            cache = DynamicCache(config=config)
         start = cache_length(cache)
         batch, length = input_ids.shape
         device = input_ids.device
@@ -219,7 +220,7 @@ class TransfusionModel(TransfusionPreTrainedModel):
         if num_images:
             image_states = hidden_states[is_image].view(num_images, config.num_image_tokens, -1)  # (I, N, C)
             noise_pred = self.patch_head(image_states, patch_state, timesteps)
-        return TransfusionModelOutput(last_hidden_state=hidden_states, past_key_values=cache, noise_pred=noise_pred)
+        return TransfusionModelOutput(last_hidden_state=hidden_states, cache=cache, noise_pred=noise_pred)
 
 
 class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, TransfusionGenerationMixin, GenerationMixin):
@@ -328,7 +329,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         pixel_values: torch.Tensor | None = None,
         image_latents: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
@@ -346,7 +347,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
             input_ids: (B, T) ids after the cached positions (see the module docstring).
             attention_mask: (B, K) key-padding mask over cached + new positions.
             position_ids: (B, T); default: counted from `attention_mask`.
-            past_key_values: a transformers `Cache`.
+            cache: a transformers `Cache`.
             pixel_values: (I, 3, H, W) images in [-1, 1], encoded by the VAE; or give `image_latents`.
             image_latents: (I, C, h, w) scaled latents. Without `labels` they are used as given, at `timesteps`
                 (default 0: clean images, e.g. to caption them). With `labels` they are the CLEAN latents of the
@@ -374,7 +375,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
             input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             image_latents=image_latents,
             timesteps=timesteps,
             use_cache=use_cache,
@@ -388,7 +389,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         out = TransfusionOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             noise_pred=outputs.noise_pred,
             lm_loss=lm_loss,
             diffusion_loss=diffusion_loss,
@@ -417,16 +418,14 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         return loss, lm_loss, diffusion_loss, logits
 
     def prepare_inputs_for_generation(
-        self, input_ids, past_key_values=None, attention_mask=None, pixel_values=None, image_latents=None, **kwargs
+        self, input_ids, cache=None, attention_mask=None, pixel_values=None, image_latents=None, **kwargs
     ):
-        inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, **kwargs
-        )
+        inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, attention_mask=attention_mask, **kwargs)
         # the 2-D padding mask, not generate()'s 4-D causal one: the image blocks are built in `forward`
         if attention_mask is not None:
             inputs["attention_mask"] = attention_mask
         inputs.pop("position_ids", None)  # counted from the mask in `forward`
-        first = cache_length(past_key_values) == 0
+        first = cache_length(cache) == 0
         inputs["pixel_values"] = pixel_values if first else None
         inputs["image_latents"] = image_latents if first else None
         return inputs
