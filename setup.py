@@ -4,15 +4,19 @@ from setuptools import find_packages, setup
 
 # torch is listed without a build tag on purpose: install the CPU build first (`make install` does) so that
 # pip does not resolve a multi-GB CUDA wheel on machines without a GPU.
+# Honest ranges for people who install hf_t2i into their own environment: `make test-lowest` tests the lower bounds,
+# `make test-latest` the newest releases; `make install` uses the tested pins of constraints.txt.
+# transformers >= 5.24: the KV cache is `cache` (5.24 renamed `past_key_values` in forward kwargs and outputs);
+# tokenizers, safetensors and huggingface_hub bounds are the ones transformers 5.24 itself needs.
 INSTALL_REQUIRES = [
     "torch>=2.4",
-    "transformers>=5.20,<6",
+    "transformers>=5.24,<6",
     "diffusers>=0.40",
     "accelerate>=1.10",
     "datasets>=4.0",
-    "tokenizers>=0.21",
-    "safetensors>=0.4",
-    "huggingface_hub>=1.0",
+    "tokenizers>=0.23.1",
+    "safetensors>=0.8",
+    "huggingface_hub>=1.31",
     "numpy>=1.26",
     "pillow>=10.0",
     "tqdm>=4.66",

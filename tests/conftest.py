@@ -15,6 +15,11 @@ from hf_t2i import (
     train_bpe_tokenizer,
 )
 
+from .deprecation_guard import DeprecationGuard, package_dir
+
+
+package_dir()  # before any test patches the import machinery
+
 
 # Tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -68,3 +73,27 @@ def dalle_pipeline(dalle_model, dalle_processor):
     pipe = DallePipeline(model=dalle_model, processor=dalle_processor)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _fail_on_upstream_deprecations())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _fail_on_upstream_deprecations())
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    return (yield from _fail_on_upstream_deprecations())
+
+
+def _fail_on_upstream_deprecations():
+    """Run one test phase under a `DeprecationGuard`; fail the phase if hf_t2i triggered an upstream deprecation."""
+    with DeprecationGuard() as guard:
+        result = yield
+    if guard.found:
+        pytest.fail(guard.report(), pytrace=False)
+    return result

