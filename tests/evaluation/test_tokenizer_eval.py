@@ -56,3 +56,26 @@ def test_shapes_report_has_the_ceiling_of_a_perfect_and_a_random_tokenizer(tmp_p
     assert random["num_images"] == 12 and random["mse"] > perfect["mse"]
     assert random["compositional_ceiling"]["overall"] < 0.5
     assert random["psnr"] == pytest.approx(10 * math.log10(1 / random["mse"]))
+
+
+def test_a_continuous_autoencoder_kl_folder_is_evaluated_through_its_latent_mode(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from hf_t2i.models.fluid.configuration_fluid import small_vae_config
+
+    torch.manual_seed(0)
+    tiny = {"block_out_channels": [16, 16], "norm_num_groups": 8}
+    tiny.update(down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2)
+    vae = AutoencoderKL(**{**small_vae_config(32), **tiny})
+    vae.save_pretrained(tmp_path)
+    report = evaluate_image_tokenizer(str(tmp_path), "shapes", num_images=6)
+    assert report["num_images"] == 6 and "codebook_usage" not in report
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    metrics, reconstructions = reconstruction_metrics(vae.eval(), pixels)
+    with torch.no_grad():
+        expected = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
+    assert torch.allclose(reconstructions, expected)
+    assert metrics["mse"] == pytest.approx((((expected - pixels) / 2) ** 2).mean().item(), rel=1e-5)
+    assert report["compositional_ceiling"]["overall"] < 0.5  # an untrained VAE draws nothing recognisable
+    with pytest.raises(ValueError, match="config.json"):
+        evaluate_image_tokenizer(str(tmp_path / "missing"), "shapes", num_images=2)

@@ -28,8 +28,9 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="evaluate an image tokenizer folder instead: held-out reconstruction error, codebook usage and (shapes) "
-        "the compositional accuracy of its reconstructions",
+        help="evaluate an image tokenizer folder instead (DalleDVAE, ViTVQGAN or a diffusers AutoencoderKL): held-out "
+        "reconstruction error, codebook usage (discrete ones) and (shapes) the compositional accuracy of its "
+        "reconstructions",
     )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}; its held-out split is used")
     p.add_argument(

@@ -1,6 +1,9 @@
-"""How good an image tokenizer (DalleDVAE, ViTVQGAN, any model with `encode -> ids` / `decode(ids) -> pixels`) is on
-held-out images: reconstruction error through hard codes, codebook usage, and, on `shapes`, the compositional
-accuracy of its reconstructions -- the ceiling that any prior over its codes can reach on that metric."""
+"""How good an image tokenizer is on held-out images: reconstruction error, and, on `shapes`, the compositional
+accuracy of its reconstructions -- the ceiling that any prior over its codes or latents can reach on that metric.
+
+Discrete tokenizers (DalleDVAE, ViTVQGAN, any model with `encode -> ids` / `decode(ids) -> pixels`) reconstruct
+through hard codes and also report codebook usage; a continuous diffusers `AutoencoderKL` (Fluid's and Transfusion's)
+reconstructs through the mode of its latent distribution, as their priors' latents are decoded."""
 
 from __future__ import annotations
 
@@ -15,39 +18,74 @@ def reconstruction_metrics(tokenizer, pixel_values, batch_size: int = 64) -> tup
     """Encode -> hard codes -> decode, as a prior's samples will be decoded.
 
     Args:
-        tokenizer: a model with `encode(pixels) -> ids`, `decode(ids) -> pixels` and `config.vocab_size`.
+        tokenizer: a model with `encode(pixels) -> ids`, `decode(ids) -> pixels` and `config.vocab_size`, or a
+            diffusers `AutoencoderKL`.
         pixel_values: (N, 3, H, W) in [-1, 1], or an iterable of such batches.
 
     Returns:
         (`{"mse", "psnr", "perplexity", "codebook_usage"}`, the (N, 3, H, W) reconstructions in [-1, 1]). `mse` is over
-        pixels in [0, 1]; `perplexity` is exp(entropy of code usage); `codebook_usage` the fraction of codes used.
+        pixels in [0, 1]; `perplexity` is exp(entropy of code usage); `codebook_usage` the fraction of codes used (both
+        only for discrete tokenizers: an `AutoencoderKL` has no codebook).
     """
     if isinstance(pixel_values, torch.Tensor):
         pixel_values = pixel_values.split(batch_size)
     device = next(tokenizer.parameters()).device
     dtype = next(tokenizer.parameters()).dtype
+    continuous = is_continuous_tokenizer(tokenizer)
     squared, pixels_seen = 0.0, 0
-    counts = torch.zeros(tokenizer.config.vocab_size, dtype=torch.float64)
+    counts = None if continuous else torch.zeros(tokenizer.config.vocab_size, dtype=torch.float64)
     reconstructions = []
     for pixels in pixel_values:
         pixels = pixels.to(device=device, dtype=dtype)
-        ids = tokenizer.encode(pixels)
-        reconstruction = tokenizer.decode(ids).float().clamp(-1, 1)
+        if continuous:
+            latents = tokenizer.encode(pixels).latent_dist.mode()  # (B, C_latent, h, w)
+            reconstruction = tokenizer.decode(latents).sample
+        else:
+            ids = tokenizer.encode(pixels)
+            reconstruction = tokenizer.decode(ids)
+            counts += torch.bincount(ids.flatten().cpu(), minlength=tokenizer.config.vocab_size).double()
+        reconstruction = reconstruction.float().clamp(-1, 1)
         squared += (((reconstruction - pixels.float()) / 2) ** 2).sum().item()
         pixels_seen += pixels.numel()
-        counts += torch.bincount(ids.flatten().cpu(), minlength=tokenizer.config.vocab_size).double()
         reconstructions.append(reconstruction.cpu())
     if not pixels_seen:
         raise ValueError("`pixel_values` is empty: pass at least one image.")
     mse = squared / pixels_seen
-    probs = counts[counts > 0] / counts.sum()
-    metrics = {
-        "mse": mse,
-        "psnr": 10 * math.log10(1.0 / max(mse, 1e-12)),
-        "perplexity": math.exp(-(probs * probs.log()).sum().item()),
-        "codebook_usage": (counts > 0).double().mean().item(),
-    }
+    metrics = {"mse": mse, "psnr": 10 * math.log10(1.0 / max(mse, 1e-12))}
+    if counts is not None:
+        probs = counts[counts > 0] / counts.sum()
+        metrics["perplexity"] = math.exp(-(probs * probs.log()).sum().item())
+        metrics["codebook_usage"] = (counts > 0).double().mean().item()
     return metrics, torch.cat(reconstructions)
+
+
+def is_continuous_tokenizer(tokenizer) -> bool:
+    """A diffusers `AutoencoderKL`-like model: `encode` returns a latent distribution, not ids."""
+    from diffusers import AutoencoderKL
+
+    return isinstance(tokenizer, AutoencoderKL)
+
+
+def load_image_tokenizer(path: str):
+    """An image tokenizer saved in `path`: a diffusers `AutoencoderKL` folder (its config names `_class_name`), or a
+    transformers one (`DalleDVAE`, `ViTVQGAN`, through `AutoModel`)."""
+    import json
+    import os
+
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(f"`tokenizer` {path!r} has no config.json: pass the folder of a saved image tokenizer.")
+    with open(config_file, encoding="utf-8") as f:
+        class_name = json.load(f).get("_class_name")
+    if class_name == "AutoencoderKL":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_pretrained(path).eval()
+    from transformers import AutoModel
+
+    import hf_t2i  # noqa: F401  (registers the tokenizer classes with AutoModel)
+
+    return AutoModel.from_pretrained(path).eval()
 
 
 def evaluate_image_tokenizer(
@@ -65,12 +103,8 @@ def evaluate_image_tokenizer(
     from .runner import load_eval_split
 
     if isinstance(tokenizer, str):
-        from transformers import AutoModel
-
-        import hf_t2i  # noqa: F401  (registers the tokenizer classes with AutoModel)
-
-        tokenizer = AutoModel.from_pretrained(tokenizer).eval()
-    image_size = tokenizer.config.image_size
+        tokenizer = load_image_tokenizer(tokenizer)
+    image_size = tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
     split = load_eval_split(dataset_name, num_images, image_size, data_dir=data_dir, data_seed=data_seed)
     pixels = T2IImageProcessor(image_size=image_size)(list(split["image"]), return_tensors="pt")["pixel_values"]
     metrics, reconstructions = reconstruction_metrics(tokenizer, pixels)
