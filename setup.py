@@ -7,7 +7,8 @@ from setuptools import find_packages, setup
 # Honest ranges for people who install hf_t2i into their own environment: `make test-lowest` tests the lower bounds,
 # `make test-latest` the newest releases; `make install` uses the tested pins of constraints.txt.
 # transformers >= 5.24: the KV cache is `cache` (5.24 renamed `past_key_values` in forward kwargs and outputs);
-# tokenizers, safetensors and huggingface_hub bounds are the ones transformers 5.24 itself needs.
+# tokenizers, safetensors and huggingface_hub bounds are the ones transformers 5.24 itself needs; numpy >= 2.0 because
+# the pyarrow that datasets pulls in today refuses older numpy (pyarrow does not declare it).
 INSTALL_REQUIRES = [
     "torch>=2.4",
     "transformers>=5.24,<6",
@@ -17,7 +18,7 @@ INSTALL_REQUIRES = [
     "tokenizers>=0.23.1",
     "safetensors>=0.8",
     "huggingface_hub>=1.31",
-    "numpy>=1.26",
+    "numpy>=2.0",
     "pillow>=10.0",
     "tqdm>=4.66.3",
 ]
