@@ -8,9 +8,10 @@ from setuptools import find_packages, setup
 # `make test-latest` the newest releases; `make install` uses the tested pins of constraints.txt.
 # transformers >= 5.24: the KV cache is `cache` (5.24 renamed `past_key_values` in forward kwargs and outputs);
 # tokenizers, safetensors and huggingface_hub bounds are the ones transformers 5.24 itself needs; numpy >= 2.0 because
-# the pyarrow that datasets pulls in today refuses older numpy (pyarrow does not declare it).
+# the pyarrow that datasets pulls in today refuses older numpy (pyarrow does not declare it); torch >= 2.6 is what
+# transformers and diffusers require (test-lowest keeps torch at TORCH_VERSION: older builds are multi-GB downloads).
 INSTALL_REQUIRES = [
-    "torch>=2.4",
+    "torch>=2.6",
     "transformers>=5.24,<6",
     "diffusers>=0.40",
     "accelerate>=1.10",
