@@ -26,9 +26,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "train": ["tensorboard>=2.15"],
-    "eval": ["torchmetrics>=1.4", "scipy>=1.11"],
+    "eval": ["torchmetrics>=1.4", "scipy>=1.13"],
     "convert": [],
-    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.15", "torchmetrics>=1.4", "scipy>=1.11"],
+    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.15", "torchmetrics>=1.4", "scipy>=1.13"],
 }
 
 setup(
