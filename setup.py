@@ -9,7 +9,8 @@ from setuptools import find_packages, setup
 # transformers >= 5.24: the KV cache is `cache` (5.24 renamed `past_key_values` in forward kwargs and outputs);
 # tokenizers, safetensors and huggingface_hub bounds are the ones transformers 5.24 itself needs; numpy >= 2.0 because
 # the pyarrow that datasets pulls in today refuses older numpy (pyarrow does not declare it); torch >= 2.6 is what
-# transformers and diffusers require (test-lowest keeps torch at TORCH_VERSION: older builds are multi-GB downloads).
+# transformers and diffusers require (test-lowest keeps torch at TORCH_VERSION: older builds are multi-GB downloads);
+# scipy >= 1.13 and tensorboard >= 2.18 are the first releases that work beside numpy 2.
 INSTALL_REQUIRES = [
     "torch>=2.6",
     "transformers>=5.24,<6",
@@ -25,10 +26,10 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "train": ["tensorboard>=2.15"],
+    "train": ["tensorboard>=2.18"],
     "eval": ["torchmetrics>=1.4", "scipy>=1.13"],
     "convert": [],
-    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.15", "torchmetrics>=1.4", "scipy>=1.13"],
+    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.18", "torchmetrics>=1.4", "scipy>=1.13"],
 }
 
 setup(
