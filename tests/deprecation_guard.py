@@ -80,8 +80,8 @@ class DeprecationGuard:
 
     _active: list[DeprecationGuard] = []  # nested guards: the innermost one owns what is triggered inside it
 
-    def __init__(self, root: str | None = None):
-        self.root = root or package_dir()
+    def __init__(self):
+        self.root = package_dir()
         self.found: list[Deprecation] = []
         self._handler = _LogHandler(self)
 

@@ -139,6 +139,18 @@ def test_fluid_recipe_requires_its_image_tokenizer():
         FluidRecipe(FluidRecipeConfig(vae_path="x", generation_order="zigzag"))
 
 
+def test_fluid_recipe_refuses_a_tokenizer_of_the_other_kind(vae_dir, dvae_dir, tmp_path):
+    """A VQ folder given as the VAE (or the reverse) is named, not loaded into the wrong model."""
+    continuous = FluidRecipe(FluidRecipeConfig(**DATA, **SIZES, vae_path=str(dvae_dir), cache_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="AutoencoderKL"):
+        continuous.load_image_tokenizer()
+    discrete = FluidRecipeConfig(
+        **DATA, **SIZES, token_type="discrete", vq_path=str(vae_dir[0]), cache_dir=str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="ViTVQGAN"):
+        FluidRecipe(discrete).load_image_tokenizer()
+
+
 def test_study_trains_the_four_cells_and_reports_them_side_by_side(tmp_path, capsys):
     from hf_t2i.cli import main
 

@@ -66,6 +66,11 @@ def is_continuous_tokenizer(tokenizer) -> bool:
     return isinstance(tokenizer, AutoencoderKL)
 
 
+def image_tokenizer_size(tokenizer) -> int:
+    """The square image side the tokenizer was built for (diffusers calls it `sample_size`)."""
+    return tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
+
+
 def load_image_tokenizer(path: str):
     """An image tokenizer saved in `path`: a diffusers `AutoencoderKL` folder (its config names `_class_name`), or a
     transformers one (`DalleDVAE`, `ViTVQGAN`, through `AutoModel`)."""
@@ -104,7 +109,7 @@ def evaluate_image_tokenizer(
 
     if isinstance(tokenizer, str):
         tokenizer = load_image_tokenizer(tokenizer)
-    image_size = tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
+    image_size = image_tokenizer_size(tokenizer)
     split = load_eval_split(dataset_name, num_images, image_size, data_dir=data_dir, data_seed=data_seed)
     pixels = T2IImageProcessor(image_size=image_size)(list(split["image"]), return_tensors="pt")["pixel_values"]
     metrics, reconstructions = reconstruction_metrics(tokenizer, pixels)

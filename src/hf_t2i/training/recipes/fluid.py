@@ -90,19 +90,17 @@ class FluidRecipe(TokenPriorRecipe):
         return self.config.token_type == "continuous"
 
     def load_image_tokenizer(self):
+        from ...evaluation.tokenizer import image_tokenizer_size, is_continuous_tokenizer, load_image_tokenizer
+
         path = self.image_tokenizer_path
-        if self.continuous:
-            from diffusers import AutoencoderKL
-
-            tokenizer = AutoencoderKL.from_pretrained(path)
-            size = tokenizer.config.sample_size
-        else:
-            from transformers import AutoModel
-
-            from ... import auto  # noqa: F401  (registers the VQ tokenizers with AutoModel)
-
-            tokenizer = AutoModel.from_pretrained(path)
-            size = tokenizer.config.image_size
+        tokenizer = load_image_tokenizer(path)
+        if is_continuous_tokenizer(tokenizer) != self.continuous:
+            expected = "an AutoencoderKL (--vae-path)" if self.continuous else "a DalleDVAE / ViTVQGAN (--vq-path)"
+            raise ValueError(
+                f"`token_type={self.config.token_type!r}` needs {expected}, but {path!r} holds a "
+                f"{type(tokenizer).__name__}."
+            )
+        size = image_tokenizer_size(tokenizer)
         if size != self.config.image_size:
             raise ValueError(f"`image_size` ({self.config.image_size}) differs from the image tokenizer's ({size}).")
         return tokenizer
