@@ -462,9 +462,9 @@ def check_prior_parity(
     ours_logits = out.logits[..., :IMAGE_CODES]
     ref_logits = ref_logits[..., :IMAGE_CODES]
     ref_guided = ref_logits[0] * (1 - guidance) + ref_logits[1] * guidance  # min-dalle's formula
-    from hf_t2i.generation import apply_guidance
+    from hf_t2i.generation import ClassifierFreeGuidance
 
-    ours_guided = apply_guidance(ours_logits.flip(0), guidance)[0]  # ours: conditional rows first
+    ours_guided = ClassifierFreeGuidance(guidance).combine(ours_logits.flip(0))[0]  # ours: conditional rows first
     deltas = {
         "prior text encoder states": max_abs_diff(ours_states, ref_states),
         "prior decoder logits": max_abs_diff(ours_logits, ref_logits),

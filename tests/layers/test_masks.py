@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hf_t2i.layers import causal_with_bidirectional_blocks, prefix_lm_mask, slice_mask, sparse_image_mask
+from hf_t2i.layers import slice_mask, sparse_image_mask
 
 
 def test_sparse_masks_text_part_is_causal_and_fully_visible_to_image():
@@ -33,15 +33,6 @@ def test_bad_mask_arguments():
         sparse_image_mask("diagonal", 2, 2, 2)
     with pytest.raises(ValueError, match="conv_kernel_size"):
         sparse_image_mask("conv", 2, 2, 2, conv_kernel_size=4)
-    with pytest.raises(ValueError, match="does not fit"):
-        causal_with_bidirectional_blocks(5, [(3, 7)])
-
-
-def test_prefix_and_block_masks():
-    mask = prefix_lm_mask(2, 4)
-    assert mask[0, 1] and not mask[1, 2] and mask[3, 2]
-    mask = causal_with_bidirectional_blocks(6, [(2, 5)])
-    assert mask[2, 4] and mask[4, 2] and not mask[4, 5] and not mask[1, 2]
 
 
 def test_slice_mask_pads_a_longer_cache():

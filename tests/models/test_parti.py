@@ -103,7 +103,7 @@ def test_generate_greedy_equals_package_loop(parti):
 
 
 def test_guidance_scale_one_equals_unguided_logits(parti):
-    from hf_t2i.generation import apply_guidance
+    from hf_t2i.generation import ClassifierFreeGuidance
 
     text, mask, image = batch(size=1)
     negative, negative_mask = torch.zeros_like(text), torch.zeros_like(mask)
@@ -114,8 +114,8 @@ def test_guidance_scale_one_equals_unguided_logits(parti):
         attention_mask=torch.cat([mask, negative_mask]),
         labels=image.repeat(2, 1),
     ).logits  # the conditional and unconditional rows as one batch, as sampling runs them
-    assert torch.allclose(apply_guidance(doubled, 1.0), unguided, atol=1e-5)
-    assert not torch.allclose(apply_guidance(doubled, 3.0), unguided, atol=1e-3)
+    assert torch.allclose(ClassifierFreeGuidance(1.0).combine(doubled), unguided, atol=1e-5)
+    assert not torch.allclose(ClassifierFreeGuidance(3.0).combine(doubled), unguided, atol=1e-3)
     # and the loop at scale 1.0 draws exactly the unguided tokens
     guided = parti.sample_image_tokens(
         text,

@@ -40,9 +40,7 @@ def test_greedy_pipeline_matches_model_generate(dalle_pipeline):
 
 def test_callback_sees_every_token(dalle_pipeline):
     steps = []
-    dalle_pipeline(
-        "a red circle", callback_on_step_end=lambda pipe, i, t, kw: steps.append(kw["image_token_ids"].shape[1])
-    )
+    dalle_pipeline("a red circle", callback_on_step_end=lambda pipe, i, t, kw: steps.append(kw["latents"].shape[1]))
     assert steps == list(range(1, dalle_pipeline.model.config.num_image_tokens + 1))
 
 
@@ -154,7 +152,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 
 def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_path):
-    from hf_t2i.checkpoints import export_checkpoint
+    from hf_t2i.export import export_checkpoint
 
     dalle_pipeline.save_pretrained(tmp_path / "full")
     card = tmp_path / "card.md"

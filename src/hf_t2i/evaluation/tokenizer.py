@@ -12,6 +12,8 @@ import math
 import numpy as np
 import torch
 
+from ..models.image_tokenizers import image_tokenizer_size, is_continuous_tokenizer, load_image_tokenizer
+
 
 @torch.no_grad()
 def reconstruction_metrics(tokenizer, pixel_values, batch_size: int = 64) -> tuple[dict[str, float], torch.Tensor]:
@@ -59,40 +61,6 @@ def reconstruction_metrics(tokenizer, pixel_values, batch_size: int = 64) -> tup
     return metrics, torch.cat(reconstructions)
 
 
-def is_continuous_tokenizer(tokenizer) -> bool:
-    """A diffusers `AutoencoderKL`-like model: `encode` returns a latent distribution, not ids."""
-    from diffusers import AutoencoderKL
-
-    return isinstance(tokenizer, AutoencoderKL)
-
-
-def image_tokenizer_size(tokenizer) -> int:
-    """The square image side the tokenizer was built for (diffusers calls it `sample_size`)."""
-    return tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
-
-
-def load_image_tokenizer(path: str):
-    """An image tokenizer saved in `path`: a diffusers `AutoencoderKL` folder (its config names `_class_name`), or a
-    transformers one (`DalleDVAE`, `ViTVQGAN`, through `AutoModel`)."""
-    import json
-    import os
-
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
-        raise ValueError(f"`tokenizer` {path!r} has no config.json: pass the folder of a saved image tokenizer.")
-    with open(config_file, encoding="utf-8") as f:
-        class_name = json.load(f).get("_class_name")
-    if class_name == "AutoencoderKL":
-        from diffusers import AutoencoderKL
-
-        return AutoencoderKL.from_pretrained(path).eval()
-    from transformers import AutoModel
-
-    import hf_t2i  # noqa: F401  (registers the tokenizer classes with AutoModel)
-
-    return AutoModel.from_pretrained(path).eval()
-
-
 def evaluate_image_tokenizer(
     tokenizer, dataset_name: str = "shapes", num_images: int = 256, data_dir: str | None = None, data_seed: int = 0
 ) -> dict:
@@ -101,7 +69,7 @@ def evaluate_image_tokenizer(
     the compositional accuracy of the reconstructions scored against the captions' specs.
 
     Args:
-        tokenizer: an image tokenizer model, or a folder to load one from (its `config.json` names the class).
+        tokenizer: an image tokenizer model, or the folder of a trained one (see `load_image_tokenizer`).
     """
     from ..image_processing import T2IImageProcessor
     from .compositional import compositional_accuracy

@@ -1,23 +1,26 @@
-"""Sampling: processors, the KV-cached autoregressive loop, token draws through a `torch.Generator`."""
+"""Decoding strategies, written once for every family.
 
-from .autoregressive import autoregressive_sample
-from .logits_process import (
-    GUIDANCE_SCHEDULES,
-    apply_guidance,
-    build_logits_processor,
-    guidance_scale_at,
-    validate_sampling_args,
-)
+- [`SamplingConfig`]: how tokens are drawn and how guidance is applied, validated once;
+- [`ClassifierFreeGuidance`]: batch doubling, the scale schedule, the combine of the two branches;
+- [`AutoregressiveDecoder`]: raster decoding with a KV cache, one token per step;
+- token draws through an explicit `torch.Generator` (`sample_tokens`, `rand_like_on`).
+
+Models expose the per-step computation; pipelines run the loops with the progress bar and the callbacks.
+"""
+
+from .autoregressive import AutoregressiveDecoder, decode_autoregressive
+from .config import SamplingConfig, TokenSampler
+from .guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
 from .sampling import rand_like_on, sample_tokens
 
 
 __all__ = [
     "GUIDANCE_SCHEDULES",
-    "apply_guidance",
-    "autoregressive_sample",
-    "build_logits_processor",
-    "guidance_scale_at",
+    "AutoregressiveDecoder",
+    "ClassifierFreeGuidance",
+    "SamplingConfig",
+    "TokenSampler",
+    "decode_autoregressive",
     "rand_like_on",
     "sample_tokens",
-    "validate_sampling_args",
 ]

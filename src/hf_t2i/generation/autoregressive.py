@@ -1,9 +1,13 @@
-"""The one KV-cached autoregressive sampling loop shared by the AR models (DALL-E, Parti, raster Fluid).
+"""Raster-order decoding with a KV cache (DALL-E, Parti, raster Fluid): one image token per step.
 
-The model-specific part is a `step` function that owns the cache: called with `None` it runs the prefix (prefill)
-and returns the logits for the first new token; called with the last drawn tokens it runs one position.
-Classifier-free guidance runs as ONE doubled batch: `step` returns `2B` rows (conditional first), the loop combines
-them and feeds the same drawn token to both halves.
+The loop is split the way diffusers splits a pipeline from its scheduler:
+- the model computes one step: `model.image_generation_step(state, previous)` runs the prefix (prefill) when
+  `previous` is None, else the last drawn tokens, and returns the logits of the next image token;
+- [`AutoregressiveDecoder`] turns those logits into the next token (guidance, warpers, the draw) and keeps the tokens;
+- the pipeline runs the loop, with the progress bar and the step callbacks.
+
+Under classifier-free guidance the model sees ONE doubled batch (conditional rows first); the decoder combines the two
+halves and feeds the same drawn token to both.
 """
 
 from __future__ import annotations
@@ -11,63 +15,65 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from transformers.generation.logits_process import LogitsProcessorList
 
-from .logits_process import apply_guidance, guidance_scale_at
-from .sampling import sample_tokens
+from .config import SamplingConfig, TokenSampler
 
 
-StepFn = Callable[[torch.Tensor | None], torch.Tensor]
+class AutoregressiveDecoder:
+    """The sampling side of raster decoding: logits of token `i` in, token `i` out.
+
+    Args:
+        batch_size: B, the rows of the result (the model sees 2B under guidance).
+        num_tokens: N, tokens to draw per row.
+        sampling: warpers, greedy or sampled, guidance scale and schedule (linear: progress `i / (N - 1)`).
+        generator: the only source of randomness.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        num_tokens: int,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+    ):
+        self.batch_size = batch_size
+        self.num_tokens = num_tokens
+        self.sampling = sampling or SamplingConfig()
+        self.guidance = self.sampling.guidance
+        self.sample = TokenSampler(self.sampling, generator)
+        self.tokens: torch.Tensor | None = None  # (B, N) once the first logits arrive
+
+    @property
+    def num_steps(self) -> int:
+        return self.num_tokens
+
+    def progress(self, i: int) -> float:
+        return i / (self.num_tokens - 1) if self.num_tokens > 1 else 1.0
+
+    def step(self, i: int, logits: torch.Tensor) -> torch.Tensor:
+        """Draw token `i` from `logits` (B', V) and return the (B', 1) ids the model reads at the next step."""
+        if self.guidance.enabled:
+            logits = self.guidance.combine(logits, self.guidance.scale_at(self.progress(i)))  # (B, V)
+        if self.tokens is None:
+            self.tokens = torch.zeros(self.batch_size, self.num_tokens, dtype=torch.long, device=logits.device)
+        next_tokens = self.sample(logits, self.tokens[:, :i])  # (B,)
+        self.tokens[:, i] = next_tokens
+        return self.guidance.double(next_tokens[:, None])  # (B', 1)
 
 
 @torch.no_grad()
-def autoregressive_sample(
-    step: StepFn,
-    batch_size: int,
-    num_tokens: int,
-    *,
-    logits_processor: LogitsProcessorList | None = None,
-    guidance_scale: float = 1.0,
-    guidance_schedule: str = "constant",
-    do_sample: bool = True,
-    generator: torch.Generator | None = None,
-    callback: Callable[[int, torch.Tensor], None] | None = None,
-    progress_bar=None,
+def decode_autoregressive(
+    step: Callable[[torch.Tensor | None], torch.Tensor], decoder: AutoregressiveDecoder
 ) -> torch.Tensor:
-    """Draw `num_tokens` tokens per row.
-
-    Args:
-        step: `step(None) -> logits` for the prefix, then `step(tokens) -> logits` with `tokens` (B', 1);
-            logits are (B', V) with B' = 2B under guidance, else B.
-        batch_size: B.
-        num_tokens: tokens to draw.
-        logits_processor: transformers warpers applied after guidance (see `build_logits_processor`).
-        guidance_scale: classifier-free guidance scale; `1.0` disables guidance (and the doubled batch).
-        guidance_schedule: "constant" or "linear" (from 1 up to `guidance_scale`).
-        do_sample: draw from the distribution; `False` takes the argmax.
-        generator: the only source of randomness.
-        callback: `callback(i, tokens_so_far)` after each token.
-        progress_bar: an object with `update()` (e.g. tqdm), advanced once per token.
+    """The loop without a pipeline around it (models' `sample_image_tokens`, benchmarks): `step(previous) -> logits`.
 
     Returns:
-        (B, num_tokens) int64 token ids in the logits' vocabulary.
+        (B, N) int64 ids in the logits' vocabulary.
     """
-    guided = guidance_scale != 1.0
-    tokens = None
     previous = None
-    for i in range(num_tokens):
-        logits = step(previous)
-        if guided:
-            logits = apply_guidance(logits, guidance_scale_at(guidance_scale, i, num_tokens, guidance_schedule))
-        if tokens is None:
-            tokens = torch.zeros(batch_size, num_tokens, dtype=torch.long, device=logits.device)
-        if logits_processor:
-            logits = logits_processor(tokens[:, :i], logits)
-        next_tokens = sample_tokens(logits, generator, do_sample)  # (B,)
-        tokens[:, i] = next_tokens
-        previous = (torch.cat([next_tokens, next_tokens]) if guided else next_tokens)[:, None]  # (B', 1)
-        if callback is not None:
-            callback(i, tokens[:, : i + 1])
-        if progress_bar is not None:
-            progress_bar.update()
-    return tokens
+    for i in range(decoder.num_steps):
+        previous = decoder.step(i, step(previous))
+    return decoder.tokens
+
+
+__all__ = ["AutoregressiveDecoder", "decode_autoregressive"]

@@ -5,8 +5,6 @@ from .masks import (
     SPARSE_IMAGE_ATTENTION_TYPES,
     additive_mask,
     causal_mask,
-    causal_with_bidirectional_blocks,
-    prefix_lm_mask,
     slice_mask,
     sparse_image_mask,
 )
@@ -31,8 +29,6 @@ __all__ = [
     "patchify",
     "unpatchify",
     "causal_mask",
-    "causal_with_bidirectional_blocks",
-    "prefix_lm_mask",
     "sinusoidal_embedding",
     "slice_mask",
     "sparse_image_mask",

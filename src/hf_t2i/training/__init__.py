@@ -1,4 +1,8 @@
-"""The shared Accelerate training loop of hf_t2i and its per-model recipes (DESIGN decisions 7 and 8).
+"""The shared Accelerate training loop of hf_t2i and its per-model recipes.
+
+Every model trains in the same loop (one place for mixed precision, accumulation, EMA, checkpoints and exact resume;
+several processes come from `accelerate launch`), and in two stages: first the image tokenizer, then the prior on
+tokens that the frozen tokenizer computed once per image and cached on disk.
 
 A model is trained by writing a `Recipe` (what to build, which loss) and calling `train(recipe, TrainingConfig)`,
 or from the shell with `hf-t2i train <recipe-name>` once the recipe is registered with `@register_recipe`.

@@ -39,7 +39,8 @@ class TrainState:
 
 
 class GeneratorState:
-    """Checkpointable wrapper of a `torch.Generator` (the recipe's noise source, DESIGN decision 4)."""
+    """Checkpointable wrapper of a `torch.Generator`: the recipe's noise source. All training randomness is drawn from
+    explicit generators, so saving this state is what lets a resumed run draw the same noise as an uninterrupted one."""
 
     def __init__(self, generator: torch.Generator):
         self.generator = generator

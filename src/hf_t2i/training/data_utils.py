@@ -71,7 +71,8 @@ def cached_map(
 ):
     """`dataset.map(function)` computed once and stored under `cache_dir`; later calls load it from disk.
 
-    Stage-2 training (DESIGN decision 7) pre-encodes images to token ids / latents once. The cache file is
+    Stage-2 training pre-encodes images to token ids / latents once (the image tokenizer is frozen by then, so
+    encoding every image at every epoch would only repeat the same work). The cache file is
     `<cache_dir>/<name>-<dataset fingerprint>.arrow`: a different input dataset gets a new file, but a change of
     `function` does not, so put whatever defines it (tokenizer checkpoint, its hash, a version) into `name`.
     Under multiple processes the main process computes first and the others load its file.

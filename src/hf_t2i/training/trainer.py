@@ -1,4 +1,5 @@
-"""`train(recipe, config)`: the one Accelerate training loop of hf_t2i (DESIGN decision 8).
+"""`train(recipe, config)`: the one Accelerate training loop of hf_t2i, shared by every model so that precision,
+accumulation, EMA, checkpoints and resume are written (and tested) once.
 
 What the loop owns: AdamW + LR schedule, mixed precision, gradient accumulation and clipping, gradient
 checkpointing, EMA (diffusers `EMAModel`), tensorboard scalars, sample grids, atomic checkpoints with exact resume

@@ -6,7 +6,7 @@ from transformers import PreTrainedConfig
 
 from ...configuration_utils import check_heads
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
-from ..dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
+from ..image_tokenizers import DalleDVAEConfig
 
 
 def paper_attention_types(num_layers: int) -> list[str]:

@@ -27,7 +27,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ...generation import autoregressive_sample, build_logits_processor
+from ...generation import AutoregressiveDecoder, ClassifierFreeGuidance, SamplingConfig, decode_autoregressive
 from ...layers import (
     AxialPositionalEmbedding,
     additive_mask,
@@ -38,7 +38,7 @@ from ...layers import (
     transformer_blocks,
 )
 from ...modeling_utils import init_transformer_weights
-from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
+from ..image_tokenizers import DalleDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 
 
@@ -53,6 +53,19 @@ class DalleCausalLMOutput(CausalLMOutputWithPast):
 
     text_loss: torch.Tensor | None = None
     image_loss: torch.Tensor | None = None
+
+
+@dataclass
+class DalleGenerationState:
+    """What raster decoding keeps between steps.
+
+    Args:
+        prefix: (B', L) text ids; under guidance the conditional rows, then the unconditional ones.
+        cache: the preallocated KV cache of the whole context.
+    """
+
+    prefix: torch.Tensor
+    cache: StaticCache
 
 
 class DallePreTrainedModel(PreTrainedModel):
@@ -209,7 +222,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = DalleModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
-        self.vqmodel = DalleDVAE(config.vq_config)
+        self.vqmodel = build_image_tokenizer(config.vq_config)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -330,6 +343,55 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
             total = total + weight * term
         return total, terms[0], terms[1]
 
+    # -- image generation (the pipeline runs the loop: generation.AutoregressiveDecoder) --------------------------
+    def prepare_image_generation(
+        self,
+        input_ids: torch.LongTensor,
+        negative_input_ids: torch.LongTensor | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+    ) -> DalleGenerationState:
+        """Check the captions, build the (doubled, under guidance) prefix and preallocate the cache for the whole
+        context.
+
+        Args:
+            input_ids: (B, L) text ids (from the processor).
+            negative_input_ids: (B, L) or (1, L) text of the unconditional branch (the processor's encoding of '' or
+                of a negative prompt); required when guidance is on.
+            guidance: classifier-free guidance (default: off).
+        """
+        config = self.config
+        guidance = guidance or ClassifierFreeGuidance()
+        if input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
+            raise ValueError(
+                f"`input_ids` must be (batch, {config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
+                "Use the processor, which pads every caption to the text context."
+            )
+        prefix = input_ids
+        if guidance.enabled:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
+                    "plain classifier-free guidance)."
+                )
+            if negative_input_ids.ndim != 2 or negative_input_ids.shape[1] != config.text_seq_len:
+                raise ValueError(
+                    f"`negative_input_ids` must have {config.text_seq_len} positions, got {tuple(negative_input_ids.shape)}."
+                )
+            prefix = guidance.conditioned(input_ids, negative_input_ids)  # (2B, L)
+        cache = StaticCache(config=config, max_cache_len=config.max_position_embeddings)
+        return DalleGenerationState(prefix=prefix, cache=cache)
+
+    def image_generation_step(self, state: DalleGenerationState, previous: torch.Tensor | None) -> torch.Tensor:
+        """One step of raster decoding: the prefix when `previous` is None, else the last drawn image codes (B', 1).
+
+        Returns:
+            (B', image_vocab_size) logits of the next image code (only the image slice of the LM head is computed).
+        """
+        offset = self.config.text_vocab_size
+        ids = state.prefix if previous is None else previous + offset
+        hidden = self.model(ids, cache=state.cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
+        return F.linear(hidden, self.lm_head.weight[offset:], self.lm_head.bias[offset:])  # (B', image_vocab)
+
     @torch.no_grad()
     def sample_image_tokens(
         self,
@@ -343,71 +405,22 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         min_p: float | None = None,
         do_sample: bool = True,
         generator: torch.Generator | None = None,
-        callback=None,
-        progress_bar=None,
     ) -> torch.LongTensor:
-        """Draw the image tokens of each caption with the package's KV-cached loop.
-
-        The cache is preallocated for the whole context, guidance runs conditional and unconditional rows as one
-        doubled batch, and only the image slice of the LM head is computed at each step.
+        """Draw the image codes of each caption with the package's KV-cached loop, without a pipeline around it
+        ([`DallePipeline`] runs the same loop with a progress bar and callbacks).
 
         Args:
-            input_ids: (B, L) text ids (from the processor).
-            negative_input_ids: (B, L) or (1, L) text of the unconditional branch (the processor's encoding of '' or
-                of a negative prompt); required when `guidance_scale != 1`.
-            guidance_scale: classifier-free guidance scale (1.0 = off).
-            guidance_schedule: "constant" or "linear".
-            temperature, top_k, top_p, min_p: sampling filters (transformers semantics).
-            do_sample: sample (True) or take the argmax.
+            input_ids, negative_input_ids: as in `prepare_image_generation`.
+            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`].
             generator: the source of randomness.
-            callback: `callback(i, tokens_so_far)` after each token.
-            progress_bar: advanced once per token.
 
         Returns:
             (B, N) image codes in `[0, image_vocab_size)`.
         """
-        config = self.config
-        if input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
-            raise ValueError(
-                f"`input_ids` must be (batch, {config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
-                "Use the processor, which pads every caption to the text context."
-            )
-        batch = input_ids.shape[0]
-        guided = guidance_scale != 1.0
-        prefix = input_ids
-        if guided:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_input_ids.ndim != 2 or negative_input_ids.shape[1] != config.text_seq_len:
-                raise ValueError(
-                    f"`negative_input_ids` must have {config.text_seq_len} positions, got {tuple(negative_input_ids.shape)}."
-                )
-            prefix = torch.cat([input_ids, negative_input_ids.expand(batch, -1).to(input_ids.device)])  # (2B, L)
-        processors = build_logits_processor(temperature, top_k, top_p, min_p)
-        cache = StaticCache(config=config, max_cache_len=config.max_position_embeddings)
-        offset = config.text_vocab_size
-        weight, bias = self.lm_head.weight[offset:], self.lm_head.bias[offset:]
-
-        def step(tokens: torch.Tensor | None) -> torch.Tensor:
-            ids = prefix if tokens is None else tokens + offset
-            hidden = self.model(ids, cache=cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
-            return F.linear(hidden, weight, bias)  # (B', image_vocab)
-
-        return autoregressive_sample(
-            step,
-            batch,
-            config.num_image_tokens,
-            logits_processor=processors,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            do_sample=do_sample,
-            generator=generator,
-            callback=callback,
-            progress_bar=progress_bar,
-        )
+        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        state = self.prepare_image_generation(input_ids, negative_input_ids, sampling.guidance)
+        decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)
+        return decode_autoregressive(lambda previous: self.image_generation_step(state, previous), decoder)
 
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, attention_mask=attention_mask, **kwargs)
@@ -418,4 +431,10 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         return inputs
 
 
-__all__ = ["DalleCausalLMOutput", "DalleForConditionalGeneration", "DalleModel", "DallePreTrainedModel"]
+__all__ = [
+    "DalleCausalLMOutput",
+    "DalleForConditionalGeneration",
+    "DalleGenerationState",
+    "DalleModel",
+    "DallePreTrainedModel",
+]

@@ -10,8 +10,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
 from ...layers.diffusion_head import BETA_SCHEDULES, TIMESTEP_SPACINGS
-from ..dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
-from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
+from ..image_tokenizers import DalleDVAEConfig, ViTVQGANConfig
 
 
 TOKEN_TYPES = ("continuous", "discrete")

@@ -1,97 +1,128 @@
-"""Sampling of Fluid: random order (masked iterations on a cosine schedule, MAR / MUSE) and raster order (one token
-per step with the KV cache), text- or class-conditional, with the diffusion head (continuous tokens) or logits
-(discrete tokens). `FluidGenerationMixin` is mixed into [`FluidForConditionalGeneration`]."""
+"""Image generation of Fluid, as per-step computations that a decoding loop drives (`FluidGenerationMixin` is mixed
+into [`FluidForConditionalGeneration`]):
+
+- `check_sampling` validates the sampling arguments once;
+- `prepare_image_generation` encodes the captions (or class labels) once, both guidance branches as one doubled
+  batch, and, in raster order, preallocates the KV cache;
+- `image_generation_step` runs the backbone and draws the tokens at the positions the reveal rule chose: with the
+  diffusion head (continuous tokens, MAR's per-token DDPM) or from the logits (discrete tokens).
+
+The loop itself is `generation.MaskedDecoder` with `RandomOrder` (masked iterations on a cosine schedule, MAR / MUSE)
+or `RasterOrder` (one token per step with the KV cache); [`FluidPipeline`] runs it with the progress bar and callbacks.
+"""
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
+from transformers.modeling_outputs import BaseModelOutput
 
-from ...generation import (
-    apply_guidance,
-    autoregressive_sample,
-    build_logits_processor,
-    guidance_scale_at,
-    rand_like_on,
-    sample_tokens,
-    validate_sampling_args,
-)
+from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
+from ...generation.masked import MaskedDecoder, RandomOrder, RasterOrder, RevealRule
 from ...layers.diffusion_head import DiffusionHeadScheduler, ddpm_sample
 
 
-def cosine_mask_ratio(progress: torch.Tensor | float) -> torch.Tensor | float:
-    """Fraction of tokens still masked at `progress` in [0, 1]: `cos(pi / 2 * progress)` (MaskGIT / MUSE / Fluid)."""
-    if isinstance(progress, torch.Tensor):
-        return torch.cos(math.pi / 2 * progress)
-    return math.cos(math.pi / 2 * progress)
+@dataclass
+class FluidGenerationState:
+    """What one generation keeps between steps.
+
+    Args:
+        batch_size: B, images drawn.
+        guidance: classifier-free guidance; when on, every tensor below holds 2B rows, conditional first.
+        text, attention_mask: the encoded captions and their mask (text-conditional models).
+        class_embeds: (B', C) class embeddings, the learned null class for the unconditional rows (class-conditional).
+        cache: raster order's self-attention (preallocated) and cross-attention caches.
+        sampler: draws discrete tokens (warpers, greedy or sampled).
+        scheduler, num_diffusion_steps, temperature: the diffusion head's sampling (continuous tokens).
+        generator: the only source of randomness.
+    """
+
+    batch_size: int
+    guidance: ClassifierFreeGuidance
+    text: BaseModelOutput | None = None
+    attention_mask: torch.Tensor | None = None
+    class_embeds: torch.Tensor | None = None
+    cache: EncoderDecoderCache | None = None
+    sampler: TokenSampler | None = None
+    scheduler: DiffusionHeadScheduler | None = None
+    num_diffusion_steps: int = 100
+    temperature: float = 1.0
+    generator: torch.Generator | None = None
 
 
-def random_orders(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """(B, N) independent random permutations of `range(N)` drawn from `generator`."""
-    return rand_like_on((batch, length), generator, device).argsort(dim=1)
+@dataclass(frozen=True)
+class FluidSampling:
+    """Validated sampling settings of one Fluid generation (see `FluidGenerationMixin.check_sampling`)."""
 
-
-def masked_after(step: int, num_steps: int, length: int, revealed: int) -> int:
-    """Tokens kept masked after iteration `step` of `num_steps` when `revealed` of `length` are known before it (MAR's
-    `mask_len`): `floor(N * cos(pi/2 * (step+1) / K))`, at least 1 and at most all but one of the unknown tokens, so
-    every iteration reveals at least one. (The last iteration reveals the rest whatever this says.)"""
-    return max(1, min(length - revealed - 1, math.floor(length * cosine_mask_ratio((step + 1) / num_steps))))
-
-
-def random_order_guidance_scale(guidance_scale: float, schedule: str, still_masked: int, length: int) -> float:
-    """Random order: "constant", or "linear" in the tokens revealed after this iteration,
-    `1 + (s - 1) * (N - still_masked) / N` (MAR's `cfg_schedule="linear"`, following MUSE)."""
-    if schedule == "constant":
-        return guidance_scale
-    return 1.0 + (guidance_scale - 1.0) * (length - still_masked) / length
+    sampling: SamplingConfig
+    num_steps: int
+    num_diffusion_steps: int
+    temperature: float
 
 
 class FluidGenerationMixin:
-    """`sample_image_tokens` of [`FluidForConditionalGeneration`]."""
+    """Per-step generation methods of [`FluidForConditionalGeneration`]."""
 
-    def _draw(
+    def reveal_rule(self) -> RevealRule:
+        """Raster order for a causal Fluid, else a random order on the cosine schedule."""
+        return RasterOrder() if self.config.is_causal else RandomOrder()
+
+    def check_sampling(
         self,
-        hidden: torch.Tensor,
-        guided: bool,
-        scale: float,
-        generator,
-        scheduler,
-        diffusion_steps: int,
-        temperature: float,
-        processors,
-        do_sample: bool,
-    ) -> torch.Tensor:
-        """New tokens from backbone outputs hidden (B', M, C) -> (B, M, D) latents or (B, M) ids."""
-        batch = hidden.shape[0] // 2 if guided else hidden.shape[0]
-        if guided and scale == 1.0:  # e.g. the first iteration of the linear schedule: the conditional rows only
-            hidden, guided = hidden[:batch], False
-        count = hidden.shape[1]
-        if self.config.is_continuous:
-            condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
-            new = ddpm_sample(
-                lambda x, t: self.diffusion_head(x, t, condition),
-                (batch * count, self.config.token_dim),
-                scheduler,
-                diffusion_steps,
-                generator,
-                temperature,
-                scale,
-                device=hidden.device,
-                dtype=hidden.dtype,
-            )
-            return new.view(batch, count, -1)
-        logits = self.lm_head(hidden).float()  # (B', M, V)
-        if guided:
-            logits = apply_guidance(logits, scale)
-        flat = logits.reshape(batch * count, -1)
-        if processors:
-            flat = processors(None, flat)
-        return sample_tokens(flat, generator, do_sample).view(batch, count)
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        num_diffusion_steps: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+    ) -> FluidSampling:
+        """Validate the sampling arguments (see `sample_image_tokens`) with errors that name them."""
+        c = self.config
+        if c.is_continuous:
+            bad = isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
+            if bad or temperature == float("inf"):  # the head's temperature may be 0 (the mean path)
+                raise ValueError(
+                    f"`temperature` must be a finite number >= 0 for continuous Fluid, got {temperature!r}."
+                )
+            if any(v is not None for v in (top_k, top_p, min_p)):
+                raise ValueError(
+                    "`top_k` / `top_p` / `min_p` apply to discrete Fluid only; continuous Fluid uses `temperature`."
+                )
+            if not do_sample:
+                raise ValueError(
+                    "`do_sample=False` applies to discrete Fluid only; use `temperature=0` for the head's mean path."
+                )
+            sampling = SamplingConfig(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule)
+        else:
+            sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        n = c.num_image_tokens
+        if c.is_causal:
+            if num_inference_steps not in (None, n):
+                raise ValueError(
+                    f"Raster-order Fluid draws one token per step: `num_inference_steps` must be None or {n}, got "
+                    f"{num_inference_steps!r}."
+                )
+            steps = n
+        else:
+            steps = min(64, n) if num_inference_steps is None else num_inference_steps
+            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
+                raise ValueError(
+                    f"`num_inference_steps` must be an int in [1, {n}] (the image tokens), got {steps!r}."
+                )
+        diffusion_steps = c.num_diffusion_steps if num_diffusion_steps is None else num_diffusion_steps
+        if c.is_continuous and (
+            isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 1
+        ):
+            raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
+        return FluidSampling(sampling, steps, diffusion_steps, float(temperature))
 
     def _check_conditions(self, input_ids, negative_input_ids, class_labels, guided: bool) -> int:
-        """Validate the text / class inputs of `sample_image_tokens`; returns the batch size."""
+        """Validate the text / class inputs; returns the batch size."""
         c = self.config
         if c.is_class_conditional:
             if input_ids is not None or negative_input_ids is not None:
@@ -119,6 +150,158 @@ class FluidGenerationMixin:
         return input_ids.shape[0]
 
     @torch.no_grad()
+    def prepare_image_generation(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        class_labels: torch.LongTensor | None = None,
+        settings: FluidSampling | None = None,
+        scheduler: DiffusionHeadScheduler | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FluidGenerationState:
+        """Encode the condition once (both guidance branches as one doubled batch); raster order: preallocate the cache.
+
+        Args:
+            input_ids, attention_mask: (B, S) captions (from the processor).
+            negative_input_ids, negative_attention_mask: (B or 1, S) unconditional captions, required under guidance.
+            class_labels: (B,) class ids, class-conditional Fluid only; guidance's unconditional rows use the learned
+                null class.
+            settings: from `check_sampling` (default: its defaults).
+            scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
+            generator: the only source of randomness.
+        """
+        c = self.config
+        settings = settings or self.check_sampling()
+        guidance = settings.sampling.guidance
+        batch = self._check_conditions(input_ids, negative_input_ids, class_labels, guidance.enabled)
+        state = FluidGenerationState(
+            batch_size=batch,
+            guidance=guidance,
+            num_diffusion_steps=settings.num_diffusion_steps,
+            temperature=settings.temperature,
+            generator=generator,
+        )
+        if c.is_continuous:
+            state.scheduler = scheduler if scheduler is not None else self.scheduler
+        else:
+            state.sampler = TokenSampler(settings.sampling, generator)
+        if c.is_class_conditional:
+            conditions = self.model.embed_classes(class_labels)  # (B, C)
+            if guidance.enabled:
+                conditions = torch.cat([conditions, self.model.null_class_embedding.expand_as(conditions)])
+            state.class_embeds = conditions
+            return state
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if guidance.enabled:
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
+            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)
+        state.text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
+        state.attention_mask = attention_mask
+        if c.is_causal:
+            state.cache = EncoderDecoderCache(StaticCache(config=c, max_cache_len=c.num_image_tokens), DynamicCache())
+        return state
+
+    def start_image_tokens(self, state: FluidGenerationState, reveal: RevealRule | None = None, num_steps=None):
+        """A [`MaskedDecoder`] for this generation: the tokens (zeros until known) and the reveal rule's plan."""
+        c = self.config
+        device = (state.class_embeds if state.text is None else state.text.last_hidden_state).device
+        token_shape, dtype = ((c.token_dim,), self.dtype) if c.is_continuous else ((), torch.long)
+        return MaskedDecoder(
+            state.batch_size,
+            c.num_image_tokens,
+            num_steps or c.num_image_tokens,
+            reveal or self.reveal_rule(),
+            state.guidance,
+            state.generator,
+            token_shape,
+            dtype,
+            device,
+        )
+
+    def image_generation_step(
+        self,
+        state: FluidGenerationState,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        positions: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor:
+        """One iteration: the backbone reads the known tokens, the head draws new ones at `positions`.
+
+        Args:
+            state: from `prepare_image_generation`.
+            tokens: (B, N, D) continuous or (B, N) ids, unknown ones zero.
+            known: (B, N) bool.
+            positions: (B, M) positions to draw; raster order: the one position `i` of this step.
+            scale: the guidance scale of this step.
+
+        Returns:
+            (B, M, D) latent tokens or (B, M) ids.
+        """
+        guidance = state.guidance
+        if self.config.is_causal:
+            i = int(positions[0, 0])
+            if i == 0:
+                rows = state.text.last_hidden_state.shape[0]
+                embeds = self.model.special_embedding.to(self.dtype).expand(rows, 1, -1)  # (B', 1, C)
+            else:
+                embeds = self.model.embed_image_tokens(guidance.double(tokens[:, i - 1 : i]))  # (B', 1, C)
+            selected = self.model(
+                inputs_embeds=embeds,
+                attention_mask=state.attention_mask,
+                encoder_outputs=state.text,
+                cache=state.cache,
+                use_cache=True,
+            ).last_hidden_state[:, -1:]  # (B', 1, C)
+        else:
+            hidden = self._masked_backbone(state, tokens, ~known)  # (B', N, C)
+            index = guidance.double(positions)
+            selected = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
+        return self._draw(selected, guidance.enabled, scale, state)
+
+    def _masked_backbone(self, state: FluidGenerationState, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Bidirectional backbone over all N positions with `mask` (B, N) unknown -> (B', N, C)."""
+        guidance = state.guidance
+        if state.class_embeds is not None:
+            return self.model(
+                image_tokens=guidance.double(tokens), mask=guidance.double(mask), class_embeds=state.class_embeds
+            ).last_hidden_state
+        embeds = guidance.double(self.model.input_embeddings(tokens, mask))
+        return self.model(
+            inputs_embeds=embeds, attention_mask=state.attention_mask, encoder_outputs=state.text, use_cache=False
+        ).last_hidden_state
+
+    def _draw(self, hidden: torch.Tensor, guided: bool, scale: float, state: FluidGenerationState) -> torch.Tensor:
+        """New tokens from backbone outputs hidden (B', M, C) -> (B, M, D) latents or (B, M) ids."""
+        batch = hidden.shape[0] // 2 if guided else hidden.shape[0]
+        if guided and scale == 1.0:  # e.g. the first iteration of the linear schedule: the conditional rows only
+            hidden, guided = hidden[:batch], False
+        count = hidden.shape[1]
+        if self.config.is_continuous:
+            condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
+            new = ddpm_sample(
+                lambda x, t: self.diffusion_head(x, t, condition),
+                (batch * count, self.config.token_dim),
+                state.scheduler,
+                state.num_diffusion_steps,
+                state.generator,
+                state.temperature,
+                scale if guided else 1.0,
+                device=hidden.device,
+                dtype=hidden.dtype,
+            )
+            return new.view(batch, count, -1)
+        logits = self.lm_head(hidden).float()  # (B', M, V)
+        if guided:
+            logits = state.guidance.combine(logits, scale)
+        return state.sampler(logits.reshape(batch * count, -1)).view(batch, count)
+
+    @torch.no_grad()
     def sample_image_tokens(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -136,16 +319,14 @@ class FluidGenerationMixin:
         do_sample: bool = True,
         generator: torch.Generator | None = None,
         scheduler: DiffusionHeadScheduler | None = None,
-        callback=None,
-        progress_bar=None,
         class_labels: torch.LongTensor | None = None,
     ) -> torch.Tensor:
-        """Generate image tokens for the captions (or, class-conditional, the class labels).
+        """Generate image tokens for the captions (or, class-conditional, the class labels), without a pipeline
+        around the loop ([`FluidPipeline`] runs the same loop with a progress bar and callbacks).
 
         Args:
-            input_ids, attention_mask: (B, S) captions (from the processor).
-            negative_input_ids, negative_attention_mask: (B or 1, S) unconditional captions, required when
-                `guidance_scale != 1` (the processor's encoding of '' for plain classifier-free guidance).
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask, class_labels: as in
+                `prepare_image_generation`.
             num_inference_steps: random order: iterations (default 64 as the paper, or N when smaller; at most N);
                 raster order: must be None or N.
             guidance_scale, guidance_schedule: classifier-free guidance, "constant" or "linear". Random order: linear
@@ -157,192 +338,39 @@ class FluidGenerationMixin:
             top_k, top_p, min_p, do_sample: discrete only (transformers semantics).
             generator: the only source of randomness (orders, noise, draws).
             scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
-            callback: `callback(i, tokens)` after each iteration; `tokens` as returned, unknown ones zero.
-            class_labels: (B,) class ids, class-conditional Fluid only (instead of the captions); guidance's
-                unconditional rows use the learned null class.
 
         Returns:
             (B, N, D) latent tokens (continuous) or (B, N) ids (discrete), in raster order.
         """
-        c = self.config
-        bad_temperature = isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0
-        if c.is_continuous and bad_temperature:  # the head's temperature may be 0 (the mean path)
-            raise ValueError(f"`temperature` must be a number >= 0 for continuous Fluid, got {temperature!r}.")
-        validate_sampling_args(
-            1.0 if c.is_continuous else temperature, top_k, top_p, min_p, guidance_scale, guidance_schedule
+        settings = self.check_sampling(
+            num_inference_steps,
+            guidance_scale,
+            guidance_schedule,
+            temperature,
+            num_diffusion_steps,
+            top_k,
+            top_p,
+            min_p,
+            do_sample,
         )
-        if c.is_continuous and any(v is not None for v in (top_k, top_p, min_p)):
-            raise ValueError(
-                "`top_k` / `top_p` / `min_p` apply to discrete Fluid only; continuous Fluid uses `temperature`."
-            )
-        if c.is_continuous and not do_sample:
-            raise ValueError(
-                "`do_sample=False` applies to discrete Fluid only; use `temperature=0` for the head's mean path."
-            )
-        n = c.num_image_tokens
-        if c.is_causal:
-            if num_inference_steps not in (None, n):
-                raise ValueError(
-                    f"Raster-order Fluid draws one token per step: `num_inference_steps` must be None or {n}, got "
-                    f"{num_inference_steps!r}."
-                )
-            steps = n
-        else:
-            steps = min(64, n) if num_inference_steps is None else num_inference_steps
-            if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= n:
-                raise ValueError(
-                    f"`num_inference_steps` must be an int in [1, {n}] (the image tokens), got {steps!r}."
-                )
-        diffusion_steps = c.num_diffusion_steps if num_diffusion_steps is None else num_diffusion_steps
-        if c.is_continuous:
-            scheduler = scheduler if scheduler is not None else self.scheduler
-            if isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 1:
-                raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
-        guided = guidance_scale != 1.0
-        batch = self._check_conditions(input_ids, negative_input_ids, class_labels, guided)
-        processors = None if c.is_continuous else build_logits_processor(temperature, top_k, top_p, min_p)
-        draw_kwargs = dict(
-            generator=generator,
-            scheduler=scheduler,
-            diffusion_steps=diffusion_steps,
-            temperature=temperature,
-            processors=processors,
-            do_sample=do_sample,
+        state = self.prepare_image_generation(
+            input_ids,
+            attention_mask,
+            negative_input_ids,
+            negative_attention_mask,
+            class_labels,
+            settings,
+            scheduler,
+            generator,
         )
-        if c.is_class_conditional:
-            conditions = self.model.embed_classes(class_labels)  # (B, C)
-            if guided:
-                conditions = torch.cat([conditions, self.model.null_class_embedding.expand_as(conditions)])
-            device = class_labels.device
-
-            def backbone(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                if guided:
-                    tokens, mask = torch.cat([tokens, tokens]), torch.cat([mask, mask])
-                return self.model(image_tokens=tokens, mask=mask, class_embeds=conditions).last_hidden_state
-
-        else:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            if guided:
-                if negative_attention_mask is None:
-                    negative_attention_mask = torch.ones_like(negative_input_ids)
-                input_ids = torch.cat([input_ids, negative_input_ids.to(input_ids.device).expand(batch, -1)])
-                attention_mask = torch.cat(
-                    [attention_mask, negative_attention_mask.to(attention_mask.device).expand(batch, -1)]
+        decoder = self.start_image_tokens(state, num_steps=settings.num_steps)
+        for step in range(decoder.num_steps):
+            positions, scale = decoder.plan(step)
+            if positions.shape[1]:
+                decoder.reveal(
+                    positions, self.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
                 )
-            text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
-            device = input_ids.device
-            if c.is_causal:
-                return self._sample_raster(
-                    text,
-                    attention_mask,
-                    batch,
-                    guided,
-                    guidance_scale,
-                    guidance_schedule,
-                    draw_kwargs,
-                    callback,
-                    progress_bar,
-                )
-
-            def backbone(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-                embeds = self.model.input_embeddings(tokens, mask)
-                if guided:
-                    embeds = torch.cat([embeds, embeds])
-                return self.model(
-                    inputs_embeds=embeds, attention_mask=attention_mask, encoder_outputs=text, use_cache=False
-                ).last_hidden_state  # (B', N, C)
-
-        if c.is_continuous:
-            tokens = torch.zeros(batch, n, c.token_dim, device=device, dtype=self.dtype)
-        else:
-            tokens = torch.zeros(batch, n, dtype=torch.long, device=device)
-        known = torch.zeros(batch, n, dtype=torch.bool, device=device)
-        orders = random_orders(batch, n, generator, device)  # (B, N): position revealed k-th
-        revealed = 0
-        for step in range(steps):
-            kept = masked_after(step, steps, n, revealed)
-            count = n - revealed - (0 if step == steps - 1 else kept)
-            if count > 0:
-                hidden = backbone(tokens, ~known)  # (B', N, C)
-                positions = orders[:, revealed : revealed + count]  # (B, M)
-                index = positions.repeat(2, 1) if guided else positions
-                selected = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
-                scale = random_order_guidance_scale(guidance_scale, guidance_schedule, kept, n)
-                new = self._draw(selected, guided, scale, **draw_kwargs)
-                if c.is_continuous:
-                    tokens.scatter_(1, positions[..., None].expand(-1, -1, c.token_dim), new.to(tokens.dtype))
-                else:
-                    tokens.scatter_(1, positions, new)
-                known.scatter_(1, positions, True)
-                revealed += count
-            if callback is not None:
-                callback(step, tokens)
-            if progress_bar is not None:
-                progress_bar.update()
-        return tokens
-
-    def _sample_raster(
-        self,
-        text,
-        attention_mask,
-        batch,
-        guided,
-        guidance_scale,
-        guidance_schedule,
-        draw_kwargs,
-        callback,
-        progress_bar,
-    ) -> torch.Tensor:
-        """One token per step with the KV cache: self-attention keys/values appended (preallocated StaticCache),
-        cross-attention keys/values computed once."""
-        c = self.config
-        n = c.num_image_tokens
-        input_rows = text.last_hidden_state.shape[0]
-        cache = EncoderDecoderCache(StaticCache(config=c, max_cache_len=n), DynamicCache())
-        start = self.model.special_embedding.to(self.dtype).expand(input_rows, 1, -1)  # (B', 1, C)
-
-        def forward(embeds: torch.Tensor) -> torch.Tensor:
-            return self.model(
-                inputs_embeds=embeds,
-                attention_mask=attention_mask,
-                encoder_outputs=text,
-                cache=cache,
-                use_cache=True,
-            ).last_hidden_state[:, -1:]  # (B', 1, C)
-
-        if not c.is_continuous:
-            head = self.lm_head
-
-            def step(tokens: torch.Tensor | None) -> torch.Tensor:
-                embeds = start if tokens is None else self.model.embed_image_tokens(tokens)
-                return head(forward(embeds))[:, 0].float()  # (B', V)
-
-            return autoregressive_sample(
-                step,
-                batch,
-                n,
-                logits_processor=draw_kwargs["processors"],
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                do_sample=draw_kwargs["do_sample"],
-                generator=draw_kwargs["generator"],
-                callback=callback,
-                progress_bar=progress_bar,
-            )
-        tokens = torch.zeros(batch, n, c.token_dim, device=text.last_hidden_state.device, dtype=self.dtype)
-        embeds = start
-        for i in range(n):
-            hidden = forward(embeds)
-            scale = guidance_scale_at(guidance_scale, i, n, guidance_schedule)
-            new = self._draw(hidden, guided, scale, **draw_kwargs)  # (B, 1, D)
-            tokens[:, i : i + 1] = new.to(tokens.dtype)
-            embeds = self.model.embed_image_tokens(torch.cat([new, new]) if guided else new)
-            if callback is not None:
-                callback(i, tokens)
-            if progress_bar is not None:
-                progress_bar.update()
-        return tokens
+        return decoder.tokens
 
 
-__all__ = ["FluidGenerationMixin", "cosine_mask_ratio", "masked_after", "random_orders"]
+__all__ = ["FluidGenerationMixin", "FluidGenerationState", "FluidSampling"]

@@ -29,6 +29,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from ...generation import rand_like_on
+from ...generation.masked import cosine_mask_ratio, random_orders
 from ...layers import (
     additive_mask,
     cache_length,
@@ -41,17 +42,12 @@ from ...layers import (
 )
 from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, build_ddpm_scheduler
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
-from ...layers.text_encoder import TextEncoder, padding_mask
+from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
 from ...modeling_utils import init_transformer_weights
-from ..dalle_dvae.modeling_dalle_dvae import DalleDVAE
-from ..parti.modeling_parti import build_text_encoder
-from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
+from ..image_tokenizers import build_image_tokenizer
 from .configuration_fluid import FluidConfig
-from .generation_fluid import FluidGenerationMixin, cosine_mask_ratio, random_orders
-
-
-VQ_MODELS = {"dalle_dvae": DalleDVAE, "vit_vqgan": ViTVQGAN}
+from .generation_fluid import FluidGenerationMixin
 
 
 @dataclass
@@ -408,8 +404,6 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         self.model = FluidMAEModel(config) if config.is_class_conditional else FluidModel(config)
         self.vae = self.vqmodel = self.diffusion_head = self.lm_head = None
         if config.is_continuous:
-            from diffusers import AutoencoderKL
-
             self.diffusion_head = DiffusionHead(
                 config.token_dim,
                 config.hidden_size,
@@ -419,10 +413,10 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
                 learned_variance=config.diffusion_head_learned_variance,
                 norm_affine=config.diffusion_head_norm_affine,
             )
-            self.vae = AutoencoderKL(**config.vae_config)
+            self.vae = build_image_tokenizer(config.vae_config)
         else:
             self.lm_head = nn.Linear(config.hidden_size, config.image_vocab_size)
-            self.vqmodel = VQ_MODELS[config.vq_config.model_type](config.vq_config)
+            self.vqmodel = build_image_tokenizer(config.vq_config)
         self._scheduler = None
         self.post_init()
 

@@ -1,4 +1,5 @@
-from .configuration_parti import DiffusersVQConfig, PartiConfig
+from ..image_tokenizers import DiffusersVQConfig
+from .configuration_parti import PartiConfig
 from .modeling_parti import PartiDecoder, PartiForConditionalGeneration, PartiModel, PartiPreTrainedModel
 from .processing_parti import PartiProcessor
 

@@ -6,52 +6,7 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, text_encoder_config_from
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
-from ..vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
-
-
-class DiffusersVQConfig(PreTrainedConfig):
-    r"""A diffusers `VQModel` as Parti's image tokenizer, for converted checkpoints whose tokenizer is a
-    taming-transformers VQGAN (min-dalle's DALL·E Mega / mini detokenizer) rather than a ViT-VQGAN.
-
-    Pass it (or its dict, recognised by `model_type`) as `PartiConfig.vq_config`; the prior then nests a
-    `diffusers.VQModel(**vqmodel_config)` as `vqmodel`.
-
-    Args:
-        vqmodel_config (`dict`): the diffusers `VQModel` constructor arguments (`sample_size`, `block_out_channels`,
-            `num_vq_embeddings`, `vq_embed_dim`, ...).
-        output_range (`list[float]`, *optional*, defaults to `[-1.0, 1.0]`): the range the VQModel decodes to;
-            `decode_image_tokens` maps it linearly to the package's [-1, 1] (min-dalle's VQGAN: `[0.0, 1.0]`).
-    """
-
-    model_type = "parti_diffusers_vq"
-
-    def __init__(self, vqmodel_config: dict | None = None, output_range: list[float] | None = None, **kwargs):
-        vqmodel_config = dict(vqmodel_config or {})
-        for key in ("sample_size", "block_out_channels", "num_vq_embeddings"):
-            if key not in vqmodel_config:
-                raise ValueError(f"`vqmodel_config` must set `{key}` (a diffusers `VQModel` argument).")
-        output_range = [float(v) for v in (output_range if output_range is not None else (-1.0, 1.0))]
-        if len(output_range) != 2 or output_range[0] >= output_range[1]:
-            raise ValueError(f"`output_range` must be [low, high] with low < high, got {output_range}.")
-        self.vqmodel_config = vqmodel_config
-        self.output_range = output_range
-        super().__init__(**kwargs)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.vqmodel_config["num_vq_embeddings"]
-
-    @property
-    def image_size(self) -> int:
-        return self.vqmodel_config["sample_size"]
-
-    @property
-    def grid_size(self) -> int:
-        return self.image_size // 2 ** (len(self.vqmodel_config["block_out_channels"]) - 1)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.grid_size**2
+from ..image_tokenizers import DiffusersVQConfig, ViTVQGANConfig
 
 
 class PartiConfig(PreTrainedConfig):
@@ -257,4 +212,4 @@ class PartiConfig(PreTrainedConfig):
         return options
 
 
-__all__ = ["DiffusersVQConfig", "PartiConfig"]
+__all__ = ["PartiConfig"]

@@ -15,6 +15,8 @@ Decoder layout (N = grid * grid image tokens, BOS = `image_vocab_size`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +24,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
-from ...generation import autoregressive_sample, build_logits_processor
+from ...generation import AutoregressiveDecoder, ClassifierFreeGuidance, SamplingConfig, decode_autoregressive
 from ...layers import (
     additive_mask,
     cache_length,
@@ -31,10 +33,25 @@ from ...layers import (
     sparse_image_mask,
     transformer_blocks,
 )
-from ...layers.text_encoder import TextEncoder, padding_mask
+from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...modeling_utils import init_transformer_weights
-from ..vit_vqgan.modeling_vit_vqgan import ViTVQGAN
-from .configuration_parti import DiffusersVQConfig, PartiConfig
+from ..image_tokenizers import DiffusersVQConfig, build_image_tokenizer
+from .configuration_parti import PartiConfig
+
+
+@dataclass
+class PartiGenerationState:
+    """What raster decoding keeps between steps.
+
+    Args:
+        encoder_states: (B', S, C) the encoded captions; under guidance the conditional rows first.
+        attention_mask: (B', S) their padding mask.
+        cache: the decoder's self-attention (preallocated) and cross-attention caches.
+    """
+
+    encoder_states: torch.Tensor
+    attention_mask: torch.Tensor
+    cache: EncoderDecoderCache
 
 
 class PartiPreTrainedModel(PreTrainedModel):
@@ -104,41 +121,14 @@ class PartiDecoder(nn.Module):
         return self.norm(hidden)
 
 
-def build_text_encoder(config: PartiConfig) -> TextEncoder:
-    return TextEncoder(
-        output_size=config.hidden_size,
-        vocab_size=config.text_vocab_size,
-        max_length=config.text_seq_len,
-        hidden_size=config.hidden_size,
-        num_layers=config.encoder_layers,
-        num_heads=config.encoder_attention_heads,
-        intermediate_size=config.encoder_intermediate_size,
-        pretrained_config=config.text_encoder_config,
-        freeze_pretrained=config.freeze_text_encoder,
-        num_aligner_layers=config.num_aligner_layers,
-        activation=config.hidden_act,
-        norm_eps=config.layer_norm_eps,
-        # Fluid builds its text encoder here too; its config has none of Parti's converted-checkpoint options.
-        block_options=config.block_options() if isinstance(config, PartiConfig) else None,
-        embedding_norm=getattr(config, "embedding_norm", False),
-    )
-
-
-def build_image_tokenizer(config: PartiConfig) -> nn.Module:
-    """The nested image tokenizer: a `ViTVQGAN`, or a diffusers `VQModel` for a [`DiffusersVQConfig`]."""
-    if isinstance(config.vq_config, DiffusersVQConfig):
-        from diffusers import VQModel
-
-        return VQModel(**config.vq_config.vqmodel_config)
-    return ViTVQGAN(config.vq_config)
-
-
 class PartiModel(PartiPreTrainedModel):
     """Text encoder + image-token decoder; returns decoder hidden states."""
 
     def __init__(self, config: PartiConfig):
         super().__init__(config)
-        self.text_encoder = build_text_encoder(config)
+        self.text_encoder = build_text_encoder(
+            config, block_options=config.block_options(), embedding_norm=config.embedding_norm
+        )
         self.decoder = PartiDecoder(config)
         self.gradient_checkpointing = False
         self.post_init()
@@ -205,7 +195,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = PartiModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.use_bias)
-        self.vqmodel = build_image_tokenizer(config)
+        self.vqmodel = build_image_tokenizer(config.vq_config)
         self.post_init()
 
     def get_encoder(self) -> TextEncoder:
@@ -280,6 +270,64 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         )
         return out if return_dict else out.to_tuple()
 
+    # -- image generation (the pipeline runs the loop: generation.AutoregressiveDecoder) --------------------------
+    @torch.no_grad()
+    def prepare_image_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+    ) -> PartiGenerationState:
+        """Encode the captions once (both guidance branches as one doubled batch) and preallocate the decoder's
+        self-attention cache; cross-attention keys/values are computed at the first step and kept.
+
+        Args:
+            input_ids, attention_mask: (B, S) the captions (from the processor).
+            negative_input_ids, negative_attention_mask: (B or 1, S) the unconditional captions; required when
+                guidance is on (the processor's encoding of '' for plain guidance).
+            guidance: classifier-free guidance (default: off).
+        """
+        guidance = guidance or ClassifierFreeGuidance()
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if guidance.enabled:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
+                    "plain classifier-free guidance)."
+                )
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            if negative_input_ids.shape[1] != input_ids.shape[1]:
+                raise ValueError(
+                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got {negative_input_ids.shape[1]}."
+                )
+            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
+            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)
+        encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
+        cache = EncoderDecoderCache(
+            StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
+        )
+        return PartiGenerationState(encoder_states, attention_mask, cache)
+
+    def image_generation_step(self, state: PartiGenerationState, previous: torch.Tensor | None) -> torch.Tensor:
+        """One step of raster decoding: `<bos>` when `previous` is None, else the last drawn image codes (B', 1).
+
+        Returns:
+            (B', image_vocab_size) logits of the next image code.
+        """
+        if previous is None:
+            rows = state.encoder_states.shape[0]
+            previous = torch.full(
+                (rows, 1), self.config.bos_token_id, dtype=torch.long, device=state.encoder_states.device
+            )
+        hidden = self.model.decoder(previous, state.encoder_states, state.attention_mask, state.cache)[:, -1]
+        vocab = self.config.image_vocab_size
+        bias = None if self.lm_head.bias is None else self.lm_head.bias[:vocab]
+        return F.linear(hidden, self.lm_head.weight[:vocab], bias)  # (B', image_vocab)
+
     @torch.no_grad()
     def sample_image_tokens(
         self,
@@ -295,68 +343,30 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         min_p: float | None = None,
         do_sample: bool = True,
         generator: torch.Generator | None = None,
-        callback=None,
-        progress_bar=None,
     ) -> torch.LongTensor:
-        """Draw image codes with the package's loop: the text is encoded once (both guidance branches as one
-        doubled batch), cross-attention keys/values are computed once, the self-attention cache is preallocated.
+        """Draw image codes with the package's KV-cached loop, without a pipeline around it ([`PartiPipeline`] runs
+        the same loop with a progress bar and callbacks).
 
         Args:
-            input_ids, attention_mask: (B, S) the captions (from the processor).
-            negative_input_ids, negative_attention_mask: (B or 1, S) the unconditional captions; required when
-                `guidance_scale != 1` (the processor's encoding of '' for plain guidance).
-            (sampling arguments as in `DalleForConditionalGeneration.sample_image_tokens`)
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask: as in `prepare_image_generation`.
+            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`].
+            generator: the source of randomness.
 
         Returns:
             (B, N) image codes.
         """
-        batch = input_ids.shape[0]
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        guided = guidance_scale != 1.0
-        if guided:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_attention_mask is None:
-                negative_attention_mask = torch.ones_like(negative_input_ids)
-            if negative_input_ids.shape[1] != input_ids.shape[1]:
-                raise ValueError(
-                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got {negative_input_ids.shape[1]}."
-                )
-            input_ids = torch.cat([input_ids, negative_input_ids.expand(batch, -1).to(input_ids.device)])
-            attention_mask = torch.cat(
-                [attention_mask, negative_attention_mask.expand(batch, -1).to(attention_mask.device)]
-            )
-        processors = build_logits_processor(temperature, top_k, top_p, min_p)
-        encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
-        cache = EncoderDecoderCache(
-            StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
+        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        state = self.prepare_image_generation(
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask, sampling.guidance
         )
-        vocab = self.config.image_vocab_size
-        weight = self.lm_head.weight[:vocab]
-        bias = None if self.lm_head.bias is None else self.lm_head.bias[:vocab]
-        bos = torch.full((input_ids.shape[0], 1), self.config.bos_token_id, dtype=torch.long, device=input_ids.device)
-
-        def step(tokens: torch.Tensor | None) -> torch.Tensor:
-            ids = bos if tokens is None else tokens
-            hidden = self.model.decoder(ids, encoder_states, attention_mask, cache)[:, -1]  # (B', C)
-            return F.linear(hidden, weight, bias)  # (B', image_vocab)
-
-        return autoregressive_sample(
-            step,
-            batch,
-            self.config.num_image_tokens,
-            logits_processor=processors,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            do_sample=do_sample,
-            generator=generator,
-            callback=callback,
-            progress_bar=progress_bar,
-        )
+        decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)
+        return decode_autoregressive(lambda previous: self.image_generation_step(state, previous), decoder)
 
 
-__all__ = ["PartiDecoder", "PartiForConditionalGeneration", "PartiModel", "PartiPreTrainedModel"]
+__all__ = [
+    "PartiDecoder",
+    "PartiForConditionalGeneration",
+    "PartiGenerationState",
+    "PartiModel",
+    "PartiPreTrainedModel",
+]

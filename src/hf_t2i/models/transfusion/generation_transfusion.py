@@ -9,7 +9,6 @@ way caption dropout wrote it in training: `<s> </s> <boi>`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
-from ...generation import apply_guidance, build_logits_processor, sample_tokens
+from ...generation import ClassifierFreeGuidance, SamplingConfig, sample_tokens
 from ...layers import cache_length, truncate_cache
 
 
@@ -45,6 +44,22 @@ class _Prefix:
     input_ids: torch.Tensor  # (B', P)
     attention_mask: torch.Tensor  # (B', P)
     cache: DynamicCache | None
+
+
+@dataclass
+class TransfusionGenerationState:
+    """What diffusion mode keeps between steps.
+
+    Args:
+        prefixes: the contexts the patches follow, B rows (unguided) or 2B rows (conditional first) in one or two
+            prefixes whose noise predictions are concatenated in order.
+        batch_size: B, images drawn.
+        guidance: classifier-free guidance on the noise.
+    """
+
+    prefixes: list[_Prefix]
+    batch_size: int
+    guidance: ClassifierFreeGuidance
 
 
 @dataclass
@@ -110,47 +125,63 @@ class TransfusionGenerationMixin:
         truncate_cache(prefix.cache, length)
         return out.noise_pred
 
+    def image_latent_shape(self, batch: int) -> tuple[int, int, int, int]:
+        config = self.config
+        return (batch, config.latent_channels, config.latent_size, config.latent_size)
+
+    def prepare_latents(
+        self,
+        state: TransfusionGenerationState,
+        scheduler: SchedulerMixin,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The initial noise (B, C, h, w), drawn from `generator` and scaled for `scheduler`, or `latents` checked."""
+        shape = self.image_latent_shape(state.batch_size)
+        if latents is None:
+            device = state.prefixes[0].input_ids.device
+            latents = randn_tensor(
+                shape, generator=generator, device=device, dtype=self.model.embed_tokens.weight.dtype
+            )
+            return latents * scheduler.init_noise_sigma
+        if tuple(latents.shape) != shape:
+            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
+        return latents
+
+    def image_generation_step(
+        self, state: TransfusionGenerationState, latents: torch.Tensor, timestep: torch.Tensor
+    ) -> torch.Tensor:
+        """One denoising step's model computation: the noise predicted for `latents` (B', C, h, w) (both guidance
+        branches, conditional rows first, already scaled by the scheduler) after the cached prefixes, at `timestep`.
+
+        Returns:
+            (B', C, h, w) predicted noise; `state.guidance.combine` guides it.
+        """
+        preds, row = [], 0
+        for prefix in state.prefixes:
+            rows = prefix.input_ids.shape[0]
+            preds.append(self._predict_noise(prefix, latents[row : row + rows], timestep))
+            row += rows
+        return torch.cat(preds)
+
     def _denoise(
         self,
-        prefixes: list[_Prefix],
-        batch: int,
-        guidance_scale: float,
+        state: TransfusionGenerationState,
         num_inference_steps: int,
         scheduler: SchedulerMixin,
         generator: torch.Generator | None,
         latents: torch.Tensor | None,
-        callback: Callable | None,
-        progress_bar,
     ) -> torch.Tensor:
-        """Run the scheduler loop. `prefixes` hold B rows (unguided) or 2B rows (conditional first), in one or two
-        prefixes whose noise predictions are concatenated in order."""
-        config = self.config
-        device = prefixes[0].input_ids.device
-        dtype = self.model.embed_tokens.weight.dtype
-        shape = (batch, config.latent_channels, config.latent_size, config.latent_size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-            latents = latents * scheduler.init_noise_sigma
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        guided = guidance_scale != 1.0
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        for i, t in enumerate(scheduler.timesteps):
-            model_input = torch.cat([latents, latents]) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
-            preds, row = [], 0
-            for prefix in prefixes:
-                rows = prefix.input_ids.shape[0]
-                preds.append(self._predict_noise(prefix, model_input[row : row + rows], t))
-                row += rows
-            noise_pred = torch.cat(preds)
-            if guided:
-                noise_pred = apply_guidance(noise_pred, guidance_scale)
+        """The scheduler loop without a pipeline around it (`generate_image_latents`, `generate_interleaved`;
+        [`TransfusionPipeline`] runs the same loop with a progress bar and callbacks)."""
+        guidance = state.guidance
+        latents = self.prepare_latents(state, scheduler, generator, latents)
+        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        for t in scheduler.timesteps:
+            noise_pred = self.image_generation_step(state, scheduler.scale_model_input(guidance.double(latents), t), t)
+            if guidance.enabled:
+                noise_pred = guidance.combine(noise_pred)
             latents = scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
-            if callback is not None:
-                latents = callback(i, t, latents)
-            if progress_bar is not None:
-                progress_bar.update()
         return latents
 
     @staticmethod
@@ -168,6 +199,52 @@ class TransfusionGenerationMixin:
         return scheduler
 
     @torch.no_grad()
+    def prepare_image_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        guidance: ClassifierFreeGuidance | None = None,
+        use_cache: bool = True,
+    ) -> TransfusionGenerationState:
+        """Check the prompts and run them (both guidance branches as one left-padded doubled batch) into the cache.
+
+        Args:
+            input_ids: (B, L) left-padded prompts, each ending with `<boi>` (`processor.image_generation_inputs`).
+            attention_mask: (B, L) padding mask.
+            negative_input_ids, negative_attention_mask: (B or 1, L') the unconditional branch under guidance
+                (default: `<s> </s> <boi>`, the caption-dropped prompt), also ending with `<boi>`.
+            guidance: classifier-free guidance on the noise (default: off).
+            use_cache: run the prefix once and reuse its keys/values at every step (False recomputes it: the
+                reference the cached path is tested against).
+        """
+        config = self.config
+        guidance = guidance or ClassifierFreeGuidance()
+        if input_ids.ndim != 2:
+            raise ValueError(f"`input_ids` must be (batch, length), got {tuple(input_ids.shape)}.")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        batch, device = input_ids.shape[0], input_ids.device
+        if (input_ids[:, -1] != config.boi_token_id).any():
+            raise ValueError(
+                f"Every prompt must end with `boi_token_id` ({config.boi_token_id}) to draw an image after it; build "
+                "the inputs with `TransfusionProcessor.image_generation_inputs` (left padding)."
+            )
+        ids, mask = input_ids, attention_mask
+        if guidance.enabled:
+            if negative_input_ids is None:
+                negative_input_ids = self.unconditional_input_ids(batch, device)
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            if (negative_input_ids[:, -1] != config.boi_token_id).any():
+                raise ValueError(f"`negative_input_ids` rows must end with `boi_token_id` ({config.boi_token_id}).")
+            negative = negative_input_ids.to(device).expand(batch, -1)
+            negative_mask = negative_attention_mask.to(device).expand(batch, -1)
+            ids, mask = left_pad_concat([(ids, mask), (negative, negative_mask)], config.pad_token_id or 0)
+        return TransfusionGenerationState([self._prefill_prefix(ids, mask, use_cache)], batch, guidance)
+
+    @torch.no_grad()
     def generate_image_latents(
         self,
         input_ids: torch.LongTensor,
@@ -180,60 +257,29 @@ class TransfusionGenerationMixin:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         use_cache: bool = True,
-        callback: Callable | None = None,
-        progress_bar=None,
     ) -> torch.Tensor:
-        """Text -> image latents (diffusion mode after a prompt that ends with `<boi>`).
+        """Text -> image latents (diffusion mode after a prompt that ends with `<boi>`), without a pipeline around the
+        loop.
 
         Args:
-            input_ids: (B, L) left-padded prompts, each ending with `<boi>` (`processor.image_generation_inputs`).
-            attention_mask: (B, L) padding mask.
-            negative_input_ids, negative_attention_mask: (B or 1, L') the unconditional branch under guidance
-                (default: `<s> </s> <boi>`, the caption-dropped prompt), also ending with `<boi>`.
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask, use_cache: as in
+                `prepare_image_generation`.
             guidance_scale: classifier-free guidance on the noise (1.0 = off). Both branches run as ONE doubled
                 batch over one cache.
             num_inference_steps: denoising steps.
             scheduler: a diffusers scheduler instance, or "ddim" (default) / "ddpm" with the training schedule.
             generator: the only source of randomness (initial noise, DDPM noise).
             latents: (B, C, h, w) initial noise instead of drawing it.
-            use_cache: run the prefix once and reuse its keys/values at every step (False recomputes it: the
-                reference the cached path is tested against).
-            callback: `callback(i, t, latents) -> latents` after each step.
-            progress_bar: advanced once per step.
 
         Returns:
             (B, C, h, w) scaled latents (`decode_latents` turns them into pixels).
         """
-        config = self.config
         self._check_steps(num_inference_steps)
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}.")
-        if input_ids.ndim != 2:
-            raise ValueError(f"`input_ids` must be (batch, length), got {tuple(input_ids.shape)}.")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        batch, device = input_ids.shape[0], input_ids.device
-        if (input_ids[:, -1] != config.boi_token_id).any():
-            raise ValueError(
-                f"Every prompt must end with `boi_token_id` ({config.boi_token_id}) to draw an image after it; build "
-                "the inputs with `TransfusionProcessor.image_generation_inputs` (left padding)."
-            )
-        scheduler = self._scheduler(scheduler)
-        ids, mask = input_ids, attention_mask
-        if guidance_scale != 1.0:
-            if negative_input_ids is None:
-                negative_input_ids = self.unconditional_input_ids(batch, device)
-            if negative_attention_mask is None:
-                negative_attention_mask = torch.ones_like(negative_input_ids)
-            if (negative_input_ids[:, -1] != config.boi_token_id).any():
-                raise ValueError(f"`negative_input_ids` rows must end with `boi_token_id` ({config.boi_token_id}).")
-            negative = negative_input_ids.to(device).expand(batch, -1)
-            negative_mask = negative_attention_mask.to(device).expand(batch, -1)
-            ids, mask = left_pad_concat([(ids, mask), (negative, negative_mask)], config.pad_token_id or 0)
-        prefix = self._prefill_prefix(ids, mask, use_cache)
-        return self._denoise(
-            [prefix], batch, guidance_scale, num_inference_steps, scheduler, generator, latents, callback, progress_bar
+        guidance = ClassifierFreeGuidance(guidance_scale)
+        state = self.prepare_image_generation(
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask, guidance, use_cache
         )
+        return self._denoise(state, num_inference_steps, self._scheduler(scheduler), generator, latents)
 
     @torch.no_grad()
     def generate_images(self, *args, **kwargs) -> torch.Tensor:
@@ -282,7 +328,7 @@ class TransfusionGenerationMixin:
         config = self.config
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
-        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        processors = SamplingConfig(temperature, top_k, top_p, min_p, do_sample).logits_processor()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         latents = self._image_inputs(pixel_values, image_latents)
@@ -334,7 +380,8 @@ class TransfusionGenerationMixin:
         self._check_steps(num_inference_steps)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
-        processors = build_logits_processor(temperature, top_k, top_p, min_p)
+        processors = SamplingConfig(temperature, top_k, top_p, min_p, do_sample).logits_processor()
+        guidance = ClassifierFreeGuidance(guidance_scale)
         scheduler = self._scheduler(scheduler)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -367,12 +414,11 @@ class TransfusionGenerationMixin:
                 # diffusion mode: <boi> enters the cache, the patches are denoised after it
                 self.model(token[:, None], attention_mask=mask, cache=cache, use_cache=True)
                 prefixes = [_Prefix(torch.cat([ids, history, token[:, None]], 1), mask, cache)]
-                if guidance_scale != 1.0:
+                if guidance.enabled:
                     negative = self.unconditional_input_ids(1, device)
                     prefixes.append(self._prefill_prefix(negative, torch.ones_like(negative), use_cache=True))
-                image = self._denoise(
-                    prefixes, 1, guidance_scale, num_inference_steps, scheduler, generator, None, None, None
-                )
+                state = TransfusionGenerationState(prefixes, 1, guidance)
+                image = self._denoise(state, num_inference_steps, scheduler, generator, None)
                 images.append(image)
                 # the clean image (t = 0) and <eoi> join the context; LM mode resumes after <eoi>
                 tail = torch.tensor(
@@ -386,4 +432,10 @@ class TransfusionGenerationMixin:
         return TransfusionInterleavedOutput(sequences=sequences, image_latents=all_images)
 
 
-__all__ = ["SCHEDULERS", "TransfusionGenerationMixin", "TransfusionInterleavedOutput", "left_pad_concat"]
+__all__ = [
+    "SCHEDULERS",
+    "TransfusionGenerationMixin",
+    "TransfusionGenerationState",
+    "TransfusionInterleavedOutput",
+    "left_pad_concat",
+]

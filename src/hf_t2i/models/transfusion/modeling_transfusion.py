@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler
+from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -34,6 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
 from ...modeling_utils import init_transformer_weights
+from ..image_tokenizers import build_image_tokenizer
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
 from .patching_transfusion import build_patch_modules
@@ -248,7 +249,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         super().__init__(config)
         self.model = TransfusionModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.vae = AutoencoderKL.from_config(config.vae_config)
+        self.vae = build_image_tokenizer(config.vae_config)
         self.vae.requires_grad_(False)
         self.noise_scheduler = DDPMScheduler(**config.scheduler_config())
         self.post_init()

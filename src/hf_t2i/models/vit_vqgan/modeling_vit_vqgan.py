@@ -12,8 +12,8 @@ Tokenizer, top to bottom (section 3 of the ViT-VQGAN paper):
    pixels are `unmap(sigmoid(mean))` in [-1, 1].
 
 Only the autoencoding losses (L2, logit-Laplace, VQ) live here. The perceptual and adversarial terms need networks
-that are training-only (a discriminator, a frozen feature network): they are in `adversarial.py`, so that neither
-is ever saved in a `ViTVQGAN` checkpoint.
+that are training-only (a discriminator, a frozen feature network): they are in `hf_t2i.training.losses`, so that
+neither is ever saved in a `ViTVQGAN` checkpoint.
 
 Pixel convention (package-wide): `pixel_values` in [-1, 1].
 """
@@ -251,8 +251,8 @@ def _check_pixels(pixel_values: torch.Tensor, channels: int, size: int, name: st
 
 class ViTVQGAN(ViTVQGANPreTrainedModel):
     """ViT-VQGAN image tokenizer: `encode(pixel_values) -> image_token_ids`, `decode(image_token_ids) -> pixel_values`,
-    and `forward(pixel_values)` for training (autoencoding losses; see `ViTVQGANForAdversarialTraining` for the
-    perceptual and adversarial terms).
+    and `forward(pixel_values)` for training (autoencoding losses; see
+    `hf_t2i.training.losses.ViTVQGANForAdversarialTraining` for the perceptual and adversarial terms).
 
     Example:
 

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import torch
 
+from ...generation import AutoregressiveDecoder, SamplingConfig
 from ...models.dalle.modeling_dalle import DalleForConditionalGeneration
 from ...models.dalle.processing_dalle import DalleProcessor
+from ...processing_utils import as_prompt_list
 from ..autoregressive import AutoregressiveT2IPipeline
 from ..pipeline_output import T2IPipelineOutput
 
@@ -85,35 +87,44 @@ class DallePipeline(AutoregressiveT2IPipeline):
             output_type: "pil", "np" or "pt".
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
             truncation: cut prompts longer than the text context instead of raising.
-            callback_on_step_end: `callback(pipe, step, step, {"image_token_ids": tokens_so_far})` after each image
-                token (it observes; returned values are not used: changing drawn tokens would invalidate the cache).
-            callback_on_step_end_tensor_inputs: must be None or `["image_token_ids"]`.
+            callback_on_step_end: `callback(pipe, step, step, {"latents": tokens_so_far})` after each image token
+                (`latents` are the (B, i + 1) codes drawn so far; the callback observes, what it returns is not used:
+                changing drawn tokens would invalidate the cache).
+            callback_on_step_end_tensor_inputs: must be None or `["latents"]`.
 
         Returns:
             [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
-        return self._generate(
-            prompt,
-            negative_prompt,
-            height,
-            width,
+        # 1. Check inputs
+        prompts = as_prompt_list(prompt)
+        self.check_num_images(num_images_per_prompt)
+        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        self.check_rerank_inputs(num_images_per_prompt, num_candidates)
+        self.check_image_size(height, width, self.model.config.vq_config.image_size)
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        samples = num_candidates or num_images_per_prompt
+
+        # 2. Encode the prompts (and, under guidance, the negative prompts)
+        device = self._execution_device
+        inputs = self.encode_prompts(prompts, negative_prompt, samples, sampling.guidance.enabled, truncation, device)
+
+        # 3. Prepare the decoding state and the sampler
+        state = self.model.prepare_image_generation(**inputs, guidance=sampling.guidance)
+        batch = len(prompts) * samples
+        decoder = AutoregressiveDecoder(batch, self.model.config.num_image_tokens, sampling, generator)
+
+        # 4. Decoding loop
+        tokens = self.raster_decode(state, decoder, callback_on_step_end)
+
+        # 5. Decode to pixels, rerank, output
+        return self.decode_and_rerank(
+            tokens,
+            self.model.decode_image_tokens,
+            prompts,
             num_images_per_prompt,
-            guidance_scale,
-            guidance_schedule,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            do_sample,
             num_candidates,
-            generator,
             output_type,
             return_dict,
-            truncation,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            image_size=self.model.config.vq_config.image_size,
-            decode=self.model.decode_image_tokens,
         )
 
 

@@ -12,11 +12,11 @@ from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
 from ...processing_utils import as_prompt_list
-from ..autoregressive import AutoregressiveT2IPipeline
 from ..pipeline_output import T2IPipelineOutput
+from ..pipeline_utils import T2IPipeline
 
 
-class FluidPipeline(AutoregressiveT2IPipeline):
+class FluidPipeline(T2IPipeline):
     """Text-to-image with Fluid (any of the four cells: continuous / discrete tokens x random / raster order).
 
     Components:
@@ -92,20 +92,35 @@ class FluidPipeline(AutoregressiveT2IPipeline):
             generator: the only source of randomness.
             output_type: "pil", "np" or "pt".
             truncation: cut prompts longer than the text context instead of raising.
-            callback_on_step_end: `callback(pipe, i, i, {"image_tokens": tokens})` after each iteration.
-            callback_on_step_end_tensor_inputs: None or ["image_tokens"].
+            callback_on_step_end: `callback(pipe, i, i, {"latents": tokens})` after each iteration, `tokens` the
+                (B, N, D) latent tokens or (B, N) ids so far, unknown ones zero (it observes; what it returns is not
+                used).
+            callback_on_step_end_tensor_inputs: None or ["latents"].
             class_labels: class-conditional models only, instead of `prompt`: class ids, or names from the model
                 config's `id2label`.
 
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
+        # 1. Check inputs
         model = self.model
-        self.check_common_inputs(
-            num_images_per_prompt, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule
+        self.check_num_images(num_images_per_prompt)
+        settings = model.check_sampling(
+            num_inference_steps,
+            guidance_scale,
+            guidance_schedule,
+            temperature,
+            num_diffusion_steps,
+            top_k,
+            top_p,
+            min_p,
+            do_sample,
         )
+        guidance = settings.sampling.guidance
         self.check_image_size(height, width, model.config.image_size)
-        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "image_tokens")
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+
+        # 2. Encode the prompts (or class labels), both guidance branches as one doubled batch
         device = self._execution_device
         if model.config.is_class_conditional:
             if prompt is not None or negative_prompt is not None:
@@ -119,41 +134,29 @@ class FluidPipeline(AutoregressiveT2IPipeline):
                 raise ValueError("`class_labels` apply to class-conditional Fluid models; this one takes `prompt`.")
             if self.processor is None:
                 raise ValueError("A text-conditional FluidPipeline needs its `processor`.")
+            prompts = as_prompt_list(prompt)
             inputs = self.encode_prompts(
-                as_prompt_list(prompt),
-                negative_prompt,
-                num_images_per_prompt,
-                guidance_scale != 1.0,
-                truncation,
-                device,
+                prompts, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device
             )
-        callback = None
-        if callback_on_step_end is not None:
-
-            def callback(i: int, tokens: torch.Tensor) -> None:
-                callback_on_step_end(self, i, i, {"image_tokens": tokens})
-
-        n = model.config.num_image_tokens
-        total = n if model.config.is_causal else (num_inference_steps or min(64, n))
         scheduler = self.scheduler if getattr(self, "scheduler", None) is not None else None
-        with self.progress_bar(total=total) as progress_bar:
-            tokens = model.sample_image_tokens(
-                **inputs,
-                num_inference_steps=num_inference_steps,
-                guidance_scale=guidance_scale,
-                guidance_schedule=guidance_schedule,
-                temperature=temperature,
-                num_diffusion_steps=num_diffusion_steps,
-                top_k=top_k,
-                top_p=top_p,
-                min_p=min_p,
-                do_sample=do_sample,
-                generator=generator,
-                scheduler=scheduler,
-                callback=callback,
-                progress_bar=progress_bar,
-            )
-        pixels = model.decode_image_tokens(tokens)  # (B * n, 3, H, W) in [-1, 1]
+        state = model.prepare_image_generation(**inputs, settings=settings, scheduler=scheduler, generator=generator)
+
+        # 3. Prepare the tokens and the reveal order (random order on the cosine schedule, or raster order)
+        decoder = model.start_image_tokens(state, num_steps=settings.num_steps)
+
+        # 4. Decoding loop: each iteration draws the tokens at the positions the reveal rule chose
+        with self.progress_bar(total=decoder.num_steps) as progress_bar:
+            for i in range(decoder.num_steps):
+                positions, scale = decoder.plan(i)  # (B, M), M >= 0
+                if positions.shape[1]:
+                    new = model.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
+                    decoder.reveal(positions, new)
+                if callback_on_step_end is not None:
+                    callback_on_step_end(self, i, i, {"latents": decoder.tokens})
+                progress_bar.update()
+
+        # 5. Decode to pixels
+        pixels = model.decode_image_tokens(decoder.tokens)  # (B * n, 3, H, W) in [-1, 1]
         return self.output(pixels, output_type, return_dict)
 
     def class_label_ids(self, class_labels) -> torch.Tensor:

@@ -7,8 +7,10 @@ from collections.abc import Callable
 
 import torch
 
+from ...generation import AutoregressiveDecoder, SamplingConfig
 from ...models.parti.modeling_parti import PartiForConditionalGeneration
 from ...models.parti.processing_parti import PartiProcessor
+from ...processing_utils import as_prompt_list
 from ..autoregressive import AutoregressiveT2IPipeline
 from ..pipeline_output import T2IPipelineOutput
 
@@ -81,34 +83,38 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         Returns:
             [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
+        # 0. The decoder: the tokenizer's, or the upsampler's at twice the size (Parti's super-resolution stage)
         image_size = self.model.config.vq_config.image_size
         decode = self.model.decode_image_tokens
         if super_resolution:
             if self.upsampler is None:
                 raise ValueError("`super_resolution=True` needs an `upsampler` component; this pipeline has none.")
             image_size, decode = image_size * self.upsampler.config.scale_factor, self.upsampler.decode
-        return self._generate(
-            prompt,
-            negative_prompt,
-            height,
-            width,
-            num_images_per_prompt,
-            guidance_scale,
-            guidance_schedule,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            do_sample,
-            num_candidates,
-            generator,
-            output_type,
-            return_dict,
-            truncation,
-            callback_on_step_end,
-            callback_on_step_end_tensor_inputs,
-            image_size=image_size,
-            decode=decode,
+
+        # 1. Check inputs
+        prompts = as_prompt_list(prompt)
+        self.check_num_images(num_images_per_prompt)
+        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        self.check_rerank_inputs(num_images_per_prompt, num_candidates)
+        self.check_image_size(height, width, image_size)
+        self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        samples = num_candidates or num_images_per_prompt
+
+        # 2. Encode the prompts (and, under guidance, the negative prompts)
+        device = self._execution_device
+        inputs = self.encode_prompts(prompts, negative_prompt, samples, sampling.guidance.enabled, truncation, device)
+
+        # 3. Prepare the decoding state and the sampler
+        state = self.model.prepare_image_generation(**inputs, guidance=sampling.guidance)
+        batch = len(prompts) * samples
+        decoder = AutoregressiveDecoder(batch, self.model.config.num_image_tokens, sampling, generator)
+
+        # 4. Decoding loop
+        tokens = self.raster_decode(state, decoder, callback_on_step_end)
+
+        # 5. Decode to pixels, rerank, output
+        return self.decode_and_rerank(
+            tokens, decode, prompts, num_images_per_prompt, num_candidates, output_type, return_dict
         )
 
 

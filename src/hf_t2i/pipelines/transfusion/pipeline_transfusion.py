@@ -11,6 +11,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from ...generation import ClassifierFreeGuidance
 from ...models.transfusion.modeling_transfusion import TransfusionForConditionalGeneration
 from ...models.transfusion.processing_transfusion import TransfusionProcessor
 from ...processing_utils import as_prompt_list
@@ -108,8 +109,10 @@ class TransfusionPipeline(T2IPipeline):
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
+        # 1. Check inputs
         prompts = as_prompt_list(prompt)
-        self.check_common_inputs(num_images_per_prompt, guidance_scale=guidance_scale)
+        self.check_num_images(num_images_per_prompt)
+        guidance = ClassifierFreeGuidance(guidance_scale)
         self.check_image_size(height, width, self.model.config.image_size)
         if (
             not isinstance(num_inference_steps, int)
@@ -118,29 +121,32 @@ class TransfusionPipeline(T2IPipeline):
         ):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+
+        # 2. Encode the prompts: `<s> caption </s> <boi>` (and the negative prompts) run into the KV cache once
         device = self._execution_device
         inputs = self.encode_prompts(
-            prompts, negative_prompt, num_images_per_prompt, guidance_scale != 1.0, truncation, device
+            prompts, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device
         )
+        state = self.model.prepare_image_generation(**inputs, guidance=guidance)
 
-        callback = None
-        if callback_on_step_end is not None:
+        # 3. Prepare the timesteps and the initial noise
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = self.model.prepare_latents(state, self.scheduler, generator, latents)
 
-            def callback(i: int, t: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-                outputs = callback_on_step_end(self, i, t, {"latents": current}) or {}
-                return outputs.get("latents", current)
-
+        # 4. Denoising loop: only the patch positions run at each step, after the cached prefix
         with self.progress_bar(total=num_inference_steps) as progress_bar:
-            latents = self.model.generate_image_latents(
-                **inputs,
-                guidance_scale=guidance_scale,
-                num_inference_steps=num_inference_steps,
-                scheduler=self.scheduler,
-                generator=generator,
-                latents=latents,
-                callback=callback,
-                progress_bar=progress_bar,
-            )
+            for i, t in enumerate(self.scheduler.timesteps):
+                model_input = self.scheduler.scale_model_input(guidance.double(latents), t)
+                noise_pred = self.model.image_generation_step(state, model_input, t)  # (B', C, h, w)
+                if guidance.enabled:
+                    noise_pred = guidance.combine(noise_pred)
+                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                if callback_on_step_end is not None:
+                    outputs = callback_on_step_end(self, i, t, {"latents": latents}) or {}
+                    latents = outputs.get("latents", latents)
+                progress_bar.update()
+
+        # 5. Decode to pixels
         return self.output(self.model.decode_latents(latents), output_type, return_dict)
 
     @torch.no_grad()

@@ -2,7 +2,9 @@
 
 Each module defines a `Recipe` subclass decorated with `@register_recipe`; import it below so that
 `hf-t2i train <name>` finds it (`hf_t2i.training.recipe.load_builtin_recipes` imports this package).
-Keep the imports light: a recipe module should import its model lazily inside `build_model`.
+Keep the imports light: a recipe module imports its model, processor, pipeline, image tokenizer and losses inside
+the methods that use them (`build_model`, `processor_class`, `pipeline_class`, ...), never at module level: at module
+level a recipe imports the training loop's pieces only (`..recipe`, `.common`, `.token_prior`).
 """
 
 from . import (

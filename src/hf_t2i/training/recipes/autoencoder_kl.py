@@ -134,7 +134,7 @@ class AutoencoderKLRecipe(Recipe):
 
         perceptual = None
         if self.config.perceptual_weight > 0:
-            from ...models.vit_vqgan.perceptual import InceptionPerceptualLoss
+            from ..losses.perceptual import InceptionPerceptualLoss
 
             perceptual = InceptionPerceptualLoss.from_pretrained_inception()
         return AutoencoderKLWithLoss(AutoencoderKL(**self.vae_config()), self.config, perceptual)

@@ -19,10 +19,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...models.dalle import DalleConfig, DalleForConditionalGeneration
-from ...models.dalle.processing_dalle import DalleProcessor
-from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
-from ...pipelines.dalle.pipeline_dalle import DallePipeline
 from ..recipe import Recipe, register_recipe
 from .common import (
     ImageTextDataConfig,
@@ -70,6 +66,8 @@ class DalleDVAERecipe(Recipe):
     }
 
     def build_model(self):
+        from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+
         c = self.config
         multipliers = [int(m) for m in c.channel_multipliers.split(",")]
         config = DalleDVAEConfig(
@@ -144,13 +142,23 @@ class DallePriorRecipe(TokenPriorRecipe):
 
     name = "dalle_prior"
     config_class = DallePriorRecipeConfig
-    image_tokenizer_class = DalleDVAE
+    image_tokenizer_names = ("DalleDVAE",)
     image_tokenizer_argument = "dvae_path"
     logged_losses = ("text_loss", "image_loss")
-    processor_class = DalleProcessor
-    pipeline_class = DallePipeline
+
+    def processor_class(self):
+        from ...models.dalle.processing_dalle import DalleProcessor
+
+        return DalleProcessor
+
+    def pipeline_class(self):
+        from ...pipelines.dalle.pipeline_dalle import DallePipeline
+
+        return DallePipeline
 
     def build_model(self):
+        from ...models.dalle import DalleConfig, DalleForConditionalGeneration
+
         c = self.config
         dvae = self.load_image_tokenizer()
         tokenizer = self.processor.tokenizer

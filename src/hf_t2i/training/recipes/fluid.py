@@ -21,9 +21,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...layers.text_encoder import minilm_path
-from ...models.fluid import FluidConfig, FluidForConditionalGeneration, FluidProcessor
-from ...pipelines.fluid.pipeline_fluid import FluidPipeline
 from ..recipe import register_recipe
 from .common import cached_encode, fingerprint
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
@@ -64,8 +61,6 @@ class FluidRecipe(TokenPriorRecipe):
 
     name = "fluid"
     config_class = FluidRecipeConfig
-    processor_class = FluidProcessor
-    pipeline_class = FluidPipeline
     text_input_names = ("input_ids", "attention_mask")
     training_defaults = {
         **TokenPriorRecipe.training_defaults,
@@ -80,30 +75,25 @@ class FluidRecipe(TokenPriorRecipe):
                 raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
             if c.generation_order not in ("random", "raster"):
                 raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
-        self.image_tokenizer_argument = "vae_path" if c.token_type == "continuous" else "vq_path"
-        self.image_tokenizer_class = _ImageTokenizerName(c.token_type)
+        continuous = c.token_type == "continuous"
+        self.image_tokenizer_argument = "vae_path" if continuous else "vq_path"
+        self.image_tokenizer_names = ("AutoencoderKL",) if continuous else ("DalleDVAE", "ViTVQGAN")
         super().__init__(config)
+
+    def processor_class(self):
+        from ...models.fluid import FluidProcessor
+
+        return FluidProcessor
+
+    def pipeline_class(self):
+        from ...pipelines.fluid.pipeline_fluid import FluidPipeline
+
+        return FluidPipeline
 
     # -- image tokenizer -------------------------------------------------------------------------------------------
     @property
     def continuous(self) -> bool:
         return self.config.token_type == "continuous"
-
-    def load_image_tokenizer(self):
-        from ...evaluation.tokenizer import image_tokenizer_size, is_continuous_tokenizer, load_image_tokenizer
-
-        path = self.image_tokenizer_path
-        tokenizer = load_image_tokenizer(path)
-        if is_continuous_tokenizer(tokenizer) != self.continuous:
-            expected = "an AutoencoderKL (--vae-path)" if self.continuous else "a DalleDVAE / ViTVQGAN (--vq-path)"
-            raise ValueError(
-                f"`token_type={self.config.token_type!r}` needs {expected}, but {path!r} holds a "
-                f"{type(tokenizer).__name__}."
-            )
-        size = image_tokenizer_size(tokenizer)
-        if size != self.config.image_size:
-            raise ValueError(f"`image_size` ({self.config.image_size}) differs from the image tokenizer's ({size}).")
-        return tokenizer
 
     def _tokenizer_weights(self) -> bytes:
         for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
@@ -117,6 +107,8 @@ class FluidRecipe(TokenPriorRecipe):
 
     def build_model(self):
         from transformers import AutoConfig
+
+        from ...models.fluid import FluidConfig, FluidForConditionalGeneration
 
         c = self.config
         tokenizer = self.load_image_tokenizer()
@@ -154,6 +146,8 @@ class FluidRecipe(TokenPriorRecipe):
 
     @property
     def pretrained_text_encoder(self) -> str | None:
+        from ...layers.text_encoder import minilm_path
+
         choice = self.config.text_encoder
         return None if choice == "own" else minilm_path() if choice == "minilm" else choice
 
@@ -209,11 +203,6 @@ class FluidRecipe(TokenPriorRecipe):
             generator = torch.Generator(device=device).manual_seed(EVAL_SEED)
         return model(**text, image_tokens=image_tokens, generator=generator, use_cache=False)
 
-    def pipeline(self, model):
-        pipe = FluidPipeline(model=model, processor=self.processor)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
     def sample_images(self, model, step):
         c = self.config
         prompts = [p for p in c.sample_prompts.split("|") if p] or list(self._splits()[1]["text"][:8])
@@ -228,10 +217,3 @@ class FluidRecipe(TokenPriorRecipe):
             num_inference_steps=steps,
             generator=torch.Generator().manual_seed(0),
         ).images
-
-
-class _ImageTokenizerName:
-    """Stands in for `image_tokenizer_class` in the shared recipe's messages (the class depends on the folder)."""
-
-    def __init__(self, token_type: str):
-        self.__name__ = "AutoencoderKL" if token_type == "continuous" else "DalleDVAE or ViTVQGAN"

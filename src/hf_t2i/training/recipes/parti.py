@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...layers.text_encoder import minilm_path
-from ...models.parti import PartiConfig, PartiForConditionalGeneration, PartiProcessor
-from ...models.vit_vqgan import ViTVQGAN
-from ...pipelines.parti.pipeline_parti import PartiPipeline
 from ..recipe import register_recipe
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
 
@@ -40,15 +36,25 @@ class PartiPriorRecipe(TokenPriorRecipe):
 
     name = "parti_prior"
     config_class = PartiPriorRecipeConfig
-    image_tokenizer_class = ViTVQGAN
+    image_tokenizer_names = ("ViTVQGAN",)
     image_tokenizer_argument = "vqgan_path"
-    processor_class = PartiProcessor
-    pipeline_class = PartiPipeline
     text_input_names = ("input_ids", "attention_mask")
+
+    def processor_class(self):
+        from ...models.parti import PartiProcessor
+
+        return PartiProcessor
+
+    def pipeline_class(self):
+        from ...pipelines.parti.pipeline_parti import PartiPipeline
+
+        return PartiPipeline
 
     @property
     def pretrained_text_encoder(self) -> str | None:
         """Folder of the pretrained text encoder, or None for an encoder trained with the model."""
+        from ...layers.text_encoder import minilm_path
+
         choice = self.config.text_encoder
         return None if choice == "own" else minilm_path() if choice == "minilm" else choice
 
@@ -61,6 +67,8 @@ class PartiPriorRecipe(TokenPriorRecipe):
 
     def build_model(self):
         from transformers import AutoConfig
+
+        from ...models.parti import PartiConfig, PartiForConditionalGeneration
 
         c = self.config
         vqgan = self.load_image_tokenizer()

@@ -38,14 +38,13 @@ class TokenPriorRecipeConfig(ImageTextDataConfig):
 
 
 class TokenPriorRecipe(Recipe):
-    """Base of the prior recipes. Subclasses set `image_tokenizer_class` (and the config field holding its folder,
-    `image_tokenizer_argument`), `processor_class`, `pipeline_class`, `text_input_names`, and implement
-    `build_model` and `prior_output`."""
+    """Base of the prior recipes. Subclasses set `image_tokenizer_names` (the image tokenizer classes they accept) and
+    `image_tokenizer_argument` (the config field holding its folder), `text_input_names`, and implement
+    `processor_class`, `pipeline_class`, `build_model` and `prior_output`, importing their model, processor and
+    pipeline inside those methods (the recipes' import rule, see `hf_t2i.training.recipes`)."""
 
-    image_tokenizer_class: type = None
+    image_tokenizer_names: tuple[str, ...] = ()
     image_tokenizer_argument: str = ""
-    processor_class: type = None
-    pipeline_class: type = None
     #: processor outputs the prior takes (DALL-E: ids; Parti: ids + padding mask)
     text_input_names: tuple[str, ...] = ("input_ids",)
     #: parts of the model output's loss logged in training and reported on held-out data
@@ -65,7 +64,7 @@ class TokenPriorRecipe(Recipe):
         if not self.image_tokenizer_path:
             raise ValueError(
                 f"`{self.image_tokenizer_argument}` is required: the folder of a trained "
-                f"{self.image_tokenizer_class.__name__} (the first training stage's final export)."
+                f"{' or '.join(self.image_tokenizer_names)} (the first training stage's final export)."
             )
         if not 0 <= self.config.caption_dropout < 1:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.config.caption_dropout}.")
@@ -73,6 +72,14 @@ class TokenPriorRecipe(Recipe):
     @property
     def image_tokenizer_path(self) -> str:
         return getattr(self.config, self.image_tokenizer_argument)
+
+    def processor_class(self) -> type:
+        """The model's processor class, e.g. `DalleProcessor`."""
+        raise NotImplementedError
+
+    def pipeline_class(self) -> type:
+        """The model's pipeline class, e.g. `DallePipeline`: what `save_pretrained` exports."""
+        raise NotImplementedError
 
     def build_model(self):
         raise NotImplementedError
@@ -106,16 +113,25 @@ class TokenPriorRecipe(Recipe):
             from ...image_processing import T2IImageProcessor
 
             image_processor = T2IImageProcessor(image_size=self.config.image_size)
-            self._processor = self.processor_class(image_processor, self.load_text_tokenizer())
+            self._processor = self.processor_class()(image_processor, self.load_text_tokenizer())
         return self._processor
 
     def load_image_tokenizer(self):
-        tokenizer = self.image_tokenizer_class.from_pretrained(self.image_tokenizer_path)
-        if tokenizer.config.image_size != self.config.image_size:
+        """The trained image tokenizer in `image_tokenizer_path`, checked to be of a class this recipe accepts and
+        to have been trained at `image_size`."""
+        from ...models.image_tokenizers import image_tokenizer_size, load_image_tokenizer
+
+        path = self.image_tokenizer_path
+        tokenizer = load_image_tokenizer(path)
+        found = type(tokenizer).__name__
+        if found not in self.image_tokenizer_names:
             raise ValueError(
-                f"`image_size` ({self.config.image_size}) differs from the image tokenizer's "
-                f"({tokenizer.config.image_size})."
+                f"`{self.image_tokenizer_argument}` {path!r} holds {found} weights, but `{self.name}` needs one of: "
+                f"{', '.join(self.image_tokenizer_names)}."
             )
+        size = image_tokenizer_size(tokenizer)
+        if size != self.config.image_size:
+            raise ValueError(f"`image_size` ({self.config.image_size}) differs from the image tokenizer's ({size}).")
         return tokenizer
 
     def _encoded(self, dataset, split: str):
@@ -196,7 +212,7 @@ class TokenPriorRecipe(Recipe):
         return metrics
 
     def pipeline(self, model):
-        pipe = self.pipeline_class(model=model, processor=self.processor)
+        pipe = self.pipeline_class()(model=model, processor=self.processor)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

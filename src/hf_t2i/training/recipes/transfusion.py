@@ -90,9 +90,16 @@ class TransfusionRecipe(Recipe):
         return self._data
 
     def load_vae(self):
-        from diffusers import AutoencoderKL
+        """The trained `AutoencoderKL` in `vae_path`."""
+        from ...models.image_tokenizers import is_continuous_tokenizer, load_image_tokenizer
 
-        return AutoencoderKL.from_pretrained(self.config.vae_path)
+        vae = load_image_tokenizer(self.config.vae_path)
+        if not is_continuous_tokenizer(vae):
+            raise ValueError(
+                f"`vae_path` {self.config.vae_path!r} holds {type(vae).__name__} weights, but `{self.name}` needs "
+                "an AutoencoderKL."
+            )
+        return vae
 
     def load_text_tokenizer(self):
         from transformers import AutoTokenizer

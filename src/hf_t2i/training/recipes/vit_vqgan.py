@@ -8,12 +8,12 @@
   the upsampler only.
 
 The trained module is `ViTVQGANForAdversarialTraining` (generator + discriminator + frozen perceptual network): one
-loss, one optimizer, each network moved by its own terms only (see `models/vit_vqgan/adversarial.py`). Defaults that
+loss, one optimizer, each network moved by its own terms only (see `training/losses/adversarial.py`). Defaults that
 differ from the paper, for small CPU runs: the GAN term is scaled by VQGAN's adaptive weight (on by default, so that
 it cannot swamp the reconstruction at small scale); code usage is averaged with decay 0.9 and dead codes (usage
 below 10% of uniform, i.e. unused for ~22 steps) are revived every 10 steps from the worst-quantised latents of the
 batch: with the paper's schedule alone the codebook collapsed to a handful of codes on `shapes`. The perceptual
-network is the stem of the FID Inception-v3 (`models/vit_vqgan/perceptual.py`), as no VGG / LPIPS weights are
+network is the stem of the FID Inception-v3 (`training/losses/perceptual.py`), as no VGG / LPIPS weights are
 available offline.
 
     hf-t2i train vit_vqgan --output-dir runs/vit_vqgan --image-size 32 --max-steps 1500 --disc-start-step 750
@@ -73,7 +73,7 @@ def _check_adversarial_config(c: AdversarialLossConfig) -> None:
 
 def build_adversarial_module(generator, c: AdversarialLossConfig, image_size: int):
     """`ViTVQGANForAdversarialTraining` around `generator` with the recipe's discriminator and perceptual network."""
-    from ...models.vit_vqgan import InceptionPerceptualLoss, StyleGANDiscriminator, ViTVQGANForAdversarialTraining
+    from ..losses import InceptionPerceptualLoss, StyleGANDiscriminator, ViTVQGANForAdversarialTraining
 
     discriminator = None
     if c.adversarial_loss_weight > 0:

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ...models.vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
 from .discriminator import GAN_LOSSES, StyleGANDiscriminator, discriminator_loss, generator_loss
-from .modeling_vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
 
 
 @dataclass

