@@ -171,7 +171,7 @@ def main() -> None:
 
             cases = [Case(OURS, sample, per=batch), Case(OURS_FULL, lambda: sample(False), per=batch)]
             if guidance == 1.0:
-                cases.append(Case(OURS_DECODE, lambda latents=latents: ours.decode_latents(latents), per=batch))
+                cases.append(Case(OURS_DECODE, lambda latents=latents: ours.decode_image_tokens(latents), per=batch))
             if peer is not None and (batch == 1 or args.peer_batch_8):
                 prompts = peer_prompts(peer, batch)
                 cases.append(Case(PEER, lambda p=prompts, g=guidance: peer_sample(peer, p, g), per=batch))

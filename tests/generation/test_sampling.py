@@ -143,3 +143,23 @@ def test_raster_order_reveals_left_to_right():
         assert positions.tolist() == [[i]] * 3
         decoder.reveal(positions, torch.full((3, 1, 2), float(i)))
     assert decoder.tokens[0, :, 0].tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_every_prior_implements_the_generation_protocol():
+    from hf_t2i import (
+        DalleForConditionalGeneration,
+        FluidForConditionalGeneration,
+        PartiForConditionalGeneration,
+        TransfusionForConditionalGeneration,
+    )
+    from hf_t2i.generation import ImageGenerator
+
+    for cls in (
+        DalleForConditionalGeneration,
+        PartiForConditionalGeneration,
+        FluidForConditionalGeneration,
+        TransfusionForConditionalGeneration,
+    ):
+        for name in ("prepare_image_generation", "image_generation_step", "decode_image_tokens"):
+            assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"
+        assert issubclass(cls, ImageGenerator)

@@ -63,7 +63,7 @@ def test_callback_can_replace_latents(pipe):
 
     pipe("a red circle", num_inference_steps=3, callback_on_step_end=callback, output_type="np")
     assert steps == [0, 1, 2]
-    zeros = pipe.model.decode_latents(torch.zeros(1, 4, 8, 8))
+    zeros = pipe.model.decode_image_tokens(torch.zeros(1, 4, 8, 8))
     out = pipe("a red circle", num_inference_steps=1, callback_on_step_end=callback, output_type="pt").images
     assert torch.allclose(out, (zeros + 1) / 2, atol=1e-6)
 

@@ -3,14 +3,18 @@
 - [`SamplingConfig`]: how tokens are drawn and how guidance is applied, validated once;
 - [`ClassifierFreeGuidance`]: batch doubling, the scale schedule, the combine of the two branches;
 - [`AutoregressiveDecoder`]: raster decoding with a KV cache, one token per step;
+- [`MaskedDecoder`] (in `generation.masked`): iterative decoding with a pluggable reveal rule (random order,
+  raster order);
 - token draws through an explicit `torch.Generator` (`sample_tokens`, `rand_like_on`).
 
-Models expose the per-step computation; pipelines run the loops with the progress bar and the callbacks.
+Models expose the per-step computation ([`ImageGenerator`], the protocol every prior implements); pipelines run the
+loops with the progress bar and the callbacks.
 """
 
 from .autoregressive import AutoregressiveDecoder, decode_autoregressive
 from .config import SamplingConfig, TokenSampler
 from .guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
+from .protocol import ImageGenerator
 from .sampling import rand_like_on, sample_tokens
 
 
@@ -18,6 +22,7 @@ __all__ = [
     "GUIDANCE_SCHEDULES",
     "AutoregressiveDecoder",
     "ClassifierFreeGuidance",
+    "ImageGenerator",
     "SamplingConfig",
     "TokenSampler",
     "decode_autoregressive",

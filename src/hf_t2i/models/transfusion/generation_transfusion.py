@@ -272,7 +272,7 @@ class TransfusionGenerationMixin:
             latents: (B, C, h, w) initial noise instead of drawing it.
 
         Returns:
-            (B, C, h, w) scaled latents (`decode_latents` turns them into pixels).
+            (B, C, h, w) scaled latents (`decode_image_tokens` turns them into pixels).
         """
         self._check_steps(num_inference_steps)
         guidance = ClassifierFreeGuidance(guidance_scale)
@@ -284,7 +284,7 @@ class TransfusionGenerationMixin:
     @torch.no_grad()
     def generate_images(self, *args, **kwargs) -> torch.Tensor:
         """`generate_image_latents` followed by the VAE decoder: (B, 3, H, W) pixels in [-1, 1]."""
-        return self.decode_latents(self.generate_image_latents(*args, **kwargs))
+        return self.decode_image_tokens(self.generate_image_latents(*args, **kwargs))
 
     # -- LM mode ----------------------------------------------------------------------------------------------------
     def _next_token_logits(self, ids, mask, cache, image_latents=None, timesteps=None) -> torch.Tensor:

@@ -283,8 +283,9 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         return (latents - shift) * scale
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) scaled latents -> (B, 3, H, W) pixels in [-1, 1]."""
+    def decode_image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) scaled latents (Transfusion's image tokens before patchifying) -> (B, 3, H, W) pixels in
+        [-1, 1]. The same name as the other families' decoders, so a pipeline decodes any prior alike."""
         scale, shift = self._vae_factors
         return self.vae.decode(latents.to(self.vae.dtype) / scale + shift).sample.clamp(-1, 1)
 

@@ -147,7 +147,7 @@ class TransfusionPipeline(T2IPipeline):
                 progress_bar.update()
 
         # 5. Decode to pixels
-        return self.output(self.model.decode_latents(latents), output_type, return_dict)
+        return self.output(self.model.decode_image_tokens(latents), output_type, return_dict)
 
     @torch.no_grad()
     def caption(
