@@ -1,6 +1,6 @@
 """Convert LTH14/mar checkpoints: the KL-16 VAE (`kl16.ckpt`: `{"model": state dict}`) to a diffusers
 `AutoencoderKL`, and the MAR prior (`checkpoint-last.pth`: `{"model", "model_ema", ...}`) together with that VAE to a
-class-conditional `FluidForConditionalGeneration` saved as a `FluidPipeline` folder.
+`MarForConditionalGeneration` saved as a `FluidPipeline` folder.
 
 ## KL-16 VAE
 
@@ -26,7 +26,7 @@ as `scaling_factor`. Widths, levels and latent channels are read from the tensor
 
 ## MAR prior
 
-`FluidConfig(num_classes=..., buffer_size=...)` is MAR's layout (see `FluidMAEModel`); the blocks are timm `Block`s
+`MarConfig(num_classes=..., buffer_size=...)` is MAR's layout (see `FluidMAEModel`); the blocks are timm `Block`s
 (pre-LayerNorm eps 1e-6, fused q/k/v with bias, exact-GELU MLP), i.e. the package's `TransformerBlock` without
 cross-attention. The diffusion head is `DiffusionHead(learned_variance=True, norm_affine=True, frequency_dim=256)` with
 diffusers' `DDPMScheduler(variance_type="learned_range", timestep_spacing="linspace")`: the cosine schedule over 1000
@@ -35,7 +35,7 @@ tensor shapes except the attention heads (timm stores none): taken from the chec
 (`mar_base` 12, `mar_large` / `mar_huge` 16), else from the width (768 -> 12, 1024 / 1280 -> 16), or `--num-heads`.
 The EMA weights (`model_ema`, what MAR evaluates) are converted by default; `--weights model` takes `model`.
 
-| source (`model_ema` / `model`)                               | target (`FluidForConditionalGeneration`)          |
+| source (`model_ema` / `model`)                               | target (`MarForConditionalGeneration`)           |
 |--------------------------------------------------------------|---------------------------------------------------|
 | `class_emb`, `fake_latent` (1, C)                             | `model.class_embeddings`, `model.null_class_embedding` (C) |
 | `z_proj`, `z_proj_ln`                                          | `model.token_embeddings`, `model.token_embedding_norm` |
@@ -271,8 +271,8 @@ def _heads(width: int, args: dict, num_heads: int | None) -> int:
 
 
 def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = None):
-    """The class-conditional `FluidConfig` of a MAR prior state dict (+ the converted VAE's config)."""
-    from hf_t2i import FluidConfig
+    """The `MarConfig` of a MAR prior state dict (+ the converted VAE's config)."""
+    from hf_t2i import MarConfig
 
     num_classes, hidden = state["class_emb.weight"].shape
     token_dim = state["z_proj.weight"].shape[1]
@@ -296,7 +296,7 @@ def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = Non
     downsample = 2 ** (len(vae["block_out_channels"]) - 1)
     vae = {**vae, "sample_size": side * patch * downsample}
     heads = _heads(hidden, args, num_heads)
-    return FluidConfig(
+    return MarConfig(
         token_type="continuous",
         generation_order="random",
         vae_config=vae,
@@ -327,7 +327,7 @@ def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = Non
 
 
 def convert_prior_state(state: dict) -> dict[str, torch.Tensor]:
-    """MAR prior state dict -> `FluidForConditionalGeneration` keys (without `vae.*`); fails on leftovers."""
+    """MAR prior state dict -> `MarForConditionalGeneration` keys (without `vae.*`); fails on leftovers."""
     keys = KeyConsumer(state, "MAR prior")
     out: dict[str, torch.Tensor] = {}
 
@@ -368,16 +368,16 @@ def convert_prior(
     mar_repo=None,
     trust_pickle: bool = False,
 ) -> dict:
-    """-> {"model": FluidForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}."""
-    from hf_t2i import FluidForConditionalGeneration, FluidPipeline
+    """-> {"model": MarForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}."""
+    from hf_t2i import FluidPipeline, MarForConditionalGeneration
 
     state, args = read_prior_checkpoint(prior_path, weights, trust_pickle)
     vae_config_, vae_state = convert_vae_state(read_vae_checkpoint(vae_path))
     config = prior_config(state, vae_config_, args, num_heads)
     converted = convert_prior_state(state)
     converted.update({f"vae.{k}": v for k, v in vae_state.items()})
-    model = FluidForConditionalGeneration(config).eval()
-    load_converted(model, converted, "FluidForConditionalGeneration")
+    model = MarForConditionalGeneration(config).eval()
+    load_converted(model, converted, "MarForConditionalGeneration")
     parity = {}
     if mar_repo is not None:
         original = build_original_mar(mar_repo, config)
@@ -415,7 +415,7 @@ The parity of the architecture with MAR's `models/mar.py` is proven in `tests/co
 
 def build_original_mar(mar_repo, config):
     """LTH14/mar's own `models.mar.MAR` (from a clone at `mar_repo`, needs timm) with the sizes of a converted
-    class-conditional `FluidConfig`, in eval mode and with its own random weights."""
+    `MarConfig`, in eval mode and with its own random weights."""
     repo = Path(mar_repo)
     if not (repo / "models" / "mar.py").is_file():
         raise ConversionError(f"--mar-repo {repo} is not a clone of LTH14/mar (no models/mar.py).")

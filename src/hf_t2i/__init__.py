@@ -10,7 +10,15 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel, DallePreTrainedModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
-from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
+from .models.fluid import (
+    FluidConfig,
+    FluidForConditionalGeneration,
+    FluidMAEModel,
+    FluidModel,
+    FluidProcessor,
+    MarConfig,
+    MarForConditionalGeneration,
+)
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.transfusion import (
     TransfusionConfig,
@@ -39,9 +47,12 @@ __all__ = [
     "DalleProcessor",
     "FluidConfig",
     "FluidForConditionalGeneration",
+    "FluidMAEModel",
     "FluidModel",
     "FluidPipeline",
     "FluidProcessor",
+    "MarConfig",
+    "MarForConditionalGeneration",
     "PartiConfig",
     "PartiForConditionalGeneration",
     "PartiModel",

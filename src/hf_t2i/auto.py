@@ -18,7 +18,15 @@ from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel
 from .models.dalle.processing_dalle import DalleProcessor
 from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
-from .models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, FluidProcessor
+from .models.fluid import (
+    FluidConfig,
+    FluidForConditionalGeneration,
+    FluidMAEModel,
+    FluidModel,
+    FluidProcessor,
+    MarConfig,
+    MarForConditionalGeneration,
+)
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.transfusion import (
     TransfusionConfig,
@@ -79,6 +87,10 @@ def register_all() -> None:
         AutoImageProcessor.register(config_class, image_processor_classes={"pil": T2IImageProcessor}, exist_ok=True)
         AutoProcessor.register(config_class, processor_class, exist_ok=True)
         TEXT_TO_IMAGE_PIPELINES[config_class.model_type] = pipeline_class
+    # class-conditional MAR: class labels instead of captions, hence no processor and no text-to-image task entry
+    AutoConfig.register(MarConfig.model_type, MarConfig, exist_ok=True)
+    AutoModel.register(MarConfig, FluidMAEModel, exist_ok=True)
+    AutoModelForTextToImage.register(MarConfig, MarForConditionalGeneration, exist_ok=True)
     # Transfusion also writes text about images: transformers' "image-text-to-text" task (captioning)
     AutoModelForImageTextToText.register(TransfusionConfig, TransfusionForConditionalGeneration, exist_ok=True)
     PIPELINE_REGISTRY.register_pipeline(

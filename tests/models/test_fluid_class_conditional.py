@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_t2i import FluidPipeline
+from hf_t2i import FluidPipeline, MarConfig, MarForConditionalGeneration
 from hf_t2i.layers.diffusion_head import DiffusionHead, build_ddpm_scheduler, diffusion_loss
 
 from .test_fluid import tiny_fluid_config
@@ -21,14 +21,13 @@ def mar_config(token_type="continuous", **kwargs):
     )
     defaults.update(kwargs)
     order = defaults.pop("generation_order", "random")
-    return tiny_fluid_config(token_type, order, **defaults)
+    text_fields = tiny_fluid_config(token_type, order).to_dict()  # the tiny sizes, then MAR's layout on top
+    return MarConfig.from_dict({**text_fields, **defaults, "model_type": MarConfig.model_type})
 
 
 def mar_model(token_type="continuous", **kwargs):
-    from hf_t2i import FluidForConditionalGeneration
-
     torch.manual_seed(0)
-    model = FluidForConditionalGeneration(mar_config(token_type, **kwargs)).eval()
+    model = MarForConditionalGeneration(mar_config(token_type, **kwargs)).eval()
     with torch.no_grad():  # move the zero-initialised head modulations and embeddings away from zero
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -104,7 +103,7 @@ def test_learned_variance_loss_is_iddpm_hybrid():
 
 
 def test_class_conditional_training_lowers_the_loss_and_round_trips(tmp_path):
-    from hf_t2i import FluidForConditionalGeneration
+    from hf_t2i import AutoModelForTextToImage
 
     model = mar_model().train()
     tokens = tokens_for(model, batch=4)
@@ -119,7 +118,8 @@ def test_class_conditional_training_lowers_the_loss_and_round_trips(tmp_path):
         losses.append(loss.item())
     assert sum(losses[-5:]) < sum(losses[:5]), losses
     model.eval().save_pretrained(tmp_path)
-    reloaded = FluidForConditionalGeneration.from_pretrained(tmp_path).eval()
+    reloaded = AutoModelForTextToImage.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is MarForConditionalGeneration
     assert reloaded.scheduler.config.variance_type == "learned_range"
     assert reloaded.scheduler.config.timestep_spacing == "linspace"
     kwargs = dict(class_labels=labels[:2], num_inference_steps=3, guidance_scale=2.0, guidance_schedule="linear")
@@ -158,3 +158,21 @@ def test_bad_class_conditional_configs():
         mar_config(diffusion_timestep_spacing="even")
     with pytest.raises(ValueError, match="diffusion_head_frequency_dim"):
         mar_config(diffusion_head_frequency_dim=7)
+
+
+def test_mar_has_its_own_model_type_and_auto_classes_round_trip_it(tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    from hf_t2i import FluidConfig, FluidMAEModel
+
+    config = mar_config()
+    assert config.model_type == "mar" and config.is_class_conditional
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is MarConfig and loaded.num_classes == 5
+    assert type(AutoModel.from_config(loaded)) is FluidMAEModel
+    # the text-conditional config refuses MAR's field and names the class to use
+    with pytest.raises(ValueError, match="MarConfig"):
+        FluidConfig(num_classes=5)
+    with pytest.raises(ValueError, match="num_classes"):
+        MarConfig(num_classes=None)

@@ -1,10 +1,11 @@
-from .configuration_fluid import FluidConfig, small_vae_config
+from .configuration_fluid import FluidConfig, MarConfig, small_vae_config
 from .modeling_fluid import (
     FluidForConditionalGeneration,
     FluidMAEModel,
     FluidModel,
     FluidOutput,
     FluidPreTrainedModel,
+    MarForConditionalGeneration,
 )
 from .processing_fluid import FluidProcessor
 
@@ -17,5 +18,7 @@ __all__ = [
     "FluidOutput",
     "FluidPreTrainedModel",
     "FluidProcessor",
+    "MarConfig",
+    "MarForConditionalGeneration",
     "small_vae_config",
 ]

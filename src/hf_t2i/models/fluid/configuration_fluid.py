@@ -115,7 +115,7 @@ class FluidConfig(PreTrainedConfig):
             head's residual blocks (MAR's `in_ln`).
         diffusion_timestep_spacing (`str`, *optional*, defaults to `"leading"`): which training steps the head's
             sampler visits ("leading": 990, ..., 0; "linspace": 999, 989, ..., 0, MAR's respacing; "trailing").
-        num_classes (`int`, *optional*): class-conditional (MAR) instead of text-conditional: the number of classes.
+        num_classes (`int`, *optional*): [`MarConfig`] only: the number of classes of a class-conditional model.
         class_dropout_prob (`float`, *optional*, defaults to 0.1): class-conditional training replaces the class by
             the learned null class with this probability (for classifier-free guidance).
         buffer_size (`int`, *optional*, defaults to 64): class-conditional: positions holding the class embedding
@@ -125,6 +125,8 @@ class FluidConfig(PreTrainedConfig):
 
     model_type = "fluid"
     sub_configs = {"vq_config": AutoConfig, "text_encoder_config": AutoConfig}
+    #: MAR's class-conditional layout (`MarConfig`), the only one that takes `num_classes`
+    _mar_layout = False
 
     def __init__(
         self,
@@ -207,6 +209,13 @@ class FluidConfig(PreTrainedConfig):
             raise ValueError(
                 f"`diffusion_timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {diffusion_timestep_spacing!r}."
             )
+        if num_classes is not None and not self._mar_layout:
+            raise ValueError(
+                f"`num_classes` ({num_classes}) makes a class-conditional model with MAR's layout, which has its own "
+                "config: use `MarConfig(num_classes=...)` (model_type 'mar') and `MarForConditionalGeneration`."
+            )
+        if self._mar_layout and num_classes is None:
+            raise ValueError("`MarConfig` needs `num_classes`, the number of classes it generates.")
         if num_classes is not None:
             check_positive_ints(num_classes=num_classes, buffer_size=buffer_size, encoder_layers=encoder_layers)
             if generation_order != "random":
@@ -354,4 +363,26 @@ class FluidConfig(PreTrainedConfig):
         return cls(**defaults)
 
 
-__all__ = ["FluidConfig", "small_vae_config"]
+class MarConfig(FluidConfig):
+    r"""Configuration of a class-conditional MAR prior (Li et al. 2024, "Autoregressive Image Generation without Vector
+    Quantization"; LTH14/mar): the fields of [`FluidConfig`] with MAR's masked encoder-decoder layout
+    ([`FluidMAEModel`]): `num_classes` class embeddings plus a learned null class for guidance, `buffer_size`
+    positions holding the class embedding in front of the image tokens, random generation order, no text encoder.
+
+    Its own `model_type` lets the Auto classes round-trip it: `AutoModel.from_config(MarConfig(...))` is a
+    [`FluidMAEModel`], and `AutoModelForTextToImage` a [`MarForConditionalGeneration`].
+
+    Args:
+        num_classes (`int`, *optional*, defaults to 1000): classes the model generates (ImageNet's 1000 for the
+            released MAR checkpoints).
+        (every other argument as in [`FluidConfig`])
+    """
+
+    model_type = "mar"
+    _mar_layout = True
+
+    def __init__(self, num_classes: int = 1000, **kwargs):
+        super().__init__(num_classes=num_classes, **kwargs)
+
+
+__all__ = ["FluidConfig", "MarConfig", "small_vae_config"]

@@ -46,7 +46,7 @@ from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
 from ...modeling_utils import init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
-from .configuration_fluid import FluidConfig
+from .configuration_fluid import FluidConfig, MarConfig
 from .generation_fluid import FluidGenerationMixin
 
 
@@ -280,6 +280,8 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
     Rows with different numbers of visible tokens are padded to the longest and the padding masked out of attention
     (MAR itself needs one count per batch).
     """
+
+    config_class = MarConfig
 
     def __init__(self, config: FluidConfig):
         super().__init__(config)
@@ -582,12 +584,29 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+class MarForConditionalGeneration(FluidForConditionalGeneration):
+    """Class-conditional MAR ([`MarConfig`]): [`FluidMAEModel`] with its diffusion head (continuous tokens) or LM head
+    (discrete) and image tokenizer. Generation takes `class_labels` instead of captions; [`FluidPipeline`] drives it.
+
+    Example:
+
+    ```python
+    >>> model = MarForConditionalGeneration(MarConfig(num_classes=10))
+    >>> tokens = model.sample_image_tokens(class_labels=torch.tensor([3]), num_inference_steps=8)
+    >>> pixels = model.decode_image_tokens(tokens)  # (1, 3, H, W) in [-1, 1]
+    ```
+    """
+
+    config_class = MarConfig
+
+
 __all__ = [
     "FluidForConditionalGeneration",
     "FluidMAEModel",
     "FluidModel",
     "FluidOutput",
     "FluidPreTrainedModel",
+    "MarForConditionalGeneration",
     "cosine_mask_ratio",
     "random_training_mask",
 ]
