@@ -163,3 +163,41 @@ def test_every_prior_implements_the_generation_protocol():
         for name in ("prepare_image_generation", "image_generation_step", "decode_image_tokens"):
             assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"
         assert issubclass(cls, ImageGenerator)
+
+
+@pytest.mark.parametrize("choice_temperature", [0.0, 4.5])
+def test_confidence_order_keeps_the_most_confident_and_reveals_every_position_once(choice_temperature):
+    from hf_t2i.generation.masked import ConfidenceOrder
+
+    n, steps = 16, 5
+    rule = ConfidenceOrder(choice_temperature)
+    decoder = MaskedDecoder(2, n, steps, rule, generator=torch.Generator().manual_seed(0))
+    # position p always gets confidence p: without noise the highest positions are revealed first
+    first = None
+    for i in range(steps):
+        positions, _ = decoder.plan(i)
+        if not positions.shape[1]:
+            continue
+        assert positions.shape[1] == n - decoder.revealed  # every unknown position is a candidate
+        assert not decoder.known.gather(1, positions).any()
+        before = decoder.known.clone()
+        decoder.reveal(positions, positions + 100, confidence=positions.float())
+        newly = (decoder.known & ~before).sum(1)
+        assert (newly == decoder.count).all()
+        if first is None:
+            first = (decoder.known & ~before)[0].nonzero().flatten().tolist()
+    assert decoder.known.all()
+    assert torch.equal(decoder.tokens, torch.arange(n).expand(2, n) + 100)
+    if choice_temperature == 0:
+        assert first == list(range(n - len(first), n))
+
+
+def test_confidence_order_needs_confidence_and_a_valid_temperature():
+    from hf_t2i.generation.masked import ConfidenceOrder
+
+    decoder = MaskedDecoder(1, 4, 2, ConfidenceOrder())
+    positions, _ = decoder.plan(0)
+    with pytest.raises(ValueError, match="confidence"):
+        decoder.reveal(positions, positions)
+    with pytest.raises(ValueError, match="choice_temperature"):
+        ConfidenceOrder(-1.0)

@@ -4,7 +4,9 @@ Every iteration the model predicts the tokens at some positions; the reveal rule
 and how far decoding has progressed (for the guidance schedule):
 - [`RandomOrder`]: a random permutation per image, revealed on MaskGIT's cosine schedule (MAR, Fluid): `K` iterations,
   `floor(N * cos(pi/2 * (k+1) / K))` tokens still unknown after iteration `k`;
-- [`RasterOrder`]: one token per iteration, left to right, top to bottom (raster Fluid with its KV cache).
+- [`RasterOrder`]: one token per iteration, left to right, top to bottom (raster Fluid with its KV cache);
+- [`ConfidenceOrder`]: MaskGIT / Muse: the model draws every unknown token, the rule keeps the most confident ones
+  (same cosine schedule), with MaskGIT's annealed Gumbel noise on the confidence.
 
 The loop is split the way diffusers splits a pipeline from its scheduler: [`MaskedDecoder.plan`] gives an
 iteration's positions and guidance scale, the model computes the new tokens there
@@ -44,23 +46,36 @@ def masked_after(step: int, num_steps: int, length: int, revealed: int) -> int:
 
 @dataclass
 class StepPlan:
-    """One iteration: reveal `positions` (B, M) (M may be 0), with guidance progress `progress` in [0, 1]."""
+    """One iteration: reveal `positions` (B, M) (M may be 0), with guidance progress `progress` in [0, 1].
+
+    For a rule that chooses after drawing, `positions` are the candidates (every unknown position) and `count` of
+    them are revealed.
+    """
 
     positions: torch.Tensor
     progress: float
+    count: int | None = None
 
-    @property
-    def count(self) -> int:
-        return self.positions.shape[1]
+    def __post_init__(self):
+        if self.count is None:
+            self.count = self.positions.shape[1]
 
 
 class RevealRule:
-    """Which positions each iteration reveals. Subclasses implement `start` (per-generation state) and `plan`."""
+    """Which positions each iteration reveals. Subclasses implement `start` (per-generation state) and `plan`; a rule
+    that sets `chooses_after_drawing` also implements `select`."""
+
+    #: the model draws every unknown position and `select` keeps `count` of them by confidence
+    chooses_after_drawing = False
 
     def start(self, batch: int, length: int, generator: torch.Generator | None, device) -> None:
         """Called once before the first iteration."""
 
     def plan(self, step: int, num_steps: int, length: int, revealed: int) -> StepPlan:
+        raise NotImplementedError
+
+    def select(self, confidence: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, U) confidence of the drawn candidates -> (B, count) indices of the candidates to keep."""
         raise NotImplementedError
 
 
@@ -87,6 +102,45 @@ class RasterOrder(RevealRule):
     def plan(self, step, num_steps, length, revealed) -> StepPlan:
         positions = torch.full((self.batch, 1), step, dtype=torch.long, device=self.device)
         return StepPlan(positions, step / (length - 1) if length > 1 else 1.0)
+
+
+class ConfidenceOrder(RevealRule):
+    """MaskGIT (Chang et al. 2022, section 3.2) / Muse: draw every unknown token, keep the `count` the model is most
+    sure of (the cosine schedule's count, as `RandomOrder`), re-mask the rest. The confidence is the drawn token's
+    log-probability plus Gumbel noise scaled by `choice_temperature * (1 - (k + 1) / K)`, annealed to zero at the last
+    iteration (MaskGIT's `mask_by_random_topk`).
+
+    Args:
+        choice_temperature: scale of the Gumbel noise at the first iteration (MaskGIT: 4.5); 0 keeps the strictly most
+            confident tokens.
+    """
+
+    chooses_after_drawing = True
+
+    def __init__(self, choice_temperature: float = 4.5):
+        if isinstance(choice_temperature, bool) or not isinstance(choice_temperature, (int, float)):
+            raise ValueError(f"`choice_temperature` must be a number >= 0, got {choice_temperature!r}.")
+        if not math.isfinite(choice_temperature) or choice_temperature < 0:
+            raise ValueError(f"`choice_temperature` must be a finite number >= 0, got {choice_temperature!r}.")
+        self.choice_temperature = float(choice_temperature)
+
+    def start(self, batch, length, generator, device) -> None:
+        self.generator, self.device = generator, device
+        self.noise_scale = 0.0
+
+    def plan(self, step, num_steps, length, revealed) -> StepPlan:
+        kept = masked_after(step, num_steps, length, revealed)
+        count = length - revealed - (0 if step == num_steps - 1 else kept)
+        self.noise_scale = self.choice_temperature * (1 - (step + 1) / num_steps)
+        empty = torch.zeros(0, 0, dtype=torch.long, device=self.device)  # the decoder fills in the unknown positions
+        return StepPlan(empty, (length - kept) / length, max(count, 0))
+
+    def select(self, confidence: torch.Tensor, count: int) -> torch.Tensor:
+        if self.noise_scale > 0:
+            uniform = rand_like_on(tuple(confidence.shape), self.generator, confidence.device)
+            gumbel = -torch.log(-torch.log(uniform.clamp(min=1e-20, max=1.0 - 1e-7)))
+            confidence = confidence.float() + self.noise_scale * gumbel
+        return confidence.topk(count, dim=1).indices  # (B, count)
 
 
 class MaskedDecoder:
@@ -124,12 +178,27 @@ class MaskedDecoder:
         reveal.start(batch_size, num_tokens, generator, device)
 
     def plan(self, step: int) -> tuple[torch.Tensor, float]:
-        """Iteration `step`'s positions (B, M) and guidance scale."""
+        """Iteration `step`'s positions (B, M) to draw and its guidance scale. For a rule that chooses after drawing,
+        the positions are every unknown one, and `reveal` keeps `self.count` of them."""
         plan = self.reveal_rule.plan(step, self.num_steps, self.num_tokens, self.revealed)
-        return plan.positions, self.guidance.scale_at(plan.progress)
+        self.count = plan.count
+        positions = plan.positions
+        if self.reveal_rule.chooses_after_drawing:
+            batch = self.known.shape[0]
+            unknown = self.num_tokens - self.revealed
+            positions = (~self.known).nonzero()[:, 1].view(batch, unknown) if plan.count else positions
+        return positions, self.guidance.scale_at(plan.progress)
 
-    def reveal(self, positions: torch.Tensor, values: torch.Tensor) -> None:
-        """Write `values` (B, M, *token_shape) at `positions` (B, M) and mark them known."""
+    def reveal(self, positions: torch.Tensor, values: torch.Tensor, confidence: torch.Tensor | None = None) -> None:
+        """Write `values` (B, M, *token_shape) at `positions` (B, M) and mark them known. A rule that chooses after
+        drawing needs `confidence` (B, M) and keeps the `count` it selects."""
+        if self.reveal_rule.chooses_after_drawing:
+            if confidence is None:
+                raise ValueError(f"{type(self.reveal_rule).__name__} reveals by confidence: pass `confidence`.")
+            keep = self.reveal_rule.select(confidence, self.count)  # (B, count)
+            positions = positions.gather(1, keep)
+            index = keep if values.ndim == 2 else keep[..., None].expand(-1, -1, values.shape[-1])
+            values = values.gather(1, index)
         if self.tokens.ndim == 3:
             index = positions[..., None].expand(-1, -1, self.tokens.shape[-1])
             self.tokens.scatter_(1, index, values.to(self.tokens.dtype))
@@ -140,6 +209,7 @@ class MaskedDecoder:
 
 
 __all__ = [
+    "ConfidenceOrder",
     "MaskedDecoder",
     "RandomOrder",
     "RasterOrder",
