@@ -67,6 +67,31 @@ class ClassifierFreeGuidance:
         negative = negative.to(positive.device)
         return torch.cat([positive, negative.expand(positive.shape[0], *negative.shape[1:])])
 
+    def double_inputs(
+        self, positive: torch.Tensor, negative: torch.Tensor | None, argument: str = "input_ids"
+    ) -> torch.Tensor:
+        """The doubled batch of a text input under guidance (unchanged without it), with the checks every family
+        needs: the negative input is given and as long as the positive one.
+
+        Args:
+            positive: (B, S) the prompts' `argument` (ids or their mask).
+            negative: (B or 1, S) the unconditional branch's (the processor's encoding of '' or a negative prompt).
+            argument: the positive argument's name, for error messages (`negative_<argument>` is the other).
+        """
+        if not self.enabled:
+            return positive
+        if negative is None:
+            raise ValueError(
+                f"Guidance needs `negative_{argument}`: the processor's encoding of the negative prompt ('' for plain "
+                "classifier-free guidance)."
+            )
+        if negative.ndim != positive.ndim or negative.shape[1:] != positive.shape[1:]:
+            raise ValueError(
+                f"`negative_{argument}` must have the prompts' length {positive.shape[1]}, got "
+                f"{tuple(negative.shape)}."
+            )
+        return self.conditioned(positive, negative)
+
     def combine(
         self, prediction: torch.Tensor, scale: float | None = None, channels: int | None = None
     ) -> torch.Tensor:

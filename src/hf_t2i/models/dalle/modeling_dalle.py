@@ -366,18 +366,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
                 f"`input_ids` must be (batch, {config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
                 "Use the processor, which pads every caption to the text context."
             )
-        prefix = input_ids
-        if guidance.enabled:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_input_ids.ndim != 2 or negative_input_ids.shape[1] != config.text_seq_len:
-                raise ValueError(
-                    f"`negative_input_ids` must have {config.text_seq_len} positions, got {tuple(negative_input_ids.shape)}."
-                )
-            prefix = guidance.conditioned(input_ids, negative_input_ids)  # (2B, L)
+        prefix = guidance.double_inputs(input_ids, negative_input_ids)  # (B', L)
         cache = StaticCache(config=config, max_cache_len=config.max_position_embeddings)
         return DalleGenerationState(prefix=prefix, cache=cache)
 

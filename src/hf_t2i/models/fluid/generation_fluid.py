@@ -121,8 +121,9 @@ class FluidGenerationMixin:
             raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
         return FluidSampling(sampling, steps, diffusion_steps, float(temperature))
 
-    def _check_conditions(self, input_ids, negative_input_ids, class_labels, guided: bool) -> int:
-        """Validate the text / class inputs; returns the batch size."""
+    def _check_conditions(self, input_ids, negative_input_ids, class_labels) -> int:
+        """Validate the text / class inputs (the negative captions: `ClassifierFreeGuidance.double_inputs`); returns
+        the batch size."""
         c = self.config
         if c.is_class_conditional:
             if input_ids is not None or negative_input_ids is not None:
@@ -136,17 +137,6 @@ class FluidGenerationMixin:
             raise ValueError("`class_labels` apply to class-conditional Fluid (`num_classes`); pass `input_ids`.")
         if input_ids is None:
             raise ValueError("Pass `input_ids` (the captions, from the processor).")
-        if guided:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_input_ids.shape[1] != input_ids.shape[1]:
-                raise ValueError(
-                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got "
-                    f"{negative_input_ids.shape[1]}."
-                )
         return input_ids.shape[0]
 
     @torch.no_grad()
@@ -175,7 +165,7 @@ class FluidGenerationMixin:
         c = self.config
         settings = settings or self.check_sampling()
         guidance = settings.sampling.guidance
-        batch = self._check_conditions(input_ids, negative_input_ids, class_labels, guidance.enabled)
+        batch = self._check_conditions(input_ids, negative_input_ids, class_labels)
         state = FluidGenerationState(
             batch_size=batch,
             guidance=guidance,
@@ -195,11 +185,10 @@ class FluidGenerationMixin:
             return state
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if guidance.enabled:
-            if negative_attention_mask is None:
-                negative_attention_mask = torch.ones_like(negative_input_ids)
-            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
-            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)
+        if guidance.enabled and negative_input_ids is not None and negative_attention_mask is None:
+            negative_attention_mask = torch.ones_like(negative_input_ids)
+        input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
+        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
         state.text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
         state.attention_mask = attention_mask
         if c.is_causal:

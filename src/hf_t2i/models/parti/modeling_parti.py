@@ -292,20 +292,10 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         guidance = guidance or ClassifierFreeGuidance()
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if guidance.enabled:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance needs `negative_input_ids`: the processor's encoding of the negative prompt ('' for "
-                    "plain classifier-free guidance)."
-                )
-            if negative_attention_mask is None:
-                negative_attention_mask = torch.ones_like(negative_input_ids)
-            if negative_input_ids.shape[1] != input_ids.shape[1]:
-                raise ValueError(
-                    f"`negative_input_ids` must have the prompts' length {input_ids.shape[1]}, got {negative_input_ids.shape[1]}."
-                )
-            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
-            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)
+        if guidance.enabled and negative_input_ids is not None and negative_attention_mask is None:
+            negative_attention_mask = torch.ones_like(negative_input_ids)
+        input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
+        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
         encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
         cache = EncoderDecoderCache(
             StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
