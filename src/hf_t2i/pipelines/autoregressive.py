@@ -1,6 +1,5 @@
-"""Shared machinery of the token-by-token pipelines (DALL-E, Parti, raster-order Fluid): the raster decoding loop
-with its progress bar and step callback, and reranking of candidates (prompt encoding and output live in
-[`T2IPipeline`])."""
+"""Shared machinery of the token-by-token pipelines (DALL-E, Parti): the raster decoding loop with its progress bar
+and step callback, and reranking of candidates (prompt encoding and output live in [`T2IPipeline`])."""
 
 from __future__ import annotations
 
