@@ -2,9 +2,10 @@ import pytest
 import torch
 from transformers import DynamicCache, StaticCache
 
-from hf_t2i import DalleConfig, DalleForConditionalGeneration
+from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration, DalleModel
 
 from ..conftest import tiny_dalle_config
+from .prior_tester import PriorTesterMixin, seeded
 
 
 def sequence(model, batch=2, seed=0):
@@ -22,28 +23,6 @@ def incremental_logits(model, ids, cache, prefill=10):
     for t in range(prefill, ids.shape[1]):
         steps.append(model(ids[:, t : t + 1], cache=cache, use_cache=True).logits)
     return torch.cat(steps, 1)
-
-
-@pytest.mark.parametrize("cache_class", ["dynamic", "static"])
-def test_cached_equals_uncached(dalle_model, cache_class):
-    ids = sequence(dalle_model)
-    full = dalle_model(ids, use_cache=False).logits
-    config = dalle_model.config
-    cache = (
-        DynamicCache(config=config)
-        if cache_class == "dynamic"
-        else StaticCache(config=config, max_cache_len=ids.shape[1] + 3)
-    )
-    inc = incremental_logits(dalle_model, ids, cache)
-    assert torch.allclose(full, inc, atol=1e-5)
-
-
-def test_batch_equals_singles(dalle_model):
-    ids = sequence(dalle_model, batch=3)
-    batched = dalle_model(ids, use_cache=False).logits
-    for i in range(3):
-        single = dalle_model(ids[i : i + 1], use_cache=False).logits
-        assert torch.allclose(batched[i : i + 1], single, atol=1e-5)
 
 
 def test_logits_are_restricted_to_the_next_modality(dalle_model):
@@ -116,40 +95,6 @@ def test_generate_greedy_with_guidance_equals_package_loop(dalle_model):
     assert torch.equal(generated[:, text.shape[1] :] - dalle_model.config.text_vocab_size, ours)
 
 
-def test_sampling_is_seeded(dalle_model):
-    text = sequence(dalle_model)[:, : dalle_model.config.text_seq_len]
-    a = dalle_model.sample_image_tokens(text, top_k=8, generator=torch.Generator().manual_seed(0))
-    b = dalle_model.sample_image_tokens(text, top_k=8, generator=torch.Generator().manual_seed(0))
-    c = dalle_model.sample_image_tokens(text, top_k=8, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    assert a.min() >= 0 and a.max() < dalle_model.config.image_vocab_size
-
-
-def test_save_load_round_trip(dalle_model, tmp_path):
-    dalle_model.save_pretrained(tmp_path)
-    loaded = DalleForConditionalGeneration.from_pretrained(tmp_path).eval()
-    ids = sequence(dalle_model)
-    assert torch.equal(dalle_model(ids, use_cache=False).logits, loaded(ids, use_cache=False).logits)
-    codes = dalle_model.image_codes_from_generated(ids)
-    assert torch.equal(dalle_model.decode_image_tokens(codes), loaded.decode_image_tokens(codes))
-    with pytest.raises(ValueError, match="image_codes_from_generated"):
-        dalle_model.decode_image_tokens(ids[:, dalle_model.config.text_seq_len :])
-    assert loaded.config.vq_config.vocab_size == 32
-
-
-def test_bad_inputs(dalle_model):
-    with pytest.raises(ValueError, match="input_ids"):
-        dalle_model.sample_image_tokens(torch.zeros(1, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="negative_input_ids"):
-        dalle_model.sample_image_tokens(torch.zeros(1, 12, dtype=torch.long), guidance_scale=2.0)
-    with pytest.raises(ValueError, match="temperature"):
-        dalle_model.sample_image_tokens(torch.zeros(1, 12, dtype=torch.long), temperature=-1.0)
-    with pytest.raises(ValueError, match="exceed the context"):
-        dalle_model(torch.zeros(1, 12 + 64 + 1, dtype=torch.long), use_cache=False)
-    with pytest.raises(ValueError, match="text ids"):
-        dalle_model(torch.full((1, 12), 10_000), use_cache=False)
-
-
 def test_config_validation():
     with pytest.raises(ValueError, match="attention_types"):
         DalleConfig(num_hidden_layers=2, attention_types=["row"])
@@ -167,3 +112,101 @@ def test_config_validation():
         "row",
         "conv",
     ]
+
+
+def test_decode_rejects_generate_output(dalle_model):
+    ids = sequence(dalle_model)
+    with pytest.raises(ValueError, match="image_codes_from_generated"):
+        dalle_model.decode_image_tokens(ids[:, dalle_model.config.text_seq_len :])  # still offset by the text vocab
+    codes = dalle_model.image_codes_from_generated(ids)
+    assert torch.equal(codes + dalle_model.config.text_vocab_size, ids[:, dalle_model.config.text_seq_len :])
+
+
+class TestDallePrior(PriorTesterMixin):
+    """The shared prior behaviour (tests/models/prior_tester.py) on a 2-layer DALL-E with a 4x4 grid."""
+
+    model_class = DalleForConditionalGeneration
+    base_model_class = DalleModel
+    sampling_kwargs = {"top_k": 8}
+    image_size = 16
+
+    def build_model(self, **config_overrides):
+        vq = DalleDVAEConfig(
+            image_size=16, hidden_size=8, vocab_size=32, channel_multipliers=[1, 2, 2], num_blocks_per_group=1
+        )  # 4x4 grid
+        torch.manual_seed(0)
+        config = tiny_dalle_config(100, vq_config=vq, num_hidden_layers=2, **config_overrides)  # row, conv
+        return DalleForConditionalGeneration(config).eval()
+
+    @staticmethod
+    def text(config, rows):
+        """(B, L) captions: random ids, then 2 to 4 pads."""
+        texts = []
+        for row in rows:
+            text = torch.randint(3, config.text_vocab_size, (1, config.text_seq_len), generator=seeded(100 + row))
+            text[:, config.text_seq_len - 2 - row % 3 :] = config.text_pad_token_id
+            texts.append(text)
+        return torch.cat(texts)
+
+    def forward_inputs(self, model, rows):
+        config = model.config
+        codes = [
+            torch.randint(0, config.image_vocab_size, (1, config.num_image_tokens), generator=seeded(r)) for r in rows
+        ]
+        ids = model.build_sequence(self.text(config, rows), torch.cat(codes))
+        return {"input_ids": ids, "labels": ids, "use_cache": False}
+
+    def generation_inputs(self, model, rows):
+        return {"input_ids": self.text(model.config, rows)}
+
+    def negative_inputs(self, model):
+        return {"negative_input_ids": torch.full((1, model.config.text_seq_len), model.config.text_pad_token_id)}
+
+    def sample_shape(self, model, batch):
+        return (batch, model.config.num_image_tokens)
+
+    def deterministic_kwargs(self, model, rows):
+        return {"do_sample": False}
+
+    def first_prediction(self, model, state, generator):
+        return model.image_generation_step(state, None)  # (B', image_vocab) logits of the first image code
+
+    def cached_and_uncached(self, model):
+        for variant in (model, self.build_model(attention_types=["column", "full"])):
+            config, types = variant.config, "+".join(variant.config.attention_types)
+            ids = self.forward_inputs(variant, [0, 1])["input_ids"]
+            full = variant(ids, use_cache=False).logits
+            for name, cache in (
+                ("DynamicCache", DynamicCache(config=config)),
+                ("StaticCache", StaticCache(config=config, max_cache_len=ids.shape[1] + 3)),
+            ):
+                yield f"{types} forward, {name}", incremental_logits(variant, ids, cache), full
+            # the generation protocol: the prefix, then one image code per step, through the preallocated cache
+            text_len, offset = config.text_seq_len, config.text_vocab_size
+            codes = ids[:, text_len:] - offset
+            state = variant.prepare_image_generation(ids[:, :text_len])
+            steps = [variant.image_generation_step(state, None)]
+            steps += [variant.image_generation_step(state, codes[:, i - 1 : i]) for i in range(1, codes.shape[1])]
+            uncached = full[:, text_len - 1 : -1, offset:]  # the image-code logits at every image position
+            yield f"{types} image_generation_step", torch.stack(steps, 1), uncached
+
+    def bad_sampling_inputs(self, model):
+        short = torch.zeros(1, 5, dtype=torch.long)
+        return [
+            ({"input_ids": short}, "input_ids"),
+            ({"negative_input_ids": short}, "negative_input_ids"),
+            ({"temperature": -1.0}, "temperature"),
+            ({"temperature": 0}, "temperature"),
+            ({"top_k": 0}, "top_k"),
+            ({"top_p": 0.0}, "top_p"),
+            ({"guidance_schedule": "cosine"}, "guidance_schedule"),
+        ]
+
+    def bad_forward_inputs(self, model, inputs):
+        config = model.config
+        too_long = torch.zeros(1, config.max_position_embeddings + 1, dtype=torch.long)
+        return [
+            ({"input_ids": too_long, "labels": None}, "exceed the context"),
+            ({"input_ids": torch.full((1, config.text_seq_len), 10_000), "labels": None}, "text ids"),
+            ({"labels": inputs["labels"][:, :-1]}, "labels"),
+        ]

@@ -5,8 +5,10 @@ import torch
 from transformers import AutoConfig, DynamicCache, EncoderDecoderCache
 
 from hf_t2i.models.dalle_dvae import DalleDVAEConfig
-from hf_t2i.models.fluid import FluidConfig, FluidForConditionalGeneration, small_vae_config
+from hf_t2i.models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, small_vae_config
 from hf_t2i.models.fluid.modeling_fluid import random_training_mask
+
+from .prior_tester import PriorTesterMixin, seeded
 
 
 CELLS = [("continuous", "random"), ("continuous", "raster"), ("discrete", "random"), ("discrete", "raster")]
@@ -97,43 +99,16 @@ def test_bidirectional_outputs_do_not_depend_on_the_order(token_type):
 
 
 @pytest.mark.parametrize("token_type", ["continuous", "discrete"])
-def test_raster_cached_equals_uncached(token_type):
+def test_raster_order_is_causal(token_type):
     model = tiny_model(token_type, "raster")
     text, mask, image = batch(model)
-    full = model(input_ids=text, attention_mask=mask, image_tokens=image, return_loss=False, use_cache=False)
-    embeds = model.model.input_embeddings(image)  # [START], t0 .. t14
-    encoder = model.get_encoder()(text, mask)
-    cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-    steps = []
-    for start, end in [(0, 5)] + [(t, t + 1) for t in range(5, 16)]:
-        steps.append(
-            model.model(
-                inputs_embeds=embeds[:, start:end], attention_mask=mask, encoder_outputs=encoder, cache=cache
-            ).last_hidden_state
-        )
-    assert torch.allclose(torch.cat(steps, 1), full.last_hidden_state, atol=1e-5)
-    # causal: a later token does not change earlier outputs
+    kwargs = dict(input_ids=text, attention_mask=mask, return_loss=False)
+    full = model(image_tokens=image, **kwargs).last_hidden_state
     later = image.clone()
-    later[:, 10:] = later[:, :6]
-    changed = model(input_ids=text, attention_mask=mask, image_tokens=later, return_loss=False).last_hidden_state
-    assert torch.allclose(changed[:, :11], full.last_hidden_state[:, :11], atol=1e-6)
-    assert not torch.allclose(changed[:, 11:], full.last_hidden_state[:, 11:], atol=1e-4)
-
-
-def test_batch_equals_singles():
-    model = tiny_model("continuous", "random")
-    text, mask, image = batch(model, size=3)
-    masked = random_training_mask(3, 16, torch.Generator().manual_seed(0), "cpu")
-    batched = model(input_ids=text, attention_mask=mask, image_tokens=image, mask=masked, return_loss=False)
-    for i in range(3):
-        single = model(
-            input_ids=text[i : i + 1],
-            attention_mask=mask[i : i + 1],
-            image_tokens=image[i : i + 1],
-            mask=masked[i : i + 1],
-            return_loss=False,
-        )
-        assert torch.allclose(batched.last_hidden_state[i : i + 1], single.last_hidden_state, atol=1e-5)
+    later[:, 10:] = later[:, :6]  # a later token does not change earlier outputs
+    changed = model(image_tokens=later, **kwargs).last_hidden_state
+    assert torch.allclose(changed[:, :11], full[:, :11], atol=1e-6)
+    assert not torch.allclose(changed[:, 11:], full[:, 11:], atol=1e-4)
 
 
 def test_training_mask_follows_the_cosine_schedule():
@@ -163,21 +138,6 @@ def test_loss_seeded_and_trainable(token_type, order):
     assert model.model.layers[0].cross_attn.kv_proj.weight.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize(("token_type", "order"), CELLS)
-def test_sampling_is_seeded(token_type, order):
-    model = tiny_model(token_type, order)
-    text, mask, _ = batch(model)
-    kwargs = dict(num_inference_steps=4 if order == "random" else None, guidance_scale=2.0)
-    kwargs["negative_input_ids"] = torch.zeros(1, 10, dtype=torch.long)
-    a = model.sample_image_tokens(text, mask, generator=torch.Generator().manual_seed(0), **kwargs)
-    b = model.sample_image_tokens(text, mask, generator=torch.Generator().manual_seed(0), **kwargs)
-    c = model.sample_image_tokens(text, mask, generator=torch.Generator().manual_seed(1), **kwargs)
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    model.model.check_image_tokens(a)
-    pixels = model.decode_image_tokens(a)
-    assert pixels.shape == (2, 3, 16, 16) and pixels.abs().max() <= 1
-
-
 @pytest.mark.parametrize("steps", [1, 5, 16])
 def test_random_order_reveals_each_token_once_on_a_cosine_schedule(steps):
     model = tiny_model("discrete", "random")
@@ -197,20 +157,6 @@ def test_random_order_reveals_each_token_once_on_a_cosine_schedule(steps):
         assert calls == [1, 3, 3, 5, 4]
 
 
-def test_guidance_scale_one_equals_unguided():
-    model = tiny_model("continuous", "random")
-    text, mask, _ = batch(model)
-    negative = torch.zeros(1, 10, dtype=torch.long)
-    plain = model.sample_image_tokens(text, mask, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
-    one = model.sample_image_tokens(
-        text, mask, negative, num_inference_steps=3, guidance_scale=1.0, generator=torch.Generator().manual_seed(0)
-    )
-    guided = model.sample_image_tokens(
-        text, mask, negative, num_inference_steps=3, guidance_scale=4.0, generator=torch.Generator().manual_seed(0)
-    )
-    assert torch.equal(plain, one) and not torch.allclose(plain, guided, atol=1e-4)
-
-
 def test_head_temperature_zero_is_the_mean_path():
     model = tiny_model("continuous", "raster")
     torch.nn.init.normal_(model.diffusion_head.output.weight, std=0.1)
@@ -220,22 +166,6 @@ def test_head_temperature_zero_is_the_mean_path():
     hot = model.sample_image_tokens(text, mask, temperature=1.0, generator=torch.Generator().manual_seed(1))
     # only the initial noise differs between a and b; the added noise of every reverse step is gone
     assert not torch.equal(a, b) and hot.std() > b.std()
-
-
-@pytest.mark.parametrize(("token_type", "order"), CELLS)
-def test_save_load_round_trip(token_type, order, tmp_path):
-    model = tiny_model(token_type, order)
-    model.save_pretrained(tmp_path)
-    loaded = FluidForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.token_type == token_type and loaded.config.generation_order == order
-    text, mask, image = batch(model)
-    for m in (model, loaded):
-        m.train()  # diffusion_batch_mul applies
-    a = model(input_ids=text, attention_mask=mask, image_tokens=image, generator=torch.Generator().manual_seed(0))
-    b = loaded(input_ids=text, attention_mask=mask, image_tokens=image, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(a.loss, b.loss) and torch.equal(a.last_hidden_state, b.last_hidden_state)
-    pixels = torch.rand(2, 3, 16, 16) * 2 - 1
-    assert torch.equal(model.eval().encode_images(pixels), loaded.eval().encode_images(pixels))
 
 
 def test_pretrained_frozen_text_encoder_with_aligner(tmp_path):
@@ -260,34 +190,11 @@ def test_pretrained_frozen_text_encoder_with_aligner(tmp_path):
     assert FluidForConditionalGeneration.from_pretrained(tmp_path).config.text_encoder_config.model_type == "bert"
 
 
-def test_bad_inputs():
-    model = tiny_model("continuous", "random")
-    text, mask, image = batch(model)
-    with pytest.raises(ValueError, match="image_tokens"):
-        model(input_ids=text, image_tokens=image[:, :8])
-    with pytest.raises(ValueError, match="image_tokens"):
-        model(input_ids=text, image_tokens=image.argmax(-1))
-    with pytest.raises(ValueError, match="mask"):
-        model(input_ids=text, image_tokens=image, mask=torch.ones(2, 16))
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        model.sample_image_tokens(text, num_inference_steps=17)
-    with pytest.raises(ValueError, match="negative_input_ids"):
-        model.sample_image_tokens(text, guidance_scale=3.0)
-    with pytest.raises(ValueError, match="top_k"):
-        model.sample_image_tokens(text, top_k=4)
-    with pytest.raises(ValueError, match="num_diffusion_steps"):
-        model.sample_image_tokens(text, num_diffusion_steps=0)
-    with pytest.raises(ValueError, match="guidance_schedule"):
-        model.sample_image_tokens(text, guidance_schedule="cosine")
+def test_config_and_encode_errors():
     with pytest.raises(ValueError, match="pixel_values"):
-        model.encode_images(torch.zeros(1, 3, 32, 32))
-    raster = tiny_model("discrete", "raster")
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        raster.sample_image_tokens(text, num_inference_steps=64)
-    with pytest.raises(ValueError, match="mask"):
-        raster(input_ids=text, image_tokens=torch.zeros(2, 16, dtype=torch.long), mask=torch.ones(2, 16).bool())
-    with pytest.raises(ValueError, match="ids must be in"):
-        raster(input_ids=text, image_tokens=torch.full((2, 16), 32))
+        tiny_model("continuous", "random").encode_images(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="pixel_values"):
+        tiny_model("discrete", "raster").encode_images(torch.zeros(1, 16, 16))
     with pytest.raises(ValueError, match="token_type"):
         tiny_fluid_config(token_type="mixed")
     with pytest.raises(ValueError, match="generation_order"):
@@ -296,3 +203,169 @@ def test_bad_inputs():
         tiny_fluid_config(patch_size=3)
     with pytest.raises(ValueError, match="vq_config"):
         tiny_fluid_config("discrete", vq_config={"model_type": "bert"})
+
+
+class _FluidPrior(PriorTesterMixin):
+    """The shared prior behaviour (tests/models/prior_tester.py) on one cell of text-conditional Fluid (4x4 tokens);
+    one subclass per cell below."""
+
+    model_class = FluidForConditionalGeneration
+    base_model_class = FluidModel
+    image_size = 16
+    token_type: str
+    generation_order: str
+
+    @property
+    def sampling_kwargs(self):
+        return {"num_inference_steps": 4} if self.generation_order == "random" else {}
+
+    def build_model(self, **config_overrides):
+        model = tiny_model(self.token_type, self.generation_order, **config_overrides)
+        # heads that depend on their input (at init the condition barely moves the samples of a tiny model)
+        head = model.diffusion_head.output if model.diffusion_head is not None else model.lm_head
+        torch.nn.init.normal_(head.weight, std=0.2 if model.diffusion_head is not None else 0.5)
+        return model
+
+    @staticmethod
+    def text(rows):
+        """(B, 10) captions with 2 to 4 padded positions, and their mask."""
+        text = torch.cat([torch.randint(3, 100, (1, 10), generator=seeded(100 + row)) for row in rows])
+        mask = torch.ones_like(text)
+        for i, row in enumerate(rows):
+            mask[i, 6 + row % 3 :] = 0
+        return text, mask
+
+    def forward_inputs(self, model, rows):
+        config = model.config
+        n = config.num_image_tokens
+        if config.is_continuous:
+            image = [torch.randn(1, n, config.token_dim, generator=seeded(row)) for row in rows]
+        else:
+            image = [torch.randint(0, config.image_vocab_size, (1, n), generator=seeded(row)) for row in rows]
+        text, mask = self.text(rows)
+        inputs = {"input_ids": text, "attention_mask": mask, "image_tokens": torch.cat(image), "generator": seeded(0)}
+        if not config.is_causal:  # the tokens to predict, per row
+            inputs["mask"] = torch.cat([random_training_mask(1, n, seeded(200 + row), "cpu") for row in rows])
+        return inputs
+
+    def forward_outputs(self, model, inputs):
+        out = model(**inputs)
+        outputs = {"loss": out.loss, "last_hidden_state": out.last_hidden_state}
+        if out.logits is not None:
+            outputs["logits"] = out.logits
+        return outputs
+
+    def generation_inputs(self, model, rows):
+        text, mask = self.text(rows)
+        return {"input_ids": text, "attention_mask": mask}
+
+    def negative_inputs(self, model):
+        return {"negative_input_ids": torch.zeros(1, 10, dtype=torch.long)}
+
+    def sample_shape(self, model, batch):
+        config = model.config
+        return (batch, config.num_image_tokens) + ((config.token_dim,) if config.is_continuous else ())
+
+    def deterministic_kwargs(self, model, rows):
+        # random order draws the orders, continuous tokens the head's noise, for the whole batch
+        return {"do_sample": False} if self.token_type == "discrete" and self.generation_order == "raster" else None
+
+    def guided_first_step(self, model, inputs, guidance_scale, scale, generator):
+        settings = model.check_sampling(guidance_scale=guidance_scale, **self.sampling_kwargs)
+        state = model.prepare_image_generation(**inputs, settings=settings, generator=generator)
+        decoder = model.start_image_tokens(state, num_steps=settings.num_steps)
+        positions, _ = decoder.plan(0)
+        # Fluid's step draws the tokens itself, guided at `scale`: (B, M, D) latents or (B, M) ids
+        return model.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
+
+    def cached_and_uncached(self, model):
+        if not model.config.is_causal:
+            return
+        inputs = self.forward_inputs(model, [0, 1])
+        text, mask, image = inputs["input_ids"], inputs["attention_mask"], inputs["image_tokens"]
+        full = model(input_ids=text, attention_mask=mask, image_tokens=image, return_loss=False, use_cache=False)
+        embeds = model.model.input_embeddings(image)  # [START], t0 .. t14
+        encoder = model.get_encoder()(text, mask)
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        steps = []
+        for start, end in [(0, 5)] + [(t, t + 1) for t in range(5, image.shape[1])]:
+            step = model.model(
+                inputs_embeds=embeds[:, start:end], attention_mask=mask, encoder_outputs=encoder, cache=cache
+            )
+            steps.append(step.last_hidden_state)
+        yield "forward", torch.cat(steps, 1), full.last_hidden_state
+        # the sampler: the backbone outputs its head reads at each step (through the preallocated cache) are those of
+        # one uncached pass over the drawn tokens
+        head = model.diffusion_head if model.config.is_continuous else model.lm_head
+        seen = []
+
+        def record(module, args):
+            hidden = args[-1] if model.config.is_continuous else args[0]  # (B, C) condition or (B, 1, C)
+            if not seen or hidden is not seen[-1]:  # the diffusion head reads one condition for all its steps
+                seen.append(hidden)
+
+        hook = head.register_forward_pre_hook(record)
+        try:
+            tokens = self.sample(model, seeded(0), **self.generation_inputs(model, [0, 1]))
+        finally:
+            hook.remove()
+        cached = torch.stack([hidden.reshape(2, -1) for hidden in seen], 1)  # (B, N, C)
+        uncached = model(
+            input_ids=text, attention_mask=mask, image_tokens=tokens, return_loss=False, use_cache=False
+        ).last_hidden_state
+        yield "sample_image_tokens", cached, uncached
+
+    def bad_sampling_inputs(self, model):
+        config = model.config
+        cases = [
+            ({"negative_input_ids": torch.zeros(1, 5, dtype=torch.long)}, "negative_input_ids"),
+            ({"guidance_schedule": "cosine"}, "guidance_schedule"),
+            ({"num_inference_steps": config.num_image_tokens + 1}, "num_inference_steps"),
+        ]
+        if config.is_causal:
+            cases.append(({"num_inference_steps": 4}, "num_inference_steps"))
+        else:
+            cases.append(({"num_inference_steps": 0}, "num_inference_steps"))
+        if config.is_continuous:
+            cases += [
+                ({"top_k": 4}, "top_k"),
+                ({"do_sample": False}, "do_sample"),
+                ({"temperature": -1.0}, "temperature"),
+                ({"num_diffusion_steps": 0}, "num_diffusion_steps"),
+                ({"num_diffusion_steps": config.num_train_timesteps + 1}, "num_diffusion_steps"),
+            ]
+        else:
+            cases += [({"temperature": 0}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p")]
+        return cases
+
+    def bad_forward_inputs(self, model, inputs):
+        config, image = model.config, inputs["image_tokens"]
+        cases = [
+            ({"image_tokens": image[:, :8]}, "image_tokens"),
+            ({"input_ids": None}, "input_ids"),
+        ]
+        if config.is_continuous:
+            cases.append(({"image_tokens": image.argmax(-1)}, "image_tokens"))
+        else:
+            cases.append(({"image_tokens": torch.full_like(image, config.image_vocab_size)}, "ids must be in"))
+        if config.is_causal:
+            cases.append(({"mask": torch.ones(image.shape[:2], dtype=torch.bool)}, "mask"))
+        else:
+            cases.append(({"mask": torch.ones(image.shape[:2])}, "mask"))
+        return cases
+
+
+class TestFluidContinuousRandomPrior(_FluidPrior):
+    token_type, generation_order = "continuous", "random"
+
+
+class TestFluidContinuousRasterPrior(_FluidPrior):
+    token_type, generation_order = "continuous", "raster"
+
+
+class TestFluidDiscreteRandomPrior(_FluidPrior):
+    token_type, generation_order = "discrete", "random"
+
+
+class TestFluidDiscreteRasterPrior(_FluidPrior):
+    token_type, generation_order = "discrete", "raster"

@@ -1,4 +1,7 @@
-"""Transfusion: the mask cell by cell, the loss, cached-prefix denoising, both generation modes, save / load, errors."""
+"""Transfusion: the mask cell by cell, the loss, LM mode and mode switching, errors; the shared prior behaviour
+(save / load, batch == singles, seeds, cached-prefix denoising, guidance, bad inputs) in `TestTransfusionPrior*`."""
+
+import functools
 
 import pytest
 import torch
@@ -11,10 +14,13 @@ from hf_t2i.layers.masks import causal_with_bidirectional_spans, image_span_ids
 from hf_t2i.models.transfusion import (
     TransfusionConfig,
     TransfusionForConditionalGeneration,
+    TransfusionModel,
     TransfusionProcessor,
     add_image_tokens,
 )
 from hf_t2i.tokenization import train_bpe_tokenizer
+
+from .prior_tester import PriorTesterMixin
 
 
 CAPTIONS = ["a red circle", "two blue squares", "a green triangle left of a red square", "three yellow circles"]
@@ -30,10 +36,15 @@ TINY_VAE = {
 }
 
 
-@pytest.fixture(scope="module")
-def processor():
+@functools.cache
+def tiny_processor() -> TransfusionProcessor:
     tokenizer = add_image_tokens(train_bpe_tokenizer(CAPTIONS * 20, vocab_size=300, model_max_length=12))
     return TransfusionProcessor(T2IImageProcessor(image_size=16), tokenizer, num_image_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_processor()
 
 
 def tiny_config(processor, **kwargs) -> TransfusionConfig:
@@ -53,12 +64,6 @@ def tiny_config(processor, **kwargs) -> TransfusionConfig:
     )
     defaults.update(kwargs)
     return TransfusionConfig(**defaults)
-
-
-@pytest.fixture(scope="module", params=["linear", "unet"])
-def model(request, processor):
-    torch.manual_seed(0)
-    return TransfusionForConditionalGeneration(tiny_config(processor, patch_encoder=request.param)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -201,51 +206,6 @@ def test_a_few_steps_of_training_lower_the_loss(processor):
     assert all(p.grad is None for p in model.vae.parameters())  # the VAE stays frozen
 
 
-# -- diffusion mode -------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim"])
-def test_cached_prefix_denoising_equals_recomputed_sequence(model, processor, scheduler):
-    inputs = processor.image_generation_inputs(["a red circle", "a green triangle left of a red square"])
-    assert inputs["attention_mask"][0, 0] == 0  # the short prompt is left-padded
-    kwargs = dict(guidance_scale=3.0, num_inference_steps=4, scheduler=scheduler)
-    cached = model.generate_image_latents(**inputs, generator=seeded(1), **kwargs)
-    full = model.generate_image_latents(**inputs, generator=seeded(1), use_cache=False, **kwargs)
-    assert torch.allclose(cached, full, atol=1e-5)
-
-
-def test_batch_with_padding_equals_singles(linear_model, processor):
-    prompts = ["a red circle", "a green triangle left of a red square"]
-    latents = latents_like(linear_model, 2)
-    kwargs = dict(guidance_scale=2.0, num_inference_steps=3)
-    batched = linear_model.generate_image_latents(
-        **processor.image_generation_inputs(prompts), latents=latents, **kwargs
-    )
-    for i, prompt in enumerate(prompts):
-        single = linear_model.generate_image_latents(
-            **processor.image_generation_inputs([prompt]), latents=latents[i : i + 1], **kwargs
-        )
-        assert torch.allclose(batched[i : i + 1], single, atol=1e-5)
-
-
-def test_same_seed_same_image(linear_model, processor):
-    inputs = processor.image_generation_inputs(["a red circle"])
-    for scheduler in ("ddpm", "ddim"):
-        kwargs = dict(guidance_scale=2.0, num_inference_steps=3, scheduler=scheduler)
-        a = linear_model.generate_images(**inputs, generator=seeded(3), **kwargs)
-        b = linear_model.generate_images(**inputs, generator=seeded(3), **kwargs)
-        c = linear_model.generate_images(**inputs, generator=seeded(4), **kwargs)
-        assert a.shape == (1, 3, 16, 16) and a.min() >= -1 and a.max() <= 1
-        assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_guidance_changes_the_image(linear_model, processor):
-    inputs = processor.image_generation_inputs(["a red circle"])
-    plain = linear_model.generate_image_latents(**inputs, num_inference_steps=3, generator=seeded(0))
-    guided = linear_model.generate_image_latents(
-        **inputs, num_inference_steps=3, generator=seeded(0), guidance_scale=4.0
-    )
-    assert not torch.allclose(plain, guided)
-
-
 # -- LM mode and mode switching -------------------------------------------------------------------------------------
 def test_captioning_with_stock_generate_matches_the_package_loop(linear_model, processor):
     image = (torch.rand(16, 16, 3, generator=seeded(0)).numpy() * 255).astype("uint8")
@@ -310,24 +270,6 @@ def test_interleaved_generation_switches_to_diffusion_at_boi(processor):
     assert torch.allclose(out.image_latents[0], direct, atol=1e-5)
 
 
-# -- save / load ----------------------------------------------------------------------------------------------------
-def test_save_load_round_trip(model, processor, tmp_path):
-    model.save_pretrained(tmp_path)
-    loaded = TransfusionForConditionalGeneration.from_pretrained(tmp_path).eval()
-    saved, original = loaded.config.to_dict(), model.config.to_dict()
-    saved.pop("_name_or_path"), original.pop("_name_or_path")
-    assert saved == original
-    for name, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[name], value), name
-    inputs = processor.image_generation_inputs(["a red circle"])
-    kwargs = dict(num_inference_steps=2, guidance_scale=2.0)
-    assert torch.equal(
-        loaded.generate_images(**inputs, generator=seeded(0), **kwargs),
-        model.generate_images(**inputs, generator=seeded(0), **kwargs),
-    )
-    TransfusionConfig.from_pretrained(tmp_path)  # the nested VAE config survives JSON
-
-
 # -- errors ---------------------------------------------------------------------------------------------------------
 def test_bad_config_errors(processor):
     with pytest.raises(ValueError, match="not a multiple of `patch_size`"):
@@ -344,36 +286,8 @@ def test_bad_config_errors(processor):
         tiny_config(processor, patch_encoder="conv")
 
 
-def test_bad_input_errors(linear_model, processor):
-    inputs = processor.image_generation_inputs(["a red circle"])
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        linear_model.generate_image_latents(**inputs, num_inference_steps=-1)
-    with pytest.raises(ValueError, match="num_inference_steps"):
-        linear_model.generate_image_latents(**inputs, num_inference_steps=0)
-    with pytest.raises(ValueError, match="end with `boi_token_id`"):
-        linear_model.generate_image_latents(**processor(text=["a red circle"]), num_inference_steps=2)
-    with pytest.raises(ValueError, match="guidance_scale"):
-        linear_model.generate_image_latents(**inputs, guidance_scale=-1.0)
-
-    batch = processor.build_training_batch(["a red circle"], latents_like(linear_model, 1))
-    ids = batch["input_ids"]
-    with pytest.raises(ValueError, match="no `image_latents`"):
-        linear_model(ids)
-    with pytest.raises(ValueError, match="shape"):
-        linear_model(ids, image_latents=latents_like(linear_model, 2))
-    boi = (ids[0] == processor.boi_token_id).nonzero().item()
-    no_boi = ids.clone()
-    no_boi[0, boi] = 5
-    with pytest.raises(ValueError, match="not preceded by `boi_token_id`"):
-        linear_model(no_boi, image_latents=batch["image_latents"])
-    no_eoi = ids.clone()
-    no_eoi[no_eoi == processor.eoi_token_id] = 5
-    with pytest.raises(ValueError, match="not followed by `eoi_token_id`"):
-        linear_model(no_eoi, image_latents=batch["image_latents"])
-    short = torch.cat([ids[:, : boi + 5], ids[:, boi + 6 :]], 1)  # one placeholder missing
-    with pytest.raises(ValueError, match="exactly 16"):
-        linear_model(short, image_latents=batch["image_latents"])
-    with pytest.raises(ValueError, match="image_size|num_images"):
+def test_encode_images_checks_the_size(linear_model):
+    with pytest.raises(ValueError, match="pixel_values"):
         linear_model.encode_images(torch.zeros(1, 3, 20, 20))
 
 
@@ -383,3 +297,115 @@ def test_processor_requires_the_image_tokens(processor):
         TransfusionProcessor(T2IImageProcessor(image_size=16), plain, num_image_tokens=16)
     with pytest.raises(ValueError, match="tokens long"):
         processor.image_generation_inputs(["a red circle " * 10])
+
+
+# -- the shared prior behaviour -------------------------------------------------------------------------------------
+PROMPTS = ["a red circle", "a green triangle left of a red square", "two blue squares"]  # of different lengths
+
+
+def renamed_negative(inputs) -> dict[str, torch.Tensor]:
+    return {"negative_input_ids": inputs["input_ids"], "negative_attention_mask": inputs["attention_mask"]}
+
+
+class _TransfusionPrior(PriorTesterMixin):
+    """The shared prior behaviour (tests/models/prior_tester.py) on a 2-layer Transfusion (4x4 latent patches) with one
+    patch encoder and one scheduler; the cached-prefix check runs both schedulers."""
+
+    model_class = TransfusionForConditionalGeneration
+    base_model_class = TransfusionModel
+    sampler_name = "generate_image_latents"
+    negative_argument = None  # the default unconditional branch is the caption-dropped prompt `<s> </s> <boi>`
+    image_size = 16
+    patch_encoder: str
+    scheduler: str
+
+    @property
+    def sampling_kwargs(self):
+        return {"num_inference_steps": 3, "scheduler": self.scheduler}
+
+    def build_model(self, **config_overrides):
+        torch.manual_seed(0)
+        config = tiny_config(tiny_processor(), patch_encoder=self.patch_encoder, **config_overrides)
+        return TransfusionForConditionalGeneration(config).eval()
+
+    @staticmethod
+    def latents(model, seeds):
+        return torch.cat([latents_like(model, 1, seed=seed) for seed in seeds])
+
+    def forward_inputs(self, model, rows):
+        captions, first = [CAPTIONS[row] for row in rows], [row % 2 == 1 for row in rows]
+        batch = tiny_processor().build_training_batch(captions, self.latents(model, rows), image_first=first)
+        noise = self.latents(model, [10 + row for row in rows])
+        return {**batch, "noise": noise, "timesteps": torch.tensor([100 + 300 * row for row in rows])}
+
+    def forward_outputs(self, model, inputs):
+        out = model(**inputs)
+        valid = inputs["labels"][:, 1:] != -100  # the logits of the text targets, back at their positions
+        logits = out.logits.new_zeros(*valid.shape, out.logits.shape[-1])
+        logits[valid] = out.logits
+        return {"loss": out.loss, "logits": logits, "noise_pred": out.noise_pred}
+
+    def generation_inputs(self, model, rows):
+        return dict(tiny_processor().image_generation_inputs([PROMPTS[row] for row in rows]))
+
+    def negative_inputs(self, model):
+        return renamed_negative(tiny_processor().image_generation_inputs(["three yellow circles"]))
+
+    def default_negative_inputs(self, model):
+        return renamed_negative(tiny_processor().image_generation_inputs([""]))
+
+    def sample_shape(self, model, batch):
+        return model.image_latent_shape(batch)
+
+    def deterministic_kwargs(self, model, rows):
+        return {"latents": self.latents(model, [50 + row for row in rows]), "scheduler": "ddim"}
+
+    def first_prediction(self, model, state, generator):
+        latents = torch.randn(model.image_latent_shape(state.batch_size), generator=generator)
+        return model.image_generation_step(state, state.guidance.double(latents), torch.tensor(500))
+
+    def cached_and_uncached(self, model):
+        inputs = self.generation_inputs(model, [0, 1])
+        assert inputs["attention_mask"][0, 0] == 0  # the short prompt is left-padded
+        for scheduler in ("ddpm", "ddim"):
+            kwargs = dict(guidance_scale=3.0, num_inference_steps=4, scheduler=scheduler)
+            cached = model.generate_image_latents(**inputs, generator=seeded(1), **kwargs)
+            full = model.generate_image_latents(**inputs, generator=seeded(1), use_cache=False, **kwargs)
+            yield f"{scheduler} cached prefix", cached, full
+
+    def bad_sampling_inputs(self, model):
+        processor = tiny_processor()
+        no_boi = processor(text=["a red circle"])  # LM-mode prompt: does not end with <boi>
+        return [
+            ({"num_inference_steps": -1}, "num_inference_steps"),
+            ({"num_inference_steps": 0}, "num_inference_steps"),
+            ({"input_ids": no_boi["input_ids"], "attention_mask": no_boi["attention_mask"]}, "boi_token_id"),
+            (renamed_negative(no_boi), "negative_input_ids"),
+            ({"input_ids": no_boi["input_ids"][0]}, "input_ids"),
+            ({"latents": torch.zeros(model.image_latent_shape(2))}, "latents"),
+            ({"scheduler": "euler"}, "scheduler"),
+        ]
+
+    def bad_forward_inputs(self, model, inputs):
+        config, ids = model.config, inputs["input_ids"]
+        no_boi, no_eoi, short = ids.clone(), ids.clone(), ids.clone()
+        no_boi[no_boi == config.boi_token_id] = 5
+        no_eoi[no_eoi == config.eoi_token_id] = 5
+        short[0, (ids[0] == config.image_token_id).nonzero()[-1]] = 5  # row 0's image one placeholder short
+        return [
+            ({"image_latents": None}, "no `image_latents`"),
+            # without labels: with them, the training noise is added first and fails on the shapes (RuntimeError)
+            ({"image_latents": self.latents(model, [0, 1, 2]), "labels": None}, "shape"),
+            ({"input_ids": no_boi}, "not preceded by `boi_token_id`"),
+            ({"input_ids": no_eoi}, "not followed by `eoi_token_id`"),
+            ({"input_ids": short}, f"exactly {config.num_image_tokens}"),
+            ({"labels": inputs["labels"][:, :-1]}, "labels"),
+        ]
+
+
+class TestTransfusionPriorLinearDDPM(_TransfusionPrior):
+    patch_encoder, scheduler = "linear", "ddpm"
+
+
+class TestTransfusionPriorUNetDDIM(_TransfusionPrior):
+    patch_encoder, scheduler = "unet", "ddim"

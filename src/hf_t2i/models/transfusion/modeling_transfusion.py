@@ -251,7 +251,10 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.vae = build_image_tokenizer(config.vae_config)
         self.vae.requires_grad_(False)
-        self.noise_scheduler = DDPMScheduler(**config.scheduler_config())
+        # The training noise schedule is plain tensors, not parameters or buffers: `from_pretrained` runs `__init__`
+        # on the meta device, so it is built on the CPU explicitly (`add_noise` moves it to the latents' device).
+        with torch.device("cpu"):
+            self.noise_scheduler = DDPMScheduler(**config.scheduler_config())
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
