@@ -1,4 +1,4 @@
-"""hf_t2i: DALL-E, Parti, Fluid and Transfusion as first-class Hugging Face citizens.
+"""hf_t2i: DALL-E, Parti, Fluid, Muse and Transfusion as first-class Hugging Face citizens.
 
 Importing the package registers its models with the transformers Auto classes and the "text-to-image" pipeline task.
 """
@@ -19,6 +19,7 @@ from .models.fluid import (
     MarConfig,
     MarForConditionalGeneration,
 )
+from .models.muse import MuseConfig, MuseForConditionalGeneration, MuseModel, MusePreTrainedModel, MuseProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.transfusion import (
     TransfusionConfig,
@@ -27,7 +28,15 @@ from .models.transfusion import (
     TransfusionProcessor,
 )
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
-from .pipelines import DallePipeline, FluidPipeline, PartiPipeline, T2IPipeline, T2IPipelineOutput, TextToImagePipeline
+from .pipelines import (
+    DallePipeline,
+    FluidPipeline,
+    MusePipeline,
+    PartiPipeline,
+    T2IPipeline,
+    T2IPipelineOutput,
+    TextToImagePipeline,
+)
 from .pipelines.transfusion.pipeline_transfusion import TransfusionPipeline
 from .processing_utils import T2IProcessor
 from .tokenization import train_bpe_tokenizer
@@ -53,6 +62,12 @@ __all__ = [
     "FluidProcessor",
     "MarConfig",
     "MarForConditionalGeneration",
+    "MuseConfig",
+    "MuseForConditionalGeneration",
+    "MuseModel",
+    "MusePipeline",
+    "MusePreTrainedModel",
+    "MuseProcessor",
     "PartiConfig",
     "PartiForConditionalGeneration",
     "PartiModel",

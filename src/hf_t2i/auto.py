@@ -27,6 +27,7 @@ from .models.fluid import (
     MarConfig,
     MarForConditionalGeneration,
 )
+from .models.muse import MuseConfig, MuseForConditionalGeneration, MuseModel, MuseProcessor
 from .models.parti import PartiConfig, PartiForConditionalGeneration, PartiModel, PartiProcessor
 from .models.transfusion import (
     TransfusionConfig,
@@ -37,6 +38,7 @@ from .models.transfusion import (
 from .models.vit_vqgan import ViTVQGAN, ViTVQGANConfig, ViTVQGANUpsampler, ViTVQGANUpsamplerConfig
 from .pipelines.dalle.pipeline_dalle import DallePipeline
 from .pipelines.fluid.pipeline_fluid import FluidPipeline
+from .pipelines.muse.pipeline_muse import MusePipeline
 from .pipelines.parti.pipeline_parti import PartiPipeline
 from .pipelines.text_to_image import TEXT_TO_IMAGE_PIPELINES, TextToImagePipeline
 from .pipelines.transfusion.pipeline_transfusion import TransfusionPipeline
@@ -61,6 +63,7 @@ _TEXT_TO_IMAGE_MODELS = [
         TransfusionPipeline,
     ),
     (FluidConfig, FluidModel, FluidForConditionalGeneration, FluidProcessor, FluidPipeline),
+    (MuseConfig, MuseModel, MuseForConditionalGeneration, MuseProcessor, MusePipeline),
 ]
 # (config class, model) of the image tokenizers
 _IMAGE_TOKENIZERS = [

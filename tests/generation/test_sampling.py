@@ -149,6 +149,7 @@ def test_every_prior_implements_the_generation_protocol():
     from hf_t2i import (
         DalleForConditionalGeneration,
         FluidForConditionalGeneration,
+        MuseForConditionalGeneration,
         PartiForConditionalGeneration,
         TransfusionForConditionalGeneration,
     )
@@ -159,6 +160,7 @@ def test_every_prior_implements_the_generation_protocol():
         PartiForConditionalGeneration,
         FluidForConditionalGeneration,
         TransfusionForConditionalGeneration,
+        MuseForConditionalGeneration,
     ):
         for name in ("prepare_image_generation", "image_generation_step", "decode_image_tokens"):
             assert callable(getattr(cls, name, None)), f"{cls.__name__} lacks {name}"

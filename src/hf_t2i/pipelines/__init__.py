@@ -3,6 +3,7 @@
 from .autoregressive import AutoregressiveT2IPipeline
 from .dalle.pipeline_dalle import DallePipeline
 from .fluid.pipeline_fluid import FluidPipeline
+from .muse.pipeline_muse import MusePipeline
 from .parti.pipeline_parti import PartiPipeline
 from .pipeline_output import T2IPipelineOutput
 from .pipeline_utils import T2IPipeline
@@ -14,6 +15,7 @@ __all__ = [
     "AutoregressiveT2IPipeline",
     "DallePipeline",
     "FluidPipeline",
+    "MusePipeline",
     "PartiPipeline",
     "T2IPipeline",
     "T2IPipelineOutput",

@@ -11,6 +11,7 @@ from . import (
     autoencoder_kl,  # noqa: F401  (autoencoder_kl)
     dalle,  # noqa: F401  (dalle_dvae, dalle_prior)
     fluid,  # noqa: F401  (fluid)
+    muse,  # noqa: F401  (muse)
     parti,  # noqa: F401  (parti_prior)
     transfusion,  # noqa: F401  (transfusion)
     vit_vqgan,  # noqa: F401  (vit_vqgan, vit_vqgan_upsampler)

@@ -1,0 +1,187 @@
+"""Configuration of Muse (Chang et al. 2023) / MaskGIT (Chang et al. 2022): a bidirectional transformer over the
+discrete codes of a VQ image tokenizer, text read through cross-attention, decoded in confidence order."""
+
+from __future__ import annotations
+
+import math
+
+from transformers import AutoConfig, PreTrainedConfig
+
+from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
+from ..image_tokenizers import DalleDVAEConfig, ViTVQGANConfig
+
+
+POSITION_EMBEDDING_TYPES = ("learned", "axial")
+# model_type -> config class of the VQ tokenizers Muse can nest
+VQ_CONFIGS = {"dalle_dvae": DalleDVAEConfig, "vit_vqgan": ViTVQGANConfig}
+
+
+class MuseConfig(PreTrainedConfig):
+    r"""Configuration of [`MuseForConditionalGeneration`] (Muse, Chang et al. 2023, section 2; MaskGIT, Chang et al.
+    2022, section 3).
+
+    Token layout: the N = grid * grid codes of the nested VQ tokenizer (`vq_config`) in raster order. Codes are ids
+    `[0, image_vocab_size)`; the [MASK] token is the extra id `mask_token_id = image_vocab_size`, so the input
+    embedding has `image_vocab_size + 1` rows while the LM head predicts the `image_vocab_size` codes only.
+
+    Text is encoded by `layers.TextEncoder` (own transformer, or a frozen pretrained one + trainable aligner blocks;
+    the paper uses a frozen T5-XXL) and read by every backbone block through cross-attention. Captions are dropped
+    for classifier-free guidance by the training recipe (`caption_dropout`), which owns the tokenizer and hence the
+    empty caption; the model itself needs no dropout field.
+
+    Args:
+        vq_config (`DalleDVAEConfig`, `ViTVQGANConfig` or `dict`, *optional*): the image tokenizer; fixes the codebook
+            size and the grid. A dict is read by its `model_type`. Default: `DalleDVAEConfig()`.
+        text_vocab_size (`int`, *optional*, defaults to 4096): own text encoder's vocabulary.
+        text_seq_len (`int`, *optional*, defaults to 32): text context.
+        text_encoder_config (`dict` or `PreTrainedConfig`, *optional*): a pretrained encoder's transformers config
+            (e.g. all-MiniLM-L6-v2's) used instead of the own encoder.
+        freeze_text_encoder (`bool`, *optional*, defaults to `True`): keep the pretrained encoder frozen.
+        encoder_layers, encoder_attention_heads, encoder_intermediate_size (`int`, *optional*, defaults to 4, 8,
+            1024): own text-encoder sizes.
+        num_aligner_layers (`int`, *optional*, defaults to 0): trainable blocks after the text encoder.
+        hidden_size (`int`, *optional*, defaults to 256): backbone width.
+        num_hidden_layers (`int`, *optional*, defaults to 4): backbone blocks (self-attention, cross-attention, MLP).
+        num_attention_heads (`int`, *optional*, defaults to 8): backbone heads.
+        intermediate_size (`int`, *optional*, defaults to 1024): backbone feed-forward width.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`): feed-forward activation.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-5): LayerNorm epsilon.
+        hidden_dropout (`float`, *optional*, defaults to 0.0): residual dropout in training.
+        position_embedding_type (`str`, *optional*, defaults to `"learned"`): "learned" (one vector per grid
+            position, as MaskGIT) or "axial" (a row plus a column vector, `layers.AxialPositionalEmbedding`).
+        num_inference_steps (`int`, *optional*, defaults to 12): default decoding iterations (Muse: 12 at 256px;
+            capped at the number of image tokens).
+        choice_temperature (`float`, *optional*, defaults to 4.5): default scale of the Gumbel noise added to the
+            confidence when choosing which tokens to keep, annealed to 0 (MaskGIT; see `ConfidenceOrder`).
+        initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
+    """
+
+    model_type = "muse"
+    sub_configs = {"vq_config": AutoConfig, "text_encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        vq_config: PreTrainedConfig | dict | None = None,
+        text_vocab_size: int = 4096,
+        text_seq_len: int = 32,
+        text_encoder_config: PreTrainedConfig | dict | None = None,
+        freeze_text_encoder: bool = True,
+        encoder_layers: int = 4,
+        encoder_attention_heads: int = 8,
+        encoder_intermediate_size: int = 1024,
+        num_aligner_layers: int = 0,
+        hidden_size: int = 256,
+        num_hidden_layers: int = 4,
+        num_attention_heads: int = 8,
+        intermediate_size: int = 1024,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-5,
+        hidden_dropout: float = 0.0,
+        position_embedding_type: str = "learned",
+        num_inference_steps: int = 12,
+        choice_temperature: float = 4.5,
+        initializer_range: float = 0.02,
+        **kwargs,
+    ):
+        vq_config = self._vq_config(vq_config)
+        text_encoder_config = text_encoder_config_from(text_encoder_config)
+        check_positive_ints(
+            text_vocab_size=text_vocab_size,
+            text_seq_len=text_seq_len,
+            encoder_attention_heads=encoder_attention_heads,
+            encoder_intermediate_size=encoder_intermediate_size,
+            hidden_size=hidden_size,
+            num_hidden_layers=num_hidden_layers,
+            num_attention_heads=num_attention_heads,
+            intermediate_size=intermediate_size,
+            num_inference_steps=num_inference_steps,
+        )
+        for name, value in (("encoder_layers", encoder_layers), ("num_aligner_layers", num_aligner_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an int >= 0, got {value!r}.")
+        if text_encoder_config is None and encoder_layers < 1:
+            raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
+        check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        check_heads("hidden_size", hidden_size, "encoder_attention_heads", encoder_attention_heads)
+        if not _is_number(layer_norm_eps) or layer_norm_eps <= 0:
+            raise ValueError(f"`layer_norm_eps` must be a number > 0, got {layer_norm_eps!r}.")
+        if not _is_number(hidden_dropout) or not 0 <= hidden_dropout < 1:
+            raise ValueError(f"`hidden_dropout` must be in [0, 1), got {hidden_dropout!r}.")
+        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, got {position_embedding_type!r}."
+            )
+        if not _is_number(choice_temperature) or choice_temperature < 0:
+            raise ValueError(f"`choice_temperature` must be a finite number >= 0, got {choice_temperature!r}.")
+        if not _is_number(initializer_range) or initializer_range <= 0:
+            raise ValueError(f"`initializer_range` must be a number > 0, got {initializer_range!r}.")
+        kwargs.pop("mask_token_id", None)  # derived: `image_vocab_size`
+        self.vq_config = vq_config
+        self.text_vocab_size = text_vocab_size
+        self.text_seq_len = text_seq_len
+        self.text_encoder_config = text_encoder_config
+        self.freeze_text_encoder = freeze_text_encoder
+        self.encoder_layers = encoder_layers
+        self.encoder_attention_heads = encoder_attention_heads
+        self.encoder_intermediate_size = encoder_intermediate_size
+        self.num_aligner_layers = num_aligner_layers
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.layer_norm_eps = layer_norm_eps
+        self.hidden_dropout = hidden_dropout
+        self.position_embedding_type = position_embedding_type
+        self.num_inference_steps = num_inference_steps
+        self.choice_temperature = float(choice_temperature)
+        self.initializer_range = initializer_range
+        kwargs.setdefault("tie_word_embeddings", False)
+        super().__init__(**kwargs)
+
+    @staticmethod
+    def _vq_config(vq_config) -> PreTrainedConfig:
+        if vq_config is None:
+            return DalleDVAEConfig()
+        if isinstance(vq_config, dict):
+            model_type = vq_config.get("model_type")
+            if model_type not in VQ_CONFIGS:
+                raise ValueError(
+                    f"`vq_config` must be a config of one of {sorted(VQ_CONFIGS)} (its `model_type`), got {model_type!r}."
+                )
+            return VQ_CONFIGS[model_type](**{k: v for k, v in vq_config.items() if k != "model_type"})
+        if not isinstance(vq_config, tuple(VQ_CONFIGS.values())):
+            raise ValueError(
+                f"`vq_config` must be a DalleDVAEConfig or ViTVQGANConfig, got {type(vq_config).__name__}."
+            )
+        return vq_config
+
+    # -- derived sizes -------------------------------------------------------------------------------------------
+    @property
+    def image_vocab_size(self) -> int:
+        """Codes of the VQ tokenizer, the ids the LM head predicts."""
+        return self.vq_config.vocab_size
+
+    @property
+    def mask_token_id(self) -> int:
+        """The [MASK] input id, one past the codes."""
+        return self.vq_config.vocab_size
+
+    @property
+    def image_size(self) -> int:
+        return self.vq_config.image_size
+
+    @property
+    def image_grid_size(self) -> int:
+        return self.vq_config.grid_size
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.image_grid_size**2
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+__all__ = ["MuseConfig"]

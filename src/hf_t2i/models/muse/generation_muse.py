@@ -1,0 +1,295 @@
+"""Image generation of Muse / MaskGIT as per-step computations that a decoding loop drives (`MuseGenerationMixin` is
+mixed into [`MuseForConditionalGeneration`]):
+
+- `check_sampling` validates the sampling arguments once (errors name them);
+- `prepare_image_generation` encodes the captions once, both guidance branches as one doubled batch;
+- `start_image_tokens` makes the loop's bookkeeping: a `generation.MaskedDecoder` with MaskGIT's `ConfidenceOrder`;
+- `image_generation_step` runs the backbone over all N positions (the known codes, [MASK] elsewhere), guides the
+  logits at the candidate positions, draws a code at each and returns the codes with their confidence, the
+  log-probability of the drawn code under the distribution it was drawn from (after guidance, temperature, top-k /
+  top-p / min-p). The decoder keeps the most confident (plus annealed Gumbel noise) and re-masks the rest.
+
+The loop (as [`MusePipeline`] runs it, with a progress bar and callbacks):
+
+    settings = model.check_sampling(num_inference_steps=12, guidance_scale=3.0)
+    state = model.prepare_image_generation(**inputs, settings=settings, generator=generator)
+    decoder = model.start_image_tokens(state)
+    for i in range(decoder.num_steps):
+        positions, scale = decoder.plan(i)  # (B, U): every unknown position is a candidate
+        tokens, confidence = model.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
+        decoder.reveal(positions, tokens, confidence=confidence)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler, sample_tokens
+from ...generation.masked import ConfidenceOrder, MaskedDecoder
+
+
+@dataclass(frozen=True)
+class MuseSampling:
+    """Validated settings of one generation (from `MuseGenerationMixin.check_sampling`).
+
+    Args:
+        sampling: how codes are drawn and how guidance is applied.
+        num_steps: decoding iterations K.
+        choice_temperature: initial scale of the Gumbel noise on the confidence (annealed to 0).
+    """
+
+    sampling: SamplingConfig
+    num_steps: int
+    choice_temperature: float
+
+
+@dataclass
+class MuseGenerationState:
+    """What one generation keeps between iterations.
+
+    Args:
+        batch_size: B, images drawn.
+        settings: the validated sampling settings.
+        text: the encoded captions, (B', S, C) with B' = 2B under guidance (conditional rows first).
+        attention_mask: (B', S) their padding mask.
+        sampler: draws codes with the settings' warpers and the generator.
+        generator: the only source of randomness (code draws and the confidence noise).
+    """
+
+    batch_size: int
+    settings: MuseSampling
+    text: BaseModelOutput
+    attention_mask: torch.Tensor
+    sampler: TokenSampler
+    generator: torch.Generator | None = None
+
+    @property
+    def guidance(self) -> ClassifierFreeGuidance:
+        return self.settings.sampling.guidance
+
+
+class MuseStepOutput(NamedTuple):
+    """One iteration's draws at the candidate positions: `tokens` (B, M) codes and their `confidence` (B, M), the
+    log-probability of each drawn code."""
+
+    tokens: torch.Tensor
+    confidence: torch.Tensor
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class MuseGenerationMixin:
+    """Per-step generation methods of [`MuseForConditionalGeneration`]."""
+
+    def check_sampling(
+        self,
+        *,
+        num_inference_steps: int | None = None,
+        choice_temperature: float | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+    ) -> MuseSampling:
+        """Validate the sampling arguments (see `sample_image_tokens`) with errors that name them.
+
+        `num_inference_steps` defaults to `config.num_inference_steps` capped at the N image tokens;
+        `choice_temperature` to `config.choice_temperature`.
+        """
+        c = self.config
+        n = c.num_image_tokens
+        steps = min(c.num_inference_steps, n) if num_inference_steps is None else num_inference_steps
+        if not _is_int(steps) or not 1 <= steps <= n:
+            raise ValueError(
+                f"`num_inference_steps` must be an int in [1, {n}] (the image tokens), got {num_inference_steps!r}."
+            )
+        choice = c.choice_temperature if choice_temperature is None else choice_temperature
+        ConfidenceOrder(choice)  # raises a ValueError naming `choice_temperature`
+        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        if top_k is not None and top_k > c.image_vocab_size:
+            raise ValueError(f"`top_k` ({top_k}) must be at most the codebook size {c.image_vocab_size}.")
+        return MuseSampling(sampling, steps, float(choice))
+
+    def _check_text(
+        self, name: str, ids, mask_name: str, mask, batch: int | None = None, length: int | None = None
+    ) -> None:
+        """`ids` (B, S) integer captions and their optional (B, S) mask; `batch` may be 1 for a negative prompt."""
+        if not isinstance(ids, torch.Tensor) or ids.is_floating_point() or ids.ndim != 2:
+            found = tuple(ids.shape) if isinstance(ids, torch.Tensor) else ids
+            raise ValueError(f"`{name}` must be integer ids (batch, length) from the processor, got {found}.")
+        if batch is not None and ids.shape[0] not in (1, batch):
+            raise ValueError(f"`{name}` must have 1 or {batch} rows (one per prompt), got {ids.shape[0]}.")
+        if length is not None and ids.shape[1] != length:
+            raise ValueError(f"`{name}` must have the prompts' length {length}, got {ids.shape[1]}.")
+        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != ids.shape):
+            found = tuple(mask.shape) if isinstance(mask, torch.Tensor) else mask
+            raise ValueError(f"`{mask_name}` must have the shape of `{name}` {tuple(ids.shape)}, got {found}.")
+
+    @torch.no_grad()
+    def prepare_image_generation(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        settings: MuseSampling | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MuseGenerationState:
+        """Encode the captions once, both guidance branches as one doubled batch.
+
+        Args:
+            input_ids, attention_mask: (B, S) captions (from the processor).
+            negative_input_ids, negative_attention_mask: (B or 1, S) unconditional captions, required under
+                guidance (the processor's encoding of '' for plain classifier-free guidance).
+            settings: from `check_sampling` (default: its defaults).
+            generator: the only source of randomness.
+        """
+        settings = settings or self.check_sampling()
+        guidance = settings.sampling.guidance
+        self._check_text("input_ids", input_ids, "attention_mask", attention_mask)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if guidance.enabled:
+            if negative_input_ids is None:
+                raise ValueError(
+                    "Guidance (`guidance_scale` != 1) needs `negative_input_ids`: the processor's encoding of the "
+                    "negative prompt ('' for plain classifier-free guidance)."
+                )
+            self._check_text(
+                "negative_input_ids",
+                negative_input_ids,
+                "negative_attention_mask",
+                negative_attention_mask,
+                *input_ids.shape,
+            )
+            if negative_attention_mask is None:
+                negative_attention_mask = torch.ones_like(negative_input_ids)
+            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
+            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)  # (2B, S)
+        text = self.model.encode_text(input_ids, attention_mask)  # once per call, both branches
+        batch = input_ids.shape[0] // 2 if guidance.enabled else input_ids.shape[0]
+        sampler = TokenSampler(settings.sampling, generator)
+        return MuseGenerationState(batch, settings, text, attention_mask, sampler, generator)
+
+    def start_image_tokens(self, state: MuseGenerationState) -> MaskedDecoder:
+        """The loop's bookkeeping: all N codes unknown, revealed over `num_steps` iterations in confidence order."""
+        return MaskedDecoder(
+            state.batch_size,
+            self.config.num_image_tokens,
+            state.settings.num_steps,
+            ConfidenceOrder(state.settings.choice_temperature),
+            state.guidance,
+            state.generator,
+            device=state.attention_mask.device,
+        )
+
+    def image_generation_step(
+        self,
+        state: MuseGenerationState,
+        tokens: torch.Tensor,
+        known: torch.Tensor,
+        positions: torch.Tensor,
+        scale: float,
+    ) -> MuseStepOutput:
+        """One iteration: the backbone reads the known codes ([MASK] elsewhere) and a code is drawn at each of the
+        candidate `positions`.
+
+        Args:
+            state: from `prepare_image_generation`.
+            tokens: (B, N) codes so far; the values at unknown positions are never read.
+            known: (B, N) bool.
+            positions: (B, M) candidate positions (`MaskedDecoder.plan`: every unknown one).
+            scale: the guidance scale of this iteration (1.0 skips the unconditional rows).
+
+        Returns:
+            [`MuseStepOutput`]: `tokens` (B, M) drawn codes and their `confidence` (B, M) log-probabilities.
+        """
+        batch, count = positions.shape
+        guided = state.guidance.enabled and scale != 1.0
+        rows = 2 * batch if guided else batch  # at scale 1 (e.g. the linear schedule's start): conditional rows only
+        text = state.text.last_hidden_state[:rows]  # (B', S, C)
+        embeds = self.model.input_embeddings(tokens, ~known)  # (B, N, C)
+        if guided:
+            embeds = torch.cat([embeds, embeds])  # (2B, N, C)
+            positions = torch.cat([positions, positions])  # (2B, M)
+        hidden = self.model(
+            inputs_embeds=embeds, attention_mask=state.attention_mask[:rows], encoder_outputs=(text,)
+        ).last_hidden_state  # (B', N, C)
+        selected = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
+        logits = self.lm_head(selected).float()  # (B', M, V)
+        if guided:
+            logits = state.guidance.combine(logits, scale)  # (B, M, V)
+        logits = logits.reshape(batch * count, -1)  # (B * M, V)
+        if state.sampler.processors:
+            logits = state.sampler.processors(None, logits)  # temperature, top-k, top-p, min-p
+        drawn = sample_tokens(logits, state.generator, state.sampler.sampling.do_sample)  # (B * M,)
+        confidence = torch.log_softmax(logits, dim=-1).gather(1, drawn[:, None])  # (B * M, 1)
+        return MuseStepOutput(drawn.view(batch, count), confidence.view(batch, count))
+
+    @torch.no_grad()
+    def sample_image_tokens(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        negative_input_ids: torch.LongTensor | None = None,
+        negative_attention_mask: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        choice_temperature: float | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.LongTensor:
+        """Generate codes for the captions, the loop only ([`MusePipeline`] runs the same loop with a progress bar
+        and callbacks).
+
+        Args:
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask: as in `prepare_image_generation`.
+            num_inference_steps: iterations K (default `config.num_inference_steps`, at most N).
+            choice_temperature: Gumbel noise on the confidence at the first iteration, annealed to 0 at the last
+                (default `config.choice_temperature`; 0 keeps the strictly most confident draws).
+            guidance_scale, guidance_schedule: classifier-free guidance on the logits, "constant" or "linear" (in the
+                share of tokens known after each iteration, Muse section 2.7).
+            temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
+            generator: the only source of randomness.
+
+        Returns:
+            (B, N) codes in raster order.
+        """
+        settings = self.check_sampling(
+            num_inference_steps=num_inference_steps,
+            choice_temperature=choice_temperature,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            do_sample=do_sample,
+        )
+        state = self.prepare_image_generation(
+            input_ids, attention_mask, negative_input_ids, negative_attention_mask, settings, generator
+        )
+        decoder = self.start_image_tokens(state)
+        for step in range(decoder.num_steps):
+            positions, scale = decoder.plan(step)
+            if positions.shape[1]:
+                drawn, confidence = self.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
+                decoder.reveal(positions, drawn, confidence=confidence)
+        return decoder.tokens
+
+
+__all__ = ["MuseGenerationMixin", "MuseGenerationState", "MuseSampling", "MuseStepOutput"]

@@ -1,0 +1,305 @@
+"""Muse (Chang et al. 2023) / MaskGIT (Chang et al. 2022): masked image-token prediction with a bidirectional
+transformer over the codes of a VQ tokenizer, conditioned on text through cross-attention.
+
+Token layout (N = grid * grid codes of the nested `vqmodel`, raster positions 0..N-1, V = `image_vocab_size`):
+
+    input i  = [MASK] (id V) if masked else t_i      + position embedding of i (learned or axial)
+    output i = logits over the V codes; the loss reads the masked positions only
+
+- Training mask (MaskGIT section 3.1, Muse section 2.4): per image a ratio `cos(pi / 2 * r)`, `r ~ U(0, 1)`, of the
+  positions (at least one) chosen at random, replaced by [MASK]; cross-entropy on those positions only. Captions are
+  dropped for classifier-free guidance by the training recipe.
+- Sampling (MaskGIT section 3.2; `generation_muse.py`): start from all-[MASK]; each of `num_inference_steps`
+  iterations predicts every masked token, draws it, and keeps the most confident draws (log-probability plus annealed
+  Gumbel noise), so that `N * cos(pi / 2 * (k + 1) / K)` tokens stay masked after iteration k; the others are
+  re-masked. `generation.MaskedDecoder` with `ConfidenceOrder` does the bookkeeping; [`MusePipeline`] runs the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from ...generation import rand_like_on
+from ...generation.masked import cosine_mask_ratio, random_orders
+from ...layers import AxialPositionalEmbedding, transformer_blocks
+from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
+from ...modeling_utils import init_transformer_weights
+from ..image_tokenizers import build_image_tokenizer
+from .configuration_muse import MuseConfig
+from .generation_muse import MuseGenerationMixin
+
+
+@dataclass
+class MuseModelOutput(ModelOutput):
+    """Backbone outputs: `last_hidden_state` (B, N, C) at the image positions and the text states (B, S, C)."""
+
+    last_hidden_state: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+
+@dataclass
+class MuseOutput(ModelOutput):
+    """Outputs of [`MuseForConditionalGeneration`].
+
+    Args:
+        loss: mean cross-entropy over the masked positions of the batch.
+        logits: (B, N, V) code logits at every position.
+        mask: (B, N) bool, the positions replaced by [MASK] (the ones the loss reads).
+        encoder_last_hidden_state: (B, S, C) the encoded captions.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    encoder_last_hidden_state: torch.Tensor | None = None
+
+
+def cosine_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """(B, N) bool mask, True = masked: per row `ceil(N * cos(pi / 2 * r))` positions, `r ~ U(0, 1)`, at least one,
+    chosen uniformly at random (MaskGIT section 3.1), all drawn from `generator`."""
+    ratio = cosine_mask_ratio(rand_like_on((batch,), generator, device))  # (B,)
+    count = (ratio * length).ceil().clamp(1, length).long()  # (B,)
+    ranks = random_orders(batch, length, generator, device).argsort(dim=1)  # (B, N): rank of each position
+    return ranks < count[:, None]
+
+
+class MusePreTrainedModel(PreTrainedModel):
+    config_class = MuseConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["TransformerBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # the VQ tokenizer and a pretrained text encoder (its weights get loaded) keep their own init
+        init_transformer_weights(module, self.config.initializer_range, owner=self, nested=(PreTrainedModel,))
+
+
+class MuseModel(MusePreTrainedModel):
+    """Text encoder + bidirectional image-token transformer whose blocks cross-attend to the text; returns the hidden
+    states at the N image positions."""
+
+    def __init__(self, config: MuseConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.text_encoder = build_text_encoder(config)
+        self.token_embeddings = nn.Embedding(config.image_vocab_size + 1, hidden)  # the codes, then [MASK]
+        grid = config.image_grid_size
+        if config.position_embedding_type == "axial":
+            self.position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
+        else:
+            self.position_embeddings = nn.Embedding(grid * grid, hidden)
+        self.layers = transformer_blocks(config, cross_attention=True)
+        self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_encoder(self) -> TextEncoder:
+        return self.text_encoder
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.token_embeddings
+
+    def check_image_token_ids(self, image_token_ids: torch.Tensor, name: str = "image_token_ids") -> None:
+        n, vocab = self.config.num_image_tokens, self.config.image_vocab_size
+        if (
+            not isinstance(image_token_ids, torch.Tensor)
+            or image_token_ids.is_floating_point()
+            or image_token_ids.ndim != 2
+            or image_token_ids.shape[1] != n
+        ):
+            found = tuple(image_token_ids.shape) if isinstance(image_token_ids, torch.Tensor) else image_token_ids
+            raise ValueError(
+                f"`{name}` must be integer codes of shape (batch, {n}) in raster order, got {found}. Use "
+                "`encode_images(pixel_values)`."
+            )
+        if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= vocab):
+            raise ValueError(
+                f"`{name}` must be codes in [0, {vocab}), got values in [{int(image_token_ids.min())}, "
+                f"{int(image_token_ids.max())}]. Mark unknown positions with `mask`, not with the [MASK] id."
+            )
+
+    def check_mask(self, mask: torch.Tensor, image_token_ids: torch.Tensor) -> None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != image_token_ids.shape:
+            found = f"{tuple(mask.shape)} {mask.dtype}" if isinstance(mask, torch.Tensor) else repr(mask)
+            raise ValueError(
+                f"`mask` must be a bool tensor shaped like `image_token_ids` {tuple(image_token_ids.shape)}, got {found}."
+            )
+
+    def input_embeddings(self, image_token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) codes -> (B, N, C) inputs: the code embeddings, [MASK]'s where `mask` (B, N) is True, plus the
+        position embeddings. A masked position's code is never read."""
+        ids = image_token_ids
+        if mask is not None:
+            ids = ids.masked_fill(mask, self.config.mask_token_id)  # (B, N)
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.token_embeddings(ids) + self.position_embeddings(positions)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BaseModelOutput:
+        return self.text_encoder(input_ids, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_token_ids: torch.LongTensor | None = None,
+        mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MuseModelOutput:
+        """
+        Args:
+            input_ids, attention_mask: (B, S) caption ids and padding mask (`input_ids` not needed with
+                `encoder_outputs`; the mask is still the cross-attention's key padding mask).
+            image_token_ids: (B, N) codes in raster order.
+            mask: (B, N) bool, True = replaced by [MASK]. Default: none masked.
+            encoder_outputs: precomputed text states (B, S, C) (the sampling loop encodes once).
+            inputs_embeds: (B, N, C) backbone inputs with positions, instead of `image_token_ids` and `mask`.
+
+        Returns:
+            [`MuseModelOutput`] with `last_hidden_state` (B, N, C).
+        """
+        if inputs_embeds is None:
+            if image_token_ids is None:
+                raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")
+            self.check_image_token_ids(image_token_ids)
+            if mask is not None:
+                self.check_mask(mask, image_token_ids)
+            inputs_embeds = self.input_embeddings(image_token_ids, mask)
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError(
+                    "Pass `input_ids` (the caption, from the processor) or precomputed `encoder_outputs`."
+                )
+            encoder_outputs = self.encode_text(input_ids, attention_mask)
+        elif isinstance(encoder_outputs, (tuple, list)):
+            encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
+        text = encoder_outputs.last_hidden_state  # (B, S, C)
+        if text.shape[0] != inputs_embeds.shape[0]:
+            raise ValueError(
+                f"The captions ({text.shape[0]} rows) and `image_token_ids` ({inputs_embeds.shape[0]} rows) must have "
+                "the same batch size."
+            )
+        hidden = inputs_embeds
+        cross_mask = padding_mask(attention_mask, hidden.dtype)  # (B, 1, 1, S) or None
+        for layer in self.layers:
+            hidden = layer(hidden, None, None, text, cross_mask)  # bidirectional: no self-attention mask
+        return MuseModelOutput(last_hidden_state=self.norm(hidden), encoder_last_hidden_state=text)
+
+
+class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
+    """Muse with its LM head over the codebook and its VQ tokenizer (`vqmodel`: `DalleDVAE` or `ViTVQGAN`).
+
+    Example:
+
+    ```python
+    >>> model = MuseForConditionalGeneration.from_pretrained(path)
+    >>> inputs = MuseProcessor.from_pretrained(path)(text=["a red circle"])
+    >>> ids = model.sample_image_tokens(**inputs, generator=torch.Generator().manual_seed(0))  # (1, N)
+    >>> pixels = model.decode_image_tokens(ids)  # (1, 3, H, W) in [-1, 1]
+    ```
+    """
+
+    def __init__(self, config: MuseConfig):
+        super().__init__(config)
+        self.model = MuseModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.image_vocab_size)  # never predicts [MASK]
+        self.vqmodel = build_image_tokenizer(config.vq_config)
+        self.post_init()
+
+    def get_encoder(self) -> TextEncoder:
+        return self.model.text_encoder
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def load_text_encoder(self, path: str) -> None:
+        """Load pretrained weights into the (frozen) text encoder, e.g. all-MiniLM-L6-v2 from `minilm_path()`."""
+        self.model.text_encoder.load_pretrained(path)
+
+    # -- image tokens <-> pixels -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """(B, 3, S, S) pixels in [-1, 1] -> (B, N) codes in raster order."""
+        size = self.config.image_size
+        if (
+            not isinstance(pixel_values, torch.Tensor)
+            or pixel_values.ndim != 4
+            or pixel_values.shape[-2:] != (size, size)
+        ):
+            found = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else pixel_values
+            raise ValueError(f"`pixel_values` must be (batch, 3, {size}, {size}), got {found}.")
+        return self.vqmodel.encode(pixel_values)
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
+        """(B, N) codes -> (B, 3, S, S) pixels in [-1, 1] (float32)."""
+        self.model.check_image_token_ids(image_token_ids)
+        return self.vqmodel.decode(image_token_ids).float()
+
+    # -- training --------------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_token_ids: torch.LongTensor | None = None,
+        mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        generator: torch.Generator | None = None,
+        return_loss: bool = True,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuseOutput | tuple:
+        """
+        Args:
+            input_ids, attention_mask: (B, S) captions (from the processor) and their padding mask.
+            image_token_ids: (B, N) codes in raster order (`encode_images`); the targets at the masked positions.
+            mask: (B, N) bool, True = replaced by [MASK] and predicted. Default with `return_loss`: drawn from the
+                cosine schedule with `generator` (`cosine_training_mask`); without: none masked.
+            encoder_outputs: precomputed text states instead of `input_ids`.
+            generator: the source of the training mask (the training loop's generator: exact resume).
+            return_loss: compute the cross-entropy over the masked positions.
+
+        Returns:
+            [`MuseOutput`]: `loss` (with `return_loss`), `logits` (B, N, V), `mask`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if image_token_ids is None:
+            raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")
+        self.model.check_image_token_ids(image_token_ids)
+        if mask is None and return_loss:
+            batch, length = image_token_ids.shape
+            mask = cosine_training_mask(batch, length, generator, image_token_ids.device)
+        outputs = self.model(
+            input_ids, attention_mask, image_token_ids=image_token_ids, mask=mask, encoder_outputs=encoder_outputs
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, N, V)
+        loss = None
+        if return_loss:
+            if not mask.any():
+                raise ValueError("`mask` masks no position: the loss is taken on the masked positions only.")
+            loss = F.cross_entropy(logits[mask].float(), image_token_ids[mask])  # mean over the masked positions
+        out = MuseOutput(
+            loss=loss, logits=logits, mask=mask, encoder_last_hidden_state=outputs.encoder_last_hidden_state
+        )
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = [
+    "MuseForConditionalGeneration",
+    "MuseModel",
+    "MuseModelOutput",
+    "MuseOutput",
+    "MusePreTrainedModel",
+    "cosine_training_mask",
+]
