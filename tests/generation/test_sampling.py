@@ -11,7 +11,7 @@ from hf_t2i.generation import (
     decode_autoregressive,
     sample_tokens,
 )
-from hf_t2i.generation.masked import MaskedDecoder, RandomOrder, RasterOrder, masked_after
+from hf_t2i.generation.masked import MaskedDecoder, RandomOrder, RasterOrder, cosine_training_mask, masked_after
 
 
 def test_gumbel_sampling_follows_softmax():
@@ -60,6 +60,30 @@ def test_processors_filter_like_generate():
     assert len(SamplingConfig().logits_processor()) == 0
     greedy = TokenSampler(SamplingConfig(do_sample=False, top_k=2))
     assert greedy(logits).tolist() == [1]
+
+
+def test_sample_with_log_probs_reports_the_warped_distribution():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 0.0]]).repeat(2000, 1)
+    sampler = TokenSampler(SamplingConfig(top_k=2, temperature=0.5), torch.Generator().manual_seed(0))
+    ids, log_probs = sampler.sample_with_log_probs(logits)
+    warped = torch.log_softmax(torch.tensor([-math.inf, 6.0, 4.0, -math.inf]), dim=0)
+    assert set(ids.tolist()) == {1, 2}
+    assert torch.allclose(log_probs, warped[ids])
+    assert (ids == 1).float().mean().item() == pytest.approx(warped[1].exp().item(), abs=0.03)
+    greedy_ids, greedy_log_probs = TokenSampler(SamplingConfig(do_sample=False)).sample_with_log_probs(logits[:1])
+    assert greedy_ids.tolist() == [1] and torch.allclose(greedy_log_probs, torch.log_softmax(logits[0], 0)[1:2])
+
+
+def test_training_mask_follows_the_cosine_schedule():
+    n = 16
+    mask = cosine_training_mask(4000, n, torch.Generator().manual_seed(0), "cpu")
+    assert mask.sum(1).min() >= 1
+    # E[count] = sum_k P(count >= k), count = ceil(N cos(pi/2 r)) >= k  <=>  r < 2/pi * acos((k - 1) / N)
+    expected = sum(2 / math.pi * math.acos((k - 1) / n) for k in range(1, n + 1)) / n
+    assert mask.float().mean().item() == pytest.approx(expected, abs=0.01)
+    assert torch.equal(mask, cosine_training_mask(4000, n, torch.Generator().manual_seed(0), "cpu"))
+    assert mask.float().mean(0).std() < 0.03  # every position equally likely
+    assert not torch.equal(mask[0], mask[1])
 
 
 def test_guidance_combines_doubled_batch_and_follows_its_schedule():

@@ -1,12 +1,10 @@
-import math
-
 import pytest
 import torch
 from transformers import AutoConfig, DynamicCache, EncoderDecoderCache
 
+from hf_t2i.generation.masked import cosine_training_mask
 from hf_t2i.models.dalle_dvae import DalleDVAEConfig
 from hf_t2i.models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, small_vae_config
-from hf_t2i.models.fluid.modeling_fluid import random_training_mask
 
 from .prior_tester import PriorTesterMixin, seeded
 
@@ -109,14 +107,6 @@ def test_raster_order_is_causal(token_type):
     changed = model(image_tokens=later, **kwargs).last_hidden_state
     assert torch.allclose(changed[:, :11], full[:, :11], atol=1e-6)
     assert not torch.allclose(changed[:, 11:], full[:, 11:], atol=1e-4)
-
-
-def test_training_mask_follows_the_cosine_schedule():
-    mask = random_training_mask(4000, 16, torch.Generator().manual_seed(0), "cpu")
-    assert mask.sum(1).min() >= 1
-    # E[ceil(16 cos(pi/2 r))] / 16 with r ~ U(0, 1): 2/pi plus the rounding up (about 1/32)
-    assert abs(mask.float().mean().item() - (2 / math.pi + 1 / 32)) < 0.02
-    assert not torch.equal(mask[0], mask[1])
 
 
 @pytest.mark.parametrize(("token_type", "order"), CELLS)
@@ -245,7 +235,7 @@ class _FluidPrior(PriorTesterMixin):
         text, mask = self.text(rows)
         inputs = {"input_ids": text, "attention_mask": mask, "image_tokens": torch.cat(image), "generator": seeded(0)}
         if not config.is_causal:  # the tokens to predict, per row
-            inputs["mask"] = torch.cat([random_training_mask(1, n, seeded(200 + row), "cpu") for row in rows])
+            inputs["mask"] = torch.cat([cosine_training_mask(1, n, seeded(200 + row), "cpu") for row in rows])
         return inputs
 
     def forward_outputs(self, model, inputs):
@@ -343,6 +333,7 @@ class _FluidPrior(PriorTesterMixin):
         cases = [
             ({"image_tokens": image[:, :8]}, "image_tokens"),
             ({"input_ids": None}, "input_ids"),
+            ({"input_ids": inputs["input_ids"][:1]}, "one caption per image"),
         ]
         if config.is_continuous:
             cases.append(({"image_tokens": image.argmax(-1)}, "image_tokens"))

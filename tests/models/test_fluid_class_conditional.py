@@ -3,9 +3,11 @@
 import pytest
 import torch
 
-from hf_t2i import FluidPipeline, MarConfig, MarForConditionalGeneration
+from hf_t2i import FluidMAEModel, FluidPipeline, MarConfig, MarForConditionalGeneration
+from hf_t2i.generation.masked import cosine_training_mask
 from hf_t2i.layers.diffusion_head import DiffusionHead, build_ddpm_scheduler, diffusion_loss
 
+from .prior_tester import PriorTesterMixin, seeded
 from .test_fluid import tiny_fluid_config
 
 
@@ -102,10 +104,11 @@ def test_learned_variance_loss_is_iddpm_hybrid():
         diffusion_loss(lambda x, t: head(x, t, condition), targets, build_ddpm_scheduler(100))
 
 
-def test_class_conditional_training_lowers_the_loss_and_round_trips(tmp_path):
-    from hf_t2i import AutoModelForTextToImage
-
+def test_class_conditional_training_lowers_the_loss():
     model = mar_model().train()
+    # MAR's head options reach the DDPM schedule (the save / load round trip is TestMarPrior's)
+    assert model.scheduler.config.variance_type == "learned_range"
+    assert model.scheduler.config.timestep_spacing == "linspace"
     tokens = tokens_for(model, batch=4)
     labels = torch.tensor([0, 1, 2, 3])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -117,15 +120,6 @@ def test_class_conditional_training_lowers_the_loss_and_round_trips(tmp_path):
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) < sum(losses[:5]), losses
-    model.eval().save_pretrained(tmp_path)
-    reloaded = AutoModelForTextToImage.from_pretrained(tmp_path).eval()
-    assert type(reloaded) is MarForConditionalGeneration
-    assert reloaded.scheduler.config.variance_type == "learned_range"
-    assert reloaded.scheduler.config.timestep_spacing == "linspace"
-    kwargs = dict(class_labels=labels[:2], num_inference_steps=3, guidance_scale=2.0, guidance_schedule="linear")
-    a = model.sample_image_tokens(**kwargs, generator=torch.Generator().manual_seed(0))
-    b = reloaded.sample_image_tokens(**kwargs, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a, b)
 
 
 def test_pipeline_class_labels_and_errors():
@@ -143,8 +137,6 @@ def test_pipeline_class_labels_and_errors():
         pipe(class_labels=[7])
     with pytest.raises(ValueError, match="not `prompt`"):
         pipe("a dog")
-    with pytest.raises(ValueError, match="pass `class_labels`"):
-        model.sample_image_tokens(input_ids=torch.ones(1, 10, dtype=torch.long))
 
 
 def test_bad_class_conditional_configs():
@@ -160,19 +152,162 @@ def test_bad_class_conditional_configs():
         mar_config(diffusion_head_frequency_dim=7)
 
 
-def test_mar_has_its_own_model_type_and_auto_classes_round_trip_it(tmp_path):
-    from transformers import AutoConfig, AutoModel
-
-    from hf_t2i import FluidConfig, FluidMAEModel
+def test_mar_has_its_own_model_type():
+    from hf_t2i import FluidConfig
 
     config = mar_config()
     assert config.model_type == "mar" and config.is_class_conditional
-    config.save_pretrained(tmp_path)
-    loaded = AutoConfig.from_pretrained(tmp_path)
-    assert type(loaded) is MarConfig and loaded.num_classes == 5
-    assert type(AutoModel.from_config(loaded)) is FluidMAEModel
+    # (the Auto classes' round trip of it is TestMarPrior's)
     # the text-conditional config refuses MAR's field and names the class to use
     with pytest.raises(ValueError, match="MarConfig"):
         FluidConfig(num_classes=5)
     with pytest.raises(ValueError, match="num_classes"):
         MarConfig(num_classes=None)
+
+
+def test_class_labels_must_match_the_image_batch():
+    model = mar_model()
+    with pytest.raises(ValueError, match="class_labels"):
+        model(image_tokens=tokens_for(model, batch=2), class_labels=torch.tensor([0, 1, 2]))
+
+
+# -- the shared prior behaviour ----------------------------------------------------------------------------------------
+class TestMarPrior(PriorTesterMixin):
+    """The shared prior behaviour (tests/models/prior_tester.py) on class-conditional MAR (4x4 tokens, 5 classes, a
+    1-layer encoder and 2-layer decoder of width 32), continuous tokens; `TestMarDiscretePrior` runs it on discrete
+    tokens. The condition is `class_labels`; guidance's unconditional branch is the learned null class, so there is no
+    negative input. No KV cache (random order only), and the orders and the head's noise are drawn for the whole
+    batch, so the mixin's cache and batch == singles sampling checks skip themselves."""
+
+    model_class = MarForConditionalGeneration
+    base_model_class = FluidMAEModel
+    sampling_kwargs = {"num_inference_steps": 4}
+    negative_argument = None  # guidance's unconditional rows are the null class: nothing to pass
+    image_size = 16
+    token_type = "continuous"
+
+    def build_model(self, **config_overrides):
+        model = mar_model(self.token_type, **config_overrides)
+        # heads that depend on their input (at init the condition barely moves the samples of a tiny model)
+        head = model.diffusion_head.output if model.diffusion_head is not None else model.lm_head
+        torch.nn.init.normal_(head.weight, std=0.2 if model.diffusion_head is not None else 0.5)
+        return model
+
+    @staticmethod
+    def labels(rows):
+        """(B,) class ids, distinct for rows 0..4: 1, 3, 0, 2, 4."""
+        return torch.tensor([(2 * row + 1) % 5 for row in rows])
+
+    def forward_inputs(self, model, rows):
+        config = model.config
+        n = config.num_image_tokens
+        if config.is_continuous:
+            image = [torch.randn(1, n, config.token_dim, generator=seeded(row)) for row in rows]
+        else:
+            image = [torch.randint(0, config.image_vocab_size, (1, n), generator=seeded(row)) for row in rows]
+        # per-row masks with different numbers of visible tokens: the encoder pads the batch
+        mask = torch.cat([cosine_training_mask(1, n, seeded(200 + row), "cpu") for row in rows])
+        return {
+            "class_labels": self.labels(rows),
+            "image_tokens": torch.cat(image),
+            "mask": mask,
+            "generator": seeded(0),
+        }
+
+    def forward_outputs(self, model, inputs):
+        out = model(**inputs)
+        outputs = {"loss": out.loss, "last_hidden_state": out.last_hidden_state}
+        if out.logits is not None:
+            outputs["logits"] = out.logits
+        return outputs
+
+    def generation_inputs(self, model, rows):
+        return {"class_labels": self.labels(rows)}
+
+    def negative_inputs(self, model):
+        return {}
+
+    def default_negative_inputs(self, model):
+        return {}  # the null class is the only unconditional branch (see test_guidance_uses_the_null_class)
+
+    def sample_shape(self, model, batch):
+        config = model.config
+        return (batch, config.num_image_tokens) + ((config.token_dim,) if config.is_continuous else ())
+
+    # deterministic_kwargs: None (the random orders, and the head's noise, are drawn for the whole batch)
+
+    def guided_first_step(self, model, inputs, guidance_scale, scale, generator):
+        settings = model.check_sampling(guidance_scale=guidance_scale, **self.sampling_kwargs)
+        state = model.prepare_image_generation(**inputs, settings=settings, generator=generator)
+        decoder = model.start_image_tokens(state, num_steps=settings.num_steps)
+        positions, _ = decoder.plan(0)
+        if model.config.is_continuous:  # the step draws the tokens with the head, guided at `scale`: (B, M, D)
+            return model.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)
+        # discrete: a 32-code draw of the tiny model often ignores the guidance, so also return the guided logits
+        # the step hands to its sampler
+        seen, sampler = [], state.sampler
+        state.sampler = lambda logits: seen.append(logits) or sampler(logits)
+        drawn = model.image_generation_step(state, decoder.tokens, decoder.known, positions, scale)  # (B, M)
+        return torch.cat([drawn.float(), seen[0].view(drawn.shape[0], -1)], dim=1)  # (B, M + M * V)
+
+    # cached_and_uncached: none (random order only, no KV cache)
+
+    def bad_sampling_inputs(self, model):
+        config = model.config
+        cases = [
+            ({"class_labels": None}, "class_labels"),
+            ({"class_labels": torch.tensor([config.num_classes])}, "class_labels"),
+            ({"class_labels": torch.tensor([-1])}, "class_labels"),
+            ({"class_labels": torch.tensor([[1]])}, "class_labels"),
+            ({"class_labels": torch.tensor([1.0])}, "class_labels"),
+            ({"input_ids": torch.ones(1, 10, dtype=torch.long)}, "pass `class_labels`, not `input_ids`"),
+            ({"negative_input_ids": torch.zeros(1, 10, dtype=torch.long)}, "pass `class_labels`"),
+            ({"guidance_schedule": "cosine"}, "guidance_schedule"),
+            ({"num_inference_steps": config.num_image_tokens + 1}, "num_inference_steps"),
+            ({"num_inference_steps": 0}, "num_inference_steps"),
+        ]
+        if config.is_continuous:
+            cases += [
+                ({"top_k": 4}, "top_k"),
+                ({"do_sample": False}, "do_sample"),
+                ({"temperature": -1.0}, "temperature"),
+                ({"num_diffusion_steps": 0}, "num_diffusion_steps"),
+                ({"num_diffusion_steps": config.num_train_timesteps + 1}, "num_diffusion_steps"),
+            ]
+        else:
+            cases += [({"temperature": 0}, "temperature"), ({"top_k": 0}, "top_k"), ({"top_p": 0.0}, "top_p")]
+        return cases
+
+    def bad_forward_inputs(self, model, inputs):
+        config, image, labels = model.config, inputs["image_tokens"], inputs["class_labels"]
+        cases = [
+            ({"image_tokens": None}, "image_tokens"),
+            ({"image_tokens": image[:, :8]}, "image_tokens"),
+            ({"class_labels": None}, "class_labels"),
+            ({"class_labels": torch.full_like(labels, config.num_classes)}, "class_labels"),
+            ({"class_labels": labels.float()}, "class_labels"),
+            ({"class_labels": labels[:, None]}, "class_labels"),
+            ({"input_ids": torch.ones(2, 10, dtype=torch.long)}, "pass `class_labels`, not `input_ids`"),
+            ({"mask": inputs["mask"].float()}, "mask"),
+            ({"mask": inputs["mask"][:, :8]}, "mask"),
+        ]
+        if config.is_continuous:
+            cases.append(({"image_tokens": image.argmax(-1)}, "image_tokens"))
+        else:
+            cases.append(({"image_tokens": torch.full_like(image, config.image_vocab_size)}, "ids must be in"))
+        return cases
+
+    # -- MAR specifics of the mixin's themes --------------------------------------------------------------------------
+    def test_guidance_uses_the_null_class(self, model):
+        """The doubled batch's unconditional rows are the learned null class, whatever the labels."""
+        settings = model.check_sampling(guidance_scale=2.0, **self.sampling_kwargs)
+        state = model.prepare_image_generation(**self.generation_inputs(model, [0, 1]), settings=settings)
+        null = model.model.null_class_embedding
+        assert state.class_embeds.shape == (4, model.config.hidden_size)
+        assert torch.equal(state.class_embeds[:2], model.model.class_embeddings(self.labels([0, 1])))
+        assert torch.equal(state.class_embeds[2:], null.expand(2, -1))
+        assert not torch.equal(null, torch.zeros_like(null))
+
+
+class TestMarDiscretePrior(TestMarPrior):
+    token_type = "discrete"

@@ -1,8 +1,6 @@
 """Muse / MaskGIT: config validation, the masked-token loss, bidirectional attention that never reads a masked code,
 batch == singles, save / load, seeded confidence-ordered sampling, guidance, and a tiny model that learns."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,13 +8,13 @@ from transformers import AutoConfig, AutoModel
 
 from hf_t2i import AutoModelForTextToImage, T2IImageProcessor
 from hf_t2i.generation import ImageGenerator
+from hf_t2i.generation.masked import cosine_training_mask
 from hf_t2i.models.dalle_dvae import DalleDVAEConfig
 from hf_t2i.models.muse import (
     MuseConfig,
     MuseForConditionalGeneration,
     MuseModel,
     MuseProcessor,
-    cosine_training_mask,
 )
 from hf_t2i.models.vit_vqgan import ViTVQGANConfig
 
@@ -122,17 +120,6 @@ def test_config_errors_name_the_field(kwargs, name):
 
 
 # -- training forward -----------------------------------------------------------------------------------------------
-def test_training_mask_follows_the_cosine_schedule():
-    n = 16
-    mask = cosine_training_mask(4000, n, seeded(0), "cpu")
-    assert mask.sum(1).min() >= 1
-    # E[count] = sum_k P(count >= k), count = ceil(N cos(pi/2 r)) >= k  <=>  r < 2/pi * acos((k - 1) / N)
-    expected = sum(2 / math.pi * math.acos((k - 1) / n) for k in range(1, n + 1)) / n
-    assert mask.float().mean().item() == pytest.approx(expected, abs=0.01)
-    assert torch.equal(mask, cosine_training_mask(4000, n, seeded(0), "cpu"))
-    assert mask.float().mean(0).std() < 0.03  # every position equally likely
-
-
 def test_forward_shapes_and_the_loss_reads_masked_positions_only():
     model = tiny_model()
     text, attention_mask, codes = batch()

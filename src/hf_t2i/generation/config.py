@@ -94,11 +94,23 @@ class TokenSampler:
         self.generator = generator
         self.processors = sampling.logits_processor()
 
+    def warp(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
+        """(R, V) logits after temperature, top-k, top-p and min-p; `history` (R, i) is what transformers' processors
+        see as `input_ids`."""
+        return self.processors(history, logits) if self.processors else logits
+
     def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-        """(R, V) logits -> (R,) ids; `history` (R, i) is what transformers' processors see as `input_ids`."""
-        if self.processors:
-            logits = self.processors(history, logits)
-        return sample_tokens(logits, self.generator, self.sampling.do_sample)
+        """(R, V) logits -> (R,) ids drawn from the warped distribution (greedy without `do_sample`)."""
+        return sample_tokens(self.warp(logits, history), self.generator, self.sampling.do_sample)
+
+    def sample_with_log_probs(
+        self, logits: torch.Tensor, history: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, V) logits -> (R,) ids and (R,) their log-probabilities under the warped distribution (the confidence of
+        MaskGIT's reveal rule)."""
+        logits = self.warp(logits, history)
+        ids = sample_tokens(logits, self.generator, self.sampling.do_sample)
+        return ids, torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
 
 
 __all__ = ["SamplingConfig", "TokenSampler"]

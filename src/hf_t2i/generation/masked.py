@@ -37,6 +37,16 @@ def random_orders(batch: int, length: int, generator: torch.Generator | None, de
     return rand_like_on((batch, length), generator, device).argsort(dim=1)
 
 
+def cosine_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
+    """(B, N) bool training mask, True = masked: per row `ceil(N * cos(pi / 2 * r))` positions, `r ~ U(0, 1)`, at least
+    one, chosen uniformly at random (MaskGIT section 3.1; MAR and Fluid train the same way), all drawn from
+    `generator`."""
+    ratio = cosine_mask_ratio(rand_like_on((batch,), generator, device))  # (B,)
+    count = (ratio * length).ceil().clamp(1, length).long()  # (B,)
+    ranks = random_orders(batch, length, generator, device).argsort(dim=1)  # (B, N): rank of each position
+    return ranks < count[:, None]
+
+
 def masked_after(step: int, num_steps: int, length: int, revealed: int) -> int:
     """Tokens kept masked after iteration `step` of `num_steps` when `revealed` of `length` are known before it (MAR's
     `mask_len`): `floor(N * cos(pi/2 * (step+1) / K))`, at least 1 and at most all but one of the unknown tokens, so
@@ -216,6 +226,7 @@ __all__ = [
     "RevealRule",
     "StepPlan",
     "cosine_mask_ratio",
+    "cosine_training_mask",
     "masked_after",
     "random_orders",
 ]

@@ -13,7 +13,8 @@ never through each other's folders:
 
 - `build_image_tokenizer(config)`: a freshly initialised tokenizer (its weights come with the prior's checkpoint);
 - `load_image_tokenizer(path)`: a trained tokenizer from its own folder (a training stage's export);
-- `is_continuous_tokenizer`, `image_tokenizer_size`: what callers need to know of any of them.
+- `is_continuous_tokenizer`, `image_tokenizer_size`: what callers need to know of any of them;
+- `vq_config_from`: a nested VQ tokenizer config back from the dict a prior's `config.json` holds.
 """
 
 from __future__ import annotations
@@ -89,6 +90,26 @@ DISCRETE_TOKENIZERS = {
 }
 # `model_type` of the tokenizers that `load_image_tokenizer` loads from a transformers folder
 TRAINED_TOKENIZERS = {DalleDVAEConfig.model_type: DalleDVAE, ViTVQGANConfig.model_type: ViTVQGAN}
+TRAINED_TOKENIZER_CONFIGS = {DalleDVAEConfig.model_type: DalleDVAEConfig, ViTVQGANConfig.model_type: ViTVQGANConfig}
+
+
+def vq_config_from(vq_config: PreTrainedConfig | dict | None, name: str = "vq_config") -> PreTrainedConfig:
+    """The nested VQ tokenizer config of a prior's config (Fluid's discrete tokens, Muse): a `DalleDVAEConfig` or
+    `ViTVQGANConfig` as given, the dict that `config.json` holds (read by its `model_type`), or None for the default
+    `DalleDVAEConfig()`."""
+    if vq_config is None:
+        return DalleDVAEConfig()
+    if isinstance(vq_config, dict):
+        config_class = TRAINED_TOKENIZER_CONFIGS.get(vq_config.get("model_type"))
+        if config_class is None:
+            raise ValueError(
+                f"`{name}` must be a config of one of {sorted(TRAINED_TOKENIZER_CONFIGS)} (its `model_type`), got "
+                f"{vq_config.get('model_type')!r}."
+            )
+        return config_class(**{k: v for k, v in vq_config.items() if k != "model_type"})
+    if not isinstance(vq_config, tuple(TRAINED_TOKENIZER_CONFIGS.values())):
+        raise ValueError(f"`{name}` must be a DalleDVAEConfig or ViTVQGANConfig, got {type(vq_config).__name__}.")
+    return vq_config
 
 
 def build_image_tokenizer(config: PreTrainedConfig | dict) -> nn.Module:
@@ -148,6 +169,7 @@ __all__ = [
     "ViTVQGANConfig",
     "build_image_tokenizer",
     "image_tokenizer_size",
+    "vq_config_from",
     "is_continuous_tokenizer",
     "load_image_tokenizer",
 ]

@@ -10,13 +10,11 @@ from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
 from ...layers.diffusion_head import BETA_SCHEDULES, TIMESTEP_SPACINGS
-from ..image_tokenizers import DalleDVAEConfig, ViTVQGANConfig
+from ..image_tokenizers import vq_config_from
 
 
 TOKEN_TYPES = ("continuous", "discrete")
 GENERATION_ORDERS = ("random", "raster")
-# model_type -> config class of the VQ tokenizers the discrete variant can nest
-VQ_CONFIGS = {"dalle_dvae": DalleDVAEConfig, "vit_vqgan": ViTVQGANConfig}
 
 
 def small_vae_config(image_size: int = 32) -> dict[str, Any]:
@@ -175,7 +173,7 @@ class FluidConfig(PreTrainedConfig):
             vae_config = clean_vae_config(vae_config if vae_config is not None else small_vae_config())
             vq_config = None
         else:
-            vq_config = self._vq_config(vq_config)
+            vq_config = vq_config_from(vq_config)
             vae_config = None
         text_encoder_config = text_encoder_config_from(text_encoder_config)
         check_positive_ints(
@@ -268,23 +266,6 @@ class FluidConfig(PreTrainedConfig):
             self._check_latent_grid()
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
-
-    @staticmethod
-    def _vq_config(vq_config) -> PreTrainedConfig:
-        if vq_config is None:
-            return DalleDVAEConfig()
-        if isinstance(vq_config, dict):
-            model_type = vq_config.get("model_type")
-            if model_type not in VQ_CONFIGS:
-                raise ValueError(
-                    f"`vq_config` must be a config of one of {sorted(VQ_CONFIGS)} (its `model_type`), got {model_type!r}."
-                )
-            return VQ_CONFIGS[model_type](**{k: v for k, v in vq_config.items() if k != "model_type"})
-        if not isinstance(vq_config, tuple(VQ_CONFIGS.values())):
-            raise ValueError(
-                f"`vq_config` must be a DalleDVAEConfig or ViTVQGANConfig, got {type(vq_config).__name__}."
-            )
-        return vq_config
 
     def _vae(self, name: str):
         return self.vae_config.get(name, _vae_defaults()[name])

@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from ...generation import rand_like_on
-from ...generation.masked import cosine_mask_ratio, random_orders
+from ...generation.masked import cosine_training_mask
 from ...layers import (
     additive_mask,
     cache_length,
@@ -76,14 +76,6 @@ class FluidOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     cache: Cache | None = None
-
-
-def random_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """(B, N) bool mask, True = masked: per row a cosine-schedule ratio of positions (at least one), chosen at random."""
-    ratio = cosine_mask_ratio(rand_like_on((batch,), generator, device))
-    count = (ratio * length).ceil().clamp(1, length).long()  # (B,)
-    ranks = random_orders(batch, length, generator, device).argsort(dim=1)  # rank of each position in its order
-    return ranks < count[:, None]
 
 
 class FluidImageTokenInputs:
@@ -323,7 +315,10 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
         """(B,) class ids -> (B, C) class embeddings."""
         n = self.config.num_classes
         if class_labels.is_floating_point() or class_labels.ndim != 1:
-            raise ValueError(f"`class_labels` must be integer ids of shape (batch,), got {tuple(class_labels.shape)}.")
+            raise ValueError(
+                f"`class_labels` must be integer ids of shape (batch,), got {class_labels.dtype} of shape "
+                f"{tuple(class_labels.shape)}."
+            )
         if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= n):
             raise ValueError(f"`class_labels` must be in [0, {n}), got {class_labels.tolist()}.")
         return self.class_embeddings(class_labels)
@@ -538,16 +533,22 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             loss_mask = torch.ones(batch, length, dtype=torch.bool, device=image_tokens.device)
         else:
             if mask is None and return_loss:
-                mask = random_training_mask(batch, length, generator, image_tokens.device)
+                mask = cosine_training_mask(batch, length, generator, image_tokens.device)
             loss_mask = mask
         if c.is_class_conditional:
             if input_ids is not None or encoder_outputs is not None:
-                raise ValueError("This Fluid model is class-conditional: pass `class_labels`, not text inputs.")
+                given = "input_ids" if input_ids is not None else "encoder_outputs"
+                raise ValueError(f"This Fluid model is class-conditional: pass `class_labels`, not `{given}`.")
             if class_labels is None:
                 raise ValueError(
                     f"Pass `class_labels` (batch,) ids in [0, {c.num_classes}) for class-conditional Fluid."
                 )
             class_embeds = self.model.embed_classes(class_labels)  # (B, C)
+            if class_embeds.shape[0] != batch:
+                raise ValueError(
+                    f"`class_labels` must hold one label per image: {batch} `image_tokens` rows, got "
+                    f"{class_embeds.shape[0]} labels."
+                )
             if self.training and c.class_dropout_prob > 0:
                 dropped = rand_like_on((batch,), generator, class_embeds.device) < c.class_dropout_prob
                 class_embeds = torch.where(dropped[:, None], self.model.null_class_embedding, class_embeds)
@@ -555,6 +556,11 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         else:
             if class_labels is not None:
                 raise ValueError("`class_labels` apply to class-conditional Fluid (`num_classes`); pass `input_ids`.")
+            if input_ids is not None and input_ids.shape[0] != batch:
+                raise ValueError(
+                    f"`input_ids` must hold one caption per image: {batch} `image_tokens` rows, got "
+                    f"{input_ids.shape[0]} captions."
+                )
             outputs = self.model(
                 input_ids,
                 attention_mask,
@@ -607,6 +613,4 @@ __all__ = [
     "FluidOutput",
     "FluidPreTrainedModel",
     "MarForConditionalGeneration",
-    "cosine_mask_ratio",
-    "random_training_mask",
 ]

@@ -6,7 +6,6 @@ from .modeling_muse import (
     MuseModelOutput,
     MuseOutput,
     MusePreTrainedModel,
-    cosine_training_mask,
 )
 from .processing_muse import MuseProcessor
 
@@ -22,5 +21,4 @@ __all__ = [
     "MuseProcessor",
     "MuseSampling",
     "MuseStepOutput",
-    "cosine_training_mask",
 ]

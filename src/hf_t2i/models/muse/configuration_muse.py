@@ -8,12 +8,10 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
-from ..image_tokenizers import DalleDVAEConfig, ViTVQGANConfig
+from ..image_tokenizers import vq_config_from
 
 
 POSITION_EMBEDDING_TYPES = ("learned", "axial")
-# model_type -> config class of the VQ tokenizers Muse can nest
-VQ_CONFIGS = {"dalle_dvae": DalleDVAEConfig, "vit_vqgan": ViTVQGANConfig}
 
 
 class MuseConfig(PreTrainedConfig):
@@ -83,7 +81,7 @@ class MuseConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
-        vq_config = self._vq_config(vq_config)
+        vq_config = vq_config_from(vq_config)
         text_encoder_config = text_encoder_config_from(text_encoder_config)
         check_positive_ints(
             text_vocab_size=text_vocab_size,
@@ -138,23 +136,6 @@ class MuseConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
-
-    @staticmethod
-    def _vq_config(vq_config) -> PreTrainedConfig:
-        if vq_config is None:
-            return DalleDVAEConfig()
-        if isinstance(vq_config, dict):
-            model_type = vq_config.get("model_type")
-            if model_type not in VQ_CONFIGS:
-                raise ValueError(
-                    f"`vq_config` must be a config of one of {sorted(VQ_CONFIGS)} (its `model_type`), got {model_type!r}."
-                )
-            return VQ_CONFIGS[model_type](**{k: v for k, v in vq_config.items() if k != "model_type"})
-        if not isinstance(vq_config, tuple(VQ_CONFIGS.values())):
-            raise ValueError(
-                f"`vq_config` must be a DalleDVAEConfig or ViTVQGANConfig, got {type(vq_config).__name__}."
-            )
-        return vq_config
 
     # -- derived sizes -------------------------------------------------------------------------------------------
     @property

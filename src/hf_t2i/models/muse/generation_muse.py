@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
-from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler, sample_tokens
+from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
 from ...generation.masked import ConfidenceOrder, MaskedDecoder
 
 
@@ -229,10 +229,7 @@ class MuseGenerationMixin:
         if guided:
             logits = state.guidance.combine(logits, scale)  # (B, M, V)
         logits = logits.reshape(batch * count, -1)  # (B * M, V)
-        if state.sampler.processors:
-            logits = state.sampler.processors(None, logits)  # temperature, top-k, top-p, min-p
-        drawn = sample_tokens(logits, state.generator, state.sampler.sampling.do_sample)  # (B * M,)
-        confidence = torch.log_softmax(logits, dim=-1).gather(1, drawn[:, None])  # (B * M, 1)
+        drawn, confidence = state.sampler.sample_with_log_probs(logits)  # (B * M,) each
         return MuseStepOutput(drawn.view(batch, count), confidence.view(batch, count))
 
     @torch.no_grad()

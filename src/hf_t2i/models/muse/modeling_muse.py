@@ -26,8 +26,7 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
-from ...generation import rand_like_on
-from ...generation.masked import cosine_mask_ratio, random_orders
+from ...generation.masked import cosine_training_mask
 from ...layers import AxialPositionalEmbedding, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...modeling_utils import init_transformer_weights
@@ -59,15 +58,6 @@ class MuseOutput(ModelOutput):
     logits: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
-
-
-def cosine_training_mask(batch: int, length: int, generator: torch.Generator | None, device) -> torch.Tensor:
-    """(B, N) bool mask, True = masked: per row `ceil(N * cos(pi / 2 * r))` positions, `r ~ U(0, 1)`, at least one,
-    chosen uniformly at random (MaskGIT section 3.1), all drawn from `generator`."""
-    ratio = cosine_mask_ratio(rand_like_on((batch,), generator, device))  # (B,)
-    count = (ratio * length).ceil().clamp(1, length).long()  # (B,)
-    ranks = random_orders(batch, length, generator, device).argsort(dim=1)  # (B, N): rank of each position
-    return ranks < count[:, None]
 
 
 class MusePreTrainedModel(PreTrainedModel):
@@ -301,5 +291,4 @@ __all__ = [
     "MuseModelOutput",
     "MuseOutput",
     "MusePreTrainedModel",
-    "cosine_training_mask",
 ]

@@ -18,7 +18,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
-from ...generation import ClassifierFreeGuidance, SamplingConfig, sample_tokens
+from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
 from ...layers import cache_length, truncate_cache
 
 
@@ -328,7 +328,7 @@ class TransfusionGenerationMixin:
         config = self.config
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
-        processors = SamplingConfig(temperature, top_k, top_p, min_p, do_sample).logits_processor()
+        sampler = TokenSampler(SamplingConfig(temperature, top_k, top_p, min_p, do_sample), generator)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         latents = self._image_inputs(pixel_values, image_latents)
@@ -340,8 +340,7 @@ class TransfusionGenerationMixin:
         mask = attention_mask
         for i in range(max_new_tokens):
             logits[:, config.boi_token_id] = torch.finfo(logits.dtype).min
-            logits = processors(tokens[:, :i], logits)
-            token = sample_tokens(logits, generator, do_sample)
+            token = sampler(logits, tokens[:, :i])
             token = torch.where(done, torch.full_like(token, config.pad_token_id or 0), token)
             tokens[:, i] = token
             done |= token == config.eos_token_id
@@ -380,7 +379,7 @@ class TransfusionGenerationMixin:
         self._check_steps(num_inference_steps)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
-        processors = SamplingConfig(temperature, top_k, top_p, min_p, do_sample).logits_processor()
+        sampler = TokenSampler(SamplingConfig(temperature, top_k, top_p, min_p, do_sample), generator)
         guidance = ClassifierFreeGuidance(guidance_scale)
         scheduler = self._scheduler(scheduler)
         if attention_mask is None:
@@ -403,7 +402,7 @@ class TransfusionGenerationMixin:
                 if len(images) >= max_images:
                     logits[:, config.boi_token_id] = torch.finfo(logits.dtype).min
                 history = torch.tensor([new], dtype=torch.long, device=device).view(1, -1)
-                token = sample_tokens(processors(history, logits), generator, do_sample)  # (1,)
+                token = sampler(logits, history)  # (1,)
                 new.append(int(token))
                 mask = torch.cat([mask, mask.new_ones(1, 1)], dim=1)
                 if int(token) == config.eos_token_id:

@@ -23,14 +23,14 @@ import torch
 
 from ..recipe import register_recipe
 from .common import cached_encode, fingerprint
-from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
+from .token_prior import TextEncoderPriorRecipe, TextEncoderPriorRecipeConfig
 
 
 EVAL_SEED = 1234
 
 
 @dataclass
-class FluidRecipeConfig(TokenPriorRecipeConfig):
+class FluidRecipeConfig(TextEncoderPriorRecipeConfig):
     image_size: int = field(default=32, metadata={"help": "training resolution (the image tokenizer's)"})
     token_type: str = field(default="continuous", metadata={"help": "continuous (AutoencoderKL) | discrete (VQ)"})
     generation_order: str = field(default="random", metadata={"help": "random | raster"})
@@ -39,14 +39,6 @@ class FluidRecipeConfig(TokenPriorRecipeConfig):
     )
     vq_path: str = field(default="", metadata={"help": "a DalleDVAE / ViTVQGAN folder (discrete tokens)"})
     patch_size: int = field(default=2, metadata={"help": "latent patch grouped into one continuous token"})
-    text_encoder: str = field(
-        default="own",
-        metadata={"help": "'own' (trained), 'minilm' (frozen all-MiniLM-L6-v2) or a transformers folder"},
-    )
-    encoder_layers: int = 4
-    encoder_attention_heads: int = 8
-    encoder_intermediate_size: int = 1024
-    num_aligner_layers: int = field(default=0, metadata={"help": "trainable blocks after the text encoder"})
     diffusion_head_layers: int = 3
     diffusion_head_width: int = field(default=0, metadata={"help": "0: the backbone width"})
     num_train_timesteps: int = 1000
@@ -56,14 +48,14 @@ class FluidRecipeConfig(TokenPriorRecipeConfig):
 
 
 @register_recipe
-class FluidRecipe(TokenPriorRecipe):
+class FluidRecipe(TextEncoderPriorRecipe):
     """Train `FluidForConditionalGeneration` on cached image tokens; export a `FluidPipeline` folder."""
 
     name = "fluid"
     config_class = FluidRecipeConfig
     text_input_names = ("input_ids", "attention_mask")
     training_defaults = {
-        **TokenPriorRecipe.training_defaults,
+        **TextEncoderPriorRecipe.training_defaults,
         "adam_beta2": 0.95,  # paper: AdamW (0.9, 0.95), wd 0.02
         "weight_decay": 0.02,
     }
@@ -106,26 +98,17 @@ class FluidRecipe(TokenPriorRecipe):
         )
 
     def build_model(self):
-        from transformers import AutoConfig
-
         from ...models.fluid import FluidConfig, FluidForConditionalGeneration
 
         c = self.config
         tokenizer = self.load_image_tokenizer()
-        pretrained = self.pretrained_text_encoder
         config = FluidConfig(
             token_type=c.token_type,
             generation_order=c.generation_order,
             vae_config=dict(tokenizer.config) if self.continuous else None,
             vq_config=None if self.continuous else tokenizer.config.to_dict(),
             patch_size=c.patch_size,
-            text_vocab_size=len(self.processor.tokenizer),
-            text_seq_len=c.text_seq_len,
-            text_encoder_config=AutoConfig.from_pretrained(pretrained).to_dict() if pretrained else None,
-            encoder_layers=c.encoder_layers,
-            encoder_attention_heads=c.encoder_attention_heads,
-            encoder_intermediate_size=c.encoder_intermediate_size,
-            num_aligner_layers=c.num_aligner_layers,
+            **self.text_encoder_kwargs(),
             hidden_size=c.hidden_size,
             num_hidden_layers=c.num_hidden_layers,
             num_attention_heads=c.num_attention_heads,
@@ -138,25 +121,10 @@ class FluidRecipe(TokenPriorRecipe):
             diffusion_batch_mul=c.diffusion_batch_mul,
         )
         model = FluidForConditionalGeneration(config)
-        if pretrained:
-            model.load_text_encoder(pretrained)
+        self.load_pretrained_text_encoder(model)
         model.image_tokenizer().load_state_dict(tokenizer.state_dict())
         model.image_tokenizer().requires_grad_(False)
         return model
-
-    @property
-    def pretrained_text_encoder(self) -> str | None:
-        from ...layers.text_encoder import minilm_path
-
-        choice = self.config.text_encoder
-        return None if choice == "own" else minilm_path() if choice == "minilm" else choice
-
-    def load_text_tokenizer(self):
-        if self.pretrained_text_encoder is None:
-            return super().load_text_tokenizer()
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.pretrained_text_encoder, model_max_length=self.config.text_seq_len)
 
     # -- data ------------------------------------------------------------------------------------------------------
     def _encoded(self, dataset, split: str):

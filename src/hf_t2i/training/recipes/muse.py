@@ -17,33 +17,25 @@ from dataclasses import dataclass, field
 import torch
 
 from ..recipe import register_recipe
-from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
+from .token_prior import TextEncoderPriorRecipe, TextEncoderPriorRecipeConfig
 
 
 EVAL_SEED = 1234
 
 
 @dataclass
-class MuseRecipeConfig(TokenPriorRecipeConfig):
+class MuseRecipeConfig(TextEncoderPriorRecipeConfig):
     image_size: int = field(default=32, metadata={"help": "training resolution (the VQ tokenizer's)"})
     vq_path: str = field(
         default="", metadata={"help": "a DalleDVAE / ViTVQGAN folder (dalle_dvae / vit_vqgan export)"}
     )
-    text_encoder: str = field(
-        default="own",
-        metadata={"help": "'own' (trained), 'minilm' (frozen all-MiniLM-L6-v2) or a transformers folder"},
-    )
-    encoder_layers: int = 4
-    encoder_attention_heads: int = 8
-    encoder_intermediate_size: int = 1024
-    num_aligner_layers: int = field(default=0, metadata={"help": "trainable blocks after the text encoder"})
     position_embedding_type: str = field(default="learned", metadata={"help": "learned | axial"})
     sample_num_inference_steps: int = field(default=12, metadata={"help": "decoding iterations for grids / eval"})
     sample_choice_temperature: float = field(default=4.5, metadata={"help": "MaskGIT's confidence noise"})
 
 
 @register_recipe
-class MuseRecipe(TokenPriorRecipe):
+class MuseRecipe(TextEncoderPriorRecipe):
     """Train `MuseForConditionalGeneration` on cached VQ codes; export a `MusePipeline` folder."""
 
     name = "muse"
@@ -75,38 +67,14 @@ class MuseRecipe(TokenPriorRecipe):
 
         return MusePipeline
 
-    @property
-    def pretrained_text_encoder(self) -> str | None:
-        """Folder of the pretrained text encoder, or None for an encoder trained with the model."""
-        from ...layers.text_encoder import minilm_path
-
-        choice = self.config.text_encoder
-        return None if choice == "own" else minilm_path() if choice == "minilm" else choice
-
-    def load_text_tokenizer(self):
-        if self.pretrained_text_encoder is None:
-            return super().load_text_tokenizer()
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(self.pretrained_text_encoder, model_max_length=self.config.text_seq_len)
-
     def model_config(self, vq_config: dict):
         """The [`MuseConfig`] of this recipe around the trained tokenizer's config."""
-        from transformers import AutoConfig
-
         from ...models.muse import MuseConfig
 
         c = self.config
-        pretrained = self.pretrained_text_encoder
         return MuseConfig(
             vq_config=vq_config,
-            text_vocab_size=len(self.processor.tokenizer),
-            text_seq_len=c.text_seq_len,
-            text_encoder_config=AutoConfig.from_pretrained(pretrained).to_dict() if pretrained else None,
-            encoder_layers=c.encoder_layers,
-            encoder_attention_heads=c.encoder_attention_heads,
-            encoder_intermediate_size=c.encoder_intermediate_size,
-            num_aligner_layers=c.num_aligner_layers,
+            **self.text_encoder_kwargs(),
             hidden_size=c.hidden_size,
             num_hidden_layers=c.num_hidden_layers,
             num_attention_heads=c.num_attention_heads,
@@ -122,8 +90,7 @@ class MuseRecipe(TokenPriorRecipe):
 
         vq = self.load_image_tokenizer()
         model = MuseForConditionalGeneration(self.model_config(vq.config.to_dict()))
-        if self.pretrained_text_encoder:
-            model.load_text_encoder(self.pretrained_text_encoder)
+        self.load_pretrained_text_encoder(model)
         model.vqmodel.load_state_dict(vq.state_dict())
         model.vqmodel.requires_grad_(False)
         return model

@@ -1,4 +1,4 @@
-"""What the priors over discrete image tokens (DALL-E, Parti) share in training: a text tokenizer (trained BPE or
+"""What the priors over image tokens (DALL-E, Parti, Fluid, Muse) share in training: a text tokenizer (trained BPE or
 given), the frozen image tokenizer's codes of every training image computed ONCE and cached on disk with
 `datasets.map`, caption dropout for classifier-free guidance, held-out losses, sample grids, and the export of a
 full pipeline folder. A model's recipe adds its config fields, `build_model` and how its loss is called."""
@@ -224,3 +224,57 @@ class TokenPriorRecipe(Recipe):
 
     def save_pretrained(self, model, output_dir):
         self.pipeline(model).save_pretrained(output_dir)
+
+
+@dataclass
+class TextEncoderPriorRecipeConfig(TokenPriorRecipeConfig):
+    """A prior that reads its captions through a separate text encoder (Parti, Fluid, Muse)."""
+
+    text_encoder: str = field(
+        default="own",
+        metadata={"help": "'own' (trained), 'minilm' (frozen all-MiniLM-L6-v2) or a transformers folder"},
+    )
+    encoder_layers: int = 4
+    encoder_attention_heads: int = 8
+    encoder_intermediate_size: int = 1024
+    num_aligner_layers: int = field(default=0, metadata={"help": "trainable blocks after the text encoder"})
+
+
+class TextEncoderPriorRecipe(TokenPriorRecipe):
+    """A prior recipe whose text encoder is trained with the model (`--text-encoder own`) or pretrained and frozen
+    (`minilm` or a transformers folder, whose tokenizer then replaces the trained BPE)."""
+
+    @property
+    def pretrained_text_encoder(self) -> str | None:
+        """Folder of the pretrained text encoder, or None for an encoder trained with the model."""
+        from ...layers.text_encoder import minilm_path
+
+        choice = self.config.text_encoder
+        return None if choice == "own" else minilm_path() if choice == "minilm" else choice
+
+    def load_text_tokenizer(self):
+        if self.pretrained_text_encoder is None:
+            return super().load_text_tokenizer()
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.pretrained_text_encoder, model_max_length=self.config.text_seq_len)
+
+    def text_encoder_kwargs(self) -> dict:
+        """The text-encoder arguments of the model config (the names `layers.text_encoder.build_text_encoder` reads)."""
+        from transformers import AutoConfig
+
+        c, pretrained = self.config, self.pretrained_text_encoder
+        return {
+            "text_vocab_size": len(self.processor.tokenizer),
+            "text_seq_len": c.text_seq_len,
+            "text_encoder_config": AutoConfig.from_pretrained(pretrained).to_dict() if pretrained else None,
+            "encoder_layers": c.encoder_layers,
+            "encoder_attention_heads": c.encoder_attention_heads,
+            "encoder_intermediate_size": c.encoder_intermediate_size,
+            "num_aligner_layers": c.num_aligner_layers,
+        }
+
+    def load_pretrained_text_encoder(self, model) -> None:
+        """Copy the pretrained encoder's weights into a freshly built model (nothing for `--text-encoder own`)."""
+        if self.pretrained_text_encoder:
+            model.load_text_encoder(self.pretrained_text_encoder)
