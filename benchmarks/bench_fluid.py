@@ -15,7 +15,7 @@ Rows, for batch 1 and 8:
       `timesteps=64`, `cond_scale=3`, its default `topk_filter_thres=0.9`, text embeddings given directly.
 
 Peer set-up, all forced by "offline, no weights": `pip install --no-deps muse-maskgit-pytorch==0.3.5
-memory-efficient-attention-pytorch==0.1.6 beartype==0.23.1`. The package imports torchvision and
+memory-efficient-attention-pytorch==0.1.6 beartype==0.23.1 einops==0.8.2`. The package imports torchvision and
 vector-quantize-pytorch at module level for its VQGAN only, and its `Transformer.__init__` asks the Hub for the T5
 config; the script imports `muse_maskgit_pytorch.muse_maskgit_pytorch` with stand-ins for those two modules (removed
 right after), and pre-fills its T5 config cache with a local `T5Config(d_model=256)`, so the text embeddings (random,
@@ -68,7 +68,7 @@ GUIDANCE = 3.0
 MUSE_VERSION = "0.3.5"
 MUSE_INSTALL = (
     f"pip install --no-deps muse-maskgit-pytorch=={MUSE_VERSION} memory-efficient-attention-pytorch==0.1.6 "
-    "beartype==0.23.1"
+    "beartype==0.23.1 einops==0.8.2"
 )
 
 
@@ -164,7 +164,9 @@ def build_muse(muse):
 
 
 @torch.no_grad()
-def muse_generate(muse, transformer, text_embeds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def muse_generate(
+    muse, transformer, text_embeds: torch.Tensor, generator: torch.Generator, steps: int = STEPS
+) -> torch.Tensor:
     """A copy of `MaskGit.generate`'s loop (0.3.5) without its VAE, T5 and tqdm: confidence-based re-masking,
     `cosine_schedule`, `top_k(logits, 0.9)`, annealed Gumbel sampling, `forward_with_cond_scale`. Its `uniform` noise
     uses the global RNG; we seed it from `generator` once per call."""
@@ -173,13 +175,13 @@ def muse_generate(muse, transformer, text_embeds: torch.Tensor, generator: torch
     mask_id = transformer.mask_id
     ids = torch.full((batch, seq_len), mask_id, dtype=torch.long)
     scores = torch.zeros(batch, seq_len)
-    for timestep, steps_until_x0 in zip(torch.linspace(0, 1, STEPS), reversed(range(STEPS))):
+    for timestep, steps_until_x0 in zip(torch.linspace(0, 1, steps), reversed(range(steps))):
         num_masked = max(int((muse.cosine_schedule(timestep) * seq_len).item()), 1)
         masked = scores.topk(num_masked, dim=-1).indices
         ids = ids.scatter(1, masked, mask_id)
         logits = transformer.forward_with_cond_scale(ids, text_embeds=text_embeds, cond_scale=GUIDANCE)
         filtered = muse.top_k(logits, 0.9)
-        temperature = steps_until_x0 / STEPS
+        temperature = steps_until_x0 / steps
         pred = muse.gumbel_sample(filtered, temperature=temperature, dim=-1)
         is_mask = ids == mask_id
         ids = torch.where(is_mask, pred, ids)
@@ -188,11 +190,11 @@ def muse_generate(muse, transformer, text_embeds: torch.Tensor, generator: torch
     return ids
 
 
-def muse_case(muse, transformer, batch: int) -> Case:
+def muse_case(muse, transformer, batch: int, steps: int = STEPS) -> Case:
     embeds = torch.randn(batch, TEXT_TOKENS, WIDTH, generator=torch.Generator().manual_seed(0))
 
     def fn():
-        return muse_generate(muse, transformer, embeds, torch.Generator().manual_seed(0))
+        return muse_generate(muse, transformer, embeds, torch.Generator().manual_seed(0), steps)
 
     return Case("muse-maskgit-pytorch (discrete, confidence order)", fn, per=batch)
 

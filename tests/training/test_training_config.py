@@ -8,6 +8,7 @@ from typing import Literal
 
 import pytest
 
+import hf_t2i.training.recipes  # noqa: E402, F401  (registers the package's recipes)
 from hf_t2i.training import (
     RECIPES,
     Recipe,
@@ -19,8 +20,13 @@ from hf_t2i.training import (
     register_recipe,
 )
 from hf_t2i.training.cli import main
+from hf_t2i.training.recipe import load_builtin_recipes
 
 from .training_toy import ToyConfig, ToyRecipe
+
+
+load_builtin_recipes()
+PACKAGE_RECIPES = sorted(name for name in RECIPES if name != "toy")
 
 
 @pytest.mark.parametrize(
@@ -159,6 +165,15 @@ def test_package_cli_subcommand(monkeypatch, tmp_path, capsys):
         main(["toy", "--max-steps", "-1"])
     assert error.value.code == 2 and "max_steps" in capsys.readouterr().err
     assert main(["unknown-recipe"]) == 2
+
+
+@pytest.mark.parametrize("name", PACKAGE_RECIPES)
+def test_every_package_recipe_prints_its_help(name, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert f"recipe '{name}'" in out and "--output-dir" in out
 
 
 def test_recipe_field_types_become_flags():

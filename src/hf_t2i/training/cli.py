@@ -82,7 +82,9 @@ def add_dataclass_arguments(
         else:
             kwargs["required"] = True
         flag = f"--{field.name.replace('_', '-')}"
-        group.add_argument(flag, dest=field.name, help=field.metadata.get("help", ""), **kwargs)
+        # argparse formats help strings with %: a literal "10%" in a field's help must reach it as "10%%"
+        help_text = field.metadata.get("help", "").replace("%", "%%")
+        group.add_argument(flag, dest=field.name, help=help_text, **kwargs)
         names.append(field.name)
     return names
 
