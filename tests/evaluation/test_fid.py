@@ -155,6 +155,14 @@ def test_reference_statistics_are_cached(tmp_path, shapes_images):
     assert add_reference_images(metric, real, path) is False and other.calls == 1
 
 
+def test_each_split_has_its_own_cache_file(tmp_path):
+    paths = {
+        split: fid_cache_path("shapes", split, 16, 32, cache_dir=str(tmp_path)) for split in ("test", "validation")
+    }
+    assert paths["test"] != paths["validation"]
+    assert paths["validation"].endswith("shapes-validation-16-32-seed0.pt")
+
+
 # ------------------------------------------------------------------------------------------------ Inception
 @requires_fid_weights
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise(shapes_images):

@@ -10,7 +10,14 @@ from PIL import Image
 from transformers import CLIPModel
 
 from hf_t2i import DalleForConditionalGeneration, DallePipeline, T2IImageProcessor, T2IProcessor
-from hf_t2i.evaluation import evaluate_for_training, evaluate_pipeline, flatten_metrics
+from hf_t2i.evaluation import (
+    evaluate_for_training,
+    evaluate_pipeline,
+    evaluate_scorer,
+    flatten_metrics,
+    load_eval_split,
+)
+from hf_t2i.evaluation import runner as eval_runner
 from hf_t2i.evaluation.cli import add_eval_subparser, run_eval
 from hf_t2i.training import Recipe, TrainingConfig, train
 from hf_t2i.training.recipes.clip import ClipScorerRecipeConfig, build_clip_config, build_scorer_tokenizer
@@ -150,12 +157,104 @@ def test_evaluate_for_training_returns_flat_floats(dalle_pipeline, tmp_path):
         ({"batch_size": 0}, "batch_size"),
         ({"pipe": "/does/not/exist"}, "--model"),
         ({"scorer_path": "/does/not/exist"}, "scorer_path"),
+        ({"split": "train"}, "`split` .*'train'"),
+        ({"dataset_name": "emoji", "split": "validation"}, "`split` .*'validation'.*'emoji'.*--split test"),
     ],
 )
 def test_bad_input_names_the_argument(dalle_pipeline, kwargs, name):
     values = {"pipe": dalle_pipeline, "dataset_name": "shapes", "num_images": 2, "progress": False, **kwargs}
     with pytest.raises(ValueError, match=name):
         evaluate_pipeline(**values)
+
+
+def test_the_split_reaches_the_report_and_each_split_has_its_own_fid_cache(dalle_pipeline, tmp_path):
+    test = evaluate(dalle_pipeline, tmp_path, metrics="fid,compositional", output_dir=str(tmp_path / "test"))
+    validation = evaluate(
+        dalle_pipeline, tmp_path, metrics="fid,compositional", split="validation", output_dir=str(tmp_path / "val")
+    )
+    assert test["settings"]["split"] == "test"
+    assert json.loads((tmp_path / "val" / "report.json").read_text())["settings"]["split"] == "validation"
+    # the captions really come from the validation split
+    assert validation["grid_captions"] == load_eval_split("shapes", 6, 16, split="validation")["text"]
+    assert validation["grid_captions"] != test["grid_captions"]
+    # validation must not reuse the test split's cached FID reference (nor overwrite it)
+    assert validation["timings"]["fid_reference_cached"] == 0.0
+    assert validation["metrics"]["fid"] != test["metrics"]["fid"]
+    cached = sorted(path.name for path in (tmp_path / "fid").iterdir())
+    assert len(cached) == 2 and any("-test-" in name for name in cached)
+    assert any("-validation-" in name for name in cached)
+    again = evaluate(dalle_pipeline, tmp_path, metrics="fid", split="validation")
+    assert again["timings"]["fid_reference_cached"] == 1.0 and again["metrics"]["fid"] == validation["metrics"]["fid"]
+
+
+@pytest.fixture
+def split_spy(monkeypatch):
+    """The `split` of every `load_eval_split` call the runner makes."""
+    splits = []
+
+    def spy(*args, split="test", **kwargs):
+        splits.append(split)
+        return load_eval_split(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(eval_runner, "load_eval_split", spy)
+    return splits
+
+
+def test_the_scorer_is_evaluated_on_the_chosen_split(scorer_dir, split_spy):
+    results = evaluate_scorer(scorer_dir, "shapes", num_pairs=6, split="validation")
+    assert {"text_to_image_recall@1", "num_pairs"} <= set(results)
+    evaluate_scorer(scorer_dir, "shapes", num_pairs=6)
+    assert split_spy == ["validation", "test"]
+    with pytest.raises(ValueError, match="`split` .*'validation'.*'fashion_mnist'"):
+        evaluate_scorer(scorer_dir, "fashion_mnist", num_pairs=6, split="validation")
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_split_flag_parses_and_its_help_says_what_each_split_is_for(capsys):
+    parser = eval_parser()
+    assert parser.parse_args(["eval", "--dataset", "shapes"]).split == "test"
+    assert parser.parse_args(["eval", "--dataset", "shapes", "--split", "validation"]).split == "validation"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--dataset", "shapes", "--split", "train"])
+    assert "--split: invalid choice: 'train'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--split {test,validation}" in help_text
+    assert "validation (shapes only): in-distribution captions, for choosing settings such as guidance" in help_text
+    assert "test (default): held-out captions" in help_text and "for reporting" in help_text
+
+
+def test_cli_split_validation_reaches_the_report_and_its_own_default_folder(pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser = eval_parser()
+    args = parser.parse_args(
+        ["eval", "--model", pipeline_dir, "--dataset", "shapes", "--num-images", "3", "--batch-size", "3"]
+        + ["--metrics", "compositional", "--split", "validation"]
+    )
+    assert args.func(args) == 0
+    report = json.loads((tmp_path / "eval" / "shapes-validation" / "report.json").read_text())
+    assert report["settings"]["split"] == "validation"
+    assert report["grid_captions"] == load_eval_split("shapes", 3, 16, split="validation")["text"]
+    assert not (tmp_path / "eval" / "shapes").exists()  # the test split's default report is not overwritten
+
+    args = parser.parse_args(["eval", "--model", pipeline_dir, "--dataset", "emoji", "--split", "validation"])
+    with pytest.raises(ValueError, match="`split` .*'validation'.*'emoji'"):
+        run_eval(args)
+
+
+def test_cli_passes_the_split_to_the_scorer_evaluation(scorer_dir, tmp_path, split_spy):
+    args = eval_parser().parse_args(
+        ["eval", "--scorer", scorer_dir, "--dataset", "shapes", "--metrics", "retrieval", "--num-images", "4"]
+        + ["--split", "validation", "--output-dir", str(tmp_path)]
+    )
+    assert args.func(args) == 0 and split_spy == ["validation"]
+    assert json.loads((tmp_path / "scorer_report.json").read_text())["settings"]["split"] == "validation"
 
 
 def test_cli_writes_a_report(pipeline_dir, tmp_path, capsys):

@@ -1,10 +1,14 @@
+import argparse
+import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from hf_t2i import DalleDVAE, DalleDVAEConfig
+from hf_t2i import DalleDVAE, DalleDVAEConfig, T2IImageProcessor
+from hf_t2i.evaluation import load_eval_split, runner
+from hf_t2i.evaluation.cli import add_eval_subparser
 from hf_t2i.evaluation.tokenizer import evaluate_image_tokenizer, reconstruction_metrics
 
 
@@ -79,3 +83,43 @@ def test_a_continuous_autoencoder_kl_folder_is_evaluated_through_its_latent_mode
     assert report["compositional_ceiling"]["overall"] < 0.5  # an untrained VAE draws nothing recognisable
     with pytest.raises(ValueError, match="config.json"):
         evaluate_image_tokenizer(str(tmp_path / "missing"), "shapes", num_images=2)
+
+
+def test_the_tokenizer_is_evaluated_on_the_chosen_split():
+    def encoded_pixels(**kwargs):
+        tokenizer = MemoryTokenizer()  # keeps the pixels it last encoded
+        report = evaluate_image_tokenizer(tokenizer, "shapes", num_images=6, **kwargs)
+        assert report["num_images"] == 6 and report["compositional_originals"] == 1.0
+        return tokenizer.last
+
+    def split_pixels(split):
+        images = list(load_eval_split("shapes", 6, 32, split=split)["image"])
+        return T2IImageProcessor(image_size=32)(images, return_tensors="pt")["pixel_values"]
+
+    validation = encoded_pixels(split="validation")
+    assert torch.equal(validation, split_pixels("validation"))
+    assert not torch.equal(validation, split_pixels("test"))
+    assert torch.equal(encoded_pixels(), split_pixels("test"))  # the default is unchanged
+    with pytest.raises(ValueError, match="`split` .*'validation'.*'emoji'"):
+        evaluate_image_tokenizer(MemoryTokenizer(), "emoji", num_images=2, split="validation")
+
+
+def test_cli_passes_the_split_to_the_tokenizer_evaluation(tmp_path, monkeypatch):
+    splits = []
+
+    def spy(*args, split="test", **kwargs):
+        splits.append(split)
+        return load_eval_split(*args, split=split, **kwargs)
+
+    monkeypatch.setattr(runner, "load_eval_split", spy)
+    config = DalleDVAEConfig(image_size=32, vocab_size=16, hidden_size=8, channel_multipliers=[1, 2])
+    DalleDVAE(config).save_pretrained(tmp_path / "dvae")
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["eval", "--tokenizer", str(tmp_path / "dvae"), "--dataset", "shapes", "--num-images", "4"]
+        + ["--split", "validation", "--output-dir", str(tmp_path / "out")]
+    )
+    assert args.func(args) == 0 and splits == ["validation"]
+    report = json.loads((tmp_path / "out" / "tokenizer_report.json").read_text())
+    assert report["settings"]["split"] == "validation" and report["metrics"]["num_images"] == 4

@@ -131,3 +131,23 @@ def test_a_non_vq_folder_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="image tokenizer"):
         recipe_for(tmp_path, tmp_path).load_image_tokenizer()
+
+
+def test_generation_metrics_in_training_read_the_validation_captions(dvae_dir, tmp_path, monkeypatch):
+    """Checkpoints are compared on in-distribution captions: the held-out test split stays for the reports."""
+    import hf_t2i.evaluation
+
+    seen = {}
+
+    def fake_evaluate(pipe, dataset_name, **kwargs):
+        seen.update(kwargs, dataset=dataset_name)
+        return {"compositional/overall": 0.5}
+
+    monkeypatch.setattr(hf_t2i.evaluation, "evaluate_for_training", fake_evaluate)
+    recipe = recipe_for(dvae_dir, tmp_path, eval_num_images=2, eval_metrics="compositional")
+    config = TrainingConfig(
+        output_dir=str(tmp_path / "run"), max_steps=1, eval_steps=1, train_batch_size=8, report_to="none"
+    )
+    metrics = train(recipe, config)
+    assert seen["dataset"] == "shapes" and seen["split"] == "validation" and seen["num_images"] == 2
+    assert metrics["eval/compositional/overall"] == 0.5

@@ -1,9 +1,14 @@
-"""`hf-t2i eval`: generate images for a dataset's held-out captions, compute the metrics, write a report.
+"""`hf-t2i eval`: generate images for a dataset's held-out (or validation) captions, compute metrics, write a report.
 
     hf-t2i eval --model dalle --dataset shapes --num-images 200 --output-dir eval/dalle-shapes
+    hf-t2i eval --model dalle --dataset shapes --split validation --guidance-scale 2   # choose guidance here first
     hf-t2i eval --model runs/prior/final --dataset shapes --scorer runs/clip/final --metrics fid,compositional,clip
     hf-t2i eval --scorer runs/clip/final --dataset shapes --metrics retrieval     # the scorer alone, no --model
     hf-t2i eval --tokenizer runs/vit_vqgan/final --dataset shapes --num-images 200   # an image tokenizer alone
+
+`--split test` (default) evaluates on the held-out captions (for shapes: held-out colour-shape pairs), the numbers to
+report; `--split validation` (shapes only) on in-distribution captions, to choose settings such as guidance without
+looking at test.
 
 The package CLI wires it in with `add_eval_subparser(subparsers)`; the parsed arguments run `run_eval(args)`.
 """
@@ -14,7 +19,7 @@ import argparse
 import json
 import os
 
-from .runner import DATASETS, METRICS
+from .runner import DATASETS, EVAL_SPLIT, EVAL_SPLITS, METRICS, VALIDATION_DATASETS
 
 
 def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
@@ -32,14 +37,26 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         "reconstruction error, codebook usage (discrete ones) and (shapes) the compositional accuracy of its "
         "reconstructions",
     )
-    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}; its held-out split is used")
+    p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}; --split says which split")
+    p.add_argument(
+        "--split",
+        choices=EVAL_SPLITS,
+        default=EVAL_SPLIT,
+        help="test (default): held-out captions (shapes: held-out colour-shape pairs), for reporting; validation "
+        f"({', '.join(VALIDATION_DATASETS)} only): in-distribution captions, for choosing settings such as guidance",
+    )
     p.add_argument(
         "--num-images", type=int, default=64, help="images to generate (FID: ~0.12-0.7 s per image on a CPU)"
     )
     p.add_argument("--batch-size", type=int, default=16, help="prompts per pipeline call")
     p.add_argument("--seed", type=int, default=0, help="seed of the generator every image is drawn from")
     p.add_argument("--scorer", default=None, help="a clip_scorer folder (enables the clip / retrieval metrics)")
-    p.add_argument("--output-dir", default=None, help="where report.json and grid.png go (default eval/<dataset>)")
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        help="where report.json and grid.png go (default eval/<dataset>; eval/<dataset>-validation with "
+        "--split validation)",
+    )
     p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
     p.add_argument(
         "--metrics", default=None, help=f"comma-separated subset of {','.join(METRICS)} (default: all that apply)"
@@ -57,13 +74,14 @@ def run_eval(args) -> int:
 
     from .runner import evaluate_pipeline, evaluate_scorer, resolve_metrics
 
+    split = getattr(args, "split", EVAL_SPLIT)
     if args.tokenizer is not None:
         from .tokenizer import evaluate_image_tokenizer
 
         if args.model is not None:
             raise ValueError("Pass either `--model` (a pipeline) or `--tokenizer` (an image tokenizer), not both.")
         results = evaluate_image_tokenizer(
-            args.tokenizer, args.dataset, args.num_images, args.data_dir, args.data_seed
+            args.tokenizer, args.dataset, args.num_images, args.data_dir, args.data_seed, split=split
         )
         print(json.dumps(results, indent=2))
         if args.output_dir:
@@ -78,7 +96,9 @@ def run_eval(args) -> int:
                 "`--model` is required (a shipped checkpoint name or a pipeline folder), unless only the scorer is "
                 "evaluated with `--scorer PATH --metrics retrieval`."
             )
-        results = evaluate_scorer(args.scorer, args.dataset, args.num_images, args.data_dir, args.data_seed)
+        results = evaluate_scorer(
+            args.scorer, args.dataset, args.num_images, args.data_dir, args.data_seed, split=split
+        )
         print(json.dumps(results, indent=2))
         if args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
@@ -87,7 +107,8 @@ def run_eval(args) -> int:
         return 0
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    output_dir = args.output_dir or os.path.join("eval", args.dataset)
+    default_dir = args.dataset if split == EVAL_SPLIT else f"{args.dataset}-{split}"
+    output_dir = args.output_dir or os.path.join("eval", default_dir)
     report = evaluate_pipeline(
         args.model,
         args.dataset,
@@ -101,6 +122,7 @@ def run_eval(args) -> int:
         data_dir=args.data_dir,
         data_seed=args.data_seed,
         device=device,
+        split=split,
     )
     print(json.dumps(report["metrics"], indent=2))
     print(f"wrote {os.path.join(output_dir, 'report.json')} and {os.path.join(output_dir, 'grid.png')}")

@@ -21,8 +21,8 @@ cores; measured 0.25 s on one thread and 0.8-1.0 s on two threads when the cores
 an oversubscribed machine `torch.set_num_threads(1)` is faster). Keep CPU evaluation sets small (64-256 images);
 FID from few images is biased upwards, so only compare numbers computed from the same number of images.
 
-Reference (real-image) features are cached on disk per dataset split (`fid_cache_path`), so the real side is
-computed once.
+Reference (real-image) features are cached on disk per dataset split (`fid_cache_path`; "test" and "validation" get
+different files), so the real side is computed once.
 """
 
 from __future__ import annotations
@@ -250,7 +250,8 @@ def fid_cache_path(
     dataset: str, split: str, num_images: int, image_size: int, seed: int = 0, cache_dir: str | None = None
 ) -> str:
     """`<cache_dir>/<dataset>-<split>-<num_images>-<image_size>-seed<seed>.pt`: where a split's reference
-    statistics are kept. `dataset` may carry a suffix that tells apart different sources (e.g. a folder's hash)."""
+    statistics are kept, so different splits (e.g. "test" and "validation") never share a file. `dataset` may carry a
+    suffix that tells apart different sources (e.g. a folder's hash)."""
     name = f"{dataset}-{split}-{num_images}-{image_size}-seed{seed}.pt"
     return os.path.join(cache_dir or default_fid_cache_dir(), name)
 

@@ -2,10 +2,16 @@
 
     report = evaluate_pipeline("dalle", "shapes", num_images=64, scorer_path="runs/clip/final", output_dir="eval")
 
-Held-out captions (`eval_split`): `shapes` -> its "test" split, whose every caption holds a colour-shape pair kept out
-of training (GenEval-style); `emoji` -> the concepts `split_by_concept` holds out; `fashion_mnist` -> its test file;
-`imagefolder` -> the seeded split training holds out. One image is generated per caption, in batches, from one
-generator seeded with `seed` (the images depend on `batch_size` as well).
+Captions (`load_eval_split`, `split=` one of `EVAL_SPLITS`, default "test"):
+- "test" (report on it): `shapes` -> its "test" split, whose every caption holds a colour-shape pair kept out of
+  training (GenEval-style); `emoji` -> the concepts `split_by_concept` holds out; `fashion_mnist` -> its test file;
+  `imagefolder` -> the seeded split training holds out.
+- "validation" (choose settings such as guidance on it): `shapes` only (`VALIDATION_DATASETS`) -> its "validation"
+  split, in-distribution captions with no held-out pair (the split whose losses training reports, see
+  `load_image_text_splits`). The other datasets have no validation split apart from the held-out one above, so they
+  raise a `ValueError`.
+One image is generated per caption, in batches, from one generator seeded with `seed` (the images depend on
+`batch_size` as well).
 
 Metrics (`METRICS`):
 - "fid": FID between the generated images and the split's real images at the model's resolution (`fid.py`); the
@@ -38,14 +44,37 @@ METRICS = ("fid", "compositional", "clip", "retrieval")
 DATASETS = ("shapes", "emoji", "fashion_mnist", "imagefolder")
 GRID_IMAGES = 16
 GRID_TILE = 128  # grid tiles are upscaled (nearest) to at least this many pixels
-EVAL_SPLIT = "test"  # every dataset's held-out split is called "test" (see `load_eval_split`)
+EVAL_SPLIT = "test"  # the default: every dataset's held-out split is called "test" (see `load_eval_split`)
+# "validation": in-distribution captions, for choosing settings (guidance, ...) without looking at "test".
+EVAL_SPLITS = ("test", "validation")
+VALIDATION_DATASETS = ("shapes",)  # the datasets with a validation split apart from their held-out test split
 
 
 # ------------------------------------------------------------------------------------------------------- data
+def check_eval_split(split: str, dataset_name: str) -> None:
+    """Raise a `ValueError` naming `split` unless it is one of `EVAL_SPLITS` and `dataset_name` has it."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(
+            f"`split` (--split) must be one of {list(EVAL_SPLITS)}, got {split!r}: 'validation' (in-distribution "
+            "captions) to choose settings such as guidance, 'test' (held-out captions) to report."
+        )
+    if split == "validation" and dataset_name in DATASETS and dataset_name not in VALIDATION_DATASETS:
+        raise ValueError(
+            f"`split` (--split) {split!r} is not available for dataset {dataset_name!r}: its only held-out split is "
+            f"'test' (the one training evaluates on). 'validation' is supported for {list(VALIDATION_DATASETS)}; "
+            f"pass split='test' (--split test) for {dataset_name!r}."
+        )
+
+
 def load_eval_split(
-    dataset_name: str, num_images: int, image_size: int, data_dir: str | None = None, data_seed: int = 0
+    dataset_name: str,
+    num_images: int,
+    image_size: int,
+    data_dir: str | None = None,
+    data_seed: int = 0,
+    split: str = EVAL_SPLIT,
 ):
-    """The first `num_images` held-out pairs of `dataset_name` (columns image, text; `shapes` also spec, task).
+    """The first `num_images` pairs of `dataset_name`'s `split` (columns image, text; `shapes` also spec, task).
 
     Args:
         dataset_name: one of `DATASETS`.
@@ -53,31 +82,35 @@ def load_eval_split(
         image_size: resolution of the images (shapes are rendered at max(image_size, 32)).
         data_dir: the emoji npm cache folder or the imagefolder path.
         data_seed: seed of generation / splitting, as in training (`--data-seed`).
+        split: "test" (held-out captions, to report on) or "validation" (`shapes` only: in-distribution captions
+            without a held-out pair, to choose settings such as guidance on); see the module docstring.
     """
     from .. import data
 
+    if dataset_name not in DATASETS:
+        raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
+    check_eval_split(split, dataset_name)
     if dataset_name == "shapes":
         from ..data.shapes import MIN_IMAGE_SIZE
 
-        return data.build_shapes_dataset(num_images, "test", max(image_size, MIN_IMAGE_SIZE), seed=data_seed)
+        return data.build_shapes_dataset(num_images, split, max(image_size, MIN_IMAGE_SIZE), seed=data_seed)
+    # the other datasets: "test" only (`check_eval_split`)
     if dataset_name == "emoji":
-        split = data.split_by_concept(data.build_emoji_dataset(data_dir, image_size=image_size), seed=data_seed)
-        split = split["test"]
+        rows = data.split_by_concept(data.build_emoji_dataset(data_dir, image_size=image_size), seed=data_seed)
+        rows = rows["test"]
     elif dataset_name == "fashion_mnist":
-        split = data.build_fashion_mnist_dataset("test", image_size=image_size, num_samples=num_images)
-    elif dataset_name == "imagefolder":
+        rows = data.build_fashion_mnist_dataset("test", image_size=image_size, num_samples=num_images)
+    else:  # imagefolder
         if not data_dir:
             raise ValueError("`data_dir` is required with dataset='imagefolder': the folder with metadata.jsonl.")
-        split = data.build_imagefolder_dataset(data_dir).train_test_split(test_size=num_images, seed=data_seed)
-        split = split["test"]
-    else:
-        raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
-    if len(split) < num_images:
+        rows = data.build_imagefolder_dataset(data_dir).train_test_split(test_size=num_images, seed=data_seed)
+        rows = rows["test"]
+    if len(rows) < num_images:
         raise ValueError(
-            f"`num_images`={num_images} but the held-out {dataset_name} split has only {len(split)} pairs; "
-            f"pass --num-images {len(split)} or fewer."
+            f"`num_images`={num_images} but the held-out {dataset_name} split has only {len(rows)} pairs; "
+            f"pass --num-images {len(rows)} or fewer."
         )
-    return split.select(range(num_images))
+    return rows.select(range(num_images))
 
 
 def _resized(images: list, size: int) -> list:
@@ -276,15 +309,16 @@ def evaluate_pipeline(
     scorer_processor=None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    split: str = EVAL_SPLIT,
     **pipeline_kwargs,
 ) -> dict:
-    """Generate `num_images` images for the held-out captions of `dataset_name` and compute the metrics.
+    """Generate `num_images` images for the captions of `dataset_name`'s `split` and compute the metrics.
 
     Args:
         pipe: a text-to-image pipeline (`pipe(prompts, num_images_per_prompt=, generator=, output_type="pil")`), or
             a shipped checkpoint name / saved pipeline folder.
-        dataset_name: one of `DATASETS`; see the module docstring for the split used.
-        num_images: images (= held-out captions) to generate; FID costs ~0.12-0.7 s per image per side on a CPU.
+        dataset_name: one of `DATASETS`.
+        num_images: images (= captions of `split`) to generate; FID costs ~0.12-0.7 s per image per side on a CPU.
         batch_size: prompts per pipeline call.
         seed: seed of the one generator all images are drawn from.
         scorer_path: a `clip_scorer` folder, for "clip" and "retrieval" (or pass `scorer` + `scorer_processor`).
@@ -299,6 +333,9 @@ def evaluate_pipeline(
         device: where a pipeline loaded from a path goes (a given pipeline object is used where it is); the FID
             network and the scorer run on the pipeline's device.
         progress: show progress bars.
+        split: "test" (default: held-out captions, to report on) or "validation" (`shapes` only: in-distribution
+            captions, to choose settings such as `guidance_scale` on); recorded as `settings["split"]`, and the FID
+            reference of each split is cached in its own file.
         **pipeline_kwargs: other pipeline arguments (e.g. `temperature`, `top_k`).
 
     Returns:
@@ -307,6 +344,7 @@ def evaluate_pipeline(
     start_time = time.perf_counter()
     if dataset_name not in DATASETS:
         raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
+    check_eval_split(split, dataset_name)
     _check_positive_int("num_images", num_images)
     _check_positive_int("batch_size", batch_size)
     if guidance_scale is not None and (not isinstance(guidance_scale, (int, float)) or guidance_scale < 0):
@@ -325,8 +363,8 @@ def evaluate_pipeline(
         scorer.to(device)
 
     image_size = _pipeline_image_size(pipe)
-    split = load_eval_split(dataset_name, num_images, image_size or 64, data_dir, data_seed)
-    prompts = list(split["text"])
+    rows = load_eval_split(dataset_name, num_images, image_size or 64, data_dir, data_seed, split=split)
+    prompts = list(rows["text"])
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()
@@ -334,7 +372,7 @@ def evaluate_pipeline(
     timings["generation_s"] = time.perf_counter() - tick
     timings["generation_s_per_image"] = timings["generation_s"] / num_images
     image_size = images[0].width
-    real_images = _resized(list(split["image"]), image_size)
+    real_images = _resized(list(rows["image"]), image_size)
 
     results: dict = {}
     if "fid" in chosen:
@@ -342,6 +380,7 @@ def evaluate_pipeline(
             real_images,
             images,
             _dataset_tag(dataset_name, data_dir),
+            split,
             data_seed,
             batch_size,
             fid_cache_dir,
@@ -354,7 +393,7 @@ def evaluate_pipeline(
         from .compositional import compositional_accuracy
 
         tick = time.perf_counter()
-        accuracy = compositional_accuracy(images, split["spec"])
+        accuracy = compositional_accuracy(images, rows["spec"])
         accuracy.pop("correct")
         results["compositional"] = accuracy
         timings["compositional_s"] = time.perf_counter() - tick
@@ -381,7 +420,7 @@ def evaluate_pipeline(
             "model": os.fspath(model_path) if model_path else type(pipe).__name__,
             "pipeline": type(pipe).__name__,
             "dataset": dataset_name,
-            "split": EVAL_SPLIT,
+            "split": split,
             "data_seed": data_seed,
             "num_images": num_images,
             "batch_size": batch_size,
@@ -410,14 +449,15 @@ def evaluate_pipeline(
     return report
 
 
-def _fid(real_images, images, tag, data_seed, batch_size, cache_dir, feature_extractor, device, progress):
-    """FID of `images` against `real_images` with the reference cached under `tag`; returns (fid, timings)."""
+def _fid(real_images, images, tag, split, data_seed, batch_size, cache_dir, feature_extractor, device, progress):
+    """FID of `images` against `real_images` with the reference cached under `tag` and `split` (each split has its
+    own file); returns (fid, timings)."""
     from .fid import add_reference_images, build_fid_metric, fid_cache_path, fid_score, update_fid
 
     tick = time.perf_counter()
     metric = build_fid_metric(feature_extractor).to(device)
     size = images[0].width
-    cache = fid_cache_path(tag, EVAL_SPLIT, len(real_images), size, data_seed, cache_dir)
+    cache = fid_cache_path(tag, split, len(real_images), size, data_seed, cache_dir)
     cached = add_reference_images(metric, real_images, cache, batch_size, progress)
     reference_s = time.perf_counter() - tick
     tick = time.perf_counter()
@@ -437,25 +477,35 @@ def evaluate_for_training(
 ) -> dict[str, float]:
     """`evaluate_pipeline` without files or progress bars, as flat floats for `Recipe.evaluate` (logged under
     `eval/`, e.g. `eval/compositional/overall`, `eval/fid`). Run it every `TrainingConfig.eval_steps` steps; keep
-    `num_images` small (16-64) on a CPU. The FID reference is computed on the first call and cached."""
+    `num_images` small (16-64) on a CPU. The FID reference is computed on the first call and cached. Pass
+    `split="validation"` (shapes) to select checkpoints or settings on in-distribution captions instead of "test"."""
     kwargs.setdefault("progress", False)
     report = evaluate_pipeline(pipe, dataset_name, num_images=num_images, batch_size=batch_size, seed=seed, **kwargs)
     return flatten_metrics(report["metrics"])
 
 
 def evaluate_scorer(
-    scorer_path: str, dataset_name: str, num_pairs: int = 256, data_dir: str | None = None, data_seed: int = 0
+    scorer_path: str,
+    dataset_name: str,
+    num_pairs: int = 256,
+    data_dir: str | None = None,
+    data_seed: int = 0,
+    split: str = EVAL_SPLIT,
 ) -> dict:
-    """Retrieval recall@1/5 both ways and matched-vs-shuffled preference of a trained scorer on the held-out pairs
-    of `dataset_name` (at the scorer's own resolution)."""
+    """Retrieval recall@1/5 both ways and matched-vs-shuffled preference of a trained scorer on the pairs of
+    `dataset_name`'s `split` ("test": held-out; "validation": shapes' in-distribution pairs), at the scorer's own
+    resolution."""
     from .clip_score import load_scorer, matched_vs_shuffled, retrieval_recall
 
     if dataset_name not in DATASETS:
         raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
+    check_eval_split(split, dataset_name)
     _check_positive_int("num_pairs", num_pairs)
     scorer, processor = load_scorer(scorer_path)
-    split = load_eval_split(dataset_name, num_pairs, processor.image_processor.image_size, data_dir, data_seed)
-    texts, images = list(split["text"]), list(split["image"])
+    rows = load_eval_split(
+        dataset_name, num_pairs, processor.image_processor.image_size, data_dir, data_seed, split=split
+    )
+    texts, images = list(rows["text"]), list(rows["image"])
     results = retrieval_recall(scorer, processor, texts, images)
     results.update(matched_vs_shuffled(scorer, processor, texts, images))
     return results
@@ -463,7 +513,11 @@ def evaluate_scorer(
 
 __all__ = [
     "DATASETS",
+    "EVAL_SPLIT",
+    "EVAL_SPLITS",
     "METRICS",
+    "VALIDATION_DATASETS",
+    "check_eval_split",
     "evaluate_for_training",
     "evaluate_pipeline",
     "evaluate_scorer",

@@ -1,4 +1,5 @@
-"""How good an image tokenizer is on held-out images: reconstruction error, and, on `shapes`, the compositional
+"""How good an image tokenizer is on held-out images (or, with `split="validation"`, shapes' in-distribution ones):
+reconstruction error, and, on `shapes`, the compositional
 accuracy of its reconstructions -- the ceiling that any prior over its codes or latents can reach on that metric.
 
 Discrete tokenizers (DalleDVAE, ViTVQGAN, any model with `encode -> ids` / `decode(ids) -> pixels`) reconstruct
@@ -62,31 +63,38 @@ def reconstruction_metrics(tokenizer, pixel_values, batch_size: int = 64) -> tup
 
 
 def evaluate_image_tokenizer(
-    tokenizer, dataset_name: str = "shapes", num_images: int = 256, data_dir: str | None = None, data_seed: int = 0
+    tokenizer,
+    dataset_name: str = "shapes",
+    num_images: int = 256,
+    data_dir: str | None = None,
+    data_seed: int = 0,
+    split: str = "test",
 ) -> dict:
-    """Reconstruction metrics of `tokenizer` on the first `num_images` images of `dataset_name`'s held-out split
-    (the `test` split for shapes: the held-out attribute combinations), plus, on shapes, `compositional_ceiling`:
+    """Reconstruction metrics of `tokenizer` on the first `num_images` images of `dataset_name`'s `split`
+    (default "test": for shapes the held-out attribute combinations), plus, on shapes, `compositional_ceiling`:
     the compositional accuracy of the reconstructions scored against the captions' specs.
 
     Args:
         tokenizer: an image tokenizer model, or the folder of a trained one (see `load_image_tokenizer`).
+        split: "test" or "validation" (shapes only: in-distribution images); see `runner.load_eval_split`.
     """
     from ..image_processing import T2IImageProcessor
     from .compositional import compositional_accuracy
-    from .runner import load_eval_split
+    from .runner import check_eval_split, load_eval_split
 
+    check_eval_split(split, dataset_name)
     if isinstance(tokenizer, str):
         tokenizer = load_image_tokenizer(tokenizer)
     image_size = image_tokenizer_size(tokenizer)
-    split = load_eval_split(dataset_name, num_images, image_size, data_dir=data_dir, data_seed=data_seed)
-    pixels = T2IImageProcessor(image_size=image_size)(list(split["image"]), return_tensors="pt")["pixel_values"]
+    rows = load_eval_split(dataset_name, num_images, image_size, data_dir=data_dir, data_seed=data_seed, split=split)
+    pixels = T2IImageProcessor(image_size=image_size)(list(rows["image"]), return_tensors="pt")["pixel_values"]
     metrics, reconstructions = reconstruction_metrics(tokenizer, pixels)
-    metrics["num_images"] = len(split)
+    metrics["num_images"] = len(rows)
     if dataset_name == "shapes":
         images = list(((reconstructions + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
-        ceiling = compositional_accuracy(images, split["spec"])
+        ceiling = compositional_accuracy(images, rows["spec"])
         ceiling.pop("correct", None)
         metrics["compositional_ceiling"] = ceiling
-        originals = [np.asarray(image.convert("RGB")) for image in split["image"]]
-        metrics["compositional_originals"] = compositional_accuracy(originals, split["spec"])["overall"]
+        originals = [np.asarray(image.convert("RGB")) for image in rows["image"]]
+        metrics["compositional_originals"] = compositional_accuracy(originals, rows["spec"])["overall"]
     return metrics

@@ -197,6 +197,7 @@ class TokenPriorRecipe(Recipe):
         metrics = {k: v / count for k, v in totals.items()}  # (the loop logs the total as eval/loss)
         if self.config.eval_num_images:
             from ...evaluation import evaluate_for_training
+            from ...evaluation.runner import VALIDATION_DATASETS
 
             metrics.update(
                 evaluate_for_training(
@@ -207,6 +208,8 @@ class TokenPriorRecipe(Recipe):
                     data_dir=self.config.data_dir,
                     data_seed=self.config.data_seed,
                     guidance_scale=self.config.sample_guidance_scale,
+                    # checkpoints are compared on in-distribution captions; the held-out test split is for reports
+                    split="validation" if self.config.dataset in VALIDATION_DATASETS else "test",
                 )
             )
         return metrics
