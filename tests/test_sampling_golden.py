@@ -48,6 +48,12 @@ CASES = {
     ),
     "transfusion-guided": ("transfusion", {"num_inference_steps": 20, "guidance_scale": 3.0}),
     "transfusion-unguided": ("transfusion", {"num_inference_steps": 10, "guidance_scale": 1.0}),
+    "muse-guided": ("muse", {"guidance_scale": 3.0}),
+    "muse-linear-topk": (
+        "muse",
+        {"guidance_scale": 3.0, "guidance_schedule": "linear", "top_k": 64, "num_inference_steps": 8},
+    ),
+    "muse-greedy-confidence": ("muse", {"guidance_scale": 3.0, "choice_temperature": 0.0, "temperature": 0.8}),
 }
 
 

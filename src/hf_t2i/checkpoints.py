@@ -15,6 +15,7 @@ SHIPPED_CHECKPOINTS = {
     "parti": "parti-shapes",
     "fluid": "fluid-shapes",
     "transfusion": "transfusion-shapes",
+    "muse": "muse-shapes",
 }
 DEFAULT_CHECKPOINT = "dalle"
 
