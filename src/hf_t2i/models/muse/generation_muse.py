@@ -158,12 +158,7 @@ class MuseGenerationMixin:
         self._check_text("input_ids", input_ids, "attention_mask", attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if guidance.enabled:
-            if negative_input_ids is None:
-                raise ValueError(
-                    "Guidance (`guidance_scale` != 1) needs `negative_input_ids`: the processor's encoding of the "
-                    "negative prompt ('' for plain classifier-free guidance)."
-                )
+        if guidance.enabled and negative_input_ids is not None:
             self._check_text(
                 "negative_input_ids",
                 negative_input_ids,
@@ -173,8 +168,8 @@ class MuseGenerationMixin:
             )
             if negative_attention_mask is None:
                 negative_attention_mask = torch.ones_like(negative_input_ids)
-            input_ids = guidance.conditioned(input_ids, negative_input_ids)  # (2B, S)
-            attention_mask = guidance.conditioned(attention_mask, negative_attention_mask)  # (2B, S)
+        input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (2B, S) under guidance
+        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
         text = self.model.encode_text(input_ids, attention_mask)  # once per call, both branches
         batch = input_ids.shape[0] // 2 if guidance.enabled else input_ids.shape[0]
         sampler = TokenSampler(settings.sampling, generator)
