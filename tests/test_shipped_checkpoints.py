@@ -85,3 +85,18 @@ def test_cli_generate_guides_the_default_checkpoint(tmp_path, monkeypatch):
     assert seen == [DEFAULT_GUIDANCE_SCALE, 1.0]
     assert Image.open(tmp_path / "a.png").size == (32, 32)
     assert Image.open(tmp_path / "b.png").size == (128, 128)  # upscaled 4x by default
+
+
+def test_every_shipped_checkpoint_shows_its_samples():
+    """Each folder's model card shows the grid that `hf-t2i grid` drew from it (README.md links samples.png)."""
+    import os
+
+    from PIL import Image
+
+    for name in SHIPPED_CHECKPOINTS:
+        path = resolve_checkpoint(name)
+        with Image.open(os.path.join(path, "samples.png")) as grid:
+            assert grid.width > 256 and grid.height > 256
+        with open(os.path.join(path, "README.md"), encoding="utf-8") as f:
+            card = f.read()
+        assert "](samples.png)" in card and f"hf-t2i grid --model {name}" in card

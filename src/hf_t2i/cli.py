@@ -1,4 +1,4 @@
-"""`hf-t2i` command line: generate | data | train | eval | study | export.
+"""`hf-t2i` command line: generate | grid | data | train | eval | study | export.
 
 Each subcommand's work lives in its own module; this file only parses arguments and dispatches.
 """
@@ -14,12 +14,9 @@ import sys
 DEFAULT_GUIDANCE_SCALE = 3.0
 
 
-def _add_generate(subparsers) -> None:
-    p = subparsers.add_parser("generate", help="generate images from a prompt with a checkpoint")
-    p.add_argument("prompt", nargs="+", help="the prompt (several words are joined)")
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """The checkpoint and sampling options that `generate` and `grid` share."""
     p.add_argument("--model", default=None, help="a shipped checkpoint name (default: dalle) or a saved folder")
-    p.add_argument("--output", default="out.png", help="output PNG; with --num-images > 1 a grid")
-    p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--guidance-scale",
@@ -33,15 +30,14 @@ def _add_generate(subparsers) -> None:
     p.add_argument("--num-inference-steps", type=int, default=None, help="diffusion / masked models only")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    p.add_argument("--upscale", type=int, default=4, help="save the image N times larger (nearest), 1 = as drawn")
-    p.set_defaults(func=_run_generate)
 
 
-def _run_generate(args) -> int:
+def _load_for_sampling(args):
+    """(pipeline, its folder, the pipeline's keyword arguments) from `_add_sampling_arguments`' options; an option the
+    pipeline does not take is an error naming it."""
     import inspect
 
     import torch
-    from diffusers.utils import make_image_grid
 
     from .checkpoints import DEFAULT_CHECKPOINT, resolve_checkpoint
     from .pipelines import T2IPipeline
@@ -62,7 +58,24 @@ def _run_generate(args) -> int:
     for name, value in options.items():
         if value is not None and name not in accepted:
             raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
-    kwargs = {k: v for k, v in options.items() if v is not None}
+    return pipe, path, {k: v for k, v in options.items() if v is not None}
+
+
+def _add_generate(subparsers) -> None:
+    p = subparsers.add_parser("generate", help="generate images from a prompt with a checkpoint")
+    p.add_argument("prompt", nargs="+", help="the prompt (several words are joined)")
+    p.add_argument("--output", default="out.png", help="output PNG; with --num-images > 1 a grid")
+    p.add_argument("--num-images", type=int, default=1)
+    p.add_argument("--upscale", type=int, default=4, help="save the image N times larger (nearest), 1 = as drawn")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> int:
+    import torch
+    from diffusers.utils import make_image_grid
+
+    pipe, path, kwargs = _load_for_sampling(args)
     prompt = " ".join(args.prompt)
     generator = torch.Generator().manual_seed(args.seed)
     images = pipe(prompt, num_images_per_prompt=args.num_images, generator=generator, **kwargs).images
@@ -71,6 +84,46 @@ def _run_generate(args) -> int:
     image = images[0] if len(images) == 1 else make_image_grid(images, rows=1, cols=len(images))
     image.save(args.output)
     print(f"saved {args.output} ({image.width}x{image.height}) for {prompt!r} with {path}")
+    return 0
+
+
+def _add_grid(subparsers) -> None:
+    from .grids import DEFAULT_GRID_PROMPTS
+
+    p = subparsers.add_parser(
+        "grid", help="a labelled picture grid of a checkpoint: one row per prompt, one column per sample"
+    )
+    p.add_argument("--output", required=True, help="the PNG to write")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a row's prompt (repeat the flag for more rows); default: six shapes prompts, the last two with "
+        f"held-out colour-shape pairs: {' | '.join(DEFAULT_GRID_PROMPTS)}",
+    )
+    p.add_argument("--num-images-per-prompt", type=int, default=4, help="columns")
+    p.add_argument("--upscale", type=int, default=2, help="tile size = N x the model's resolution (nearest)")
+    p.add_argument("--no-labels", action="store_true", help="leave out the prompt column")
+    _add_sampling_arguments(p)
+    p.set_defaults(func=_run_grid)
+
+
+def _run_grid(args) -> int:
+    from .grids import DEFAULT_GRID_PROMPTS, draw_prompt_grid
+
+    pipe, path, kwargs = _load_for_sampling(args)
+    pipe.set_progress_bar_config(disable=True)
+    grid = draw_prompt_grid(
+        pipe,
+        args.prompt or DEFAULT_GRID_PROMPTS,
+        num_images_per_prompt=args.num_images_per_prompt,
+        seed=args.seed,
+        upscale=args.upscale,
+        labels=not args.no_labels,
+        **kwargs,
+    )
+    grid.save(args.output, optimize=True)
+    print(f"saved {args.output} ({grid.width}x{grid.height}) with {path}")
     return 0
 
 
@@ -147,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_generate(subparsers)
+    _add_grid(subparsers)
     _add_data(subparsers)
     from .training.cli import add_train_subparser
 

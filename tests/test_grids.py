@@ -1,0 +1,69 @@
+"""`hf-t2i grid` / `hf_t2i.grids.draw_prompt_grid`: a labelled grid of seeded samples, one row per prompt."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_t2i.checkpoints import resolve_checkpoint
+from hf_t2i.grids import GAP, LABEL_WIDTH, draw_prompt_grid
+from hf_t2i.pipelines import T2IPipeline
+
+
+PROMPTS = ["a red circle", "two blue squares"]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = T2IPipeline.from_pretrained(resolve_checkpoint("dalle"), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tile(grid: Image.Image, row: int, column: int, side: int, left: int) -> np.ndarray:
+    x, y = left + GAP + column * (side + GAP), GAP + row * (side + GAP)
+    return np.asarray(grid.crop((x, y, x + side, y + side)))
+
+
+def test_grid_holds_the_seeded_samples_row_by_row(pipe):
+    grid = draw_prompt_grid(pipe, PROMPTS, num_images_per_prompt=3, seed=5, upscale=2, guidance_scale=3.0)
+    side = 64  # 32 px upscaled twice
+    assert grid.size == (LABEL_WIDTH + 3 * (side + GAP) + GAP, 2 * (side + GAP) + GAP)
+    images = pipe(
+        PROMPTS, num_images_per_prompt=3, generator=torch.Generator().manual_seed(5), guidance_scale=3.0
+    ).images
+    for row in range(2):
+        for column in range(3):
+            expected = np.asarray(images[3 * row + column].convert("RGB").resize((side, side), Image.NEAREST))
+            np.testing.assert_array_equal(tile(grid, row, column, side, LABEL_WIDTH), expected)
+    label = np.asarray(grid.crop((0, 0, LABEL_WIDTH, side)))
+    assert (label < 128).any()  # the prompt is written in the label column
+    unlabelled = draw_prompt_grid(pipe, PROMPTS, num_images_per_prompt=3, seed=5, labels=False, guidance_scale=3.0)
+    assert unlabelled.width == grid.width - LABEL_WIDTH
+    np.testing.assert_array_equal(tile(unlabelled, 1, 2, side, 0), tile(grid, 1, 2, side, LABEL_WIDTH))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"prompts": "a red circle"}, "prompts"),
+        ({"prompts": []}, "prompts"),
+        ({"prompts": ["a red circle", ""]}, "prompts"),
+        ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
+        ({"upscale": 1.5}, "upscale"),
+    ],
+)
+def test_bad_grid_arguments_name_the_argument(pipe, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        draw_prompt_grid(pipe, **kwargs)
+
+
+def test_cli_grid_writes_the_picture(tmp_path):
+    from hf_t2i.cli import main
+
+    out = tmp_path / "grid.png"
+    argv = ["grid", "--model", "dalle", "--output", str(out), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]
+    assert main([*argv, "--num-images-per-prompt", "2", "--upscale", "1", "--no-labels"]) == 0
+    assert Image.open(out).size == (2 * (32 + GAP) + GAP, 2 * (32 + GAP) + GAP)
+    with pytest.raises(SystemExit, match="--num-inference-steps"):
+        main([*argv, "--num-inference-steps", "4"])  # DALL-E decodes one token per step
