@@ -12,12 +12,14 @@ import sys
 # The shipped checkpoints were trained with caption dropout for guidance and draw far better with it (their model
 # cards); the pipelines' own default stays 1.0 (off), as for a checkpoint trained without caption dropout.
 DEFAULT_GUIDANCE_SCALE = 3.0
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most a 64-bit seed
+MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 100000 would need terabytes
 
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint and sampling options that `generate` and `grid` share."""
     p.add_argument("--model", default=None, help="a shipped checkpoint name (default: dalle) or a saved folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the generator's seed, in [0, 2**64 - 1] (default 0)")
     p.add_argument(
         "--guidance-scale",
         type=float,
@@ -57,16 +59,77 @@ def _load_for_sampling(args):
         options["guidance_scale"] = DEFAULT_GUIDANCE_SCALE
     for name, value in options.items():
         if value is not None and name not in accepted:
-            raise SystemExit(f"error: --{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
     return pipe, path, {k: v for k, v in options.items() if v is not None}
+
+
+def _check_output(output: str) -> None:
+    """Before generating: `--output` names a file with an image extension PIL can write, in a folder that exists or
+    is created now (missing parents are created, as `save_pretrained` does); a `ValueError` naming `--output`
+    otherwise."""
+    import os
+
+    from PIL import Image
+
+    extension = os.path.splitext(output)[1].lower()
+    if extension not in Image.registered_extensions():
+        raise ValueError(
+            f"--output {output!r} needs an image file extension such as .png, got {extension or 'none'!r}."
+        )
+    if os.path.isdir(output):
+        raise ValueError(
+            f"--output {output!r} is a folder; pass a file path such as {os.path.join(output, 'out.png')!r}."
+        )
+    folder = os.path.dirname(os.path.abspath(output))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"--output {output!r}: cannot create its folder {folder!r} ({error.strerror or error})."
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--output {output!r}: its folder {folder!r} is not writable.")
+
+
+def _check_sampling_arguments(args, count_option: str, count: int) -> None:
+    """Checks of the `generate` / `grid` options made before the checkpoint loads, each a `ValueError` naming the
+    option (`main` prints it as one `error: ...` line and exits with status 2)."""
+    if count < 1:
+        raise ValueError(f"{count_option} must be >= 1, got {count}.")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed must be in [0, 2**64 - 1] (a torch.Generator seed), got {args.seed}.")
+    if not 1 <= args.upscale <= MAX_UPSCALE:
+        raise ValueError(f"--upscale must be in [1, {MAX_UPSCALE}], got {args.upscale}.")
+    _check_output(args.output)
+
+
+def _check_images_per_call(pipe, count_option: str, count: int, num_prompts: int = 1) -> None:
+    """The pipeline draws one call as one batch, at most `pipe.max_images_per_call` images: say so naming the
+    option, before drawing."""
+    limit = pipe.max_images_per_call
+    if count * num_prompts > limit:
+        raise ValueError(
+            f"{count_option} {count} x {num_prompts} prompt(s) is more than {limit} images, the most "
+            f"{type(pipe).__name__} draws in one call; run the command several times with different --seed values."
+        )
 
 
 def _add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images from a prompt with a checkpoint")
     p.add_argument("prompt", nargs="+", help="the prompt (several words are joined)")
-    p.add_argument("--output", default="out.png", help="output PNG; with --num-images > 1 a grid")
-    p.add_argument("--num-images", type=int, default=1)
-    p.add_argument("--upscale", type=int, default=4, help="save the image N times larger (nearest), 1 = as drawn")
+    p.add_argument(
+        "--output",
+        default="out.png",
+        help="output image (.png, .jpg, ...); with --num-images > 1 a grid. Missing parent folders are created "
+        "(as save_pretrained does).",
+    )
+    p.add_argument("--num-images", type=int, default=1, help="images to draw (>= 1); more than one are saved as a row")
+    p.add_argument(
+        "--upscale",
+        type=int,
+        default=4,
+        help=f"save the image N times larger (nearest), 1 = as drawn, at most {MAX_UPSCALE}",
+    )
     _add_sampling_arguments(p)
     p.set_defaults(func=_run_generate)
 
@@ -75,7 +138,9 @@ def _run_generate(args) -> int:
     import torch
     from diffusers.utils import make_image_grid
 
+    _check_sampling_arguments(args, "--num-images", args.num_images)
     pipe, path, kwargs = _load_for_sampling(args)
+    _check_images_per_call(pipe, "--num-images", args.num_images)
     prompt = " ".join(args.prompt)
     generator = torch.Generator().manual_seed(args.seed)
     images = pipe(prompt, num_images_per_prompt=args.num_images, generator=generator, **kwargs).images
@@ -93,7 +158,11 @@ def _add_grid(subparsers) -> None:
     p = subparsers.add_parser(
         "grid", help="a labelled picture grid of a checkpoint: one row per prompt, one column per sample"
     )
-    p.add_argument("--output", required=True, help="the PNG to write")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="the PNG to write (missing parent folders are created, as save_pretrained does)",
+    )
     p.add_argument(
         "--prompt",
         action="append",
@@ -101,8 +170,13 @@ def _add_grid(subparsers) -> None:
         help="a row's prompt (repeat the flag for more rows); default: six shapes prompts, the last two with "
         f"held-out colour-shape pairs: {' | '.join(DEFAULT_GRID_PROMPTS)}",
     )
-    p.add_argument("--num-images-per-prompt", type=int, default=4, help="columns")
-    p.add_argument("--upscale", type=int, default=2, help="tile size = N x the model's resolution (nearest)")
+    p.add_argument("--num-images-per-prompt", type=int, default=4, help="columns (>= 1)")
+    p.add_argument(
+        "--upscale",
+        type=int,
+        default=2,
+        help=f"tile size = N x the model's resolution (nearest), at most {MAX_UPSCALE}",
+    )
     p.add_argument("--no-labels", action="store_true", help="leave out the prompt column")
     _add_sampling_arguments(p)
     p.set_defaults(func=_run_grid)
@@ -111,11 +185,14 @@ def _add_grid(subparsers) -> None:
 def _run_grid(args) -> int:
     from .grids import DEFAULT_GRID_PROMPTS, draw_prompt_grid
 
+    _check_sampling_arguments(args, "--num-images-per-prompt", args.num_images_per_prompt)
     pipe, path, kwargs = _load_for_sampling(args)
+    prompts = args.prompt or DEFAULT_GRID_PROMPTS
+    _check_images_per_call(pipe, "--num-images-per-prompt", args.num_images_per_prompt, len(prompts))
     pipe.set_progress_bar_config(disable=True)
     grid = draw_prompt_grid(
         pipe,
-        args.prompt or DEFAULT_GRID_PROMPTS,
+        prompts,
         num_images_per_prompt=args.num_images_per_prompt,
         seed=args.seed,
         upscale=args.upscale,

@@ -13,13 +13,14 @@ loops with the progress bar and the callbacks.
 
 from .autoregressive import AutoregressiveDecoder, decode_autoregressive
 from .config import SamplingConfig, TokenSampler
-from .guidance import GUIDANCE_SCHEDULES, ClassifierFreeGuidance
+from .guidance import GUIDANCE_SCHEDULES, MAX_GUIDANCE_SCALE, ClassifierFreeGuidance
 from .protocol import ImageGenerator
 from .sampling import rand_like_on, sample_tokens
 
 
 __all__ = [
     "GUIDANCE_SCHEDULES",
+    "MAX_GUIDANCE_SCALE",
     "AutoregressiveDecoder",
     "ClassifierFreeGuidance",
     "ImageGenerator",

@@ -22,6 +22,9 @@ import torch
 
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
+#: The largest accepted guidance scale. Useful scales are ~1-20; at 1e30 the guided float32 prediction overflows and
+#: Fluid / Transfusion return NaN images (Muse flat ones), so anything above this bound is refused, not drawn.
+MAX_GUIDANCE_SCALE = 1e4
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class ClassifierFreeGuidance:
     combine.
 
     Args:
-        scale: guidance scale `s`; 1.0 turns guidance off (and the doubled batch with it).
+        scale: guidance scale `s`, a finite number in [0, `MAX_GUIDANCE_SCALE`] (1e4); 1.0 turns guidance off (and
+            the doubled batch with it).
         schedule: "constant" or "linear" (see the module docstring).
     """
 
@@ -38,10 +42,16 @@ class ClassifierFreeGuidance:
     schedule: str = "constant"
 
     def __post_init__(self):
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)) or not math.isfinite(self.scale):
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {self.scale!r}.")
-        if self.scale < 0:
-            raise ValueError(f"`guidance_scale` must be a finite number >= 0, got {self.scale!r}.")
+        if (
+            isinstance(self.scale, bool)
+            or not isinstance(self.scale, (int, float))
+            or not math.isfinite(self.scale)
+            or not 0 <= self.scale <= MAX_GUIDANCE_SCALE
+        ):
+            raise ValueError(
+                f"`guidance_scale` must be a finite number in [0, {MAX_GUIDANCE_SCALE:g}] (1.0 = off), got "
+                f"{self.scale!r}."
+            )
         if self.schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}.")
 
@@ -111,4 +121,4 @@ class ClassifierFreeGuidance:
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
 
-__all__ = ["GUIDANCE_SCHEDULES", "ClassifierFreeGuidance"]
+__all__ = ["GUIDANCE_SCHEDULES", "MAX_GUIDANCE_SCALE", "ClassifierFreeGuidance"]

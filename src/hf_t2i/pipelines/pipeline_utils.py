@@ -165,6 +165,11 @@ class T2IPipeline(DiffusionPipeline):
                 inputs[f"negative_{name}"] = encoded[name].to(device).repeat_interleave(repeats, dim=0)
         return inputs
 
+    #: The most images one call draws (prompts x `num_images_per_prompt`, or x `num_candidates` when reranking): the
+    #: whole request runs as one batch, so a huge one exhausts memory instead of returning. Raise it on a pipeline
+    #: (`pipe.max_images_per_call = 1024`) when the memory allows, or call the pipeline in a loop.
+    max_images_per_call: int = 256
+
     @staticmethod
     def check_num_images(num_images_per_prompt: int) -> None:
         if (
@@ -173,6 +178,35 @@ class T2IPipeline(DiffusionPipeline):
             or num_images_per_prompt < 1
         ):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
+
+    def check_batch_size(self, num_prompts: int, samples_per_prompt: int, argument: str = "num_images_per_prompt"):
+        """Refuse a call drawing more than `max_images_per_call` images (one batch: it would run out of memory or
+        run for hours instead of failing); `argument` names the per-prompt count in the message."""
+        total = num_prompts * samples_per_prompt
+        if total > self.max_images_per_call:
+            raise ValueError(
+                f"`{argument}`={samples_per_prompt} for {num_prompts} prompt(s) asks for {total} images in one call, "
+                f"more than `max_images_per_call` ({self.max_images_per_call}): the call runs as one batch. Call the "
+                "pipeline in a loop with fewer images per call (a new seed or the same generator each time), or "
+                "raise `pipe.max_images_per_call` if your memory allows."
+            )
+
+    @staticmethod
+    def check_generator(generator) -> None:
+        """`generator` is None or ONE `torch.Generator`: every image of a call is drawn from it (the diffusers
+        convention of a list, one generator per image, is not supported)."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return
+        if isinstance(generator, (list, tuple)):
+            raise ValueError(
+                f"`generator` must be one torch.Generator (or None), got a {type(generator).__name__} of "
+                f"{len(generator)}: hf_t2i pipelines draw all the images of a call from one generator. Pass "
+                "`torch.Generator().manual_seed(seed)`; for one seed per image, call the pipeline once per seed."
+            )
+        raise ValueError(
+            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}. Pass "
+            "`torch.Generator().manual_seed(seed)`."
+        )
 
     @staticmethod
     def check_output_inputs(

@@ -89,9 +89,12 @@ class FluidGenerationMixin:
                 raise ValueError(
                     f"`temperature` must be a finite number >= 0 for continuous Fluid, got {temperature!r}."
                 )
-            if any(v is not None for v in (top_k, top_p, min_p)):
+            given = {"top_k": top_k, "top_p": top_p, "min_p": min_p}
+            given = ", ".join(f"`{name}`={value!r}" for name, value in given.items() if value is not None)
+            if given:
                 raise ValueError(
-                    "`top_k` / `top_p` / `min_p` apply to discrete Fluid only; continuous Fluid uses `temperature`."
+                    f"`top_k` / `top_p` / `min_p` apply to discrete Fluid only (got {given}); continuous Fluid uses "
+                    "`temperature`."
                 )
             if not do_sample:
                 raise ValueError(

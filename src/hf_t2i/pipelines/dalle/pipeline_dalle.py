@@ -76,14 +76,16 @@ class DallePipeline(AutoregressiveT2IPipeline):
             prompt: caption(s).
             negative_prompt: caption(s) of the unconditional branch of guidance (default: the empty caption).
             height, width: must be unset or equal to the dVAE's `image_size` (DALL-E draws one size).
-            num_images_per_prompt: images returned per prompt.
-            guidance_scale: classifier-free guidance on the token logits; 1.0 disables it.
+            num_images_per_prompt: images returned per prompt; prompts x images (x `num_candidates` when
+                reranking) is at most `max_images_per_call` (256) per call.
+            guidance_scale: classifier-free guidance on the token logits, in [0, 1e4]; 1.0 disables it.
             guidance_schedule: "constant", or "linear" from 1 to `guidance_scale` over the image tokens.
             temperature, top_k, top_p, min_p: sampling filters (transformers semantics).
             do_sample: sample (True) or decode greedily.
             num_candidates: sample this many images per prompt and keep the `num_images_per_prompt` the scorer
                 ranks highest (needs `scorer`).
-            generator: the only source of randomness; the same seed gives the same images.
+            generator: one `torch.Generator` (not a list), the only source of randomness; the same seed gives the
+                same images.
             output_type: "pil", "np" or "pt".
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
             truncation: cut prompts longer than the text context instead of raising.
@@ -102,7 +104,9 @@ class DallePipeline(AutoregressiveT2IPipeline):
         self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, self.model.config.vq_config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        self.check_generator(generator)
         samples = num_candidates or num_images_per_prompt
+        self.check_batch_size(len(prompts), samples, "num_candidates" if num_candidates else "num_images_per_prompt")
 
         # 2. Encode the prompts (and, under guidance, the negative prompts)
         device = self._execution_device

@@ -80,16 +80,17 @@ class FluidPipeline(T2IPipeline):
             prompt: caption(s).
             negative_prompt: caption(s) of the unconditional branch of guidance (default '').
             height, width: must be unset or the image tokenizer's size.
-            num_images_per_prompt: images per caption.
+            num_images_per_prompt: images per caption; captions (or class labels) x images is at most
+                `max_images_per_call` (256) per call.
             num_inference_steps: random order: generation iterations (default 64, or the number of image tokens when
                 smaller); raster order: None (one step per token).
-            guidance_scale: classifier-free guidance scale (1 = off).
+            guidance_scale: classifier-free guidance scale, in [0, 1e4] (1 = off).
             guidance_schedule: "constant" or "linear" (random order: linear in the share of revealed tokens, MAR's;
                 raster order: from 1 at the first token to `guidance_scale` at the last).
             temperature: continuous: the diffusion head's noise temperature (>= 0); discrete: softmax temperature.
             num_diffusion_steps: DDPM reverse steps of the head per token (default: the model config's, 100).
             top_k, top_p, min_p, do_sample: discrete tokens only.
-            generator: the only source of randomness.
+            generator: one `torch.Generator` (not a list), the only source of randomness.
             output_type: "pil", "np" or "pt".
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"latents": tokens})` after each iteration, `tokens` the
@@ -119,6 +120,7 @@ class FluidPipeline(T2IPipeline):
         guidance = settings.sampling.guidance
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        self.check_generator(generator)
 
         # 2. Encode the prompts (or class labels), both guidance branches as one doubled batch
         device = self._execution_device
@@ -128,6 +130,7 @@ class FluidPipeline(T2IPipeline):
                     "This Fluid model is class-conditional: pass `class_labels` (ids or names), not `prompt`."
                 )
             labels = self.class_label_ids(class_labels).to(device)
+            self.check_batch_size(len(labels), num_images_per_prompt)
             inputs = {"class_labels": labels.repeat_interleave(num_images_per_prompt)}
         else:
             if class_labels is not None:
@@ -135,6 +138,7 @@ class FluidPipeline(T2IPipeline):
             if self.processor is None:
                 raise ValueError("A text-conditional FluidPipeline needs its `processor`.")
             prompts = as_prompt_list(prompt)
+            self.check_batch_size(len(prompts), num_images_per_prompt)
             inputs = self.encode_prompts(
                 prompts, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device
             )

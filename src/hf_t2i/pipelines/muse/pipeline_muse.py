@@ -73,15 +73,16 @@ class MusePipeline(T2IPipeline):
             prompt: caption(s).
             negative_prompt: caption(s) of the unconditional branch of guidance (default '').
             height, width: must be unset or the VQ tokenizer's size.
-            num_images_per_prompt: images per caption.
+            num_images_per_prompt: images per caption; captions (or class labels) x images is at most
+                `max_images_per_call` (256) per call.
             num_inference_steps: decoding iterations (default: the model config's, 12, at most the image tokens).
-            guidance_scale: classifier-free guidance scale on the logits (1 = off).
+            guidance_scale: classifier-free guidance scale on the logits, in [0, 1e4] (1 = off).
             guidance_schedule: "constant" or "linear" (linear in the share of tokens known after each iteration,
                 Muse section 2.7).
             temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
             choice_temperature: Gumbel noise on the confidence at the first iteration, annealed to 0 (default: the
                 model config's, 4.5; 0 keeps the strictly most confident draws).
-            generator: the only source of randomness.
+            generator: one `torch.Generator` (not a list), the only source of randomness.
             output_type: "pil", "np" or "pt".
             return_dict: return a [`T2IPipelineOutput`] (else a tuple).
             truncation: cut prompts longer than the text context instead of raising.
@@ -110,6 +111,8 @@ class MusePipeline(T2IPipeline):
         )
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        self.check_generator(generator)
+        self.check_batch_size(len(prompts), num_images_per_prompt)
 
         # 2. Encode the prompts (and, under guidance, the negative prompts) once, as one doubled batch
         device = self._execution_device

@@ -98,7 +98,9 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        self.check_generator(generator)
         samples = num_candidates or num_images_per_prompt
+        self.check_batch_size(len(prompts), samples, "num_candidates" if num_candidates else "num_images_per_prompt")
 
         # 2. Encode the prompts (and, under guidance, the negative prompts)
         device = self._execution_device

@@ -95,9 +95,11 @@ class TransfusionPipeline(T2IPipeline):
                 caption dropout trained).
             height, width: must be unset or equal to the model's `image_size`.
             num_inference_steps: denoising steps of the scheduler.
-            guidance_scale: classifier-free guidance on the predicted noise; 1.0 disables it.
-            num_images_per_prompt: images returned per prompt.
-            generator: the only source of randomness; the same seed gives the same images.
+            guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it.
+            num_images_per_prompt: images returned per prompt; prompts x images is at most `max_images_per_call`
+                (256) per call.
+            generator: one `torch.Generator` (not a list), the only source of randomness; the same seed gives the
+                same images.
             latents: (B, C, h, w) initial noise instead of drawing it.
             output_type: "pil", "np" or "pt".
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
@@ -121,6 +123,8 @@ class TransfusionPipeline(T2IPipeline):
         ):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
+        self.check_generator(generator)
+        self.check_batch_size(len(prompts), num_images_per_prompt)
 
         # 2. Encode the prompts: `<s> caption </s> <boi>` (and the negative prompts) run into the KV cache once
         device = self._execution_device
