@@ -13,7 +13,9 @@ def check_positive_ints(**values: int) -> None:
 
 
 def check_heads(width_name: str, width: int, heads_name: str, heads: int) -> None:
-    """Attention heads must split the width evenly."""
+    """Attention heads must split the width evenly (both must be positive ints first: a string such as "192" from a
+    hand-edited config.json is reported as such, not as a failed `%`)."""
+    check_positive_ints(**{width_name: width, heads_name: heads})
     if width % heads:
         raise ValueError(f"`{width_name}` ({width}) must be divisible by `{heads_name}` ({heads}).")
 

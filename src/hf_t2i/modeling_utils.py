@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -38,3 +42,121 @@ def init_transformer_weights(
     else:
         return False
     return True
+
+
+_SHOWN_KEYS = 8  # keys listed by name in a loading error
+
+
+def _shorten(keys) -> str:
+    keys = sorted(str(k) for k in keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def _local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str | None:
+    """The local folder `from_pretrained` reads, or None for a Hub id."""
+    if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
+        return None
+    path = os.fspath(pretrained_model_name_or_path)
+    if not os.path.isdir(path):
+        return None
+    return os.path.join(path, subfolder) if subfolder else path
+
+
+def diagnose_model_folder(folder: str, config_class) -> str | None:
+    """The first problem of a saved model folder that `from_pretrained` would trip on (config.json missing, not
+    JSON or with invalid values; a weights file truncated or not safetensors), as a sentence naming the file and the
+    fix, or None when none is found."""
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        return f"{config_file} is missing; a saved model folder needs the config.json written by save_pretrained."
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{config_file} is not valid JSON ({error}); restore it from the saved model."
+    try:
+        config_class.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 - any config error is reported with the file that caused it
+        return f"{config_file} has an invalid value: {error} Fix that field in {config_file}."
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".safetensors"):
+            try:
+                with safe_open(os.path.join(folder, name), framework="pt") as handle:
+                    handle.keys()
+            except Exception as error:  # noqa: BLE001 - SafetensorError, OSError
+                return (
+                    f"{os.path.join(folder, name)} is truncated or not a safetensors file ({error}); re-download or "
+                    "re-export the model."
+                )
+    return None
+
+
+def _saved_as(folder: str, cls) -> bool:
+    """True when the folder's config.json says it was saved from `cls` (its `architectures`), or names none."""
+    try:
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            architectures = json.load(f).get("architectures")
+    except (OSError, ValueError, AttributeError):
+        return True
+    return not architectures or cls.__name__ in architectures
+
+
+class StrictLoadingMixin:
+    """`from_pretrained` of a saved hf_t2i model that refuses weights not matching the config.
+
+    transformers loads a folder whose weights lack tensors of the model (randomly initialised), hold extra ones
+    (dropped) or have other shapes, and only logs a table. Here any such key raises a `ValueError` naming the folder
+    and the keys when the folder was saved from this very class (its config's `architectures`); loading another
+    class of the family (a base model from a full checkpoint) only refuses tensors of another shape. Pass
+    `output_loading_info=True` or `ignore_mismatched_sizes=True` for transformers' lenient behaviour (and its
+    loading info). A folder without config.json, with invalid JSON or values in it, or with a truncated weights file
+    raises an error naming that file and the fix instead of a deep traceback. Buffers a model may legitimately lack
+    in older files belong in its `_keys_to_ignore_on_load_missing` (transformers leaves them out of missing keys).
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        folder = _local_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        lenient = kwargs.get("output_loading_info") or kwargs.get("ignore_mismatched_sizes")
+        if folder is None or lenient:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        if kwargs.get("config") is None and not os.path.isfile(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(
+                f"{os.path.join(folder, 'config.json')} is missing: {cls.__name__}.from_pretrained needs the folder "
+                "written by save_pretrained (config.json and model.safetensors)."
+            )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path,
+                *model_args,
+                **{**kwargs, "output_loading_info": True, "ignore_mismatched_sizes": True},
+            )
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError, SafetensorError) as error:
+            problem = diagnose_model_folder(folder, cls.config_class)
+            if problem is None:
+                raise
+            raise ValueError(f"Cannot load {cls.__name__} from {folder}: {problem}") from error
+        missing, unexpected = info.get("missing_keys") or (), info.get("unexpected_keys") or ()
+        mismatched = info.get("mismatched_keys") or ()
+        if not _saved_as(folder, cls):
+            # a base model from a full checkpoint (heads dropped) or a head model on a base one (heads initialised):
+            # transformers' usual cross-class loading, so only shapes that differ are an error
+            missing, unexpected = (), ()
+        if missing or unexpected or mismatched:
+            parts = []
+            if missing:
+                parts.append(f"missing from the weights (would be randomly initialised): {_shorten(missing)}")
+            if unexpected:
+                parts.append(f"in the weights but not in the model (would be dropped): {_shorten(unexpected)}")
+            if mismatched:
+                shapes = [f"{k} {list(a)} in the weights vs {list(b)} in the model" for k, a, b in mismatched]
+                parts.append(f"of another shape: {_shorten(shapes)}")
+            weights = [n for n in sorted(os.listdir(folder)) if n.endswith((".safetensors", ".bin"))]
+            raise ValueError(
+                f"The weights {weights} in {folder} do not match its config.json for {cls.__name__}: "
+                + "; ".join(parts)
+                + ". Use the config.json saved with these weights (layers, sizes), or pass "
+                "ignore_mismatched_sizes=True / output_loading_info=True to load anyway."
+            )
+        return model

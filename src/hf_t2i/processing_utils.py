@@ -6,6 +6,9 @@ a `ValueError` unless `truncation=True` (training captions), because silently cu
 
 from __future__ import annotations
 
+import json
+import os
+
 from transformers import BatchFeature, ProcessorMixin
 
 
@@ -37,6 +40,23 @@ class T2IProcessor(ProcessorMixin):
 
     def __init__(self, image_processor, tokenizer, **kwargs):
         super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`ProcessorMixin.from_pretrained`; a saved folder whose tokenizer.json (or another processor file) is
+        missing or invalid raises a `ValueError` naming that file and the fix instead of a tokenizers traceback."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            folder = None
+            if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
+                pretrained_model_name_or_path
+            ):
+                folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            problem = diagnose_processor_folder(folder) if folder else None
+            if problem is None:
+                raise
+            raise ValueError(f"Cannot load {cls.__name__} from {folder}: {problem}") from error
 
     @property
     def max_length(self) -> int:
@@ -94,3 +114,26 @@ class T2IProcessor(ProcessorMixin):
 
 
 __all__ = ["T2IProcessor", "as_prompt_list"]
+
+
+def diagnose_processor_folder(folder: str) -> str | None:
+    """The first problem of a saved processor folder (tokenizer.json missing, not JSON or not a tokenizers file; a
+    processor / tokenizer config that is not JSON) as a sentence naming the file and the fix, or None."""
+    tokenizer_file = os.path.join(folder, "tokenizer.json")
+    if not os.path.isfile(tokenizer_file):
+        return f"{tokenizer_file} is missing; restore the tokenizer.json saved with the model (save_pretrained)."
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+                return f"{path} is not valid JSON ({error}); restore it from the saved model."
+    try:
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_file(tokenizer_file)
+    except Exception as error:  # noqa: BLE001 - tokenizers raises its own Exception type
+        return f"{tokenizer_file} is not a tokenizers file ({error}); restore the one saved with the model."
+    return None

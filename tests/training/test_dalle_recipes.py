@@ -96,9 +96,9 @@ def test_two_process_launch_of_the_prior(dvae_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     checkpoint = tmp_path / "run" / "checkpoint-000002"
     # one RNG state per process: both ranks trained
-    assert sorted(p.name for p in checkpoint.glob("random_states_*.pkl")) == [
-        "random_states_0.pkl",
-        "random_states_1.pkl",
+    assert sorted(p.name for p in checkpoint.glob("rng_state_*.safetensors")) == [
+        "rng_state_0.safetensors",
+        "rng_state_1.safetensors",
     ]
     assert (tmp_path / "run" / "final" / "model_index.json").is_file()
     assert json.loads((tmp_path / "run" / "recipe_config.json").read_text())["recipe"] == "dalle_prior"

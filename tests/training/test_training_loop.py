@@ -1,5 +1,6 @@
 """Behaviour of `hf_t2i.training.train` on the toy recipe: learning, exact resume, checkpoints, EMA, outputs."""
 
+import json
 import os
 
 import numpy as np
@@ -30,13 +31,14 @@ def make_config(output_dir, **overrides) -> TrainingConfig:
 def load_checkpoint(path) -> dict:
     """Everything a checkpoint folder holds, as tensors / python values."""
     state = {"model": load_file(os.path.join(path, "model.safetensors"))}
-    names = ["optimizer.bin", "scheduler.bin", "random_states_0.pkl"] + [
-        f"custom_checkpoint_{i}.pkl" for i in range(3)
-    ]
-    for name in names:
-        file = os.path.join(path, name)
-        if os.path.exists(file):
-            state[name] = torch.load(file, weights_only=False)
+    for name in ("optimizer.bin", "scheduler.bin"):
+        state[name] = torch.load(os.path.join(path, name), weights_only=True)
+    for name in ("rng_state_0.safetensors", "ema.safetensors"):
+        if os.path.exists(os.path.join(path, name)):
+            state[name] = load_file(os.path.join(path, name))
+    with open(os.path.join(path, "hf_t2i_checkpoint.json"), encoding="utf-8") as f:
+        state["manifest"] = json.load(f)
+    assert not [n for n in os.listdir(path) if n.endswith(".pkl")]  # no pickle that would need a full unpickler
     return state
 
 
@@ -167,9 +169,10 @@ def test_ema_weights_are_exported(tmp_path):
         assert not torch.equal(value, raw_2[name])
         torch.testing.assert_close(value, d * raw_1[name] + (1 - d) * raw_2[name])
     # The raw weights stay in the checkpoint, the EMA next to them.
-    ema_state = torch.load(tmp_path / "checkpoint-000002" / "custom_checkpoint_2.pkl", weights_only=False)
+    ema_state = load_file(tmp_path / "checkpoint-000002" / "ema.safetensors")
+    shadow_params = [ema_state[f"shadow_params.{i}"] for i in range(len(ema_state))]
     names = [name for name, _ in ToyRecipe().build_model().named_parameters()]  # the order EMAModel keeps
-    for shadow, name in zip(ema_state["shadow_params"], names, strict=True):
+    for shadow, name in zip(shadow_params, names, strict=True):
         torch.testing.assert_close(shadow, exported[name])
 
 

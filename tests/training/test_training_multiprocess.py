@@ -67,7 +67,7 @@ def test_two_processes_train_shard_and_resume(tmp_path):
     assert markers[0]["metrics"]["train_loss"] == markers[1]["metrics"]["train_loss"]  # reduced over ranks
     out = tmp_path / "out"
     assert (out / "final" / "toy.safetensors").exists()
-    assert {"random_states_0.pkl", "random_states_1.pkl"} <= set(os.listdir(out / "checkpoint-000004"))
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors"} <= set(os.listdir(out / "checkpoint-000004"))
 
     # Same command again with more steps: both ranks resume from checkpoint-000004.
     markers = launch(tmp_path, max_steps=6)

@@ -137,8 +137,13 @@ def load_image_tokenizer(path: str | os.PathLike) -> nn.Module:
     config_file = os.path.join(path, "config.json")
     if not os.path.isfile(config_file):
         raise ValueError(f"{path!r} has no config.json: pass the folder of a saved image tokenizer.")
-    with open(config_file, encoding="utf-8") as f:
-        config = json.load(f)
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error}); restore the saved image tokenizer.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}.")
     if config.get("_class_name") == AutoencoderKL.__name__:
         return AutoencoderKL.from_pretrained(path).eval()
     model_class = TRAINED_TOKENIZERS.get(config.get("model_type"))

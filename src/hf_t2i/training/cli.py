@@ -18,6 +18,7 @@ import types
 import typing
 from typing import Any, Literal
 
+from .checkpointing import CheckpointError
 from .config import TrainingConfig
 from .recipe import Recipe, get_recipe, list_recipes
 from .trainer import train
@@ -199,7 +200,11 @@ def run_train(args: argparse.Namespace) -> int:
         recipe_config, training_config = parse_train_args(recipe_cls, list(args.recipe_args), prog)
     except ValueError as error:  # bad values: report like argparse does (exit code 2), without a traceback
         build_train_parser(recipe_cls, prog).error(str(error))
-    metrics = train(recipe_cls(recipe_config), training_config)
+    try:
+        metrics = train(recipe_cls(recipe_config), training_config)
+    except CheckpointError as error:  # a checkpoint that cannot be resumed: the message says which and why
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     if _is_main_process():
         print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0

@@ -62,7 +62,8 @@ class TrainingConfig:
         "Keep at most N checkpoints (oldest deleted); None keeps all.", default=None
     )
     resume_from_checkpoint: str | None = _help(
-        "'latest' (newest complete checkpoint in output_dir, or a fresh start if none) or a checkpoint path.",
+        "'latest' (newest complete checkpoint in output_dir, skipping corrupt ones with a warning; a fresh start if "
+        "there is none) or a checkpoint path. A folder that is not an hf_t2i checkpoint is refused.",
         default=None,
     )
     sample_steps: int = _help("Save a sample grid every N steps (needs `recipe.sample_images`).", default=0)

@@ -6,7 +6,8 @@ checkpointing, EMA (diffusers `EMAModel`), tensorboard scalars, sample grids, at
 and an atomic final export. Multi-process comes from the launcher (`accelerate launch`, `torchrun`), never from here.
 
 Exact resume rests on three things: (1) everything stateful is in the checkpoint (model, optimizer, scheduler,
-EMA, per-process global RNG states, the recipe's `generator`, `TrainState`); (2) the data order is a function of
+EMA, per-process global RNG states, the recipe's `generator`, `TrainState`; `checkpointing.py` lists the files and
+why none is ever unpickled without torch's restricted `weights_only` loader); (2) the data order is a function of
 `(seed, epoch)` only and the partly consumed epoch is skipped with `accelerator.skip_first_batches`; (3) sampling
 and evaluation run under a forked RNG, so how often they run never changes the training trajectory.
 """
@@ -23,7 +24,16 @@ from accelerate.logging import get_logger
 from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
-from .checkpointing import GeneratorState, TrainState, resolve_resume_path, save_checkpoint
+from .checkpointing import (
+    CheckpointError,
+    TrainState,
+    check_model_fits,
+    load_ema,
+    load_rng_state,
+    read_manifest,
+    resolve_resume_path,
+    save_checkpoint,
+)
 from .config import TrainingConfig
 from .data_utils import build_dataloader
 from .recipe import Recipe
@@ -215,13 +225,11 @@ class _TrainingRun:
         self._init_output()
 
     def _register_checkpoint_state(self) -> None:
-        """Give the recipe its seeded per-process generator; checkpoint it with the loop state and the EMA."""
+        """Give the recipe its seeded per-process generator. It is checkpointed with the loop state and the EMA by
+        `save_checkpoint` as safetensors / JSON, never through accelerate's `register_for_checkpointing` (whose
+        `custom_checkpoint_*.pkl` files are loaded with `torch.load(weights_only=False)`, i.e. could run code)."""
         accelerator, seed = self.accelerator, self.config.seed
         self.recipe.generator = torch.Generator(accelerator.device).manual_seed(seed + accelerator.process_index)
-        accelerator.register_for_checkpointing(self.state)  # custom_checkpoint_0.pkl
-        accelerator.register_for_checkpointing(GeneratorState(self.recipe.generator))  # custom_checkpoint_1.pkl
-        if self.ema is not None:
-            accelerator.register_for_checkpointing(self.ema)  # custom_checkpoint_2.pkl
 
     def _build_dataloaders(self):
         config, recipe = self.config, self.recipe
@@ -249,8 +257,42 @@ class _TrainingRun:
                 logger.info("No complete checkpoint in %s: starting a new run.", self.config.output_dir)
             return
         logger.info("Resuming from %s", path)
-        self.accelerator.load_state(path)
+        manifest = read_manifest(path)
+        checkpoint_step = int(manifest["train_state"]["global_step"])
+        if checkpoint_step > self.config.max_steps:
+            raise CheckpointError(
+                f"TrainingConfig.max_steps={self.config.max_steps} is below the step of the checkpoint resumed from "
+                f"({path}, step {checkpoint_step}): the run would export that later model as final. Pass "
+                f"max_steps >= {checkpoint_step}, or resume from an earlier checkpoint."
+            )
+        recipe_config = {k: v for k, v in self._recipe_record().items() if k != "recipe"}
+        check_model_fits(
+            path,
+            self.accelerator.unwrap_model(self.model),
+            manifest,
+            json.loads(json.dumps(recipe_config, default=str)),
+        )
+        try:  # the optimizer and scheduler `.bin` pickles are read by torch's restricted loader only
+            self.accelerator.load_state(path, load_kwargs={"weights_only": True})
+        except Exception as error:  # noqa: BLE001 - re-raised with the checkpoint named
+            raise CheckpointError(
+                f"Cannot resume from {path}: its state does not fit this run or is unreadable "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}). "
+                "Resume with the recipe and training flags that wrote it, or use a new output_dir."
+            ) from error
+        self.state.load_state_dict(manifest["train_state"])
+        if not load_rng_state(path, self.accelerator.process_index, self.recipe.generator):
+            logger.warning(
+                "%s has no RNG state of process %d (written by %s processes, resumed by %d): the run continues, "
+                "but not bit-identically to an uninterrupted one.",
+                path,
+                self.accelerator.process_index,
+                manifest.get("num_processes"),
+                self.accelerator.num_processes,
+                main_process_only=False,
+            )
         if self.ema is not None:
+            load_ema(path, self.ema)
             self.ema.to(self.accelerator.device)
         if self.state.batches_in_epoch >= len(self.train_loader):  # saved at the very end of an epoch
             self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
@@ -260,10 +302,14 @@ class _TrainingRun:
         if accelerator.is_main_process:
             os.makedirs(config.output_dir, exist_ok=True)
             config.to_json_file(os.path.join(config.output_dir, "training_config.json"))
-            recipe_config = {"recipe": self.recipe.name, **self.recipe.config_dict()}
+            recipe_config = self._recipe_record()
             with open(os.path.join(config.output_dir, "recipe_config.json"), "w", encoding="utf-8") as f:
                 json.dump(recipe_config, f, indent=2, sort_keys=True, default=str)
         accelerator.init_trackers(self.recipe.name or "hf_t2i", config=_hparams(config, self.recipe))
+
+    def _recipe_record(self) -> dict:
+        """`{"recipe": name, **recipe config}`: written to recipe_config.json and into every checkpoint."""
+        return {"recipe": self.recipe.name, **self.recipe.config_dict()}
 
     # ------------------------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, float]:
@@ -339,7 +385,16 @@ class _TrainingRun:
         if _is_due(step, config.sample_steps, config.max_steps):
             self._sample()
         if _is_due(step, config.checkpointing_steps, config.max_steps):
-            save_checkpoint(self.accelerator, config.output_dir, step, config.checkpoints_total_limit)
+            save_checkpoint(
+                self.accelerator,
+                config.output_dir,
+                step,
+                config.checkpoints_total_limit,
+                train_state=self.state,
+                generator=self.recipe.generator,
+                ema=self.ema,
+                recipe=self._recipe_record(),
+            )
 
     def _lr(self) -> float:
         return self.lr_scheduler.get_last_lr()[0]

@@ -37,7 +37,7 @@ from ...layers import (
     sparse_image_mask,
     transformer_blocks,
 )
-from ...modeling_utils import init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import DalleDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 
@@ -68,7 +68,7 @@ class DalleGenerationState:
     cache: StaticCache
 
 
-class DallePreTrainedModel(PreTrainedModel):
+class DallePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = DalleConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...generation.sampling import rand_like_on
+from ...modeling_utils import StrictLoadingMixin
 from .configuration_dalle_dvae import DalleDVAEConfig
 
 
@@ -167,7 +168,7 @@ class DalleDVAEDecoder(nn.Module):
         return x
 
 
-class DalleDVAEPreTrainedModel(PreTrainedModel):
+class DalleDVAEPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = DalleDVAEConfig
     base_model_prefix = "dvae"
     main_input_name = "pixel_values"

@@ -44,7 +44,7 @@ from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, buil
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
-from ...modeling_utils import init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_fluid import FluidConfig, MarConfig
 from .generation_fluid import FluidGenerationMixin
@@ -110,7 +110,7 @@ class FluidImageTokenInputs:
         return self.token_embeddings(image_tokens)
 
 
-class FluidPreTrainedModel(PreTrainedModel):
+class FluidPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = FluidConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from ...generation.masked import cosine_training_mask
 from ...layers import AxialPositionalEmbedding, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
-from ...modeling_utils import init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_muse import MuseConfig
 from .generation_muse import MuseGenerationMixin
@@ -60,7 +60,7 @@ class MuseOutput(ModelOutput):
     encoder_last_hidden_state: torch.Tensor | None = None
 
 
-class MusePreTrainedModel(PreTrainedModel):
+class MusePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = MuseConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

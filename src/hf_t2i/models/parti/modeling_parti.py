@@ -34,7 +34,7 @@ from ...layers import (
     transformer_blocks,
 )
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
-from ...modeling_utils import init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import DiffusersVQConfig, build_image_tokenizer
 from .configuration_parti import PartiConfig
 
@@ -54,7 +54,7 @@ class PartiGenerationState:
     cache: EncoderDecoderCache
 
 
-class PartiPreTrainedModel(PreTrainedModel):
+class PartiPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = PartiConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
-from ...modeling_utils import init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
@@ -62,7 +62,7 @@ class TransfusionOutput(CausalLMOutputWithPast):
     diffusion_loss: torch.Tensor | None = None
 
 
-class TransfusionPreTrainedModel(PreTrainedModel):
+class TransfusionPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = TransfusionConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"

@@ -31,6 +31,7 @@ from transformers.utils import ModelOutput
 
 from ...layers import TransformerBlock
 from ...layers.quantizer import FactorizedVectorQuantizer
+from ...modeling_utils import StrictLoadingMixin
 from .configuration_vit_vqgan import ViTVQGANConfig, ViTVQGANUpsamplerConfig
 
 
@@ -189,7 +190,7 @@ class ViTVQGANDecoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------- models
-class ViTVQGANPreTrainedModel(PreTrainedModel):
+class ViTVQGANPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = ViTVQGANConfig
     base_model_prefix = "vit_vqgan"
     main_input_name = "pixel_values"
