@@ -103,17 +103,6 @@ def _check_sampling_arguments(args, count_option: str, count: int) -> None:
     _check_output(args.output)
 
 
-def _check_images_per_call(pipe, count_option: str, count: int, num_prompts: int = 1) -> None:
-    """The pipeline draws one call as one batch, at most `pipe.max_images_per_call` images: say so naming the
-    option, before drawing."""
-    limit = pipe.max_images_per_call
-    if count * num_prompts > limit:
-        raise ValueError(
-            f"{count_option} {count} x {num_prompts} prompt(s) is more than {limit} images, the most "
-            f"{type(pipe).__name__} draws in one call; run the command several times with different --seed values."
-        )
-
-
 def _add_generate(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate images from a prompt with a checkpoint")
     p.add_argument("prompt", nargs="+", help="the prompt (several words are joined)")
@@ -140,7 +129,7 @@ def _run_generate(args) -> int:
 
     _check_sampling_arguments(args, "--num-images", args.num_images)
     pipe, path, kwargs = _load_for_sampling(args)
-    _check_images_per_call(pipe, "--num-images", args.num_images)
+    pipe.check_batch_size(1, args.num_images, "--num-images")  # the pipeline's own limit, before drawing
     prompt = " ".join(args.prompt)
     generator = torch.Generator().manual_seed(args.seed)
     images = pipe(prompt, num_images_per_prompt=args.num_images, generator=generator, **kwargs).images
@@ -188,7 +177,7 @@ def _run_grid(args) -> int:
     _check_sampling_arguments(args, "--num-images-per-prompt", args.num_images_per_prompt)
     pipe, path, kwargs = _load_for_sampling(args)
     prompts = args.prompt or DEFAULT_GRID_PROMPTS
-    _check_images_per_call(pipe, "--num-images-per-prompt", args.num_images_per_prompt, len(prompts))
+    pipe.check_batch_size(len(prompts), args.num_images_per_prompt, "--num-images-per-prompt")
     pipe.set_progress_bar_config(disable=True)
     grid = draw_prompt_grid(
         pipe,

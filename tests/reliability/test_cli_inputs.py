@@ -94,7 +94,6 @@ def test_more_images_than_one_call_draws_is_refused(kind, tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(command(kind, out, COUNT[kind], str(limit + 1))) == 2
     err = capsys.readouterr().err  # loading progress bars come first; the error is the last line
-    assert (
-        err.strip().splitlines()[-1].startswith(f"error: {COUNT[kind]} {limit + 1} x 1 prompt(s) is more than {limit}")
-    )
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: `{COUNT[kind]}`={limit + 1} for 1 prompt(s)") and "max_images_per_call" in last
     assert not out.exists()
