@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, PreTrainedConfig
+
+
+def is_finite_number(value) -> bool:
+    """An int or float (not a bool), finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_positive_ints(**values: int) -> None:

@@ -3,7 +3,6 @@ passed through the pipeline, the model and the loop."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -15,12 +14,9 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from ..configuration_utils import is_finite_number
 from .guidance import ClassifierFreeGuidance
 from .sampling import sample_tokens
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -46,7 +42,7 @@ class SamplingConfig:
     guidance_schedule: str = "constant"
 
     def __post_init__(self):
-        if not _is_number(self.temperature) or self.temperature <= 0:
+        if not is_finite_number(self.temperature) or self.temperature <= 0:
             raise ValueError(
                 f"`temperature` must be a finite number > 0, got {self.temperature!r}. Use `do_sample=False` for greedy."
             )
@@ -54,9 +50,9 @@ class SamplingConfig:
             not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 1
         ):
             raise ValueError(f"`top_k` must be a positive integer or None, got {self.top_k!r}.")
-        if self.top_p is not None and not (_is_number(self.top_p) and 0 < self.top_p <= 1):
+        if self.top_p is not None and not (is_finite_number(self.top_p) and 0 < self.top_p <= 1):
             raise ValueError(f"`top_p` must be in (0, 1] or None, got {self.top_p!r}.")
-        if self.min_p is not None and not (_is_number(self.min_p) and 0 <= self.min_p <= 1):
+        if self.min_p is not None and not (is_finite_number(self.min_p) and 0 <= self.min_p <= 1):
             raise ValueError(f"`min_p` must be in [0, 1] or None, got {self.min_p!r}.")
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"`do_sample` must be True or False, got {self.do_sample!r}.")

@@ -3,11 +3,9 @@ discrete codes of a VQ image tokenizer, text read through cross-attention, decod
 
 from __future__ import annotations
 
-import math
-
 from transformers import AutoConfig, PreTrainedConfig
 
-from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
+from ...configuration_utils import check_heads, check_positive_ints, is_finite_number, text_encoder_config_from
 from ..image_tokenizers import vq_config_from
 
 
@@ -101,17 +99,17 @@ class MuseConfig(PreTrainedConfig):
             raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
         check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
         check_heads("hidden_size", hidden_size, "encoder_attention_heads", encoder_attention_heads)
-        if not _is_number(layer_norm_eps) or layer_norm_eps <= 0:
+        if not is_finite_number(layer_norm_eps) or layer_norm_eps <= 0:
             raise ValueError(f"`layer_norm_eps` must be a number > 0, got {layer_norm_eps!r}.")
-        if not _is_number(hidden_dropout) or not 0 <= hidden_dropout < 1:
+        if not is_finite_number(hidden_dropout) or not 0 <= hidden_dropout < 1:
             raise ValueError(f"`hidden_dropout` must be in [0, 1), got {hidden_dropout!r}.")
         if position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(
                 f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, got {position_embedding_type!r}."
             )
-        if not _is_number(choice_temperature) or choice_temperature < 0:
+        if not is_finite_number(choice_temperature) or choice_temperature < 0:
             raise ValueError(f"`choice_temperature` must be a finite number >= 0, got {choice_temperature!r}.")
-        if not _is_number(initializer_range) or initializer_range <= 0:
+        if not is_finite_number(initializer_range) or initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be a number > 0, got {initializer_range!r}.")
         kwargs.pop("mask_token_id", None)  # derived: `image_vocab_size`
         self.vq_config = vq_config
@@ -159,10 +157,6 @@ class MuseConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         return self.image_grid_size**2
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["MuseConfig"]
