@@ -53,7 +53,7 @@ def _shorten(keys) -> str:
     return ", ".join(keys[:_SHOWN_KEYS]) + more
 
 
-def _local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str | None:
+def local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str | None:
     """The local folder `from_pretrained` reads, or None for a Hub id."""
     if not isinstance(pretrained_model_name_or_path, (str, os.PathLike)):
         return None
@@ -63,6 +63,16 @@ def _local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str |
     return os.path.join(path, subfolder) if subfolder else path
 
 
+def json_file_problem(path: str) -> str | None:
+    """Why the JSON file `path` cannot be read (as a sentence naming it and the fix), or None when it parses."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"{path} is not valid JSON ({error}); restore it from the saved model."
+    return None
+
+
 def diagnose_model_folder(folder: str, config_class) -> str | None:
     """The first problem of a saved model folder that `from_pretrained` would trip on (config.json missing, not
     JSON or with invalid values; a weights file truncated or not safetensors), as a sentence naming the file and the
@@ -70,11 +80,9 @@ def diagnose_model_folder(folder: str, config_class) -> str | None:
     config_file = os.path.join(folder, "config.json")
     if not os.path.isfile(config_file):
         return f"{config_file} is missing; a saved model folder needs the config.json written by save_pretrained."
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return f"{config_file} is not valid JSON ({error}); restore it from the saved model."
+    problem = json_file_problem(config_file)
+    if problem is not None:
+        return problem
     try:
         config_class.from_pretrained(folder)
     except Exception as error:  # noqa: BLE001 - any config error is reported with the file that caused it
@@ -117,7 +125,7 @@ class StrictLoadingMixin:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        folder = _local_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
+        folder = local_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
         lenient = kwargs.get("output_loading_info") or kwargs.get("ignore_mismatched_sizes")
         if folder is None or lenient:
             return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)

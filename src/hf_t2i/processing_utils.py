@@ -6,10 +6,11 @@ a `ValueError` unless `truncation=True` (training captions), because silently cu
 
 from __future__ import annotations
 
-import json
 import os
 
 from transformers import BatchFeature, ProcessorMixin
+
+from .modeling_utils import json_file_problem, local_folder
 
 
 def as_prompt_list(prompt, argument: str = "prompt") -> list[str]:
@@ -48,11 +49,7 @@ class T2IProcessor(ProcessorMixin):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
-            folder = None
-            if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) and os.path.isdir(
-                pretrained_model_name_or_path
-            ):
-                folder = os.path.join(os.fspath(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+            folder = local_folder(pretrained_model_name_or_path, kwargs.get("subfolder"))
             problem = diagnose_processor_folder(folder) if folder else None
             if problem is None:
                 raise
@@ -124,12 +121,9 @@ def diagnose_processor_folder(folder: str) -> str | None:
         return f"{tokenizer_file} is missing; restore the tokenizer.json saved with the model (save_pretrained)."
     for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json"):
         path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    json.load(f)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-                return f"{path} is not valid JSON ({error}); restore it from the saved model."
+        problem = json_file_problem(path) if os.path.isfile(path) else None
+        if problem is not None:
+            return problem
     try:
         from tokenizers import Tokenizer
 
