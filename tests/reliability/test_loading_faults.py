@@ -130,3 +130,52 @@ def test_load_image_tokenizer_invalid_config(tmp_path):
 
 def test_intact_folder_still_loads(folder):
     assert isinstance(PartiForConditionalGeneration.from_pretrained(folder), PartiForConditionalGeneration)
+
+
+def _saved_tiny_vae(path):
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    )
+    vae.save_pretrained(path)
+    return path / "diffusion_pytorch_model.safetensors"
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda weights: weights.pop("decoder.conv_in.bias"), r"missing: decoder\.conv_in\.bias"),
+        (
+            lambda weights: weights.update({"extra.weight": weights["decoder.conv_in.bias"].clone()}),
+            r"unexpected: extra\.weight",
+        ),
+    ],
+)
+def test_load_image_tokenizer_refuses_autoencoder_kl_weights_not_matching_config(tmp_path, edit, match):
+    weights_file = _saved_tiny_vae(tmp_path)
+    weights = load_file(weights_file)
+    edit(weights)
+    save_file(weights, weights_file)
+    with pytest.raises(ValueError, match=rf"weights in '{tmp_path}' do not match its config.json \({match}"):
+        load_image_tokenizer(tmp_path)
+
+
+def test_load_image_tokenizer_refuses_autoencoder_kl_of_another_shape(tmp_path):
+    _saved_tiny_vae(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["latent_channels"] = 8
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"Cannot load the AutoencoderKL in '{tmp_path}'.*shape"):
+        load_image_tokenizer(tmp_path)
+
+
+def test_load_image_tokenizer_loads_an_intact_autoencoder_kl(tmp_path):
+    _saved_tiny_vae(tmp_path)
+    vae = load_image_tokenizer(tmp_path)
+    assert not vae.training and vae.config.latent_channels == 4

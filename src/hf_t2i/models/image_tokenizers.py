@@ -130,6 +130,34 @@ def build_image_tokenizer(config: PreTrainedConfig | dict) -> nn.Module:
     return builder(config)
 
 
+def _load_autoencoder_kl_strictly(path: str) -> AutoencoderKL:
+    """diffusers' `from_pretrained` initialises missing tensors randomly and drops extra ones with only a log line;
+    a tokenizer whose weights do not match its config would then encode garbage. Refuse that, naming the keys."""
+    try:
+        vae, info = AutoencoderKL.from_pretrained(path, output_loading_info=True)
+    except (ValueError, RuntimeError, OSError) as error:
+        raise ValueError(f"Cannot load the AutoencoderKL in {path!r}: {error}") from None
+    problems = {
+        name: sorted(info.get(key) or ())
+        for name, key in (
+            ("missing", "missing_keys"),
+            ("unexpected", "unexpected_keys"),
+            ("mismatched", "mismatched_keys"),
+        )
+        if info.get(key)
+    }
+    if problems:
+        listed = "; ".join(
+            f"{name}: {', '.join(map(str, keys[:5]))}{' ...' if len(keys) > 5 else ''}"
+            for name, keys in problems.items()
+        )
+        raise ValueError(
+            f"The weights in {path!r} do not match its config.json ({listed}); restore the folder as saved by "
+            "`AutoencoderKL.save_pretrained`."
+        )
+    return vae.eval()
+
+
 def load_image_tokenizer(path: str | os.PathLike) -> nn.Module:
     """A trained image tokenizer saved in `path`, in eval mode: a diffusers `AutoencoderKL` folder (its config names
     `_class_name`), or a `DalleDVAE` / `ViTVQGAN` folder (its config names `model_type`)."""
@@ -145,7 +173,7 @@ def load_image_tokenizer(path: str | os.PathLike) -> nn.Module:
     if not isinstance(config, dict):
         raise ValueError(f"{config_file} must hold a JSON object, got {type(config).__name__}.")
     if config.get("_class_name") == AutoencoderKL.__name__:
-        return AutoencoderKL.from_pretrained(path).eval()
+        return _load_autoencoder_kl_strictly(path)
     model_class = TRAINED_TOKENIZERS.get(config.get("model_type"))
     if model_class is None:
         found = config.get("_class_name") or config.get("model_type")
