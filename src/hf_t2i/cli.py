@@ -247,18 +247,48 @@ def _add_export(subparsers) -> None:
     p = subparsers.add_parser("export", help="copy a trained pipeline folder as a small shippable checkpoint")
     p.add_argument("source", help="a saved pipeline folder (a recipe's final/ export)")
     p.add_argument("destination", help="the folder to write")
-    p.add_argument("--model-card", default=None, help="a markdown file copied in as README.md")
+    p.add_argument(
+        "--model-card",
+        default=None,
+        help="a markdown file copied in as README.md (its metadata completed); default: the source's README.md, or "
+        "a new card",
+    )
+    p.add_argument(
+        "--eval-report",
+        default=None,
+        help="the report.json of `hf-t2i eval` whose FID and compositional accuracy go into the card's model-index "
+        "(default: the source's report.json, if any)",
+    )
     p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
+    p.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        default=None,
+        help="then upload the exported folder with its card to this Hub model repository (created when missing)",
+    )
     p.set_defaults(func=_run_export)
 
 
 def _run_export(args) -> int:
+    import os
+
     import torch
 
     from .export import export_checkpoint
 
-    path = export_checkpoint(args.source, args.destination, args.model_card, getattr(torch, args.dtype))
+    if args.push_to_hub is not None:
+        from .hub import check_repo_id
+
+        check_repo_id(args.push_to_hub, "--push-to-hub")  # before the export, not after it
+    path = export_checkpoint(
+        args.source, args.destination, args.model_card, getattr(torch, args.dtype), eval_report=args.eval_report
+    )
     print(f"exported {args.source} to {path} ({args.dtype})")
+    if args.push_to_hub is not None:
+        from .hub import push_folder_to_hub
+
+        commit = push_folder_to_hub(path, args.push_to_hub, commit_message=f"Upload {os.path.basename(path)}")
+        print(f"pushed {path} to {commit.commit_url}")
     return 0
 
 

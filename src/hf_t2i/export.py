@@ -13,6 +13,7 @@ import shutil
 
 import torch
 
+from .hub import CARD_NAME, REPORT_NAME, write_model_card
 from .pipelines import T2IPipeline
 
 
@@ -38,12 +39,21 @@ def set_compute_dtype(folder: str | os.PathLike, dtype: str = "float32") -> list
 
 
 def export_checkpoint(
-    source: str | os.PathLike, destination: str | os.PathLike, model_card: str | os.PathLike | None = None, dtype=None
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    model_card: str | os.PathLike | None = None,
+    dtype=None,
+    *,
+    eval_report: str | os.PathLike | dict | list | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
-    the model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
+    and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
     (`from_pretrained`, `pipeline("text-to-image")`, the Auto classes) computes in float32 unless asked otherwise:
     float16 arithmetic is slow or unsupported on CPUs.
+
+    The card is `model_card` (a markdown file), else the README.md of `source` when it has one, else a new one; its
+    metadata is completed by `hf_t2i.hub.write_model_card` (`library_name`, `pipeline_tag`, tags, license and the
+    `model-index` results of `eval_report`, default `source`'s report.json), its text kept as written.
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md`.
@@ -57,8 +67,12 @@ def export_checkpoint(
     pipe.to(dtype=dtype or torch.float16)
     pipe.save_pretrained(destination)
     set_compute_dtype(destination)
-    if model_card is not None:
-        shutil.copyfile(model_card, os.path.join(destination, "README.md"))
+    card = model_card if model_card is not None else os.path.join(source, CARD_NAME)
+    if os.path.isfile(card):
+        shutil.copyfile(card, os.path.join(destination, CARD_NAME))
+    if eval_report is None and os.path.isfile(os.path.join(source, REPORT_NAME)):
+        eval_report = os.path.join(source, REPORT_NAME)
+    write_model_card(destination, eval_report=eval_report)
     return destination
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
+
+from .hub import HUB_ARGUMENTS, push_folder_to_hub
 
 
 @torch.no_grad()
@@ -110,8 +114,93 @@ def _saved_as(folder: str, cls) -> bool:
     return not architectures or cls.__name__ in architectures
 
 
-class StrictLoadingMixin:
-    """`from_pretrained` of a saved hf_t2i model that refuses weights not matching the config.
+@contextlib.contextmanager
+def nested_paths_cleared(config: PreTrainedConfig):
+    """Blank the `_name_or_path` of every config nested in `config` (an image tokenizer's, a text encoder's) while
+    the block runs. transformers leaves the top-level one out of config.json but writes nested ones, so a prior
+    trained on `--dvae-path /home/me/runs/dvae` would carry that path into every copy of its config.json."""
+    saved, stack = [], [config]
+    while stack:
+        for value in vars(stack.pop()).values():
+            if isinstance(value, PreTrainedConfig):
+                saved.append((value, "_name_or_path", value._name_or_path))
+                value._name_or_path = ""  # the default: `to_diff_dict` leaves it out
+                stack.append(value)
+            elif isinstance(value, dict) and "_name_or_path" in value:
+                saved.append((value, None, value.pop("_name_or_path")))
+    try:
+        yield
+    finally:
+        for owner, attribute, value in reversed(saved):
+            if attribute is None:
+                owner["_name_or_path"] = value
+            else:
+                setattr(owner, attribute, value)
+
+
+class ModelCardMixin:
+    """`save_pretrained` and `push_to_hub` of the hf_t2i `PreTrainedModel`s (every one gets them through
+    `StrictLoadingMixin`): the uploaded folder carries hf_t2i's model card (`hf_t2i.hub`: `library_name: hf_t2i`,
+    `pipeline_tag`, family tags, `base_model`, eval results) instead of transformers' generic one, and no saved
+    config.json records a local path."""
+
+    def save_pretrained(
+        self, save_directory, is_main_process: bool = True, state_dict=None, push_to_hub: bool = False, **kwargs
+    ):
+        """transformers' `save_pretrained`. With `push_to_hub=True` the folder is then uploaded with its model card as
+        one commit (`hf_t2i.hub.push_folder_to_hub`): `repo_id` (default: the folder's name), `token`, `private`,
+        `commit_message`, `commit_description`, `create_pr`, `revision`, `base_model` (default: the Hub repository
+        the model was loaded from), `eval_report`, `license` and `tags` are read from `kwargs`."""
+        repo_id = kwargs.pop("repo_id", None)
+        hub_kwargs = {name: kwargs.pop(name) for name in HUB_ARGUMENTS if name in kwargs}
+        with nested_paths_cleared(self.config):
+            super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+        if push_to_hub and is_main_process:
+            repo_id = repo_id or os.path.basename(os.path.abspath(save_directory))
+            hub_kwargs["tags"] = [*(self.model_tags or []), *(hub_kwargs.get("tags") or [])] or None
+            return push_folder_to_hub(save_directory, repo_id, source=self.config.name_or_path, **hub_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+        base_model: str | None = None,
+        eval_report=None,
+        license: str | None = None,
+    ):
+        """Upload the model to the Hub repository `repo_id` (created when missing) with hf_t2i's model card, as one
+        commit; returns the `CommitInfo`. The repository's README.md, when it has one, keeps its text and gets its
+        metadata completed (see `hf_t2i.hub`)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.save_pretrained(
+                tmp,
+                max_shard_size=max_shard_size,
+                push_to_hub=True,
+                repo_id=repo_id,
+                commit_message=commit_message,
+                commit_description=commit_description,
+                private=private,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+                tags=tags,
+                base_model=base_model,
+                eval_report=eval_report,
+                license=license,
+            )
+
+
+class StrictLoadingMixin(ModelCardMixin):
+    """`from_pretrained` of a saved hf_t2i model that refuses weights not matching the config (and, through
+    `ModelCardMixin`, hf_t2i's `save_pretrained` / `push_to_hub`).
 
     transformers loads a folder whose weights lack tensors of the model (randomly initialised), hold extra ones
     (dropped) or have other shapes, and only logs a table. Here any such key raises a `ValueError` naming the folder

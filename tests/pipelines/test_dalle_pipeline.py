@@ -152,13 +152,16 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 
 def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_path):
+    from huggingface_hub import ModelCard
+
     from hf_t2i.export import export_checkpoint
 
     dalle_pipeline.save_pretrained(tmp_path / "full")
     card = tmp_path / "card.md"
     card.write_text("# tiny\n")
     export_checkpoint(tmp_path / "full", tmp_path / "half", model_card=card)
-    assert (tmp_path / "half" / "README.md").read_text() == "# tiny\n"
+    exported_card = ModelCard.load(tmp_path / "half" / "README.md")  # the card's text kept, its metadata completed
+    assert exported_card.text == "# tiny\n" and exported_card.data.library_name == "hf_t2i"
     full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
     half_size = (tmp_path / "half" / "model.safetensors").stat().st_size
     assert half_size < 0.6 * full_size

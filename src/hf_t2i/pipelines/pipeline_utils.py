@@ -21,6 +21,7 @@ import tempfile
 import torch
 from diffusers import DiffusionPipeline
 
+from ..hub import HUB_ARGUMENTS, push_folder_to_hub
 from ..image_processing import T2IImageProcessor
 from ..processing_utils import as_prompt_list
 from .pipeline_output import T2IPipelineOutput
@@ -65,14 +66,22 @@ class T2IPipeline(DiffusionPipeline):
         """Save every component (the prior and processor at the root, others in subfolders) and `model_index.json`.
 
         Files are written to a temporary folder first and then moved into place one by one (`os.replace`), so an
-        interrupted save never leaves a half-written weight file behind.
+        interrupted save never leaves a half-written weight file behind. `model_index.json` does not record where
+        the pipeline was loaded from (a local path means nothing on another machine).
+
+        With `push_to_hub=True` the folder is then uploaded with its model card as one commit
+        (`hf_t2i.hub.push_folder_to_hub`): `repo_id` (default: the folder's name), `token`, `private`,
+        `commit_message`, `commit_description`, `create_pr`, `revision`, `base_model` (default: the Hub repository
+        this pipeline was loaded from), `eval_report` (`hf-t2i eval`'s report.json for the card's results; default:
+        the folder's report.json), `license` and `tags` are read from `kwargs`. A README.md already in the folder
+        keeps its text; its metadata is completed.
         """
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
         os.makedirs(save_directory, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-save-") as tmp:
-            self.save_config(tmp)
+            self._save_model_index(tmp)
             for name, component in self.components.items():
                 if component is None:
                     continue
@@ -88,18 +97,65 @@ class T2IPipeline(DiffusionPipeline):
                 for file in files:
                     os.replace(os.path.join(root, file), os.path.join(destination, file))
         if push_to_hub:
-            repo_id = kwargs.pop("repo_id", None) or os.path.basename(save_directory.rstrip("/"))
-            from huggingface_hub import create_repo, upload_folder
+            repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
+            hub_kwargs = {name: kwargs[name] for name in HUB_ARGUMENTS if name in kwargs}
+            return push_folder_to_hub(save_directory, repo_id, source=self._loaded_from(), **hub_kwargs)
 
-            repo_id = create_repo(
-                repo_id, exist_ok=True, private=kwargs.pop("private", None), token=kwargs.get("token")
-            ).repo_id
-            upload_folder(
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        *,
+        commit_description: str | None = None,
+        revision: str | None = None,
+        base_model: str | None = None,
+        eval_report=None,
+        license: str | None = None,
+        tags: list[str] | None = None,
+    ):
+        """Upload the pipeline to the Hub repository `repo_id` (created when missing) with its model card, as one
+        commit; returns the `CommitInfo`.
+
+        The card is the repository's README.md if it has one (its text kept, its metadata completed), else a new
+        one: `library_name: hf_t2i`, `pipeline_tag: text-to-image`, the family tags, `license` (default
+        apache-2.0), `base_model` (default: the Hub repository this pipeline was loaded from), `model-index` from
+        `eval_report` (the report.json of `hf-t2i eval`), and a "How to use" that installs hf_t2i and calls the
+        pipeline. See `hf_t2i.hub`.
+        """
+        with tempfile.TemporaryDirectory() as tmp:
+            return self.save_pretrained(
+                tmp,
+                safe_serialization=safe_serialization,
+                push_to_hub=True,
                 repo_id=repo_id,
-                folder_path=save_directory,
-                token=kwargs.get("token"),
-                commit_message=kwargs.get("commit_message"),
+                commit_message=commit_message,
+                commit_description=commit_description,
+                private=private,
+                token=token,
+                create_pr=create_pr,
+                revision=revision,
+                base_model=base_model,
+                eval_report=eval_report,
+                license=license,
+                tags=tags,
             )
+
+    def _save_model_index(self, folder: str) -> None:
+        """diffusers' `model_index.json` without `_name_or_path` (where this pipeline was loaded from)."""
+        index = json.loads(self.to_json_string())
+        index.pop("_name_or_path", None)
+        with open(os.path.join(folder, self.config_name), "w", encoding="utf-8") as f:
+            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def _loaded_from(self) -> str | None:
+        """Where the pipeline (or, for one built from components, its model) was loaded from: a Hub id, a shipped
+        checkpoint or a local folder; the model card turns it into `base_model` (Hub ids only)."""
+        model = getattr(self, "model", None)
+        return self.name_or_path or getattr(getattr(model, "config", None), "name_or_path", None) or None
 
     @classmethod
     def _subclass_for(cls, path: str) -> type[T2IPipeline]:

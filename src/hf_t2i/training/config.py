@@ -75,10 +75,26 @@ class TrainingConfig:
     ddp_find_unused_parameters: bool = _help(
         "Pass find_unused_parameters=True to DDP (models whose steps leave some parameters unused).", default=False
     )
+    push_to_hub: bool = _help(
+        "Upload the final export with its model card to the Hub repository `hub_model_id` at the end (the repository "
+        "is created at the start, so a missing login fails before training). Log in first (`hf auth login` or "
+        "HF_TOKEN).",
+        default=False,
+    )
+    hub_model_id: str | None = _help(
+        "Hub repository for --push-to-hub ('user/name' or 'name'); default: the name of output_dir.", default=None
+    )
 
     def __post_init__(self):
         self.output_dir = os.fspath(self.output_dir) if isinstance(self.output_dir, os.PathLike) else self.output_dir
-        for check in (self._check_counts, self._check_optimizer, self._check_choices, self._check_ema_and_ckpt):
+        checks = (
+            self._check_counts,
+            self._check_optimizer,
+            self._check_choices,
+            self._check_ema_and_ckpt,
+            self._check_hub,
+        )
+        for check in checks:
             check()
 
     # ----------------------------------------------------------------------------------------- validation
@@ -130,9 +146,21 @@ class TrainingConfig:
             self._fail("min_lr_ratio", "it only applies to lr_scheduler='cosine'; set it to 0 or use 'cosine'")
         if self.lr_scheduler == "constant" and self.lr_warmup_steps:
             self._fail("lr_warmup_steps", "'constant' has no warm-up; use lr_scheduler='constant_with_warmup'")
-        for name in ("gradient_checkpointing", "ddp_find_unused_parameters"):
+        for name in ("gradient_checkpointing", "ddp_find_unused_parameters", "push_to_hub"):
             if not isinstance(getattr(self, name), bool):
                 self._fail(name, "pass True or False")
+
+    def _check_hub(self) -> None:
+        if self.hub_model_id is not None and not self.push_to_hub:
+            self._fail("hub_model_id", "it only applies with push_to_hub=True; add --push-to-hub or drop it")
+        if self.push_to_hub:
+            from ..hub import check_repo_id
+
+            check_repo_id(self.hub_repo_id(), "TrainingConfig.hub_model_id")
+
+    def hub_repo_id(self) -> str:
+        """The Hub repository of `push_to_hub`: `hub_model_id`, or the name of `output_dir`."""
+        return self.hub_model_id or os.path.basename(os.path.abspath(self.output_dir))
 
     def _check_ema_and_ckpt(self) -> None:
         if self.ema_decay is not None and (not _is_real(self.ema_decay) or not 0 < self.ema_decay < 1):

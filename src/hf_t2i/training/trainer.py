@@ -205,6 +205,12 @@ class _TrainingRun:
     # ------------------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
         config, recipe, accelerator = self.config, self.recipe, self.accelerator
+        self.hub_repo_id = None
+        if config.push_to_hub and accelerator.is_main_process:
+            # created now, as diffusers' training scripts do, so that a missing login fails before hours of training
+            from ..hub import create_hub_repo
+
+            self.hub_repo_id = create_hub_repo(config.hub_repo_id())
         set_seed(config.seed)  # same initial weights on every process
         model = recipe.build_model()
         if config.gradient_checkpointing:
@@ -476,7 +482,8 @@ class _TrainingRun:
 
     # ----------------------------------------------------------------------------------------------- export
     def _export(self) -> None:
-        """`recipe.save_pretrained` of the (EMA) model into `final.tmp`, then renamed to `final` (main process)."""
+        """`recipe.save_pretrained` of the (EMA) model into `final.tmp`, then renamed to `final` (main process); with
+        `push_to_hub`, `final` is then uploaded with its model card (`hf_t2i.hub.push_folder_to_hub`)."""
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
@@ -492,3 +499,9 @@ class _TrainingRun:
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
+        if self.hub_repo_id is not None:  # main process only; after the barrier, so an upload cannot time it out
+            from ..hub import push_folder_to_hub
+
+            final, step = os.path.join(self.config.output_dir, "final"), self.state.global_step
+            push_folder_to_hub(final, self.hub_repo_id, commit_message=f"{self.recipe.name}: step {step}")
+            logger.info("Pushed %s to the Hub repository %s", final, self.hub_repo_id)
