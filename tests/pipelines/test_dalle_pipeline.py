@@ -129,7 +129,7 @@ def test_reranking_keeps_the_best_scored_candidates(dalle_model, dalle_processor
         ({"height": 32}, "height"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
         ({"num_candidates": 4}, "scorer"),
-        ({"output_type": "latent"}, "output_type"),
+        ({"output_type": "latents"}, "output_type"),
         ({"guidance_scale": 2.0, "negative_prompt": ["a", "b", "c"]}, "negative_prompt"),
     ],
 )

@@ -104,7 +104,7 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_diffusion_steps": 51}, "num_diffusion_steps"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
-        ({"output_type": "latent"}, "output_type"),
+        ({"output_type": "latents"}, "output_type"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
     ],
 )

@@ -153,7 +153,7 @@ def test_defaults_come_from_the_config(tokenizer):
         ({"min_p": 2.0}, "min_p"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
         ({"guidance_schedule": "cosine"}, "guidance_schedule"),
-        ({"output_type": "latent"}, "output_type"),
+        ({"output_type": "latents"}, "output_type"),
         ({"callback_on_step_end_tensor_inputs": ["tokens"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )

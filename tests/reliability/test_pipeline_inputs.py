@@ -86,23 +86,36 @@ def test_discrete_fluid_refuses_non_finite_sampling_setting(argument, value):
         tiny_fluid("discrete").check_sampling(**{argument: value})
 
 
-# 2. generator: one torch.Generator per call; a list (the diffusers per-image convention) is refused clearly
+# 2. generator: one torch.Generator per call, or a list of one per image (diffusers' convention) of the right length
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kind", ["list", "tuple", "single-item list"])
-def test_generator_list_is_refused_naming_generator(family, kind):
+def test_generator_list_draws_one_image_per_generator(family, kind):
+    """A list (or tuple) of one generator per image is the diffusers convention: image `i` is the one-image call
+    with generator `i` (tests/pipelines/test_diffusers_conventions.py checks every family in detail)."""
     count = 1 if kind == "single-item list" else 2
     generators = [torch.Generator().manual_seed(i) for i in range(count)]
-    generator = tuple(generators) if kind == "tuple" else generators
-    with pytest.raises(ValueError, match=r"`generator` must be one torch.Generator"):
-        draw(family, generator=generator, num_images_per_prompt=count)
+    images = draw(family, generator=tuple(generators) if kind == "tuple" else generators, num_images_per_prompt=count)
+    assert len(images) == count and np.isfinite(images).all()
+    assert np.allclose(images[-1], draw(family, generator=torch.Generator().manual_seed(count - 1))[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_generator_list_of_the_wrong_length_is_refused(family):
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    with pytest.raises(
+        ValueError, match=r"list of generators of length 2, but requested an effective batch size of 3"
+    ):
+        draw(family, generator=generators, num_images_per_prompt=3)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generator_of_another_type_is_refused(family):
-    with pytest.raises(ValueError, match=r"`generator` must be a torch.Generator or None, got int"):
+    with pytest.raises(ValueError, match=r"`generator` must be a torch.Generator, a list of them .* or None, got int"):
         draw(family, generator=0)
+    with pytest.raises(ValueError, match=r"`generator\[0\]` must be a torch.Generator, got int"):
+        draw(family, generator=[0])
 
 
 # 3. A request far over memory is refused before any work, naming the limit and the way out

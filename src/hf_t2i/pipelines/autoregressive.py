@@ -56,16 +56,20 @@ class AutoregressiveT2IPipeline(T2IPipeline):
         self,
         tokens: torch.Tensor,
         decode: Callable[[torch.Tensor], torch.Tensor],
-        prompts: list[str],
+        prompts: list[str] | None,
         num_images_per_prompt: int,
         num_candidates: int | None,
         output_type: str,
         return_dict: bool,
     ) -> T2IPipelineOutput | tuple:
         """Codes -> pixels with `decode`; with `num_candidates`, keep the `num_images_per_prompt` best-scored of each
-        prompt's candidates; then the requested output."""
+        prompt's candidates; then the requested output (with "latent": the (B, N) codes of the kept images, not
+        decoded unless reranking needs the pixels)."""
+        if num_candidates is None and output_type == "latent":
+            return self.output(tokens, output_type, return_dict)
         pixels = decode(tokens)  # (B * n, 3, H, W) in [-1, 1]
         scores = None
         if num_candidates is not None:
-            pixels, scores = rerank(self.scorer, self.scorer_processor, prompts, pixels, num_images_per_prompt)
-        return self.output(pixels, output_type, return_dict, scores=scores)
+            index, scores = rerank(self.scorer, self.scorer_processor, prompts, pixels, num_images_per_prompt)
+            pixels, tokens = pixels[index.to(pixels.device)], tokens[index.to(tokens.device)]
+        return self.output(tokens if output_type == "latent" else pixels, output_type, return_dict, scores=scores)

@@ -15,7 +15,9 @@ class T2IPipelineOutput(BaseOutput):
     """Output of the text-to-image pipelines.
 
     Args:
-        images: a list of PIL images, a (B, H, W, C) array or a (B, C, H, W) tensor in [0, 1], as `output_type` asks.
+        images: a list of PIL images, a (B, H, W, C) array or a (B, C, H, W) tensor in [0, 1], as `output_type` asks;
+            with `output_type="latent"`, the image tokens / latents before decoding (each pipeline documents their
+            shape).
         scores: (B,) reranker scores of the returned images, when a scorer reranked the candidates.
     """
 

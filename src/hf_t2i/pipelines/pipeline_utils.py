@@ -21,13 +21,17 @@ import tempfile
 import torch
 from diffusers import DiffusionPipeline
 
+from ..generation.sampling import Generators
 from ..hub import HUB_ARGUMENTS, push_folder_to_hub
+from ..image_processing import OUTPUT_TYPES as IMAGE_OUTPUT_TYPES
 from ..image_processing import T2IImageProcessor
 from ..processing_utils import as_prompt_list
 from .pipeline_output import T2IPipelineOutput
 
 
 ROOT_COMPONENTS = ("model", "processor")
+#: what `output_type` may be: images ("pil", "np", "pt"), or "latent": the image tokens / latents before decoding
+OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "latent")
 
 
 class T2IPipeline(DiffusionPipeline):
@@ -221,6 +225,221 @@ class T2IPipeline(DiffusionPipeline):
                 inputs[f"negative_{name}"] = encoded[name].to(device).repeat_interleave(repeats, dim=0)
         return inputs
 
+    # -- precomputed text-encoder outputs (`prompt_embeds`) ------------------------------------------------------------
+    #: Why this family's pipeline takes no `prompt_embeds`; None where it does (its `prompt_embeds` are the outputs of
+    #: the model's text encoder, `model.get_encoder()`, and the model's `config.hidden_size` wide).
+    prompt_embeds_unsupported: str | None = None
+
+    def check_prompt_inputs(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> int:
+        """Check that the caption comes once, as `prompt` or as `prompt_embeds` (and the negative one at most once),
+        and that embeddings are (batch, length, hidden) float tensors with (batch, length) masks.
+
+        Returns:
+            the number of prompts.
+        """
+        embeddings = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "prompt_attention_mask": prompt_attention_mask,
+            "negative_prompt_attention_mask": negative_prompt_attention_mask,
+        }
+        given = [name for name, value in embeddings.items() if value is not None]
+        if given and self.prompt_embeds_unsupported:
+            raise ValueError(
+                f"{type(self).__name__} takes no `{given[0]}`: {self.prompt_embeds_unsupported} Pass `prompt` (and "
+                "`negative_prompt`) instead."
+            )
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError(
+                "Pass either `prompt` or `prompt_embeds`, not both: `prompt_embeds` (from `encode_prompt`) replace the "
+                "prompts."
+            )
+        if prompt is None and prompt_embeds is None:
+            alternative = "" if self.prompt_embeds_unsupported else " or precomputed `prompt_embeds`"
+            raise ValueError(f"Pass `prompt` (a string or a list of strings){alternative}.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError(
+                "Pass either `negative_prompt` or `negative_prompt_embeds`, not both: `negative_prompt_embeds` (from "
+                "`encode_prompt`) replace the negative prompts."
+            )
+        for name, embeds, mask_name, mask in (
+            ("prompt_embeds", prompt_embeds, "prompt_attention_mask", prompt_attention_mask),
+            (
+                "negative_prompt_embeds",
+                negative_prompt_embeds,
+                "negative_prompt_attention_mask",
+                negative_prompt_attention_mask,
+            ),
+        ):
+            if embeds is None:
+                if mask is not None:
+                    raise ValueError(f"`{mask_name}` is the padding mask of `{name}`; it was given without them.")
+                continue
+            if (
+                not isinstance(embeds, torch.Tensor)
+                or not embeds.is_floating_point()
+                or embeds.ndim != 3
+                or not embeds.shape[0]
+            ):
+                found = f"shape {tuple(embeds.shape)}, {embeds.dtype}" if isinstance(embeds, torch.Tensor) else embeds
+                raise ValueError(
+                    f"`{name}` must be a float tensor (batch >= 1, length, hidden) of text-encoder states, as "
+                    f"`encode_prompt` returns, got {found}."
+                )
+            hidden = self.model.config.hidden_size
+            if embeds.shape[-1] != hidden:
+                raise ValueError(
+                    f"`{name}` must be {hidden} wide (this model's text encoder output), got shape "
+                    f"{tuple(embeds.shape)}. Compute them with this pipeline's `encode_prompt`."
+                )
+            if mask is not None and (
+                not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(embeds.shape[:2])
+            ):
+                found = tuple(mask.shape) if isinstance(mask, torch.Tensor) else mask
+                raise ValueError(
+                    f"`{mask_name}` must have shape {tuple(embeds.shape[:2])} (that of `{name}`), got {found}."
+                )
+        return len(as_prompt_list(prompt)) if prompt_embeds is None else prompt_embeds.shape[0]
+
+    def encode_prompt(
+        self,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        do_classifier_free_guidance: bool = True,
+        device: torch.device | None = None,
+        truncation: bool = False,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The prompts through the model's text encoder, as diffusers pipelines' `encode_prompt`: compute them once
+        and pass them as `prompt_embeds` (and `negative_prompt_embeds`) to any number of calls.
+
+        Args:
+            prompt: caption(s) to encode (or None with `prompt_embeds`).
+            negative_prompt: caption(s) of guidance's unconditional branch (default: the empty caption).
+            num_images_per_prompt: each prompt's rows are repeated this many times.
+            do_classifier_free_guidance: also return the negative prompts' states (else None).
+            device: where the states go (default: the pipeline's execution device).
+            truncation: cut prompts longer than the text context instead of raising.
+            prompt_embeds, negative_prompt_embeds: (B, S, hidden) states already computed, used as they are.
+            prompt_attention_mask, negative_prompt_attention_mask: (B, S) their padding masks (default: all ones).
+
+        Returns:
+            `(prompt_embeds, prompt_attention_mask, negative_prompt_embeds, negative_prompt_attention_mask)`, each
+            with B x `num_images_per_prompt` rows; the negative ones are None without guidance.
+        """
+        if self.prompt_embeds_unsupported:
+            raise ValueError(f"{type(self).__name__} has no `encode_prompt`: {self.prompt_embeds_unsupported}")
+        num_prompts = self.check_prompt_inputs(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+        )
+        self.check_num_images(num_images_per_prompt)
+        device = device or self._execution_device
+        encoder = self.model.get_encoder()
+
+        def encode(texts: list[str], argument: str) -> tuple[torch.Tensor, torch.Tensor]:
+            encoded = self.encode_text(texts, truncation, argument)
+            ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+            return encoder(ids, mask).last_hidden_state, mask  # (b, S, C), (b, S)
+
+        if prompt_embeds is None:
+            prompt_embeds, prompt_attention_mask = encode(as_prompt_list(prompt), "prompt")
+        elif prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=device)
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_attention_mask = None
+        elif negative_prompt_embeds is None:
+            negatives = as_prompt_list(negative_prompt if negative_prompt is not None else "", "negative_prompt")
+            if len(negatives) not in (1, num_prompts):
+                raise ValueError(
+                    f"`negative_prompt` has {len(negatives)} entries for {num_prompts} prompts; pass one or as many."
+                )
+            negative_prompt_embeds, negative_prompt_attention_mask = encode(negatives, "negative_prompt")
+            if negative_prompt_embeds.shape[1] != prompt_embeds.shape[1]:
+                raise ValueError(
+                    f"`prompt_embeds` are {prompt_embeds.shape[1]} tokens long, but the negative prompts encode to "
+                    f"{negative_prompt_embeds.shape[1]} (the processor's text context): guidance runs both as one "
+                    "batch. Pass `negative_prompt_embeds` as long as `prompt_embeds`."
+                )
+        elif negative_prompt_attention_mask is None:
+            negative_prompt_attention_mask = torch.ones(
+                negative_prompt_embeds.shape[:2], dtype=torch.long, device=device
+            )
+        if negative_prompt_embeds is not None:
+            expected = (num_prompts, *prompt_embeds.shape[1:])
+            if (
+                negative_prompt_embeds.shape[0] not in (1, num_prompts)
+                or negative_prompt_embeds.shape[1:] != expected[1:]
+            ):
+                raise ValueError(
+                    f"`negative_prompt_embeds` must have shape {expected} (that of `prompt_embeds`) or one row, got "
+                    f"{tuple(negative_prompt_embeds.shape)}."
+                )
+            negative_prompt_embeds = negative_prompt_embeds.expand(num_prompts, -1, -1)
+            negative_prompt_attention_mask = negative_prompt_attention_mask.expand(num_prompts, -1)
+
+        def per_image(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor.to(device).repeat_interleave(num_images_per_prompt, dim=0)
+
+        return (
+            per_image(prompt_embeds),
+            per_image(prompt_attention_mask),
+            per_image(negative_prompt_embeds),
+            per_image(negative_prompt_attention_mask),
+        )
+
+    def text_inputs(
+        self,
+        prompt: str | list[str] | None,
+        negative_prompt: str | list[str] | None,
+        samples_per_prompt: int,
+        guided: bool,
+        truncation: bool,
+        device: torch.device,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The model's text inputs for `prepare_image_generation`: processor outputs, which the model encodes
+        (`encode_prompts`), or, when any embeddings are given, the text-encoder states (`encode_prompt`) as
+        `prompt_embeds` / `attention_mask` and, under guidance, `negative_prompt_embeds` / `negative_attention_mask`."""
+        if prompt_embeds is None and negative_prompt_embeds is None:
+            prompts = as_prompt_list(prompt)
+            return self.encode_prompts(prompts, negative_prompt, samples_per_prompt, guided, truncation, device)
+        embeds, mask, negative_embeds, negative_mask = self.encode_prompt(
+            prompt,
+            negative_prompt,
+            samples_per_prompt,
+            guided,
+            device,
+            truncation,
+            prompt_embeds,
+            negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+        )
+        inputs = {"prompt_embeds": embeds, "attention_mask": mask}
+        if guided:
+            inputs.update(negative_prompt_embeds=negative_embeds, negative_attention_mask=negative_mask)
+        return inputs
+
     #: The most images one call draws (prompts x `num_images_per_prompt`, or x `num_candidates` when reranking): the
     #: whole request runs as one batch, so a huge one exhausts memory instead of returning. Raise it on a pipeline
     #: (`pipe.max_images_per_call = 1024`) when the memory allows, or call the pipeline in a loop.
@@ -248,29 +467,42 @@ class T2IPipeline(DiffusionPipeline):
             )
 
     @staticmethod
-    def check_generator(generator) -> None:
-        """`generator` is None or ONE `torch.Generator`: every image of a call is drawn from it (the diffusers
-        convention of a list, one generator per image, is not supported)."""
+    def check_generator(generator, batch_size: int, images: str = "prompts x `num_images_per_prompt`") -> Generators:
+        """`generator` is None, one `torch.Generator` (every image of the call is drawn from it), or a list of
+        `batch_size` generators, one per image in output order (the diffusers convention): image `i` is drawn from
+        generator `i` exactly as a one-image call with that generator draws it. `images` says what `batch_size`
+        counts, for the error message.
+
+        Returns:
+            what to sample with: None, one generator, or a list of `batch_size` of them (a list of one: its generator,
+            which draws the same).
+        """
         if generator is None or isinstance(generator, torch.Generator):
-            return
-        if isinstance(generator, (list, tuple)):
+            return generator
+        if not isinstance(generator, (list, tuple)):
             raise ValueError(
-                f"`generator` must be one torch.Generator (or None), got a {type(generator).__name__} of "
-                f"{len(generator)}: hf_t2i pipelines draw all the images of a call from one generator. Pass "
-                "`torch.Generator().manual_seed(seed)`; for one seed per image, call the pipeline once per seed."
+                f"`generator` must be a torch.Generator, a list of them (one per image) or None, got "
+                f"{type(generator).__name__}. Pass `torch.Generator().manual_seed(seed)`."
             )
-        raise ValueError(
-            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}. Pass "
-            "`torch.Generator().manual_seed(seed)`."
-        )
+        for i, item in enumerate(generator):
+            if not isinstance(item, torch.Generator):
+                raise ValueError(f"`generator[{i}]` must be a torch.Generator, got {type(item).__name__}.")
+        if len(generator) != batch_size:
+            raise ValueError(
+                f"You have passed a list of generators of length {len(generator)}, but requested an effective batch "
+                f"size of {batch_size} ({images}). Make sure the batch size matches the length of the generators: "
+                "pass one `generator` per image, or a single torch.Generator for the whole call."
+            )
+        return generator[0] if batch_size == 1 else list(generator)
 
     @staticmethod
     def check_output_inputs(
         output_type: str, callback_on_step_end_tensor_inputs: list[str] | None, tensor_input: str
     ) -> None:
-        """`output_type` is one `T2IImageProcessor.postprocess` knows; the step callback can see `tensor_input`."""
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"`output_type` must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        """`output_type` is one `T2IImageProcessor.postprocess` knows or "latent"; the step callback can see
+        `tensor_input`."""
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}.")
         if callback_on_step_end_tensor_inputs not in (None, [tensor_input]):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` must be None or {[tensor_input]!r}, got "
@@ -278,11 +510,13 @@ class T2IPipeline(DiffusionPipeline):
             )
 
     def output(
-        self, pixels: torch.Tensor, output_type: str, return_dict: bool, scores: torch.Tensor | None = None
+        self, images: torch.Tensor, output_type: str, return_dict: bool, scores: torch.Tensor | None = None
     ) -> T2IPipelineOutput | tuple:
-        """The end of every `__call__`: (B, 3, H, W) pixels in [-1, 1] -> `output_type` images, offloaded models
-        released, returned as a [`T2IPipelineOutput`] or `(images,)`."""
-        images = T2IImageProcessor.postprocess(pixels, output_type)
+        """The end of every `__call__`: (B, 3, H, W) pixels in [-1, 1] -> `output_type` images (with "latent",
+        `images` is the tensor the image decoder would have received, returned as is), offloaded models released,
+        returned as a [`T2IPipelineOutput`] or `(images,)`."""
+        if output_type != "latent":
+            images = T2IImageProcessor.postprocess(images, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

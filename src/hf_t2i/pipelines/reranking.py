@@ -49,10 +49,11 @@ def rerank(
     """Keep the `keep` best of each prompt's candidates (grouped contiguously), best first.
 
     Returns:
-        pixel values (len(prompts) * keep, 3, H, W) and their scores.
+        the (len(prompts) * keep,) indices of the kept candidates (to select their pixels, or their tokens) and their
+        scores.
     """
     scores = clip_scores(scorer, scorer_processor, prompts, pixel_values)
     per_prompt = pixel_values.shape[0] // len(prompts)
     order = scores.view(len(prompts), per_prompt).argsort(dim=1, descending=True)[:, :keep]  # (P, keep)
     index = (order + torch.arange(len(prompts), device=order.device)[:, None] * per_prompt).flatten()
-    return pixel_values[index.to(pixel_values.device)], scores[index]
+    return index, scores[index]

@@ -20,7 +20,8 @@ class TextToImagePipeline(Pipeline):
 
     Any keyword of the model's diffusers pipeline is accepted (`guidance_scale`, `generator`, `top_k`,
     `num_images_per_prompt`, ...). A single prompt returns one PIL image, or a list when `num_images_per_prompt > 1`;
-    a list of prompts returns a list of those.
+    a list of prompts returns a list of those, in order, also when `batch_size=k` runs them k prompts per call (a
+    `generator` then serves every call in turn; a list of generators, one per image, fits one call's images only).
 
     Example:
 
@@ -61,10 +62,18 @@ class TextToImagePipeline(Pipeline):
         return {"prompt": prompt}
 
     def _forward(self, model_inputs: dict[str, Any], **generate_kwargs) -> dict[str, Any]:
-        output = self.generation_pipeline(model_inputs["prompt"], output_type="pil", **generate_kwargs)
-        return {"images": output.images}
+        """One prompt -> `{"images": its images}`; a batch of prompts (`batch_size` > 1: transformers collates the
+        prompts into a list) -> `{"images": one list of images per prompt}`, which transformers splits back into one
+        output per prompt."""
+        prompt = model_inputs["prompt"]
+        images = self.generation_pipeline(prompt, output_type="pil", **generate_kwargs).images
+        if isinstance(prompt, str):
+            return {"images": images}
+        per_prompt = len(images) // len(prompt)
+        return {"images": [images[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompt))]}
 
     def postprocess(self, model_outputs: dict[str, Any]):
+        """A prompt's images: one PIL image, or a list when it has several."""
         images = model_outputs["images"]
         return images[0] if len(images) == 1 else images
 

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
 from ...generation.masked import MaskedDecoder, RandomOrder, RasterOrder, RevealRule
+from ...generation.sampling import Generators
 from ...layers.diffusion_head import DiffusionHeadScheduler, ddpm_sample
 
 
@@ -36,7 +37,7 @@ class FluidGenerationState:
         cache: raster order's self-attention (preallocated) and cross-attention caches.
         sampler: draws discrete tokens (warpers, greedy or sampled).
         scheduler, num_diffusion_steps, temperature: the diffusion head's sampling (continuous tokens).
-        generator: the only source of randomness.
+        generator: the only source of randomness: one generator, or a list of one per image.
     """
 
     batch_size: int
@@ -49,7 +50,7 @@ class FluidGenerationState:
     scheduler: DiffusionHeadScheduler | None = None
     num_diffusion_steps: int = 100
     temperature: float = 1.0
-    generator: torch.Generator | None = None
+    generator: Generators = None
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,14 @@ class FluidGenerationMixin:
             raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
         return FluidSampling(sampling, steps, diffusion_steps, float(temperature))
 
-    def _check_conditions(self, input_ids, negative_input_ids, class_labels) -> int:
+    def _check_conditions(self, input_ids, negative_input_ids, class_labels, prompt_embeds=None) -> int:
         """Validate the text / class inputs (the negative captions: `ClassifierFreeGuidance.double_inputs`); returns
         the batch size."""
         c = self.config
         if c.is_class_conditional:
-            if input_ids is not None or negative_input_ids is not None:
-                raise ValueError("This Fluid model is class-conditional: pass `class_labels`, not `input_ids`.")
+            if input_ids is not None or negative_input_ids is not None or prompt_embeds is not None:
+                name = "prompt_embeds" if prompt_embeds is not None else "input_ids"
+                raise ValueError(f"This Fluid model is class-conditional: pass `class_labels`, not `{name}`.")
             if class_labels is None:
                 raise ValueError(
                     f"Pass `class_labels` (batch,) ids in [0, {c.num_classes}) for class-conditional Fluid."
@@ -138,9 +140,12 @@ class FluidGenerationMixin:
             return class_labels.shape[0]
         if class_labels is not None:
             raise ValueError("`class_labels` apply to class-conditional Fluid (`num_classes`); pass `input_ids`.")
-        if input_ids is None:
-            raise ValueError("Pass `input_ids` (the captions, from the processor).")
-        return input_ids.shape[0]
+        if (input_ids is None) == (prompt_embeds is None):
+            raise ValueError(
+                "Pass either `input_ids` (the captions, from the processor) or `prompt_embeds` (their text encoder "
+                "states)."
+            )
+        return (input_ids if prompt_embeds is None else prompt_embeds).shape[0]
 
     @torch.no_grad()
     def prepare_image_generation(
@@ -152,7 +157,9 @@ class FluidGenerationMixin:
         class_labels: torch.LongTensor | None = None,
         settings: FluidSampling | None = None,
         scheduler: DiffusionHeadScheduler | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> FluidGenerationState:
         """Encode the condition once (both guidance branches as one doubled batch); raster order: preallocate the cache.
 
@@ -163,12 +170,21 @@ class FluidGenerationMixin:
                 null class.
             settings: from `check_sampling` (default: its defaults).
             scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
-            generator: the only source of randomness.
+            generator: the only source of randomness: one generator, or a list of B, one per image (image `i` then
+                draws what a one-image generation with generator `i` draws).
+            prompt_embeds, negative_prompt_embeds: (B, S, C) and (B or 1, S, C) the text encoder's states instead of
+                `input_ids` / `negative_input_ids` (`attention_mask` / `negative_attention_mask` are then their masks).
         """
         c = self.config
         settings = settings or self.check_sampling()
         guidance = settings.sampling.guidance
-        batch = self._check_conditions(input_ids, negative_input_ids, class_labels)
+        batch = self._check_conditions(input_ids, negative_input_ids, class_labels, prompt_embeds)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise ValueError(
+                    f"`generator` is a list of {len(generator)} generators for {batch} images; pass one per image."
+                )
+            generator = list(generator)
         state = FluidGenerationState(
             batch_size=batch,
             guidance=guidance,
@@ -186,13 +202,21 @@ class FluidGenerationMixin:
                 conditions = torch.cat([conditions, self.model.null_class_embedding.expand_as(conditions)])
             state.class_embeds = conditions
             return state
+        positive, negative = (
+            (input_ids, negative_input_ids) if prompt_embeds is None else (prompt_embeds, negative_prompt_embeds)
+        )
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if guidance.enabled and negative_input_ids is not None and negative_attention_mask is None:
-            negative_attention_mask = torch.ones_like(negative_input_ids)
-        input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
-        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
-        state.text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
+            attention_mask = torch.ones(positive.shape[:2], dtype=torch.long, device=positive.device)
+        if guidance.enabled and negative is not None and negative_attention_mask is None:
+            negative_attention_mask = torch.ones(negative.shape[:2], dtype=torch.long, device=negative.device)
+        if prompt_embeds is None:
+            input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
+            attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
+            state.text = self.model.encode_text(input_ids, attention_mask)  # once per prompt, both branches
+        else:
+            embeds = guidance.double_inputs(prompt_embeds, negative_prompt_embeds, "prompt_embeds")  # (B', S, C)
+            attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
+            state.text = BaseModelOutput(last_hidden_state=embeds)
         state.attention_mask = attention_mask
         if c.is_causal:
             state.cache = EncoderDecoderCache(StaticCache(config=c, max_cache_len=c.num_image_tokens), DynamicCache())
@@ -276,9 +300,12 @@ class FluidGenerationMixin:
         count = hidden.shape[1]
         if self.config.is_continuous:
             condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
+            denoise, shape = lambda x, t: self.diffusion_head(x, t, condition), (batch * count, self.config.token_dim)
+            if isinstance(state.generator, list):
+                denoise, shape = self._per_image_denoiser(condition, count), (batch, count * self.config.token_dim)
             new = ddpm_sample(
-                lambda x, t: self.diffusion_head(x, t, condition),
-                (batch * count, self.config.token_dim),
+                denoise,
+                shape,
                 state.scheduler,
                 state.num_diffusion_steps,
                 state.generator,
@@ -292,6 +319,26 @@ class FluidGenerationMixin:
         if guided:
             logits = state.guidance.combine(logits, scale)
         return state.sampler(logits.reshape(batch * count, -1)).view(batch, count)
+
+    def _per_image_denoiser(self, condition: torch.Tensor, count: int):
+        """The diffusion head over one row per image, for one generator per image: `ddpm_sample` then draws each
+        image's noise (B, M * D) from its own generator, row by row, the very values a one-image call draws as
+        (M, D) (a draw depends only on the generator and the number of values).
+
+        The head still runs on all (B' * M) tokens at once. Its (B' * M, D) noise prediction becomes (B', M * D); a
+        learned-variance head's (B' * M, 2D) output becomes (B', 2 * M * D), every token's noise first and then every
+        token's variance values, the layout `ddpm_sample` and the scheduler split in two halves.
+        """
+        width = self.config.token_dim
+
+        def denoise(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            rows = x.shape[0]
+            tokens = x.reshape(rows * count, width)  # (B' * M, D)
+            prediction = self.diffusion_head(tokens, timesteps.repeat_interleave(count), condition)  # (B' * M, kD)
+            parts = prediction.view(rows, count, -1).split(width, dim=-1)  # noise (B', M, D) [, variance (B', M, D)]
+            return torch.cat([part.reshape(rows, count * width) for part in parts], dim=1)  # (B', k * M * D)
+
+        return denoise
 
     @torch.no_grad()
     def sample_image_tokens(
@@ -309,7 +356,7 @@ class FluidGenerationMixin:
         top_p: float | None = None,
         min_p: float | None = None,
         do_sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         scheduler: DiffusionHeadScheduler | None = None,
         class_labels: torch.LongTensor | None = None,
     ) -> torch.Tensor:
@@ -328,7 +375,7 @@ class FluidGenerationMixin:
                 temperature.
             num_diffusion_steps: reverse steps of the diffusion head per token (default `config.num_diffusion_steps`).
             top_k, top_p, min_p, do_sample: discrete only (transformers semantics).
-            generator: the only source of randomness (orders, noise, draws).
+            generator: the only source of randomness (orders, noise, draws): one generator, or a list of one per image.
             scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
 
         Returns:

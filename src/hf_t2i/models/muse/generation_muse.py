@@ -30,6 +30,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
 from ...generation.masked import ConfidenceOrder, MaskedDecoder
+from ...generation.sampling import Generators
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class MuseGenerationState:
         text: the encoded captions, (B', S, C) with B' = 2B under guidance (conditional rows first).
         attention_mask: (B', S) their padding mask.
         sampler: draws codes with the settings' warpers and the generator.
-        generator: the only source of randomness (code draws and the confidence noise).
+        generator: the only source of randomness (code draws and the confidence noise): one generator, or a list of
+            one per image.
     """
 
     batch_size: int
@@ -65,7 +67,7 @@ class MuseGenerationState:
     text: BaseModelOutput
     attention_mask: torch.Tensor
     sampler: TokenSampler
-    generator: torch.Generator | None = None
+    generator: Generators = None
 
     @property
     def guidance(self) -> ClassifierFreeGuidance:
@@ -137,12 +139,14 @@ class MuseGenerationMixin:
     @torch.no_grad()
     def prepare_image_generation(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         negative_input_ids: torch.LongTensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
         settings: MuseSampling | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> MuseGenerationState:
         """Encode the captions once, both guidance branches as one doubled batch.
 
@@ -151,10 +155,22 @@ class MuseGenerationMixin:
             negative_input_ids, negative_attention_mask: (B or 1, S) unconditional captions, required under
                 guidance (the processor's encoding of '' for plain classifier-free guidance).
             settings: from `check_sampling` (default: its defaults).
-            generator: the only source of randomness.
+            generator: the only source of randomness: one generator, or a list of B, one per image (image `i` then
+                draws what a one-image generation with generator `i` draws).
+            prompt_embeds, negative_prompt_embeds: (B, S, C) and (B or 1, S, C) the text encoder's states instead of
+                `input_ids` / `negative_input_ids` (`attention_mask` / `negative_attention_mask` are then their masks).
         """
         settings = settings or self.check_sampling()
         guidance = settings.sampling.guidance
+        if (input_ids is None) == (prompt_embeds is None):
+            raise ValueError(
+                "Pass either `input_ids` (the captions, from the processor) or `prompt_embeds` (their text encoder "
+                "states)."
+            )
+        if prompt_embeds is not None:
+            return self._prepare_from_embeds(
+                prompt_embeds, attention_mask, negative_prompt_embeds, negative_attention_mask, settings, generator
+            )
         self._check_text("input_ids", input_ids, "attention_mask", attention_mask)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -172,6 +188,32 @@ class MuseGenerationMixin:
         attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
         text = self.model.encode_text(input_ids, attention_mask)  # once per call, both branches
         batch = input_ids.shape[0] // 2 if guidance.enabled else input_ids.shape[0]
+        return self._state(batch, settings, text, attention_mask, generator)
+
+    def _prepare_from_embeds(
+        self, prompt_embeds, attention_mask, negative_prompt_embeds, negative_attention_mask, settings, generator
+    ) -> MuseGenerationState:
+        """`prepare_image_generation` from the text encoder's states: only the guidance doubling is left to do."""
+        guidance = settings.sampling.guidance
+        if attention_mask is None:
+            attention_mask = torch.ones(prompt_embeds.shape[:2], dtype=torch.long, device=prompt_embeds.device)
+        if guidance.enabled and negative_prompt_embeds is not None and negative_attention_mask is None:
+            negative_attention_mask = torch.ones(
+                negative_prompt_embeds.shape[:2], dtype=torch.long, device=negative_prompt_embeds.device
+            )
+        embeds = guidance.double_inputs(prompt_embeds, negative_prompt_embeds, "prompt_embeds")  # (B', S, C)
+        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
+        text = BaseModelOutput(last_hidden_state=embeds)
+        return self._state(prompt_embeds.shape[0], settings, text, attention_mask, generator)
+
+    @staticmethod
+    def _state(batch, settings, text, attention_mask, generator) -> MuseGenerationState:
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch:
+                raise ValueError(
+                    f"`generator` is a list of {len(generator)} generators for {batch} images; pass one per image."
+                )
+            generator = list(generator)
         sampler = TokenSampler(settings.sampling, generator)
         return MuseGenerationState(batch, settings, text, attention_mask, sampler, generator)
 
@@ -243,7 +285,7 @@ class MuseGenerationMixin:
         top_p: float | None = None,
         min_p: float | None = None,
         do_sample: bool = True,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
     ) -> torch.LongTensor:
         """Generate codes for the captions, the loop only ([`MusePipeline`] runs the same loop with a progress bar
         and callbacks).
@@ -256,7 +298,7 @@ class MuseGenerationMixin:
             guidance_scale, guidance_schedule: classifier-free guidance on the logits, "constant" or "linear" (in the
                 share of tokens known after each iteration, Muse section 2.7).
             temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
-            generator: the only source of randomness.
+            generator: the only source of randomness: one generator, or a list of one per image.
 
         Returns:
             (B, N) codes in raster order.

@@ -274,11 +274,13 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
     @torch.no_grad()
     def prepare_image_generation(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         negative_input_ids: torch.LongTensor | None = None,
         negative_attention_mask: torch.Tensor | None = None,
         guidance: ClassifierFreeGuidance | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> PartiGenerationState:
         """Encode the captions once (both guidance branches as one doubled batch) and preallocate the decoder's
         self-attention cache; cross-attention keys/values are computed at the first step and kept.
@@ -288,15 +290,26 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             negative_input_ids, negative_attention_mask: (B or 1, S) the unconditional captions; required when
                 guidance is on (the processor's encoding of '' for plain guidance).
             guidance: classifier-free guidance (default: off).
+            prompt_embeds, negative_prompt_embeds: (B, S, C) and (B or 1, S, C) the text encoder's states instead of
+                `input_ids` / `negative_input_ids` (`attention_mask` / `negative_attention_mask` are then their masks).
         """
         guidance = guidance or ClassifierFreeGuidance()
+        if (input_ids is None) == (prompt_embeds is None):
+            raise ValueError("Pass either `input_ids` (the captions) or `prompt_embeds` (their encoder states).")
+        positive, negative = (
+            (input_ids, negative_input_ids) if prompt_embeds is None else (prompt_embeds, negative_prompt_embeds)
+        )
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if guidance.enabled and negative_input_ids is not None and negative_attention_mask is None:
-            negative_attention_mask = torch.ones_like(negative_input_ids)
-        input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
-        attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
-        encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
+            attention_mask = torch.ones(positive.shape[:2], dtype=torch.long, device=positive.device)
+        if guidance.enabled and negative is not None and negative_attention_mask is None:
+            negative_attention_mask = torch.ones(negative.shape[:2], dtype=torch.long, device=negative.device)
+        if prompt_embeds is None:
+            input_ids = guidance.double_inputs(input_ids, negative_input_ids)  # (B', S)
+            attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
+            encoder_states = self.model.text_encoder(input_ids, attention_mask).last_hidden_state  # (B', S, C)
+        else:
+            encoder_states = guidance.double_inputs(prompt_embeds, negative_prompt_embeds, "prompt_embeds")
+            attention_mask = guidance.double_inputs(attention_mask, negative_attention_mask, "attention_mask")
         cache = EncoderDecoderCache(
             StaticCache(config=self.config, max_cache_len=self.config.num_image_tokens), DynamicCache()
         )

@@ -9,6 +9,7 @@ way caption dropout wrote it in training: `<s> </s> <boi>`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -19,10 +20,19 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
+from ...generation.sampling import Generators
 from ...layers import cache_length, truncate_cache
 
 
 SCHEDULERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+#: diffusers schedulers that sample a DDPM-trained model (the family `DDPMScheduler.from_config` converts between)
+DDPM_FAMILY_SCHEDULERS = frozenset(DDPMScheduler._compatibles) | {"DDPMScheduler"}
+
+
+def scheduler_step_kwargs(scheduler: SchedulerMixin, generator: Generators) -> dict:
+    """`generator=` for the schedulers whose `step` draws noise (DDPM, Euler, the SDE solvers); deterministic ones
+    (UniPC, DEIS, ...) take no generator."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def left_pad_concat(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,6 +97,44 @@ class TransfusionGenerationMixin:
             )
         return SCHEDULERS[kind](**self.config.scheduler_config())
 
+    def check_scheduler(self, scheduler: SchedulerMixin) -> None:
+        """Refuse a scheduler that cannot sample this model: Transfusion is trained as a DDPM that predicts the noise
+        (epsilon) on its config's noise schedule, so any DDPM-family diffusers scheduler built from that schedule
+        works (DDIM, DDPM, DPMSolver++, UniPC, Euler, ...: `XScheduler.from_config(pipe.scheduler.config)`), and a
+        flow-matching one, another prediction type or another noise schedule would draw noise, not images."""
+        name = type(scheduler).__name__
+        fix = (
+            "Build a DDPM-family scheduler from the model's schedule, e.g. "
+            "`UniPCMultistepScheduler.from_config(pipe.scheduler.config)` (or DDIM, DDPM, DPMSolverMultistep, Euler)."
+        )
+        if name not in DDPM_FAMILY_SCHEDULERS:
+            if "FlowMatch" in name:
+                raise ValueError(
+                    f"`scheduler` {name} is a flow-matching sampler: it integrates a predicted velocity along straight "
+                    "noise-to-data paths, which only a model trained with the flow-matching objective (SD3, Flux) "
+                    "predicts. Transfusion is trained as a DDPM that predicts the noise (epsilon) on a "
+                    f"{self.config.beta_schedule!r} schedule, so this scheduler would turn its predictions into "
+                    f"noise, not images. {fix}"
+                )
+            raise ValueError(f"`scheduler` {name} is not a DDPM-family diffusers scheduler. {fix}")
+        config, trained = scheduler.config, self.make_scheduler("ddpm").config
+        if config.get("prediction_type") != "epsilon":
+            raise ValueError(
+                f"`scheduler` {name} expects prediction_type={config.get('prediction_type')!r}, but Transfusion "
+                f"predicts the noise ('epsilon'). {fix}"
+            )
+        keys = ["num_train_timesteps", "beta_schedule"]
+        if trained.beta_schedule in ("linear", "scaled_linear"):
+            keys += ["beta_start", "beta_end"]
+        changed = {key: config.get(key) for key in keys if config.get(key) != trained[key]}
+        changed.update({key: config[key] for key in ("trained_betas", "rescale_betas_zero_snr") if config.get(key)})
+        if changed:
+            expected = {key: trained.get(key) for key in changed}
+            raise ValueError(
+                f"`scheduler` {name} has another noise schedule than the one the model was trained with: {changed}, "
+                f"trained with {expected}. {fix}"
+            )
+
     def unconditional_input_ids(self, batch: int, device) -> torch.Tensor:
         """`<s> </s> <boi>` (the caption-dropped prompt of training) repeated `batch` times, (batch, <=3)."""
         config = self.config
@@ -133,20 +181,28 @@ class TransfusionGenerationMixin:
         self,
         state: TransfusionGenerationState,
         scheduler: SchedulerMixin,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The initial noise (B, C, h, w), drawn from `generator` and scaled for `scheduler`, or `latents` checked."""
+        """The initial noise (B, C, h, w): drawn from `generator` (one generator, or a list of B: row `i` from
+        generator `i`), or `latents` (standard normal noise, checked), scaled by `scheduler.init_noise_sigma` (1 for
+        DDIM / DDPM; call `scheduler.set_timesteps` first, Euler's depends on it)."""
         shape = self.image_latent_shape(state.batch_size)
         if latents is None:
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != state.batch_size:
+                    raise ValueError(
+                        f"`generator` is a list of {len(generator)} generators for {state.batch_size} images; pass "
+                        "one per image."
+                    )
+                generator = list(generator)
             device = state.prefixes[0].input_ids.device
             latents = randn_tensor(
                 shape, generator=generator, device=device, dtype=self.model.embed_tokens.weight.dtype
             )
-            return latents * scheduler.init_noise_sigma
-        if tuple(latents.shape) != shape:
+        elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}.")
-        return latents
+        return latents * scheduler.init_noise_sigma
 
     def image_generation_step(
         self, state: TransfusionGenerationState, latents: torch.Tensor, timestep: torch.Tensor
@@ -169,19 +225,20 @@ class TransfusionGenerationMixin:
         state: TransfusionGenerationState,
         num_inference_steps: int,
         scheduler: SchedulerMixin,
-        generator: torch.Generator | None,
+        generator: Generators,
         latents: torch.Tensor | None,
     ) -> torch.Tensor:
         """The scheduler loop without a pipeline around it (`generate_image_latents`, `generate_interleaved`;
         [`TransfusionPipeline`] runs the same loop with a progress bar and callbacks)."""
         guidance = state.guidance
+        scheduler.set_timesteps(num_inference_steps, device=state.prefixes[0].input_ids.device)
         latents = self.prepare_latents(state, scheduler, generator, latents)
-        scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        step_kwargs = scheduler_step_kwargs(scheduler, generator)
         for t in scheduler.timesteps:
             noise_pred = self.image_generation_step(state, scheduler.scale_model_input(guidance.double(latents), t), t)
             if guidance.enabled:
                 noise_pred = guidance.combine(noise_pred)
-            latents = scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         return latents
 
     @staticmethod
@@ -196,6 +253,7 @@ class TransfusionGenerationMixin:
     def _scheduler(self, scheduler: SchedulerMixin | str | None) -> SchedulerMixin:
         if scheduler is None or isinstance(scheduler, str):
             return self.make_scheduler(scheduler or "ddim")
+        self.check_scheduler(scheduler)
         return scheduler
 
     @torch.no_grad()
@@ -432,9 +490,11 @@ class TransfusionGenerationMixin:
 
 
 __all__ = [
+    "DDPM_FAMILY_SCHEDULERS",
     "SCHEDULERS",
     "TransfusionGenerationMixin",
     "TransfusionGenerationState",
     "TransfusionInterleavedOutput",
     "left_pad_concat",
+    "scheduler_step_kwargs",
 ]

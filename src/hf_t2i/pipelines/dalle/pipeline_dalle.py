@@ -36,6 +36,10 @@ class DallePipeline(AutoregressiveT2IPipeline):
 
     model_cpu_offload_seq = "model"
     _optional_components = ["scorer", "scorer_processor"]
+    prompt_embeds_unsupported = (
+        "DALL-E has no separate text encoder: the caption's BPE tokens are the first positions of the same "
+        "transformer sequence as the image tokens, so there is no text-encoder output to precompute."
+    )
 
     def __init__(
         self,
@@ -69,6 +73,8 @@ class DallePipeline(AutoregressiveT2IPipeline):
         truncation: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
@@ -84,29 +90,36 @@ class DallePipeline(AutoregressiveT2IPipeline):
             do_sample: sample (True) or decode greedily.
             num_candidates: sample this many images per prompt and keep the `num_images_per_prompt` the scorer
                 ranks highest (needs `scorer`).
-            generator: one `torch.Generator` (not a list), the only source of randomness; the same seed gives the
-                same images.
-            output_type: "pil", "np" or "pt".
+            generator: the only source of randomness: one `torch.Generator` for the whole call (the same seed gives
+                the same images), or a list of one per image drawn (prompts x `num_images_per_prompt`, or x
+                `num_candidates` when reranking), in output order: image `i` is then the image a one-image call with
+                generator `i` draws.
+            output_type: "pil", "np", "pt", or "latent": the (B, N) image codes the dVAE would decode.
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, step, step, {"latents": tokens_so_far})` after each image token
                 (`latents` are the (B, i + 1) codes drawn so far; the callback observes, what it returns is not used:
                 changing drawn tokens would invalidate the cache).
             callback_on_step_end_tensor_inputs: must be None or `["latents"]`.
+            prompt_embeds, negative_prompt_embeds: not supported (a `ValueError` says why): DALL-E has no text
+                encoder whose output could be precomputed; its caption tokens share the transformer sequence with the
+                image tokens. Pass `prompt` / `negative_prompt`.
 
         Returns:
             [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
         # 1. Check inputs
+        self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
         self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, self.model.config.vq_config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_generator(generator)
         samples = num_candidates or num_images_per_prompt
-        self.check_batch_size(len(prompts), samples, "num_candidates" if num_candidates else "num_images_per_prompt")
+        per_prompt = "num_candidates" if num_candidates else "num_images_per_prompt"
+        self.check_batch_size(len(prompts), samples, per_prompt)
+        generator = self.check_generator(generator, len(prompts) * samples, f"prompts x `{per_prompt}`")
 
         # 2. Encode the prompts (and, under guidance, the negative prompts)
         device = self._execution_device

@@ -11,7 +11,6 @@ import torch
 from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
-from ...processing_utils import as_prompt_list
 from ..pipeline_output import T2IPipelineOutput
 from ..pipeline_utils import T2IPipeline
 
@@ -73,6 +72,10 @@ class FluidPipeline(T2IPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         class_labels: int | str | list[int | str] | torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
@@ -90,8 +93,11 @@ class FluidPipeline(T2IPipeline):
             temperature: continuous: the diffusion head's noise temperature (>= 0); discrete: softmax temperature.
             num_diffusion_steps: DDPM reverse steps of the head per token (default: the model config's, 100).
             top_k, top_p, min_p, do_sample: discrete tokens only.
-            generator: one `torch.Generator` (not a list), the only source of randomness.
-            output_type: "pil", "np" or "pt".
+            generator: the only source of randomness: one `torch.Generator` for the whole call, or a list of one per
+                image (captions or class labels x `num_images_per_prompt`), in output order: image `i` is then the
+                image a one-image call with generator `i` draws.
+            output_type: "pil", "np", "pt", or "latent": the (B, N, D) latent tokens (continuous) or (B, N) ids
+                (discrete), in raster order, that the VAE / VQ decoder would decode.
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"latents": tokens})` after each iteration, `tokens` the
                 (B, N, D) latent tokens or (B, N) ids so far, unknown ones zero (it observes; what it returns is not
@@ -99,6 +105,12 @@ class FluidPipeline(T2IPipeline):
             callback_on_step_end_tensor_inputs: None or ["latents"].
             class_labels: class-conditional models only, instead of `prompt`: class ids, or names from the model
                 config's `id2label`.
+            prompt_embeds: (B, S, hidden) the text encoder's states of B captions, from `encode_prompt`, instead of
+                `prompt` (text-conditional models).
+            negative_prompt_embeds: (B or 1, S, hidden) the unconditional branch's states under guidance, instead of
+                `negative_prompt` (default: the empty caption's).
+            prompt_attention_mask, negative_prompt_attention_mask: (B, S) their padding masks (default: all ones);
+                `encode_prompt` returns them.
 
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
@@ -120,27 +132,38 @@ class FluidPipeline(T2IPipeline):
         guidance = settings.sampling.guidance
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_generator(generator)
+        text_embeds = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "prompt_attention_mask": prompt_attention_mask,
+            "negative_prompt_attention_mask": negative_prompt_attention_mask,
+        }
 
         # 2. Encode the prompts (or class labels), both guidance branches as one doubled batch
         device = self._execution_device
         if model.config.is_class_conditional:
-            if prompt is not None or negative_prompt is not None:
+            given = [name for name, value in text_embeds.items() if value is not None]
+            if prompt is not None or negative_prompt is not None or given:
+                name = "prompt" if prompt is not None or negative_prompt is not None else given[0]
                 raise ValueError(
-                    "This Fluid model is class-conditional: pass `class_labels` (ids or names), not `prompt`."
+                    f"This Fluid model is class-conditional: pass `class_labels` (ids or names), not `{name}`."
                 )
             labels = self.class_label_ids(class_labels).to(device)
             self.check_batch_size(len(labels), num_images_per_prompt)
+            generator = self.check_generator(
+                generator, len(labels) * num_images_per_prompt, "class labels x `num_images_per_prompt`"
+            )
             inputs = {"class_labels": labels.repeat_interleave(num_images_per_prompt)}
         else:
             if class_labels is not None:
                 raise ValueError("`class_labels` apply to class-conditional Fluid models; this one takes `prompt`.")
             if self.processor is None:
                 raise ValueError("A text-conditional FluidPipeline needs its `processor`.")
-            prompts = as_prompt_list(prompt)
-            self.check_batch_size(len(prompts), num_images_per_prompt)
-            inputs = self.encode_prompts(
-                prompts, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device
+            num_prompts = self.check_prompt_inputs(prompt, negative_prompt, **text_embeds)
+            self.check_batch_size(num_prompts, num_images_per_prompt)
+            generator = self.check_generator(generator, num_prompts * num_images_per_prompt)
+            inputs = self.text_inputs(
+                prompt, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device, **text_embeds
             )
         scheduler = self.scheduler if getattr(self, "scheduler", None) is not None else None
         state = model.prepare_image_generation(**inputs, settings=settings, scheduler=scheduler, generator=generator)
@@ -160,6 +183,8 @@ class FluidPipeline(T2IPipeline):
                 progress_bar.update()
 
         # 5. Decode to pixels
+        if output_type == "latent":
+            return self.output(decoder.tokens, output_type, return_dict)
         pixels = model.decode_image_tokens(decoder.tokens)  # (B * n, 3, H, W) in [-1, 1]
         return self.output(pixels, output_type, return_dict)
 

@@ -10,7 +10,6 @@ import torch
 
 from ...models.muse.modeling_muse import MuseForConditionalGeneration
 from ...models.muse.processing_muse import MuseProcessor
-from ...processing_utils import as_prompt_list
 from ..pipeline_output import T2IPipelineOutput
 from ..pipeline_utils import T2IPipeline
 
@@ -46,7 +45,7 @@ class MusePipeline(T2IPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -66,6 +65,10 @@ class MusePipeline(T2IPipeline):
         truncation: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
@@ -73,7 +76,7 @@ class MusePipeline(T2IPipeline):
             prompt: caption(s).
             negative_prompt: caption(s) of the unconditional branch of guidance (default '').
             height, width: must be unset or the VQ tokenizer's size.
-            num_images_per_prompt: images per caption; captions (or class labels) x images is at most
+            num_images_per_prompt: images per caption; captions x images is at most
                 `max_images_per_call` (256) per call.
             num_inference_steps: decoding iterations (default: the model config's, 12, at most the image tokens).
             guidance_scale: classifier-free guidance scale on the logits, in [0, 1e4] (1 = off).
@@ -82,21 +85,35 @@ class MusePipeline(T2IPipeline):
             temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
             choice_temperature: Gumbel noise on the confidence at the first iteration, annealed to 0 (default: the
                 model config's, 4.5; 0 keeps the strictly most confident draws).
-            generator: one `torch.Generator` (not a list), the only source of randomness.
-            output_type: "pil", "np" or "pt".
+            generator: the only source of randomness: one `torch.Generator` for the whole call, or a list of one per
+                image (captions x `num_images_per_prompt`), in output order: image `i` is then the image a one-image
+                call with generator `i` draws.
+            output_type: "pil", "np", "pt", or "latent": the (B, N) codes the VQ decoder would decode.
             return_dict: return a [`T2IPipelineOutput`] (else a tuple).
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"latents": codes})` after each iteration, `codes` the (B, N)
                 codes so far, unknown ones zero (it observes; what it returns is not used). `pipe.known` is the
                 (B, N) bool mask of the known codes during the call.
             callback_on_step_end_tensor_inputs: None or ["latents"].
+            prompt_embeds: (B, S, hidden) the text encoder's states of B captions, from `encode_prompt`, instead of
+                `prompt`.
+            negative_prompt_embeds: (B or 1, S, hidden) the unconditional branch's states under guidance, instead of
+                `negative_prompt` (default: the empty caption's).
+            prompt_attention_mask, negative_prompt_attention_mask: (B, S) their padding masks (default: all ones);
+                `encode_prompt` returns them.
 
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
         # 1. Check inputs
         model = self.model
-        prompts = as_prompt_list(prompt)
+        text_embeds = {
+            "prompt_embeds": prompt_embeds,
+            "negative_prompt_embeds": negative_prompt_embeds,
+            "prompt_attention_mask": prompt_attention_mask,
+            "negative_prompt_attention_mask": negative_prompt_attention_mask,
+        }
+        num_prompts = self.check_prompt_inputs(prompt, negative_prompt, **text_embeds)
         self.check_num_images(num_images_per_prompt)
         settings = model.check_sampling(
             num_inference_steps=num_inference_steps,
@@ -111,13 +128,15 @@ class MusePipeline(T2IPipeline):
         )
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_generator(generator)
-        self.check_batch_size(len(prompts), num_images_per_prompt)
+        self.check_batch_size(num_prompts, num_images_per_prompt)
+        generator = self.check_generator(generator, num_prompts * num_images_per_prompt)
 
         # 2. Encode the prompts (and, under guidance, the negative prompts) once, as one doubled batch
         device = self._execution_device
         guided = settings.sampling.guidance.enabled
-        inputs = self.encode_prompts(prompts, negative_prompt, num_images_per_prompt, guided, truncation, device)
+        inputs = self.text_inputs(
+            prompt, negative_prompt, num_images_per_prompt, guided, truncation, device, **text_embeds
+        )
         state = model.prepare_image_generation(**inputs, settings=settings, generator=generator)
 
         # 3. Prepare the codes: all unknown ([MASK]), revealed in confidence order on the cosine schedule
@@ -139,6 +158,8 @@ class MusePipeline(T2IPipeline):
         self._known = None
 
         # 5. Decode to pixels
+        if output_type == "latent":
+            return self.output(decoder.tokens, output_type, return_dict)
         pixels = model.decode_image_tokens(decoder.tokens)  # (B * n, 3, H, W) in [-1, 1]
         return self.output(pixels, output_type, return_dict)
 

@@ -52,7 +52,7 @@ class PartiPipeline(AutoregressiveT2IPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -72,11 +72,23 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         truncation: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
         Args:
             super_resolution: decode the tokens with the `upsampler` at twice the tokenizer's resolution.
+            prompt_embeds: (B, S, hidden) the text encoder's states of B prompts, from `encode_prompt`, instead of
+                `prompt` (not with `num_candidates`: reranking scores the prompt text).
+            negative_prompt_embeds: (B or 1, S, hidden) the unconditional branch's states under guidance, instead of
+                `negative_prompt` (default: the empty caption's).
+            prompt_attention_mask, negative_prompt_attention_mask: (B, S) their padding masks (default: all ones);
+                `encode_prompt` returns them.
+            output_type: "pil", "np", "pt", or "latent": the (B, N) image codes the ViT-VQGAN (or the upsampler)
+                would decode.
             (every other argument as in [`DallePipeline.__call__`]; `height` / `width` must be unset or match the
             output size: the tokenizer's `image_size`, doubled with `super_resolution`)
 
@@ -92,23 +104,45 @@ class PartiPipeline(AutoregressiveT2IPipeline):
             image_size, decode = image_size * self.upsampler.config.scale_factor, self.upsampler.decode
 
         # 1. Check inputs
-        prompts = as_prompt_list(prompt)
+        num_prompts = self.check_prompt_inputs(
+            prompt,
+            negative_prompt,
+            prompt_embeds,
+            negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+        )
+        prompts = None if prompt is None else as_prompt_list(prompt)
+        if num_candidates is not None and prompts is None:
+            raise ValueError("`num_candidates` reranks by the prompt text: pass `prompt`, not `prompt_embeds`.")
         self.check_num_images(num_images_per_prompt)
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
         self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_generator(generator)
         samples = num_candidates or num_images_per_prompt
-        self.check_batch_size(len(prompts), samples, "num_candidates" if num_candidates else "num_images_per_prompt")
+        per_prompt = "num_candidates" if num_candidates else "num_images_per_prompt"
+        self.check_batch_size(num_prompts, samples, per_prompt)
+        generator = self.check_generator(generator, num_prompts * samples, f"prompts x `{per_prompt}`")
 
-        # 2. Encode the prompts (and, under guidance, the negative prompts)
+        # 2. Encode the prompts (and, under guidance, the negative prompts), or take their precomputed states
         device = self._execution_device
-        inputs = self.encode_prompts(prompts, negative_prompt, samples, sampling.guidance.enabled, truncation, device)
+        inputs = self.text_inputs(
+            prompt,
+            negative_prompt,
+            samples,
+            sampling.guidance.enabled,
+            truncation,
+            device,
+            prompt_embeds,
+            negative_prompt_embeds,
+            prompt_attention_mask,
+            negative_prompt_attention_mask,
+        )
 
         # 3. Prepare the decoding state and the sampler
         state = self.model.prepare_image_generation(**inputs, guidance=sampling.guidance)
-        batch = len(prompts) * samples
+        batch = num_prompts * samples
         decoder = AutoregressiveDecoder(batch, self.model.config.num_image_tokens, sampling, generator)
 
         # 4. Decoding loop

@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+import diffusers
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ...generation import ClassifierFreeGuidance
+from ...models.transfusion.generation_transfusion import scheduler_step_kwargs
 from ...models.transfusion.modeling_transfusion import TransfusionForConditionalGeneration
 from ...models.transfusion.processing_transfusion import TransfusionProcessor
 from ...processing_utils import as_prompt_list
@@ -20,13 +22,20 @@ from ..pipeline_utils import T2IPipeline
 
 
 def saved_scheduler(model: TransfusionForConditionalGeneration) -> SchedulerMixin | None:
-    """The scheduler saved next to the model (`<folder>/scheduler/`), so `pipeline("text-to-image", model=path)`,
-    which hands over only the model and processor, samples with the same scheduler as `TransfusionPipeline`."""
+    """The scheduler saved next to the model (`<folder>/scheduler/`, of the class its config names), so
+    `pipeline("text-to-image", model=path)`, which hands over only the model and processor, samples with the same
+    scheduler as `TransfusionPipeline.from_pretrained(path)`."""
     folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
     if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
         return None
-    config = DDIMScheduler.load_config(folder)
-    scheduler_class = {"DDPMScheduler": DDPMScheduler}.get(config.get("_class_name"), DDIMScheduler)
+    config = DDIMScheduler.load_config(folder)  # any scheduler class reads the file; `_class_name` says whose it is
+    name = config.get("_class_name")
+    scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(
+            f"{folder}/scheduler_config.json names `_class_name` {name!r}, which is not a diffusers scheduler; "
+            "save the pipeline with a diffusers scheduler (e.g. `DDIMScheduler.from_config(pipe.scheduler.config)`)."
+        )
     return scheduler_class.from_config(config)
 
 
@@ -36,8 +45,11 @@ class TransfusionPipeline(T2IPipeline):
     Components:
         model: [`TransfusionForConditionalGeneration`] (with its VAE as `model.vae`), saved at the folder root.
         processor: [`TransfusionProcessor`], at the root.
-        scheduler: a diffusers `DDIMScheduler` / `DDPMScheduler` (subfolder `scheduler/`); default: DDIM with the
-            model's training schedule.
+        scheduler: a DDPM-family diffusers scheduler with the model's training noise schedule (subfolder
+            `scheduler/`); default: DDIM. Swap it as in diffusers:
+            `pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)` (or DPMSolverMultistep,
+            DDPM, Euler, ...). Flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`) are refused: the model
+            predicts DDPM noise (epsilon), not a flow-matching velocity.
 
     Example:
 
@@ -53,6 +65,10 @@ class TransfusionPipeline(T2IPipeline):
     model_cpu_offload_seq = "model"
     _optional_components = ["scheduler"]
     text_input_names = ("input_ids", "attention_mask")
+    prompt_embeds_unsupported = (
+        "Transfusion has no separate text encoder: the caption's tokens run through the same transformer as the image "
+        "patches (the cached prefix `<s> caption </s> <boi>`), so there is no text-encoder output to precompute."
+    )
 
     def __init__(
         self,
@@ -86,6 +102,8 @@ class TransfusionPipeline(T2IPipeline):
         truncation: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> T2IPipelineOutput | tuple:
         """Generate images.
 
@@ -98,20 +116,27 @@ class TransfusionPipeline(T2IPipeline):
             guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it.
             num_images_per_prompt: images returned per prompt; prompts x images is at most `max_images_per_call`
                 (256) per call.
-            generator: one `torch.Generator` (not a list), the only source of randomness; the same seed gives the
-                same images.
-            latents: (B, C, h, w) initial noise instead of drawing it.
-            output_type: "pil", "np" or "pt".
+            generator: the only source of randomness: one `torch.Generator` for the whole call (the same seed gives
+                the same images), or a list of one per image (prompts x `num_images_per_prompt`), in output order:
+                image `i` is then the image a one-image call with generator `i` draws.
+            latents: (B, C, h, w) standard normal initial noise instead of drawing it (scaled by the scheduler's
+                `init_noise_sigma`, as in diffusers).
+            output_type: "pil", "np", "pt", or "latent": the (B, C, h, w) scaled VAE latents the VAE decoder would
+                decode.
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, t, {"latents": latents}) -> dict` after each step; a returned
                 "latents" replaces the current ones (diffusers semantics).
             callback_on_step_end_tensor_inputs: must be None or `["latents"]`.
+            prompt_embeds, negative_prompt_embeds: not supported (a `ValueError` says why): Transfusion has no text
+                encoder whose output could be precomputed; the caption is the prefix of the same transformer
+                sequence as the image. Pass `prompt` / `negative_prompt`.
 
         Returns:
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
         # 1. Check inputs
+        self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
         guidance = ClassifierFreeGuidance(guidance_scale)
@@ -123,8 +148,9 @@ class TransfusionPipeline(T2IPipeline):
         ):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_generator(generator)
         self.check_batch_size(len(prompts), num_images_per_prompt)
+        generator = self.check_generator(generator, len(prompts) * num_images_per_prompt)
+        self.model.check_scheduler(self.scheduler)
 
         # 2. Encode the prompts: `<s> caption </s> <boi>` (and the negative prompts) run into the KV cache once
         device = self._execution_device
@@ -136,21 +162,24 @@ class TransfusionPipeline(T2IPipeline):
         # 3. Prepare the timesteps and the initial noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = self.model.prepare_latents(state, self.scheduler, generator, latents)
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
 
         # 4. Denoising loop: only the patch positions run at each step, after the cached prefix
-        with self.progress_bar(total=num_inference_steps) as progress_bar:
+        with self.progress_bar(total=len(self.scheduler.timesteps)) as progress_bar:
             for i, t in enumerate(self.scheduler.timesteps):
                 model_input = self.scheduler.scale_model_input(guidance.double(latents), t)
                 noise_pred = self.model.image_generation_step(state, model_input, t)  # (B', C, h, w)
                 if guidance.enabled:
                     noise_pred = guidance.combine(noise_pred)
-                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents}) or {}
                     latents = outputs.get("latents", latents)
                 progress_bar.update()
 
         # 5. Decode to pixels
+        if output_type == "latent":
+            return self.output(latents, output_type, return_dict)
         return self.output(self.model.decode_image_tokens(latents), output_type, return_dict)
 
     @torch.no_grad()
