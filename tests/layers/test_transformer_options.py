@@ -24,9 +24,9 @@ def test_sandwich_norm_and_layer_scale_match_a_manual_computation():
             p.add_(torch.randn_like(p) * 0.1)
     x, enc = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
     with torch.no_grad():
-        h = x + block.scale1 * block.norm1_post(block.self_attn(block.norm1(x)))
+        h = x + block.scale1 * block.norm1_post(block.self_attn(block.norm1(x))[0])
         h = h + block.scale_cross * block.norm_cross_post(
-            block.cross_attn(block.norm_cross(h), encoder_hidden_states=enc)
+            block.cross_attn(block.norm_cross(h), encoder_hidden_states=enc)[0]
         )
         z = block.norm2(h)
         gate, up = block.mlp.fc1(z).chunk(2, dim=-1)

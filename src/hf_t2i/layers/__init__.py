@@ -1,6 +1,14 @@
 """Model-agnostic building blocks, written once and shared by every model."""
 
-from .attention import Attention, cache_length, key_length, truncate_cache
+from .attention import (
+    Attention,
+    attention_function,
+    cache_length,
+    eager_attention,
+    key_length,
+    sdpa_attention,
+    truncate_cache,
+)
 from .masks import (
     SPARSE_IMAGE_ATTENTION_TYPES,
     additive_mask,
@@ -11,12 +19,17 @@ from .masks import (
 from .mlp import FeedForward
 from .patchify import patchify, unpatchify
 from .positional import AxialPositionalEmbedding, TimestepEmbedding, sinusoidal_embedding
-from .transformer import TransformerBlock, transformer_blocks
+from .transformer import BlockStackOutput, TransformerBlock, run_blocks, transformer_blocks
 
 
 __all__ = [
     "SPARSE_IMAGE_ATTENTION_TYPES",
     "Attention",
+    "attention_function",
+    "BlockStackOutput",
+    "eager_attention",
+    "run_blocks",
+    "sdpa_attention",
     "additive_mask",
     "AxialPositionalEmbedding",
     "FeedForward",

@@ -1,26 +1,138 @@
-"""Multi-head attention on `scaled_dot_product_attention`, with transformers `Cache` semantics.
+"""Multi-head attention with transformers `Cache` semantics and transformers' attention-function interface.
 
-This is the only module (with `masks.py`) that touches transformers internals: the `Cache` classes move between
-releases, so every model goes through `Attention` and never calls the cache API itself.
+This is the only module (with `masks.py`) that touches transformers internals: the `Cache` classes and the attention
+interface move between releases, so every model goes through `Attention` and never calls either itself.
 
-Masks are boolean, `True` where a query may attend to a key, shaped `(B or 1, 1 or H, Q, K)`.
+Kernels. The attention function is the one the owning model's config names, `config._attn_implementation`, chosen the
+standard transformers way: `from_pretrained(..., attn_implementation="eager")` or `model.set_attn_implementation(...)`.
+
+- "sdpa" (the default): `torch.nn.functional.scaled_dot_product_attention`, called directly by `sdpa_attention`.
+- "eager": `eager_attention`, the softmax written out, which is what returns the attention weights
+  (`output_attentions=True` needs it).
+- any other name registered in transformers' `AttentionInterface` (`AttentionInterface.register(name, function)`):
+  that function, with transformers' calling convention.
+
+Masks are `(B or 1, 1 or H, Q, K)`, boolean (`True` where a query may attend to a key) or additive (0 / -inf, the form
+the models build once per forward pass, see `masks.additive_mask`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
+
+
+def eager_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    is_causal: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`softmax(query @ key^T * scaling + mask) @ value`, written out so that the weights can be returned.
+
+    Args:
+        module: the calling [`Attention`] (transformers' calling convention; unused).
+        query: (B, H, Q, D).
+        key, value: (B, H, K, D).
+        attention_mask: boolean (True = attend) or additive, broadcastable to (B, H, Q, K); None = every key.
+        scaling: factor of the scores (`head_dim ** -0.5`).
+        dropout: dropout probability on the weights (pass 0 outside training).
+        is_causal: without `attention_mask`, query i sees keys 0..i (SDPA's top-left aligned causal mask).
+
+    Returns:
+        the output (B, Q, H, D) and the weights (B, H, Q, K): the softmax probabilities (before dropout), computed
+        in float32 and cast to the query's dtype; masked keys get exactly 0.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, Q, K)
+    if attention_mask is None and is_causal:
+        queries, keys = scores.shape[-2:]
+        attention_mask = torch.ones(queries, keys, dtype=torch.bool, device=scores.device).tril()
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probabilities = F.dropout(weights, p=dropout, training=True) if dropout > 0 else weights
+    output = torch.matmul(probabilities, value)  # (B, H, Q, D)
+    return output.transpose(1, 2), weights
+
+
+def sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    is_causal: bool = False,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """`scaled_dot_product_attention` with the arguments of [`eager_attention`]; returns (B, Q, H, D) and no weights.
+
+    The decoding loops call attention a few thousand times per image, so this is the kernel call and nothing else
+    (transformers' generic `sdpa_attention_forward`, which this stands in for, also handles grouped heads and
+    export-time cases that these models never have)."""
+    output = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=dropout,
+        is_causal=is_causal and attention_mask is None,
+        scale=scaling,
+    )  # (B, H, Q, D)
+    return output.transpose(1, 2), None
+
+
+def attention_function(attn_implementation: str | None) -> AttentionFunction:
+    """The attention function of an implementation name (see the module docstring); None means the default, SDPA.
+
+    transformers' own SDPA function is replaced by [`sdpa_attention`] (same kernel, same result); a function that
+    someone registered under "sdpa" or "eager" in `AttentionInterface` is used as registered.
+    """
+    attn_implementation = attn_implementation or DEFAULT_ATTN_IMPLEMENTATION
+    function = ALL_ATTENTION_FUNCTIONS.get_interface(attn_implementation, eager_attention)
+    return sdpa_attention if function is sdpa_attention_forward else function
+
+
+def check_output_attentions(output_attentions: bool, attn_implementation: str | None) -> None:
+    """Attention weights exist only under the eager implementation: asking for them under another one raises (a
+    transformers config with `output_attentions=True` refuses a non-eager implementation the same way)."""
+    attn_implementation = attn_implementation or DEFAULT_ATTN_IMPLEMENTATION
+    if output_attentions and attn_implementation != "eager":
+        raise ValueError(
+            f"`output_attentions=True` needs the eager attention implementation, but this model uses "
+            f"{attn_implementation!r}, which does not compute the weights. Load the model with "
+            '`from_pretrained(..., attn_implementation="eager")` or call `model.set_attn_implementation("eager")`.'
+        )
 
 
 class Attention(nn.Module):
-    """Self- or cross-attention with a fused input projection and SDPA as the kernel.
+    """Self- or cross-attention with a fused input projection; the kernel is the one `config` names.
 
     Self-attention projects queries, keys and values with one matrix (`qkv_proj`); cross-attention projects queries
     from the hidden states (`q_proj`) and keys/values from the encoder states (`kv_proj`). With a cache, self-attention
     appends its keys/values (`Cache.update`); cross-attention computes them once per prompt and reads them back on
-    every later step.
+    every later step. The kernel is looked up at every call, so `model.set_attn_implementation(...)` takes effect
+    at once.
 
     Args:
         hidden_size: width of the queries and of the output.
@@ -30,6 +142,8 @@ class Attention(nn.Module):
         kv_input_size: width of `encoder_hidden_states` (cross-attention only; defaults to `hidden_size`).
         bias: whether the projections have a bias.
         dropout: attention-probability dropout used in training.
+        config: the config of the model this layer belongs to; its `_attn_implementation` picks the attention
+            function (see the module docstring). None: SDPA.
     """
 
     def __init__(
@@ -41,6 +155,7 @@ class Attention(nn.Module):
         kv_input_size: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
+        config: PreTrainedConfig | None = None,
     ):
         super().__init__()
         if hidden_size % num_heads != 0:
@@ -49,15 +164,25 @@ class Attention(nn.Module):
             )
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
+        self.scaling = self.head_dim**-0.5
         self.layer_idx = layer_idx
         self.is_cross_attention = is_cross_attention
         self.dropout = dropout
+        self.config = config
         if is_cross_attention:
             self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
             self.kv_proj = nn.Linear(kv_input_size or hidden_size, 2 * hidden_size, bias=bias)
         else:
             self.qkv_proj = nn.Linear(hidden_size, 3 * hidden_size, bias=bias)
         self.out_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
+
+    @property
+    def attn_implementation(self) -> str:
+        """The name of the attention function this layer calls ("sdpa", "eager", ...)."""
+        # the attribute behind the config's `_attn_implementation` property: read at every call, and a third of the
+        # property's cost (config attribute access is slow, and decoding reads this thousands of times per image)
+        implementation = self.config._attn_implementation_internal if self.config is not None else None
+        return implementation or DEFAULT_ATTN_IMPLEMENTATION
 
     def _heads(self, x: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         """(B, T, n * H * D) -> n tensors of shape (B, H, T, D)."""
@@ -87,18 +212,24 @@ class Attention(nn.Module):
         cache: Cache | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         is_causal: bool = False,
-    ) -> torch.Tensor:
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             hidden_states: (B, Q, C) queries' inputs.
-            attention_mask: boolean (B or 1, 1 or H, Q, K), True = attend; `None` = full (or causal if `is_causal`).
+            attention_mask: boolean (True = attend) or additive, (B or 1, 1 or H, Q, K); `None` = full (or causal if
+                `is_causal`).
             cache: a transformers `Cache` (an `EncoderDecoderCache` when this layer cross-attends).
             encoder_hidden_states: (B, K, C_kv) keys/values' inputs for cross-attention.
-            is_causal: use SDPA's built-in causal mask (only without a cache offset and without `attention_mask`).
+            is_causal: without `attention_mask`, a causal mask (only without a cache offset).
+            output_attentions: return the attention weights; needs the eager implementation (ValueError otherwise).
 
         Returns:
-            (B, Q, C)
+            the output (B, Q, C) and the attention weights (B, H, Q, K) (None unless `output_attentions`).
         """
+        implementation = self.attn_implementation
+        if output_attentions:
+            check_output_attentions(output_attentions, implementation)
         batch, length, _ = hidden_states.shape
         if self.is_cross_attention:
             query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -107,16 +238,18 @@ class Attention(nn.Module):
             query, key, value = self._heads(self.qkv_proj(hidden_states), 3)  # each (B, H, Q, D)
             if cache is not None:
                 key, value = _self_attention_cache(cache).update(key, value, self.layer_idx)  # (B, H, K, D)
-        out = F.scaled_dot_product_attention(
+        out, weights = attention_function(implementation)(
+            self,
             query,
             key,
             value,
-            attn_mask=attention_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=is_causal and attention_mask is None,
-        )  # (B, H, Q, D)
-        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.out_proj(out)
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, Q, H, D), (B, H, Q, K) or None
+        out = self.out_proj(out.reshape(batch, length, self.num_heads * self.head_dim))
+        return out, (weights if output_attentions else None)
 
 
 def _self_attention_cache(cache: Cache) -> Cache:

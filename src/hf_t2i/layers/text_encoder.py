@@ -12,8 +12,9 @@ from torch import nn
 from transformers import AutoModel, PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
+from .attention import check_output_attentions
 from .masks import additive_mask
-from .transformer import TransformerBlock
+from .transformer import TransformerBlock, run_blocks
 
 
 def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -24,7 +25,8 @@ def padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> tor
 
 
 class TextEncoder(nn.Module):
-    """`input_ids` (B, S) -> `last_hidden_state` (B, S, output_size).
+    """`input_ids` (B, S) -> `last_hidden_state` (B, S, output_size), and on request the hidden states and attention
+    weights of its layers.
 
     Args:
         output_size: width of the returned states (the model's cross-attention input).
@@ -40,6 +42,8 @@ class TextEncoder(nn.Module):
             `glu=True`, `sandwich_norm=True` for a converted BART-style encoder); none by default.
         embedding_norm: a LayerNorm on the token + position embeddings (BART's `layernorm_embedding`); own encoder
             only, off by default.
+        config: the config of the model that owns this encoder; its `_attn_implementation` picks the attention
+            function of the own and aligner blocks (a pretrained encoder follows its own config). None: SDPA.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class TextEncoder(nn.Module):
         norm_eps: float = 1e-5,
         block_options: dict | None = None,
         embedding_norm: bool = False,
+        config: PreTrainedConfig | None = None,
     ):
         super().__init__()
         block_options = dict(block_options or {})
@@ -83,6 +88,7 @@ class TextEncoder(nn.Module):
                     layer_idx=offset + i,
                     activation=activation,
                     norm_eps=norm_eps,
+                    config=config,
                     **block_options,
                 )
                 for i in range(n)
@@ -100,24 +106,57 @@ class TextEncoder(nn.Module):
         return self
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        **kwargs,
     ) -> BaseModelOutput:
+        """
+        Args:
+            input_ids, attention_mask: (B, S) caption ids and padding mask (1 = a real token).
+            output_attentions: return every layer's attention weights (B, H, S, S) (eager attention only).
+            output_hidden_states: return the input of every layer, then the final normalised states (before the
+                projection to `output_size`); after a pretrained encoder's own, its aligner blocks' follow.
+        """
+        pretrained_outputs = None
         if self.pretrained is not None:
+            if output_attentions:
+                check_output_attentions(output_attentions, self.pretrained.config._attn_implementation)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_pretrained):
-                hidden = self.pretrained(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                pretrained_outputs = self.pretrained(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    output_attentions=output_attentions,
+                    output_hidden_states=output_hidden_states,
+                    return_dict=True,
+                )
+            hidden = pretrained_outputs.last_hidden_state
         else:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             hidden = self.embeddings(input_ids) + self.position_embeddings(positions)
             if getattr(self, "embedding_norm", None) is not None:
                 hidden = self.embedding_norm(hidden)
-        mask = padding_mask(attention_mask, hidden.dtype)
-        for block in (*self.layers, *self.aligner):
-            hidden = block(hidden, mask)
-        if self.norm is not None:
-            hidden = self.norm(hidden)
+        stack = run_blocks(
+            [*self.layers, *self.aligner],
+            hidden,
+            padding_mask(attention_mask, hidden.dtype),
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states, attentions = stack.hidden_states, stack.attentions
+        if pretrained_outputs is not None:
+            # the pretrained encoder's last state is the aligner's first input: listed once
+            if output_hidden_states:
+                hidden_states = pretrained_outputs.hidden_states + hidden_states[1:]
+            if output_attentions:
+                attentions = pretrained_outputs.attentions + attentions
+        hidden = stack.last_hidden_state
         if self.projection is not None:
             hidden = self.projection(hidden)
-        return BaseModelOutput(last_hidden_state=hidden)
+        return BaseModelOutput(last_hidden_state=hidden, hidden_states=hidden_states, attentions=attentions)
 
     def load_pretrained(self, path: str) -> None:
         """Load the weights of the pretrained encoder from a local transformers folder."""
@@ -144,6 +183,8 @@ def build_text_encoder(
             `hidden_act` and `layer_norm_eps`.
         block_options, embedding_norm: as in [`TextEncoder`]; a config with converted-checkpoint options passes them
             (Parti: `config.block_options()`, `config.embedding_norm`).
+
+    The encoder's own blocks follow `config`'s attention implementation.
     """
     return TextEncoder(
         output_size=config.hidden_size,
@@ -160,6 +201,7 @@ def build_text_encoder(
         norm_eps=config.layer_norm_eps,
         block_options=block_options,
         embedding_norm=embedding_norm,
+        config=config,
     )
 
 

@@ -1,9 +1,14 @@
-"""Pre-LayerNorm transformer block: self-attention, optional cross-attention, feed-forward."""
+"""Pre-LayerNorm transformer block (self-attention, optional cross-attention, feed-forward) and `run_blocks`, the
+loop over a stack of them that collects what `output_hidden_states` / `output_attentions` ask for."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -39,6 +44,8 @@ class TransformerBlock(GradientCheckpointingLayer):
             initialised to this value.
         mlp_inner_norm: LayerNorm on the feed-forward's inner activations (see [`FeedForward`]).
         sandwich_norm_mlp: with `sandwich_norm`, whether the feed-forward branch gets its `norm2_post` too.
+        config: the config of the model the block belongs to; its `_attn_implementation` picks the attention
+            function (see [`Attention`]). None: SDPA.
     """
 
     def __init__(
@@ -59,10 +66,13 @@ class TransformerBlock(GradientCheckpointingLayer):
         layer_scale_init: float | None = None,
         mlp_inner_norm: bool = False,
         sandwich_norm_mlp: bool = True,
+        config: PreTrainedConfig | None = None,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=norm_eps)
-        self.self_attn = Attention(hidden_size, num_heads, layer_idx, bias=bias, dropout=attention_dropout)
+        self.self_attn = Attention(
+            hidden_size, num_heads, layer_idx, bias=bias, dropout=attention_dropout, config=config
+        )
         self.cross_attn = None
         if cross_attention:
             self.norm_cross = nn.LayerNorm(hidden_size, eps=norm_eps)
@@ -74,6 +84,7 @@ class TransformerBlock(GradientCheckpointingLayer):
                 kv_input_size=encoder_hidden_size,
                 bias=bias,
                 dropout=attention_dropout,
+                config=config,
             )
         self.norm2 = nn.LayerNorm(hidden_size, eps=norm_eps)
         self.mlp = FeedForward(
@@ -116,26 +127,112 @@ class TransformerBlock(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-    ) -> torch.Tensor:
-        """hidden_states: (B, T, C); masks boolean (B or 1, 1, T, K). Returns (B, T, C)."""
-        h = self.self_attn(self.norm1(hidden_states), attention_mask, cache, is_causal=is_causal)
+        output_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """hidden_states: (B, T, C); masks (B or 1, 1, T, K), boolean or additive.
+
+        Returns:
+            (B, T, C); with `output_attentions` (eager attention only), the tuple `(hidden_states,
+            self_attention_weights, cross_attention_weights)` with weights (B, H, T, K) (the cross-attention ones
+            None in a block without cross-attention).
+        """
+        h, self_weights = self.self_attn(
+            self.norm1(hidden_states), attention_mask, cache, is_causal=is_causal, output_attentions=output_attentions
+        )
         hidden_states = hidden_states + self._branch(h, "1")
+        cross_weights = None
         if self.cross_attn is not None:
-            h = self.cross_attn(
+            h, cross_weights = self.cross_attn(
                 self.norm_cross(hidden_states),
                 encoder_attention_mask,
                 cache,
                 encoder_hidden_states=encoder_hidden_states,
+                output_attentions=output_attentions,
             )
             hidden_states = hidden_states + self._branch(h, "_cross")
-        return hidden_states + self._branch(self.mlp(self.norm2(hidden_states)), "2")
+        hidden_states = hidden_states + self._branch(self.mlp(self.norm2(hidden_states)), "2")
+        if output_attentions:
+            return hidden_states, self_weights, cross_weights
+        return hidden_states
+
+
+@dataclass
+class BlockStackOutput:
+    """What [`run_blocks`] returns.
+
+    Args:
+        last_hidden_state: (B, T, C) the last block's output (after `norm`, when given).
+        hidden_states: with `output_hidden_states`, the input of every block, then `last_hidden_state`: one more
+            than there are blocks (transformers' convention).
+        attentions: with `output_attentions`, each block's self-attention weights (B, H, T, K).
+        cross_attentions: with `output_attentions`, each block's cross-attention weights (B, H, T, S), for blocks
+            with cross-attention.
+    """
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def run_blocks(
+    blocks: Sequence[TransformerBlock],
+    hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    cache: Cache | None = None,
+    encoder_hidden_states: torch.Tensor | None = None,
+    encoder_attention_mask: torch.Tensor | None = None,
+    norm: nn.Module | None = None,
+    output_attentions: bool = False,
+    output_hidden_states: bool = False,
+) -> BlockStackOutput:
+    """Run `blocks` in order, then `norm`, collecting the per-block outputs that were asked for.
+
+    Args:
+        blocks: the [`TransformerBlock`]s.
+        hidden_states: (B, T, C) the first block's input.
+        attention_mask: one self-attention mask for every block, or one per block (DALL-E's and Parti's sparse
+            patterns), as [`TransformerBlock`] takes it.
+        cache, encoder_hidden_states, encoder_attention_mask: passed to every block.
+        norm: the final LayerNorm, applied to the last block's output.
+        output_attentions: collect the attention weights (the eager implementation only; ValueError otherwise).
+        output_hidden_states: collect every block's input and the final output.
+    """
+    masks = attention_mask if isinstance(attention_mask, Sequence) else [attention_mask] * len(blocks)
+    if len(masks) != len(blocks):
+        raise ValueError(f"Got {len(masks)} attention masks for {len(blocks)} blocks; pass one per block.")
+    states = [] if output_hidden_states else None
+    attentions, cross_attentions = ([], []) if output_attentions else (None, None)
+    for block, mask in zip(blocks, masks):
+        if states is not None:
+            states.append(hidden_states)
+        if not output_attentions:
+            hidden_states = block(hidden_states, mask, cache, encoder_hidden_states, encoder_attention_mask)
+            continue
+        hidden_states, self_weights, cross_weights = block(
+            hidden_states, mask, cache, encoder_hidden_states, encoder_attention_mask, output_attentions=True
+        )
+        attentions.append(self_weights)
+        if cross_weights is not None:
+            cross_attentions.append(cross_weights)
+    if norm is not None:
+        hidden_states = norm(hidden_states)
+    if states is not None:
+        states.append(hidden_states)
+    return BlockStackOutput(
+        last_hidden_state=hidden_states,
+        hidden_states=tuple(states) if states is not None else None,
+        attentions=tuple(attentions) if attentions is not None else None,
+        cross_attentions=tuple(cross_attentions) if cross_attentions else None,
+    )
 
 
 def transformer_blocks(config, cross_attention: bool = False, **options) -> nn.ModuleList:
     """The `config.num_hidden_layers` [`TransformerBlock`]s of a model config.
 
     Reads `hidden_size`, `num_attention_heads`, `intermediate_size`, `hidden_act`, `layer_norm_eps` and
-    `hidden_dropout`; `options` are the other [`TransformerBlock`] arguments, passed on as they are.
+    `hidden_dropout`, and hands the config to the blocks (its `_attn_implementation` picks the attention function);
+    `options` are the other [`TransformerBlock`] arguments, passed on as they are.
     """
     return nn.ModuleList(
         TransformerBlock(
@@ -147,6 +244,7 @@ def transformer_blocks(config, cross_attention: bool = False, **options) -> nn.M
             activation=config.hidden_act,
             norm_eps=config.layer_norm_eps,
             hidden_dropout=config.hidden_dropout,
+            config=config,
             **options,
         )
         for i in range(config.num_hidden_layers)

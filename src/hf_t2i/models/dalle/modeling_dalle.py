@@ -33,6 +33,7 @@ from ...layers import (
     additive_mask,
     cache_length,
     key_length,
+    run_blocks,
     slice_mask,
     sparse_image_mask,
     transformer_blocks,
@@ -73,7 +74,11 @@ class DallePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs any function of transformers' attention interface, given the sparse masks as additive
+    # 4-D tensors. Flash attention cannot take such masks; flex attention has not been tested here.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache"]
 
@@ -162,8 +167,11 @@ class DalleModel(DallePreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> BaseModelOutputWithPast | tuple:
         """
         Args:
             input_ids: (B, T) ids of the positions after the cached ones.
@@ -171,14 +179,23 @@ class DalleModel(DallePreTrainedModel):
                 itself never needs one (pads are learned tokens).
             cache: a transformers `Cache` (`DynamicCache` or a preallocated `StaticCache`).
             use_cache: create a `DynamicCache` when none is given.
+            output_attentions: return each layer's attention weights (B, H, T, K), its sparse mask applied (needs
+                `attn_implementation="eager"`).
+            output_hidden_states: return the embeddings and every layer's output (the last one after the final norm).
         """
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        config = self.config
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if not use_cache:
             cache = None
         elif cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = DynamicCache(config=config)
         start = cache_length(cache)
         length = input_ids.shape[1]
         keys = key_length(cache, length)
@@ -187,7 +204,7 @@ class DalleModel(DallePreTrainedModel):
             hidden_states = self.dropout(hidden_states)
 
         masks = {}
-        for attention_type in set(self.config.attention_types):
+        for attention_type in set(config.attention_types):
             mask = self.sparse_mask(attention_type, input_ids.device, hidden_states.dtype)
             mask = slice_mask(mask, start, length, keys)  # (1, 1, T, K)
             if attention_mask is not None:
@@ -197,10 +214,22 @@ class DalleModel(DallePreTrainedModel):
                 mask = mask.masked_fill(~padding[:, None, None, :], float("-inf"))
             masks[attention_type] = mask
 
-        for layer, attention_type in zip(self.layers, self.config.attention_types):
-            hidden_states = layer(hidden_states, masks[attention_type], cache)
-        hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, cache=cache)
+        stack = run_blocks(
+            self.layers,
+            hidden_states,
+            [masks[attention_type] for attention_type in config.attention_types],
+            cache,
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        out = BaseModelOutputWithPast(
+            last_hidden_state=stack.last_hidden_state,
+            cache=cache,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
@@ -282,6 +311,8 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> DalleCausalLMOutput | tuple:
@@ -293,11 +324,20 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
             labels: (B, T) targets aligned with `input_ids` (shifted inside); -100 is ignored. Usually `input_ids`.
             use_cache: return the cache.
             logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
+            output_attentions, output_hidden_states: as in [`DalleModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         start = cache_length(cache) if use_cache else 0
-        outputs = self.model(input_ids, attention_mask, cache, use_cache=use_cache)
+        outputs = self.model(
+            input_ids,
+            attention_mask,
+            cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -311,6 +351,8 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             text_loss=text_loss,
             image_loss=image_loss,
         )

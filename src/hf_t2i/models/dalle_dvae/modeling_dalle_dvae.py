@@ -173,6 +173,11 @@ class DalleDVAEPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "dvae"
     main_input_name = "pixel_values"
     _no_split_modules = ["EncoderBlock", "DecoderBlock"]
+    # A convolutional network without attention layers: every attention implementation asked of a model that nests
+    # it (e.g. `DalleForConditionalGeneration.from_pretrained(..., attn_implementation="sdpa")`) holds trivially.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module):

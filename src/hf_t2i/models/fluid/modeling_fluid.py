@@ -36,6 +36,7 @@ from ...layers import (
     causal_mask,
     key_length,
     patchify,
+    run_blocks,
     slice_mask,
     transformer_blocks,
     unpatchify,
@@ -52,11 +53,28 @@ from .generation_fluid import FluidGenerationMixin
 
 @dataclass
 class FluidModelOutput(ModelOutput):
-    """Backbone outputs: `last_hidden_state` (B, T, C), the cache, and the text states (B, S, C)."""
+    """Backbone outputs.
+
+    Args:
+        last_hidden_state: (B, T, C) at the image positions.
+        cache: the cache (raster order).
+        encoder_last_hidden_state: (B, S, C) the text states.
+        hidden_states: with `output_hidden_states`, the backbone's input and every block's output, the last after the
+            final norm (`num_hidden_layers + 1` tensors; class-conditional: the MAE decoder's, buffer included).
+        attentions, cross_attentions: with `output_attentions`, each block's self-attention (B, H, T, T) and
+            cross-attention (B, H, T, S) weights.
+        encoder_hidden_states, encoder_attentions: the same for the text encoder (class-conditional: the MAE
+            encoder, over the buffer and the visible tokens).
+    """
 
     last_hidden_state: torch.Tensor | None = None
     cache: Cache | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -69,6 +87,8 @@ class FluidOutput(ModelOutput):
         last_hidden_state: (B, N, C) backbone outputs, the diffusion head's conditions.
         mask: (B, N) bool, the tokens the loss is taken on (the masked ones in random order; all in raster).
         cache: the cache (raster order).
+        hidden_states, attentions, cross_attentions, encoder_hidden_states, encoder_attentions: as in
+            [`FluidModelOutput`], when asked for.
     """
 
     loss: torch.Tensor | None = None
@@ -76,6 +96,11 @@ class FluidOutput(ModelOutput):
     last_hidden_state: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class FluidImageTokenInputs:
@@ -115,7 +140,11 @@ class FluidPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs any function of transformers' attention interface, given the causal and padding masks
+    # as additive 4-D tensors. Flash attention cannot take such masks; flex attention has not been tested here.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache"]
 
@@ -184,8 +213,11 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
             self._causal[key] = additive_mask(causal_mask(self.config.num_image_tokens, device), dtype)
         return self._causal[key]
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BaseModelOutput:
-        return self.text_encoder(input_ids, attention_mask)
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        """The text encoder's outputs; `kwargs`: its `output_attentions` / `output_hidden_states`."""
+        return self.text_encoder(input_ids, attention_mask, **kwargs)
 
     def forward(
         self,
@@ -198,8 +230,11 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> FluidModelOutput:
+    ) -> FluidModelOutput | tuple:
         """
         Args:
             input_ids, attention_mask: (B, S) caption ids and padding mask (not needed with `encoder_outputs`).
@@ -209,8 +244,14 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
             position_ids: (B or 1, T) raster positions of the inputs; default: after the cached ones, in order. In
                 random order any permutation of the positions gives the same outputs, permuted.
             cache: an `EncoderDecoderCache` (raster order).
+            output_attentions: return the attention weights of the text encoder and of the backbone's self- and
+                cross-attention (needs `attn_implementation="eager"`).
+            output_hidden_states: return the hidden states of the text encoder and of the backbone.
         """
         c = self.config
+        output_attentions = output_attentions if output_attentions is not None else c.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+        return_dict = return_dict if return_dict is not None else c.return_dict
         if inputs_embeds is None:
             if image_tokens is None:
                 raise ValueError("Pass `image_tokens` (or `inputs_embeds`).")
@@ -223,7 +264,12 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (the caption) or precomputed `encoder_outputs`.")
-            encoder_outputs = self.encode_text(input_ids, attention_mask)
+            encoder_outputs = self.encode_text(
+                input_ids,
+                attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         use_cache = (use_cache if use_cache is not None else c.use_cache) and c.is_causal
@@ -248,11 +294,29 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
                 raise ValueError("Raster-order Fluid reads its inputs in raster order; leave `position_ids` unset.")
             full = self.causal_attention_mask(hidden.device, hidden.dtype)
             self_mask = slice_mask(full, start, length, key_length(cache, length))
-        cross_mask = padding_mask(attention_mask, hidden.dtype)
         text = encoder_outputs.last_hidden_state
-        for layer in self.layers:
-            hidden = layer(hidden, self_mask, cache, text, cross_mask)
-        return FluidModelOutput(last_hidden_state=self.norm(hidden), cache=cache, encoder_last_hidden_state=text)
+        stack = run_blocks(
+            self.layers,
+            hidden,
+            self_mask,
+            cache,
+            text,
+            padding_mask(attention_mask, hidden.dtype),
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        out = FluidModelOutput(
+            last_hidden_state=stack.last_hidden_state,
+            cache=cache,
+            encoder_last_hidden_state=text,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+            cross_attentions=stack.cross_attentions,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
@@ -295,6 +359,7 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
                 activation=config.hidden_act,
                 norm_eps=config.layer_norm_eps,
                 hidden_dropout=config.hidden_dropout,
+                config=config,
             )
             for i in range(config.encoder_layers)
         )
@@ -329,19 +394,29 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
         image_tokens: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         class_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> FluidModelOutput:
+    ) -> FluidModelOutput | tuple:
         """
         Args:
             class_labels: (B,) class ids (or pass `class_embeds`).
             image_tokens: (B, N, D) latents or (B, N) ids in raster order; the masked ones are never read.
             mask: (B, N) bool, True = masked (dropped from the encoder, predicted); default: none masked.
             class_embeds: (B, C) condition vectors instead of `class_labels` (e.g. the null class for guidance).
+            output_attentions: return the attention weights of the encoder and of the decoder (needs
+                `attn_implementation="eager"`).
+            output_hidden_states: return the hidden states of the encoder (B, V, C) and of the decoder
+                (B, buffer_size + N, C).
 
         Returns:
             [`FluidModelOutput`] with `last_hidden_state` (B, N, C).
         """
         c = self.config
+        output_attentions = output_attentions if output_attentions is not None else c.output_attentions
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
+        return_dict = return_dict if return_dict is not None else c.return_dict
         if image_tokens is None:
             raise ValueError("Pass `image_tokens` (`encode_images(pixel_values)`).")
         self.check_image_tokens(image_tokens)
@@ -368,19 +443,37 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
         x = x.gather(1, kept[..., None].expand(-1, -1, hidden_size))  # (B, V, C)
         padded = None if int(counts.min()) == width else torch.arange(width, device=x.device)[None] < counts[:, None]
         key_mask = padding_mask(padded, x.dtype)  # (B, 1, 1, V) or None
-        for layer in self.encoder_layers:
-            x = layer(x, key_mask)
-        x = self.decoder_embeddings(self.encoder_norm(x))  # (B, V, C)
+        encoder = run_blocks(
+            self.encoder_layers,
+            x,
+            key_mask,
+            norm=self.encoder_norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        x = self.decoder_embeddings(encoder.last_hidden_state)  # (B, V, C)
 
         # scatter back among [MASK]s (padding rows write [MASK] to a masked place)
         mask_embeds = self.mask_embedding.to(x.dtype).expand(batch, buffer + n, -1)  # (B, P + N, C)
         if padded is not None:
             x = torch.where(padded[..., None], x, mask_embeds[:, :width])
         x = mask_embeds.scatter(1, kept[..., None].expand(-1, -1, hidden_size), x) + self.position_embeddings
-        for layer in self.decoder_layers:
-            x = layer(x)
-        x = self.decoder_norm(x)[:, buffer:] + self.head_position_embeddings  # (B, N, C)
-        return FluidModelOutput(last_hidden_state=x)
+        decoder = run_blocks(
+            self.decoder_layers,
+            x,
+            norm=self.decoder_norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        x = decoder.last_hidden_state[:, buffer:] + self.head_position_embeddings  # (B, N, C)
+        out = FluidModelOutput(
+            last_hidden_state=x,
+            hidden_states=decoder.hidden_states,
+            attentions=decoder.attentions,
+            encoder_hidden_states=encoder.hidden_states,
+            encoder_attentions=encoder.attentions,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
@@ -508,6 +601,8 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         return_loss: bool = True,
         return_dict: bool | None = None,
         class_labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> FluidOutput | tuple:
         """
@@ -519,6 +614,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             return_loss: compute the loss (needs the full `image_tokens`).
             class_labels: (B,) class ids, class-conditional Fluid only (instead of the text arguments); in training
                 each is replaced by the null class with probability `config.class_dropout_prob`.
+            output_attentions, output_hidden_states: as in [`FluidModel.forward`] / [`FluidMAEModel.forward`].
             (text and cache arguments as in [`FluidModel.forward`])
         """
         c = self.config
@@ -552,7 +648,14 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             if self.training and c.class_dropout_prob > 0:
                 dropped = rand_like_on((batch,), generator, class_embeds.device) < c.class_dropout_prob
                 class_embeds = torch.where(dropped[:, None], self.model.null_class_embedding, class_embeds)
-            outputs = self.model(image_tokens=image_tokens, mask=mask, class_embeds=class_embeds)
+            outputs = self.model(
+                image_tokens=image_tokens,
+                mask=mask,
+                class_embeds=class_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
+            )
         else:
             if class_labels is not None:
                 raise ValueError("`class_labels` apply to class-conditional Fluid (`num_classes`); pass `input_ids`.")
@@ -570,6 +673,9 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
                 encoder_outputs=encoder_outputs,
                 cache=cache,
                 use_cache=use_cache,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+                return_dict=True,
             )
         hidden = outputs.last_hidden_state
         logits = self.lm_head(hidden) if not c.is_continuous else None
@@ -585,7 +691,12 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             logits=logits,
             last_hidden_state=hidden,
             mask=loss_mask,
-            cache=outputs.get("cache"),
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
         return out if return_dict else out.to_tuple()
 

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
 
 from ...generation.masked import cosine_training_mask
-from ...layers import AxialPositionalEmbedding, transformer_blocks
+from ...layers import AxialPositionalEmbedding, run_blocks, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
@@ -37,10 +37,25 @@ from .generation_muse import MuseGenerationMixin
 
 @dataclass
 class MuseModelOutput(ModelOutput):
-    """Backbone outputs: `last_hidden_state` (B, N, C) at the image positions and the text states (B, S, C)."""
+    """Backbone outputs.
+
+    Args:
+        last_hidden_state: (B, N, C) at the image positions.
+        encoder_last_hidden_state: (B, S, C) the text states.
+        hidden_states: with `output_hidden_states`, the backbone's input and every block's output, the last after the
+            final norm (`num_hidden_layers + 1` tensors).
+        attentions, cross_attentions: with `output_attentions`, each block's self-attention (B, H, N, N) and
+            cross-attention (B, H, N, S) weights.
+        encoder_hidden_states, encoder_attentions: the same for the text encoder.
+    """
 
     last_hidden_state: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -52,12 +67,19 @@ class MuseOutput(ModelOutput):
         logits: (B, N, V) code logits at every position.
         mask: (B, N) bool, the positions replaced by [MASK] (the ones the loss reads).
         encoder_last_hidden_state: (B, S, C) the encoded captions.
+        hidden_states, attentions, cross_attentions, encoder_hidden_states, encoder_attentions: as in
+            [`MuseModelOutput`], when asked for.
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     encoder_last_hidden_state: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    cross_attentions: tuple[torch.Tensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.Tensor, ...] | None = None
+    encoder_attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class MusePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
@@ -65,7 +87,11 @@ class MusePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs any function of transformers' attention interface, given the padding mask as an
+    # additive 4-D tensor. Flash attention cannot take such a mask; flex attention has not been tested here.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
 
     @torch.no_grad()
@@ -134,8 +160,11 @@ class MuseModel(MusePreTrainedModel):
         positions = torch.arange(ids.shape[1], device=ids.device)
         return self.token_embeddings(ids) + self.position_embeddings(positions)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> BaseModelOutput:
-        return self.text_encoder(input_ids, attention_mask)
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutput:
+        """The text encoder's outputs; `kwargs`: its `output_attentions` / `output_hidden_states`."""
+        return self.text_encoder(input_ids, attention_mask, **kwargs)
 
     def forward(
         self,
@@ -145,8 +174,11 @@ class MuseModel(MusePreTrainedModel):
         mask: torch.Tensor | None = None,
         encoder_outputs: BaseModelOutput | tuple | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> MuseModelOutput:
+    ) -> MuseModelOutput | tuple:
         """
         Args:
             input_ids, attention_mask: (B, S) caption ids and padding mask (`input_ids` not needed with
@@ -155,10 +187,19 @@ class MuseModel(MusePreTrainedModel):
             mask: (B, N) bool, True = replaced by [MASK]. Default: none masked.
             encoder_outputs: precomputed text states (B, S, C) (the sampling loop encodes once).
             inputs_embeds: (B, N, C) backbone inputs with positions, instead of `image_token_ids` and `mask`.
+            output_attentions: return the attention weights of the text encoder and of the backbone's self- and
+                cross-attention (needs `attn_implementation="eager"`).
+            output_hidden_states: return the hidden states of the text encoder and of the backbone.
 
         Returns:
             [`MuseModelOutput`] with `last_hidden_state` (B, N, C).
         """
+        config = self.config
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if inputs_embeds is None:
             if image_token_ids is None:
                 raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")
@@ -171,7 +212,12 @@ class MuseModel(MusePreTrainedModel):
                 raise ValueError(
                     "Pass `input_ids` (the caption, from the processor) or precomputed `encoder_outputs`."
                 )
-            encoder_outputs = self.encode_text(input_ids, attention_mask)
+            encoder_outputs = self.encode_text(
+                input_ids,
+                attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         text = encoder_outputs.last_hidden_state  # (B, S, C)
@@ -180,11 +226,26 @@ class MuseModel(MusePreTrainedModel):
                 f"The captions ({text.shape[0]} rows) and `image_token_ids` ({inputs_embeds.shape[0]} rows) must have "
                 "the same batch size."
             )
-        hidden = inputs_embeds
-        cross_mask = padding_mask(attention_mask, hidden.dtype)  # (B, 1, 1, S) or None
-        for layer in self.layers:
-            hidden = layer(hidden, None, None, text, cross_mask)  # bidirectional: no self-attention mask
-        return MuseModelOutput(last_hidden_state=self.norm(hidden), encoder_last_hidden_state=text)
+        stack = run_blocks(
+            self.layers,
+            inputs_embeds,
+            None,  # bidirectional: no self-attention mask
+            encoder_hidden_states=text,
+            encoder_attention_mask=padding_mask(attention_mask, inputs_embeds.dtype),  # (B, 1, 1, S) or None
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        out = MuseModelOutput(
+            last_hidden_state=stack.last_hidden_state,
+            encoder_last_hidden_state=text,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+            cross_attentions=stack.cross_attentions,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
@@ -247,6 +308,8 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         generator: torch.Generator | None = None,
         return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> MuseOutput | tuple:
@@ -259,6 +322,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
             encoder_outputs: precomputed text states instead of `input_ids`.
             generator: the source of the training mask (the training loop's generator: exact resume).
             return_loss: compute the cross-entropy over the masked positions.
+            output_attentions, output_hidden_states: as in [`MuseModel.forward`].
 
         Returns:
             [`MuseOutput`]: `loss` (with `return_loss`), `logits` (B, N, V), `mask`.
@@ -271,7 +335,14 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
             batch, length = image_token_ids.shape
             mask = cosine_training_mask(batch, length, generator, image_token_ids.device)
         outputs = self.model(
-            input_ids, attention_mask, image_token_ids=image_token_ids, mask=mask, encoder_outputs=encoder_outputs
+            input_ids,
+            attention_mask,
+            image_token_ids=image_token_ids,
+            mask=mask,
+            encoder_outputs=encoder_outputs,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.lm_head(outputs.last_hidden_state)  # (B, N, V)
         loss = None
@@ -280,7 +351,15 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
                 raise ValueError("`mask` masks no position: the loss is taken on the masked positions only.")
             loss = F.cross_entropy(logits[mask].float(), image_token_ids[mask])  # mean over the masked positions
         out = MuseOutput(
-            loss=loss, logits=logits, mask=mask, encoder_last_hidden_state=outputs.encoder_last_hidden_state
+            loss=loss,
+            logits=logits,
+            mask=mask,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
         return out if return_dict else out.to_tuple()
 

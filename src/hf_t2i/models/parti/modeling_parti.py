@@ -26,9 +26,11 @@ from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2
 
 from ...generation import AutoregressiveDecoder, ClassifierFreeGuidance, SamplingConfig, decode_autoregressive
 from ...layers import (
+    BlockStackOutput,
     additive_mask,
     cache_length,
     key_length,
+    run_blocks,
     slice_mask,
     sparse_image_mask,
     transformer_blocks,
@@ -59,7 +61,11 @@ class PartiPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs any function of transformers' attention interface, given the sparse and padding masks
+    # as additive 4-D tensors. Flash attention cannot take such masks; flex attention has not been tested here.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache"]
 
@@ -98,8 +104,21 @@ class PartiDecoder(nn.Module):
         encoder_hidden_states: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
-    ) -> torch.Tensor:
-        """decoder_input_ids: (B, T) after the cached positions; encoder states (B, S, C). Returns (B, T, C)."""
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> BlockStackOutput:
+        """
+        Args:
+            decoder_input_ids: (B, T) BOS + image codes after the cached positions.
+            encoder_hidden_states: (B, S, C) the encoded captions; `encoder_attention_mask` (B, S) their padding.
+            cache: an `EncoderDecoderCache`.
+            output_attentions: return each layer's self- and cross-attention weights (eager attention only).
+            output_hidden_states: return the embeddings and every layer's output (the last one after the final norm).
+
+        Returns:
+            `last_hidden_state` (B, T, C), and the requested per-layer outputs (a plain dataclass: this runs once per
+            decoding step).
+        """
         start = cache_length(cache)
         length = decoder_input_ids.shape[1]
         if start + length > self.config.num_image_tokens:
@@ -115,10 +134,17 @@ class PartiDecoder(nn.Module):
             kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length, keys)
             for kind in set(self.config.decoder_attention_types)
         }
-        cross_mask = padding_mask(encoder_attention_mask, hidden.dtype)
-        for layer, kind in zip(self.layers, self.config.decoder_attention_types):
-            hidden = layer(hidden, masks[kind], cache, encoder_hidden_states, cross_mask)
-        return self.norm(hidden)
+        return run_blocks(
+            self.layers,
+            hidden,
+            [masks[kind] for kind in self.config.decoder_attention_types],
+            cache,
+            encoder_hidden_states,
+            padding_mask(encoder_attention_mask, hidden.dtype),
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
 
 
 class PartiModel(PartiPreTrainedModel):
@@ -147,8 +173,11 @@ class PartiModel(PartiPreTrainedModel):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> Seq2SeqModelOutput:
+    ) -> Seq2SeqModelOutput | tuple:
         """
         Args:
             input_ids: (B, S) text ids (not needed when `encoder_outputs` is given).
@@ -156,26 +185,53 @@ class PartiModel(PartiPreTrainedModel):
             decoder_input_ids: (B, T) BOS + image codes after the cached positions.
             encoder_outputs: precomputed text states.
             cache: an `EncoderDecoderCache` (self-attention + cross-attention caches).
+            output_attentions: return the attention weights of the text encoder, of the decoder and of its
+                cross-attention (needs `attn_implementation="eager"`).
+            output_hidden_states: return the hidden states of the text encoder and of the decoder.
         """
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        config = self.config
+        use_cache = use_cache if use_cache is not None else config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (the caption) or precomputed `encoder_outputs`.")
-            encoder_outputs = self.text_encoder(input_ids, attention_mask)
+            encoder_outputs = self.text_encoder(
+                input_ids,
+                attention_mask,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
         elif isinstance(encoder_outputs, (tuple, list)):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         if not use_cache:
             cache = None
         elif cache is None:
-            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        hidden = self.decoder(decoder_input_ids, encoder_outputs.last_hidden_state, attention_mask, cache)
-        return Seq2SeqModelOutput(
-            last_hidden_state=hidden,
-            cache=cache,
-            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            cache = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        decoder_outputs = self.decoder(
+            decoder_input_ids,
+            encoder_outputs.last_hidden_state,
+            attention_mask,
+            cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
         )
+        out = Seq2SeqModelOutput(
+            last_hidden_state=decoder_outputs.last_hidden_state,
+            cache=cache,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
+            cross_attentions=decoder_outputs.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
@@ -236,6 +292,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> Seq2SeqLMOutput | tuple:
@@ -253,7 +311,17 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             if labels is None:
                 raise ValueError("Pass `decoder_input_ids` or `labels` (the image codes).")
             decoder_input_ids = self.decoder_inputs(labels)
-        outputs = self.model(input_ids, attention_mask, decoder_input_ids, encoder_outputs, cache, use_cache)
+        outputs = self.model(
+            input_ids,
+            attention_mask,
+            decoder_input_ids,
+            encoder_outputs,
+            cache,
+            use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -266,7 +334,12 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             cache=outputs.cache,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
         )
         return out if return_dict else out.to_tuple()
 
@@ -326,7 +399,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
             previous = torch.full(
                 (rows, 1), self.config.bos_token_id, dtype=torch.long, device=state.encoder_states.device
             )
-        hidden = self.model.decoder(previous, state.encoder_states, state.attention_mask, state.cache)[:, -1]
+        hidden = self.model.decoder(previous, state.encoder_states, state.attention_mask, state.cache)
+        hidden = hidden.last_hidden_state[:, -1]  # (B', C)
         vocab = self.config.image_vocab_size
         bias = None if self.lm_head.bias is None else self.lm_head.bias[:vocab]
         return F.linear(hidden, self.lm_head.weight[:vocab], bias)  # (B', image_vocab)

@@ -31,7 +31,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, transformer_blocks
+from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, run_blocks, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
 from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
 from ..image_tokenizers import build_image_tokenizer
@@ -67,7 +67,11 @@ class TransfusionPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs any function of transformers' attention interface, given the causal-with-image-blocks
+    # mask as an additive 4-D tensor. Flash attention cannot take such a mask; flex attention has not been tested here.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
     _skip_keys_device_placement = ["cache"]
 
@@ -163,8 +167,11 @@ class TransfusionModel(TransfusionPreTrainedModel):
         image_latents: torch.Tensor | None = None,
         timesteps: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> TransfusionModelOutput:
+    ) -> TransfusionModelOutput | tuple:
         """
         Args:
             input_ids: (B, T) ids of the positions after the cached ones; images as `<boi> <image> x N <eoi>`.
@@ -174,9 +181,17 @@ class TransfusionModel(TransfusionPreTrainedModel):
             image_latents: (I, C, h, w) the (noisy) scaled VAE latent of each image run, in row-major order.
             timesteps: (I,) or a scalar: the diffusion timestep of each image; default 0 (clean images).
             use_cache: create a `DynamicCache` when none is given.
+            output_attentions: return each layer's attention weights (B, H, T, K) (needs
+                `attn_implementation="eager"`).
+            output_hidden_states: return the embeddings and every layer's output (the last one after the final norm).
         """
         config = self.config
         use_cache = use_cache if use_cache is not None else config.use_cache
+        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if not use_cache:
@@ -213,15 +228,29 @@ class TransfusionModel(TransfusionPreTrainedModel):
 
         mask = causal_with_bidirectional_spans(span_ids, start, attention_mask)  # (B, 1, T, K)
         mask = additive_mask(mask, hidden_states.dtype)  # converted once, not in every layer
-        for layer in self.layers:
-            hidden_states = layer(hidden_states, mask, cache)
-        hidden_states = self.norm(hidden_states)
+        stack = run_blocks(
+            self.layers,
+            hidden_states,
+            mask,
+            cache,
+            norm=self.norm,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = stack.last_hidden_state
 
         noise_pred = None
         if num_images:
             image_states = hidden_states[is_image].view(num_images, config.num_image_tokens, -1)  # (I, N, C)
             noise_pred = self.patch_head(image_states, patch_state, timesteps)
-        return TransfusionModelOutput(last_hidden_state=hidden_states, cache=cache, noise_pred=noise_pred)
+        out = TransfusionModelOutput(
+            last_hidden_state=hidden_states,
+            cache=cache,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+            noise_pred=noise_pred,
+        )
+        return out if return_dict else out.to_tuple()
 
 
 class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, TransfusionGenerationMixin, GenerationMixin):
@@ -344,6 +373,8 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         generator: torch.Generator | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> TransfusionOutput | tuple:
@@ -365,6 +396,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
             generator: source of the training timesteps and noise.
             use_cache: return the cache.
             logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
+            output_attentions, output_hidden_states: as in [`TransfusionModel.forward`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if pixel_values is not None and image_latents is not None:
@@ -384,6 +416,9 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
             image_latents=image_latents,
             timesteps=timesteps,
             use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden = outputs.last_hidden_state
         loss = lm_loss = diffusion_loss = logits = None
@@ -395,6 +430,8 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
             loss=loss,
             logits=logits,
             cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
             noise_pred=outputs.noise_pred,
             lm_loss=lm_loss,
             diffusion_loss=diffusion_loss,

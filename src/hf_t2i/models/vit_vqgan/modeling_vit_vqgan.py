@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...layers import TransformerBlock
@@ -110,10 +110,14 @@ class LogitLaplacePixels:
 
 
 # ----------------------------------------------------------------------------------------------------- modules
-def _blocks(hidden: int, layers: int, heads: int, intermediate: int, act: str, eps: float) -> nn.ModuleList:
-    """Bidirectional pre-LN blocks: called without a mask, every patch attends to every patch."""
+def _blocks(
+    hidden: int, layers: int, heads: int, intermediate: int, act: str, eps: float, config: PreTrainedConfig
+) -> nn.ModuleList:
+    """Bidirectional pre-LN blocks: called without a mask, every patch attends to every patch. `config` is the
+    model's: its `_attn_implementation` picks the attention function."""
     return nn.ModuleList(
-        TransformerBlock(hidden, heads, intermediate, layer_idx=i, activation=act, norm_eps=eps) for i in range(layers)
+        TransformerBlock(hidden, heads, intermediate, layer_idx=i, activation=act, norm_eps=eps, config=config)
+        for i in range(layers)
     )
 
 
@@ -137,6 +141,7 @@ class ViTVQGANEncoder(nn.Module):
             config.intermediate_size,
             config.hidden_act,
             config.layer_norm_eps,
+            config,
         )
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.output = _tanh_mlp(hidden, hidden, config.code_dim)
@@ -153,7 +158,8 @@ class ViTVQGANEncoder(nn.Module):
 class ViTVQGANDecoder(nn.Module):
     """(B, N, code_dim) codes on a `grid` x `grid` raster -> (B, 2C, grid * patch, grid * patch) statistics.
 
-    Shared by the tokenizer (patch = its patch size) and the upsampler (patch = patch size * scale factor)."""
+    Shared by the tokenizer (patch = its patch size) and the upsampler (patch = patch size * scale factor), whose
+    config (`config`) picks the attention function."""
 
     def __init__(
         self,
@@ -167,13 +173,14 @@ class ViTVQGANDecoder(nn.Module):
         intermediate_size: int,
         hidden_act: str,
         layer_norm_eps: float,
+        config: PreTrainedConfig,
     ):
         super().__init__()
         self.grid_size, self.patch_size, self.num_channels = grid_size, output_patch_size, num_channels
         self.code_projection = nn.Linear(code_dim, hidden_size)
         self.position_embeddings = nn.Embedding(grid_size * grid_size, hidden_size)
         self.layers = _blocks(
-            hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps
+            hidden_size, num_hidden_layers, num_attention_heads, intermediate_size, hidden_act, layer_norm_eps, config
         )
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.output = _tanh_mlp(hidden_size, hidden_size, 2 * num_channels * output_patch_size**2)
@@ -195,6 +202,11 @@ class ViTVQGANPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     base_model_prefix = "vit_vqgan"
     main_input_name = "pixel_values"
     supports_gradient_checkpointing = True
+    # `layers.Attention` runs transformers' attention interface (no masks here). Flash and flex attention have not
+    # been tested with these models.
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["TransformerBlock"]
 
     @torch.no_grad()
@@ -282,6 +294,7 @@ class ViTVQGAN(ViTVQGANPreTrainedModel):
             config.decoder_intermediate_size,
             config.hidden_act,
             config.layer_norm_eps,
+            config,
         )
         self.pixels = LogitLaplacePixels(config.num_channels, config.logit_laplace_eps)
         self.post_init()
@@ -377,6 +390,7 @@ class ViTVQGANUpsampler(ViTVQGANUpsamplerPreTrainedModel):
             config.intermediate_size,
             config.hidden_act,
             config.layer_norm_eps,
+            config,
         )
         self.pixels = LogitLaplacePixels(config.num_channels, config.logit_laplace_eps)
         self.post_init()
