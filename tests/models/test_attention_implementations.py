@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import pytest
 import torch
@@ -281,10 +282,24 @@ def test_parti_cross_attention_ignores_padded_text():
         assert (weights.permute(0, 3, 1, 2)[padded] == 0).all() and (weights.permute(0, 3, 1, 2)[~padded] > 0).all()
 
 
-def test_sdpa_refuses_output_attentions(models):
+def test_sdpa_warns_and_returns_no_weights(models, caplog):
+    """As transformers' models: asking SDPA for weights is not an error (transformers' common tests ask any model),
+    it warns once, naming the fix, and the outputs are those of a plain call."""
     prior, sdpa, _ = models
-    with pytest.raises(ValueError, match='attn_implementation="eager"'):
-        sdpa(**prior.forward_inputs(sdpa, ROWS), output_attentions=True)
+    logging.Logger.warning_once.cache_clear()
+    with torch.no_grad(), caplog.at_level(logging.WARNING):
+        out = sdpa(**prior.forward_inputs(sdpa, ROWS), output_attentions=True)
+        plain = sdpa(**prior.forward_inputs(sdpa, ROWS))
+    assert 'attn_implementation="eager"' in caplog.text
+    for field in ("attentions", "cross_attentions", "decoder_attentions", "encoder_attentions"):
+        assert getattr(out, field, None) is None, field
+    assert_same_outputs(out.to_tuple(), plain.to_tuple())
+
+
+def test_parti_base_model_names_missing_decoder_inputs():
+    model = PRIORS["parti"]().build_model()
+    with pytest.raises(ValueError, match="decoder_input_ids"):
+        model.model(input_ids=torch.ones(1, 10, dtype=torch.long))
 
 
 def test_no_attentions_or_hidden_states_unless_asked(models):

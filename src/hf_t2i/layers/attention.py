@@ -8,7 +8,8 @@ standard transformers way: `from_pretrained(..., attn_implementation="eager")` o
 
 - "sdpa" (the default): `torch.nn.functional.scaled_dot_product_attention`, called directly by `sdpa_attention`.
 - "eager": `eager_attention`, the softmax written out, which is what returns the attention weights
-  (`output_attentions=True` needs it).
+  (`output_attentions=True` needs it; under another implementation the weights are not computed and a warning says
+  so, as transformers' own models do).
 - any other name registered in transformers' `AttentionInterface` (`AttentionInterface.register(name, function)`):
   that function, with transformers' calling convention.
 
@@ -27,7 +28,10 @@ from transformers import PreTrainedConfig
 from transformers.cache_utils import Cache, EncoderDecoderCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
 
+
+logger = logging.get_logger(__name__)
 
 AttentionFunction = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 DEFAULT_ATTN_IMPLEMENTATION = "sdpa"
@@ -113,16 +117,19 @@ def attention_function(attn_implementation: str | None) -> AttentionFunction:
     return sdpa_attention if function is sdpa_attention_forward else function
 
 
-def check_output_attentions(output_attentions: bool, attn_implementation: str | None) -> None:
-    """Attention weights exist only under the eager implementation: asking for them under another one raises (a
-    transformers config with `output_attentions=True` refuses a non-eager implementation the same way)."""
-    attn_implementation = attn_implementation or DEFAULT_ATTN_IMPLEMENTATION
-    if output_attentions and attn_implementation != "eager":
-        raise ValueError(
-            f"`output_attentions=True` needs the eager attention implementation, but this model uses "
-            f"{attn_implementation!r}, which does not compute the weights. Load the model with "
-            '`from_pretrained(..., attn_implementation="eager")` or call `model.set_attn_implementation("eager")`.'
-        )
+def returns_attention_weights(attn_implementation: str | None) -> bool:
+    """Whether an implementation computes the attention weights (eager only). Asking another one for them warns
+    once and gets none, as transformers' models do (a transformers config with `output_attentions=True` refuses a
+    non-eager implementation outright)."""
+    if (attn_implementation or DEFAULT_ATTN_IMPLEMENTATION) == "eager":
+        return True
+    logger.warning_once(
+        f"`output_attentions=True` needs the eager attention implementation; this model runs "
+        f"{attn_implementation or DEFAULT_ATTN_IMPLEMENTATION!r}, which computes no attention weights, so none are "
+        'returned. Load the model with `from_pretrained(..., attn_implementation="eager")` or call '
+        '`model.set_attn_implementation("eager")` to get them.'
+    )
+    return False
 
 
 class Attention(nn.Module):
@@ -222,14 +229,16 @@ class Attention(nn.Module):
             cache: a transformers `Cache` (an `EncoderDecoderCache` when this layer cross-attends).
             encoder_hidden_states: (B, K, C_kv) keys/values' inputs for cross-attention.
             is_causal: without `attention_mask`, a causal mask (only without a cache offset).
-            output_attentions: return the attention weights; needs the eager implementation (ValueError otherwise).
+            output_attentions: return the attention weights (eager implementation only: another one warns and returns
+                none).
 
         Returns:
-            the output (B, Q, C) and the attention weights (B, H, Q, K) (None unless `output_attentions`).
+            the output (B, Q, C) and the attention weights (B, H, Q, K) (None unless `output_attentions` under the
+            eager implementation).
         """
         implementation = self.attn_implementation
         if output_attentions:
-            check_output_attentions(output_attentions, implementation)
+            output_attentions = returns_attention_weights(implementation)
         batch, length, _ = hidden_states.shape
         if self.is_cross_attention:
             query = self.q_proj(hidden_states).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)

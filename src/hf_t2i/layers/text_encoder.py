@@ -12,7 +12,6 @@ from torch import nn
 from transformers import AutoModel, PreTrainedConfig
 from transformers.modeling_outputs import BaseModelOutput
 
-from .attention import check_output_attentions
 from .masks import additive_mask
 from .transformer import TransformerBlock, run_blocks
 
@@ -122,8 +121,6 @@ class TextEncoder(nn.Module):
         """
         pretrained_outputs = None
         if self.pretrained is not None:
-            if output_attentions:
-                check_output_attentions(output_attentions, self.pretrained.config._attn_implementation)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_pretrained):
                 pretrained_outputs = self.pretrained(
                     input_ids=input_ids,
@@ -152,7 +149,7 @@ class TextEncoder(nn.Module):
             if output_hidden_states:
                 hidden_states = pretrained_outputs.hidden_states + hidden_states[1:]
             if output_attentions:
-                attentions = pretrained_outputs.attentions + attentions
+                attentions = (pretrained_outputs.attentions or ()) + (attentions or ()) or None
         hidden = stack.last_hidden_state
         if self.projection is not None:
             hidden = self.projection(hidden)

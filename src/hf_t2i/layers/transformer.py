@@ -132,9 +132,9 @@ class TransformerBlock(GradientCheckpointingLayer):
         """hidden_states: (B, T, C); masks (B or 1, 1, T, K), boolean or additive.
 
         Returns:
-            (B, T, C); with `output_attentions` (eager attention only), the tuple `(hidden_states,
-            self_attention_weights, cross_attention_weights)` with weights (B, H, T, K) (the cross-attention ones
-            None in a block without cross-attention).
+            (B, T, C); with `output_attentions`, the tuple `(hidden_states, self_attention_weights,
+            cross_attention_weights)` with weights (B, H, T, K), None under a non-eager implementation (and for the
+            cross-attention of a block without it).
         """
         h, self_weights = self.self_attn(
             self.norm1(hidden_states), attention_mask, cache, is_causal=is_causal, output_attentions=output_attentions
@@ -164,9 +164,9 @@ class BlockStackOutput:
         last_hidden_state: (B, T, C) the last block's output (after `norm`, when given).
         hidden_states: with `output_hidden_states`, the input of every block, then `last_hidden_state`: one more
             than there are blocks (transformers' convention).
-        attentions: with `output_attentions`, each block's self-attention weights (B, H, T, K).
-        cross_attentions: with `output_attentions`, each block's cross-attention weights (B, H, T, S), for blocks
-            with cross-attention.
+        attentions: with `output_attentions` (eager attention), each block's self-attention weights (B, H, T, K).
+        cross_attentions: with `output_attentions` (eager attention), each block's cross-attention weights
+            (B, H, T, S), for blocks with cross-attention.
     """
 
     last_hidden_state: torch.Tensor
@@ -195,7 +195,8 @@ def run_blocks(
             patterns), as [`TransformerBlock`] takes it.
         cache, encoder_hidden_states, encoder_attention_mask: passed to every block.
         norm: the final LayerNorm, applied to the last block's output.
-        output_attentions: collect the attention weights (the eager implementation only; ValueError otherwise).
+        output_attentions: collect the attention weights (the eager implementation only: another one warns and the
+            fields stay None).
         output_hidden_states: collect every block's input and the final output.
     """
     masks = attention_mask if isinstance(attention_mask, Sequence) else [attention_mask] * len(blocks)
@@ -212,7 +213,8 @@ def run_blocks(
         hidden_states, self_weights, cross_weights = block(
             hidden_states, mask, cache, encoder_hidden_states, encoder_attention_mask, output_attentions=True
         )
-        attentions.append(self_weights)
+        if self_weights is not None:
+            attentions.append(self_weights)
         if cross_weights is not None:
             cross_attentions.append(cross_weights)
     if norm is not None:
@@ -222,7 +224,7 @@ def run_blocks(
     return BlockStackOutput(
         last_hidden_state=hidden_states,
         hidden_states=tuple(states) if states is not None else None,
-        attentions=tuple(attentions) if attentions is not None else None,
+        attentions=tuple(attentions) if attentions else None,
         cross_attentions=tuple(cross_attentions) if cross_attentions else None,
     )
 

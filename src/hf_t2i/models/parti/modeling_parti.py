@@ -198,6 +198,11 @@ class PartiModel(PartiPreTrainedModel):
         return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
+        if decoder_input_ids is None:
+            raise ValueError(
+                "Pass `decoder_input_ids` (BOS, then the image codes after the cached positions; "
+                "`PartiForConditionalGeneration.decoder_inputs(image_token_ids)` builds them)."
+            )
         if encoder_outputs is None:
             if input_ids is None:
                 raise ValueError("Pass `input_ids` (the caption) or precomputed `encoder_outputs`.")
