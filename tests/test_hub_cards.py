@@ -22,7 +22,7 @@ from huggingface_hub.repocard import metadata_load
 from hf_t2i import DalleDVAE, DalleDVAEConfig
 from hf_t2i.checkpoints import SHIPPED_CHECKPOINTS, SHIPPED_DIR, resolve_checkpoint
 from hf_t2i.cli import main
-from hf_t2i.hub import write_model_card
+from hf_t2i.hub import INSTALL_COMMAND, write_model_card
 from hf_t2i.pipelines import T2IPipeline
 
 from .training.training_toy import reset_accelerate_state
@@ -135,7 +135,7 @@ def test_pipeline_save_pretrained_push_uploads_the_card(dalle_pipeline, fake_hub
     assert card.data.base_model is None and card.data.eval_results is None
     # "How to use" installs the package first, then loads the repository and calls the pipeline
     usage = card.text[card.text.index("## How to use") :]
-    assert usage.index("pip install hf_t2i") < usage.index('DallePipeline.from_pretrained("me/tiny-dalle")')
+    assert usage.index(INSTALL_COMMAND) < usage.index('DallePipeline.from_pretrained("me/tiny-dalle")')
     assert 'pipe("a red circle left of a blue square"' in usage
     # the card is also written into the folder, and parses with huggingface_hub's metadata reader
     assert metadata_load(folder / "README.md")["library_name"] == "hf_t2i"
@@ -259,7 +259,7 @@ def test_model_push_to_hub_uploads_the_hf_t2i_card(dalle_model, fake_hub, tmp_pa
     assert_hf_t2i_metadata(card, "dalle")
     assert "extra" in card.data.tags
     usage = card.text[card.text.index("## How to use") :]
-    assert usage.index("pip install hf_t2i") < usage.index('DalleForConditionalGeneration.from_pretrained("me/tiny')
+    assert usage.index(INSTALL_COMMAND) < usage.index('DalleForConditionalGeneration.from_pretrained("me/tiny')
     # save_pretrained(..., push_to_hub=True) takes the same path and writes the card into the folder
     report = tmp_path / "report.json"
     report.write_text(json.dumps(REPORT))

@@ -48,7 +48,8 @@ TEXT_TO_IMAGE = "text-to-image"
 DEFAULT_LICENSE = "apache-2.0"
 CARD_NAME = "README.md"
 REPORT_NAME = "report.json"  # what `hf-t2i eval` writes
-INSTALL_COMMAND = "pip install hf_t2i"
+# hf_t2i is not published on PyPI: cards tell users to install it from a clone of its repository.
+INSTALL_COMMAND = "pip install -e ./hf_t2i  # a clone of the hf_t2i repository"
 EXAMPLE_PROMPT = "a red circle left of a blue square"
 
 # The keyword arguments of the save / push methods that reach `push_folder_to_hub`.
@@ -224,7 +225,7 @@ def _is_repo_id(name: Any) -> bool:
 def _usage(info: SavedFolder, repo_id: str) -> str:
     """The "How to use" section: install hf_t2i, then load the checkpoint and (for a pipeline) call it."""
     install = (
-        "Install hf_t2i (or, from a clone of the hf_t2i repository, `pip install -e .`):\n\n"
+        "Install hf_t2i from a clone of its repository (it is not on PyPI), after the torch build for your machine:\n\n"
         f"```bash\n{INSTALL_COMMAND}\n```\n\n"
     )
     name = info.class_name or "AutoModel"
