@@ -5,7 +5,8 @@
 - [`AutoregressiveDecoder`]: raster decoding with a KV cache, one token per step;
 - [`MaskedDecoder`] (in `generation.masked`): iterative decoding with a pluggable reveal rule (random order,
   raster order);
-- token draws through an explicit `torch.Generator` (`sample_tokens`, `rand_like_on`).
+- token draws through an explicit `torch.Generator` (`sample_tokens`, `rand_like_on`);
+- stock `model.generate()` for the raster priors ([`ImageGenerationMixin`]: one image per call, guidance included).
 
 Models expose the per-step computation ([`ImageGenerator`], the protocol every prior implements); pipelines run the
 loops with the progress bar and the callbacks.
@@ -16,6 +17,7 @@ from .config import SamplingConfig, TokenSampler
 from .guidance import GUIDANCE_SCHEDULES, MAX_GUIDANCE_SCALE, ClassifierFreeGuidance
 from .protocol import ImageGenerator
 from .sampling import rand_like_on, sample_tokens
+from .stock_generate import ImageGenerationMixin, ImageGuidanceLogitsProcessor, image_generation_config
 
 
 __all__ = [
@@ -23,10 +25,13 @@ __all__ = [
     "MAX_GUIDANCE_SCALE",
     "AutoregressiveDecoder",
     "ClassifierFreeGuidance",
+    "ImageGenerationMixin",
     "ImageGenerator",
+    "ImageGuidanceLogitsProcessor",
     "SamplingConfig",
     "TokenSampler",
     "decode_autoregressive",
+    "image_generation_config",
     "rand_like_on",
     "sample_tokens",
 ]

@@ -14,20 +14,30 @@ Token layout (one id space):
 - Loss (section 2.2): `text_loss_weight * CE(text) + image_loss_weight * CE(image)`, 1/8 and 7/8 by default.
 - Logits at positions whose next token is an image token are restricted to image ids (and text positions to text
   ids; the others get the lowest finite logit), so stock `generate()` can only emit image tokens after the text.
+  Its `generation_config` asks for exactly one image (`generation.image_generation_config`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ...generation import AutoregressiveDecoder, ClassifierFreeGuidance, SamplingConfig, decode_autoregressive
+from ...generation import (
+    AutoregressiveDecoder,
+    ClassifierFreeGuidance,
+    ImageGenerationMixin,
+    SamplingConfig,
+    decode_autoregressive,
+    image_generation_config,
+)
 from ...layers import (
     AxialPositionalEmbedding,
     additive_mask,
@@ -232,7 +242,7 @@ class DalleModel(DallePreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
+class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
     """The DALL-E prior with its LM head and its image tokenizer (`vqmodel`, a [`DalleDVAE`]).
 
     Example:
@@ -242,9 +252,12 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
     >>> model = DalleForConditionalGeneration.from_pretrained(path)
     >>> processor = DalleProcessor.from_pretrained(path)
     >>> text = processor(text=["a red circle"], return_tensors="pt").input_ids  # (1, L)
-    >>> ids = model.generate(text, do_sample=True, top_k=64)  # (1, L + N), image ids offset by text_vocab_size
+    >>> ids = model.generate(text, top_k=64)  # (1, L + N), image ids offset by text_vocab_size
     >>> pixels = model.decode_image_tokens(model.image_codes_from_generated(ids))  # (1, 3, H, W) in [-1, 1]
     ```
+
+    `generate()` samples one image by default (the `generation_config`); `guidance_scale=s` guides it against the
+    empty caption (`generation_config.unconditional_input_ids`) or `negative_prompt_ids`.
     """
 
     def __init__(self, config: DalleConfig):
@@ -252,6 +265,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         self.model = DalleModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
         self.vqmodel = build_image_tokenizer(config.vq_config)
+        self.generation_config = image_generation_config(config.num_image_tokens)  # one image per `generate()`
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -403,11 +417,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         """
         config = self.config
         guidance = guidance or ClassifierFreeGuidance()
-        if input_ids.ndim != 2 or input_ids.shape[1] != config.text_seq_len:
-            raise ValueError(
-                f"`input_ids` must be (batch, {config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
-                "Use the processor, which pads every caption to the text context."
-            )
+        self.check_caption(input_ids, "input_ids")
         prefix = guidance.double_inputs(input_ids, negative_input_ids)  # (B', L)
         cache = StaticCache(config=config, max_cache_len=config.max_position_embeddings)
         return DalleGenerationState(prefix=prefix, cache=cache)
@@ -420,7 +430,8 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         """
         offset = self.config.text_vocab_size
         ids = state.prefix if previous is None else previous + offset
-        hidden = self.model(ids, cache=state.cache, use_cache=True).last_hidden_state[:, -1]  # (B', C)
+        outputs = self.model(ids, cache=state.cache, use_cache=True, return_dict=True)
+        hidden = outputs.last_hidden_state[:, -1]  # (B', C)
         return F.linear(hidden, self.lm_head.weight[offset:], self.lm_head.bias[offset:])  # (B', image_vocab)
 
     @torch.no_grad()
@@ -453,12 +464,39 @@ class DalleForConditionalGeneration(DallePreTrainedModel, GenerationMixin):
         decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)
         return decode_autoregressive(lambda previous: self.image_generation_step(state, previous), decoder)
 
+    # -- stock generate() (generation.ImageGenerationMixin) -------------------------------------------------------
+    @property
+    def image_token_offset(self) -> int:
+        return self.config.text_vocab_size
+
+    def check_caption(self, input_ids: torch.Tensor, argument: str) -> None:
+        """A (B, text_seq_len) caption, as the processor makes it."""
+        if input_ids.ndim != 2 or input_ids.shape[1] != self.config.text_seq_len:
+            raise ValueError(
+                f"`{argument}` must be (batch, {self.config.text_seq_len}) text ids, got {tuple(input_ids.shape)}. "
+                "Use the processor, which pads every caption to the text context."
+            )
+
+    def check_generate_inputs(self, input_ids: torch.Tensor | None, guided: bool, kwargs: dict[str, Any]) -> None:
+        if input_ids is None:
+            return
+        if guided or input_ids.ndim != 2 or input_ids.shape[1] < self.config.text_seq_len:
+            # unguided, generate() may also continue after some image tokens
+            self.check_caption(input_ids, "input_ids")
+
+    def unconditional_image_step(self, negative_prompt_ids, negative_prompt_attention_mask=None):
+        if negative_prompt_attention_mask is not None:
+            raise ValueError(
+                "DALL-E takes no `negative_prompt_attention_mask`: its caption pads are learned tokens, never masked."
+            )
+        self.check_caption(negative_prompt_ids, "negative_prompt_ids")
+        return partial(self.image_generation_step, self.prepare_image_generation(negative_prompt_ids))
+
     def prepare_inputs_for_generation(self, input_ids, cache=None, attention_mask=None, **kwargs):
         inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, attention_mask=attention_mask, **kwargs)
-        # `generate()` builds a 4-D *causal* mask for preallocated caches; the sparse masks are built in `forward`
-        # instead, so keep the plain 2-D padding mask.
-        if attention_mask is not None:
-            inputs["attention_mask"] = attention_mask
+        # `generate()` builds a 4-D *causal* mask for preallocated caches (from no mask at all when the prompt has no
+        # padding); the sparse masks are built in `forward` instead, so keep the plain 2-D padding mask, or none.
+        inputs["attention_mask"] = attention_mask
         return inputs
 
 

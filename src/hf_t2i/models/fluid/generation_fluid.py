@@ -273,6 +273,7 @@ class FluidGenerationMixin:
                 encoder_outputs=state.text,
                 cache=state.cache,
                 use_cache=True,
+                return_dict=True,
             ).last_hidden_state[:, -1:]  # (B', 1, C)
         else:
             hidden = self._masked_backbone(state, tokens, ~known)  # (B', N, C)
@@ -285,11 +286,18 @@ class FluidGenerationMixin:
         guidance = state.guidance
         if state.class_embeds is not None:
             return self.model(
-                image_tokens=guidance.double(tokens), mask=guidance.double(mask), class_embeds=state.class_embeds
+                image_tokens=guidance.double(tokens),
+                mask=guidance.double(mask),
+                class_embeds=state.class_embeds,
+                return_dict=True,
             ).last_hidden_state
         embeds = guidance.double(self.model.input_embeddings(tokens, mask))
         return self.model(
-            inputs_embeds=embeds, attention_mask=state.attention_mask, encoder_outputs=state.text, use_cache=False
+            inputs_embeds=embeds,
+            attention_mask=state.attention_mask,
+            encoder_outputs=state.text,
+            use_cache=False,
+            return_dict=True,
         ).last_hidden_state
 
     def _draw(self, hidden: torch.Tensor, guided: bool, scale: float, state: FluidGenerationState) -> torch.Tensor:

@@ -259,7 +259,7 @@ class MuseGenerationMixin:
             embeds = torch.cat([embeds, embeds])  # (2B, N, C)
             positions = torch.cat([positions, positions])  # (2B, M)
         hidden = self.model(
-            inputs_embeds=embeds, attention_mask=state.attention_mask[:rows], encoder_outputs=(text,)
+            inputs_embeds=embeds, attention_mask=state.attention_mask[:rows], encoder_outputs=(text,), return_dict=True
         ).last_hidden_state  # (B', N, C)
         selected = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
         logits = self.lm_head(selected).float()  # (B', M, V)

@@ -11,20 +11,31 @@ Decoder layout (N = grid * grid image tokens, BOS = `image_vocab_size`):
   cache; every decoding step reuses them (`layers.Attention`).
 - Classifier-free guidance (section 2.3): captions are dropped in training (the recipe's `caption_dropout`); at
   sampling the conditional and unconditional rows run as one doubled batch.
+- Stock `generate()` draws one image by default (`generation.image_generation_config`: N new tokens, no end token)
+  and guides with `guidance_scale` (`generation.ImageGenerationMixin`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
-from ...generation import AutoregressiveDecoder, ClassifierFreeGuidance, SamplingConfig, decode_autoregressive
+from ...generation import (
+    AutoregressiveDecoder,
+    ClassifierFreeGuidance,
+    ImageGenerationMixin,
+    SamplingConfig,
+    decode_autoregressive,
+    image_generation_config,
+)
 from ...layers import (
     BlockStackOutput,
     additive_mask,
@@ -239,7 +250,7 @@ class PartiModel(PartiPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
-class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
+class PartiForConditionalGeneration(PartiPreTrainedModel, ImageGenerationMixin):
     """Parti with its LM head over image codes and its ViT-VQGAN (`vqmodel`).
 
     Example:
@@ -247,9 +258,13 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
     ```python
     >>> model = PartiForConditionalGeneration.from_pretrained(path)
     >>> inputs = PartiProcessor.from_pretrained(path)(text=["a red circle"])
-    >>> ids = model.generate(**inputs, do_sample=True, top_k=64)  # (1, 1 + N): BOS then image codes
+    >>> ids = model.generate(**inputs, top_k=64)  # (1, 1 + N): BOS then image codes
     >>> pixels = model.decode_image_tokens(ids[:, 1:])
     ```
+
+    `generate()` samples one image by default (the `generation_config`); `guidance_scale=s` guides it against the
+    empty caption (`generation_config.unconditional_input_ids` / `unconditional_attention_mask`) or
+    `negative_prompt_ids` / `negative_prompt_attention_mask`.
     """
 
     def __init__(self, config: PartiConfig):
@@ -257,6 +272,11 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         self.model = PartiModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=config.use_bias)
         self.vqmodel = build_image_tokenizer(config.vq_config)
+        self.generation_config = image_generation_config(  # one image per `generate()`
+            config.num_image_tokens,
+            bos_token_id=config.bos_token_id,
+            decoder_start_token_id=config.decoder_start_token_id,
+        )
         self.post_init()
 
     def get_encoder(self) -> TextEncoder:
@@ -443,6 +463,20 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, GenerationMixin):
         )
         decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)
         return decode_autoregressive(lambda previous: self.image_generation_step(state, previous), decoder)
+
+    # -- stock generate() (generation.ImageGenerationMixin) -------------------------------------------------------
+    image_token_offset = 0
+
+    def check_generate_inputs(self, input_ids: torch.Tensor | None, guided: bool, kwargs: dict[str, Any]) -> None:
+        if guided and kwargs.get("decoder_input_ids") is not None:
+            raise ValueError(
+                "Guided `generate()` starts every image at the start token: pass no `decoder_input_ids` (or "
+                "`guidance_scale=1`)."
+            )
+
+    def unconditional_image_step(self, negative_prompt_ids, negative_prompt_attention_mask=None):
+        state = self.prepare_image_generation(negative_prompt_ids, negative_prompt_attention_mask)
+        return partial(self.image_generation_step, state)
 
 
 __all__ = [

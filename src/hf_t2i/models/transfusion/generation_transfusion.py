@@ -146,7 +146,7 @@ class TransfusionGenerationMixin:
         cache = None
         if use_cache:
             cache = DynamicCache(config=self.config)
-            self.model(input_ids, attention_mask=attention_mask, cache=cache, use_cache=True)
+            self.model(input_ids, attention_mask=attention_mask, cache=cache, use_cache=True, return_dict=True)
         return _Prefix(input_ids, attention_mask, cache)
 
     def _predict_noise(self, prefix: _Prefix, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,9 @@ class TransfusionGenerationMixin:
         timesteps = torch.as_tensor(timestep, device=latents.device).expand(rows)
         if prefix.cache is None:  # recompute the prefix (reference path)
             ids = torch.cat([prefix.input_ids, placeholders], dim=1)
-            out = self.model(ids, attention_mask=mask, image_latents=latents, timesteps=timesteps, use_cache=False)
+            out = self.model(
+                ids, attention_mask=mask, image_latents=latents, timesteps=timesteps, use_cache=False, return_dict=True
+            )
             return out.noise_pred
         length = cache_length(prefix.cache)
         out = self.model(
@@ -169,6 +171,7 @@ class TransfusionGenerationMixin:
             image_latents=latents,
             timesteps=timesteps,
             use_cache=True,
+            return_dict=True,
         )
         truncate_cache(prefix.cache, length)
         return out.noise_pred
@@ -354,6 +357,7 @@ class TransfusionGenerationMixin:
             timesteps=timesteps,
             use_cache=True,
             logits_to_keep=1,
+            return_dict=True,
         )
         return out.logits[:, -1]
 
@@ -469,7 +473,7 @@ class TransfusionGenerationMixin:
                     logits = self._next_token_logits(token[:, None], mask, cache)
                     continue
                 # diffusion mode: <boi> enters the cache, the patches are denoised after it
-                self.model(token[:, None], attention_mask=mask, cache=cache, use_cache=True)
+                self.model(token[:, None], attention_mask=mask, cache=cache, use_cache=True, return_dict=True)
                 prefixes = [_Prefix(torch.cat([ids, history, token[:, None]], 1), mask, cache)]
                 if guidance.enabled:
                     negative = self.unconditional_input_ids(1, device)
