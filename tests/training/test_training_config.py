@@ -50,7 +50,7 @@ PACKAGE_RECIPES = sorted(name for name in RECIPES if name != "toy")
         ("checkpoints_total_limit", 0),
         ("log_steps", 0),
         ("seed", True),
-        ("report_to", "wandb"),
+        ("report_to", "mlflow"),
         ("output_dir", ""),
     ],
 )

@@ -6,6 +6,9 @@
 | emoji | `build_emoji_dataset` | pinned npm packages (Twemoji, Noto) + emojibase names and keywords |
 | imagefolder | `build_imagefolder_dataset` | your folder of images with `metadata.jsonl` captions |
 | fashion_mnist | `build_fashion_mnist_dataset` | Debian package `dataset-fashion-mnist` |
+
+Any other image-caption set `datasets` reads (a Hub id, a local folder, parquet / webdataset shards, streamed or
+not) comes through `load_image_text_dataset` (`external.py`), with the same `image` and `text` columns.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 import datasets
 
 from .emoji import build_emoji_dataset, install_emoji_packages, split_by_concept
+from .external import load_image_text_dataset
 from .fashion_mnist import build_fashion_mnist_dataset
 from .imagefolder import build_imagefolder_dataset
 from .shapes import HELD_OUT_PAIRS, build_shapes_dataset, is_held_out
@@ -48,5 +52,6 @@ __all__ = [
     "install_emoji_packages",
     "is_held_out",
     "load_dataset_by_name",
+    "load_image_text_dataset",
     "split_by_concept",
 ]

@@ -13,6 +13,7 @@ from .cli import add_train_subparser, build_train_parser, parse_train_args, run_
 from .config import TrainingConfig
 from .data_utils import EpochShuffleSampler, cached_map
 from .recipe import RECIPES, Recipe, RecipeConfig, get_recipe, list_recipes, register_recipe
+from .streaming import StreamingDataset
 from .trainer import make_image_grid, train
 
 
@@ -21,6 +22,7 @@ __all__ = [
     "EpochShuffleSampler",
     "Recipe",
     "RecipeConfig",
+    "StreamingDataset",
     "TrainState",
     "TrainingConfig",
     "add_train_subparser",

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
-REPORT_TO = ("tensorboard", "none")
+REPORT_TO = ("tensorboard", "wandb", "all", "none")
 
 
 def _help(text: str, **kwargs) -> Any:
@@ -71,7 +71,11 @@ class TrainingConfig:
     eval_steps: int = _help("Run evaluation every N steps (and at the end).", default=0)
     seed: int = _help("Seed of model init, data order and per-process noise.", default=0)
     dataloader_num_workers: int = _help("DataLoader worker processes.", default=0)
-    report_to: Literal["tensorboard", "none"] = _help("Tracker for scalars and sample grids.", default="tensorboard")
+    report_to: Literal["tensorboard", "wandb", "all", "none"] = _help(
+        "Tracker of scalars and sample grids: 'tensorboard' (under output_dir/logs), 'wandb' (needs `pip install "
+        "wandb` and a login), 'all' (every tracker Accelerate finds installed) or 'none'.",
+        default="tensorboard",
+    )
     ddp_find_unused_parameters: bool = _help(
         "Pass find_unused_parameters=True to DDP (models whose steps leave some parameters unused).", default=False
     )

@@ -44,8 +44,19 @@ def build_dataloader(
     """A DataLoader whose order depends only on `(seed, epoch)` and which never touches the global RNG.
 
     The DataLoader gets its own generator: torch draws each iterator's worker base seed from it, and drawing
-    from the global RNG instead would shift the model's noise between a straight and a resumed run.
+    from the global RNG instead would shift the model's noise between a straight and a resumed run. A
+    `StreamingDataset` (no length) shuffles, shards and resumes itself, so it gets no sampler.
     """
+    from .streaming import StreamingDataset
+
+    if isinstance(dataset, StreamingDataset):
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed),
+        )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty: `build_train_dataset()` / `build_eval_dataset()` returned 0 rows.")
     sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None

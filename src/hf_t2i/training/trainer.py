@@ -8,8 +8,9 @@ and an atomic final export. Multi-process comes from the launcher (`accelerate l
 Exact resume rests on three things: (1) everything stateful is in the checkpoint (model, optimizer, scheduler,
 EMA, per-process global RNG states, the recipe's `generator`, `TrainState`; `checkpointing.py` lists the files and
 why none is ever unpickled without torch's restricted `weights_only` loader); (2) the data order is a function of
-`(seed, epoch)` only and the partly consumed epoch is skipped with `accelerator.skip_first_batches`; (3) sampling
-and evaluation run under a forked RNG, so how often they run never changes the training trajectory.
+`(seed, epoch)` only and the partly consumed epoch is skipped with `accelerator.skip_first_batches` (a streamed
+dataset, `StreamingDataset`, skips the rows it already yielded, still undecoded); (3) sampling and evaluation run
+under a forked RNG, so how often they run never changes the training trajectory.
 """
 
 import contextlib
@@ -21,7 +22,13 @@ import shutil
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    DistributedType,
+    ProjectConfiguration,
+    send_to_device,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
 from .checkpointing import (
@@ -37,6 +44,7 @@ from .checkpointing import (
 from .config import TrainingConfig
 from .data_utils import build_dataloader
 from .recipe import Recipe
+from .streaming import StreamingDataset
 
 
 logger = get_logger(__name__)
@@ -79,6 +87,8 @@ def _build_accelerator(config: TrainingConfig) -> Accelerator:
     handlers = (
         [DistributedDataParallelKwargs(find_unused_parameters=True)] if config.ddp_find_unused_parameters else []
     )
+    _check_tracker_installed(config.report_to)
+    _skip_fsdp_module_sync_on_cpu()
     accelerator = Accelerator(
         cpu=_distributed_cpu_only_launch(),
         mixed_precision=config.mixed_precision,
@@ -96,7 +106,50 @@ def _build_accelerator(config: TrainingConfig) -> Accelerator:
             f"The launcher started {launched} processes but Accelerate sees {accelerator.num_processes}: each would "
             "train alone into the same output_dir. On a machine without CUDA set ACCELERATE_USE_CPU=1."
         )
+    if _fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
+        logger.warning(
+            "FSDP was requested (accelerate launch --use_fsdp / a distributed_type: FSDP config), but Accelerate "
+            "only shards on accelerators (CUDA, XPU, NPU, ...): these %d processes run %s data parallel, every "
+            "parameter replicated. The same command shards the model on GPUs.",
+            accelerator.num_processes,
+            accelerator.distributed_type.value,
+        )
     return accelerator
+
+
+def _check_tracker_installed(report_to: str) -> None:
+    """Fail before any work when the chosen tracker's package is missing (Accelerate would only warn and log
+    nothing). `all` takes every tracker that is installed."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    if report_to in available and not available[report_to]():
+        package = {"tensorboard": "tensorboard", "wandb": "wandb"}[report_to]
+        raise ValueError(
+            f"TrainingConfig.report_to={report_to!r} needs the {package!r} package: `pip install {package}` (and, "
+            "for wandb, `wandb login`), or pass --report-to tensorboard / none."
+        )
+
+
+def _fsdp_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def _skip_fsdp_module_sync_on_cpu() -> None:
+    """Turn off FSDP's broadcast of the initial weights from rank 0 on a machine without an accelerator.
+
+    `accelerate launch --use_fsdp` defaults to `--fsdp_sync_module_states true` (and to
+    `--fsdp_cpu_ram_efficient_loading true`, which forces it), and Accelerate's FSDP plugin refuses that on a CPU
+    ("sync_module_states=True is not supported on cpu") before any training starts. hf_t2i does not need the
+    broadcast: `train()` seeds every process identically before `build_model`, and every process loads the same
+    pretrained parts itself, so all processes start from the same weights anyway. (On a CPU Accelerate does not
+    shard at all; see the warning in `_build_accelerator`.)
+    """
+    if not _fsdp_requested() or torch.accelerator.is_available():
+        return
+    for name in ("FSDP_SYNC_MODULE_STATES", "FSDP_CPU_RAM_EFFICIENT_LOADING"):
+        if os.environ.get(name, "false").lower() in ("true", "1"):
+            os.environ[name] = "false"
 
 
 def _launched_world_size() -> int:
@@ -219,11 +272,16 @@ class _TrainingRun:
         optimizer = _build_optimizer(groups, config)
         scheduler = _build_lr_scheduler(optimizer, config)
         train_loader, eval_loader = self._build_dataloaders()
-        self.model, self.optimizer, self.train_loader, self.lr_scheduler = accelerator.prepare(
-            model, optimizer, train_loader, scheduler
-        )
+        self.streaming = isinstance(train_loader.dataset, StreamingDataset)
+        if self.streaming:  # shuffled and split across processes by the dataset itself, not by Accelerate
+            self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, scheduler)
+            self.train_loader, self.sampler = train_loader, None
+        else:
+            self.model, self.optimizer, self.train_loader, self.lr_scheduler = accelerator.prepare(
+                model, optimizer, train_loader, scheduler
+            )
+            self.sampler = train_loader.sampler
         self.eval_loader = accelerator.prepare(eval_loader) if eval_loader is not None else None
-        self.sampler = train_loader.sampler
         self.ema = self._build_ema()
         self._register_checkpoint_state()
         set_seed(config.seed, device_specific=True)  # different noise per process; overwritten by a resume
@@ -242,12 +300,28 @@ class _TrainingRun:
         with self.accelerator.main_process_first():  # lets the main process fill dataset caches first
             train_dataset = recipe.build_train_dataset()
             eval_dataset = recipe.build_eval_dataset()
+        if isinstance(train_dataset, StreamingDataset):
+            self._log_streaming(train_dataset)
+            train_dataset.set_process(self.accelerator.process_index, self.accelerator.num_processes)
         kwargs = {"collate_fn": recipe.collate_fn, "seed": config.seed, "num_workers": config.dataloader_num_workers}
         train_loader = build_dataloader(train_dataset, config.train_batch_size, **kwargs)
         eval_loader = None
         if eval_dataset is not None:
             eval_loader = build_dataloader(eval_dataset, config.train_batch_size, shuffle=False, **kwargs)
         return train_loader, eval_loader
+
+    def _log_streaming(self, dataset: StreamingDataset) -> None:
+        processes, shards = self.accelerator.num_processes, dataset.source.num_shards
+        logger.info("Training on a stream: %r, %d process(es).", dataset, processes)
+        if processes > 1 and shards % processes:
+            logger.warning(
+                "The stream has %d shard(s), not a multiple of the %d processes: every process reads all of them and "
+                "keeps one row in %d. Write the data as a multiple of %d shards to read each file once.",
+                shards,
+                processes,
+                processes,
+                processes,
+            )
 
     def _build_ema(self):
         if self.config.ema_decay is None:
@@ -300,6 +374,18 @@ class _TrainingRun:
         if self.ema is not None:
             load_ema(path, self.ema)
             self.ema.to(self.accelerator.device)
+        if self.streaming:
+            if manifest.get("num_processes") != self.accelerator.num_processes:
+                logger.warning(
+                    "%s was written by %s processes and is resumed by %d: the stream is split differently, so epoch "
+                    "%d restarts from its first rows instead of continuing where it stopped.",
+                    path,
+                    manifest.get("num_processes"),
+                    self.accelerator.num_processes,
+                    self.state.epoch,
+                )
+                self.state.batches_in_epoch = 0
+            return
         if self.state.batches_in_epoch >= len(self.train_loader):  # saved at the very end of an epoch
             self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
 
@@ -337,6 +423,12 @@ class _TrainingRun:
                     if self.state.global_step >= config.max_steps:
                         break
             else:
+                if self.state.batches_in_epoch == 0:  # only a stream can be empty (build_dataloader checks the rest)
+                    raise ValueError(
+                        f"The training stream gave process {self.accelerator.process_index} of "
+                        f"{self.accelerator.num_processes} no rows: the dataset is empty, or smaller than the "
+                        "held-out eval_size."
+                    )
                 self.state.epoch, self.state.batches_in_epoch = self.state.epoch + 1, 0
         self.progress.close()
         self._export()
@@ -345,6 +437,8 @@ class _TrainingRun:
     def _epoch_batches(self):
         """The current epoch's loader: order from `(seed, epoch)`, already-consumed batches skipped."""
         epoch, skip = self.state.epoch, self.state.batches_in_epoch
+        if self.streaming:
+            return self._stream_batches(epoch, skip)
         loader = self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
         self.sampler.set_epoch(epoch)
         self.train_loader.set_epoch(epoch)
@@ -352,6 +446,32 @@ class _TrainingRun:
         if self.train_loader.generator is not None:  # worker seeds of this epoch
             self.train_loader.generator.manual_seed(self.config.seed + epoch)
         return loader
+
+    def _stream_batches(self, epoch: int, skip: int):
+        """The epoch's batches of a `StreamingDataset`, on the device. All processes end the epoch together (when
+        the first of them runs out of rows), so that every process is at the same `(epoch, batches_in_epoch)`, the
+        data position a checkpoint records."""
+        dataset = self.train_loader.dataset
+        dataset.set_epoch(epoch)
+        dataset.set_skip(skip, self.config.train_batch_size)
+        if skip:
+            logger.info(
+                "Resuming epoch %d of the stream: skipping the %d rows per process it already trained on.",
+                epoch,
+                skip * self.config.train_batch_size,
+            )
+        self.train_loader.generator.manual_seed(self.config.seed + epoch)  # worker seeds of this epoch
+        device, several = self.accelerator.device, self.accelerator.num_processes > 1
+        batches = iter(self.train_loader)
+        while True:
+            batch = next(batches, None)
+            if several:
+                flags = torch.tensor([batch is not None], dtype=torch.int32, device=device)
+                if self.accelerator.reduce(flags, reduction="sum").item() < self.accelerator.num_processes:
+                    return
+            if batch is None:
+                return
+            yield send_to_device(batch, device)
 
     def _micro_step(self, batch) -> None:
         """Forward/backward of one micro-batch; the optimizer only steps when Accelerate syncs gradients."""
@@ -474,11 +594,13 @@ class _TrainingRun:
         folder = os.path.join(self.config.output_dir, "samples")
         os.makedirs(folder, exist_ok=True)
         grid.save(os.path.join(folder, f"step_{self.state.global_step:06d}.png"))
-        if self.config.report_to == "tensorboard":
-            import numpy as np
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                import numpy as np
 
-            writer = self.accelerator.get_tracker("tensorboard", unwrap=True)
-            writer.add_image("samples", np.asarray(grid), self.state.global_step, dataformats="HWC")
+                tracker.writer.add_image("samples", np.asarray(grid), self.state.global_step, dataformats="HWC")
+            elif tracker.name == "wandb":
+                tracker.log_images({"samples": [grid]}, step=self.state.global_step)
 
     # ----------------------------------------------------------------------------------------------- export
     def _export(self) -> None:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, load_image_text_splits, with_pixel_values
+from .common import ImageTextDataConfig, first_rows, load_image_text_splits, with_pixel_values
 
 
 @dataclass
@@ -175,10 +175,9 @@ class AutoencoderKLRecipe(Recipe):
     @torch.no_grad()
     def latent_std(self, vae) -> float:
         """Std of the posterior means over `scale_num_images` training images (all latent values pooled)."""
-        latents = [
-            vae.encode(p).latent_dist.mode().float()
-            for p in self._rows(self.build_train_dataset(), self.config.scale_num_images)
-        ]
+        c = self.config
+        sample = with_pixel_values(first_rows(self._splits()[0], c.scale_num_images), c.image_size)
+        latents = [vae.encode(p).latent_dist.mode().float() for p in self._rows(sample, c.scale_num_images)]
         return torch.cat([z.flatten() for z in latents]).std().item()
 
     def sample_images(self, model, step):

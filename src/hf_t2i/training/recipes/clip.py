@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, load_image_text_splits
+from .common import ImageTextDataConfig, load_image_text_splits, training_captions
 
 
 END_OF_TEXT = "<|endoftext|>"
@@ -143,7 +143,9 @@ class ClipScorerRecipe(Recipe):
                 tokenizer = AutoTokenizer.from_pretrained(c.tokenizer_path, model_max_length=c.text_seq_len)
                 tokenizer = with_end_of_text_token(tokenizer)
             else:
-                tokenizer = build_scorer_tokenizer(self._splits()[0]["text"], c.text_vocab_size, c.text_seq_len)
+                tokenizer = build_scorer_tokenizer(
+                    training_captions(c, self._splits()[0]), c.text_vocab_size, c.text_seq_len
+                )
             self._processor = T2IProcessor(T2IImageProcessor(image_size=c.image_size), tokenizer)
         return self._processor
 

@@ -15,28 +15,92 @@ from ..recipe import RecipeConfig
 
 @dataclass
 class ImageTextDataConfig(RecipeConfig):
-    """Where a recipe's image-text pairs come from (see `hf_t2i.data`)."""
+    """Where a recipe's image-text pairs come from: a built-in dataset (`hf_t2i.data`) or, with `dataset_name`, any
+    dataset `datasets` reads (Hub id, folder, parquet / webdataset shards), optionally streamed."""
 
-    dataset: str = field(default="shapes", metadata={"help": "shapes | emoji | fashion_mnist | imagefolder"})
-    dataset_size: int = field(default=20000, metadata={"help": "training pairs to generate (shapes only)"})
+    dataset: str = field(
+        default="shapes",
+        metadata={"help": "shapes | emoji | fashion_mnist | imagefolder (built-in); set --dataset-name for any other"},
+    )
+    dataset_size: int = field(
+        default=20000,
+        metadata={"help": "shapes: training pairs to generate; --streaming: rows read to train the caption tokenizer"},
+    )
     data_dir: str | None = field(
         default=None, metadata={"help": "imagefolder path, or the npm cache folder of the emoji set"}
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "a datasets Hub id, a local dataset folder (parquet / webdataset .tar shards, imagefolder, "
+            "save_to_disk) or a shard glob such as 'shards/*.tar'; replaces --dataset"
+        },
+    )
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "configuration of a --dataset-name with several (load_dataset's `name`)"}
+    )
+    image_column: str | None = field(
+        default=None, metadata={"help": "--dataset-name column of images; default: image, jpg, jpeg, png or webp"}
+    )
+    caption_column: str | None = field(
+        default=None, metadata={"help": "column of captions; default: text, caption or txt (imagefolder: text)"}
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "stream --dataset-name shard by shard (no length; epochs and resume follow the stream)"},
+    )
+    shuffle_buffer_size: int = field(
+        default=1000, metadata={"help": "--streaming: rows in the seeded shuffle buffer (0: stored order)"}
+    )
     image_size: int = field(default=64, metadata={"help": "training resolution (square)"})
-    eval_size: int = field(default=256, metadata={"help": "held-out pairs used for evaluation"})
+    eval_size: int = field(
+        default=256,
+        metadata={
+            "help": "held-out pairs used for evaluation (--dataset-name: from its validation/test split if any)"
+        },
+    )
     data_seed: int = field(default=0, metadata={"help": "seed of dataset generation and splits"})
+
+    def __post_init__(self):
+        if self.dataset_name is not None:
+            if self.dataset not in ("shapes", "datasets"):
+                raise ValueError(
+                    f"dataset={self.dataset!r} and dataset_name={self.dataset_name!r} are both set; pass only one "
+                    "(--dataset for a built-in set, --dataset-name for any other)."
+                )
+            self.dataset = "datasets"  # what training records; code testing `dataset == "shapes"` stays right
+        elif self.dataset == "datasets":
+            raise ValueError("dataset='datasets' needs dataset_name (--dataset-name): the dataset to load.")
+        for name in ("dataset_config_name", "image_column", "streaming"):
+            if getattr(self, name) not in (None, False) and self.dataset_name is None:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} only applies with dataset_name (--dataset-name); "
+                    "drop it or pass the dataset to load."
+                )
+        if self.caption_column is not None and self.dataset not in ("datasets", "imagefolder"):
+            raise ValueError(
+                f"caption_column={self.caption_column!r} only applies to --dataset-name or --dataset imagefolder; "
+                f"the {self.dataset!r} set has its own captions."
+            )
+        if isinstance(self.shuffle_buffer_size, bool) or self.shuffle_buffer_size < 0:
+            raise ValueError(f"shuffle_buffer_size={self.shuffle_buffer_size!r} is invalid: pass an integer >= 0.")
+        if isinstance(self.eval_size, bool) or self.eval_size < 1:
+            raise ValueError(f"eval_size={self.eval_size!r} is invalid: pass an integer >= 1.")
 
 
 def load_image_text_splits(config: ImageTextDataConfig):
-    """(train, eval) `datasets.Dataset`s with `image` and `text` columns for `config.dataset`.
+    """(train, eval) datasets with `image` and `text` columns for `config.dataset`.
 
     shapes: generated train / validation splits (the held-out colour-shape pairs stay out of both; `test` holds
     them). emoji: split by concept, so evaluation concepts are unseen. fashion_mnist: its train / test files.
-    imagefolder: a seeded split of the folder.
+    imagefolder: a seeded split of the folder. `dataset_name`: see `load_dataset_splits`; with `streaming` the
+    training split is a `StreamingDataset` (no length), the evaluation split always a small in-memory `Dataset`.
     """
     from ... import data
 
     c = config
+    if c.dataset == "datasets":
+        return load_dataset_splits(c)
     if c.dataset == "shapes":
         train = data.build_shapes_dataset(c.dataset_size, "train", c.image_size, seed=c.data_seed)
         return train, data.build_shapes_dataset(c.eval_size, "validation", c.image_size, seed=c.data_seed)
@@ -50,9 +114,86 @@ def load_image_text_splits(config: ImageTextDataConfig):
     if c.dataset == "imagefolder":
         if not c.data_dir:
             raise ValueError("`data_dir` is required with `dataset=imagefolder`: the folder with metadata.jsonl.")
-        splits = data.build_imagefolder_dataset(c.data_dir).train_test_split(test_size=c.eval_size, seed=c.data_seed)
+        folder = data.build_imagefolder_dataset(c.data_dir, caption_column=c.caption_column or "text")
+        splits = folder.train_test_split(test_size=c.eval_size, seed=c.data_seed)
         return splits["train"], splits["test"]
     raise ValueError(f"`dataset` must be one of {sorted(data.DATASETS)}, got {c.dataset!r}.")
+
+
+EVAL_SPLIT_NAMES = ("validation", "valid", "val", "test")
+
+
+def load_dataset_splits(config: ImageTextDataConfig):
+    """(train, eval) of `config.dataset_name`: its "train" split (or its only one) for training; for evaluation the
+    first `eval_size` rows of its validation / test split when it has one, else `eval_size` rows held out of
+    training (a seeded random split; when streaming, the first `eval_size` rows of the stream, which the training
+    stream then skips wherever they fall)."""
+    from ... import data
+    from ..streaming import StreamingDataset, row_digest
+
+    c = config
+    splits = data.load_image_text_dataset(
+        c.dataset_name,
+        config_name=c.dataset_config_name,
+        image_column=c.image_column,
+        caption_column=c.caption_column,
+        streaming=c.streaming,
+    )
+    names = list(splits)
+    train_name = "train" if "train" in splits else names[0] if len(names) == 1 else None
+    if train_name is None:
+        raise ValueError(f"dataset_name={c.dataset_name!r} has splits {names} but no 'train' split to train on.")
+    train = splits[train_name]
+    eval_name = next((name for name in EVAL_SPLIT_NAMES if name in splits), None)
+    if not c.streaming:
+        if eval_name is not None:
+            evaluation = splits[eval_name]
+            return train, evaluation.select(range(min(c.eval_size, len(evaluation))))
+        if c.eval_size >= len(train):
+            raise ValueError(
+                f"eval_size={c.eval_size} leaves no training row of the {len(train)} in {c.dataset_name!r}; "
+                "pass a smaller --eval-size."
+            )
+        held_out = train.train_test_split(test_size=c.eval_size, seed=c.data_seed)
+        return held_out["train"], held_out["test"]
+    source = splits[eval_name] if eval_name is not None else train
+    rows = list(source.decode(False).take(c.eval_size))
+    if not rows:
+        raise ValueError(f"dataset_name={c.dataset_name!r} has no rows to evaluate on.")
+    evaluation = datasets_from_rows(rows, source.features)
+    exclude = frozenset() if eval_name is not None else frozenset(row_digest(row) for row in rows)
+    stream = StreamingDataset(train, seed=c.data_seed, shuffle_buffer_size=c.shuffle_buffer_size, exclude=exclude)
+    return stream, evaluation
+
+
+def datasets_from_rows(rows: list[dict], features):
+    """An in-memory `datasets.Dataset` of raw rows whose fingerprint is their content, so that caches keyed by it
+    (`cached_map`) are reused by a later run on the same rows, and by every process."""
+    import datasets
+
+    from ..streaming import row_digest
+
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    return datasets.Dataset(
+        dataset.data, info=dataset.info, fingerprint=fingerprint(*(row_digest(row) for row in rows))
+    )
+
+
+def first_rows(dataset, num_rows: int):
+    """The first `num_rows` rows of a training split as a `datasets.Dataset` (all of them for a smaller map-style
+    set): a fixed sample, e.g. the captions a tokenizer is trained on."""
+    from ..streaming import StreamingDataset
+
+    if isinstance(dataset, StreamingDataset):
+        return dataset.head(num_rows)
+    return dataset.select(range(min(num_rows, len(dataset)))) if num_rows < len(dataset) else dataset
+
+
+def training_captions(config: ImageTextDataConfig, train) -> list[str]:
+    """Captions to train a caption tokenizer on: every training caption, or the first `dataset_size` of a stream."""
+    from ..streaming import StreamingDataset
+
+    return first_rows(train, config.dataset_size)["text"] if isinstance(train, StreamingDataset) else train["text"]
 
 
 def with_pixel_values(dataset, image_size: int, keep: tuple[str, ...] = ()):
@@ -111,7 +252,19 @@ def reconstruction_metrics_on(tokenizer, dataset, batch_size: int = 64) -> dict[
 
 def cached_encode(dataset, encode, cache_dir: str | None, kind: str, name: str, batch_size: int):
     """`encode` over `dataset` in batches, computed once and stored as `name` under `cache_dir` (default: the
-    package cache's `kind` folder); the result holds `encode`'s columns only, as torch tensors."""
+    package cache's `kind` folder); the result holds `encode`'s columns only, as torch tensors.
+
+    A `StreamingDataset` cannot be cached (it has no end to encode up to): its rows are encoded on the fly, in the
+    process (or DataLoader worker) that reads them, with the same `encode`.
+    """
+    from ..streaming import StreamingDataset
+
+    if isinstance(dataset, StreamingDataset):
+
+        def encode_rows(batch):
+            return {name: [torch.as_tensor(value) for value in values] for name, values in encode(batch).items()}
+
+        return dataset.with_transform(encode_rows)
     encoded = cached_map(
         dataset,
         encode,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..recipe import Recipe
-from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits
+from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits, training_captions
 
 
 @dataclass
@@ -68,6 +68,11 @@ class TokenPriorRecipe(Recipe):
             )
         if not 0 <= self.config.caption_dropout < 1:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.config.caption_dropout}.")
+        if self.config.eval_num_images and self.config.dataset == "datasets":
+            raise ValueError(
+                f"eval_num_images={self.config.eval_num_images} measures FID / compositional accuracy on a built-in "
+                "dataset's captions, not on --dataset-name; set it to 0 (held-out losses are still reported)."
+            )
 
     @property
     def image_tokenizer_path(self) -> str:
@@ -104,7 +109,7 @@ class TokenPriorRecipe(Recipe):
         if c.tokenizer_path:
             return AutoTokenizer.from_pretrained(c.tokenizer_path, model_max_length=c.text_seq_len)
         return train_bpe_tokenizer(
-            self._splits()[0]["text"], vocab_size=c.text_vocab_size, model_max_length=c.text_seq_len
+            training_captions(c, self._splits()[0]), vocab_size=c.text_vocab_size, model_max_length=c.text_seq_len
         )
 
     @property

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits
+from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits, training_captions
 
 
 @dataclass
@@ -111,7 +111,7 @@ class TransfusionRecipe(Recipe):
         if c.tokenizer_path:
             tokenizer = AutoTokenizer.from_pretrained(c.tokenizer_path, model_max_length=c.text_seq_len)
         else:
-            texts = self._splits()[0]["text"]
+            texts = training_captions(c, self._splits()[0])
             size = c.text_vocab_size - len(IMAGE_SPECIAL_TOKENS)
             tokenizer = train_bpe_tokenizer(texts, vocab_size=size, model_max_length=c.text_seq_len)
         return add_image_tokens(tokenizer)
