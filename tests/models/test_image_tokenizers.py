@@ -50,6 +50,7 @@ def test_each_config_builds_its_tokenizer(config, expected):
     tokenizer = build_image_tokenizer(config)
     assert type(tokenizer) is expected
     assert is_continuous_tokenizer(tokenizer) == (expected is AutoencoderKL)
+    assert not any(p.requires_grad for p in tokenizer.parameters())  # a prior never trains its tokenizer
 
 
 @pytest.mark.parametrize("kind", ["dvae", "vit_vqgan", "vae"])

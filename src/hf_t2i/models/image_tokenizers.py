@@ -113,21 +113,23 @@ def vq_config_from(vq_config: PreTrainedConfig | dict | None, name: str = "vq_co
 
 
 def build_image_tokenizer(config: PreTrainedConfig | dict) -> nn.Module:
-    """A freshly initialised image tokenizer from the config a prior nests (its weights come with the prior's).
+    """A freshly initialised image tokenizer from the config a prior nests (its weights come with the prior's), frozen
+    (`requires_grad=False`): a prior is trained on the tokens of an already trained tokenizer (DALL-E's stage 2,
+    Parti's, Fluid's and Transfusion's frozen VAE), so its parameters are never optimised with the prior's.
 
     Args:
         config: a discrete tokenizer's config (`DalleDVAEConfig`, `ViTVQGANConfig`, `DiffusersVQConfig`), or a dict of
             diffusers `AutoencoderKL` arguments (the `vae_config` of Fluid and Transfusion) for continuous latents.
     """
     if isinstance(config, dict):
-        return AutoencoderKL.from_config(config)
+        return AutoencoderKL.from_config(config).requires_grad_(False)
     builder = DISCRETE_TOKENIZERS.get(getattr(config, "model_type", None))
     if builder is None:
         raise ValueError(
             f"No image tokenizer is built from a {type(config).__name__}: pass a config of one of "
             f"{sorted(DISCRETE_TOKENIZERS)} (its `model_type`) or a dict of diffusers `AutoencoderKL` arguments."
         )
-    return builder(config)
+    return builder(config).requires_grad_(False)
 
 
 def _load_autoencoder_kl_strictly(path: str) -> AutoencoderKL:

@@ -278,8 +278,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         super().__init__(config)
         self.model = TransfusionModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.vae = build_image_tokenizer(config.vae_config)
-        self.vae.requires_grad_(False)
+        self.vae = build_image_tokenizer(config.vae_config)  # frozen
         # The training noise schedule is plain tensors, not parameters or buffers: `from_pretrained` runs `__init__`
         # on the meta device, so it is built on the CPU explicitly (`add_noise` moves it to the latents' device).
         with torch.device("cpu"):
