@@ -11,8 +11,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .hub import HUB_ARGUMENTS, push_folder_to_hub
+
+
+# transformers 5.24 renamed `past_key_values` to `cache` and still takes the old name with a deprecation warning
+# until 5.40; the `forward` of every model that takes a cache does the same, so older calling code keeps working.
+renamed_cache_argument = deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
 
 
 @torch.no_grad()

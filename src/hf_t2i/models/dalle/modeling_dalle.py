@@ -48,7 +48,7 @@ from ...layers import (
     sparse_image_mask,
     transformer_blocks,
 )
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
 from ..image_tokenizers import DalleDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 
@@ -171,6 +171,7 @@ class DalleModel(DallePreTrainedModel):
             parts.append(self.image_embeddings(image_ids) + self.image_position_embeddings(positions))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -317,6 +318,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
         return self.vqmodel.decode(image_token_ids)
 
     # -- forward ----------------------------------------------------------------------------------------------------
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor,

@@ -45,7 +45,7 @@ from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, buil
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_fluid import FluidConfig, MarConfig
 from .generation_fluid import FluidGenerationMixin
@@ -219,6 +219,7 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
         """The text encoder's outputs; `kwargs`: its `output_attentions` / `output_hidden_states`."""
         return self.text_encoder(input_ids, attention_mask, **kwargs)
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -587,6 +588,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             generator,
         )
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

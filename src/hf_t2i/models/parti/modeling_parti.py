@@ -47,7 +47,7 @@ from ...layers import (
     transformer_blocks,
 )
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
 from ..image_tokenizers import DiffusersVQConfig, build_image_tokenizer
 from .configuration_parti import PartiConfig
 
@@ -176,6 +176,7 @@ class PartiModel(PartiPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.decoder.embeddings
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -307,6 +308,7 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, ImageGenerationMixin):
         low, high = vq_config.output_range
         return ((pixels - low) / (high - low) * 2 - 1).clamp(-1, 1)
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

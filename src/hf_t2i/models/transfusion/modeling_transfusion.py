@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, run_blocks, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
@@ -158,6 +158,7 @@ class TransfusionModel(TransfusionPreTrainedModel):
             )
         return num_images
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -357,6 +358,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         noisy = self.noise_scheduler.add_noise(image_latents, noise, timesteps.to(device))
         return noisy, timesteps.to(device), noise
 
+    @renamed_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor,
