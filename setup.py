@@ -29,7 +29,7 @@ EXTRAS = {
     "train": ["tensorboard>=2.18"],
     "eval": ["torchmetrics>=1.4", "scipy>=1.13"],
     "convert": [],
-    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.18", "torchmetrics>=1.4", "scipy>=1.13"],
+    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.18", "torchmetrics>=1.4", "scipy>=1.13", "parameterized>=0.9"],
 }
 
 setup(
