@@ -20,6 +20,10 @@ and corrected (`datasets:` entries that are not Hub dataset ids are dropped). Ot
 "How to use" installs hf_t2i and calls the pipeline.
 
 Local paths never reach the Hub through a card: a local folder the checkpoint was loaded from is not a `base_model`.
+
+Every uploaded folder also carries the loader files of `hf_t2i.remote_code` (written by `save_pretrained`, added here
+to a folder saved by an older hf_t2i), so `DiffusionPipeline.from_pretrained` and the transformers Auto classes load
+it with `trust_remote_code=True` where hf_t2i is installed but not imported; the card's "How to use" says how.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .checkpoints import SHIPPED_CHECKPOINTS, SHIPPED_DIR
+from .remote_code import INSTALL_COMMAND, pipeline_class_name, write_remote_code
 
 
 LIBRARY_NAME = "hf_t2i"
@@ -48,8 +53,6 @@ TEXT_TO_IMAGE = "text-to-image"
 DEFAULT_LICENSE = "apache-2.0"
 CARD_NAME = "README.md"
 REPORT_NAME = "report.json"  # what `hf-t2i eval` writes
-# hf_t2i is not published on PyPI: cards tell users to install it from a clone of its repository.
-INSTALL_COMMAND = "pip install -e ./hf_t2i  # a clone of the hf_t2i repository"
 EXAMPLE_PROMPT = "a red circle left of a blue square"
 
 # The keyword arguments of the save / push methods that reach `push_folder_to_hub`.
@@ -127,7 +130,7 @@ def describe_folder(folder: str | os.PathLike) -> SavedFolder:
     class_conditional = bool(config.get("num_classes"))  # MAR: class labels instead of captions
     if index is not None:
         tag = None if class_conditional else TEXT_TO_IMAGE
-        return SavedFolder(LIBRARY_NAME, index.get("_class_name"), family, True, tag, class_conditional)
+        return SavedFolder(LIBRARY_NAME, pipeline_class_name(index), family, True, tag, class_conditional)
     if "_diffusers_version" in config:  # a diffusers model, e.g. the autoencoder_kl recipe's AutoencoderKL
         return SavedFolder("diffusers", config.get("_class_name"), None, False, None)
     architectures = config.get("architectures") or [None]
@@ -222,6 +225,22 @@ def _is_repo_id(name: Any) -> bool:
     return True
 
 
+def _generic_loaders(info: SavedFolder, repo_id: str) -> str:
+    """A note on the loaders that need hf_t2i installed but not imported (the loader files of
+    `hf_t2i.remote_code`)."""
+    if info.is_pipeline:
+        return (
+            "\nThe generic loaders work too, with hf_t2i installed: `DiffusionPipeline.from_pretrained(snapshot_download("
+            f'"{repo_id}"), trust_remote_code=True)` (diffusers cannot pick this repository\'s files itself, so '
+            "`huggingface_hub.snapshot_download` fetches it first) and `AutoModel.from_pretrained"
+            f'("{repo_id}", trust_remote_code=True)`.\n'
+        )
+    return (
+        f'\nWith hf_t2i installed, `AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)` loads it too, '
+        "without importing hf_t2i.\n"
+    )
+
+
 def _usage(info: SavedFolder, repo_id: str) -> str:
     """The "How to use" section: install hf_t2i, then load the checkpoint and (for a pipeline) call it."""
     install = (
@@ -244,7 +263,7 @@ def _usage(info: SavedFolder, repo_id: str) -> str:
                 '\n`import hf_t2i` registers the `text-to-image` task, so `transformers.pipeline("text-to-image", '
                 f'model="{repo_id}")` loads this repository too.\n'
             )
-        return f"## How to use\n\n{install}```python\n{code}```\n{extra}"
+        return f"## How to use\n\n{install}```python\n{code}```\n{extra}{_generic_loaders(info, repo_id)}"
     module = "hf_t2i" if info.library_name == LIBRARY_NAME else info.library_name
     code = f'from {module} import {name}\n\nmodel = {name}.from_pretrained("{repo_id}")\n'
     extra = ""
@@ -253,6 +272,8 @@ def _usage(info: SavedFolder, repo_id: str) -> str:
             "\nThis repository holds the model without its processor. To draw images, use it in its hf_t2i pipeline "
             "with the processor it was trained with; a pipeline shared with `pipe.push_to_hub(...)` carries both.\n"
         )
+    if info.library_name == LIBRARY_NAME:
+        extra += _generic_loaders(info, repo_id)
     return f"## How to use\n\n{install}```python\n{code}```\n{extra}"
 
 
@@ -462,6 +483,7 @@ def push_folder_to_hub(
     if not folder.is_dir():
         raise ValueError(f"`folder` ({folder}) is not a folder; save the checkpoint with `save_pretrained` first.")
     describe_folder(folder)  # before anything is created on the Hub
+    write_remote_code(folder)  # a folder saved by an older hf_t2i gets its loader files too
     api = HfApi(token=token)
     repo_id = create_hub_repo(repo_id, token=token, private=private)
     if revision is not None and not create_pr and not revision.startswith("refs/pr/"):

@@ -14,6 +14,7 @@ from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.utils.deprecation import deprecate_kwarg
 
 from .hub import HUB_ARGUMENTS, push_folder_to_hub
+from .remote_code import auto_class_registration_ignored, write_model_remote_code
 
 
 # transformers 5.24 renamed `past_key_values` to `cache` and still takes the old name with a deprecation warning
@@ -156,11 +157,17 @@ class ModelCardMixin:
         """transformers' `save_pretrained`. With `push_to_hub=True` the folder is then uploaded with its model card as
         one commit (`hf_t2i.hub.push_folder_to_hub`): `repo_id` (default: the folder's name), `token`, `private`,
         `commit_message`, `commit_description`, `create_pr`, `revision`, `base_model` (default: the Hub repository
-        the model was loaded from), `eval_report`, `license` and `tags` are read from `kwargs`."""
+        the model was loaded from), `eval_report`, `license` and `tags` are read from `kwargs`.
+
+        config.json also gets an `auto_map` and the folder the loader files it names (`hf_t2i.remote_code`), so that
+        `AutoModel.from_pretrained(folder, trust_remote_code=True)` (and `AutoConfig`) load it in a program that
+        does not import hf_t2i (which must still be installed)."""
         repo_id = kwargs.pop("repo_id", None)
         hub_kwargs = {name: kwargs.pop(name) for name in HUB_ARGUMENTS if name in kwargs}
-        with nested_paths_cleared(self.config):
+        with nested_paths_cleared(self.config), auto_class_registration_ignored(self, self.config):
             super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
+        if is_main_process:
+            write_model_remote_code(save_directory)
         if push_to_hub and is_main_process:
             repo_id = repo_id or os.path.basename(os.path.abspath(save_directory))
             hub_kwargs["tags"] = [*(self.model_tags or []), *(hub_kwargs.get("tags") or [])] or None

@@ -61,10 +61,12 @@ def assert_value_error(call, kwargs: dict[str, Any], name: str, case: dict[str, 
 
 
 def comparable(config) -> dict[str, Any]:
-    """`config.to_dict()` without what loading legitimately changes: the path, and the `dtype` that
-    `from_pretrained` writes into nested sub-configs (None before saving)."""
+    """`config.to_dict()` without what loading legitimately changes: the path, the `auto_map` that `save_pretrained`
+    writes for the generic loaders (`hf_t2i.remote_code`), and the `dtype` that `from_pretrained` writes into nested
+    sub-configs (None before saving)."""
     values = config.to_dict()
     values.pop("_name_or_path", None)
+    values.pop("auto_map", None)
     for value in values.values():
         if isinstance(value, dict):
             value.pop("dtype", None)

@@ -109,7 +109,10 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.safetensors")) == ["model.safetensors"]
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["_class_name"] == "MusePipeline" and index["model"][1] == "MuseForConditionalGeneration"
+    assert (
+        index["_class_name"] == ["pipeline_hf_t2i", "MusePipeline"]
+        and index["model"][1] == "MuseForConditionalGeneration"
+    )
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "muse"
 
 

@@ -20,12 +20,18 @@ import tempfile
 
 import torch
 from diffusers import DiffusionPipeline
+from huggingface_hub import snapshot_download
 
 from ..generation.sampling import Generators
 from ..hub import HUB_ARGUMENTS, push_folder_to_hub
 from ..image_processing import OUTPUT_TYPES as IMAGE_OUTPUT_TYPES
 from ..image_processing import T2IImageProcessor
 from ..processing_utils import as_prompt_list
+from ..remote_code import (
+    auto_class_registration_ignored,
+    pipeline_class_name,
+    write_pipeline_remote_code,
+)
 from .pipeline_output import T2IPipelineOutput
 
 
@@ -60,6 +66,21 @@ class T2IPipeline(DiffusionPipeline):
                 f"({type(error).__name__}: {error}). Check the path."
             ) from error
 
+    @classmethod
+    def download(cls, pretrained_model_name: str, **kwargs) -> str:
+        """The Hub repository `pretrained_model_name`, whole, in the Hugging Face cache (`from_pretrained` calls this
+        for a Hub id); returns its local folder.
+
+        diffusers' own `download` picks files per component subfolder and refuses a component whose module is
+        neither diffusers' nor transformers' nor a file of its subfolder: every hf_t2i pipeline, whose prior and
+        processor live at the repository root and load from the hf_t2i package. An hf_t2i repository is one
+        checkpoint, so all of it is downloaded. `cache_dir`, `force_download`, `local_files_only`, `token` and
+        `revision` are honoured; diffusers' file-selection arguments have nothing to select.
+        """
+        names = ("cache_dir", "force_download", "local_files_only", "token", "revision")
+        hub_kwargs = {name: kwargs[name] for name in names if kwargs.get(name) is not None}
+        return snapshot_download(pretrained_model_name, **hub_kwargs)
+
     def save_pretrained(
         self,
         save_directory: str | os.PathLike,
@@ -79,21 +100,29 @@ class T2IPipeline(DiffusionPipeline):
         this pipeline was loaded from), `eval_report` (`hf-t2i eval`'s report.json for the card's results; default:
         the folder's report.json), `license` and `tags` are read from `kwargs`. A README.md already in the folder
         keeps its text; its metadata is completed.
+
+        The folder also gets the loader files of `hf_t2i.remote_code`, so that `DiffusionPipeline.from_pretrained`
+        and the transformers Auto classes load it with `trust_remote_code=True` in a program that does not import
+        hf_t2i (which must still be installed); `model_index.json`'s `_class_name` is `["pipeline_hf_t2i",
+        "<Name>Pipeline"]` for that.
         """
         save_directory = os.fspath(save_directory)
         if os.path.isfile(save_directory):
             raise ValueError(f"`save_directory` ({save_directory}) is a file; pass a folder.")
         os.makedirs(save_directory, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-save-") as tmp:
+        components = {name: component for name, component in self.components.items() if component is not None}
+        with (
+            tempfile.TemporaryDirectory(dir=save_directory, prefix=".tmp-save-") as tmp,
+            auto_class_registration_ignored(*components.values()),
+        ):
             self._save_model_index(tmp)
-            for name, component in self.components.items():
-                if component is None:
-                    continue
+            for name, component in components.items():
                 target = tmp if name in ROOT_COMPONENTS else os.path.join(tmp, name)
                 if isinstance(component, torch.nn.Module):
                     component.save_pretrained(target, safe_serialization=safe_serialization)
                 else:
                     component.save_pretrained(target)
+            write_pipeline_remote_code(tmp)
             for root, _, files in os.walk(tmp):
                 relative = os.path.relpath(root, tmp)
                 destination = os.path.normpath(os.path.join(save_directory, relative))
@@ -162,6 +191,18 @@ class T2IPipeline(DiffusionPipeline):
         return self.name_or_path or getattr(getattr(model, "config", None), "name_or_path", None) or None
 
     @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        """diffusers' reading of model_index.json (every load goes through it, from a folder or the Hub), with the
+        `["pipeline_hf_t2i", "<Name>Pipeline"]` class name that `save_pretrained` writes read as `"<Name>Pipeline"`:
+        hf_t2i knows its pipelines, so its own `from_pretrained` never runs the folder's loader file (which
+        `DiffusionPipeline.from_pretrained` runs, with `trust_remote_code=True`)."""
+        config = super()._dict_from_json_file(json_file)
+        name = pipeline_class_name(config)
+        if name is not None:
+            config["_class_name"] = name
+        return config
+
+    @classmethod
     def _subclass_for(cls, path: str) -> type[T2IPipeline]:
         """The pipeline class a saved folder names in its model_index.json (`T2IPipeline.from_pretrained(path)`
         loads any hf_t2i pipeline)."""
@@ -171,7 +212,7 @@ class T2IPipeline(DiffusionPipeline):
                 f"`pretrained_model_name_or_path` {path!r} is not a saved hf_t2i pipeline (no model_index.json there)."
             )
         with open(index, encoding="utf-8") as f:
-            name = json.load(f).get("_class_name")
+            name = pipeline_class_name(json.load(f))
         subclasses, stack = {}, [T2IPipeline]
         while stack:
             for sub in stack.pop().__subclasses__():
