@@ -22,6 +22,15 @@ from .remote_code import auto_class_registration_ignored, write_model_remote_cod
 renamed_cache_argument = deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
 
 
+def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
+    """A base model's `output_attentions`, `output_hidden_states` and `return_dict`: the call's, else the config's."""
+    return (
+        config.output_attentions if output_attentions is None else output_attentions,
+        config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+        config.return_dict if return_dict is None else return_dict,
+    )
+
+
 @torch.no_grad()
 def init_transformer_weights(
     module: nn.Module, std: float, owner: PreTrainedModel, nested: tuple[type[PreTrainedModel], ...] = ()

@@ -48,7 +48,7 @@ from ...layers import (
     sparse_image_mask,
     transformer_blocks,
 )
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
 from ..image_tokenizers import DalleDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 
@@ -196,11 +196,9 @@ class DalleModel(DallePreTrainedModel):
         """
         config = self.config
         use_cache = use_cache if use_cache is not None else config.use_cache
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if not use_cache:

@@ -45,7 +45,7 @@ from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, buil
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_fluid import FluidConfig, MarConfig
 from .generation_fluid import FluidGenerationMixin
@@ -250,9 +250,9 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
             output_hidden_states: return the hidden states of the text encoder and of the backbone.
         """
         c = self.config
-        output_attentions = output_attentions if output_attentions is not None else c.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
-        return_dict = return_dict if return_dict is not None else c.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            c, output_attentions, output_hidden_states, return_dict
+        )
         if inputs_embeds is None:
             if image_tokens is None:
                 raise ValueError("Pass `image_tokens` (or `inputs_embeds`).")
@@ -415,9 +415,9 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
             [`FluidModelOutput`] with `last_hidden_state` (B, N, C).
         """
         c = self.config
-        output_attentions = output_attentions if output_attentions is not None else c.output_attentions
-        output_hidden_states = output_hidden_states if output_hidden_states is not None else c.output_hidden_states
-        return_dict = return_dict if return_dict is not None else c.return_dict
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            c, output_attentions, output_hidden_states, return_dict
+        )
         if image_tokens is None:
             raise ValueError("Pass `image_tokens` (`encode_images(pixel_values)`).")
         self.check_image_tokens(image_tokens)

@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from ...generation.masked import cosine_training_mask
 from ...layers import AxialPositionalEmbedding, run_blocks, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_muse import MuseConfig
 from .generation_muse import MuseGenerationMixin
@@ -195,11 +195,9 @@ class MuseModel(MusePreTrainedModel):
             [`MuseModelOutput`] with `last_hidden_state` (B, N, C).
         """
         config = self.config
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else config.return_dict
         if inputs_embeds is None:
             if image_token_ids is None:
                 raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")

@@ -33,7 +33,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, run_blocks, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, renamed_cache_argument
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
@@ -188,11 +188,9 @@ class TransfusionModel(TransfusionPreTrainedModel):
         """
         config = self.config
         use_cache = use_cache if use_cache is not None else config.use_cache
-        output_attentions = output_attentions if output_attentions is not None else config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else config.output_hidden_states
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            config, output_attentions, output_hidden_states, return_dict
         )
-        return_dict = return_dict if return_dict is not None else config.return_dict
         if self.gradient_checkpointing and self.training:
             use_cache = False
         if not use_cache:
