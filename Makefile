@@ -63,8 +63,8 @@ test-convert: install
 
 # transformers' own common model tests (`ModelTesterMixin` of its tests/test_modeling_common.py) on every hf_t2i prior:
 # the sdist of the installed transformers is fetched from the package index into .conformance/ (nothing upstream is
-# committed), with our stand-ins for the subpackages the sdist lacks. Not in `make test`: it takes about 25 minutes
-# on 2 cores (see README "Conformance").
+# committed), with our stand-ins for the subpackages the sdist lacks. Not in `make test`: too long for CI
+# (DALL-E alone takes about 4 minutes on 2 cores; see README "Conformance").
 test-conformance: install
 	$(RUN) tests/conformance/fetch_upstream.py
 	HF_T2I_CONFORMANCE=1 $(RUN) -m pytest -m conformance -q tests/conformance
