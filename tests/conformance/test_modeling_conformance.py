@@ -2,7 +2,7 @@
 
 Each class below is the upstream mixin plus a model tester built from the tiny models and inputs of our own prior
 tests (tests/models/*: `build_model` / `forward_inputs`), so that the two suites check the same models. A test that
-cannot apply to a model is skipped with the reason in `SKIPS`; nothing is skipped for failing.
+cannot apply to a model is skipped with its reason (`skip` below); nothing is skipped for failing.
 """
 
 from __future__ import annotations
@@ -33,24 +33,35 @@ from ..models import test_dalle, test_fluid, test_muse, test_parti, test_transfu
 pytestmark = pytest.mark.conformance
 
 
+def skip(reason: str):
+    """Replace an upstream test that cannot apply to a model by a skip with the reason."""
+
+    def skipped(self, *args, **kwargs):
+        self.skipTest(reason)
+
+    return skipped
+
+
 class PriorModelTester:
     """What `ModelTesterMixin` reads from `self.model_tester`, from one of our prior tests' tiny model and inputs.
 
     The batch is 7 rows: upstream's eager-vs-SDPA test pads smaller batches to 7 with random ids, which are not valid
-    image tokens at DALL-E's image positions.
+    image tokens at DALL-E's image positions. Sequence lengths are those of the attention the upstream checks read
+    (`outputs.attentions` / `hidden_states`, or the encoder's and decoder's of an encoder-decoder model).
     """
 
-    def __init__(self, parent, prior_test, batch_size: int = 7):
+    def __init__(self, parent: PriorConformance, batch_size: int = 7):
         self.parent = parent
-        model = prior_test.build_model()
+        model = parent.build_model()
         self.config = model.config
-        self.inputs = prior_test.forward_inputs(model, list(range(batch_size)))
+        self.inputs = parent.forward_inputs(model, list(range(batch_size)))
         self.batch_size = batch_size
         self.is_training = True
         self.hidden_size = self.config.hidden_size
         self.num_hidden_layers = self.config.num_hidden_layers
         self.num_attention_heads = self.config.num_attention_heads
-        self.seq_length = self.inputs["input_ids"].shape[1]
+        for name, value in parent.model_tester_attributes(model, self.inputs).items():
+            setattr(self, name, value)
 
     def get_config(self):
         """A fresh config, as a model tester builds it: no attention implementation chosen yet."""
@@ -70,7 +81,20 @@ class PriorConformance(ModelTesterMixin):
     test_torch_exportable = False
 
     def setUp(self):
-        self.model_tester = PriorModelTester(self, self.prior_test())
+        self.prior = self.prior_test()
+        self.model_tester = PriorModelTester(self)
+
+    # -- family hooks ------------------------------------------------------------------------------------------------
+    def build_model(self):
+        return self.prior.build_model()
+
+    def forward_inputs(self, model, rows):
+        return self.prior.forward_inputs(model, rows)
+
+    def model_tester_attributes(self, model, inputs) -> dict[str, int]:
+        """The model tester's sizes that upstream tests read besides the config's: the sequence lengths of the
+        attention weights and hidden states they check (`seq_length`, `encoder_seq_length`, ...) and the like."""
+        return {"seq_length": inputs["input_ids"].shape[1]}
 
     def _prepare_for_class(self, inputs_dict, model_class, return_labels=False):
         """Only the inputs `model_class.forward` takes (a base model has no `labels`); labels from the prior test."""
@@ -93,17 +117,67 @@ class PartiConformanceTest(PriorConformance, unittest.TestCase):
     prior_test = test_parti.TestPartiPrior
     is_encoder_decoder = True
 
+    def build_model(self):
+        # as many text-encoder blocks as decoder blocks: upstream counts both with `num_hidden_layers`
+        return self.prior.build_model(encoder_layers=2)
 
-class FluidConformanceTest(PriorConformance, unittest.TestCase):
+    def forward_inputs(self, model, rows):
+        inputs = self.prior.forward_inputs(model, rows)
+        return {**inputs, "decoder_input_ids": model.decoder_inputs(inputs["labels"])}
+
+    def model_tester_attributes(self, model, inputs):
+        text, image = inputs["input_ids"].shape[1], inputs["decoder_input_ids"].shape[1]
+        return {"seq_length": text, "encoder_seq_length": text, "decoder_seq_length": image}
+
+
+class _ImagePositionConformance(PriorConformance):
+    """Fluid and Muse: the backbone runs over the N image positions and reads the caption through cross-attention,
+    so its attention weights and hidden states are (.., N, N) and (B, N, C)."""
+
+    image_inputs: tuple[str, ...]
+
+    @property
+    def additional_model_inputs(self):  # what upstream's eager-vs-SDPA test passes besides `input_ids`
+        return ["attention_mask", *self.image_inputs]
+
+    def model_tester_attributes(self, model, inputs):
+        # two kinds of hidden states in the outputs: the backbone's and the text encoder's
+        return {"seq_length": model.config.num_image_tokens, "num_hidden_states_types": 2}
+
+    test_inputs_embeds = test_inputs_embeds_matches_input_ids = skip(
+        "`inputs_embeds` replaces the embedded image tokens, not `input_ids` (the caption, read by the text encoder)"
+    )
+
+
+class FluidConformanceTest(_ImagePositionConformance, unittest.TestCase):
     all_model_classes = (FluidModel, FluidForConditionalGeneration)
     prior_test = test_fluid.TestFluidContinuousRandomPrior
+    image_inputs = ("image_tokens", "mask")
+
+    test_model_get_set_embeddings = skip(
+        "continuous image tokens (VAE latents) are projected by an nn.Linear: there is no vocabulary to embed"
+    )
 
 
 class TransfusionConformanceTest(PriorConformance, unittest.TestCase):
     all_model_classes = (TransfusionModel, TransfusionForConditionalGeneration)
     prior_test = test_transfusion.TestTransfusionPriorLinearDDPM
+    # what upstream's eager-vs-SDPA test passes besides `input_ids`: each row holds an image run, which needs its latent
+    additional_model_inputs = ["attention_mask", "image_latents", "timesteps"]
+
+    def model_tester_attributes(self, model, inputs):
+        # the same eager-vs-SDPA test passes an MAE-style `noise` (batch, patches per image) to any model whose forward
+        # takes `noise`; ours is the training noise, read only with `labels` (which that test does not pass)
+        config = model.config
+        patch_size = config.image_size // config.patch_grid_size
+        return {
+            **super().model_tester_attributes(model, inputs),
+            "image_size": config.image_size,
+            "patch_size": patch_size,
+        }
 
 
-class MuseConformanceTest(PriorConformance, unittest.TestCase):
+class MuseConformanceTest(_ImagePositionConformance, unittest.TestCase):
     all_model_classes = (MuseModel, MuseForConditionalGeneration)
     prior_test = test_muse.TestMusePrior
+    image_inputs = ("image_token_ids", "mask")

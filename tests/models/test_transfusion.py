@@ -333,10 +333,10 @@ class _TransfusionPrior(PriorTesterMixin):
         return torch.cat([latents_like(model, 1, seed=seed) for seed in seeds])
 
     def forward_inputs(self, model, rows):
-        captions, first = [CAPTIONS[row] for row in rows], [row % 2 == 1 for row in rows]
+        captions, first = [CAPTIONS[row % len(CAPTIONS)] for row in rows], [row % 2 == 1 for row in rows]
         batch = tiny_processor().build_training_batch(captions, self.latents(model, rows), image_first=first)
         noise = self.latents(model, [10 + row for row in rows])
-        return {**batch, "noise": noise, "timesteps": torch.tensor([100 + 300 * row for row in rows])}
+        return {**batch, "noise": noise, "timesteps": torch.tensor([(100 + 300 * row) % 1000 for row in rows])}
 
     def forward_outputs(self, model, inputs):
         out = model(**inputs)
@@ -400,6 +400,7 @@ class _TransfusionPrior(PriorTesterMixin):
             ({"input_ids": no_eoi}, "not followed by `eoi_token_id`"),
             ({"input_ids": short}, f"exactly {config.num_image_tokens}"),
             ({"labels": inputs["labels"][:, :-1]}, "labels"),
+            ({"timesteps": torch.tensor([0, config.num_train_timesteps])}, "timesteps"),
         ]
 
 

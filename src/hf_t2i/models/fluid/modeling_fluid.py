@@ -85,7 +85,9 @@ class FluidOutput(ModelOutput):
         loss: mean DDPM epsilon MSE (continuous) or cross-entropy (discrete) over the predicted tokens.
         logits: (B, N, V) image-code logits (discrete only).
         last_hidden_state: (B, N, C) backbone outputs, the diffusion head's conditions.
-        mask: (B, N) bool, the tokens the loss is taken on (the masked ones in random order; all in raster).
+        mask: (B, N) float, 1.0 at the tokens the loss is taken on (the masked ones in random order; all in raster),
+            0.0 elsewhere (the convention of transformers' masked-image models, e.g. ViTMAE); `out.mask.bool()`
+            selects them.
         cache: the cache (raster order).
         hidden_states, attentions, cross_attentions, encoder_hidden_states, encoder_attentions: as in
             [`FluidModelOutput`], when asked for.
@@ -195,6 +197,9 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.token_embeddings = value
 
     def input_embeddings(self, image_tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's inputs for all N positions (without positions): random order replaces the `mask`ed tokens
@@ -376,6 +381,9 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.token_embeddings = value
 
     def embed_classes(self, class_labels: torch.Tensor) -> torch.Tensor:
         """(B,) class ids -> (B, C) class embeddings."""
@@ -692,7 +700,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             loss=loss,
             logits=logits,
             last_hidden_state=hidden,
-            mask=loss_mask,
+            mask=None if loss_mask is None else loss_mask.to(hidden.dtype),
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -65,7 +65,8 @@ class MuseOutput(ModelOutput):
     Args:
         loss: mean cross-entropy over the masked positions of the batch.
         logits: (B, N, V) code logits at every position.
-        mask: (B, N) bool, the positions replaced by [MASK] (the ones the loss reads).
+        mask: (B, N) float, 1.0 at the positions replaced by [MASK] (the ones the loss reads), 0.0 elsewhere (the
+            convention of transformers' masked-image models, e.g. ViTMAE); `out.mask.bool()` selects them.
         encoder_last_hidden_state: (B, S, C) the encoded captions.
         hidden_states, attentions, cross_attentions, encoder_hidden_states, encoder_attentions: as in
             [`MuseModelOutput`], when asked for.
@@ -124,6 +125,9 @@ class MuseModel(MusePreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.token_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.token_embeddings = value
 
     def check_image_token_ids(self, image_token_ids: torch.Tensor, name: str = "image_token_ids") -> None:
         n, vocab = self.config.num_image_tokens, self.config.image_vocab_size
@@ -323,7 +327,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
             output_attentions, output_hidden_states: as in [`MuseModel.forward`].
 
         Returns:
-            [`MuseOutput`]: `loss` (with `return_loss`), `logits` (B, N, V), `mask`.
+            [`MuseOutput`]: `loss` (with `return_loss`), `logits` (B, N, V), `mask` (as a float tensor).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if image_token_ids is None:
@@ -351,7 +355,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         out = MuseOutput(
             loss=loss,
             logits=logits,
-            mask=mask,
+            mask=None if mask is None else mask.to(logits.dtype),
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -176,6 +176,9 @@ class PartiModel(PartiPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.decoder.embeddings
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.decoder.embeddings = value
+
     @renamed_cache_argument
     def forward(
         self,

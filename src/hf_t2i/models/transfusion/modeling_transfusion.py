@@ -344,7 +344,15 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         `timestep_limits` for the paper's noise limiting of images that precede their caption), eps ~ N(0, I),
         x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on the latent, before patchifying (section 2.4)."""
         num_images, device = image_latents.shape[0], image_latents.device
-        if timesteps is None:
+        if timesteps is not None:
+            timesteps = torch.as_tensor(timesteps)
+            steps = self.config.num_train_timesteps
+            if timesteps.is_floating_point() or ((timesteps < 0) | (timesteps >= steps)).any():
+                raise ValueError(
+                    f"`timesteps` of the training objective must be integers in [0, {steps}) (`num_train_timesteps`), "
+                    f"got {timesteps.tolist()}; leave them unset to draw them."
+                )
+        else:
             limits = torch.full((num_images,), self.config.num_train_timesteps, device=device)
             if timestep_limits is not None:
                 limits = timestep_limits.to(device).clamp(1, self.config.num_train_timesteps)
