@@ -11,6 +11,9 @@ from setuptools import find_packages, setup
 # the pyarrow that datasets pulls in today refuses older numpy (pyarrow does not declare it); torch >= 2.6 is what
 # transformers and diffusers require (test-lowest keeps torch at TORCH_VERSION: older builds are multi-GB downloads);
 # scipy >= 1.13 and tensorboard >= 2.18 are the first releases that work beside numpy 2.
+# gradio serves `hf-t2i demo` and the Space (spaces/hf-t2i-demo): 6.0 is the first release with the event API it uses
+# (`api_visibility`); selenium drives headless Chromium in the demo's browser test (`make test-slow`). Both are in
+# `dev` so that `make test` runs the demo's own tests.
 INSTALL_REQUIRES = [
     "torch>=2.6",
     "transformers>=5.24,<6",
@@ -29,7 +32,17 @@ EXTRAS = {
     "train": ["tensorboard>=2.18"],
     "eval": ["torchmetrics>=1.4", "scipy>=1.13"],
     "convert": [],
-    "dev": ["pytest>=8.0", "ruff>=0.6", "tensorboard>=2.18", "torchmetrics>=1.4", "scipy>=1.13", "parameterized>=0.9"],
+    "demo": ["gradio>=6.0,<7"],
+    "dev": [
+        "pytest>=8.0",
+        "ruff>=0.6",
+        "tensorboard>=2.18",
+        "torchmetrics>=1.4",
+        "scipy>=1.13",
+        "parameterized>=0.9",
+        "gradio>=6.0,<7",
+        "selenium>=4.11",
+    ],
 }
 
 setup(

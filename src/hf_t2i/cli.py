@@ -1,4 +1,4 @@
-"""`hf-t2i` command line: generate | grid | data | train | eval | study | export.
+"""`hf-t2i` command line: generate | grid | data | train | eval | study | export | demo.
 
 Each subcommand's work lives in its own module; this file only parses arguments and dispatches.
 """
@@ -292,6 +292,54 @@ def _run_export(args) -> int:
     return 0
 
 
+def _add_demo(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="serve the Gradio app (the Hugging Face Space) that draws a prompt with every checkpoint side by side",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a shipped checkpoint name or a saved pipeline folder (repeat the flag for more; default: every shipped "
+        "checkpoint)",
+    )
+    p.add_argument(
+        "--host",
+        default=None,
+        help="the address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1; 0.0.0.0 for every interface)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the port (default: $GRADIO_SERVER_PORT or 7860, else the next free one)",
+    )
+    p.add_argument("--share", action="store_true", help="also serve the app through a temporary public share link")
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    import os
+
+    from .checkpoints import SHIPPED_CHECKPOINTS
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {args.port}.")
+    for model in args.model or ():
+        # a Hub id has one "/"; anything else must be a shipped name or a folder here
+        if model not in SHIPPED_CHECKPOINTS and not os.path.isdir(model) and model.count("/") != 1:
+            raise ValueError(
+                f"--model {model!r} is neither a shipped checkpoint ({', '.join(SHIPPED_CHECKPOINTS)}) nor a folder."
+            )
+    from .demo import DemoModels, build_demo
+
+    demo = build_demo(DemoModels(args.model, device=args.device))
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-t2i", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -306,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_subparser(subparsers)
     _add_study(subparsers)
     _add_export(subparsers)
+    _add_demo(subparsers)
     return parser
 
 
