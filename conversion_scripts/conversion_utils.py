@@ -1,5 +1,5 @@
 """Shared pieces of the conversion scripts: safe loading, key consumption with a leftover check, parity printout,
-model cards.
+model cards and Hub uploads (through `hf_t2i.hub`, like every other hf_t2i checkpoint).
 
 Every script follows the same contract (STYLE.md rule 9): a key-map table at the top, every source key popped
 through a [`KeyConsumer`] (or listed as intentionally dropped), leftovers fail the conversion, and the converted model
@@ -345,18 +345,95 @@ def require_parity(parity: Mapping[str, float], tolerance: float = 1e-4) -> None
         raise ConversionError(f"the converted model does not match the original ({failed or 'tokens'}).")
 
 
-def write_model_card(path: str | os.PathLike, title: str, body: str, tags: Iterable[str] = ()) -> None:
-    """A README.md with YAML front matter (pipeline_tag text-to-image) in the output folder."""
-    tag_lines = "".join(f"- {t}\n" for t in ("hf_t2i", *tags))
-    text = (
-        "---\nlibrary_name: hf_t2i\npipeline_tag: text-to-image\ntags:\n"
-        + tag_lines
-        + "---\n\n"
-        + f"# {title}\n\n"
-        + body.strip()
-        + "\n"
+def write_model_card(
+    folder: str | os.PathLike,
+    section: str,
+    body: str,
+    *,
+    tags: Iterable[str] = (),
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> None:
+    """The README.md of a converted checkpoint: the card every hf_t2i checkpoint gets (`hf_t2i.hub`: metadata with
+    library_name, pipeline_tag, family tags and license; a "How to use" section), followed by a `## {section}`
+    section that says where the weights come from and how they were checked.
+
+    Args:
+        folder: the folder the converted checkpoint was saved to (`save_pretrained` layout).
+        section: the heading of the conversion section.
+        body: its text (Markdown).
+        tags: tags besides the ones `hf_t2i.hub` adds (e.g. the source project).
+        license: the weights' license (default: hf_t2i's, apache-2.0).
+        repo_id: the Hub repository the card is for; it names the card and its examples (default: the folder's
+            name).
+    """
+    from hf_t2i.hub import describe_folder, update_model_card
+
+    folder = Path(folder)
+    card = update_model_card(
+        None, describe_folder(folder), repo_id or folder.resolve().name, license=license, tags=list(tags)
     )
-    Path(path, "README.md").write_text(text, encoding="utf-8")
+    card.text = f"{card.text.rstrip()}\n\n## {section}\n\n{body.strip()}\n"
+    card.save(folder / "README.md")
+
+
+def add_hub_arguments(parser, default_license: str | None = None) -> None:
+    """`--push-to-hub REPO` and `--license`, the same on every converter."""
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="upload the converted folder with its model card to this Hub model repository (`user/name`; created "
+        "before the conversion when missing; one commit)",
+    )
+    parser.add_argument(
+        "--license",
+        default=default_license,
+        help="license of the weights, for the model card's metadata (default: "
+        + (f"{default_license}, the source's" if default_license else "apache-2.0; set the one your weights use")
+        + ")",
+    )
+
+
+def create_hub_repo(repo_id: str | None) -> str | None:
+    """For `--push-to-hub REPO`: check the id and create the repository BEFORE converting (a malformed id or a
+    missing login fails in a second, not after a long conversion). Returns the full id (`user/name`), or None when
+    `repo_id` is None."""
+    if repo_id is None:
+        return None
+    from hf_t2i import hub
+
+    try:
+        hub.check_repo_id(repo_id, "--push-to-hub")
+        return hub.create_hub_repo(repo_id)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+    except OSError as err:  # no token, no network, no permission (huggingface_hub's errors are OSErrors)
+        message = " ".join(str(err).split())[:300]
+        raise ConversionError(
+            f"--push-to-hub {repo_id!r}: the repository could not be created ({type(err).__name__}: {message}). Log "
+            "in with `hf auth login` (or set HF_TOKEN), or convert without --push-to-hub and upload the folder later."
+        ) from None
+
+
+def push_to_hub(
+    folder: str | os.PathLike, repo_id: str, what: str, *, tags: Iterable[str] = (), license: str | None = None
+) -> str:
+    """Upload a converted folder and its card as one commit (`hf_t2i.hub.push_folder_to_hub`, as every hf_t2i
+    upload); returns the commit's URL. `what` names the source in the commit message."""
+    from hf_t2i.hub import push_folder_to_hub
+
+    try:
+        commit = push_folder_to_hub(
+            folder, repo_id, commit_message=f"Upload {what} converted to hf_t2i", tags=list(tags), license=license
+        )
+    except OSError as err:
+        message = " ".join(str(err).split())[:300]
+        raise ConversionError(
+            f"--push-to-hub {repo_id!r}: the upload failed ({type(err).__name__}: {message}). The converted folder "
+            f"{folder} is complete; upload it again with `hf upload {repo_id} {folder}`."
+        ) from None
+    print(f"pushed {folder} to {commit.commit_url}")
+    return commit.commit_url
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ Nothing is dropped. The configuration (width, codebook size, groups, blocks per 
 channels) is read from the tensor shapes.
 
 Usage:
-    python conversion_scripts/convert_dalle_dvae_to_hf.py --encoder encoder.pkl --decoder decoder.pkl --output out/
+    python conversion_scripts/convert_dalle_dvae_to_hf.py --encoder encoder.pkl --decoder decoder.pkl --output out/ \
+        [--push-to-hub user/name]
 """
 
 from __future__ import annotations
@@ -38,10 +39,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conversion_utils import (  # noqa: E402
     ConversionError,
     KeyConsumer,
+    add_hub_arguments,
+    create_hub_repo,
     load_converted,
     load_torch_file,
     max_abs_diff,
     module_tensors,
+    push_to_hub,
     report_parity,
     require_parity,
     run_main,
@@ -52,6 +56,8 @@ from conversion_utils import (  # noqa: E402
 from hf_t2i import DalleDVAE, DalleDVAEConfig, T2IImageProcessor  # noqa: E402
 
 
+LICENSE = "mit"  # OpenAI's DALL-E release
+TAGS = ["dalle", "dvae", "image-tokenizer"]
 TORCH_MODULES = [
     "torch.nn.modules.container.Sequential",
     "torch.nn.modules.activation.ReLU",
@@ -202,8 +208,15 @@ def convert(
     trust_pickle: bool = False,
     image_size: int | None = None,
     check: bool = True,
+    push_to_hub_repo: str | None = None,
+    license: str | None = LICENSE,
 ) -> tuple[DalleDVAE, dict[str, float] | None]:
-    """Convert, check parity (when the original can be run) and save. Returns the model and the parity numbers."""
+    """Convert, check parity (when the original can be run), save and optionally upload to the Hub repository
+    `push_to_hub_repo` (created first, so a bad id or login fails before converting). Returns the model and the
+    parity numbers."""
+    if push_to_hub_repo is not None and output_dir is None:
+        raise ConversionError("--push-to-hub uploads the --output folder: pass --output too.")
+    repo_id = create_hub_repo(push_to_hub_repo)
     encoder, encoder_obj = load_dvae_half(encoder_path, "encoder.pkl", ENCODER_CLASSES, trust_pickle)
     decoder, decoder_obj = load_dvae_half(decoder_path, "decoder.pkl", DECODER_CLASSES, trust_pickle)
     config = infer_config(encoder, decoder, image_size)
@@ -228,25 +241,23 @@ def convert(
         T2IImageProcessor(image_size=config.image_size).save_pretrained(output_dir)
         write_model_card(
             output_dir,
-            "DALL-E discrete VAE (converted from OpenAI's `dall_e` release)",
+            "Converted from OpenAI's DALL-E dVAE",
             f"""
-OpenAI's DALL-E dVAE ({config.vocab_size} codes, {config.image_size}x{config.image_size} images ->
+OpenAI's DALL-E discrete VAE ({config.vocab_size} codes, {config.image_size}x{config.image_size} images ->
 {config.grid_size}x{config.grid_size} tokens) as an `hf_t2i.DalleDVAE`, converted with
-`conversion_scripts/convert_dalle_dvae_to_hf.py`.
-
-```python
-from hf_t2i import DalleDVAE
-dvae = DalleDVAE.from_pretrained("{output_dir.name}")
-ids = dvae.encode(pixel_values)      # pixel_values in [-1, 1]
-pixels = dvae.decode(ids)            # [-1, 1]
-```
+`conversion_scripts/convert_dalle_dvae_to_hf.py` of hf_t2i. `dvae.encode(pixel_values)` takes pixels in [-1, 1] and
+returns code ids; `dvae.decode(ids)` returns pixels in [-1, 1].
 
 Parity with the original (max |delta|, float32): {parity if parity is not None else "not measured"}.
 Weights: the license of OpenAI's `DALL-E` release (MIT) applies.
 """,
-            tags=["dalle", "dvae", "image-tokenizer"],
+            tags=TAGS,
+            license=license,
+            repo_id=repo_id,
         )
         print(f"saved to {output_dir}")
+        if repo_id is not None:
+            push_to_hub(output_dir, repo_id, "OpenAI's DALL-E dVAE", tags=TAGS, license=license)
     return model, parity
 
 
@@ -265,8 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--image-size", type=int, default=None, help="image side (default: 32 x the downsampling)")
     parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
+    add_hub_arguments(parser, default_license=LICENSE)
     args = parser.parse_args(argv)
-    convert(args.encoder, args.decoder, args.output, args.trust_pickle, args.image_size, not args.skip_parity)
+    convert(
+        args.encoder,
+        args.decoder,
+        args.output,
+        args.trust_pickle,
+        args.image_size,
+        not args.skip_parity,
+        args.push_to_hub,
+        args.license,
+    )
     return 0
 
 

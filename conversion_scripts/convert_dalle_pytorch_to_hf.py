@@ -44,7 +44,8 @@ an error naming the option: `rotary_emb=True` and `shift_tokens=True` (DALLE-pyt
 VAEs other than `OpenAIDiscreteVAE` (DALLE-pytorch's own `DiscreteVAE` and `VQGanVAE` have other architectures).
 
 Usage:
-    python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/
+    python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/ \
+        [--push-to-hub user/name --license mit]
 """
 
 from __future__ import annotations
@@ -65,9 +66,12 @@ import convert_dalle_dvae_to_hf as dvae_script  # noqa: E402
 from conversion_utils import (  # noqa: E402
     ConversionError,
     KeyConsumer,
+    add_hub_arguments,
+    create_hub_repo,
     load_converted,
     load_torch_file,
     max_abs_diff,
+    push_to_hub,
     report_parity,
     require_mapping,
     require_parity,
@@ -101,6 +105,7 @@ DALLE_DEFAULTS = dict(
     optimize_for_inference=False,
 )
 REQUIRED_HPARAMS = ("dim", "depth")
+TAGS = ["dalle", "dalle-pytorch"]
 ATTENTION_TYPES = {"full": "full", "axial_col": "column"}
 CHECKPOINT_DROPPED = ("vae_params", "opt_state", "scheduler_state", "epoch", "version")
 
@@ -384,8 +389,19 @@ def check_parity(model: DalleForConditionalGeneration, original, tolerance: floa
     return deltas
 
 
-def convert(checkpoint_path, output_dir=None, check: bool = True):
-    """Convert, check parity (when dalle-pytorch and DALL-E are installed) and save. Returns (model, parity)."""
+def convert(
+    checkpoint_path,
+    output_dir=None,
+    check: bool = True,
+    push_to_hub_repo: str | None = None,
+    license: str | None = None,
+):
+    """Convert, check parity (when dalle-pytorch and DALL-E are installed), save and optionally upload to the Hub
+    repository `push_to_hub_repo` (created first, so a bad id or login fails before converting). Returns
+    (model, parity)."""
+    if push_to_hub_repo is not None and output_dir is None:
+        raise ConversionError("--push-to-hub uploads the --output folder: pass --output too.")
+    repo_id = create_hub_repo(push_to_hub_repo)
     checkpoint = load_torch_file(checkpoint_path, "DALLE-pytorch checkpoint")
     checkpoint = require_mapping(checkpoint, "the DALLE-pytorch checkpoint", ("hparams", "weights"))
     unknown = sorted(set(checkpoint) - {"hparams", "weights", "vae_class_name", *CHECKPOINT_DROPPED})
@@ -418,20 +434,24 @@ def convert(checkpoint_path, output_dir=None, check: bool = True):
         model.save_pretrained(output_dir)
         write_model_card(
             output_dir,
-            "DALL-E prior converted from a DALLE-pytorch checkpoint",
+            "Converted from a DALLE-pytorch checkpoint",
             f"""
 A DALLE-pytorch model ({config.num_hidden_layers} layers, width {config.hidden_size}, attention
 {sorted(set(config.attention_types))}) with OpenAI's dVAE, as `hf_t2i.DalleForConditionalGeneration`, converted with
-`conversion_scripts/convert_dalle_pytorch_to_hf.py`.
+`conversion_scripts/convert_dalle_pytorch_to_hf.py` of hf_t2i.
 
 Text input: `[0, *ids]` where `ids` are the original tokenizer's ids padded with 0 to {config.text_seq_len - 1}
 (DALLE-pytorch's <bos> and padding convention). The tokenizer is not part of the checkpoint and is not converted.
 
 Parity with the original (float32): {parity if parity is not None else "not measured"}.
 """,
-            tags=["dalle"],
+            tags=TAGS,
+            license=license,
+            repo_id=repo_id,
         )
         print(f"saved to {output_dir}")
+        if repo_id is not None:
+            push_to_hub(output_dir, repo_id, "a DALLE-pytorch checkpoint", tags=TAGS, license=license)
     return model, parity
 
 
@@ -442,8 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="DALLE-pytorch checkpoint (dalle.pt)")
     parser.add_argument("--output", required=True, help="output folder (save_pretrained layout)")
     parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
+    add_hub_arguments(parser)  # DALLE-pytorch checkpoints are the user's own: no default license is known
     args = parser.parse_args(argv)
-    convert(args.checkpoint, args.output, not args.skip_parity)
+    convert(args.checkpoint, args.output, not args.skip_parity, args.push_to_hub, args.license)
     return 0
 
 

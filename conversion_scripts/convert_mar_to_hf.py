@@ -31,8 +31,10 @@ as `scaling_factor`. Widths, levels and latent channels are read from the tensor
 cross-attention. The diffusion head is `DiffusionHead(learned_variance=True, norm_affine=True, frequency_dim=256)` with
 diffusers' `DDPMScheduler(variance_type="learned_range", timestep_spacing="linspace")`: the cosine schedule over 1000
 steps and, for 100 sampling steps, MAR's respaced timesteps `round(i * 999 / 99)` exactly. All sizes are read from the
-tensor shapes except the attention heads (timm stores none): taken from the checkpoint's `args.model` when saved
-(`mar_base` 12, `mar_large` / `mar_huge` 16), else from the width (768 -> 12, 1024 / 1280 -> 16), or `--num-heads`.
+tensor shapes except the attention heads (timm stores none). They are known for the released sizes only: `mar_base`
+(width 768, 12 + 12 blocks, 12 heads), `mar_large` (1024, 16 + 16, 16 heads), `mar_huge` (1280, 20 + 20, 16 heads
+of 80 dims), recognised by width and depths (and `args.model`, when saved, must name the same size). Other sizes
+need `--num-heads`: a wrong count converts without error but computes something else.
 The EMA weights (`model_ema`, what MAR evaluates) are converted by default; `--weights model` takes `model`.
 
 | source (`model_ema` / `model`)                               | target (`MarForConditionalGeneration`)           |
@@ -60,8 +62,9 @@ loop keeps the same number of tokens masked after each iteration as MAR (`floor(
 weights and prints the max |delta| of the diffusion conditions and of the head's outputs on a fixed input.
 
 Usage:
-    python conversion_scripts/convert_mar_to_hf.py --vae kl16.ckpt --output out/
-    python conversion_scripts/convert_mar_to_hf.py --prior checkpoint-last.pth --vae kl16.ckpt --output out/
+    python conversion_scripts/convert_mar_to_hf.py --vae kl16.ckpt --output out/ [--push-to-hub user/name]
+    python conversion_scripts/convert_mar_to_hf.py --prior checkpoint-last.pth --vae kl16.ckpt --output out/ \
+        [--push-to-hub user/name]
 """
 
 from __future__ import annotations
@@ -79,11 +82,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conversion_utils import (  # noqa: E402
     ConversionError,
     KeyConsumer,
+    add_hub_arguments,
+    create_hub_repo,
     ldm_attention,
     ldm_resnet,
     load_converted,
     load_torch_file,
     max_abs_diff,
+    push_to_hub,
     report_parity,
     require_mapping,
     run_main,
@@ -93,6 +99,16 @@ from conversion_utils import (  # noqa: E402
 
 
 LATENT_SCALE = 0.2325  # MAR's `vae_norm` for KL-16
+LICENSE = "mit"  # LTH14/mar's release
+VAE_TAGS = ["mar", "autoencoder-kl"]
+PRIOR_TAGS = ["mar", "fluid", "class-conditional"]
+
+
+def _check_push(output_dir, push_to_hub_repo: str | None) -> str | None:
+    """The full Hub id to upload to (the repository is created now, before converting), or None."""
+    if push_to_hub_repo is not None and output_dir is None:
+        raise ConversionError("--push-to-hub uploads the --output folder: pass --output too.")
+    return create_hub_repo(push_to_hub_repo)
 
 
 def _levels(state: dict, prefix: str) -> int:
@@ -178,9 +194,12 @@ def read_vae_checkpoint(path) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in state.items()}
 
 
-def convert(vae_path, output_dir=None) -> dict:
-    """-> {"vae": AutoencoderKL, "config": dict}."""
+def convert(vae_path, output_dir=None, push_to_hub_repo: str | None = None, license: str | None = LICENSE) -> dict:
+    """-> {"vae": AutoencoderKL, "config": dict}; saved to `output_dir` with its card and uploaded to the Hub repository
+    `push_to_hub_repo` when given."""
     from diffusers import AutoencoderKL
+
+    repo_id = _check_push(output_dir, push_to_hub_repo)
 
     config, state = convert_vae_state(read_vae_checkpoint(vae_path))
     vae = AutoencoderKL(**config).eval()
@@ -190,23 +209,32 @@ def convert(vae_path, output_dir=None) -> dict:
         vae.save_pretrained(output_dir)
         write_model_card(
             output_dir,
-            "MAR KL-16 VAE as a diffusers AutoencoderKL",
+            "Converted from MAR's KL-16 VAE",
             f"""
-Converted with `conversion_scripts/convert_mar_to_hf.py` from LTH14/mar's `kl16.ckpt` (latent-diffusion's KL
+Converted with `conversion_scripts/convert_mar_to_hf.py` of hf_t2i from LTH14/mar's `kl16.ckpt` (latent-diffusion's KL
 autoencoder, 16 latent channels, f16). `scaling_factor` = {LATENT_SCALE} is MAR's latent normalisation: scaled
 latents are `vae.encode(x).latent_dist.mode() * {LATENT_SCALE}`. The parity against the original architecture is
-proven in `tests/conversion/test_convert_mar.py` (random weights).
+proven in hf_t2i's `tests/conversion/test_convert_mar.py` (random weights).
 """,
-            tags=["mar", "autoencoder-kl"],
+            tags=VAE_TAGS,
+            license=license,
+            repo_id=repo_id,
         )
         print(f"saved to {output_dir}")
+        if repo_id is not None:
+            push_to_hub(output_dir, repo_id, "MAR's KL-16 VAE", tags=VAE_TAGS, license=license)
     return {"vae": vae, "config": config}
 
 
 # -- the MAR prior ------------------------------------------------------------------------------------------------
 
-HEADS_BY_MODEL = {"mar_base": 12, "mar_large": 16, "mar_huge": 16}
-HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
+# The released sizes (LTH14/mar `models/mar.py`: `mar_base`, `mar_large`, `mar_huge`): (width, depth of the encoder
+# and of the decoder) -> attention heads. The head count is not stored in a checkpoint; MAR-H's heads are 80 wide.
+RELEASED_MARS = {
+    "mar_base": dict(width=768, depth=12, num_heads=12),
+    "mar_large": dict(width=1024, depth=16, num_heads=16),
+    "mar_huge": dict(width=1280, depth=20, num_heads=16),
+}
 BLOCK_KEYS = {  # timm Block -> TransformerBlock
     "norm1": "norm1",
     "attn.qkv": "self_attn.qkv_proj",
@@ -258,16 +286,26 @@ def _depth(state: dict, prefix: str) -> int:
     return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
 
 
-def _heads(width: int, args: dict, num_heads: int | None) -> int:
-    heads = num_heads or HEADS_BY_MODEL.get(args.get("model")) or HEADS_BY_WIDTH.get(width)
-    if heads is None:
+def _heads(width: int, depths: tuple[int, int], args: dict, num_heads: int | None) -> int:
+    """The prior's head count: `num_heads` when given, else the released size whose width and (encoder, decoder)
+    depths the weights have (and which the saved `args.model` names, when it names one). Anything else needs
+    `num_heads`: a wrong count converts without error but computes another function."""
+    if num_heads is None:
+        name = args.get("model")
+        released = [n for n, r in RELEASED_MARS.items() if (r["width"], r["depth"], r["depth"]) == (width, *depths)]
+        if released and name in (None, released[0]):
+            return RELEASED_MARS[released[0]]["num_heads"]
+        named = f" and `args.model` is {name!r}" if name is not None else ""
         raise ConversionError(
-            f"MAR prior: the attention heads of a width-{width} model are not stored in the checkpoint; pass "
-            "--num-heads."
+            f"MAR prior: width {width} and depths {depths[0]} + {depths[1]}{named} are not one of the released sizes ("
+            + ", ".join(
+                f"{n}: width {r['width']}, depths {r['depth']} + {r['depth']}" for n, r in RELEASED_MARS.items()
+            )
+            + "), and the attention heads are not stored in the checkpoint; pass --num-heads."
         )
-    if width % heads:
-        raise ConversionError(f"MAR prior: width {width} is not divisible by {heads} heads (--num-heads).")
-    return heads
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or width % num_heads:
+        raise ConversionError(f"MAR prior: --num-heads {num_heads} must be a positive divisor of the width {width}.")
+    return num_heads
 
 
 def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = None):
@@ -295,7 +333,8 @@ def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = Non
         raise ConversionError(f"MAR prior: the head predicts {head_out} values per token, expected 2 x {token_dim}.")
     downsample = 2 ** (len(vae["block_out_channels"]) - 1)
     vae = {**vae, "sample_size": side * patch * downsample}
-    heads = _heads(hidden, args, num_heads)
+    depths = (_depth(state, "encoder_blocks."), _depth(state, "decoder_blocks."))
+    heads = _heads(hidden, depths, args, num_heads)
     return MarConfig(
         token_type="continuous",
         generation_order="random",
@@ -305,10 +344,10 @@ def prior_config(state: dict, vae: dict, args: dict, num_heads: int | None = Non
         buffer_size=positions - tokens,
         class_dropout_prob=float(args.get("label_drop_prob", 0.1)),
         hidden_size=hidden,
-        encoder_layers=_depth(state, "encoder_blocks."),
+        encoder_layers=depths[0],
         encoder_attention_heads=heads,
         encoder_intermediate_size=state["encoder_blocks.0.mlp.fc1.weight"].shape[0],
-        num_hidden_layers=_depth(state, "decoder_blocks."),
+        num_hidden_layers=depths[1],
         num_attention_heads=heads,
         intermediate_size=state["decoder_blocks.0.mlp.fc1.weight"].shape[0],
         hidden_act="gelu",
@@ -367,9 +406,14 @@ def convert_prior(
     num_heads: int | None = None,
     mar_repo=None,
     trust_pickle: bool = False,
+    push_to_hub_repo: str | None = None,
+    license: str | None = LICENSE,
 ) -> dict:
-    """-> {"model": MarForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}."""
+    """-> {"model": MarForConditionalGeneration, "pipeline": FluidPipeline, "parity": dict (with `mar_repo`)}; saved
+    to `output_dir` with its card and uploaded to the Hub repository `push_to_hub_repo` when given."""
     from hf_t2i import FluidPipeline, MarForConditionalGeneration
+
+    repo_id = _check_push(output_dir, push_to_hub_repo)
 
     state, args = read_prior_checkpoint(prior_path, weights, trust_pickle)
     vae_config_, vae_state = convert_vae_state(read_vae_checkpoint(vae_path))
@@ -390,26 +434,26 @@ def convert_prior(
         c = config
         write_model_card(
             output_dir,
-            "MAR (class-conditional) as hf_t2i Fluid",
+            "Converted from a MAR checkpoint",
             f"""
-Converted with `conversion_scripts/convert_mar_to_hf.py` from LTH14/mar's `{Path(prior_path).name}` ({weights}
+Converted with `conversion_scripts/convert_mar_to_hf.py` of hf_t2i from LTH14/mar's `{Path(prior_path).name}` ({weights}
 weights) and its KL-16 VAE. Class-conditional (`num_classes` = {c.num_classes}), {c.encoder_layers} + {c.num_hidden_layers}
 encoder / decoder blocks of width {c.hidden_size}, {c.buffer_size} buffer positions, {c.num_image_tokens} tokens of
 {c.token_dim} values, a {c.diffusion_head_layers}-block diffusion head of width {c.diffusion_head_width} with learned
 variance.
 
-```python
-from hf_t2i import FluidPipeline
-pipe = FluidPipeline.from_pretrained("{output_dir}")
-images = pipe(class_labels=[207, 360], guidance_scale=2.9, guidance_schedule="linear",
-              num_inference_steps=256, num_diffusion_steps=100).images
-```
+MAR's own sampling settings: `pipe(class_labels=[207, 360], guidance_scale=2.9, guidance_schedule="linear",
+num_inference_steps=256, num_diffusion_steps=100)`.
 
-The parity of the architecture with MAR's `models/mar.py` is proven in `tests/conversion/test_convert_mar.py`.
+The parity of the architecture with MAR's `models/mar.py` is proven in hf_t2i's `tests/conversion/test_convert_mar.py`.
 """,
-            tags=["mar", "fluid", "class-conditional"],
+            tags=PRIOR_TAGS,
+            license=license,
+            repo_id=repo_id,
         )
         print(f"saved to {output_dir}")
+        if repo_id is not None:
+            push_to_hub(output_dir, repo_id, "a MAR checkpoint", tags=PRIOR_TAGS, license=license)
     return {"model": model, "pipeline": pipeline, "config": config, "parity": parity}
 
 
@@ -487,12 +531,21 @@ def main(argv: list[str] | None = None) -> int:
         "--trust-pickle", action="store_true", help="load the prior with full unpickling (runs code from the file)"
     )
     parser.add_argument("--output", required=True, help="output folder")
+    add_hub_arguments(parser, default_license=LICENSE)
     args = parser.parse_args(argv)
     if args.prior is None:
-        convert(args.vae, args.output)
+        convert(args.vae, args.output, args.push_to_hub, args.license)
     else:
         convert_prior(
-            args.prior, args.vae, args.output, args.weights, args.num_heads, args.mar_repo, args.trust_pickle
+            args.prior,
+            args.vae,
+            args.output,
+            args.weights,
+            args.num_heads,
+            args.mar_repo,
+            args.trust_pickle,
+            args.push_to_hub,
+            args.license,
         )
     return 0
 

@@ -1,13 +1,22 @@
-"""Convert min-dalle's VQGAN detokenizer (`detoker.pt`) to a diffusers `VQModel`, and its BART BPE vocabulary
-(`vocab.json`, `merges.txt`) to a transformers fast tokenizer.
+"""Convert a min-dalle model folder (DALL·E Mega / mini): the prior (`encoder.pt`, `decoder.pt`) to a
+[`PartiForConditionalGeneration`] with BART-style options, its VQGAN detokenizer (`detoker.pt`) to a diffusers
+`VQModel` nested in the prior, and its BART BPE vocabulary (`vocab.json`, `merges.txt`) to the prior's
+`PartiProcessor`.
 
-Status: the DALL·E Mega / mini prior (`encoder.pt`, `decoder.pt`) is NOT converted yet (see the README: it needs
-Parti options that are not written); this script converts the two other parts of a min-dalle folder.
+With `encoder.pt` + `decoder.pt` in `--model-dir` (and `--detoker`), the output is ONE checkpoint folder: the prior,
+the nested `VQModel`, the processor and a model card. With only `--detoker` and / or the vocabulary, the parts are
+saved in `vqgan/` and `tokenizer/`.
 
-`detoker.pt` is a plain state dict (read with torch's restricted `weights_only` loader) of the decoder half of a
-taming-transformers VQGAN (f16, 16384 codes of 256 dims, channels 128-128-256-256-512, attention at 16x16). min-dalle
-ships no encoder: the `VQModel`'s `encoder.*` and `quant_conv.*` are written as zeros, so `encode` is meaningless
-and only `decode` (codes -> pixels) is usable.
+Prior (key map in `convert_prior_state`). The attention head count is NOT stored in min-dalle's files. It is taken
+from the released model whose shapes the files have (mega: width 2048, GLU 4096, 24 + 24 layers, 32 heads; mini:
+1024, 2730, 12 + 12, 16 heads); any other shapes need `--num-heads`, because a wrong count converts without error
+and computes something else. The parity check builds min-dalle's own encoder and decoder with that same, known head
+count, never with a count guessed from the width.
+
+Detokenizer. `detoker.pt` is a plain state dict (read with torch's restricted `weights_only` loader) of the decoder
+half of a taming-transformers VQGAN (f16, 16384 codes of 256 dims, channels 128-128-256-256-512, attention at 16x16).
+min-dalle ships no encoder: the `VQModel`'s `encoder.*` and `quant_conv.*` are written as zeros, so `encode` is
+meaningless and only `decode` (codes -> pixels) is usable.
 
 Key map (`U = 4 - j`: min-dalle applies `up[4]` first, diffusers `up_blocks[0]` first):
 
@@ -29,10 +38,14 @@ the VQGAN was trained with). The parity printout shows the resulting difference.
 Tokenizer: min-dalle lower-cases, drops non-ASCII characters, splits on spaces and runs BPE over `Ġ` + word, then
 wraps the ids in `<s> ... </s>`; the converted `PreTrainedTokenizerFast` does the same (without min-dalle's
 `emoji.demojize` step: text with emoji tokenizes differently) with `<pad>` (id 1) as padding, 64 positions.
+Captions longer than 64 tokens are handled differently: min-dalle keeps the first 64 ids, `<s>` and 63 text ids with
+no `</s>`, and its unconditional row becomes `<s>` + the 64th id instead of `<s> </s>`. The package's processor
+refuses such a caption unless `truncation=True`, which keeps `<s>`, the first 62 text ids and `</s>`. Up to 64
+tokens the ids are identical.
 
 Usage:
     python conversion_scripts/convert_min_dalle_to_hf.py --model-dir dalle_bart_mega/ --detoker vqgan/detoker.pt \
-        --output out/
+        --output out/ [--num-heads N] [--push-to-hub user/name]
 """
 
 from __future__ import annotations
@@ -51,12 +64,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conversion_utils import (  # noqa: E402
     ConversionError,
     KeyConsumer,
+    add_hub_arguments,
     check_file,
+    create_hub_repo,
     ldm_attention,
     ldm_resnet,
     load_converted,
     load_torch_file,
     max_abs_diff,
+    push_to_hub,
     report_parity,
     run_main,
     tensors_only,
@@ -65,6 +81,8 @@ from conversion_utils import (  # noqa: E402
 
 
 TEXT_TOKEN_COUNT = 64
+LICENSE = "apache-2.0"  # the DALL·E Mega / mini weights (dalle-mini)
+TAGS = ["min-dalle", "dalle-mini", "parti"]
 UP_BLOCKS = 5
 
 
@@ -232,7 +250,12 @@ def check_tokenizer_parity(tokenizer, vocab_path, merges_path, texts: list[str])
 
 # -- the DALL·E Mega / mini prior --------------------------------------------------------------------------------
 
-HEAD_DIM = 64  # min-dalle: mega 2048 / 32 heads, mini 1024 / 16 heads; the head count is not stored in the files
+# The released models (min-dalle's `MinDalle.__init__`). Their head count is not stored in the files: it is known
+# only for these shapes (width, GLU width, encoder layers, decoder layers).
+RELEASED_PRIORS = {
+    "mega": dict(shapes=(2048, 4096, 24, 24), num_heads=32),
+    "mini": dict(shapes=(1024, 2730, 12, 12), num_heads=16),
+}
 IMAGE_CODES = 2**14  # min-dalle samples from the first 2**14 logits only
 START_TOKEN = 2**14 - 1  # min-dalle's decoder start token (itself a valid code)
 
@@ -265,13 +288,39 @@ def _count_layers(state: dict) -> int:
     return len(layers)
 
 
+def resolve_num_heads(shapes: tuple[int, int, int, int], num_heads: int | None) -> int:
+    """The prior's head count: `num_heads` when given, else the released model's whose (width, GLU width, encoder
+    layers, decoder layers) are `shapes`. Other shapes are refused: the files do not record the count, and a wrong
+    one converts without error but computes another function."""
+    hidden = shapes[0]
+    if num_heads is None:
+        for released in RELEASED_PRIORS.values():
+            if released["shapes"] == tuple(shapes):
+                return released["num_heads"]
+        known = ", ".join(
+            f"{name}: width {r['shapes'][0]}, GLU {r['shapes'][1]}, {r['shapes'][2]} + {r['shapes'][3]} layers, "
+            f"{r['num_heads']} heads"
+            for name, r in RELEASED_PRIORS.items()
+        )
+        raise ConversionError(
+            f"the prior (width {shapes[0]}, GLU {shapes[1]}, {shapes[2]} encoder + {shapes[3]} decoder layers) matches "
+            f"no released min-dalle model ({known}), and min-dalle's files do not store the attention head count. "
+            "Pass --num-heads with the count the model was trained with (a wrong count converts but computes "
+            "something else, and the parity check can only use the count it is given)."
+        )
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or hidden % num_heads:
+        raise ConversionError(f"--num-heads {num_heads} must be a positive divisor of the width {hidden}.")
+    return num_heads
+
+
 def convert_prior_state(
     encoder_state: dict, decoder_state: dict, num_heads: int | None = None
 ) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict[str, str]]]:
     """encoder.pt + decoder.pt -> (PartiConfig keyword arguments, the prior's state dict without `vqmodel.*`,
     the dropped keys of each file). Every source key is consumed; leftovers fail the conversion.
 
-    `num_heads` is not stored in the files: it defaults to width / 64 (mega: 32, mini: 16)."""
+    `num_heads` is not stored in the files: without it, the shapes must be those of a released model
+    ([`resolve_num_heads`])."""
     enc, dec = KeyConsumer(encoder_state, "encoder.pt"), KeyConsumer(decoder_state, "decoder.pt")
     for keys, required in ((enc, "embed_tokens.weight"), (dec, "lm_head.weight")):
         if required not in keys:
@@ -292,10 +341,8 @@ def convert_prior_state(
             f"decoder.pt has {decoder_vocab} token rows and {image_tokens} positions; min-dalle's decoder has more "
             f"than {IMAGE_CODES} rows and 256 positions."
         )
-    num_heads = num_heads or hidden // HEAD_DIM
-    if num_heads < 1 or hidden % num_heads:
-        raise ConversionError(f"width {hidden} is not divisible into {num_heads} heads; pass --num-heads.")
     encoder_layers, decoder_layers = _count_layers(enc.state), _count_layers(dec.state)
+    num_heads = resolve_num_heads((hidden, glu_width, encoder_layers, decoder_layers), num_heads)
     out: dict[str, torch.Tensor] = {}
 
     te = "model.text_encoder"
@@ -432,15 +479,26 @@ def min_dalle_greedy(encoder, decoder, text_tokens: torch.Tensor, guidance: floa
     return tokens[0, 1:]
 
 
+def prior_shapes(encoder_state: dict, decoder_state: dict) -> tuple[int, int, int, int]:
+    """(width, GLU width, encoder layers, decoder layers) of min-dalle's prior files."""
+    hidden = encoder_state["embed_tokens.weight"].shape[1]
+    glu_width = encoder_state["layers.0.glu.fc0.weight"].shape[0]
+    return hidden, glu_width, _count_layers(encoder_state), _count_layers(decoder_state)
+
+
 @torch.no_grad()
 def check_prior_parity(
-    model, encoder_state: dict, decoder_state: dict, guidance: float = 16.0, tolerance: float = 1e-4
+    model, encoder_state: dict, decoder_state: dict, num_heads: int, guidance: float = 16.0, tolerance: float = 1e-4
 ) -> dict[str, float] | None:
     """Compare the converted prior with min-dalle's `DalleBartEncoder` / `DalleBartDecoder` on a fixed input: text
     states, decoder logits of a fixed image-token prefix (teacher forcing, both guidance rows), the guided logits,
-    and the greedy tokens of min-dalle's own loop against the package's cached sampler."""
+    and the greedy tokens of min-dalle's own loop against the package's cached sampler.
+
+    `num_heads` is the head count the checkpoint was trained with (the user's `--num-heads`, or the released
+    model's), which the original is built with. It is deliberately not read from `model`: a converted model with a
+    wrong count must not be compared against an original built with the same wrong count."""
     try:
-        encoder, decoder = _build_original_prior(encoder_state, decoder_state, model.config.num_attention_heads)
+        encoder, decoder = _build_original_prior(encoder_state, decoder_state, num_heads)
     except ImportError:
         print("parity prior: skipped (install `min-dalle` to compare against the original)")
         return None
@@ -485,15 +543,33 @@ def check_prior_parity(
 
 
 def convert(
-    model_dir=None, detoker_path=None, output_dir=None, check: bool = True, num_heads: int | None = None
+    model_dir=None,
+    detoker_path=None,
+    output_dir=None,
+    check: bool = True,
+    num_heads: int | None = None,
+    push_to_hub_repo: str | None = None,
+    license: str | None = LICENSE,
 ) -> dict:
     """Convert what is given; returns {"vqmodel", "tokenizer", "model" (the prior), "parity"}.
 
     The prior (`encoder.pt` + `decoder.pt` in `model_dir`) is converted when both files are there; it needs
-    `detoker_path` too (the prior nests its image tokenizer).
+    `detoker_path` too (the prior nests its image tokenizer). `num_heads` is the prior's head count (required unless
+    its shapes are a released model's). With `push_to_hub_repo` the saved prior folder is uploaded with its card
+    (the repository is created first, so a bad id or login fails before converting).
     """
     if model_dir is None and detoker_path is None:
         raise ConversionError("pass --model-dir (encoder.pt, decoder.pt, vocab.json, merges.txt) and/or --detoker.")
+    repo_id = None
+    if push_to_hub_repo is not None:
+        has_prior = model_dir is not None and any(Path(model_dir, n).exists() for n in ("encoder.pt", "decoder.pt"))
+        if output_dir is None or not has_prior:
+            raise ConversionError(
+                "--push-to-hub uploads one checkpoint folder: the prior (encoder.pt + decoder.pt in --model-dir, with "
+                "--detoker) saved to --output. The detokenizer and tokenizer alone are saved as two parts (vqgan/, "
+                "tokenizer/); upload one of them with `hf upload` instead."
+            )
+        repo_id = create_hub_repo(push_to_hub_repo)
     result, parity = {}, {}
     if detoker_path is not None:
         vqmodel = convert_detokenizer(detoker_path)
@@ -516,10 +592,9 @@ def convert(
             model = convert_prior(encoder_path, decoder_path, result["vqmodel"], num_heads)
             result["model"] = model
             if check:
-                deltas = check_prior_parity(
-                    model, load_state(encoder_path, "encoder.pt"), load_state(decoder_path, "decoder.pt")
-                )
-                parity.update(deltas or {})
+                states = load_state(encoder_path, "encoder.pt"), load_state(decoder_path, "decoder.pt")
+                true_heads = resolve_num_heads(prior_shapes(*states), num_heads)
+                parity.update(check_prior_parity(model, *states, num_heads=true_heads) or {})
         vocab, merges = model_dir / "vocab.json", model_dir / "merges.txt"
         if vocab.exists() or merges.exists() or "model" not in result:
             tokenizer = convert_tokenizer(vocab, merges)
@@ -549,48 +624,50 @@ def convert(
     if parity.get("prior_greedy_identical") == 0.0:
         failed.append("prior greedy tokens")
     if output_dir is not None:
-        save(result, parity, Path(output_dir))
+        save(result, parity, Path(output_dir), license, repo_id)
     if failed:
         raise ConversionError(f"the converted parts do not match min-dalle ({failed}).")
+    if repo_id is not None:
+        push_to_hub(output_dir, repo_id, "min-dalle's DALL·E Mega / mini", tags=TAGS, license=license)
     return result
 
 
-def save(result: dict, parity: dict, output_dir: Path) -> None:
-    """The prior as one checkpoint folder (model + processor at the root), else the parts in subfolders."""
-    if "model" in result:
-        from hf_t2i import PartiProcessor, T2IImageProcessor
-
-        model = result["model"]
-        model.save_pretrained(output_dir)
-        if "tokenizer" in result:
-            image_processor = T2IImageProcessor(image_size=model.config.vq_config.image_size)
-            PartiProcessor(image_processor, result["tokenizer"]).save_pretrained(output_dir)
-        title = "DALL·E Mega / mini (min-dalle) as hf_t2i Parti classes"
-        body = f"""
-Converted with `conversion_scripts/convert_min_dalle_to_hf.py` from min-dalle's `encoder.pt`, `decoder.pt`,
-`detoker.pt` (and `vocab.json`, `merges.txt` when present): a `PartiForConditionalGeneration` with the BART-style
-options (no biases, GLU feed-forward with an inner LayerNorm, post-attention LayerNorms, embedding LayerNorm, decoder
-start token {START_TOKEN}) nesting min-dalle's VQGAN as a diffusers `VQModel`.
-
-Sample with `guidance_scale=16` (min-dalle's `supercondition_factor`) and `top_k=256`; the unconditional prompt is
-the empty string (`<s> </s>`).
-
-Parity with min-dalle (max |delta|, float32): {parity or "not measured"}.
-"""
-    else:
+def save(result: dict, parity: dict, output_dir: Path, license: str | None = LICENSE, repo_id: str | None = None):
+    """The prior as one checkpoint folder (a `PartiPipeline`: model and processor at the root, when the vocabulary
+    was converted too; else the model alone) with hf_t2i's model card; without a prior, the parts in subfolders."""
+    if "model" not in result:
         if "vqmodel" in result:
             result["vqmodel"].save_pretrained(output_dir / "vqgan")
         if "tokenizer" in result:
             result["tokenizer"].save_pretrained(output_dir / "tokenizer")
-        title = "min-dalle VQGAN detokenizer and BART tokenizer"
-        body = f"""
-Converted with `conversion_scripts/convert_min_dalle_to_hf.py`: `vqgan/` is a diffusers `VQModel` holding min-dalle's
-VQGAN detokenizer (decoder half only; the encoder is zeros), `tokenizer/` the BART BPE tokenizer with min-dalle's
-text handling.
+        print(f"saved to {output_dir} (vqgan/: diffusers VQModel, decoder half only; tokenizer/: BART BPE)")
+        return
+    from hf_t2i import PartiPipeline, PartiProcessor, T2IImageProcessor
+
+    model = result["model"]
+    if "tokenizer" in result:
+        image_processor = T2IImageProcessor(image_size=model.config.vq_config.image_size)
+        PartiPipeline(model=model, processor=PartiProcessor(image_processor, result["tokenizer"])).save_pretrained(
+            output_dir
+        )
+    else:
+        model.save_pretrained(output_dir)
+    c = model.config
+    body = f"""
+Converted with `conversion_scripts/convert_min_dalle_to_hf.py` of hf_t2i from min-dalle's `encoder.pt`, `decoder.pt`,
+`detoker.pt` (and `vocab.json`, `merges.txt` when present): a `PartiForConditionalGeneration` ({c.encoder_layers} +
+{c.num_hidden_layers} layers of width {c.hidden_size}, {c.num_attention_heads} heads) with the BART-style options (no
+biases, GLU feed-forward with an inner LayerNorm, post-attention LayerNorms, embedding LayerNorm, decoder start token
+{START_TOKEN}) nesting min-dalle's VQGAN as a diffusers `VQModel`.
+
+Sample as min-dalle does with `guidance_scale=16` (its `supercondition_factor`) and `top_k=256`; the unconditional
+prompt is the empty string (`<s> </s>`). Captions are limited to {c.text_seq_len} tokens: a longer one is refused
+unless the processor is called with `truncation=True`, which keeps `<s>`, the first {c.text_seq_len - 2} text tokens
+and `</s>` (min-dalle keeps `<s>` and the first {c.text_seq_len - 1} text tokens, without `</s>`).
 
 Parity with min-dalle (max |delta|, float32): {parity or "not measured"}.
 """
-    write_model_card(output_dir, title, body, tags=["min-dalle", "vqgan"])
+    write_model_card(output_dir, "Converted from min-dalle", body, tags=TAGS, license=license, repo_id=repo_id)
     print(f"saved to {output_dir}")
 
 
@@ -603,10 +680,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--detoker", help="min-dalle's detoker.pt")
     parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--num-heads", type=int, help="attention heads of the prior (default: width / 64)")
+    parser.add_argument(
+        "--num-heads",
+        type=int,
+        help="attention heads of the prior (not stored in the files; required unless the prior has the shapes of "
+        "the released mega (32 heads) or mini (16 heads))",
+    )
     parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
+    add_hub_arguments(parser, default_license=LICENSE)
     args = parser.parse_args(argv)
-    convert(args.model_dir, args.detoker, args.output, not args.skip_parity, args.num_heads)
+    convert(
+        args.model_dir, args.detoker, args.output, not args.skip_parity, args.num_heads, args.push_to_hub, args.license
+    )
     return 0
 
 

@@ -14,26 +14,6 @@ def _convert_dvae(enc, dec, tmp_path):
     return script.convert(enc, dec, tmp_path / "out", check=False)
 
 
-@pytest.fixture
-def dvae_state_files(tmp_path):
-    """A tiny OpenAI-layout dVAE as plain state dicts (the converter accepts these as well as whole pickles)."""
-    from hf_t2i import DalleDVAE, DalleDVAEConfig
-
-    torch.manual_seed(0)
-    model = DalleDVAE(DalleDVAEConfig(image_size=16, hidden_size=8, vocab_size=16, channel_multipliers=[1, 2]))
-    paths = []
-    for half in ("encoder", "decoder"):
-        state = {
-            k.removeprefix(f"{half}.").replace(".weight", ".w").replace(".bias", ".b"): v
-            for k, v in model.state_dict().items()
-            if k.startswith(half)
-        }
-        path = tmp_path / f"{half}.pkl"
-        torch.save(state, path)
-        paths.append(path)
-    return paths
-
-
 def test_state_dict_layout_converts(dvae_state_files, tmp_path):
     model, parity = _convert_dvae(*dvae_state_files, tmp_path)
     assert model.config.vocab_size == 16 and model.config.channel_multipliers == [1, 2]

@@ -114,3 +114,23 @@ def test_leftover_key_fails(script, tmp_path):
     torch.save(checkpoint, tmp_path / "dalle.pt")
     with pytest.raises(ConversionError, match="extra.weight"):
         script.convert(tmp_path / "dalle.pt", check=False)
+
+
+def test_push_to_hub_uploads_the_hf_t2i_card(script, tmp_path, fake_hub, capsys):
+    from conversion_utils import run_main
+
+    _, checkpoint = _original(script)
+    torch.save(checkpoint, tmp_path / "dalle.pt")
+    out = tmp_path / "out"
+    argv = ["--checkpoint", str(tmp_path / "dalle.pt"), "--output", str(out), "--skip-parity"]
+    assert run_main(script.main, [*argv, "--push-to-hub", "me/dalle-tiny", "--license", "mit"]) == 0
+    assert "pushed" in capsys.readouterr().out
+    files = fake_hub.uploaded()
+    assert {"README.md", "config.json", "model.safetensors"} <= set(files)
+    assert files["README.md"] == (out / "README.md").read_bytes()
+    card = fake_hub.card()
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("hf_t2i", "text-to-image", "mit")
+    assert {"dalle", "dalle-pytorch", "hf_t2i"} <= set(data.tags)
+    assert 'DalleForConditionalGeneration.from_pretrained("me/dalle-tiny")' in card.text
+    assert "## Converted from a DALLE-pytorch checkpoint" in card.text and "`[0, *ids]`" in card.text

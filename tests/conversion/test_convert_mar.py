@@ -8,8 +8,10 @@ the decoder's up path, asymmetric downsampling pad) are MAR's. These tests need 
 """
 
 import copy
+import functools
 import math
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -199,8 +201,29 @@ def test_leftover_and_wrong_files_fail_clearly(tmp_path):
 # `SimpleMLPAdaLN`) at a tiny size, and a re-implementation of its forward and of its `p_sample_loop` (IDDPM's
 # learned-range variance, `space_timesteps` respacing) written from reading the original.
 
-WIDTH, HEADS, DEPTH, BUFFER, CLASSES, PATCH = 32, 2, 1, 4, 10, 4
-HEAD_WIDTH, HEAD_DEPTH, FREQ = 32, 2, 256
+
+@dataclass(frozen=True)
+class MarSize:
+    """One MAR size: backbone width, attention heads, blocks on each side, diffusion-head width and blocks."""
+
+    width: int
+    heads: int
+    depth: int
+    head_width: int
+    head_depth: int
+
+
+TINY = MarSize(width=32, heads=2, depth=1, head_width=32, head_depth=2)
+# The released sizes differ in more than scale (LTH14/mar `models/mar.py`, README): MAR-B is width 768 with 12 heads
+# of 64 dims, 12 + 12 blocks and a 6-block diffusion head of width 1024 (wider than the backbone); MAR-H is 1280 with
+# 16 heads of 80 dims, 20 + 20 blocks and a 12-block head of width 1536. Scaled down with those differences kept
+# (head dims 16 and 20, heads wider than the backbone, several blocks):
+MAR_B_SMALL = MarSize(width=48, heads=3, depth=2, head_width=64, head_depth=3)
+MAR_H_SMALL = MarSize(width=40, heads=2, depth=2, head_width=48, head_depth=4)
+SIZES = {"tiny": TINY, "mar-b-small": MAR_B_SMALL, "mar-h-small": MAR_H_SMALL}
+
+WIDTH, HEADS, DEPTH, HEAD_WIDTH, HEAD_DEPTH = TINY.width, TINY.heads, TINY.depth, TINY.head_width, TINY.head_depth
+BUFFER, CLASSES, PATCH, FREQ = 4, 10, 4, 256
 GRID = RES // 2 // PATCH  # the test VAE downsamples by 2: 16 x 16 latents, 4 x 4 tokens
 TOKENS, TOKEN_DIM = GRID * GRID, Z * PATCH * PATCH
 
@@ -210,41 +233,42 @@ def _linear(state, name, cin, cout, g, scale=1.0):
     state[f"{name}.bias"] = torch.randn(cout, generator=g) * 0.1
 
 
-def mar_prior_state(seed=0):
+def mar_prior_state(seed=0, size: MarSize = TINY):
     g = torch.Generator().manual_seed(seed)
+    width, head_width = size.width, size.head_width
     s = {
-        "class_emb.weight": torch.randn(CLASSES, WIDTH, generator=g),
-        "fake_latent": torch.randn(1, WIDTH, generator=g),
-        "mask_token": torch.randn(1, 1, WIDTH, generator=g),
-        "encoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, WIDTH, generator=g),
-        "decoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, WIDTH, generator=g),
-        "diffusion_pos_embed_learned": 0.5 * torch.randn(1, TOKENS, WIDTH, generator=g),
+        "class_emb.weight": torch.randn(CLASSES, width, generator=g),
+        "fake_latent": torch.randn(1, width, generator=g),
+        "mask_token": torch.randn(1, 1, width, generator=g),
+        "encoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, width, generator=g),
+        "decoder_pos_embed_learned": 0.5 * torch.randn(1, TOKENS + BUFFER, width, generator=g),
+        "diffusion_pos_embed_learned": 0.5 * torch.randn(1, TOKENS, width, generator=g),
     }
-    _linear(s, "z_proj", TOKEN_DIM, WIDTH, g)
-    _linear(s, "decoder_embed", WIDTH, WIDTH, g)
+    _linear(s, "z_proj", TOKEN_DIM, width, g)
+    _linear(s, "decoder_embed", width, width, g)
     for name in ("z_proj_ln", "encoder_norm", "decoder_norm"):
-        _norm(s, name, WIDTH, g)
+        _norm(s, name, width, g)
     for side in ("encoder", "decoder"):
-        for i in range(DEPTH):
+        for i in range(size.depth):
             b = f"{side}_blocks.{i}"
-            _norm(s, f"{b}.norm1", WIDTH, g)
-            _norm(s, f"{b}.norm2", WIDTH, g)
-            _linear(s, f"{b}.attn.qkv", WIDTH, 3 * WIDTH, g)
-            _linear(s, f"{b}.attn.proj", WIDTH, WIDTH, g)
-            _linear(s, f"{b}.mlp.fc1", WIDTH, 4 * WIDTH, g)
-            _linear(s, f"{b}.mlp.fc2", 4 * WIDTH, WIDTH, g)
+            _norm(s, f"{b}.norm1", width, g)
+            _norm(s, f"{b}.norm2", width, g)
+            _linear(s, f"{b}.attn.qkv", width, 3 * width, g)
+            _linear(s, f"{b}.attn.proj", width, width, g)
+            _linear(s, f"{b}.mlp.fc1", width, 4 * width, g)
+            _linear(s, f"{b}.mlp.fc2", 4 * width, width, g)
     n = "diffloss.net"
-    _linear(s, f"{n}.input_proj", TOKEN_DIM, HEAD_WIDTH, g)
-    _linear(s, f"{n}.cond_embed", WIDTH, HEAD_WIDTH, g)
-    _linear(s, f"{n}.time_embed.mlp.0", FREQ, HEAD_WIDTH, g)
-    _linear(s, f"{n}.time_embed.mlp.2", HEAD_WIDTH, HEAD_WIDTH, g)
-    for i in range(HEAD_DEPTH):
-        _norm(s, f"{n}.res_blocks.{i}.in_ln", HEAD_WIDTH, g)
-        _linear(s, f"{n}.res_blocks.{i}.mlp.0", HEAD_WIDTH, HEAD_WIDTH, g)
-        _linear(s, f"{n}.res_blocks.{i}.mlp.2", HEAD_WIDTH, HEAD_WIDTH, g)
-        _linear(s, f"{n}.res_blocks.{i}.adaLN_modulation.1", HEAD_WIDTH, 3 * HEAD_WIDTH, g, scale=0.3)
-    _linear(s, f"{n}.final_layer.adaLN_modulation.1", HEAD_WIDTH, 2 * HEAD_WIDTH, g, scale=0.3)
-    _linear(s, f"{n}.final_layer.linear", HEAD_WIDTH, 2 * TOKEN_DIM, g)
+    _linear(s, f"{n}.input_proj", TOKEN_DIM, head_width, g)
+    _linear(s, f"{n}.cond_embed", width, head_width, g)
+    _linear(s, f"{n}.time_embed.mlp.0", FREQ, head_width, g)
+    _linear(s, f"{n}.time_embed.mlp.2", head_width, head_width, g)
+    for i in range(size.head_depth):
+        _norm(s, f"{n}.res_blocks.{i}.in_ln", head_width, g)
+        _linear(s, f"{n}.res_blocks.{i}.mlp.0", head_width, head_width, g)
+        _linear(s, f"{n}.res_blocks.{i}.mlp.2", head_width, head_width, g)
+        _linear(s, f"{n}.res_blocks.{i}.adaLN_modulation.1", head_width, 3 * head_width, g, scale=0.3)
+    _linear(s, f"{n}.final_layer.adaLN_modulation.1", head_width, 2 * head_width, g, scale=0.3)
+    _linear(s, f"{n}.final_layer.linear", head_width, 2 * TOKEN_DIM, g)
     # the variance values are a tanh-free linear output: keep them in MAR's nominal [-1, 1]
     s[f"{n}.final_layer.linear.weight"][TOKEN_DIM:] *= 0.1
     s[f"{n}.final_layer.linear.bias"][TOKEN_DIM:] *= 0.1
@@ -259,39 +283,42 @@ def _lin(s, name, x):
     return F.linear(x, s[f"{name}.weight"], s[f"{name}.bias"])
 
 
-def _timm_block(s, name, x):
+def _timm_block(s, name, x, heads):
     b, n, c = x.shape
-    qkv = _lin(s, f"{name}.attn.qkv", _ln(s, f"{name}.norm1", x)).reshape(b, n, 3, HEADS, c // HEADS)
+    qkv = _lin(s, f"{name}.attn.qkv", _ln(s, f"{name}.norm1", x)).reshape(b, n, 3, heads, c // heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (b, heads, n, d)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * (c // HEADS) ** -0.5, dim=-1)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * (c // heads) ** -0.5, dim=-1)
     x = x + _lin(s, f"{name}.attn.proj", (weights @ v).transpose(1, 2).reshape(b, n, c))
     return x + _lin(s, f"{name}.mlp.fc2", F.gelu(_lin(s, f"{name}.mlp.fc1", _ln(s, f"{name}.norm2", x))))
 
 
-def reference_conditions(s, tokens, mask, class_embedding):
+def reference_conditions(s, tokens, mask, class_embedding, size: MarSize = TINY):
     """MAR's `forward_mae_encoder` + `forward_mae_decoder` (eval): tokens (B, N, D), mask (B, N) float 1 = masked,
     the same count per row."""
     b = tokens.shape[0]
+    width = size.width
     x = _lin(s, "z_proj", tokens)
-    x = torch.cat([torch.zeros(b, BUFFER, WIDTH), x], dim=1)
+    x = torch.cat([torch.zeros(b, BUFFER, width), x], dim=1)
     mask_with_buffer = torch.cat([torch.zeros(b, BUFFER), mask], dim=1)
     x[:, :BUFFER] = class_embedding.unsqueeze(1)
     x = _ln(s, "z_proj_ln", x + s["encoder_pos_embed_learned"])
-    x = x[(1 - mask_with_buffer).nonzero(as_tuple=True)].reshape(b, -1, WIDTH)
-    for i in range(DEPTH):
-        x = _timm_block(s, f"encoder_blocks.{i}", x)
+    x = x[(1 - mask_with_buffer).nonzero(as_tuple=True)].reshape(b, -1, width)
+    for i in range(size.depth):
+        x = _timm_block(s, f"encoder_blocks.{i}", x, size.heads)
     x = _lin(s, "decoder_embed", _ln(s, "encoder_norm", x))
     padded = s["mask_token"].repeat(b, BUFFER + TOKENS, 1)
-    padded[(1 - mask_with_buffer).nonzero(as_tuple=True)] = x.reshape(-1, WIDTH)
+    padded[(1 - mask_with_buffer).nonzero(as_tuple=True)] = x.reshape(-1, width)
     x = padded + s["decoder_pos_embed_learned"]
-    for i in range(DEPTH):
-        x = _timm_block(s, f"decoder_blocks.{i}", x)
+    for i in range(size.depth):
+        x = _timm_block(s, f"decoder_blocks.{i}", x, size.heads)
     return _ln(s, "decoder_norm", x)[:, BUFFER:] + s["diffusion_pos_embed_learned"]
 
 
 def reference_head(s, x, t, c):
     """`SimpleMLPAdaLN.forward`: (N, D) noisy tokens, (N,) timesteps, (N, C) conditions -> (N, 2D)."""
     n = "diffloss.net"
+    head_width = s[f"{n}.input_proj.weight"].shape[0]
+    head_depth = len({k.split(".")[3] for k in s if k.startswith(f"{n}.res_blocks.")})
     half = FREQ // 2
     freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32) / half)
     args = t[:, None].float() * freqs[None]  # float32 features, as MAR
@@ -302,13 +329,13 @@ def reference_head(s, x, t, c):
     )
     y = t_emb + _lin(s, f"{n}.cond_embed", c)
     x = _lin(s, f"{n}.input_proj", x)
-    for i in range(HEAD_DEPTH):
+    for i in range(head_depth):
         r = f"{n}.res_blocks.{i}"
         shift, scale, gate = _lin(s, f"{r}.adaLN_modulation.1", F.silu(y)).chunk(3, dim=-1)
         h = _ln(s, f"{r}.in_ln", x) * (1 + scale) + shift
         x = x + gate * _lin(s, f"{r}.mlp.2", F.silu(_lin(s, f"{r}.mlp.0", h)))
     shift, scale = _lin(s, f"{n}.final_layer.adaLN_modulation.1", F.silu(y)).chunk(2, dim=-1)
-    return _lin(s, f"{n}.final_layer.linear", F.layer_norm(x, (HEAD_WIDTH,), eps=1e-6) * (1 + scale) + shift)
+    return _lin(s, f"{n}.final_layer.linear", F.layer_norm(x, (head_width,), eps=1e-6) * (1 + scale) + shift)
 
 
 def reference_betas() -> torch.Tensor:
@@ -399,6 +426,49 @@ def _write_prior(tmp_path, state, extra=None):
     return tmp_path / "checkpoint-last.pth", tmp_path / "kl16.ckpt"
 
 
+def fixed_masked_input():
+    """(class labels, tokens (2, N, D), mask (2, N) with 5 masked tokens per row, 1 = masked)."""
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(2, TOKENS, TOKEN_DIM, generator=g)
+    mask = torch.zeros(2, TOKENS)
+    mask[0, [1, 4, 5, 9, 15]] = 1
+    mask[1, [0, 2, 3, 7, 8]] = 1
+    return torch.tensor([3, 7]), tokens, mask
+
+
+def prior_deltas(model, state, size: MarSize = TINY) -> dict[str, float]:
+    """max |delta| of the converted prior against the re-implementation on a fixed input: diffusion conditions of
+    the class rows and of the null-class (guidance) rows, head outputs, 20 reverse head steps with and without
+    guidance."""
+    labels, tokens, mask = fixed_masked_input()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        z_ref = reference_conditions(state, tokens, mask, state["class_emb.weight"][labels], size)
+        z = model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
+        # the unconditional rows: MAR's `fake_latent`
+        z_null_ref = reference_conditions(state, tokens, mask, state["fake_latent"].repeat(2, 1), size)
+        z_null = model.model(
+            image_tokens=tokens, mask=mask.bool(), class_embeds=model.model.null_class_embedding.expand(2, -1)
+        ).last_hidden_state
+        noisy = torch.randn(2 * TOKENS, TOKEN_DIM, generator=g)
+        timesteps = torch.randint(0, 1000, (2 * TOKENS,), generator=g)
+        head_ref = reference_head(state, noisy, timesteps, z_ref.reshape(-1, size.width))
+        head = model.diffusion_head(noisy, timesteps, z.reshape(-1, size.width))
+        cond = z.reshape(-1, size.width)[:6]
+        cond2 = torch.cat([cond, z_null.reshape(-1, size.width)[:6]])
+        samples = {}
+        for scale in (1.0, 3.0):
+            samples[f"head sample, guidance {scale}"] = head_sample_delta(
+                model, state, cond2 if scale != 1 else cond, scale
+            )
+    return {
+        "diffusion conditions": (z - z_ref).abs().max().item(),
+        "null-class conditions": (z_null - z_null_ref).abs().max().item(),
+        "head outputs (eps, variance)": (head - head_ref).abs().max().item(),
+        **samples,
+    }
+
+
 def test_prior_parity_sampling_and_reload(tmp_path):
     import convert_mar_to_hf as script
 
@@ -409,39 +479,12 @@ def test_prior_parity_sampling_and_reload(tmp_path):
     result = script.convert_prior(prior, vae, tmp_path / "out", num_heads=HEADS)
     model, c = result["model"], result["config"]
     assert (c.num_classes, c.buffer_size, c.num_image_tokens, c.token_dim) == (CLASSES, BUFFER, TOKENS, TOKEN_DIM)
-    g = torch.Generator().manual_seed(3)
-    tokens = torch.randn(2, TOKENS, TOKEN_DIM, generator=g)
-    mask = torch.zeros(2, TOKENS)
-    mask[0, [1, 4, 5, 9, 15]] = 1
-    mask[1, [0, 2, 3, 7, 8]] = 1
-    labels = torch.tensor([3, 7])
-    with torch.no_grad():
-        z_ref = reference_conditions(state, tokens, mask, state["class_emb.weight"][labels])
-        z = model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
-        # the unconditional rows: MAR's `fake_latent`
-        z_null_ref = reference_conditions(state, tokens, mask, state["fake_latent"].repeat(2, 1))
-        z_null = model.model(
-            image_tokens=tokens, mask=mask.bool(), class_embeds=model.model.null_class_embedding.expand(2, -1)
-        ).last_hidden_state
-        noisy = torch.randn(2 * TOKENS, TOKEN_DIM, generator=g)
-        timesteps = torch.randint(0, 1000, (2 * TOKENS,), generator=g)
-        head_ref = reference_head(state, noisy, timesteps, z_ref.reshape(-1, WIDTH))
-        head = model.diffusion_head(noisy, timesteps, z.reshape(-1, WIDTH))
-        cond = z.reshape(-1, WIDTH)[:6]
-        cond2 = torch.cat([cond, z_null.reshape(-1, WIDTH)[:6]])
-        samples = {}
-        for scale in (1.0, 3.0):
-            samples[f"head sample, guidance {scale}"] = head_sample_delta(
-                model, state, cond2 if scale != 1 else cond, scale
-            )
-    deltas = {
-        "diffusion conditions": (z - z_ref).abs().max().item(),
-        "null-class conditions": (z_null - z_null_ref).abs().max().item(),
-        "head outputs (eps, variance)": (head - head_ref).abs().max().item(),
-        **samples,
-    }
+    deltas = prior_deltas(model, state)
     print(f"parity MAR prior: {deltas}")
     assert max(deltas.values()) <= 1e-4, deltas
+    labels, tokens, mask = fixed_masked_input()
+    with torch.no_grad():
+        z = model.model(class_labels=labels, image_tokens=tokens, mask=mask.bool()).last_hidden_state
 
     pipe = FluidPipeline.from_pretrained(tmp_path / "out")
     assert pipe.processor is None and pipe.model.config.num_classes == CLASSES
@@ -458,6 +501,43 @@ def test_prior_parity_sampling_and_reload(tmp_path):
     with pytest.raises(ValueError, match=r"class_labels.*\[0, 10\)"):
         pipe(class_labels=[10])
     assert (tmp_path / "out" / "README.md").exists()
+
+
+@pytest.mark.parametrize("size", [MAR_B_SMALL, MAR_H_SMALL], ids=["mar-b-small", "mar-h-small"])
+def test_other_sizes_convert_with_parity(tmp_path, size):
+    """MAR-B and MAR-H, scaled down with what sets them apart from the default test size: head dims (16 as MAR-B's
+    64 / 4, 20 as MAR-H's 80 / 4), a diffusion head wider than the backbone, several blocks on each side."""
+    import convert_mar_to_hf as script
+
+    state = mar_prior_state(seed=1, size=size)
+    prior, vae = _write_prior(tmp_path, state)
+    result = script.convert_prior(prior, vae, num_heads=size.heads)
+    model, c = result["model"], result["config"]
+    assert (c.hidden_size, c.num_attention_heads, c.encoder_attention_heads) == (size.width, size.heads, size.heads)
+    assert (c.encoder_layers, c.num_hidden_layers) == (size.depth, size.depth)
+    assert (c.diffusion_head_width, c.diffusion_head_layers) == (size.head_width, size.head_depth)
+    deltas = prior_deltas(model, state, size)
+    print(f"parity MAR prior ({size}): {deltas}")
+    assert max(deltas.values()) <= 1e-4, deltas
+
+
+def test_head_counts_of_the_released_sizes():
+    import convert_mar_to_hf as script
+    from conversion_utils import ConversionError
+
+    assert script._heads(768, (12, 12), {"model": "mar_base"}, None) == 12
+    assert script._heads(1024, (16, 16), {}, None) == 16
+    assert script._heads(1280, (20, 20), {"model": "mar_huge"}, None) == 16  # heads of 80 dims
+    assert script._heads(48, (2, 2), {"model": "mar_base"}, 3) == 3  # the user's count wins
+    # a scaled-down MAR-B still named "mar_base": 12 heads would divide its width 48, into a wrong model
+    with pytest.raises(
+        ConversionError, match=r"width 48 and depths 2 \+ 2 and `args.model` is 'mar_base'.*--num-heads"
+    ):
+        script._heads(48, (2, 2), {"model": "mar_base"}, None)
+    with pytest.raises(ConversionError, match="not one of the released sizes"):
+        script._heads(1280, (20, 20), {"model": "mar_large"}, None)  # the name contradicts the weights
+    with pytest.raises(ConversionError, match="--num-heads 5 must be a positive divisor of the width 48"):
+        script._heads(48, (2, 2), {}, 5)
 
 
 def test_prior_leftovers_and_wrong_files_fail_clearly(tmp_path):
@@ -485,13 +565,47 @@ def test_prior_leftovers_and_wrong_files_fail_clearly(tmp_path):
         script.convert_prior(prior, vae, num_heads=HEADS)
 
 
+def original_mar(repo: str, size: MarSize):
+    """LTH14/mar's own `models.mar.MAR`, built by the test with the sizes it knows (not the converter's reading of
+    them), in eval mode."""
+    import sys
+
+    sys.path.insert(0, repo)
+    try:
+        from models.mar import MAR
+    finally:
+        sys.path.remove(repo)
+    return MAR(
+        img_size=RES,
+        vae_stride=2,
+        patch_size=PATCH,
+        encoder_embed_dim=size.width,
+        encoder_depth=size.depth,
+        encoder_num_heads=size.heads,
+        decoder_embed_dim=size.width,
+        decoder_depth=size.depth,
+        decoder_num_heads=size.heads,
+        mlp_ratio=4,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+        vae_embed_dim=Z,
+        class_num=CLASSES,
+        buffer_size=BUFFER,
+        diffloss_d=size.head_depth,
+        diffloss_w=size.head_width,
+        num_sampling_steps="100",
+    ).eval()
+
+
 @pytest.mark.convert
-def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
-    """Against LTH14/mar's own `models/mar.py` (a clone at $MAR_REPO, with timm): the original built with
-    `mar_prior_state()` (so the test's key names and shapes are the original's), the converter's own parity check,
-    and MAR's `sample_tokens` loop against Fluid's with the same generation order and a deterministic stand-in for
-    the per-token sampler (both sides' diffusion heads are compared above): which tokens each iteration reveals, the
-    linear guidance scale it uses, the masked inputs it reads, the tokens it returns."""
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+def test_prior_against_lth14_mar_code(tmp_path, monkeypatch, size):
+    """Against LTH14/mar's own `models/mar.py` (a clone at $MAR_REPO, with timm), for the default test size and
+    scaled-down MAR-B / MAR-H: the original built by the test with the true sizes and loaded strictly with
+    `mar_prior_state(size=...)` (so the test's key names and shapes are the original's); its diffusion conditions
+    (class and null-class rows) and head outputs against the converted model's; the converter's own `--mar-repo`
+    check; and MAR's `sample_tokens` loop against Fluid's with the same generation order and a deterministic
+    stand-in for the per-token sampler (both sides' diffusion heads are compared before): which tokens each
+    iteration reveals, the linear guidance scale it uses, the masked inputs it reads, the tokens it returns."""
     repo = os.environ.get("MAR_REPO")
     if not repo:
         pytest.skip("set MAR_REPO to a clone of LTH14/mar (and install timm) to compare with the original code")
@@ -500,14 +614,31 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
 
     from hf_t2i.generation import masked
 
-    state = mar_prior_state()
+    state = mar_prior_state(seed=1, size=size)
+    original = original_mar(repo, size)
+    original.load_state_dict(state)  # strict: the test's keys and shapes are the original's
     prior, vae = _write_prior(tmp_path, state)
-    # the converter loads the test's state dict into the original strictly: its keys and shapes are the original's
-    result = script.convert_prior(prior, vae, num_heads=HEADS, mar_repo=repo)
+    result = script.convert_prior(prior, vae, num_heads=size.heads, mar_repo=repo)
     assert max(result["parity"].values()) <= 1e-4, result["parity"]
     model = result["model"]
-    original = script.build_original_mar(repo, model.config)
-    original.load_state_dict(state)
+    labels, tokens, mask = fixed_masked_input()
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        deltas = {}
+        for name, class_embedding in (
+            ("conditions", original.class_emb(labels)),
+            ("null-class conditions", original.fake_latent.repeat(2, 1)),
+        ):
+            z_ref = original.forward_mae_decoder(original.forward_mae_encoder(tokens, mask, class_embedding), mask)
+            z = model.model(image_tokens=tokens, mask=mask.bool(), class_embeds=class_embedding).last_hidden_state
+            deltas[name] = (z - z_ref).abs().max().item()
+        noisy = torch.randn(2 * TOKENS, TOKEN_DIM, generator=g)
+        timesteps = torch.randint(0, 1000, (2 * TOKENS,), generator=g)
+        head_ref = original.diffloss.net(noisy, timesteps, z_ref.reshape(2 * TOKENS, -1))
+        head = model.diffusion_head(noisy, timesteps, z.reshape(2 * TOKENS, -1))
+        deltas["head outputs"] = (head - head_ref).abs().max().item()
+    print(f"parity against models/mar.py ({size}): {deltas}")
+    assert max(deltas.values()) <= 1e-4, deltas
 
     monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)  # MAR's sampler calls .cuda()
     np.random.seed(0)
@@ -515,7 +646,7 @@ def test_prior_against_lth14_mar_code(tmp_path, monkeypatch):
     # MAR reveals its order from the end (positions `orders[:, :mask_len]` stay masked), Fluid from the start
     monkeypatch.setattr(masked, "random_orders", lambda *args: orders.flip(1))
 
-    projection = torch.randn(WIDTH, TOKEN_DIM, generator=torch.Generator().manual_seed(4))
+    projection = torch.randn(size.width, TOKEN_DIM, generator=torch.Generator().manual_seed(4))
 
     def stand_in(z: torch.Tensor, scale: float) -> torch.Tensor:  # guided, deterministic "sample" of each condition
         cond, uncond = z.chunk(2)

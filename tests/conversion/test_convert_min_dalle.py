@@ -2,6 +2,7 @@
 as min-dalle ships it, converted, and compared on fixed inputs."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -80,16 +81,16 @@ def test_tokenizer_ids_identical(tmp_path):
 # -- the DALL·E Mega / mini prior ---------------------------------------------------------------------------------
 
 
-def _original_prior(tmp_path):
+def _original_prior(tmp_path, width=32, heads=4, layers=2):
     """min-dalle's encoder and decoder, tiny but with the real decoder vocabulary (mega: 16415 + 1 rows), random
     weights (LayerNorm affine parameters moved off their init), saved in fp16 as min-dalle ships them."""
     from min_dalle.models import DalleBartDecoder, DalleBartEncoder
 
     torch.manual_seed(0)
     encoder = DalleBartEncoder(
-        layer_count=2,
-        embed_count=32,
-        attention_head_count=4,
+        layer_count=layers,
+        embed_count=width,
+        attention_head_count=heads,
         text_vocab_count=120,
         text_token_count=16,
         glu_embed_count=48,
@@ -97,10 +98,10 @@ def _original_prior(tmp_path):
     )
     decoder = DalleBartDecoder(
         image_vocab_count=16415,
-        embed_count=32,
-        attention_head_count=4,
+        embed_count=width,
+        attention_head_count=heads,
         glu_embed_count=48,
-        layer_count=2,
+        layer_count=layers,
         device="cpu",
     )
     with torch.no_grad():
@@ -241,7 +242,7 @@ def test_prior_converts_with_a_small_vqmodel(tmp_path, tiny_vqmodel):
     model = script.convert_prior(model_dir / "encoder.pt", model_dir / "decoder.pt", tiny_vqmodel, num_heads=4)
     assert model.config.num_image_tokens == 256
     deltas = script.check_prior_parity(
-        model, *(script.load_state(model_dir / n, n) for n in ("encoder.pt", "decoder.pt"))
+        model, *(script.load_state(model_dir / n, n) for n in ("encoder.pt", "decoder.pt")), num_heads=4
     )
     assert deltas["prior decoder logits"] <= 1e-4 and deltas["prior_greedy_identical"] == 1.0, deltas
 
@@ -252,3 +253,140 @@ def test_prior_needs_detokenizer(tmp_path):
 
     with pytest.raises(ConversionError, match="needs --detoker"):
         script.convert(_original_prior(tmp_path), None, tmp_path / "out", check=False)
+
+
+# -- the head count, which min-dalle's files do not store --------------------------------------------------------
+
+
+def test_released_shapes_give_the_released_head_counts():
+    import convert_min_dalle_to_hf as script
+    from conversion_utils import ConversionError
+
+    assert script.resolve_num_heads((2048, 4096, 24, 24), None) == 32  # DALL·E Mega
+    assert script.resolve_num_heads((1024, 2730, 12, 12), None) == 16  # DALL·E mini
+    assert script.resolve_num_heads((1024, 2730, 12, 12), 8) == 8  # the user's count wins
+    # a released width with other layer counts is not a released model: its head count is unknown
+    with pytest.raises(ConversionError, match="matches no released min-dalle model.*--num-heads"):
+        script.resolve_num_heads((2048, 4096, 12, 12), None)
+    with pytest.raises(ConversionError, match="--num-heads 5 must be a positive divisor of the width 96"):
+        script.resolve_num_heads((96, 48, 1, 1), 5)
+
+
+def test_a_three_head_prior_without_num_heads_is_refused(tmp_path, detoker_file, capsys):
+    """The issue's false pass: a 3-head prior converted without --num-heads was compared against an original rebuilt
+    with the same guessed count, printed "identical" and exited 0. Its shapes match no released model: refused."""
+    import convert_min_dalle_to_hf as script
+    from conversion_utils import run_main
+
+    model_dir = _original_prior(tmp_path, width=96, heads=3, layers=1)
+    argv = ["--model-dir", str(model_dir), "--detoker", str(detoker_file), "--output", str(tmp_path / "out")]
+    assert run_main(script.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the prior (width 96, GLU 48, 1 encoder + 1 decoder layers) matches no released")
+    assert "Pass --num-heads" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_the_parity_check_uses_the_true_head_count(tmp_path, tiny_vqmodel):
+    """The parity check builds the original with the head count it is given (the user's or the released model's),
+    never with the converted model's: a prior converted with a wrong --num-heads fails against the true one."""
+    import convert_min_dalle_to_hf as script
+
+    model_dir = _original_prior(tmp_path, width=96, heads=3, layers=1)
+    states = [script.load_state(model_dir / n, n) for n in ("encoder.pt", "decoder.pt")]
+    wrong = script.convert_prior(model_dir / "encoder.pt", model_dir / "decoder.pt", tiny_vqmodel, num_heads=1)
+    assert wrong.config.num_attention_heads == 1
+    deltas = script.check_prior_parity(wrong, *states, num_heads=3)
+    assert deltas["prior decoder logits"] > 1e-2 and deltas["prior_greedy_identical"] == 0.0, deltas
+    right = script.convert_prior(model_dir / "encoder.pt", model_dir / "decoder.pt", tiny_vqmodel, num_heads=3)
+    deltas = script.check_prior_parity(right, *states, num_heads=3)
+    assert deltas["prior decoder logits"] <= 1e-4 and deltas["prior_greedy_identical"] == 1.0, deltas
+
+
+# -- captions over 64 tokens -------------------------------------------------------------------------------------
+
+
+def test_long_captions_differ_from_min_dalle_as_documented(tmp_path):
+    """min-dalle's own `generate_raw_image_stream` keeps the first 64 ids (`<s>` + 63 text ids, no `</s>`) and makes
+    its unconditional row `<s>` + the 64th id; the converted processor refuses the caption, or with
+    `truncation=True` keeps `<s>`, 62 text ids and `</s>`. Up to 64 tokens the rows are identical."""
+    import convert_min_dalle_to_hf as script
+    from min_dalle import MinDalle
+    from min_dalle.text_tokenizer import TextTokenizer
+
+    from hf_t2i import PartiProcessor, T2IImageProcessor
+
+    _bpe_files(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text())
+    merges = (tmp_path / "merges.txt").read_text().split("\n")[1:-1]
+
+    class Stop(Exception):
+        pass
+
+    class RecordingEncoder(torch.nn.Module):
+        def forward(self, text_tokens):
+            seen.append(text_tokens)
+            raise Stop
+
+    original = MinDalle.__new__(MinDalle)  # min-dalle's own text handling, no weights
+    original.tokenizer, original.text_token_count = TextTokenizer(vocab, merges), 64
+    original.device, original.dtype, original.is_reusable = "cpu", torch.float32, True
+    original.encoder = RecordingEncoder()
+
+    def min_dalle_rows(text):
+        seen.clear()
+        with warnings.catch_warnings(), pytest.raises(Stop):
+            warnings.simplefilter("ignore")  # torch.cuda.amp.autocast's notices on a CPU-only machine
+            next(original.generate_raw_image_stream(text, seed=0, grid_size=1))
+        return seen[0]  # (2, 64): [unconditional, caption]
+
+    seen = []
+    tokenizer = script.convert_tokenizer(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    processor = PartiProcessor(T2IImageProcessor(image_size=16), tokenizer)
+    short = "red"
+    while len(tokenizer(short + " a")["input_ids"]) <= 64:
+        short += " a"
+    assert len(tokenizer(short)["input_ids"]) in (63, 64)  # the longest caption that fits
+    ours = processor(text=[short, ""])["input_ids"]
+    torch.testing.assert_close(torch.stack([ours[1], ours[0]]), min_dalle_rows(short))
+    long = " ".join(["red", "moon", "cat"] * 10)  # > 64 ids
+    with pytest.raises(ValueError, match="truncation=True"):
+        processor(text=[long])
+    ours = processor(text=[long], truncation=True)["input_ids"][0]
+    ref = min_dalle_rows(long)
+    text_ids = tokenizer(long)["input_ids"][1:-1]
+    assert ours.tolist() == [0, *text_ids[:62], 2]
+    assert ref[1].tolist() == [0, *text_ids[:63]]
+    assert ref[0, :3].tolist() == [0, text_ids[62], 1]  # min-dalle's unconditional row keeps the last kept id
+
+
+# -- --push-to-hub -------------------------------------------------------------------------------------------------
+
+
+def test_prior_pushes_one_pipeline_folder_with_the_hf_t2i_card(tmp_path, detoker_file, fake_hub):
+    import convert_min_dalle_to_hf as script
+
+    from hf_t2i import PartiPipeline
+
+    model_dir = _original_prior(tmp_path, layers=1)
+    _bpe_files(model_dir)
+    out = tmp_path / "out"
+    script.convert(model_dir, detoker_file, out, check=False, num_heads=4, push_to_hub_repo="me/mega-tiny")
+    files = fake_hub.uploaded()
+    assert {"README.md", "model_index.json", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    card = fake_hub.card()
+    data = card.data
+    assert (data.library_name, data.pipeline_tag, data.license) == ("hf_t2i", "text-to-image", "apache-2.0")
+    assert {"parti", "min-dalle", "hf_t2i"} <= set(data.tags)
+    assert 'PartiPipeline.from_pretrained("me/mega-tiny")' in card.text and "## Converted from min-dalle" in card.text
+    assert files["README.md"] == (out / "README.md").read_bytes()
+    assert isinstance(PartiPipeline.from_pretrained(out), PartiPipeline)
+
+
+def test_push_without_a_prior_is_refused(tmp_path, fake_hub):
+    import convert_min_dalle_to_hf as script
+    from conversion_utils import ConversionError
+
+    _bpe_files(tmp_path)
+    with pytest.raises(ConversionError, match="uploads one checkpoint folder: the prior"):
+        script.convert(tmp_path, None, tmp_path / "out", push_to_hub_repo="me/tokenizer")
+    assert not fake_hub.calls and not (tmp_path / "out").exists()
