@@ -11,9 +11,11 @@ import inspect
 import unittest
 
 import pytest
+import torch
 from upstream_tests.test_modeling_common import ModelTesterMixin
 
 from hf_t2i import (
+    DalleDVAE,
     DalleForConditionalGeneration,
     DalleModel,
     FluidForConditionalGeneration,
@@ -24,10 +26,14 @@ from hf_t2i import (
     PartiModel,
     TransfusionForConditionalGeneration,
     TransfusionModel,
+    ViTVQGAN,
+    ViTVQGANConfig,
+    ViTVQGANUpsampler,
+    ViTVQGANUpsamplerConfig,
 )
 
 # modules, not classes: importing the test classes would collect our own prior tests here a second time
-from ..models import test_dalle, test_fluid, test_muse, test_parti, test_transfusion
+from ..models import test_dalle, test_dalle_dvae, test_fluid, test_muse, test_parti, test_transfusion, test_vit_vqgan
 
 
 pytestmark = pytest.mark.conformance
@@ -181,3 +187,97 @@ class MuseConformanceTest(_ImagePositionConformance, unittest.TestCase):
     all_model_classes = (MuseModel, MuseForConditionalGeneration)
     prior_test = test_muse.TestMusePrior
     image_inputs = ("image_token_ids", "mask")
+
+
+# -- image tokenizers -------------------------------------------------------------------------------------------------
+class ImageTokenizerModelTester:
+    """What `ModelTesterMixin` reads from `self.model_tester` for an image tokenizer: its tiny config (that of our own
+    tokenizer tests) and a batch of inputs."""
+
+    def __init__(self, parent: ImageTokenizerConformance, batch_size: int = 3):
+        self.parent = parent
+        self.config = parent.get_config()
+        self.batch_size = batch_size
+        self.inputs = parent.forward_inputs(self.config, batch_size)
+        self.is_training = True
+        self.hidden_size = self.config.hidden_size
+        self.num_hidden_layers = getattr(self.config, "num_hidden_layers", 0)
+        self.num_attention_heads = getattr(self.config, "num_attention_heads", 0)
+
+    def get_config(self):
+        return type(self.config).from_dict(self.config.to_dict())
+
+    def prepare_config_and_inputs_for_common(self):
+        return self.get_config(), dict(self.inputs)
+
+
+def pixels(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+class ImageTokenizerConformance(ModelTesterMixin):
+    """transformers' own VQ tokenizers (e.g. `JanusVQVAE`) are tested the same way: their outputs are codes, pixels
+    and losses, with no per-layer attention weights or hidden states, and no vocabulary embedded from input ids."""
+
+    all_generative_model_classes = ()
+    has_attentions = False
+    test_resize_embeddings = False
+    test_torch_exportable = False
+
+    def setUp(self):
+        self.model_tester = ImageTokenizerModelTester(self)
+
+    def get_config(self):
+        raise NotImplementedError
+
+    def forward_inputs(self, config, batch_size: int) -> dict:
+        return {"pixel_values": pixels(batch_size, config.image_size)}
+
+    test_hidden_states_output = skip(
+        "an image tokenizer outputs codes, pixels and losses, not per-layer hidden states"
+    )
+    test_model_get_set_embeddings = skip("an image tokenizer embeds pixels, not ids: it has no input embeddings")
+    test_model_outputs_equivalence = test_retain_grad_hidden_states_attentions = skip(
+        "an image tokenizer has no `output_hidden_states`: it outputs codes, pixels and losses"
+    )
+
+
+class DalleDVAEConformanceTest(ImageTokenizerConformance, unittest.TestCase):
+    all_model_classes = (DalleDVAE,)
+
+    def get_config(self):
+        return test_dalle_dvae.tiny().config
+
+    def forward_inputs(self, config, batch_size):
+        # the Gumbel noise of the relaxation comes from the generator (copied for each call by the upstream tests)
+        return {**super().forward_inputs(config, batch_size), "generator": torch.Generator().manual_seed(0)}
+
+    test_batching_equivalence = skip(
+        "the Gumbel-softmax relaxation draws one noise tensor for the whole batch: a row's sample depends on its place"
+    )
+
+
+class ViTVQGANConformanceTest(ImageTokenizerConformance, unittest.TestCase):
+    all_model_classes = (ViTVQGAN,)
+
+    def get_config(self):
+        return ViTVQGANConfig(**test_vit_vqgan.TINY)
+
+
+class ViTVQGANUpsamplerConformanceTest(ImageTokenizerConformance, unittest.TestCase):
+    all_model_classes = (ViTVQGANUpsampler,)
+
+    def get_config(self):
+        return ViTVQGANUpsamplerConfig.from_tokenizer_config(
+            ViTVQGANConfig(**test_vit_vqgan.TINY),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+        )
+
+    def forward_inputs(self, config, batch_size):
+        codes = torch.randint(
+            0, config.vocab_size, (batch_size, config.grid_size**2), generator=torch.Generator().manual_seed(0)
+        )
+        return {"image_token_ids": codes, "pixel_values": pixels(batch_size, config.output_size)}

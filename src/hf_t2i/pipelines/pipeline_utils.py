@@ -44,6 +44,9 @@ class T2IPipeline(DiffusionPipeline):
     """Shared loading / saving (root layout, atomic file writes), prompt encoding, argument checks and output of the
     hf_t2i pipelines."""
 
+    #: the tensors `callback_on_step_end` may ask for (diffusers' convention): the image tokens / latents being drawn
+    _callback_tensor_inputs = ["latents"]
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
         """diffusers' `from_pretrained`, with a clear `ValueError` when the path is neither a saved pipeline folder

@@ -229,7 +229,9 @@ class ViTVQGANPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
             # on shapes was markedly slower (MSE 0.0154 vs 0.0115 after 200 steps of a continuous autoencoder).
             module.code_projection.weight.normal_(0.0, 1.0)
         elif isinstance(module, ViTVQGANUpsampler):
-            module.codebook.copy_(F.normalize(torch.randn_like(module.codebook), dim=-1))
+            # not a trained weight: zeros until `from_tokenizer` / `load_codebook` copies the tokenizer's codes (then
+            # saved with the model), as in `__init__`, so that an init on the meta device gives the same buffer
+            module.codebook.zero_()
 
 
 def _check_image_token_ids(image_token_ids: torch.Tensor, grid: int, vocab_size: int) -> torch.Tensor:
@@ -377,7 +379,8 @@ class ViTVQGANUpsampler(ViTVQGANUpsamplerPreTrainedModel):
 
     def __init__(self, config: ViTVQGANUpsamplerConfig):
         super().__init__(config)
-        # The tokenizer's l2-normalised codes (K, code_dim); frozen, saved with the model.
+        # The tokenizer's l2-normalised codes (K, code_dim); frozen, saved with the model. Zeros until
+        # `from_tokenizer` / `load_codebook` copies them.
         self.register_buffer("codebook", torch.zeros(config.vocab_size, config.code_dim))
         self.decoder = ViTVQGANDecoder(
             config.code_dim,
