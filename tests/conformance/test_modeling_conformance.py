@@ -1,8 +1,10 @@
-"""transformers' `ModelTesterMixin` (its `tests/test_modeling_common.py`) against every hf_t2i `PreTrainedModel`.
+"""transformers' `ModelTesterMixin` (its `tests/test_modeling_common.py`) against hf_t2i's `PreTrainedModel`s: the base
+and head classes of the five priors and the image tokenizers (not yet the class-conditional MAR classes).
 
-Each class below is the upstream mixin plus a model tester built from the tiny models and inputs of our own prior
-tests (tests/models/*: `build_model` / `forward_inputs`), so that the two suites check the same models. A test that
-cannot apply to a model is skipped with its reason (`skip` below); nothing is skipped for failing.
+Each class below is the upstream mixin plus a model tester built from the tiny models and inputs of our own tests
+(tests/models/*: the priors' `build_model` / `forward_inputs`, the tokenizers' tiny configs), so that the two suites
+check the same models. A test that cannot apply to a model is skipped with its reason (`skip` below); nothing is
+skipped for failing.
 """
 
 from __future__ import annotations
