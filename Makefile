@@ -61,10 +61,10 @@ test-convert: install
 	$(PIP) install -q --no-deps $(CONVERT_ORIGINALS) $(CONVERT_DEPS)
 	$(RUN) -m pytest -m convert -q tests/conversion
 
-# transformers' own common model tests (`ModelTesterMixin` of its tests/test_modeling_common.py) on the priors and tokenizers:
-# the sdist of the installed transformers is fetched from the package index into .conformance/ (nothing upstream is
-# committed), with our stand-ins for the subpackages the sdist lacks. Not in `make test`: too long for CI
-# (the whole run takes about 10 minutes on 2 cores; see README "Conformance").
+# transformers' own common model tests (`ModelTesterMixin` of its tests/test_modeling_common.py) on the priors and
+# the image tokenizers: the sdist of the installed transformers is fetched from the package index into .conformance/
+# (nothing upstream is committed), with our stand-ins for the subpackages the sdist lacks. Not in `make test`: too
+# long for CI (the whole run takes about 10 minutes on 2 cores; see README "Conformance").
 test-conformance: install
 	$(RUN) tests/conformance/fetch_upstream.py
 	HF_T2I_CONFORMANCE=1 $(RUN) -m pytest -m conformance -q tests/conformance
