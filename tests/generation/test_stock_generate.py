@@ -347,3 +347,14 @@ def test_transfusion_text_and_interleaved_generation_ignore_config_return_dict()
     model.config.return_dict = False
     for actual, reference in zip(run(), expected):
         assert torch.equal(actual, reference)
+
+
+@pytest.mark.parametrize("tester", [test_fluid.TestFluidContinuousRandomPrior, test_muse.TestMusePrior])
+def test_parallel_decoders_do_not_claim_generate(tester, tmp_path):
+    """Fluid and Muse decode masked tokens in parallel: no `generate()`, so no `can_generate()` and no saved
+    generation_config.json (transformers matched "GenerationMixin" in their mixins' names)."""
+    model = tester().build_model()
+    assert not model.can_generate() and not hasattr(model, "generate")
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / "generation_config.json").exists()
+    assert getattr(type(model).from_pretrained(tmp_path), "generation_config", None) is None
