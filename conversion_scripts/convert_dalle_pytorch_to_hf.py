@@ -20,8 +20,9 @@ Key map (`{i}`: layer, `...`: any wrapper hops):
 |----------------------------------------------------------|--------------------------------------------------------|
 | `text_emb.weight` (or `to_logits.1.weight` when shared)  | `model.text_embeddings.weight`; rows 0 and `V..V+L-1` also `model.text_pad_embeddings.weight` |
 | `image_emb.weight` (or `to_logits.1.weight` rows)        | `model.image_embeddings.weight`                         |
-| `text_pos_emb.weight`                                    | `model.text_position_embeddings.weight`                |
+| `text_pos_emb.weight` (`rotary_emb=False`)               | `model.text_position_embeddings.weight`                |
 | `image_pos_emb.weights.{0,1}` (or `weights_{0,1}`)       | `model.image_position_embeddings.{row,col}.weight`     |
+| `transformer.pos_emb` (`rotary_emb=True`)                | checked against `dalle_rotary_angles`, dropped: `position_embedding_type="rotary"` recomputes it |
 | `transformer.layers.layers.{i}.0...norm.{weight,bias}`   | `model.layers.{i}.norm1.*`                             |
 | `transformer.layers.layers.{i}.0...to_qkv.weight`        | `model.layers.{i}.self_attn.qkv_proj.weight` (bias: zeros) |
 | `transformer.layers.layers.{i}.0...to_out.0.*`           | `model.layers.{i}.self_attn.out_proj.*`                |
@@ -36,12 +37,15 @@ Key map (`{i}`: layer, `...`: any wrapper hops):
 | `text_emb.linear.*`, `image_emb.linear.*` (shared copies) | dropped after checking they equal `to_logits.1.*`     |
 | `logits_mask` (persistent in old releases)               | dropped (recomputed)                                   |
 
-Supported: `attn_types` of `full` and `axial_col` (the image token sees the whole text and the earlier tokens of
-its column, exactly the package's `"column"` mask), `sandwich_norm`, LayerScale, `share_input_output_emb`,
+Supported: `attn_types` of `full`, `axial_col` (the image token sees the whole text and the earlier tokens of its
+column: the package's `"column"` mask), `axial_row` (the earlier tokens of its row: `"axial_row"`) and `conv_like`
+(the 5 x 5 window whose bottom-right corner is the image token: `"conv_corner"` with `conv_kernel_size=5`),
+`rotary_emb=True` (DALLE-pytorch's default: queries, keys and values rotated with its text + axial-pixel layout,
+`DalleConfig(position_embedding_type="rotary")`), `sandwich_norm`, LayerScale, `share_input_output_emb`,
 `shared_attn_ids` / `shared_ff_ids` (weights are copied per layer), dropout settings, `loss_img_weight`. Refused with
-an error naming the option: `rotary_emb=True` and `shift_tokens=True` (DALLE-pytorch's defaults), `reversible`,
-`stable`, `sparse_attn` and the `sparse`, `axial_row`, `conv_like` attention types, `dim_head * heads != dim`, and
-VAEs other than `OpenAIDiscreteVAE` (DALLE-pytorch's own `DiscreteVAE` and `VQGanVAE` have other architectures).
+an error naming the option: `shift_tokens=True` (DALLE-pytorch's other default), `reversible`, `stable`,
+`sparse_attn` and the `sparse` attention type, `dim_head * heads != dim`, and VAEs other than `OpenAIDiscreteVAE`
+(DALLE-pytorch's own `DiscreteVAE` and `VQGanVAE` have other architectures).
 
 Usage:
     python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/ \
@@ -53,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import re
 import sys
 import types
@@ -81,6 +86,7 @@ from conversion_utils import (  # noqa: E402
 )
 
 from hf_t2i import DalleConfig, DalleForConditionalGeneration  # noqa: E402
+from hf_t2i.models.dalle.modeling_dalle import dalle_rotary_angles  # noqa: E402
 
 
 # DALLE-pytorch 1.6.6 defaults of the `DALLE` constructor, used for hparams an older checkpoint did not record.
@@ -106,7 +112,10 @@ DALLE_DEFAULTS = dict(
 )
 REQUIRED_HPARAMS = ("dim", "depth")
 TAGS = ["dalle", "dalle-pytorch"]
-ATTENTION_TYPES = {"full": "full", "axial_col": "column"}
+# DALLE-pytorch attention type -> DalleConfig's. `conv_like` is SparseConvCausalAttention with its defaults (kernel 5,
+# dilation 1), which DALLE-pytorch's Transformer never changes.
+ATTENTION_TYPES = {"full": "full", "axial_col": "column", "axial_row": "axial_row", "conv_like": "conv_corner"}
+CONV_LIKE_KERNEL_SIZE = 5
 CHECKPOINT_DROPPED = ("vae_params", "opt_state", "scheduler_state", "epoch", "version")
 
 
@@ -121,14 +130,7 @@ def read_hparams(checkpoint: dict) -> dict:
 
 def check_supported(hparams: dict, weights: dict, vae_class_name: str) -> list[str]:
     """Fail with the name of the first option the package's DALL-E cannot reproduce; return the attention types."""
-    rotary = hparams["rotary_emb"] or "transformer.pos_emb" in weights
     refusals = [
-        (
-            rotary,
-            "rotary_emb=True",
-            "rotary embeddings (applied to queries, keys AND values with DALLE-pytorch's "
-            "text + axial-pixel frequency layout) have no counterpart in DalleConfig",
-        ),
         (
             hparams["shift_tokens"],
             "shift_tokens=True",
@@ -160,8 +162,7 @@ def check_supported(hparams: dict, weights: dict, vae_class_name: str) -> list[s
     if bad:
         raise ConversionError(
             f"unsupported DALLE-pytorch attn_types {bad}: only {sorted(ATTENTION_TYPES)} map exactly onto the "
-            "package's masks (axial_row attends within the row, the package's 'row' is a sliding window; conv_like "
-            "uses a window anchored at the bottom-right, the package's 'conv' a centred one)."
+            "package's masks ('sparse' is DeepSpeed's block-sparse attention with random blocks)."
         )
     depth = hparams["depth"]
     return [ATTENTION_TYPES[attn_types[i % len(attn_types)]] for i in range(depth)]
@@ -178,6 +179,28 @@ def _pop_suffix(keys: KeyConsumer, prefix: str, pattern: str, required: bool = T
             raise ConversionError(f"the checkpoint lacks a {pattern!r} weight under {prefix!r}.")
         return None
     return keys.pop(found[0])
+
+
+def _check_rotary_table(keys: KeyConsumer, hparams: dict) -> int:
+    """Pop the rotary table DALLE-pytorch saves (`transformer.pos_emb`, (1, S, R) angles), check that it is the
+    layout `dalle_rotary_angles` computes (the converted model recomputes it), and return the image grid side."""
+    table = keys.pop_optional("transformer.pos_emb")
+    if table is None:
+        raise ConversionError("rotary_emb=True but the checkpoint has no `transformer.pos_emb` rotary table.")
+    text_length = hparams["text_seq_len"] + 1  # <bos> + text
+    grid = math.isqrt(max(table.shape[1] - text_length, 0))
+    if table.ndim != 3 or table.shape[0] != 1 or grid < 1 or text_length + grid * grid != table.shape[1]:
+        raise ConversionError(
+            f"`transformer.pos_emb` has shape {tuple(table.shape)}; expected (1, {text_length} + a square number of "
+            "image positions, R)."
+        )
+    expected = dalle_rotary_angles(text_length, grid, hparams["dim_head"])
+    if table.shape[2] != expected.shape[1] or max_abs_diff(table[0], expected) > 1e-5 * expected.abs().max():
+        raise ConversionError(
+            "`transformer.pos_emb` is not DALLE-pytorch 1.6.6's rotary layout (text + axial pixel frequencies) for "
+            f"dim_head={hparams['dim_head']}: it was written by another version, which this converter does not know."
+        )
+    return grid
 
 
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
@@ -226,11 +249,16 @@ def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) ->
             f"inconsistent sizes: {num_text_tokens} text + {num_codes} image embeddings vs {total_tokens} logits "
             f"(text_seq_len {seq_len_text})."
         )
-    text_pos = keys.pop("text_pos_emb.weight", shape=(seq_len_text + 1, dim))
-    axial = [_pop_suffix(keys, "image_pos_emb.", rf"weights[._]{i}") for i in (0, 1)]
-    grid = axial[0].shape[1]
-    if axial[0].shape != (1, grid, 1, dim) or axial[1].shape != (1, 1, grid, dim):
-        raise ConversionError(f"unexpected axial position shapes {[tuple(a.shape) for a in axial]}.")
+    # rotary_emb=True saves a rotary table and no learned positions (old releases without the hparam had no rotary)
+    rotary = "transformer.pos_emb" in keys or "text_pos_emb.weight" not in keys
+    if rotary:
+        grid = _check_rotary_table(keys, hparams)
+    else:
+        text_pos = keys.pop("text_pos_emb.weight", shape=(seq_len_text + 1, dim))
+        axial = [_pop_suffix(keys, "image_pos_emb.", rf"weights[._]{i}") for i in (0, 1)]
+        grid = axial[0].shape[1]
+        if axial[0].shape != (1, grid, 1, dim) or axial[1].shape != (1, 1, grid, dim):
+            raise ConversionError(f"unexpected axial position shapes {[tuple(a.shape) for a in axial]}.")
 
     vq_config = dvae_script.infer_config(halves["encoder"], halves["decoder"], None)
     vq_config.image_size = grid * vq_config.downsample_factor
@@ -249,21 +277,24 @@ def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) ->
         hidden_act="gelu",
         glu=True,
         attention_types=attention_types,
+        conv_kernel_size=CONV_LIKE_KERNEL_SIZE,
         attention_dropout=hparams["attn_dropout"],
         hidden_dropout=hparams["ff_dropout"],
         text_loss_weight=1 / (weight + 1),
         image_loss_weight=weight / (weight + 1),
         sandwich_norm=any(k.endswith("norm_out.weight") for k in keys.remaining()),
         layer_scale_init=0.1 if any(k.endswith(".scale") for k in keys.remaining()) else None,
+        position_embedding_type="rotary" if rotary else "learned",
     )
 
     state = {f"vqmodel.{k}": v for k, v in vae_state.items()}
     state["model.text_embeddings.weight"] = text_emb
     state["model.text_pad_embeddings.weight"] = torch.cat([text_emb[:1], text_emb[vocab_text:]])  # <bos>, pads
-    state["model.text_position_embeddings.weight"] = text_pos
     state["model.image_embeddings.weight"] = image_emb
-    state["model.image_position_embeddings.row.weight"] = axial[0].reshape(grid, dim)
-    state["model.image_position_embeddings.col.weight"] = axial[1].reshape(grid, dim)
+    if not rotary:
+        state["model.text_position_embeddings.weight"] = text_pos
+        state["model.image_position_embeddings.row.weight"] = axial[0].reshape(grid, dim)
+        state["model.image_position_embeddings.col.weight"] = axial[1].reshape(grid, dim)
     state["model.norm.weight"], state["model.norm.bias"] = keys.pop("to_logits.0.weight"), keys.pop("to_logits.0.bias")
     state["lm_head.weight"], state["lm_head.bias"] = head_w, head_b
 
@@ -354,11 +385,12 @@ def build_original(checkpoint: dict, hparams: dict, config: DalleConfig):
 
 
 @torch.no_grad()
-def original_greedy(original, text: torch.Tensor, num_tokens: int) -> torch.Tensor:
-    """Greedy image tokens from the original's own forward (no cache): argmax of the last position's logits."""
+def original_greedy(original, text: torch.Tensor, num_tokens: int, guidance_scale: float = 1.0) -> torch.Tensor:
+    """Greedy image tokens from the original's own forward (no cache): argmax of the last position's logits, guided
+    as its `generate_images(cond_scale=...)` guides them (against the caption dropped to all padding)."""
     image = text.new_zeros(text.shape[0], 0)
     for _ in range(num_tokens):
-        logits = original(text.clone(), image)[:, -1]
+        logits = original.forward_with_cond_scale(text.clone(), image, cond_scale=guidance_scale)[:, -1]
         image = torch.cat([image, logits.argmax(-1, keepdim=True) - original.num_text_tokens], dim=1)
     return image
 
@@ -380,8 +412,13 @@ def check_parity(model: DalleForConditionalGeneration, original, tolerance: floa
     report_parity("logits", deltas["logits"], tolerance)
     ours = model.sample_image_tokens(ids[:, : config.text_seq_len], do_sample=False)
     same = torch.equal(ours, original_greedy(original, text, config.num_image_tokens))
-    print(f"parity greedy tokens: {'identical' if same else 'DIFFERENT'}")
-    deltas["tokens_identical"] = float(same)
+    # guided: DALLE-pytorch's unconditional branch is the caption dropped to all padding, i.e. ids [0, 0, ..., 0]
+    empty = torch.zeros(1, config.text_seq_len, dtype=torch.long)
+    guided = model.sample_image_tokens(ids[:, : config.text_seq_len], empty, guidance_scale=3.0, do_sample=False)
+    same_guided = torch.equal(guided, original_greedy(original, text, config.num_image_tokens, guidance_scale=3.0))
+    print(f"parity greedy tokens: {'identical' if same else 'DIFFERENT'}; guided (s=3): ", end="")
+    print("identical" if same_guided else "DIFFERENT")
+    deltas["tokens_identical"] = float(same and same_guided)
     pixels = model.decode_image_tokens(ours)
     ref_pixels = original.vae.decode(ours) * 2 - 1  # dall_e unmap_pixels gives [0, 1]
     deltas["decoded pixels"] = max_abs_diff(pixels, ref_pixels)

@@ -3,6 +3,7 @@ built small with random weights, saved as `train_dalle.py` saves it, converted, 
 
 import pytest
 import torch
+from transformers.cache_utils import DynamicCache
 
 
 dall_e = pytest.importorskip("dall_e", reason="needs the original `DALL-E` package (make test-convert)")
@@ -20,8 +21,9 @@ def script():
     return script
 
 
-def _original(script, vae_class="OpenAIDiscreteVAE", **hparams):
-    """A tiny DALLE-pytorch model and the checkpoint dict `train_dalle.py` would save for it."""
+def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, **hparams):
+    """A tiny DALLE-pytorch model and the checkpoint dict `train_dalle.py` would save for it (OpenAI's dVAE
+    downsamples by 8: 32 px is a 4 x 4 token grid)."""
     dalle_pytorch = script.import_dalle_pytorch()
     torch.manual_seed(0)
     if vae_class == "OpenAIDiscreteVAE":
@@ -29,7 +31,7 @@ def _original(script, vae_class="OpenAIDiscreteVAE", **hparams):
         torch.nn.Module.__init__(vae)
         vae.enc = dall_e.Encoder(n_hid=64, n_blk_per_group=1, vocab_size=512)
         vae.dec = dall_e.Decoder(n_init=32, n_hid=64, n_blk_per_group=1, vocab_size=512)
-        vae.channels, vae.num_layers, vae.image_size, vae.num_tokens = 3, 3, 32, 512  # 4x4 token grid
+        vae.channels, vae.num_layers, vae.image_size, vae.num_tokens = 3, 3, image_size, 512
         vae_params = None
     else:
         vae_params = dict(image_size=32, num_layers=3, num_tokens=64, codebook_dim=16, hidden_dim=16)
@@ -65,10 +67,26 @@ def _original(script, vae_class="OpenAIDiscreteVAE", **hparams):
     "hparams",
     [
         dict(attn_types=("full", "axial_col"), sandwich_norm=True),
+        # a 6 x 6 grid, so that conv_like's 5 x 5 window leaves out part of the rows above
+        dict(attn_types=("axial_row", "conv_like"), image_size=48),
         dict(attn_types=("axial_col",), share_input_output_emb=True, loss_img_weight=3),
         dict(shared_attn_ids=(0, 0), shared_ff_ids=(0, 0)),
+        # DALLE-pytorch's default position encoding: rotary on queries, keys and values, through the dense and the
+        # sparse attention classes; dim_head 18: three groups of 6 channels, none left unrotated
+        dict(
+            rotary_emb=True, depth=3, dim=36, dim_head=18, attn_types=("full", "axial_row", "conv_like"), image_size=48
+        ),
+        # dim_head 16: groups of 16 // 3 = 5 channels rounded down to 2 pairs, 4 channels left unrotated
+        dict(rotary_emb=True, attn_types=("full", "axial_col")),
     ],
-    ids=["full+axial_col+sandwich", "shared-io-embedding", "shared-layers"],
+    ids=[
+        "full+axial_col+sandwich",
+        "axial_row+conv_like",
+        "shared-io-embedding",
+        "shared-layers",
+        "rotary+sparse",
+        "rotary-odd-groups",
+    ],
 )
 def test_parity_with_original(script, tmp_path, hparams):
     from hf_t2i import DalleForConditionalGeneration
@@ -85,22 +103,35 @@ def test_parity_with_original(script, tmp_path, hparams):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(ids).logits, model(ids).logits, rtol=0, atol=0)
 
+    # the converted attention pattern decodes through the cache as the full forward computes it
+    config = model.config
+    codes = torch.randint(
+        0, config.image_vocab_size, (1, config.num_image_tokens), generator=torch.Generator().manual_seed(0)
+    )
+    sequence = model.build_sequence(ids, codes)
+    cache = DynamicCache(config=config)
+    with torch.no_grad():
+        full = model(sequence, use_cache=False).logits
+        steps = [model(sequence[:, [i]], cache=cache, use_cache=True).logits for i in range(sequence.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-5)
+
 
 @pytest.mark.parametrize(
     "hparams, vae_class, message",
     [
-        (dict(rotary_emb=True), "OpenAIDiscreteVAE", "rotary_emb=True"),
         (dict(shift_tokens=True), "OpenAIDiscreteVAE", "shift_tokens=True"),
         (dict(stable=True), "OpenAIDiscreteVAE", "stable=True"),
-        (dict(attn_types=("full", "axial_row")), "OpenAIDiscreteVAE", "axial_row"),
+        (dict(attn_types=("full", "sparse")), "OpenAIDiscreteVAE", r"attn_types \['sparse'\]"),
         (dict(), "DiscreteVAE", "DiscreteVAE"),
     ],
-    ids=["rotary", "shift-tokens", "stable", "axial-row", "own-discrete-vae"],
+    ids=["shift-tokens", "stable", "sparse", "own-discrete-vae"],
 )
 def test_unsupported_options_are_named(script, tmp_path, hparams, vae_class, message):
     from conversion_utils import ConversionError
 
-    _, checkpoint = _original(script, vae_class=vae_class, **hparams)
+    built = {k: v for k, v in hparams.items() if k != "attn_types"}  # 'sparse' needs DeepSpeed to be built
+    _, checkpoint = _original(script, vae_class=vae_class, **built)
+    checkpoint["hparams"].update(hparams)
     torch.save(checkpoint, tmp_path / "dalle.pt")
     with pytest.raises(ConversionError, match=message):
         script.convert(tmp_path / "dalle.pt", check=False)
@@ -134,3 +165,13 @@ def test_push_to_hub_uploads_the_hf_t2i_card(script, tmp_path, fake_hub, capsys)
     assert {"dalle", "dalle-pytorch", "hf_t2i"} <= set(data.tags)
     assert 'DalleForConditionalGeneration.from_pretrained("me/dalle-tiny")' in card.text
     assert "## Converted from a DALLE-pytorch checkpoint" in card.text and "`[0, *ids]`" in card.text
+
+
+def test_a_rotary_table_of_another_layout_is_refused(script, tmp_path):
+    from conversion_utils import ConversionError
+
+    _, checkpoint = _original(script, rotary_emb=True)
+    checkpoint["weights"]["transformer.pos_emb"] = checkpoint["weights"]["transformer.pos_emb"].flip(-1)
+    torch.save(checkpoint, tmp_path / "dalle.pt")
+    with pytest.raises(ConversionError, match="not DALLE-pytorch 1.6.6's rotary layout"):
+        script.convert(tmp_path / "dalle.pt", check=False)

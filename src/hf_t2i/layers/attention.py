@@ -106,6 +106,21 @@ def sdpa_attention(
     return output.transpose(1, 2), None
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding in the interleaved-pair convention: channels `(2i, 2i + 1)` of the first
+    `R = cos.shape[-1]` channels are rotated by one angle (each angle's cosine and sine repeated for both channels of
+    its pair); the other channels pass unchanged.
+
+    Args:
+        x: (B, H, T, D) with D >= R.
+        cos, sin: (T, R) cosines and sines of the angles of the T positions.
+    """
+    rotated, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
+    pairs = rotated.unflatten(-1, (-1, 2))  # (B, H, T, R / 2, 2)
+    turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)  # (B, H, T, R): (-x1, x0) per pair
+    return torch.cat([rotated * cos + turned * sin, rest], dim=-1)
+
+
 def attention_function(attn_implementation: str | None) -> AttentionFunction:
     """The attention function of an implementation name (see the module docstring); None means the default, SDPA.
 
@@ -151,6 +166,8 @@ class Attention(nn.Module):
         dropout: attention-probability dropout used in training.
         config: the config of the model this layer belongs to; its `_attn_implementation` picks the attention
             function (see the module docstring). None: SDPA.
+        rotate_values: with rotary `position_embeddings`, rotate the values too, not only queries and keys
+            (DALLE-pytorch's rotary embedding does; the outputs then stay rotated).
     """
 
     def __init__(
@@ -163,6 +180,7 @@ class Attention(nn.Module):
         bias: bool = True,
         dropout: float = 0.0,
         config: PreTrainedConfig | None = None,
+        rotate_values: bool = False,
     ):
         super().__init__()
         if hidden_size % num_heads != 0:
@@ -176,6 +194,7 @@ class Attention(nn.Module):
         self.is_cross_attention = is_cross_attention
         self.dropout = dropout
         self.config = config
+        self.rotate_values = rotate_values
         if is_cross_attention:
             self.q_proj = nn.Linear(hidden_size, hidden_size, bias=bias)
             self.kv_proj = nn.Linear(kv_input_size or hidden_size, 2 * hidden_size, bias=bias)
@@ -220,6 +239,7 @@ class Attention(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         is_causal: bool = False,
         output_attentions: bool = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
@@ -231,6 +251,9 @@ class Attention(nn.Module):
             is_causal: without `attention_mask`, a causal mask (only without a cache offset).
             output_attentions: return the attention weights (eager implementation only: another one warns and returns
                 none).
+            position_embeddings: rotary `(cos, sin)`, each (Q, R), of the new positions (self-attention only; see
+                [`apply_rotary`]): queries and keys (and values with `rotate_values`) are rotated before the keys and
+                values enter the cache.
 
         Returns:
             the output (B, Q, C) and the attention weights (B, H, Q, K) (None unless `output_attentions` under the
@@ -245,6 +268,11 @@ class Attention(nn.Module):
             key, value = self._cross_key_values(encoder_hidden_states, cache)
         else:
             query, key, value = self._heads(self.qkv_proj(hidden_states), 3)  # each (B, H, Q, D)
+            if position_embeddings is not None:
+                cos, sin = position_embeddings
+                query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
+                if self.rotate_values:
+                    value = apply_rotary(value, cos, sin)
             if cache is not None:
                 key, value = _self_attention_cache(cache).update(key, value, self.layer_idx)  # (B, H, K, D)
         out, weights = attention_function(implementation)(

@@ -5,7 +5,7 @@ Sequence layouts:
     - `causal_mask`: a plain decoder.
     - `sparse_image_mask`: DALL-E (Ramesh et al. 2021, appendix B.1): a causal text prefix that every image token
       sees, then an image raster of `height x width` tokens under one of the Sparse Transformer patterns
-      "full" (causal), "row", "column" or "conv".
+      "full" (causal), "row", "column" or "conv", or one of DALLE-pytorch's "axial_row" and "conv_corner".
     - `causal_with_bidirectional_spans`: Transfusion (Zhou et al. 2024, section 2.3): causal over the sequence, and
       bidirectional inside each image span (batched, spans numbered by `image_span_ids`).
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 
-SPARSE_IMAGE_ATTENTION_TYPES = ("full", "row", "column", "conv")
+SPARSE_IMAGE_ATTENTION_TYPES = ("full", "row", "column", "conv", "axial_row", "conv_corner")
 
 
 def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -42,6 +42,9 @@ def sparse_image_mask(
     - "column": the earlier positions of the same column.
     - "conv": a causal `conv_kernel_size x conv_kernel_size` neighbourhood: rows r - k//2 .. r and columns
       c - k//2 .. c + k//2.
+    - "axial_row": the earlier positions of the same row (DALLE-pytorch's `axial_row`).
+    - "conv_corner": the `k x k` window whose bottom-right corner is the query: rows r - k + 1 .. r and columns
+      c - k + 1 .. c (DALLE-pytorch's `conv_like`, k = `conv_kernel_size`).
     """
     if attention_type not in SPARSE_IMAGE_ATTENTION_TYPES:
         raise ValueError(f"`attention_type` must be one of {SPARSE_IMAGE_ATTENTION_TYPES}, got {attention_type!r}.")
@@ -59,6 +62,11 @@ def sparse_image_mask(
         image = (j <= i) & (i - j <= width)
     elif attention_type == "column":
         image = (j <= i) & (col[:, None] == col[None, :])
+    elif attention_type == "axial_row":
+        image = (j <= i) & (row[:, None] == row[None, :])
+    elif attention_type == "conv_corner":
+        rows_up, cols_left = row[:, None] - row[None, :], col[:, None] - col[None, :]
+        image = (rows_up >= 0) & (rows_up < conv_kernel_size) & (cols_left >= 0) & (cols_left < conv_kernel_size)
     else:
         half = conv_kernel_size // 2
         image = (j <= i) & (row[:, None] - row[None, :] <= half) & ((col[:, None] - col[None, :]).abs() <= half)

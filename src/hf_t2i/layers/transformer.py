@@ -46,6 +46,7 @@ class TransformerBlock(GradientCheckpointingLayer):
         sandwich_norm_mlp: with `sandwich_norm`, whether the feed-forward branch gets its `norm2_post` too.
         config: the config of the model the block belongs to; its `_attn_implementation` picks the attention
             function (see [`Attention`]). None: SDPA.
+        rotate_values: rotary position embeddings rotate the self-attention values too (see [`Attention`]).
     """
 
     def __init__(
@@ -67,11 +68,18 @@ class TransformerBlock(GradientCheckpointingLayer):
         mlp_inner_norm: bool = False,
         sandwich_norm_mlp: bool = True,
         config: PreTrainedConfig | None = None,
+        rotate_values: bool = False,
     ):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=norm_eps)
         self.self_attn = Attention(
-            hidden_size, num_heads, layer_idx, bias=bias, dropout=attention_dropout, config=config
+            hidden_size,
+            num_heads,
+            layer_idx,
+            bias=bias,
+            dropout=attention_dropout,
+            config=config,
+            rotate_values=rotate_values,
         )
         self.cross_attn = None
         if cross_attention:
@@ -128,8 +136,10 @@ class TransformerBlock(GradientCheckpointingLayer):
         encoder_attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         output_attentions: bool = False,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """hidden_states: (B, T, C); masks (B or 1, 1, T, K), boolean or additive.
+        """hidden_states: (B, T, C); masks (B or 1, 1, T, K), boolean or additive; `position_embeddings`: rotary
+        `(cos, sin)` of the T positions for the self-attention (see [`Attention`]).
 
         Returns:
             (B, T, C); with `output_attentions`, the tuple `(hidden_states, self_attention_weights,
@@ -137,7 +147,12 @@ class TransformerBlock(GradientCheckpointingLayer):
             cross-attention of a block without it).
         """
         h, self_weights = self.self_attn(
-            self.norm1(hidden_states), attention_mask, cache, is_causal=is_causal, output_attentions=output_attentions
+            self.norm1(hidden_states),
+            attention_mask,
+            cache,
+            is_causal=is_causal,
+            output_attentions=output_attentions,
+            position_embeddings=position_embeddings,
         )
         hidden_states = hidden_states + self._branch(h, "1")
         cross_weights = None
@@ -185,6 +200,7 @@ def run_blocks(
     norm: nn.Module | None = None,
     output_attentions: bool = False,
     output_hidden_states: bool = False,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> BlockStackOutput:
     """Run `blocks` in order, then `norm`, collecting the per-block outputs that were asked for.
 
@@ -198,6 +214,7 @@ def run_blocks(
         output_attentions: collect the attention weights (the eager implementation only: another one warns and the
             fields stay None).
         output_hidden_states: collect every block's input and the final output.
+        position_embeddings: rotary `(cos, sin)` for every block's self-attention (see [`Attention`]).
     """
     masks = attention_mask if isinstance(attention_mask, Sequence) else [attention_mask] * len(blocks)
     if len(masks) != len(blocks):
@@ -208,10 +225,23 @@ def run_blocks(
         if states is not None:
             states.append(hidden_states)
         if not output_attentions:
-            hidden_states = block(hidden_states, mask, cache, encoder_hidden_states, encoder_attention_mask)
+            hidden_states = block(
+                hidden_states,
+                mask,
+                cache,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                position_embeddings=position_embeddings,
+            )
             continue
         hidden_states, self_weights, cross_weights = block(
-            hidden_states, mask, cache, encoder_hidden_states, encoder_attention_mask, output_attentions=True
+            hidden_states,
+            mask,
+            cache,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            output_attentions=True,
+            position_embeddings=position_embeddings,
         )
         if self_weights is not None:
             attentions.append(self_weights)

@@ -9,6 +9,9 @@ from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
 from ..image_tokenizers import DalleDVAEConfig
 
 
+POSITION_EMBEDDING_TYPES = ("learned", "rotary")
+
+
 def paper_attention_types(num_layers: int) -> list[str]:
     """DALL-E's layer pattern (appendix B.1): column attention in layers i with (i - 2) % 4 == 0 (1-indexed), row
     attention elsewhere, convolutional attention in the last layer."""
@@ -37,9 +40,12 @@ class DalleConfig(PreTrainedConfig):
         intermediate_size (`int`, *optional*, defaults to 1024): feed-forward width.
         hidden_act (`str`, *optional*, defaults to `"gelu"`): feed-forward activation.
         glu (`bool`, *optional*, defaults to `False`): gated feed-forward (GEGLU with `"gelu"`).
-        attention_types (`list[str]`, *optional*): per layer one of `"full"`, `"row"`, `"column"`, `"conv"`.
-            Defaults to the paper's pattern (`paper_attention_types`).
-        conv_kernel_size (`int`, *optional*, defaults to 11): side of the causal window of `"conv"` layers.
+        attention_types (`list[str]`, *optional*): per layer one of `"full"`, `"row"`, `"column"`, `"conv"`, or
+            DALLE-pytorch's `"axial_row"` (the current row so far) and `"conv_corner"` (its `conv_like`: the window
+            whose bottom-right corner is the query); see `layers.masks.sparse_image_mask`. Defaults to the paper's
+            pattern (`paper_attention_types`).
+        conv_kernel_size (`int`, *optional*, defaults to 11): side of the causal window of `"conv"` and
+            `"conv_corner"` layers (DALLE-pytorch's `conv_like`: 5).
         layer_norm_eps (`float`, *optional*, defaults to 1e-5): LayerNorm epsilon.
         attention_dropout (`float`, *optional*, defaults to 0.0): attention-probability dropout in training.
         hidden_dropout (`float`, *optional*, defaults to 0.0): residual-branch and embedding dropout in training.
@@ -51,6 +57,12 @@ class DalleConfig(PreTrainedConfig):
             before the residual add (CogView's sandwich norm; DALLE-pytorch's `sandwich_norm=True`).
         layer_scale_init (`float`, *optional*): when set, each residual branch is multiplied by a learned per-channel
             scale initialised to this value (LayerScale, which every DALLE-pytorch >= 1.0 model has).
+        position_embedding_type (`str`, *optional*, defaults to `"learned"`): `"learned"`: a learned 1-D embedding of
+            text positions and a learned row + column embedding of image positions, added to the inputs (the paper).
+            `"rotary"`: no position embeddings are added; every layer rotates its queries, keys AND values with
+            DALLE-pytorch's (`rotary_emb=True`) layout of three equal channel groups per head (see
+            `dalle_rotary_angles`): a 1-D text group (text positions 0, 1, ...; every image position 8192), then a
+            row and a column group of pixel frequencies (image rows / columns on [-1, 1]; text positions at -10).
     """
 
     model_type = "dalle"
@@ -79,6 +91,7 @@ class DalleConfig(PreTrainedConfig):
         use_cache: bool = True,
         sandwich_norm: bool = False,
         layer_scale_init: float | None = None,
+        position_embedding_type: str = "learned",
         **kwargs,
     ):
         if vq_config is None:
@@ -96,6 +109,15 @@ class DalleConfig(PreTrainedConfig):
         if bad:
             raise ValueError(f"`attention_types` entries must be in {SPARSE_IMAGE_ATTENTION_TYPES}, got {bad}.")
         check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
+        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(
+                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, got {position_embedding_type!r}."
+            )
+        if position_embedding_type == "rotary" and hidden_size // num_attention_heads < 6:
+            raise ValueError(
+                f"`position_embedding_type='rotary'` rotates three groups of at least 2 channels per head, so heads "
+                f"need >= 6 channels; got hidden_size / num_attention_heads = {hidden_size // num_attention_heads}."
+            )
         if not 0 <= text_pad_token_id < text_vocab_size:
             raise ValueError(
                 f"`text_pad_token_id` ({text_pad_token_id}) must be in [0, text_vocab_size={text_vocab_size})."
@@ -127,6 +149,7 @@ class DalleConfig(PreTrainedConfig):
         self.use_cache = use_cache
         self.sandwich_norm = sandwich_norm
         self.layer_scale_init = layer_scale_init
+        self.position_embedding_type = position_embedding_type
         # Derived from the image tokenizer; stored so generation utilities that read `vocab_size` find it.
         self.vocab_size = text_vocab_size + vq_config.vocab_size
         kwargs.setdefault("tie_word_embeddings", False)

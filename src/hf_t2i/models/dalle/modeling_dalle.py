@@ -8,9 +8,12 @@ Token layout (one id space):
 
 - Each padded text position has its own learned embedding (`text_pad_embeddings`), so the text context is always
   exactly `L = text_seq_len` long and needs no padding mask.
-- Text positions use a learned 1-D embedding; image positions a learned row + column embedding.
+- Text positions use a learned 1-D embedding; image positions a learned row + column embedding. With
+  `position_embedding_type="rotary"` (DALLE-pytorch's default) none is added: every layer rotates its queries, keys
+  and values instead (`dalle_rotary_angles`).
 - Attention follows `config.attention_types`: every image token sees the whole text; among image tokens the layer's
-  pattern (full / row / column / conv) applies (`layers.masks.sparse_image_mask`).
+  pattern (full / row / column / conv, or DALLE-pytorch's axial_row / conv_corner) applies
+  (`layers.masks.sparse_image_mask`).
 - Loss (section 2.2): `text_loss_weight * CE(text) + image_loss_weight * CE(image)`, 1/8 and 7/8 by default.
 - Logits at positions whose next token is an image token are restricted to image ids (and text positions to text
   ids; the others get the lowest finite logit), so stock `generate()` can only emit image tokens after the text.
@@ -19,6 +22,7 @@ Token layout (one id space):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -79,6 +83,36 @@ class DalleGenerationState:
     cache: StaticCache
 
 
+def dalle_rotary_angles(text_length: int, grid_size: int, head_dim: int) -> torch.Tensor:
+    """The rotary angles of every position of `[text ; image raster]` in DALLE-pytorch's layout (its `Transformer`
+    with `rotary_emb=True`, the `pos_emb` it saves), for `layers.attention.apply_rotary`.
+
+    Each head rotates three groups of `g = head_dim // 3` channels (rounded down to pairs; the rest pass unchanged),
+    each angle repeated for the two channels of its pair:
+
+    - text: 1-D frequencies `10000 ** (-2i / g)` times the position: 0, 1, ... for the text, 8192 for every image
+      position (far from all text);
+    - image row and image column: "pixel" frequencies `pi * linspace(1, 5, g // 2)` times the row / column mapped
+      to [-1, 1] (`linspace(-1, 1, grid_size)`); text positions sit at -10 in both.
+
+    Returns:
+        (S, R) float32 angles, S = text_length + grid_size ** 2, R = 6 * (g // 2).
+    """
+    group = head_dim // 3
+    text_freqs = 1.0 / (10000 ** (torch.arange(0, group, 2)[: group // 2].float() / group))  # (g/2,)
+    pixel_freqs = torch.linspace(1.0, 5.0, group // 2) * math.pi  # (g/2,)
+    num_image = grid_size**2
+    text_positions = torch.cat([torch.arange(text_length).float(), torch.full((num_image,), 8192.0)])  # (S,)
+    axis = torch.linspace(-1, 1, grid_size)
+    outside = torch.full((text_length,), -10.0)
+    rows = torch.cat([outside, axis.repeat_interleave(grid_size)])  # (S,) raster index r * W + c -> row r
+    cols = torch.cat([outside, axis.repeat(grid_size)])  # (S,) -> column c
+    angles = [
+        p[:, None] * f[None] for p, f in ((text_positions, text_freqs), (rows, pixel_freqs), (cols, pixel_freqs))
+    ]
+    return torch.cat(angles, dim=-1).repeat_interleave(2, dim=-1)  # (S, R): each angle for both channels of a pair
+
+
 class DallePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     config_class = DalleConfig
     base_model_prefix = "model"
@@ -104,11 +138,13 @@ class DalleModel(DallePreTrainedModel):
         super().__init__(config)
         hidden = config.hidden_size
         grid = config.image_grid_size
+        self.rotary = config.position_embedding_type == "rotary"
         self.text_embeddings = nn.Embedding(config.text_vocab_size, hidden)
         self.text_pad_embeddings = nn.Embedding(config.text_seq_len, hidden)
-        self.text_position_embeddings = nn.Embedding(config.text_seq_len, hidden)
         self.image_embeddings = nn.Embedding(config.image_vocab_size, hidden)
-        self.image_position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
+        if not self.rotary:
+            self.text_position_embeddings = nn.Embedding(config.text_seq_len, hidden)
+            self.image_position_embeddings = AxialPositionalEmbedding(grid, grid, hidden)
         self.dropout = nn.Dropout(config.hidden_dropout) if config.hidden_dropout > 0 else None
         self.layers = transformer_blocks(
             config,
@@ -116,10 +152,12 @@ class DalleModel(DallePreTrainedModel):
             attention_dropout=config.attention_dropout,
             sandwich_norm=config.sandwich_norm,
             layer_scale_init=config.layer_scale_init,
+            rotate_values=self.rotary,
         )
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         self._masks: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+        self._rotary: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -138,6 +176,20 @@ class DalleModel(DallePreTrainedModel):
             )
             self._masks[key] = additive_mask(mask, dtype)
         return self._masks[key]
+
+    def rotary_embeddings(
+        self, start: int, length: int, device: torch.device, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(cos, sin)`, each (length, R), of positions `start .. start + length - 1` (`position_embedding_type=
+        "rotary"`); the whole table is built once per device and dtype."""
+        key = (device, dtype)
+        if key not in self._rotary:
+            config = self.config
+            head_dim = config.hidden_size // config.num_attention_heads
+            angles = dalle_rotary_angles(config.text_seq_len, config.image_grid_size, head_dim).to(device)
+            self._rotary[key] = (angles.cos().to(dtype), angles.sin().to(dtype))
+        cos, sin = self._rotary[key]
+        return cos[start : start + length], sin[start : start + length]
 
     def embed(self, input_ids: torch.Tensor, start: int) -> torch.Tensor:
         """(B, T) ids at positions `start .. start + T - 1` -> (B, T, C) input embeddings."""
@@ -159,7 +211,7 @@ class DalleModel(DallePreTrainedModel):
             tokens = self.text_embeddings(text_ids)
             pads = self.text_pad_embeddings(positions)[None].expand_as(tokens)
             tokens = torch.where((text_ids == config.text_pad_token_id)[..., None], pads, tokens)
-            parts.append(tokens + self.text_position_embeddings(positions))
+            parts.append(tokens if self.rotary else tokens + self.text_position_embeddings(positions))
         if num_text < length:
             image_ids = input_ids[:, num_text:] - config.text_vocab_size
             if length > 1 and (image_ids.min() < 0 or image_ids.max() >= config.image_vocab_size):
@@ -167,8 +219,11 @@ class DalleModel(DallePreTrainedModel):
                     f"Image positions of `input_ids` must hold ids in [{config.text_vocab_size}, {config.vocab_size})."
                 )
             first = start + num_text - text_len
-            positions = torch.arange(first, first + image_ids.shape[1], device=input_ids.device)
-            parts.append(self.image_embeddings(image_ids) + self.image_position_embeddings(positions))
+            tokens = self.image_embeddings(image_ids)
+            if not self.rotary:
+                positions = torch.arange(first, first + image_ids.shape[1], device=input_ids.device)
+                tokens = tokens + self.image_position_embeddings(positions)
+            parts.append(tokens)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @renamed_cache_argument
@@ -223,6 +278,7 @@ class DalleModel(DallePreTrainedModel):
                 mask = mask.masked_fill(~padding[:, None, None, :], float("-inf"))
             masks[attention_type] = mask
 
+        rotary = self.rotary_embeddings(start, length, input_ids.device, hidden_states.dtype) if self.rotary else None
         stack = run_blocks(
             self.layers,
             hidden_states,
@@ -231,6 +287,7 @@ class DalleModel(DallePreTrainedModel):
             norm=self.norm,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            position_embeddings=rotary,
         )
         out = BaseModelOutputWithPast(
             last_hidden_state=stack.last_hidden_state,
@@ -501,6 +558,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
 
 
 __all__ = [
+    "dalle_rotary_angles",
     "DalleCausalLMOutput",
     "DalleForConditionalGeneration",
     "DalleGenerationState",
