@@ -53,8 +53,10 @@ def _register_base_models():
 
     import hf_t2i
 
-    for name in ("Dalle", "Parti", "Fluid", "Transfusion", "Muse"):
-        config_class, model_class = getattr(hf_t2i, f"{name}Config"), getattr(hf_t2i, f"{name}Model")
+    names = ("Dalle", "Parti", "Fluid", "Transfusion", "Muse")
+    base_models = [(getattr(hf_t2i, f"{name}Config"), getattr(hf_t2i, f"{name}Model")) for name in names]
+    base_models.append((hf_t2i.MarConfig, hf_t2i.FluidMAEModel))  # class-conditional MAR
+    for config_class, model_class in base_models:
         MODEL_MAPPING_NAMES.setdefault(config_class.model_type, model_class.__name__)
 
 

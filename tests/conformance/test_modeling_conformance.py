@@ -1,5 +1,5 @@
 """transformers' `ModelTesterMixin` (its `tests/test_modeling_common.py`) against hf_t2i's `PreTrainedModel`s: the base
-and head classes of the five priors and the image tokenizers (not yet the class-conditional MAR classes).
+and head classes of the five priors and of class-conditional MAR, and the image tokenizers.
 
 Each class below is the upstream mixin plus a model tester built from the tiny models and inputs of our own tests
 (tests/models/*: the priors' `build_model` / `forward_inputs`, the tokenizers' tiny configs), so that the two suites
@@ -21,7 +21,9 @@ from hf_t2i import (
     DalleForConditionalGeneration,
     DalleModel,
     FluidForConditionalGeneration,
+    FluidMAEModel,
     FluidModel,
+    MarForConditionalGeneration,
     MuseForConditionalGeneration,
     MuseModel,
     PartiForConditionalGeneration,
@@ -35,7 +37,16 @@ from hf_t2i import (
 )
 
 # modules, not classes: importing the test classes would collect our own prior tests here a second time
-from ..models import test_dalle, test_dalle_dvae, test_fluid, test_muse, test_parti, test_transfusion, test_vit_vqgan
+from ..models import (
+    test_dalle,
+    test_dalle_dvae,
+    test_fluid,
+    test_fluid_class_conditional,
+    test_muse,
+    test_parti,
+    test_transfusion,
+    test_vit_vqgan,
+)
 
 
 pytestmark = pytest.mark.conformance
@@ -189,6 +200,30 @@ class MuseConformanceTest(_ImagePositionConformance, unittest.TestCase):
     all_model_classes = (MuseModel, MuseForConditionalGeneration)
     prior_test = test_muse.TestMusePrior
     image_inputs = ("image_token_ids", "mask")
+
+
+class MarConformanceTest(PriorConformance, unittest.TestCase):
+    """Class-conditional MAR: the condition is `class_labels` (B,), copied into the buffer positions the MAE encoder
+    reads with the visible image tokens; the decoder runs over the buffer and all N image positions, so its attention
+    weights and hidden states are (.., P + N, P + N) and (B, P + N, C)."""
+
+    all_model_classes = (FluidMAEModel, MarForConditionalGeneration)
+    prior_test = test_fluid_class_conditional.TestMarPrior
+    additional_model_inputs = ["image_tokens", "mask"]  # what upstream's eager-vs-SDPA test passes besides the labels
+
+    def build_model(self):
+        # class dropout on about half the rows: upstream's training tests want a gradient in every parameter, and the
+        # null class gets one only from dropped rows (the default 0.1 may drop none of the 7). The draws come from the
+        # seeded `generator` of the inputs, which the gradient-checkpointing test reuses for its second run: each run
+        # must both drop and keep rows for the two to have gradients in the same parameters
+        return self.prior.build_model(class_dropout_prob=0.5)
+
+    def model_tester_attributes(self, model, inputs):
+        # two kinds of hidden states in the outputs: the decoder's and the MAE encoder's
+        config = model.config
+        return {"seq_length": config.buffer_size + config.num_image_tokens, "num_hidden_states_types": 2}
+
+    test_model_get_set_embeddings = FluidConformanceTest.test_model_get_set_embeddings  # continuous tokens, as Fluid's
 
 
 # -- image tokenizers -------------------------------------------------------------------------------------------------

@@ -344,6 +344,7 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
     """
 
     config_class = MarConfig
+    main_input_name = "class_labels"  # the condition, as the caption `input_ids` is the text-conditional backbone's
 
     def __init__(self, config: FluidConfig):
         super().__init__(config)
@@ -732,6 +733,40 @@ class MarForConditionalGeneration(FluidForConditionalGeneration):
     """
 
     config_class = MarConfig
+    main_input_name = "class_labels"  # as its backbone's; the text-conditional forward's first argument is `input_ids`
+
+    def forward(
+        self,
+        class_labels: torch.LongTensor | None = None,
+        image_tokens: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_loss: bool = True,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FluidOutput | tuple:
+        """[`FluidForConditionalGeneration.forward`] with the class-conditional arguments only, `class_labels` first
+        (`input_ids` / `encoder_outputs` are refused, naming `class_labels`).
+
+        Args:
+            class_labels: (B,) class ids; in training each is replaced by the null class with probability
+                `config.class_dropout_prob`.
+            image_tokens, mask, generator, return_loss, output_attentions, output_hidden_states: as in
+                [`FluidForConditionalGeneration.forward`].
+        """
+        return super().forward(
+            class_labels=class_labels,
+            image_tokens=image_tokens,
+            mask=mask,
+            generator=generator,
+            return_loss=return_loss,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=return_dict,
+            **kwargs,
+        )
 
 
 __all__ = [
