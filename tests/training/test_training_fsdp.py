@@ -3,23 +3,21 @@ dataset, and `accelerate launch --use_fsdp` with its defaults, which no longer n
 false` on a CPU. On a CPU Accelerate runs FSDP launches as plain data parallel (it only shards on accelerators);
 these tests cover the launch path, the per-process stream split and the resume."""
 
-import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 from .streaming_toy import caption, write_webdataset_shards
+from .training_toy import ROOT, launch_two_processes
 
 
-ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = (sys.executable, "-m", "accelerate.commands.launch")
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import sys
     from tests.training.streaming_toy import StreamToyConfig, StreamToyRecipe
+    from tests.training.training_toy import write_rank_marker
     from hf_t2i.training import TrainingConfig, train
 
     data, output_dir, max_steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -31,17 +29,7 @@ SCRIPT = textwrap.dedent(
         resume_from_checkpoint="latest", log_steps=1,
     )
     metrics = train(recipe, config)
-    accelerator = recipe.accelerator
-    model = accelerator.unwrap_model(accelerator._models[0])
-    marker = {
-        "rank": accelerator.process_index,
-        "world_size": accelerator.num_processes,
-        "seen": recipe.seen,
-        "checksum": sum(p.double().sum().item() for p in model.parameters()),
-        "metrics": metrics,
-    }
-    with open(f"{output_dir}/rank{accelerator.process_index}.json", "w") as f:
-        json.dump(marker, f)
+    write_rank_marker(recipe, metrics, output_dir)
     """
 )
 
@@ -53,12 +41,9 @@ def launch(tmp_path: Path, launcher_flags: list[str], max_steps: int) -> tuple[l
     data = tmp_path / "wds"
     if not data.exists():
         write_webdataset_shards(data, num_shards=4, rows_per_shard=5)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     out = tmp_path / "out"
     command = [*ACCELERATE, *launcher_flags, str(script), str(data / "*.tar"), str(out), str(max_steps)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)], result.stderr
+    return launch_two_processes(command, out, timeout=300)
 
 
 def test_shipped_fsdp_config_trains_on_a_stream_split_across_processes(tmp_path):

@@ -1,22 +1,20 @@
 """Two real processes (gloo on CPU) through `torchrun`, as `accelerate launch --multi_gpu` would start them."""
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from .training_toy import TORCHRUN
+from .training_toy import TORCHRUN, launch_two_processes
 
 
 SCRIPT = textwrap.dedent(
     """
-    import json, sys
+    import sys
     import torch
-    from tests.training.training_toy import ToyConfig, ToyRecipe
+    from tests.training.training_toy import ToyConfig, ToyRecipe, write_rank_marker
     from hf_t2i.training import TrainingConfig, train
 
     output_dir, max_steps = sys.argv[1], int(sys.argv[2])
@@ -26,17 +24,7 @@ SCRIPT = textwrap.dedent(
         ema_decay=0.9, report_to="none", resume_from_checkpoint="latest", log_steps=1,
     )
     metrics = train(recipe, config)
-    accelerator = recipe.accelerator
-    model = accelerator.unwrap_model(recipe.accelerator._models[0])
-    marker = {
-        "rank": accelerator.process_index,
-        "world_size": accelerator.num_processes,
-        "seen": recipe.seen,
-        "checksum": sum(p.double().sum().item() for p in model.parameters()),
-        "metrics": metrics,
-    }
-    with open(f"{output_dir}/rank{accelerator.process_index}.json", "w") as f:
-        json.dump(marker, f)
+    write_rank_marker(recipe, metrics, output_dir)
     """
 )
 
@@ -45,16 +33,8 @@ def launch(tmp_path: Path, max_steps: int) -> list[dict]:
     """Run the script on 2 processes; return each rank's marker."""
     script = tmp_path / "train_two.py"
     script.write_text(SCRIPT)
-    here = Path(__file__).resolve().parent
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS="1",
-        PYTHONPATH=os.pathsep.join([str(here.parents[1] / "src"), str(here.parents[1])]),
-    )
     command = [*TORCHRUN, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out"), str(max_steps)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return [json.loads((tmp_path / "out" / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    return launch_two_processes(command, tmp_path / "out", timeout=600)[0]
 
 
 def test_two_processes_train_shard_and_resume(tmp_path):

@@ -5,7 +5,11 @@ exact resume also needs the RNG states of the checkpoint. Shared by the tests an
 """
 
 import dataclasses
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import torch
@@ -16,6 +20,32 @@ from hf_t2i.training import Recipe, RecipeConfig
 
 # `torchrun` of the interpreter running the tests: a virtual environment's launcher, whether or not its bin/ is on PATH.
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_rank_marker(recipe, metrics: dict, output_dir: str) -> None:
+    """In a launched process after `train`: write `rank<i>.json` with what this process saw (`recipe.seen`), a checksum
+    of its unwrapped model's weights and the run's metrics, for the two-process tests to compare."""
+    accelerator = recipe.accelerator
+    model = accelerator.unwrap_model(accelerator._models[0])
+    marker = {
+        "rank": accelerator.process_index,
+        "world_size": accelerator.num_processes,
+        "seen": recipe.seen,
+        "checksum": sum(p.double().sum().item() for p in model.parameters()),
+        "metrics": metrics,
+    }
+    with open(os.path.join(output_dir, f"rank{accelerator.process_index}.json"), "w") as f:
+        json.dump(marker, f)
+
+
+def launch_two_processes(command: list[str], output_dir: Path, timeout: int) -> tuple[list[dict], str]:
+    """Run a launcher command (torchrun / accelerate launch of a script calling `write_rank_marker`) with the repository
+    importable and one thread per process; return the two ranks' markers and the launch's stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=output_dir.parent)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return [json.loads((output_dir / f"rank{rank}.json").read_text()) for rank in (0, 1)], result.stderr
 
 
 @dataclasses.dataclass
