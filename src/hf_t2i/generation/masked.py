@@ -153,6 +153,18 @@ class ConfidenceOrder(RevealRule):
         return confidence.topk(count, dim=1).indices  # (B, count)
 
 
+class MaskedDecodingMixin:
+    """Base of the per-step generation mixins of the models `MaskedDecoder` drives (Fluid, Muse)."""
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """False: transformers' `generate()` decodes one token after another and these models reveal tokens by
+        iterations of their own (`sample_image_tokens`, or the pipeline). transformers would otherwise say True,
+        because a mixin's class name (`FluidGenerationMixin`) contains "GenerationMixin", and give the model a
+        `generation_config` nothing reads."""
+        return False
+
+
 class MaskedDecoder:
     """The bookkeeping side of iterative decoding: the tokens so far, which are known, and each iteration's plan.
 
@@ -221,6 +233,7 @@ class MaskedDecoder:
 __all__ = [
     "ConfidenceOrder",
     "MaskedDecoder",
+    "MaskedDecodingMixin",
     "RandomOrder",
     "RasterOrder",
     "RevealRule",

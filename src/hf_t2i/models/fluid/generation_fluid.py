@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCa
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
-from ...generation.masked import MaskedDecoder, RandomOrder, RasterOrder, RevealRule
+from ...generation.masked import MaskedDecoder, MaskedDecodingMixin, RandomOrder, RasterOrder, RevealRule
 from ...generation.sampling import Generators
 from ...layers.diffusion_head import DiffusionHeadScheduler, ddpm_sample
 
@@ -63,7 +63,7 @@ class FluidSampling:
     temperature: float
 
 
-class FluidGenerationMixin:
+class FluidGenerationMixin(MaskedDecodingMixin):
     """Per-step generation methods of [`FluidForConditionalGeneration`]."""
 
     def reveal_rule(self) -> RevealRule:

@@ -499,13 +499,6 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
     ```
     """
 
-    @classmethod
-    def can_generate(cls) -> bool:
-        """False: transformers' `generate()` decodes one token after another, and Fluid reveals masked tokens in parallel
-        steps (`sample_image_tokens`, or the pipeline). transformers would otherwise say True because the class name
-        `FluidGenerationMixin` contains "GenerationMixin", and give the model a `generation_config` nothing reads."""
-        return False
-
     def __init__(self, config: FluidConfig):
         super().__init__(config)
         self.model = FluidMAEModel(config) if config.is_class_conditional else FluidModel(config)

@@ -29,7 +29,7 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
-from ...generation.masked import ConfidenceOrder, MaskedDecoder
+from ...generation.masked import ConfidenceOrder, MaskedDecoder, MaskedDecodingMixin
 from ...generation.sampling import Generators
 
 
@@ -86,7 +86,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class MuseGenerationMixin:
+class MuseGenerationMixin(MaskedDecodingMixin):
     """Per-step generation methods of [`MuseForConditionalGeneration`]."""
 
     def check_sampling(

@@ -263,13 +263,6 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
     ```
     """
 
-    @classmethod
-    def can_generate(cls) -> bool:
-        """False: transformers' `generate()` decodes one token after another, and Muse reveals masked tokens in parallel
-        steps (`sample_image_tokens`, or the pipeline). transformers would otherwise say True because the class name
-        `MuseGenerationMixin` contains "GenerationMixin", and give the model a `generation_config` nothing reads."""
-        return False
-
     def __init__(self, config: MuseConfig):
         super().__init__(config)
         self.model = MuseModel(config)
