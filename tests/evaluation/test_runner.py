@@ -314,3 +314,78 @@ def test_training_loop_logs_generation_metrics(dalle_processor, tmp_path):
     results = train(TinyDalleRecipe(dalle_processor), config)
     assert 0.0 <= results["eval/compositional/overall"] <= 1.0
     assert "eval/compositional/num_samples" in results
+
+
+def test_best_of_n_keeps_the_candidate_the_reranker_ranks_first(dalle_pipeline, scorer_dir, tmp_path, monkeypatch):
+    """`num_candidates` draws N images per caption and keeps the reranker's first; the scorer is detached after."""
+    from hf_t2i.evaluation import compositional
+    from hf_t2i.pipelines import reranking
+
+    kept = []
+    original = reranking.rerank
+
+    def spy(scorer, processor, prompts, pixels, num_images_per_prompt):
+        index, scores = original(scorer, processor, prompts, pixels, num_images_per_prompt)
+        kept.append((pixels.shape[0], index.tolist()))
+        return index, scores
+
+    monkeypatch.setattr("hf_t2i.pipelines.autoregressive.rerank", spy)
+    seen = []
+    monkeypatch.setattr(
+        compositional,
+        "compositional_accuracy",
+        lambda images, specs: seen.append(len(images)) or {"overall": 0.0, "correct": []},
+    )
+    report = evaluate(
+        dalle_pipeline, tmp_path, metrics="compositional", num_candidates=3, rerank_scorer_path=scorer_dir
+    )
+    assert seen == [6]  # one kept image per caption
+    assert [n for n, _ in kept] == [12, 6]  # batches of 4 and 2 captions, 3 candidates each
+    for n, index in kept:  # one per caption, chosen among that caption's own candidates
+        assert [i // 3 for i in index] == list(range(n // 3))
+    assert report["settings"]["num_candidates"] == 3 and report["settings"]["rerank_scorer"] == scorer_dir
+    assert dalle_pipeline.scorer is None and dalle_pipeline.scorer_processor is None
+
+
+def test_best_of_n_refuses_without_a_reranker_or_a_pipeline_that_reranks(dalle_pipeline, tmp_path):
+    with pytest.raises(ValueError, match="rerank_scorer_path.*--rerank-scorer"):
+        evaluate(dalle_pipeline, tmp_path, metrics="compositional", num_candidates=2)
+    with pytest.raises(ValueError, match="num_candidates"):
+        evaluate(dalle_pipeline, tmp_path, metrics="compositional", num_candidates=0)
+
+    class NoRerank:
+        def __call__(self, prompt, num_images_per_prompt=1, generator=None, output_type="pil"):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match="NoRerank cannot"):
+        evaluate(NoRerank(), tmp_path, metrics="compositional", num_candidates=2)
+
+
+def test_cli_guidance_sweep_writes_one_report_per_scale_and_a_table(pipeline_dir, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    output_dir = tmp_path / "sweep"
+    args = parser.parse_args(
+        ["eval", "--model", pipeline_dir, "--dataset", "shapes", "--num-images", "3", "--batch-size", "3"]
+        + ["--metrics", "compositional", "--output-dir", str(output_dir), "--guidance-scale", "1,2.5"]
+    )
+    assert args.guidance_scale == [1.0, 2.5]
+    assert args.func(args) == 0
+    reports = [json.loads((output_dir / f"guidance_{g}" / "report.json").read_text()) for g in ("1", "2.5")]
+    assert [r["settings"]["guidance_scale"] for r in reports] == [1.0, 2.5]
+    sweep = json.loads((output_dir / "sweep.json").read_text())
+    assert [row["guidance_scale"] for row in sweep["rows"]] == [1.0, 2.5]
+    for row, report in zip(sweep["rows"], reports):
+        assert row["compositional/overall"] == report["metrics"]["compositional"]["overall"]
+    table = (output_dir / "sweep.md").read_text().splitlines()
+    assert table[2].startswith("| guidance_scale | compositional/overall | single_object")
+    assert table[4].startswith("| 1 | 0.") and table[5].startswith("| 2.5 | 0.")
+
+
+@pytest.mark.parametrize("value", ["x", "1,,2", "-1", "2,2", "inf", "nan"])
+def test_cli_guidance_scale_refuses_bad_lists(value, capsys):
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["eval", "--dataset", "shapes", "--guidance-scale", value])
+    assert "--guidance-scale" in capsys.readouterr().err

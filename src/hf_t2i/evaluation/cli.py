@@ -5,6 +5,8 @@
     hf-t2i eval --model runs/prior/final --dataset shapes --scorer runs/clip/final --metrics fid,compositional,clip
     hf-t2i eval --scorer runs/clip/final --dataset shapes --metrics retrieval     # the scorer alone, no --model
     hf-t2i eval --tokenizer runs/vit_vqgan/final --dataset shapes --num-images 200   # an image tokenizer alone
+    hf-t2i eval --model parti --dataset shapes --guidance-scale 1,2,3,5      # a sweep: one report per scale + sweep.md
+    hf-t2i eval --model dalle --dataset shapes --num-candidates 8 --rerank-scorer runs/clip/final   # best-of-8
 
 `--split test` (default) evaluates on the held-out captions (for shapes: held-out colour-shape pairs), the numbers to
 report; `--split validation` (shapes only) on in-distribution captions, to choose settings such as guidance without
@@ -57,7 +59,27 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         help="where report.json and grid.png go (default eval/<dataset>; eval/<dataset>-validation with "
         "--split validation)",
     )
-    p.add_argument("--guidance-scale", type=float, default=None, help="default: the pipeline's")
+    p.add_argument(
+        "--guidance-scale",
+        type=_guidance_scales,
+        default=None,
+        help="default: the pipeline's. Several comma-separated values run a sweep: one report per value in "
+        "OUTPUT_DIR/guidance_<value>/, and sweep.json + sweep.md (a table of the metrics against the scale) in "
+        "OUTPUT_DIR",
+    )
+    p.add_argument(
+        "--num-candidates",
+        type=int,
+        default=None,
+        help="best-of-N (DALL-E section 2.6; DALL-E and Parti pipelines): draw N images per caption and keep the "
+        "one --rerank-scorer ranks first",
+    )
+    p.add_argument(
+        "--rerank-scorer",
+        default=None,
+        help="a clip_scorer folder used to rerank with --num-candidates (default: --scorer; a separate one keeps the "
+        "clip metric unbiased)",
+    )
     p.add_argument(
         "--metrics", default=None, help=f"comma-separated subset of {','.join(METRICS)} (default: all that apply)"
     )
@@ -109,28 +131,89 @@ def run_eval(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     default_dir = args.dataset if split == EVAL_SPLIT else f"{args.dataset}-{split}"
     output_dir = args.output_dir or os.path.join("eval", default_dir)
-    report = evaluate_pipeline(
-        args.model,
-        args.dataset,
-        num_images=args.num_images,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        scorer_path=args.scorer,
-        output_dir=output_dir,
-        guidance_scale=args.guidance_scale,
-        metrics=metrics,
-        data_dir=args.data_dir,
-        data_seed=args.data_seed,
-        device=device,
-        split=split,
-    )
-    print(json.dumps(report["metrics"], indent=2))
-    print(f"wrote {os.path.join(output_dir, 'report.json')} and {os.path.join(output_dir, 'grid.png')}")
+    scales = args.guidance_scale if args.guidance_scale is not None else [None]
+    num_candidates = getattr(args, "num_candidates", None)
+    rerank_scorer = getattr(args, "rerank_scorer", None) or (args.scorer if num_candidates is not None else None)
+    reports = []
+    for scale in scales:
+        folder = output_dir if len(scales) == 1 else os.path.join(output_dir, f"guidance_{scale:g}")
+        report = evaluate_pipeline(
+            args.model,
+            args.dataset,
+            num_images=args.num_images,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            scorer_path=args.scorer,
+            output_dir=folder,
+            guidance_scale=scale,
+            metrics=metrics,
+            data_dir=args.data_dir,
+            data_seed=args.data_seed,
+            device=device,
+            split=split,
+            num_candidates=num_candidates,
+            rerank_scorer_path=rerank_scorer,
+        )
+        reports.append(report)
+        print(json.dumps(report["metrics"], indent=2))
+        print(f"wrote {os.path.join(folder, 'report.json')} and {os.path.join(folder, 'grid.png')}")
+    if len(scales) > 1:
+        write_sweep(reports, output_dir)
+        print(f"wrote {os.path.join(output_dir, 'sweep.json')} and {os.path.join(output_dir, 'sweep.md')}")
     return 0
+
+
+def _guidance_scales(text: str) -> list[float]:
+    """`--guidance-scale` values: one number, or several comma-separated ones for a sweep."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas (e.g. 3 or 1,2,3,5), got {text!r}"
+        ) from None
+    if any(not value >= 0 or value == float("inf") for value in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct finite numbers >= 0, got {text!r}")
+    return values
+
+
+def write_sweep(reports: list[dict], output_dir: str) -> list[dict]:
+    """sweep.json (one row of flat metrics per report, with its guidance scale) and sweep.md (the same rows as a
+    markdown table) in `output_dir`; returns the rows."""
+    from .runner import flatten_metrics
+
+    rows = []
+    for report in reports:
+        flat = flatten_metrics(report["metrics"])
+        row = {"guidance_scale": report["settings"]["guidance_scale"]}
+        for key in ("fid", "compositional/overall", "clip_score", "clip_cosine"):
+            if key in flat:
+                row[key] = flat[key]
+        row.update({k: v for k, v in flat.items() if k.startswith("compositional/per_task/")})
+        rows.append(row)
+    settings = {k: v for k, v in reports[0]["settings"].items() if k != "guidance_scale"}
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"rows": rows, "settings": settings, "machine": reports[0]["machine"]}, f, indent=2)
+        f.write("\n")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = [
+        "| " + " | ".join(c.replace("compositional/per_task/", "") for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = [f"{row['guidance_scale']:g}" if row["guidance_scale"] is not None else "default"]
+        cells += [f"{row[c]:.3f}" if isinstance(row.get(c), float) else "" for c in columns[1:]]
+        lines.append("| " + " | ".join(cells) + " |")
+    with open(os.path.join(output_dir, "sweep.md"), "w", encoding="utf-8") as f:
+        f.write(
+            f"{settings['model']} on {settings['dataset']} ({settings['split']} split, {settings['num_images']} "
+            f"images, seed {settings['seed']}):\n\n" + "\n".join(lines) + "\n"
+        )
+    return rows
 
 
 def _settings(args) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"}
 
 
-__all__ = ["add_eval_subparser", "run_eval"]
+__all__ = ["add_eval_subparser", "run_eval", "write_sweep"]

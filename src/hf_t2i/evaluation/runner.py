@@ -27,6 +27,7 @@ During training, call `evaluate_for_training` from `Recipe.evaluate`; it returns
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -310,6 +311,8 @@ def evaluate_pipeline(
     device: str | torch.device | None = None,
     progress: bool = True,
     split: str = EVAL_SPLIT,
+    num_candidates: int | None = None,
+    rerank_scorer_path: str | None = None,
     **pipeline_kwargs,
 ) -> dict:
     """Generate `num_images` images for the captions of `dataset_name`'s `split` and compute the metrics.
@@ -336,6 +339,12 @@ def evaluate_pipeline(
         split: "test" (default: held-out captions, to report on) or "validation" (`shapes` only: in-distribution
             captions, to choose settings such as `guidance_scale` on); recorded as `settings["split"]`, and the FID
             reference of each split is cached in its own file.
+        num_candidates: best-of-N (DALL-E section 2.6): draw this many images per caption and keep the one the
+            reranking scorer ranks first. Needs a pipeline with a `num_candidates` argument (DALL-E, Parti) and
+            `rerank_scorer_path` (or a pipeline that already holds a scorer). None: one draw per caption.
+        rerank_scorer_path: a `clip_scorer` folder used only to rerank; it is attached to the pipeline for this
+            evaluation and detached afterwards. Use another scorer than `scorer_path` when the "clip" metric
+            matters: a metric computed by the reranker itself is biased upwards.
         **pipeline_kwargs: other pipeline arguments (e.g. `temperature`, `top_k`).
 
     Returns:
@@ -361,6 +370,19 @@ def evaluate_pipeline(
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None) or torch.device("cpu")
     if scorer is not None:
         scorer.to(device)
+    if num_candidates is not None:
+        _check_positive_int("num_candidates", num_candidates)
+        if "num_candidates" not in inspect.signature(pipe.__call__).parameters:
+            raise ValueError(
+                f"`num_candidates` ({num_candidates}) reranks candidates, but {type(pipe).__name__} cannot: use a "
+                "DALL-E or Parti pipeline, or leave `num_candidates` (--num-candidates) unset."
+            )
+        if rerank_scorer_path is None and getattr(pipe, "scorer", None) is None:
+            raise ValueError(
+                f"`num_candidates` ({num_candidates}) needs a scorer to rerank with: pass `rerank_scorer_path` "
+                "(--rerank-scorer), a `clip_scorer` folder (`hf-t2i train clip_scorer --output-dir DIR`, then DIR/final)."
+            )
+        pipeline_kwargs["num_candidates"] = num_candidates
 
     image_size = _pipeline_image_size(pipe)
     rows = load_eval_split(dataset_name, num_images, image_size or 64, data_dir, data_seed, split=split)
@@ -368,7 +390,8 @@ def evaluate_pipeline(
     timings: dict[str, float] = {}
 
     tick = time.perf_counter()
-    images = generate_images(pipe, prompts, batch_size, seed, guidance_scale, progress, **pipeline_kwargs)
+    with _rerank_scorer_attached(pipe, rerank_scorer_path if num_candidates is not None else None, device):
+        images = generate_images(pipe, prompts, batch_size, seed, guidance_scale, progress, **pipeline_kwargs)
     timings["generation_s"] = time.perf_counter() - tick
     timings["generation_s_per_image"] = timings["generation_s"] / num_images
     image_size = images[0].width
@@ -429,6 +452,8 @@ def evaluate_pipeline(
             "image_size": image_size,
             "metrics": chosen,
             "scorer": os.fspath(scorer_path) if scorer_path else (type(scorer).__name__ if scorer else None),
+            "num_candidates": num_candidates,
+            "rerank_scorer": os.fspath(rerank_scorer_path) if rerank_scorer_path else None,
             "pipeline_kwargs": {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))},
         },
         "timings": timings,
@@ -447,6 +472,24 @@ def evaluate_pipeline(
             f.write("\n")
         os.replace(tmp, os.path.join(output_dir, "report.json"))
     return report
+
+
+@contextlib.contextmanager
+def _rerank_scorer_attached(pipe, path, device):
+    """Attach the scorer folder `path` to `pipe` as its reranker for the duration of the block (None: leave `pipe`
+    as it is), then restore the pipeline's own components."""
+    if path is None:
+        yield
+        return
+    from .clip_score import load_scorer
+
+    before = (getattr(pipe, "scorer", None), getattr(pipe, "scorer_processor", None))
+    scorer, processor = load_scorer(path, device)
+    pipe.scorer, pipe.scorer_processor = scorer, processor
+    try:
+        yield
+    finally:
+        pipe.scorer, pipe.scorer_processor = before
 
 
 def _fid(real_images, images, tag, split, data_seed, batch_size, cache_dir, feature_extractor, device, progress):
