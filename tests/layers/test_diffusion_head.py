@@ -111,3 +111,19 @@ def test_bad_arguments_name_themselves():
         ddpm_sample(lambda x, t: x, (2, 2), scheduler, 101)
     with pytest.raises(ValueError, match="temperature"):
         ddpm_sample(lambda x, t: x, (2, 2), scheduler, 4, temperature=-1.0)
+
+
+def test_leading_steps_that_visit_the_capped_last_step_are_refused():
+    """As many leading steps as training steps start at the cosine schedule's capped last step (beta 0.999), where the
+    head's error is amplified ~30x: refused with the largest step count that avoids it. MAR's linspace starts there
+    on purpose and is allowed."""
+    head = DiffusionHead(token_dim=2, condition_dim=2, width=8, num_layers=1)
+    condition = torch.zeros(3, 2)
+    scheduler = build_ddpm_scheduler(num_train_timesteps=40)
+    with pytest.raises(
+        ValueError, match=r"`num_diffusion_steps` \(40\) visits the last training step \(39\).*at most 39"
+    ):
+        ddpm_sample(lambda x, t: head(x, t, condition), (3, 2), scheduler, 40)
+    assert torch.isfinite(ddpm_sample(lambda x, t: head(x, t, condition), (3, 2), scheduler, 39)).all()
+    mar = build_ddpm_scheduler(num_train_timesteps=40, timestep_spacing="linspace")
+    assert torch.isfinite(ddpm_sample(lambda x, t: head(x, t, condition), (3, 2), mar, 40)).all()
