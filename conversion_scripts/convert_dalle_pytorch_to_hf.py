@@ -41,11 +41,12 @@ Supported: `attn_types` of `full`, `axial_col` (the image token sees the whole t
 column: the package's `"column"` mask), `axial_row` (the earlier tokens of its row: `"axial_row"`) and `conv_like`
 (the 5 x 5 window whose bottom-right corner is the image token: `"conv_corner"` with `conv_kernel_size=5`),
 `rotary_emb=True` (DALLE-pytorch's default: queries, keys and values rotated with its text + axial-pixel layout,
-`DalleConfig(position_embedding_type="rotary")`), `sandwich_norm`, LayerScale, `share_input_output_emb`,
-`shared_attn_ids` / `shared_ff_ids` (weights are copied per layer), dropout settings, `loss_img_weight`. Refused with
-an error naming the option: `shift_tokens=True` (DALLE-pytorch's other default), `reversible`, `stable`,
-`sparse_attn` and the `sparse` attention type, `dim_head * heads != dim`, and VAEs other than `OpenAIDiscreteVAE`
-(DALLE-pytorch's own `DiscreteVAE` and `VQGanVAE` have other architectures).
+`DalleConfig(position_embedding_type="rotary")`), `shift_tokens=True` (its other default: `DalleConfig(shift_tokens=
+True)`, the shifted channels of the last image row kept in the cache while decoding), `sandwich_norm`, LayerScale,
+`share_input_output_emb`, `shared_attn_ids` / `shared_ff_ids` (weights are copied per layer), dropout settings,
+`loss_img_weight`. Refused with an error naming the option: `reversible`, `stable`, `sparse_attn` and the `sparse`
+attention type, `dim_head * heads != dim`, and VAEs other than `OpenAIDiscreteVAE` (DALLE-pytorch's own
+`DiscreteVAE` and `VQGanVAE` have other architectures).
 
 Usage:
     python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/ \
@@ -131,12 +132,6 @@ def read_hparams(checkpoint: dict) -> dict:
 def check_supported(hparams: dict, weights: dict, vae_class_name: str) -> list[str]:
     """Fail with the name of the first option the package's DALL-E cannot reproduce; return the attention types."""
     refusals = [
-        (
-            hparams["shift_tokens"],
-            "shift_tokens=True",
-            "token shifting (half the channels from the previous text "
-            "token, quarters from the image token above / to the left) has no counterpart in DalleConfig",
-        ),
         (hparams["reversible"], "reversible=True", "reversible layers compute a two-stream residual"),
         (hparams["stable"], "stable=True", "the final divide-by-max before the output norm changes the logits"),
         (bool(hparams["sparse_attn"]), "sparse_attn", "DeepSpeed block-sparse attention has no exact mask here"),
@@ -285,6 +280,7 @@ def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) ->
         sandwich_norm=any(k.endswith("norm_out.weight") for k in keys.remaining()),
         layer_scale_init=0.1 if any(k.endswith(".scale") for k in keys.remaining()) else None,
         position_embedding_type="rotary" if rotary else "learned",
+        shift_tokens=bool(hparams["shift_tokens"]),
     )
 
     state = {f"vqmodel.{k}": v for k, v in vae_state.items()}

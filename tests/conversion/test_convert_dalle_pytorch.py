@@ -78,6 +78,19 @@ def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, **hparams):
         ),
         # dim_head 16: groups of 16 // 3 = 5 channels rounded down to 2 pairs, 4 channels left unrotated
         dict(rotary_emb=True, attn_types=("full", "axial_col")),
+        # DALLE-pytorch's defaults together: token shifting and rotary, through the dense and sparse classes
+        dict(
+            shift_tokens=True,
+            rotary_emb=True,
+            depth=3,
+            dim=36,
+            dim_head=18,
+            attn_types=("full", "axial_row", "conv_like"),
+            image_size=48,
+            sandwich_norm=True,
+        ),
+        # dim 30: chunk(4) splits it 8 + 8 + 8 + 6 and chunk(2) 15 + 15
+        dict(shift_tokens=True, dim=30, dim_head=15, attn_types=("axial_col",)),
     ],
     ids=[
         "full+axial_col+sandwich",
@@ -86,6 +99,8 @@ def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, **hparams):
         "shared-layers",
         "rotary+sparse",
         "rotary-odd-groups",
+        "shift+rotary+sparse",
+        "shift-uneven-chunks",
     ],
 )
 def test_parity_with_original(script, tmp_path, hparams):
@@ -119,12 +134,11 @@ def test_parity_with_original(script, tmp_path, hparams):
 @pytest.mark.parametrize(
     "hparams, vae_class, message",
     [
-        (dict(shift_tokens=True), "OpenAIDiscreteVAE", "shift_tokens=True"),
         (dict(stable=True), "OpenAIDiscreteVAE", "stable=True"),
         (dict(attn_types=("full", "sparse")), "OpenAIDiscreteVAE", r"attn_types \['sparse'\]"),
         (dict(), "DiscreteVAE", "DiscreteVAE"),
     ],
-    ids=["shift-tokens", "stable", "sparse", "own-discrete-vae"],
+    ids=["stable", "sparse", "own-discrete-vae"],
 )
 def test_unsupported_options_are_named(script, tmp_path, hparams, vae_class, message):
     from conversion_utils import ConversionError
@@ -175,3 +189,29 @@ def test_a_rotary_table_of_another_layout_is_refused(script, tmp_path):
     torch.save(checkpoint, tmp_path / "dalle.pt")
     with pytest.raises(ConversionError, match="not DALLE-pytorch 1.6.6's rotary layout"):
         script.convert(tmp_path / "dalle.pt", check=False)
+
+
+@torch.no_grad()
+def _original_cached_greedy(original, text: torch.Tensor) -> torch.Tensor:
+    """The loop of the original's `generate_images(use_cache=True)` with argmax for its top-k + Gumbel draw: one
+    token per call through its own cache (for `shift_tokens`, the deque of the last image row per sub-layer)."""
+    length, cache = original.text_seq_len, {}
+    out = text.clone()
+    for _ in range(original.image_seq_len):
+        logits = original(out[:, :length].clone(), out[:, length:], cache=cache)[:, -1]
+        out = torch.cat([out, logits.argmax(-1, keepdim=True) - original.num_text_tokens], dim=1)
+    return out[:, length:]
+
+
+def test_shift_tokens_decoding_matches_the_originals_cached_loop(script, tmp_path):
+    """The converted model's cached decoding against the original's own cached decoding, not only its full forward."""
+    original, checkpoint = _original(script, shift_tokens=True, rotary_emb=True, dim=36, dim_head=18, image_size=48)
+    torch.save(checkpoint, tmp_path / "dalle.pt")
+    model, _ = script.convert(tmp_path / "dalle.pt", check=False)
+    text = torch.randint(1, 20, (2, 6), generator=torch.Generator().manual_seed(1))
+    text[0, 3:] = 0
+    ids = torch.cat([torch.zeros(2, 1, dtype=torch.long), text], dim=1)
+    expected = _original_cached_greedy(original.eval(), text)
+    assert torch.equal(model.sample_image_tokens(ids, do_sample=False), expected)
+    generated = model.generate(ids, do_sample=False, max_new_tokens=model.config.num_image_tokens)
+    assert torch.equal(model.image_codes_from_generated(generated), expected)

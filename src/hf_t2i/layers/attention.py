@@ -318,6 +318,8 @@ def key_length(cache: Cache | None, new_length: int) -> int:
     if cache is None:
         return new_length
     self_cache = _self_attention_cache(cache)
-    # a lazily built cache has no layers yet
-    max_length = self_cache.get_max_length(0) if len(self_cache.layers) else -1
-    return max_length if max_length is not None and max_length > 0 else int(self_cache.get_seq_length()) + new_length
+    if not len(self_cache.layers):  # a lazily built cache has no layers yet
+        return new_length
+    # the layer's own answer: a static layer's slots, a dynamic one's past + new (`get_max_length` says -1 for a static
+    # layer that also keeps conv states, transformers' "hybrid" cache layers)
+    return int(self_cache.get_mask_sizes(new_length, 0)[0])

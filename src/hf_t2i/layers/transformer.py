@@ -3,7 +3,7 @@ loop over a stack of them that collects what `output_hidden_states` / `output_at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +14,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import Attention
 from .mlp import FeedForward
+
+
+# `token_shift(normalised_input, layer_idx, sub_layer) -> shifted_input`, see `TransformerBlock.forward`
+TokenShift = Callable[[torch.Tensor, int, int], torch.Tensor]
 
 
 class TransformerBlock(GradientCheckpointingLayer):
@@ -137,17 +141,24 @@ class TransformerBlock(GradientCheckpointingLayer):
         is_causal: bool = False,
         output_attentions: bool = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        token_shift: TokenShift | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """hidden_states: (B, T, C); masks (B or 1, 1, T, K), boolean or additive; `position_embeddings`: rotary
-        `(cos, sin)` of the T positions for the self-attention (see [`Attention`]).
+        `(cos, sin)` of the T positions for the self-attention (see [`Attention`]); `token_shift`: called on the
+        normalised input of the self-attention and of the feed-forward as `token_shift(x, layer_idx, sub_layer)`
+        (sub-layer 0 and 1), its (B, T, C) result feeds the sub-layer (a model's token shifting, e.g. DALLE-pytorch's
+        `shift_tokens`; the cross-attention input is never shifted).
 
         Returns:
             (B, T, C); with `output_attentions`, the tuple `(hidden_states, self_attention_weights,
             cross_attention_weights)` with weights (B, H, T, K), None under a non-eager implementation (and for the
             cross-attention of a block without it).
         """
+        normed = self.norm1(hidden_states)
+        if token_shift is not None:
+            normed = token_shift(normed, self.self_attn.layer_idx, 0)
         h, self_weights = self.self_attn(
-            self.norm1(hidden_states),
+            normed,
             attention_mask,
             cache,
             is_causal=is_causal,
@@ -165,7 +176,10 @@ class TransformerBlock(GradientCheckpointingLayer):
                 output_attentions=output_attentions,
             )
             hidden_states = hidden_states + self._branch(h, "_cross")
-        hidden_states = hidden_states + self._branch(self.mlp(self.norm2(hidden_states)), "2")
+        normed = self.norm2(hidden_states)
+        if token_shift is not None:
+            normed = token_shift(normed, self.self_attn.layer_idx, 1)
+        hidden_states = hidden_states + self._branch(self.mlp(normed), "2")
         if output_attentions:
             return hidden_states, self_weights, cross_weights
         return hidden_states
@@ -201,6 +215,7 @@ def run_blocks(
     output_attentions: bool = False,
     output_hidden_states: bool = False,
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+    token_shift: TokenShift | None = None,
 ) -> BlockStackOutput:
     """Run `blocks` in order, then `norm`, collecting the per-block outputs that were asked for.
 
@@ -215,6 +230,7 @@ def run_blocks(
             fields stay None).
         output_hidden_states: collect every block's input and the final output.
         position_embeddings: rotary `(cos, sin)` for every block's self-attention (see [`Attention`]).
+        token_shift: passed to every block (see [`TransformerBlock.forward`]).
     """
     masks = attention_mask if isinstance(attention_mask, Sequence) else [attention_mask] * len(blocks)
     if len(masks) != len(blocks):
@@ -232,6 +248,7 @@ def run_blocks(
                 encoder_hidden_states,
                 encoder_attention_mask,
                 position_embeddings=position_embeddings,
+                token_shift=token_shift,
             )
             continue
         hidden_states, self_weights, cross_weights = block(
@@ -242,6 +259,7 @@ def run_blocks(
             encoder_attention_mask,
             output_attentions=True,
             position_embeddings=position_embeddings,
+            token_shift=token_shift,
         )
         if self_weights is not None:
             attentions.append(self_weights)

@@ -63,6 +63,13 @@ class DalleConfig(PreTrainedConfig):
             DALLE-pytorch's (`rotary_emb=True`) layout of three equal channel groups per head (see
             `dalle_rotary_angles`): a 1-D text group (text positions 0, 1, ...; every image position 8192), then a
             row and a column group of pixel frequencies (image rows / columns on [-1, 1]; text positions at -10).
+        shift_tokens (`bool`, *optional*, defaults to `False`): DALLE-pytorch's token shifting (`shift_tokens=True`,
+            its default): after each sub-layer's LayerNorm, text positions take their first half of the channels
+            from the previous position, image tokens their first quarter from the token above and the second
+            quarter from the token to the left (see `models.dalle.token_shift`). Decoding then keeps the last image
+            row of every sub-layer's input in the cache: the config sets `layer_types` to transformers' `"hybrid"`
+            layers with `number_of_conv_states = 2`, so caches built from it (`DynamicCache(config=...)`,
+            `StaticCache(config=...)`, `generate()`'s) hold those states next to the keys and values.
     """
 
     model_type = "dalle"
@@ -92,6 +99,7 @@ class DalleConfig(PreTrainedConfig):
         sandwich_norm: bool = False,
         layer_scale_init: float | None = None,
         position_embedding_type: str = "learned",
+        shift_tokens: bool = False,
         **kwargs,
     ):
         if vq_config is None:
@@ -127,7 +135,12 @@ class DalleConfig(PreTrainedConfig):
         for name, value in (("text_seq_len", text_seq_len), ("num_hidden_layers", num_hidden_layers)):
             if value < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
-        kwargs.pop("vocab_size", None)  # derived below
+        if shift_tokens and hidden_size < 2:
+            raise ValueError(
+                f"`shift_tokens=True` shifts two quarters of the channels: `hidden_size` must be >= 2, got {hidden_size}."
+            )
+        for derived in ("vocab_size", "layer_types", "number_of_conv_states"):  # set below
+            kwargs.pop(derived, None)
         self.vq_config = vq_config
         self.text_vocab_size = text_vocab_size
         self.text_seq_len = text_seq_len
@@ -150,6 +163,10 @@ class DalleConfig(PreTrainedConfig):
         self.sandwich_norm = sandwich_norm
         self.layer_scale_init = layer_scale_init
         self.position_embedding_type = position_embedding_type
+        self.shift_tokens = shift_tokens
+        if shift_tokens:  # what transformers' caches read to keep conv states (the shifted channels) per layer
+            self.layer_types = ["hybrid"] * num_hidden_layers
+            self.number_of_conv_states = 2  # one per sub-layer: self-attention, feed-forward
         # Derived from the image tokenizer; stored so generation utilities that read `vocab_size` find it.
         self.vocab_size = text_vocab_size + vq_config.vocab_size
         kwargs.setdefault("tie_word_embeddings", False)

@@ -11,6 +11,9 @@ Token layout (one id space):
 - Text positions use a learned 1-D embedding; image positions a learned row + column embedding. With
   `position_embedding_type="rotary"` (DALLE-pytorch's default) none is added: every layer rotates its queries, keys
   and values instead (`dalle_rotary_angles`).
+- With `shift_tokens=True` (DALLE-pytorch's other default) each sub-layer's normalised input takes some channels
+  from the previous text position, or from the image token above and to the left (`token_shift`); the cache then
+  keeps the last image row of those inputs next to the keys and values.
 - Attention follows `config.attention_types`: every image token sees the whole text; among image tokens the layer's
   pattern (full / row / column / conv, or DALLE-pytorch's axial_row / conv_corner) applies
   (`layers.masks.sparse_image_mask`).
@@ -55,6 +58,7 @@ from ...layers import (
 from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
 from ..image_tokenizers import DalleDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
+from .token_shift import DalleTokenShift
 
 
 @dataclass
@@ -260,6 +264,8 @@ class DalleModel(DallePreTrainedModel):
             cache = None
         elif cache is None:
             cache = DynamicCache(config=config)
+        if config.shift_tokens:
+            DalleTokenShift.check_cache(cache, config.num_hidden_layers)
         start = cache_length(cache)
         length = input_ids.shape[1]
         keys = key_length(cache, length)
@@ -279,6 +285,9 @@ class DalleModel(DallePreTrainedModel):
             masks[attention_type] = mask
 
         rotary = self.rotary_embeddings(start, length, input_ids.device, hidden_states.dtype) if self.rotary else None
+        token_shift = None
+        if config.shift_tokens:
+            token_shift = DalleTokenShift(start, config.text_seq_len, config.image_grid_size, cache)
         stack = run_blocks(
             self.layers,
             hidden_states,
@@ -288,6 +297,7 @@ class DalleModel(DallePreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             position_embeddings=rotary,
+            token_shift=token_shift,
         )
         out = BaseModelOutputWithPast(
             last_hidden_state=stack.last_hidden_state,
