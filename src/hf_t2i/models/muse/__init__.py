@@ -6,6 +6,7 @@ from .modeling_muse import (
     MuseModelOutput,
     MuseOutput,
     MusePreTrainedModel,
+    MuseUViTModel,
 )
 from .processing_muse import MuseProcessor
 
@@ -21,4 +22,5 @@ __all__ = [
     "MuseProcessor",
     "MuseSampling",
     "MuseStepOutput",
+    "MuseUViTModel",
 ]

@@ -6,10 +6,12 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import check_heads, check_positive_ints, is_finite_number, text_encoder_config_from
-from ..image_tokenizers import vq_config_from
+from ..image_tokenizers import DiffusersVQConfig, vq_config_from
 
 
 POSITION_EMBEDDING_TYPES = ("learned", "axial")
+BACKBONES = ("transformer", "uvit")
+SAMPLING_RECIPES = ("maskgit", "amused")
 
 
 class MuseConfig(PreTrainedConfig):
@@ -50,6 +52,37 @@ class MuseConfig(PreTrainedConfig):
         choice_temperature (`float`, *optional*, defaults to 4.5): default scale of the Gumbel noise added to the
             confidence when choosing which tokens to keep, annealed to 0 (MaskGIT; see `ConfidenceOrder`).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
+        backbone (`str`, *optional*, defaults to `"transformer"`): "transformer" (the blocks above: learned positions,
+            cross-attention to `layers.TextEncoder`) or "uvit", aMUSEd's U-ViT (Patil et al. 2024; diffusers'
+            `UVit2DModel`): code embeddings without positions -> a convolutional stage (ConvNeXt blocks modulated by
+            the pooled text, each followed by two cross-attentions) -> `num_hidden_layers` transformer blocks with
+            adaptive norms from the pooled text and the micro-conditioning -> a mirrored convolutional stage -> a
+            two-layer head. The text encoder is then a CLIP text model with projection (`text_encoder_config` a
+            `CLIPTextConfig`): its penultimate hidden states are cross-attended, its projected pooled output
+            conditions the norms. As in aMUSEd, the caption's padding is attended to (the CLIP encoder reads the
+            padded caption without a mask); `attention_mask` is not used. The sizes below are read for "uvit" only.
+        embedding_size (`int`, *optional*, defaults to 768): U-ViT: width of the code embeddings and of the head's
+            inner layer (diffusers' `in_channels`).
+        conv_channels (`int`, *optional*, defaults to 768): U-ViT: width of the convolutional stages (diffusers'
+            `block_out_channels`).
+        num_res_blocks (`int`, *optional*, defaults to 3): U-ViT: ConvNeXt blocks per convolutional stage.
+        conv_attention_heads (`int`, *optional*, defaults to 12): U-ViT: heads of the stages' cross-attentions.
+        downsample (`bool`, *optional*, defaults to `False`): U-ViT: halve the grid before the transformer blocks
+            (a 2x2 stride-2 convolution) and double it after (a 2x2 transposed convolution); aMUSEd-512 does.
+        micro_conditioning_size (`int`, *optional*, defaults to 256): U-ViT: sinusoidal features per micro-condition
+            (five: width, height, crop top, crop left, aesthetic score).
+        micro_conditioning_crop_coord (`list[int]`, *optional*, defaults to `[0, 0]`), micro_conditioning_aesthetic_score
+            (`float`, *optional*, defaults to 6): U-ViT: the micro-conditions generation asks for by default (the size
+            is always `image_size`).
+        use_bias (`bool`, *optional*, defaults to `False`): U-ViT: biases in its linear layers, convolutions and
+            norm modulations.
+        norm_elementwise_affine (`bool`, *optional*, defaults to `True`): U-ViT: learned scales in its norms.
+        sampling_recipe (`str`, *optional*, defaults to `"maskgit"`): how generation draws codes and chooses the ones
+            to keep. "maskgit": codes drawn (Gumbel-max) at the masked positions only, Gumbel noise on their confidence
+            scaled by `choice_temperature * (1 - (k + 1) / K)`. "amused": diffusers' `AmusedScheduler`: codes drawn
+            with `torch.multinomial` at every position, noise drawn at every position and scaled by
+            `linspace(choice_temperature, 0, K)[k]`, the schedule in float32, so that a converted aMUSEd checkpoint
+            draws the same image as diffusers' `AmusedPipeline` for the same seed.
     """
 
     model_type = "muse"
@@ -77,9 +110,24 @@ class MuseConfig(PreTrainedConfig):
         num_inference_steps: int = 12,
         choice_temperature: float = 4.5,
         initializer_range: float = 0.02,
+        backbone: str = "transformer",
+        embedding_size: int = 768,
+        conv_channels: int = 768,
+        num_res_blocks: int = 3,
+        conv_attention_heads: int = 12,
+        downsample: bool = False,
+        micro_conditioning_size: int = 256,
+        micro_conditioning_crop_coord: list[int] | tuple[int, int] = (0, 0),
+        micro_conditioning_aesthetic_score: float = 6.0,
+        use_bias: bool = False,
+        norm_elementwise_affine: bool = True,
+        sampling_recipe: str = "maskgit",
         **kwargs,
     ):
-        vq_config = vq_config_from(vq_config)
+        if isinstance(vq_config, dict) and vq_config.get("model_type") == DiffusersVQConfig.model_type:
+            vq_config = DiffusersVQConfig(**{k: v for k, v in vq_config.items() if k != "model_type"})
+        elif not isinstance(vq_config, DiffusersVQConfig):
+            vq_config = vq_config_from(vq_config)
         text_encoder_config = text_encoder_config_from(text_encoder_config)
         check_positive_ints(
             text_vocab_size=text_vocab_size,
@@ -111,6 +159,36 @@ class MuseConfig(PreTrainedConfig):
             raise ValueError(f"`choice_temperature` must be a finite number >= 0, got {choice_temperature!r}.")
         if not is_finite_number(initializer_range) or initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be a number > 0, got {initializer_range!r}.")
+        if backbone not in BACKBONES:
+            raise ValueError(f"`backbone` must be one of {BACKBONES}, got {backbone!r}.")
+        if sampling_recipe not in SAMPLING_RECIPES:
+            raise ValueError(f"`sampling_recipe` must be one of {SAMPLING_RECIPES}, got {sampling_recipe!r}.")
+        check_positive_ints(
+            embedding_size=embedding_size,
+            num_res_blocks=num_res_blocks,
+            micro_conditioning_size=micro_conditioning_size,
+        )
+        check_heads("conv_channels", conv_channels, "conv_attention_heads", conv_attention_heads)
+        if micro_conditioning_size % 2:
+            raise ValueError(
+                f"`micro_conditioning_size` must be even (sine and cosine halves), got {micro_conditioning_size}."
+            )
+        crop = list(micro_conditioning_crop_coord)
+        if len(crop) != 2 or not all(is_finite_number(v) for v in crop):
+            raise ValueError(
+                f"`micro_conditioning_crop_coord` must be two numbers (top, left), got {micro_conditioning_crop_coord!r}."
+            )
+        if not is_finite_number(micro_conditioning_aesthetic_score):
+            raise ValueError(
+                f"`micro_conditioning_aesthetic_score` must be a finite number, got {micro_conditioning_aesthetic_score!r}."
+            )
+        for name, value in (("downsample", downsample), ("use_bias", use_bias)):
+            if not isinstance(value, bool):
+                raise ValueError(f"`{name}` must be a bool, got {value!r}.")
+        if not isinstance(norm_elementwise_affine, bool):
+            raise ValueError(f"`norm_elementwise_affine` must be a bool, got {norm_elementwise_affine!r}.")
+        if backbone == "uvit":
+            _check_uvit(text_encoder_config, vq_config, downsample)
         kwargs.pop("mask_token_id", None)  # derived: `image_vocab_size`
         self.vq_config = vq_config
         self.text_vocab_size = text_vocab_size
@@ -132,6 +210,18 @@ class MuseConfig(PreTrainedConfig):
         self.num_inference_steps = num_inference_steps
         self.choice_temperature = float(choice_temperature)
         self.initializer_range = initializer_range
+        self.backbone = backbone
+        self.embedding_size = embedding_size
+        self.conv_channels = conv_channels
+        self.num_res_blocks = num_res_blocks
+        self.conv_attention_heads = conv_attention_heads
+        self.downsample = downsample
+        self.micro_conditioning_size = micro_conditioning_size
+        self.micro_conditioning_crop_coord = crop
+        self.micro_conditioning_aesthetic_score = micro_conditioning_aesthetic_score
+        self.use_bias = use_bias
+        self.norm_elementwise_affine = norm_elementwise_affine
+        self.sampling_recipe = sampling_recipe
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -157,6 +247,21 @@ class MuseConfig(PreTrainedConfig):
     @property
     def num_image_tokens(self) -> int:
         return self.image_grid_size**2
+
+
+def _check_uvit(text_encoder_config: PreTrainedConfig | None, vq_config: PreTrainedConfig, downsample: bool) -> None:
+    """The U-ViT backbone reads a CLIP text model's penultimate states and projected pooled output."""
+    if text_encoder_config is None or text_encoder_config.model_type != "clip_text_model":
+        found = None if text_encoder_config is None else text_encoder_config.model_type
+        raise ValueError(
+            "`backbone='uvit'` needs `text_encoder_config` to be a `CLIPTextConfig` (model_type 'clip_text_model', "
+            f"read by `CLIPTextModelWithProjection`), got {found!r}."
+        )
+    if downsample and vq_config.grid_size % 2:
+        raise ValueError(
+            f"`downsample=True` halves the token grid, which must then be even; the image tokenizer's grid is "
+            f"{vq_config.grid_size}."
+        )
 
 
 __all__ = ["MuseConfig"]

@@ -22,6 +22,7 @@ The loop (as [`MusePipeline`] runs it, with a progress bar and callbacks):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -29,8 +30,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
-from ...generation.masked import ConfidenceOrder, MaskedDecoder, MaskedDecodingMixin
-from ...generation.sampling import Generators
+from ...generation.masked import ConfidenceOrder, MaskedDecoder, MaskedDecodingMixin, StepPlan
+from ...generation.sampling import Generators, rand_like_on
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,13 @@ class MuseSampling:
         sampling: how codes are drawn and how guidance is applied.
         num_steps: decoding iterations K.
         choice_temperature: initial scale of the Gumbel noise on the confidence (annealed to 0).
+        recipe: "maskgit" or "amused" (`MuseConfig.sampling_recipe`).
     """
 
     sampling: SamplingConfig
     num_steps: int
     choice_temperature: float
+    recipe: str = "maskgit"
 
 
 @dataclass
@@ -86,6 +89,59 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+class AmusedConfidenceOrder(ConfidenceOrder):
+    """The reveal rule of diffusers' `AmusedScheduler` (aMUSEd), for `sampling_recipe="amused"`: MaskGIT's rule with
+    aMUSEd's choices, so that a converted checkpoint draws what `AmusedPipeline` draws from the same generator.
+
+    - Tokens kept masked after iteration k: `max(1, min(U - 1, floor(N * cos(pi/2 * (k + 1) / K))))` (U unknown before
+      it), computed in float32 as aMUSEd does (`masked_after` computes the same in float64);
+    - the noise on the confidence `log(max(p, 1e-20))` is Gumbel noise drawn at EVERY position (B, N), known ones
+      included, scaled by `linspace(choice_temperature, 0, K)[k]` (MaskGIT: `choice_temperature * (1 - (k + 1) / K)`),
+      and is drawn at every iteration but the last, even at scale 0;
+    - the unknown tokens with the lowest noisy confidence stay masked. aMUSEd compares every position, the known ones
+      with confidence `log(float32 max)` ~ 88.7 plus noise; they stay known as long as the noise scale is below ~4
+      (Gumbel noise lies in [-3.9, 16.7] for float32 uniforms), which its default 2 is. This rule never re-masks a
+      known token.
+    """
+
+    def start(self, batch, length, generator, device) -> None:
+        super().start(batch, length, generator, device)
+        self.known = torch.zeros(batch, length, dtype=torch.bool, device=device)  # the decoder's, mirrored
+
+    def plan(self, step, num_steps, length, revealed) -> StepPlan:
+        ratio = torch.tensor(step + 1, dtype=torch.float32) / num_steps
+        kept = int((length * torch.cos(ratio * math.pi / 2)).floor())
+        kept = max(1, min(length - revealed - 1, kept))
+        count = length - revealed - (0 if step == num_steps - 1 else kept)
+        self.noise_scale = torch.linspace(self.choice_temperature, 0.0, num_steps)[step]
+        empty = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        return StepPlan(empty, (length - kept) / length, max(count, 0))
+
+    def select(self, confidence: torch.Tensor, count: int) -> torch.Tensor:
+        """(B, U) log-probabilities of the draws at the unknown positions -> (B, count) indices of the kept ones."""
+        batch, unknown = confidence.shape
+        positions = (~self.known).nonzero()[:, 1].view(batch, unknown)  # (B, U), as `MaskedDecoder.plan` lists them
+        if count == unknown:  # the last iteration keeps every draw and draws no noise
+            keep = torch.arange(unknown, device=confidence.device).expand(batch, -1)
+        else:
+            uniform = rand_like_on(tuple(self.known.shape), self.generator, confidence.device)  # (B, N)
+            gumbel = -torch.log((-torch.log(uniform.clamp(1e-20))).clamp(1e-20))
+            noise = gumbel.gather(1, positions)  # (B, U)
+            keep = (confidence.float() + self.noise_scale.to(confidence.device) * noise).topk(count, dim=1).indices
+        self.known.scatter_(1, positions.gather(1, keep), True)
+        return keep
+
+
+def _multinomial(probs: torch.Tensor, generator: Generators) -> torch.Tensor:
+    """(R, V) probabilities -> (R,) draws with `torch.multinomial` on the generator's device (diffusers'
+    `AmusedScheduler.step`); with a list of G generators, G equal groups of consecutive rows, one per generator."""
+    if isinstance(generator, (list, tuple)):
+        groups = probs.chunk(len(generator))
+        return torch.cat([_multinomial(rows, g) for rows, g in zip(groups, generator)])
+    device = generator.device if generator is not None else probs.device
+    return torch.multinomial(probs.to(device), 1, generator=generator)[:, 0].to(probs.device)
+
+
 class MuseGenerationMixin(MaskedDecodingMixin):
     """Per-step generation methods of [`MuseForConditionalGeneration`]."""
 
@@ -119,7 +175,7 @@ class MuseGenerationMixin(MaskedDecodingMixin):
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
         if top_k is not None and top_k > c.image_vocab_size:
             raise ValueError(f"`top_k` ({top_k}) must be at most the codebook size {c.image_vocab_size}.")
-        return MuseSampling(sampling, steps, float(choice))
+        return MuseSampling(sampling, steps, float(choice), c.sampling_recipe)
 
     def _check_text(
         self, name: str, ids, mask_name: str, mask, batch: int | None = None, length: int | None = None
@@ -168,6 +224,11 @@ class MuseGenerationMixin(MaskedDecodingMixin):
                 "states)."
             )
         if prompt_embeds is not None:
+            if self.config.backbone == "uvit":
+                raise ValueError(
+                    "The U-ViT backbone (`backbone='uvit'`) also reads the pooled text, which `prompt_embeds` lack: "
+                    "pass `input_ids` (the pipeline's `prompt`)."
+                )
             return self._prepare_from_embeds(
                 prompt_embeds, attention_mask, negative_prompt_embeds, negative_attention_mask, settings, generator
             )
@@ -219,11 +280,12 @@ class MuseGenerationMixin(MaskedDecodingMixin):
 
     def start_image_tokens(self, state: MuseGenerationState) -> MaskedDecoder:
         """The loop's bookkeeping: all N codes unknown, revealed over `num_steps` iterations in confidence order."""
+        rule = AmusedConfidenceOrder if state.settings.recipe == "amused" else ConfidenceOrder
         return MaskedDecoder(
             state.batch_size,
             self.config.num_image_tokens,
             state.settings.num_steps,
-            ConfidenceOrder(state.settings.choice_temperature),
+            rule(state.settings.choice_temperature),
             state.guidance,
             state.generator,
             device=state.attention_mask.device,
@@ -253,14 +315,19 @@ class MuseGenerationMixin(MaskedDecodingMixin):
         batch, count = positions.shape
         guided = state.guidance.enabled and scale != 1.0
         rows = 2 * batch if guided else batch  # at scale 1 (e.g. the linear schedule's start): conditional rows only
-        text = state.text.last_hidden_state[:rows]  # (B', S, C)
+        text = state.text  # (B', S, C) states, and for the U-ViT the pooled text (B', P)
+        pooled = getattr(text, "pooler_output", None)
+        text = (text.last_hidden_state[:rows],) + (() if pooled is None else (pooled[:rows],))
         embeds = self.model.input_embeddings(tokens, ~known)  # (B, N, C)
         if guided:
             embeds = torch.cat([embeds, embeds])  # (2B, N, C)
-            positions = torch.cat([positions, positions])  # (2B, M)
         hidden = self.model(
-            inputs_embeds=embeds, attention_mask=state.attention_mask[:rows], encoder_outputs=(text,), return_dict=True
+            inputs_embeds=embeds, attention_mask=state.attention_mask[:rows], encoder_outputs=text, return_dict=True
         ).last_hidden_state  # (B', N, C)
+        if state.settings.recipe == "amused":
+            return self._amused_draws(state, hidden, positions, scale if guided else None)
+        if guided:
+            positions = torch.cat([positions, positions])  # (2B, M)
         selected = hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1]))  # (B', M, C)
         logits = self.lm_head(selected).float()  # (B', M, V)
         if guided:
@@ -268,6 +335,26 @@ class MuseGenerationMixin(MaskedDecodingMixin):
         logits = logits.reshape(batch * count, -1)  # (B * M, V)
         drawn, confidence = state.sampler.sample_with_log_probs(logits)  # (B * M,) each
         return MuseStepOutput(drawn.view(batch, count), confidence.view(batch, count))
+
+    def _amused_draws(
+        self, state: MuseGenerationState, hidden: torch.Tensor, positions: torch.Tensor, scale: float | None
+    ) -> MuseStepOutput:
+        """`sampling_recipe="amused"`: a code drawn at EVERY position with `torch.multinomial` from the softmax of the
+        (guided, warped) logits, as `AmusedScheduler.step` draws; the draws and confidences `log(max(p, 1e-20))` at the
+        candidate `positions` (B, M) are returned."""
+        logits = self.lm_head(hidden).float()  # (B', N, V)
+        if scale is not None:
+            logits = state.guidance.combine(logits, scale)  # (B, N, V)
+        batch, length, vocab = logits.shape
+        logits = state.sampler.warp(logits.reshape(batch * length, vocab))  # (B * N, V)
+        probs = logits.softmax(dim=-1)
+        if state.settings.sampling.do_sample:
+            drawn = _multinomial(probs, state.generator)  # (B * N,)
+        else:
+            drawn = probs.argmax(dim=-1)
+        confidence = probs.gather(1, drawn[:, None]).clamp(1e-20).log()  # (B * N, 1)
+        drawn, confidence = drawn.view(batch, length), confidence.view(batch, length)
+        return MuseStepOutput(drawn.gather(1, positions), confidence.gather(1, positions))
 
     @torch.no_grad()
     def sample_image_tokens(
@@ -326,4 +413,4 @@ class MuseGenerationMixin(MaskedDecodingMixin):
         return decoder.tokens
 
 
-__all__ = ["MuseGenerationMixin", "MuseGenerationState", "MuseSampling", "MuseStepOutput"]
+__all__ = ["AmusedConfidenceOrder", "MuseGenerationMixin", "MuseGenerationState", "MuseSampling", "MuseStepOutput"]

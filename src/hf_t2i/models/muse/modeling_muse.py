@@ -23,16 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from ...generation.masked import cosine_training_mask
 from ...layers import AxialPositionalEmbedding, run_blocks, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags
-from ..image_tokenizers import build_image_tokenizer
+from ..image_tokenizers import DiffusersVQConfig, build_image_tokenizer
 from .configuration_muse import MuseConfig
 from .generation_muse import MuseGenerationMixin
+from .modeling_muse_uvit import CLIPTextConditioning, UViTBackbone, UViTHead, init_uvit_weights
 
 
 @dataclass
@@ -98,7 +99,10 @@ class MusePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         # the VQ tokenizer and a pretrained text encoder (its weights get loaded) keep their own init
-        init_transformer_weights(module, self.config.initializer_range, owner=self, nested=(PreTrainedModel,))
+        std = self.config.initializer_range
+        if self.config.backbone == "uvit" and init_uvit_weights(module, std):
+            return
+        init_transformer_weights(module, std, owner=self, nested=(PreTrainedModel,))
 
 
 class MuseModel(MusePreTrainedModel):
@@ -250,6 +254,127 @@ class MuseModel(MusePreTrainedModel):
         return out if return_dict else out.to_tuple()
 
 
+class MuseUViTModel(MuseModel):
+    """aMUSEd's U-ViT (`MuseConfig(backbone="uvit")`, see `modeling_muse_uvit`): a CLIP text encoder with projection
+    + the U-ViT over the code grid; returns the up stage's output (B, N, C) at the N image positions, which the head of
+    [`MuseForConditionalGeneration`] turns into code logits."""
+
+    def __init__(self, config: MuseConfig):
+        MusePreTrainedModel.__init__(self, config)
+        self.text_encoder = CLIPTextConditioning(config)
+        self.token_embeddings = nn.Embedding(config.image_vocab_size + 1, config.embedding_size)  # codes, [MASK]
+        self.backbone = UViTBackbone(config)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_encoder(self) -> CLIPTextConditioning:
+        return self.text_encoder
+
+    def input_embeddings(self, image_token_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N) codes -> (B, N, C) inputs of the U-ViT ([MASK]'s where `mask` is True); no position embeddings: the
+        convolutions see the grid."""
+        ids = image_token_ids if mask is None else image_token_ids.masked_fill(mask, self.config.mask_token_id)
+        return self.backbone.embed(self.token_embeddings(ids))
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """The CLIP encoder's penultimate states (`last_hidden_state`) and projected pooled output (`pooler_output`);
+        the padding is read as aMUSEd reads it, so `attention_mask` is not used."""
+        return self.text_encoder(input_ids, **kwargs)
+
+    def default_micro_conditioning(self, batch: int, device: torch.device) -> torch.Tensor:
+        """(B, 5) the micro-conditions of the config: the image size as width and height, the crop, the score."""
+        c = self.config
+        values = [c.image_size, c.image_size, *c.micro_conditioning_crop_coord, c.micro_conditioning_aesthetic_score]
+        return torch.tensor(values, dtype=torch.float32, device=device).expand(batch, -1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_token_ids: torch.LongTensor | None = None,
+        mask: torch.Tensor | None = None,
+        encoder_outputs: BaseModelOutputWithPooling | tuple | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        micro_conditioning: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> MuseModelOutput | tuple:
+        """
+        Args:
+            input_ids: (B, S) caption ids (not needed with `encoder_outputs`); `attention_mask` is not used.
+            image_token_ids, mask, inputs_embeds: as in [`MuseModel.forward`].
+            encoder_outputs: precomputed text states: `last_hidden_state` (B, S, D) and `pooler_output` (B, P), or the
+                tuple `(last_hidden_state, pooler_output)`.
+            micro_conditioning: (B, 5) width, height, crop top, crop left, aesthetic score (default: the config's,
+                `default_micro_conditioning`).
+            output_hidden_states: return the text encoder's hidden states and the transformer blocks' input and outputs.
+            output_attentions: not supported by this backbone.
+
+        Returns:
+            [`MuseModelOutput`] with `last_hidden_state` (B, N, C).
+        """
+        output_attentions, output_hidden_states, return_dict = output_flags(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        if output_attentions:
+            raise ValueError("`output_attentions` is not supported by the U-ViT backbone (`backbone='uvit'`).")
+        if inputs_embeds is None:
+            if image_token_ids is None:
+                raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")
+            self.check_image_token_ids(image_token_ids)
+            if mask is not None:
+                self.check_mask(mask, image_token_ids)
+            inputs_embeds = self.input_embeddings(image_token_ids, mask)
+        if encoder_outputs is None:
+            if input_ids is None:
+                raise ValueError(
+                    "Pass `input_ids` (the caption, from the processor) or precomputed `encoder_outputs`."
+                )
+            encoder_outputs = self.encode_text(input_ids, output_hidden_states=output_hidden_states)
+        elif isinstance(encoder_outputs, (tuple, list)):
+            if len(encoder_outputs) < 2:
+                raise ValueError(
+                    "`encoder_outputs` of the U-ViT backbone must hold the text states and the pooled text "
+                    "(`last_hidden_state`, `pooler_output`)."
+                )
+            encoder_outputs = BaseModelOutputWithPooling(
+                last_hidden_state=encoder_outputs[0], pooler_output=encoder_outputs[1]
+            )
+        text, pooled = encoder_outputs.last_hidden_state, getattr(encoder_outputs, "pooler_output", None)
+        if pooled is None:
+            raise ValueError("The U-ViT backbone needs the pooled text (`encoder_outputs.pooler_output`) too.")
+        batch = inputs_embeds.shape[0]
+        if text.shape[0] != batch or pooled.shape[0] != batch:
+            raise ValueError(
+                f"The captions ({text.shape[0]} rows) and `image_token_ids` ({batch} rows) must have the same batch "
+                "size."
+            )
+        if micro_conditioning is None:
+            micro_conditioning = self.default_micro_conditioning(batch, inputs_embeds.device)
+        elif not isinstance(micro_conditioning, torch.Tensor) or micro_conditioning.shape != (batch, 5):
+            found = (
+                tuple(micro_conditioning.shape) if isinstance(micro_conditioning, torch.Tensor) else micro_conditioning
+            )
+            raise ValueError(
+                f"`micro_conditioning` must be ({batch}, 5): width, height, crop top, crop left, aesthetic score; got "
+                f"{found}."
+            )
+        hidden, hidden_states = self.backbone(
+            inputs_embeds, text, pooled, micro_conditioning, output_hidden_states=output_hidden_states
+        )
+        out = MuseModelOutput(
+            last_hidden_state=hidden,
+            encoder_last_hidden_state=text,
+            hidden_states=hidden_states,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+        )
+        return out if return_dict else out.to_tuple()
+
+
 class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
     """Muse with its LM head over the codebook and its VQ tokenizer (`vqmodel`: `DalleDVAE` or `ViTVQGAN`).
 
@@ -265,16 +390,20 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
 
     def __init__(self, config: MuseConfig):
         super().__init__(config)
-        self.model = MuseModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.image_vocab_size)  # never predicts [MASK]
+        if config.backbone == "uvit":
+            self.model = MuseUViTModel(config)
+            self.lm_head = UViTHead(config)  # never predicts [MASK]
+        else:
+            self.model = MuseModel(config)
+            self.lm_head = nn.Linear(config.hidden_size, config.image_vocab_size)  # never predicts [MASK]
         self.vqmodel = build_image_tokenizer(config.vq_config)
         self.post_init()
 
-    def get_encoder(self) -> TextEncoder:
+    def get_encoder(self) -> TextEncoder | CLIPTextConditioning:
         return self.model.text_encoder
 
     def get_output_embeddings(self) -> nn.Linear:
-        return self.lm_head
+        return self.lm_head.projection if isinstance(self.lm_head, UViTHead) else self.lm_head
 
     def load_text_encoder(self, path: str) -> None:
         """Load pretrained weights into the (frozen) text encoder, e.g. all-MiniLM-L6-v2 from `minilm_path()`."""
@@ -292,13 +421,31 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         ):
             found = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else pixel_values
             raise ValueError(f"`pixel_values` must be (batch, 3, {size}, {size}), got {found}.")
-        return self.vqmodel.encode(pixel_values)
+        vq_config = self.config.vq_config
+        if not isinstance(vq_config, DiffusersVQConfig):
+            return self.vqmodel.encode(pixel_values)
+        low, high = vq_config.output_range
+        pixels = (pixel_values + 1) / 2 * (high - low) + low  # [-1, 1] -> the VQModel's range
+        latents = self.vqmodel.encode(pixels).latents  # (B, D, g, g)
+        indices = self.vqmodel.quantize(latents)[2][2]  # (B * g * g,) nearest codes, raster order
+        return indices.view(pixel_values.shape[0], -1)
 
     @torch.no_grad()
     def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) codes -> (B, 3, S, S) pixels in [-1, 1] (float32)."""
         self.model.check_image_token_ids(image_token_ids)
-        return self.vqmodel.decode(image_token_ids).float()
+        vq_config = self.config.vq_config
+        if not isinstance(vq_config, DiffusersVQConfig):
+            return self.vqmodel.decode(image_token_ids).float()
+        grid = vq_config.grid_size
+        shape = (image_token_ids.shape[0], grid, grid, self.vqmodel.quantize.embedding.weight.shape[1])
+        if self.vqmodel.config.lookup_from_codebook:  # aMUSEd's: the VQModel looks the codes up itself
+            pixels = self.vqmodel.decode(image_token_ids, force_not_quantize=True, shape=shape).sample
+        else:
+            quant = self.vqmodel.quantize.get_codebook_entry(image_token_ids, shape)  # (B, D, g, g)
+            pixels = self.vqmodel.decode(quant, force_not_quantize=True).sample
+        low, high = vq_config.output_range
+        return (pixels.float().clamp(low, high) - low) / (high - low) * 2 - 1
 
     # -- training --------------------------------------------------------------------------------------------------
     def forward(
@@ -310,6 +457,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         encoder_outputs: BaseModelOutput | tuple | None = None,
         generator: torch.Generator | None = None,
         return_loss: bool = True,
+        micro_conditioning: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
@@ -324,6 +472,8 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
             encoder_outputs: precomputed text states instead of `input_ids`.
             generator: the source of the training mask (the training loop's generator: exact resume).
             return_loss: compute the cross-entropy over the masked positions.
+            micro_conditioning: (B, 5) the U-ViT backbone's micro-conditions (default: the config's); only with
+                `backbone="uvit"`.
             output_attentions, output_hidden_states: as in [`MuseModel.forward`].
 
         Returns:
@@ -336,12 +486,16 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         if mask is None and return_loss:
             batch, length = image_token_ids.shape
             mask = cosine_training_mask(batch, length, generator, image_token_ids.device)
+        if micro_conditioning is not None and self.config.backbone != "uvit":
+            raise ValueError("`micro_conditioning` is read by the U-ViT backbone only (`backbone='uvit'`).")
+        extra = {"micro_conditioning": micro_conditioning} if micro_conditioning is not None else {}
         outputs = self.model(
             input_ids,
             attention_mask,
             image_token_ids=image_token_ids,
             mask=mask,
             encoder_outputs=encoder_outputs,
+            **extra,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
@@ -369,6 +523,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
 __all__ = [
     "MuseForConditionalGeneration",
     "MuseModel",
+    "MuseUViTModel",
     "MuseModelOutput",
     "MuseOutput",
     "MusePreTrainedModel",
