@@ -312,3 +312,19 @@ def test_prompt_embeds_are_refused_by_the_uvit(pipe):
     embeds = pipe.model.model.encode_text(ids).last_hidden_state
     with pytest.raises(ValueError, match="also reads the pooled text"):
         pipe.model.prepare_image_generation(prompt_embeds=embeds, attention_mask=mask)
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    ids = torch.randint(2, 40, (2, TEXT_LENGTH), generator=seeded(12))
+    codes = torch.randint(0, 32, (2, 64), generator=seeded(13))
+    results = []
+    for checkpointing in (False, True):
+        model = tiny_uvit_model(hidden_dropout=0.0).train()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.model.backbone.gradient_checkpointing
+        loss = model(input_ids=ids, image_token_ids=codes, generator=seeded(14)).loss
+        loss.backward()
+        results.append((loss.detach(), model.model.backbone.layers[0].mlp.fc1.weight.grad.clone()))
+    torch.testing.assert_close(results[0], results[1])
+    assert results[0][1].abs().sum() > 0
