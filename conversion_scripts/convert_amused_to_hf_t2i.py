@@ -6,25 +6,27 @@
 
 Key map (diffusers `UVit2DModel` -> `MuseForConditionalGeneration`; `B` = `model.backbone`, the U-ViT):
 
-| diffusers                                        | hf_t2i                                   | note                                     |
-|--------------------------------------------------|------------------------------------------|------------------------------------------|
-| embed.embeddings                                 | model.token_embeddings                   | rows [0, V) and the mask id's row -> V   |
-| embed.layer_norm / embed.conv                    | B.embedding_norm / B.embedding_projection| 1x1 conv -> Linear                       |
-| encoder_proj / encoder_proj_layer_norm           | B.text_projection / B.text_norm          |                                          |
-| cond_embed.linear_1 / linear_2                   | B.condition_mlp.0 / .2                   |                                          |
-| {down,up}_block.{down,up}sample.norm / .conv     | B.{down,up}_stage.resample_norm / _conv  |                                          |
-| {down,up}_block.res_blocks.i.depthwise / norm    | B.{down,up}_stage.res_blocks.i.same      |                                          |
-| ... channelwise_linear_1 / _2 / cond_embeds_mapper | ... fc1 / fc2 / modulation             |                                          |
-| ... channelwise_norm.gamma / beta                | ... response_norm.gamma / beta           | (1, 1, 1, 4C) -> (4C,)                   |
-| {down,up}_block.attention_blocks.i.kv_mapper     | B.{down,up}_stage.attentions.i.text_mapper |                                        |
-| ... attn{1,2}.to_q / to_k + to_v / to_out.0      | ... attn{1,2}.q_proj / kv_proj / out_proj| k and v stacked                          |
-| project_to_hidden_norm / project_to_hidden       | B.input_norm / B.input_projection        |                                          |
-| transformer_layers.i.norm{1,2,3}.linear / .norm  | B.layers.i.norm{1,2,3}.modulation / .norm|                                          |
-| transformer_layers.i.attn1.to_q + to_k + to_v    | B.layers.i.self_attn.qkv_proj            | stacked                                  |
-| transformer_layers.i.attn2                       | B.layers.i.cross_attn                    | as the stage attentions                  |
-| transformer_layers.i.ff.net.0.proj / ff.net.2    | B.layers.i.mlp.fc1 / fc2                 | GEGLU halves swapped (gate first)        |
-| project_from_hidden_norm / project_from_hidden   | B.output_norm / B.output_projection      |                                          |
-| mlm_layer.conv1 / layer_norm / conv2             | lm_head.dense / norm / projection        | 1x1 convs -> Linear                      |
+| diffusers                                       | hf_t2i                                     | note                 |
+|-------------------------------------------------|--------------------------------------------|----------------------|
+| embed.embeddings                                | model.token_embeddings                     | codes + mask row     |
+| embed.layer_norm / embed.conv                   | B.embedding_norm / embedding_projection    | 1x1 conv -> Linear   |
+| encoder_proj / encoder_proj_layer_norm          | B.text_projection / B.text_norm            |                      |
+| cond_embed.linear_1 / linear_2                  | B.condition_mlp.0 / .2                     |                      |
+| {down,up}_block.{down,up}sample.norm / .conv    | B.{down,up}_stage.resample_norm / _conv    |                      |
+| {down,up}_block.res_blocks.i.depthwise / .norm  | B.{down,up}_stage.res_blocks.i.same        |                      |
+| ...channelwise_linear_1 / _2                    | ...fc1 / fc2                               |                      |
+| ...cond_embeds_mapper                           | ...modulation                              |                      |
+| ...channelwise_norm.gamma / .beta               | ...response_norm.gamma / .beta             | (1,1,1,4C) -> (4C,)  |
+| {down,up}_block.attention_blocks.i.kv_mapper    | B.{down,up}_stage.attentions.i.text_mapper |                      |
+| ...norm{1,2} / attn{1,2}.to_q                   | ...norm{1,2} / attn{1,2}.q_proj            |                      |
+| ...attn{1,2}.to_k + to_v / to_out.0             | ...attn{1,2}.kv_proj / out_proj            | k, v stacked         |
+| project_to_hidden_norm / project_to_hidden      | B.input_norm / B.input_projection          |                      |
+| transformer_layers.i.norm{1,2,3}.linear / .norm | B.layers.i.norm{1,2,3}.modulation / .norm  |                      |
+| transformer_layers.i.attn1.to_q + to_k + to_v   | B.layers.i.self_attn.qkv_proj              | q, k, v stacked      |
+| transformer_layers.i.attn2                      | B.layers.i.cross_attn                      | as the stages'       |
+| transformer_layers.i.ff.net.0.proj / ff.net.2   | B.layers.i.mlp.fc1 / fc2                   | GEGLU halves swapped |
+| project_from_hidden_norm / project_from_hidden  | B.output_norm / B.output_projection        |                      |
+| mlm_layer.conv1 / layer_norm / conv2            | lm_head.dense / norm / projection          | 1x1 convs -> Linear  |
 
 `text_encoder/` is nested as is (`model.text_encoder.model`), `vqvae/` as is (`vqmodel`, a `DiffusersVQConfig` with
 `output_range=[0, 1]`, aMUSEd's pixel range, and `sample_size` set to the image size, which aMUSEd reads from the
@@ -33,7 +35,8 @@ transformer's `sample_size` times the VQ factor instead). The embedding rows bet
 
 Parity (on by default; `--skip-parity` to skip): diffusers' own `UVit2DModel`, `VQModel` and `AmusedPipeline` from
 the same folder against the converted model on fixed prompts: the logits on half-masked codes, the codes
-`AmusedPipeline` draws (`guidance_scale` 3, a few steps, a fixed seed) against `MusePipeline`'s, and the decoded pixels.
+`AmusedPipeline` draws (`guidance_scale` 3, a few steps, a fixed seed) against `MusePipeline`'s, the decoded
+pixels.
 
 What does not map: an `AmusedScheduler` with `masking_schedule="linear"` (hf_t2i's masked decoding follows the
 cosine schedule), a transformer with `downsample != upsample`, and LoRA / attention-processor options (an inference

@@ -158,3 +158,19 @@ def test_a_linear_masking_schedule_and_a_mismatched_resampling_are_refused(tmp_p
         script.convert(tmp_path / "amused", check=False)
     with pytest.raises(ConversionError, match="not an AmusedPipeline|model_index.json not found"):
         script.convert(tmp_path / "amused" / "transformer", check=False)
+
+
+def test_the_command_line_converts_without_parity_and_refuses_in_one_line(tmp_path, capsys):
+    import convert_amused_to_hf_t2i as script
+    from conversion_utils import run_main
+
+    from hf_t2i import MusePipeline
+
+    amused_folder(tmp_path / "amused", downsample=False)
+    args = ["--checkpoint-path", str(tmp_path / "amused"), "--output-dir", str(tmp_path / "out"), "--skip-parity"]
+    assert script.main(args) == 0
+    assert MusePipeline.from_pretrained(tmp_path / "out").model.config.sampling_recipe == "amused"
+    assert "Converted from aMUSEd" in (tmp_path / "out" / "README.md").read_text()
+    bad = ["--checkpoint-path", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out2")]
+    assert run_main(script.main, bad) == 2
+    assert "must be the folder of a saved AmusedPipeline" in capsys.readouterr().err

@@ -71,9 +71,9 @@ class MuseConfig(PreTrainedConfig):
             (a 2x2 stride-2 convolution) and double it after (a 2x2 transposed convolution); aMUSEd-512 does.
         micro_conditioning_size (`int`, *optional*, defaults to 256): U-ViT: sinusoidal features per micro-condition
             (five: width, height, crop top, crop left, aesthetic score).
-        micro_conditioning_crop_coord (`list[int]`, *optional*, defaults to `[0, 0]`), micro_conditioning_aesthetic_score
-            (`float`, *optional*, defaults to 6): U-ViT: the micro-conditions generation asks for by default (the size
-            is always `image_size`).
+        micro_conditioning_crop_coord (`list[int]`, *optional*, defaults to `[0, 0]`),
+        micro_conditioning_aesthetic_score (`float`, *optional*, defaults to 6): U-ViT: the micro-conditions the model
+            reads by default (the size is always `image_size`).
         use_bias (`bool`, *optional*, defaults to `False`): U-ViT: biases in its linear layers, convolutions and
             norm modulations.
         norm_elementwise_affine (`bool`, *optional*, defaults to `True`): U-ViT: learned scales in its norms.
@@ -176,11 +176,13 @@ class MuseConfig(PreTrainedConfig):
         crop = list(micro_conditioning_crop_coord)
         if len(crop) != 2 or not all(is_finite_number(v) for v in crop):
             raise ValueError(
-                f"`micro_conditioning_crop_coord` must be two numbers (top, left), got {micro_conditioning_crop_coord!r}."
+                "`micro_conditioning_crop_coord` must be two numbers (top, left), got "
+                f"{micro_conditioning_crop_coord!r}."
             )
         if not is_finite_number(micro_conditioning_aesthetic_score):
             raise ValueError(
-                f"`micro_conditioning_aesthetic_score` must be a finite number, got {micro_conditioning_aesthetic_score!r}."
+                "`micro_conditioning_aesthetic_score` must be a finite number, got "
+                f"{micro_conditioning_aesthetic_score!r}."
             )
         for name, value in (("downsample", downsample), ("use_bias", use_bias)):
             if not isinstance(value, bool):

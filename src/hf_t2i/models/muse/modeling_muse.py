@@ -311,7 +311,8 @@ class MuseUViTModel(MuseModel):
                 tuple `(last_hidden_state, pooler_output)`.
             micro_conditioning: (B, 5) width, height, crop top, crop left, aesthetic score (default: the config's,
                 `default_micro_conditioning`).
-            output_hidden_states: return the text encoder's hidden states and the transformer blocks' input and outputs.
+            output_hidden_states: return the text encoder's hidden states and the transformer blocks' input and
+                outputs.
             output_attentions: not supported by this backbone.
 
         Returns:

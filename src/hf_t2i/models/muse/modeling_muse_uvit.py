@@ -70,7 +70,8 @@ class AdaptiveNorm(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    """ConvNeXt-V2 block (depthwise 3x3 conv, RMSNorm, MLP with GRN) plus a residual, then modulated by the condition."""
+    """ConvNeXt-V2 block (depthwise 3x3 conv, RMSNorm, MLP with GRN) plus a residual, then modulated by the
+    condition."""
 
     def __init__(self, config: MuseConfig):
         super().__init__()
