@@ -50,7 +50,11 @@ class T2IImageProcessor(PilBackend):
     @staticmethod
     def postprocess(pixel_values: torch.Tensor, output_type: str = "pil"):
         """(B, C, H, W) in [-1, 1] -> a list of PIL images, a (B, H, W, C) float array in [0, 1], or the tensor
-        mapped to [0, 1]."""
+        mapped to [0, 1].
+
+        All three come from one float32 copy, whatever the pipeline's dtype: "pt" images are float32 even from a
+        bfloat16 / float16 pipeline (diffusers' `VaeImageProcessor` returns "pt" in the VAE's dtype and only "np" in
+        float32), so that "np" and "pil" are exactly "pt"'s values."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
         images = ((pixel_values.detach().float() + 1) / 2).clamp(0, 1)

@@ -315,9 +315,10 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
     @torch.no_grad()
     def decode_image_tokens(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) scaled latents (Transfusion's image tokens before patchifying) -> (B, 3, H, W) pixels in
-        [-1, 1]. The same name as the other families' decoders, so a pipeline decodes any prior alike."""
+        [-1, 1], float32 whatever the model's dtype (as the other families' decoders). The same name as theirs, so a
+        pipeline decodes any prior alike."""
         scale, shift = self._vae_factors
-        return self.vae.decode(latents.to(self.vae.dtype) / scale + shift).sample.clamp(-1, 1)
+        return self.vae.decode(latents.to(self.vae.dtype) / scale + shift).sample.float().clamp(-1, 1)
 
     # -- forward ------------------------------------------------------------------------------------------------------
     def restrict_logits(self, logits: torch.Tensor) -> torch.Tensor:
