@@ -20,6 +20,7 @@ LATEST_VENV ?= .venv-latest
 LOWEST_VENV ?= .venv-lowest
 
 .PHONY: install demo test test-slow test-convert test-conformance test-latest test-lowest lock quality style bench
+.PHONY: bench-quick
 .PHONY: _fresh-install _versions
 
 $(PY):
@@ -114,5 +115,26 @@ style: install
 	$(VENV)/bin/ruff check --fix src tests conversion_scripts benchmarks
 	$(VENV)/bin/ruff format src tests conversion_scripts benchmarks
 
-bench: install
-	$(RUN) benchmarks/bench_dalle.py
+# Speed and memory of the five families next to every installed peer, into benchmarks/RESULTS.md and results.json
+# (benchmarks/README.md). The peers live in $(BENCH_VENV), built on first use: a virtual environment whose .pth file
+# adds the project environment's site-packages (torch, transformers and hf_t2i are those of $(VENV), not copies), with
+# the pinned peers of benchmarks/requirements-peers.txt installed --no-deps on top. `make bench-quick` (one timed
+# round, the slowest peers at batch 1 only) is meant to finish in under 10 minutes on 2 cores; BENCH_ARGS passes
+# options to benchmarks/run_all.py (e.g. BENCH_ARGS="--threads 4 --families dalle parti").
+BENCH_VENV ?= .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_ARGS ?=
+PURELIB := import sysconfig; print(sysconfig.get_paths()["purelib"])
+
+$(BENCH_VENV)/.installed: benchmarks/requirements-peers.txt $(VENV)/.installed
+	$(PY) -m venv $(BENCH_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c '$(PURELIB)')')" \
+	  > "$$($(BENCH_PY) -c '$(PURELIB)')/hf_t2i_project.pth"
+	$(BENCH_PY) -m pip install -q --no-deps -r benchmarks/requirements-peers.txt
+	touch $@
+
+bench: install $(BENCH_VENV)/.installed
+	$(BENCH_PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-quick:
+	$(MAKE) --no-print-directory bench BENCH_ARGS="--quick $(BENCH_ARGS)"

@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import datetime
 import gc
+import json
 import os
 import platform
 import statistics
@@ -26,27 +28,62 @@ import torch
 
 # -- command line --------------------------------------------------------------------------------------------------
 def add_common_arguments(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
-    """`--repeats`, `--threads`, `--json` and `--batches`, the options every benchmark script takes."""
+    """`--repeats`, `--threads`, `--json`, `--batches` and the two reduced modes, the options every benchmark script
+    takes.
+
+    `--quick` keeps the benchmark's sizes and cuts the work (one timed round; each script names what else it drops):
+    the mode of `make bench-quick`. `--smoke` shrinks the models to a few thousand parameters and runs one round at
+    batches 1 and 2: it proves that a script and its peers run (the tests use it) and measures nothing.
+    """
     parser.add_argument(
-        "--repeats", type=int, default=repeats, help=f"timed rounds after one warm-up (default {repeats})"
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"timed rounds after one warm-up (default {repeats}; 1 with --quick or --smoke)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None, help="also write the raw results to this file")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", default=None, help="batch sizes (default 1 8; 1 2 with --smoke)"
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="one timed round, fewer cases (make bench-quick)")
+    mode.add_argument("--smoke", action="store_true", help="tiny models, one round: checks that it runs, no timing")
+    parser.set_defaults(default_repeats=repeats)
 
 
 def apply_common_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Check `--repeats` / `--threads` (a `parser.error` names a bad value), set torch's thread count and silence
-    transformers' warnings, which would land between the table rows."""
+    """Resolve the mode's defaults, check `--repeats` / `--threads` / `--batches` (a `parser.error` names a bad
+    value), set torch's thread count and silence transformers' warnings, which would land between the table rows."""
     from transformers.utils import logging as transformers_logging
 
+    if args.repeats is None:
+        args.repeats = 1 if args.quick or args.smoke else args.default_repeats
+    if args.batches is None:
+        args.batches = [1, 2] if args.smoke else [1, 8]
+    args.mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}.")
+    if any(batch < 1 for batch in args.batches):
+        parser.error(f"--batches must all be >= 1, got {args.batches}.")
     if args.threads is not None:
         if args.threads < 1:
             parser.error(f"--threads must be >= 1, got {args.threads}.")
         torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
+
+
+#: `--smoke` sizes: what every script's module constants become (the grid stays 16 x 16, which min-dalle's decoder
+#: hard-codes; the steps of the iterative samplers are cut instead)
+SMOKE_SIZES = {"TEXT_VOCAB": 64, "TEXT_TOKENS": 8, "CODEBOOK": 32, "WIDTH": 32, "DEPTH": 1, "HEADS": 2, "MLP": 64}
+
+
+def use_smoke_sizes(namespace: dict, **extra) -> None:
+    """Replace the benchmark-size constants in a script's module `namespace` (its `globals()`) with `SMOKE_SIZES`
+    and `extra`, for the names it defines. Called once, before anything is built."""
+    for name, value in {**SMOKE_SIZES, **extra}.items():
+        if name in namespace:
+            namespace[name] = value
 
 
 # -- machine -------------------------------------------------------------------------------------------------------
@@ -178,19 +215,20 @@ class Case:
             self.cpu_seconds.append(cpu)
 
 
-def run_interleaved(cases: Sequence[Case], repeats: int) -> None:
+def run_interleaved(cases: Sequence[Case], repeats: int, warm_up: bool = True) -> None:
     """One untimed warm-up call per case, then `repeats` timed rounds in rotating order; every call also records
     its peak-RSS growth (garbage collection and `malloc_trim` run before each call, outside the timed region).
 
-    A case that raises in its warm-up is marked with its error and left out of the rounds; the others go on.
+    A case that raises in its warm-up is marked with its error and left out of the rounds; the others go on. Without
+    `warm_up` (`--smoke`, where only running matters) that first pass is the first timed round.
     """
     for case in cases:
         try:
-            case.call(timed=False)
+            case.call(timed=not warm_up)
         except Exception as error:  # report, do not hide, a case that cannot run
             case.error = f"{type(error).__name__}: {error}"
     live = [case for case in cases if case.error is None]
-    for round_index in range(repeats):
+    for round_index in range(repeats if warm_up else repeats - 1):
         shift = round_index % len(live) if live else 0
         for case in live[shift:] + live[:shift]:
             case.call(timed=True)
@@ -238,3 +276,53 @@ def noisy_warning(noisy_rows: Sequence[str], advice: str = "re-run or raise --re
         + ". Their medians are unreliable, the paired ratios less so; "
         + advice
     )
+
+
+# -- the common JSON summary (read by run_all.py) ------------------------------------------------------------------
+def summary_records(
+    family: str, cases: Sequence[Case], peers: Sequence[Case], batch: int, guidance_scale: float | None, **extra
+) -> list[dict]:
+    """One record per case of a (batch, guidance) cell, in the form every script writes under `"summary"`.
+
+    `peers` are the cases of other implementations in `cases`; every other case gets its paired speed-up over each of
+    them (`vs_peers`, > 1 = faster than the peer). `guidance_scale` is None for rows that sample nothing (decoders);
+    `extra` adds script-specific fields (e.g. the number of iterations).
+    """
+    records = []
+    for case in cases:
+        is_peer = any(case is peer for peer in peers)
+        records.append(
+            {
+                "family": family,
+                "implementation": case.name,
+                "is_peer": is_peer,
+                "batch": batch,
+                "guidance_scale": guidance_scale,
+                **extra,
+                "seconds_per_image": case.median,
+                "seconds_per_call": case.seconds,
+                "cpu_seconds_per_call": case.cpu_seconds,
+                "peak_rss_delta_mib": case.memory_median,
+                "slowest_over_fastest": case.spread,
+                "error": case.error,
+                "vs_peers": {} if is_peer else {peer.name: paired_ratio(peer, case) for peer in peers},
+            }
+        )
+    return records
+
+
+def write_json(path: str, family: str, args: argparse.Namespace, machine: dict, peers: dict, summary: list, **rest):
+    """The script's `--json` file: the common part run_all.py reads (`family`, `mode`, `machine`, `peers`: name ->
+    None when it ran or the reason it was skipped, `summary`: `summary_records`) and the script's own fields."""
+    document = {
+        "family": family,
+        "mode": args.mode,
+        "repeats": args.repeats,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine,
+        "peers": peers,
+        "summary": summary,
+        **rest,
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)

@@ -30,7 +30,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import io
-import json
 import pstats
 import sys
 import time
@@ -48,6 +47,9 @@ from _timing import (
     noisy_warning,
     reference_ratio,
     run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
 )
 
 from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration
@@ -282,19 +284,23 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     # masks) land on no row's memory or time.
     warm_text = torch.randint(3, TEXT_VOCAB, (1, TEXT_TOKENS), generator=generator)
     warm_codes = torch.zeros(1, GRID * GRID, dtype=torch.long)
-    for case in cell_cases(model, peer, None, warm_text, warm_codes, negative, 1.0, ""):
+    for case in cell_cases(model, peer, None, warm_text, warm_codes, negative, 1.0, "") if not args.smoke else []:
         with contextlib.suppress(Exception):  # a case that cannot run is reported by its own row below
             case.fn()
 
-    rows, records, all_cases = [], [], []
+    rows, records, all_cases, summary = [], [], [], []
     for batch in args.batches:
         text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
         codes = torch.randint(0, CODEBOOK, (batch, GRID * GRID), generator=generator)
         for scale in (1.0, args.guidance_scale):
             cases = cell_cases(model, peer, vqgan if batch == 1 else None, text, codes, negative, scale, peer_version)
-            run_interleaved(cases, args.repeats)
+            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
             reference = cases[2] if peer is not None else None
             all_cases.extend(cases)
+            sampling = [case for case in cases if case.name not in (OURS_DECODE, PEER_DECODE)]
+            decoding = [case for case in cases if case.name == OURS_DECODE]  # min-dalle's VQGAN: not comparable
+            summary += summary_records("dalle", sampling, [reference] if reference else [], batch, scale)
+            summary += summary_records("dalle", decoding, [], batch, None)
             for case in cases:
                 row, record = table_row(case, reference, batch, scale)
                 rows.append(row)
@@ -310,6 +316,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "rows": records,
         "noisy_rows": noisy,
         "peer": peer_note,
+        "peers": {"min-dalle": None if peer is not None else peer_note},
+        "summary": summary,
         "weights_mib": weights,
     }
 
@@ -368,12 +376,14 @@ def main() -> None:
     apply_common_arguments(parser, args)
     if args.guidance_scale == 1.0:
         parser.error("--guidance-scale must differ from 1.0 (1.0 is the unguided row).")
+    if args.smoke:
+        use_smoke_sizes(globals(), TOP_K=8)
 
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
     print(
-        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook {CODEBOOK}, "
-        f"width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, random weights"
+        f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook "
+        f"{CODEBOOK}, width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, random weights"
     )
     print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per case")
     started = datetime.datetime.now()
@@ -402,8 +412,7 @@ def main() -> None:
         print()
         print(profile_ours(args.guidance_scale))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "date": started.isoformat(timespec="seconds"), **result}, f, indent=2)
+        write_json(args.json, "dalle", args, machine, **result)
         print(f"wrote {args.json}")
 
 

@@ -23,7 +23,7 @@ right after), and pre-fills its T5 config cache with a local `T5Config(d_model=2
 (`forward_with_cond_scale`) runs the conditional and the unconditional batch as two forwards per step; ours runs one
 doubled batch. Our rows include the text encoder (4 blocks over 32 tokens, once per call).
 
-    python benchmarks/bench_fluid.py [--repeats N] [--threads T] [--batches 1 8] [--json out.json]
+    python benchmarks/bench_fluid.py [--repeats N] [--threads T] [--batches 1 8] [--json out.json] [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import argparse
 import datetime
 import importlib.metadata
 import importlib.util
-import json
 import sys
 import types
 
@@ -48,6 +47,9 @@ from _timing import (
     noisy_warning,
     paired_ratio,
     run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
 )
 from transformers import T5Config
 
@@ -64,6 +66,8 @@ DEPTH = 4
 HEADS = 8
 MLP = 4 * WIDTH
 STEPS = 64
+HEAD_STEPS = (100, 25)  # the diffusion head's reverse steps per revealed token: the paper's, and a faster setting
+TOP_K = 64
 GUIDANCE = 3.0
 MUSE_VERSION = "0.3.5"
 MUSE_INSTALL = (
@@ -165,11 +169,12 @@ def build_muse(muse):
 
 @torch.no_grad()
 def muse_generate(
-    muse, transformer, text_embeds: torch.Tensor, generator: torch.Generator, steps: int = STEPS
+    muse, transformer, text_embeds: torch.Tensor, generator: torch.Generator, steps: int | None = None
 ) -> torch.Tensor:
     """A copy of `MaskGit.generate`'s loop (0.3.5) without its VAE, T5 and tqdm: confidence-based re-masking,
     `cosine_schedule`, `top_k(logits, 0.9)`, annealed Gumbel sampling, `forward_with_cond_scale`. Its `uniform` noise
-    uses the global RNG; we seed it from `generator` once per call."""
+    uses the global RNG; we seed it from `generator` once per call. `steps` defaults to `STEPS`."""
+    steps = steps or STEPS
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     batch, seq_len = text_embeds.shape[0], GRID * GRID
     mask_id = transformer.mask_id
@@ -190,7 +195,7 @@ def muse_generate(
     return ids
 
 
-def muse_case(muse, transformer, batch: int, steps: int = STEPS) -> Case:
+def muse_case(muse, transformer, batch: int, steps: int | None = None) -> Case:
     embeds = torch.randn(batch, TEXT_TOKENS, WIDTH, generator=torch.Generator().manual_seed(0))
 
     def fn():
@@ -204,17 +209,19 @@ def run_benchmark(args) -> dict:
     continuous, discrete = build_ours("continuous"), build_ours("discrete")
     muse, peer = import_muse()
     transformer = build_muse(muse) if muse is not None else None
-    rows, raw, noisy = [], [], []
+    rows, raw, noisy, summary = [], [], [], []
     for batch in args.batches:
         cases = [
-            ours_case(continuous, batch, "hf_t2i Fluid continuous, head 100 steps", num_diffusion_steps=100),
-            ours_case(continuous, batch, "hf_t2i Fluid continuous, head 25 steps", num_diffusion_steps=25),
-            ours_case(discrete, batch, "hf_t2i Fluid discrete", top_k=64),
+            ours_case(continuous, batch, f"hf_t2i Fluid continuous, head {steps} steps", num_diffusion_steps=steps)
+            for steps in HEAD_STEPS
         ]
+        cases.append(ours_case(discrete, batch, "hf_t2i Fluid discrete", top_k=TOP_K))
         peer_case = muse_case(muse, transformer, batch) if transformer is not None else None
         if peer_case is not None:
             cases.append(peer_case)
-        run_interleaved(cases, args.repeats)
+        run_interleaved(cases, args.repeats, warm_up=not args.smoke)
+        peers = [peer_case] if peer_case is not None else []
+        summary += summary_records("fluid", cases, peers, batch, GUIDANCE, iterations=STEPS)
         for case in cases:
             if case.error:
                 rows.append([str(batch), case.name, "error: " + case.error, "", "", ""])
@@ -240,7 +247,15 @@ def run_benchmark(args) -> dict:
     }
     if transformer is not None:
         weights["muse-maskgit transformer"] = _mib(transformer)
-    return {"table": format_table(headers, rows), "raw": raw, "noisy_rows": noisy, "peer": peer, "weights": weights}
+    return {
+        "table": format_table(headers, rows),
+        "raw": raw,
+        "noisy_rows": noisy,
+        "peer": peer,
+        "peers": {"muse-maskgit-pytorch": None if transformer is not None else peer},
+        "summary": summary,
+        "weights": weights,
+    }
 
 
 def _mib(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> float:
@@ -252,10 +267,12 @@ def main() -> None:
     add_common_arguments(parser, repeats=2)
     args = parser.parse_args()
     apply_common_arguments(parser, args)
+    if args.smoke:
+        use_smoke_sizes(globals(), STEPS=4, HEAD_STEPS=(4, 2), TOP_K=8)
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
     print(
-        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, width {WIDTH}, "
+        f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, width {WIDTH}, "
         f"depth {DEPTH}, {HEADS} heads, MLP {MLP}, {STEPS} iterations, guidance {GUIDANCE}, fp32, random weights"
     )
     started = datetime.datetime.now()
@@ -266,7 +283,7 @@ def main() -> None:
     print(result["table"])
     print()
     print(
-        "s / image: median call time / batch. ms / iteration: median call time / 64. vs muse-maskgit: median over "
+        f"s / image: median call time / batch. ms / iteration: median call time / {STEPS}. vs muse-maskgit: median over "
         "rounds of muse-maskgit's time / this row's, same round (> 1 = faster)."
     )
     warning = noisy_warning(result["noisy_rows"])
@@ -276,8 +293,7 @@ def main() -> None:
         f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": machine, **result}, f, indent=2)
+        write_json(args.json, "fluid", args, machine, **result)
 
 
 if __name__ == "__main__":

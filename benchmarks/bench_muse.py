@@ -19,14 +19,17 @@ Peer set-up (offline, no weights): see `bench_fluid.py`'s docstring; `pip instal
 muse-maskgit-pytorch==0.3.5 memory-efficient-attention-pytorch==0.1.6 beartype==0.23.1 einops==0.8.2`.
 
     python benchmarks/bench_muse.py [--repeats N] [--threads T] [--batches 1 8] [--steps 12 18] [--json out.json]
+        [--quick | --smoke]
+
+`--quick` runs 12 iterations only (unless `--steps` is given).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import json
 
+import bench_fluid
 import torch
 from _timing import (
     Case,
@@ -39,6 +42,9 @@ from _timing import (
     noisy_warning,
     paired_ratio,
     run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
 )
 from bench_fluid import (
     CODEBOOK,
@@ -102,7 +108,7 @@ def run_benchmark(args) -> dict:
     ours = build_ours()
     muse, peer = import_muse()
     transformer = build_muse(muse) if muse is not None else None
-    rows, raw, noisy = [], [], []
+    rows, raw, noisy, summary = [], [], [], []
     for batch in args.batches:
         for steps in args.steps:
             mine = ours_case(ours, batch, steps)
@@ -112,7 +118,9 @@ def run_benchmark(args) -> dict:
                 peer_case = muse_case(muse, transformer, batch, steps)
                 peer_case.name = f"muse-maskgit-pytorch 0.3.5, {steps} iterations"
                 cases.append(peer_case)
-            run_interleaved(cases, args.repeats)
+            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
+            peers = [peer_case] if peer_case is not None else []
+            summary += summary_records("muse", cases, peers, batch, GUIDANCE, iterations=steps)
             for case in cases:
                 if case.error:
                     rows.append([str(batch), case.name, "error: " + case.error, "", "", ""])
@@ -137,21 +145,36 @@ def run_benchmark(args) -> dict:
     weights = {"muse prior (with text encoder)": _mib(ours, exclude=("vqmodel",))}
     if transformer is not None:
         weights["muse-maskgit transformer"] = _mib(transformer)
-    return {"table": format_table(headers, rows), "raw": raw, "noisy_rows": noisy, "peer": peer, "weights": weights}
+    return {
+        "table": format_table(headers, rows),
+        "raw": raw,
+        "noisy_rows": noisy,
+        "peer": peer,
+        "peers": {"muse-maskgit-pytorch": None if transformer is not None else peer},
+        "summary": summary,
+        "weights": weights,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser, repeats=3)
-    parser.add_argument("--steps", type=int, nargs="+", default=[12, 18], help="decoding iterations (default 12 18)")
+    parser.add_argument(
+        "--steps", type=int, nargs="+", default=None, help="decoding iterations (default 12 18; 12 with --quick)"
+    )
     args = parser.parse_args()
     apply_common_arguments(parser, args)
+    if args.steps is None:
+        args.steps = [12] if args.quick else [4] if args.smoke else [12, 18]
+    if args.smoke:  # the peer's transformer and loop read bench_fluid's sizes
+        use_smoke_sizes(globals(), TOP_K=8)
+        use_smoke_sizes(vars(bench_fluid))
     if any(s < 1 or s > GRID * GRID for s in args.steps):
         parser.error(f"--steps must be in [1, {GRID * GRID}], got {args.steps}.")
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
     print(
-        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, codebook {CODEBOOK}, "
+        f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, codebook {CODEBOOK}, "
         f"width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, guidance {GUIDANCE}, top-k {TOP_K}, fp32, "
         "random weights"
     )
@@ -173,8 +196,7 @@ def main() -> None:
         f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
     )
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"machine": machine, **result}, f, indent=2)
+        write_json(args.json, "muse", args, machine, **result)
 
 
 if __name__ == "__main__":

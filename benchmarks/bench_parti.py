@@ -7,6 +7,9 @@ decoder's size (4 layers, width 256, 8 heads, MLP 1024) and runs over the 32 tex
 Rows, for batch 1 and 8, with and without classifier-free guidance:
     - hf_t2i `sample_image_tokens` (the text encoded once for both guidance branches, cross-attention keys/values
       computed once per prompt, a preallocated self-attention cache, one doubled batch under guidance);
+    - min-dalle 0.4.11, the same paradigm (BART: a text encoder and a decoder that cross-attends to it) and the
+      strongest encoder-decoder peer: its encoder and decoder at the same sizes and its token loop, exactly the
+      min-dalle rows of `bench_dalle.py` (see there);
     - parti-pytorch 0.2.0's `Parti.generate` at the same sizes. It has no cache: every step re-runs the decoder over
       all previous image tokens, and under guidance runs a second, unconditional forward. Its text encoder is a frozen
       T5 downloaded by name, so a T5 encoder of our encoder's size with random weights stands in (called once per
@@ -14,9 +17,10 @@ Rows, for batch 1 and 8, with and without classifier-free guidance:
       scale of each row is bound onto `forward_with_cond_scale` instead.
 
 All cases of one (batch, guidance) cell run interleaved, round after round, so that a shared machine's load falls on
-all of them alike; the speed-up column is the median over rounds of parti-pytorch's time / ours in the same round.
+all of them alike; the speed-up columns are the median over rounds of a peer's time / ours in the same round.
+`--quick` runs parti-pytorch at batch 1 only (one batch-8 call of it takes minutes).
 
-    python benchmarks/bench_parti.py [--repeats N] [--threads T] [--json out.json]
+    python benchmarks/bench_parti.py [--repeats N] [--threads T] [--json out.json] [--quick | --smoke]
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import json
 import sys
 import types
 
+import bench_dalle
 import torch
 from _timing import (
     Case,
@@ -43,6 +47,9 @@ from _timing import (
     noisy_warning,
     reference_ratio,
     run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
 )
 from transformers import T5Config, T5EncoderModel
 
@@ -199,23 +206,34 @@ class PartiPytorchRunner:
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
 OURS = "hf_t2i sample_image_tokens"
-HEADERS = ["implementation", "batch", "guidance", "s / image", "ms / token step", "peak RSS Δ MiB", "vs parti-pytorch"]
+HEADERS = [
+    "implementation",
+    "batch",
+    "guidance",
+    "s / image",
+    "ms / token step",
+    "peak RSS Δ MiB",
+    "vs min-dalle",
+    "vs parti-pytorch",
+]
 
 
 def parameter_mib(*modules: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
-def cell_cases(model, peer, text, negative, scale, peer_name) -> list[Case]:
+def cell_cases(model, peers: dict, text, negative, scale) -> tuple[Case, dict[str, Case]]:
+    """Our case and the peers' (name -> case) of one (batch, guidance) cell."""
     batch = text.shape[0]
-    cases = [Case(OURS, lambda: ours_sample(model, text, negative, scale), batch)]
-    if peer is not None:
-        cases.append(Case(peer_name, lambda: peer.sample(text, scale), batch))
-    return cases
+    ours = Case(OURS, lambda: ours_sample(model, text, negative, scale), batch)
+    peer_cases = {name: Case(name, lambda peer=peer: peer.sample(text, scale), batch) for name, peer in peers.items()}
+    return ours, peer_cases
 
 
-def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> tuple[list[str], dict]:
-    ratio = reference_ratio(case, reference)
+def table_row(case: Case, references: dict[str, Case], batch: int, scale: float) -> tuple[list[str], dict]:
+    ratios = {name: reference_ratio(case, reference) for name, reference in references.items()}
+    min_dalle = next((r for name, r in ratios.items() if name.startswith("min-dalle")), None)
+    parti = next((r for name, r in ratios.items() if name.startswith("parti-pytorch")), None)
     median = case.median
     row = [
         case.name,
@@ -224,7 +242,8 @@ def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> t
         f"FAILED: {case.error}" if case.error else f"{median:.3f}",
         "-" if median is None else f"{median * batch / (GRID * GRID) * 1e3:.2f}",
         "n/a" if case.memory_median is None else f"{case.memory_median:.1f}",
-        "-" if ratio is None else f"{ratio:.2f}x",
+        "-" if min_dalle is None else f"{min_dalle:.2f}x",
+        "-" if parti is None else f"{parti:.2f}x",
     ]
     record = {
         "implementation": case.name,
@@ -234,7 +253,8 @@ def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> t
         "cpu_seconds_per_call": case.cpu_seconds,
         "seconds_per_image_median": median,
         "peak_rss_delta_mib_median": case.memory_median,
-        "speed_up_vs_parti_pytorch": ratio,
+        "speed_up_vs_min_dalle": min_dalle,
+        "speed_up_vs_parti_pytorch": parti,
         "slowest_over_fastest": case.spread,
         "error": case.error,
     }
@@ -243,33 +263,52 @@ def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> t
 
 def run_benchmark(args: argparse.Namespace) -> dict:
     model = build_ours()
-    module, peer_note = import_parti_pytorch()
-    peer = PartiPytorchRunner(module) if module is not None else None
+    peers, skipped, notes = {}, {}, []
+    min_dalle_models, min_dalle_version, min_dalle_note = bench_dalle.import_min_dalle_models()
+    if min_dalle_models is not None:
+        peers[f"min-dalle {min_dalle_version}"] = bench_dalle.MinDalleRunner(min_dalle_models)
+    else:
+        skipped["min-dalle"] = min_dalle_note
+    notes.append(min_dalle_note)
+    module, parti_note = import_parti_pytorch()
+    if module is not None:
+        peers[parti_note.split(" (")[0]] = PartiPytorchRunner(module)
+    else:
+        skipped["parti-pytorch"] = parti_note
+    notes.append(parti_note)
     generator = torch.Generator().manual_seed(1234)
     negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)  # the processor's '' : all pads, masked out
-    rows, records, all_cases = [], [], []
+    rows, records, all_cases, summary = [], [], [], []
     for batch in args.batches:
         text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
+        # --quick: parti-pytorch (no cache, minutes per batch-8 call) at batch 1 only
+        cell_peers = {n: p for n, p in peers.items() if not (args.quick and batch > 1 and n.startswith("parti"))}
         for scale in (1.0, args.guidance_scale):
-            cases = cell_cases(model, peer, text, negative, scale, peer_note.split(" (")[0])
-            run_interleaved(cases, args.repeats)
-            reference = cases[1] if peer is not None else None
+            ours, peer_cases = cell_cases(model, cell_peers, text, negative, scale)
+            cases = [ours, *peer_cases.values()]
+            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
             all_cases.extend(cases)
+            summary += summary_records("parti", cases, list(peer_cases.values()), batch, scale)
             for case in cases:
-                row, record = table_row(case, reference, batch, scale)
+                row, record = table_row(case, peer_cases, batch, scale)
                 rows.append(row)
                 records.append(record)
     noisy = [
         f"{r['implementation']} (batch {r['batch']})" for r, c in zip(records, all_cases) if (c.spread or 1) > 1.5
     ]
     weights = {"hf_t2i prior (encoder + decoder)": parameter_mib(model.model, model.lm_head)}
-    if peer is not None:
-        weights["parti-pytorch prior + T5 stand-in"] = parameter_mib(peer.parti, peer.t5)
+    for peer in peers.values():
+        if isinstance(peer, PartiPytorchRunner):
+            weights["parti-pytorch prior + T5 stand-in"] = parameter_mib(peer.parti, peer.t5)
+        else:
+            weights["min-dalle encoder + decoder"] = parameter_mib(peer.encoder, peer.decoder)
     return {
         "table": format_table(HEADERS, rows),
         "rows": records,
         "noisy_rows": noisy,
-        "peer": peer_note,
+        "peer": "; ".join(notes),
+        "peers": {"min-dalle": skipped.get("min-dalle"), "parti-pytorch": skipped.get("parti-pytorch")},
+        "summary": summary,
         "weights_mib": weights,
     }
 
@@ -282,11 +321,14 @@ def main() -> None:
     apply_common_arguments(parser, args)
     if args.guidance_scale == 1.0:
         parser.error("--guidance-scale must differ from 1.0 (1.0 is the unguided row).")
+    if args.smoke:  # min-dalle's runner reads bench_dalle's sizes
+        use_smoke_sizes(globals(), TOP_K=8)
+        use_smoke_sizes(vars(bench_dalle), TOP_K=8)
 
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
     print(
-        f"config: text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB} through a {DEPTH}-layer encoder, image {GRID}x{GRID} "
+        f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB} through a {DEPTH}-layer encoder, image {GRID}x{GRID} "
         f"x codebook {CODEBOOK}, width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, "
         "random weights"
     )
@@ -301,8 +343,8 @@ def main() -> None:
     print(
         "s / image: median call time / batch. ms / token step: median call time / 256.\n"
         "peak RSS Δ: growth of the process's peak RSS over its RSS just before the call (median over all calls).\n"
-        "vs parti-pytorch: median over rounds of parti-pytorch's time / this row's time, both from the same round "
-        "(> 1 = faster than parti-pytorch)."
+        "vs <peer>: median over rounds of the peer's time / this row's time, both from the same round "
+        "(> 1 = faster than the peer)."
     )
     warning = noisy_warning(result["noisy_rows"])
     if warning:
@@ -310,8 +352,7 @@ def main() -> None:
     elapsed = (datetime.datetime.now() - started).total_seconds()
     print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": machine, "date": started.isoformat(timespec="seconds"), **result}, f, indent=2)
+        write_json(args.json, "parti", args, machine, **result)
         print(f"wrote {args.json}")
 
 

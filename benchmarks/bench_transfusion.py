@@ -18,14 +18,13 @@ Rows, per batch and with / without classifier-free guidance (scale 3):
       (same sizes, 30 evaluations), not the same network.
 
     python benchmarks/bench_transfusion.py [--repeats N] [--threads T] [--batches 1 8] [--peer-batch-8] [--json out]
+        [--quick | --smoke]
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
-import json
 import logging
 
 import torch
@@ -35,8 +34,12 @@ from _timing import (
     apply_common_arguments,
     format_table,
     machine_info,
+    machine_line,
     paired_ratio,
     run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
 )
 
 from hf_t2i import TransfusionConfig, TransfusionForConditionalGeneration
@@ -128,8 +131,8 @@ def peer_sample(peer, prompts: list[torch.Tensor], guidance: float):
 OURS, OURS_FULL, OURS_DECODE, PEER = (
     "hf_t2i generate_image_latents",
     "hf_t2i, prefix recomputed each step",
-    "hf_t2i VAE decode (128 px)",
-    "transfusion-pytorch sample (euler, 30 evals)",
+    "hf_t2i VAE decode",
+    "transfusion-pytorch sample (euler)",
 )
 HEADERS = [
     "implementation",
@@ -148,13 +151,20 @@ def main() -> None:
     parser.add_argument("--peer-batch-8", action="store_true", help="also time the peer at batch > 1 (slow)")
     args = parser.parse_args()
     apply_common_arguments(parser, args)
+    if args.smoke:  # no peer fixes the grid here: 4 x 4 patches of a 32 px image
+        use_smoke_sizes(globals(), STEPS=2, GRID=4, IMAGE_SIZE=32)
     torch.manual_seed(0)
     ours = build_ours()
     peer, peer_note = build_peer()
-    print(json.dumps(machine_info(torch.get_num_threads())))
+    machine = machine_info(torch.get_num_threads())
+    print(machine_line(machine))
+    print(
+        f"config ({args.mode}): {GRID}x{GRID} latent patches ({IMAGE_SIZE} px), width {WIDTH}, depth {DEPTH}, "
+        f"{HEADS} heads, MLP {MLP}, text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, {STEPS} steps, fp32"
+    )
     print(peer_note)
 
-    rows, records = [], []
+    rows, records, summary = [], [], []
     for batch in args.batches:
         prompt = our_prompt(ours, batch)
         latents = ours.generate_image_latents(prompt, num_inference_steps=1)
@@ -176,15 +186,20 @@ def main() -> None:
                 prompts = peer_prompts(peer, batch)
                 cases.append(Case(PEER, lambda p=prompts, g=guidance: peer_sample(peer, p, g), per=batch))
             with torch.inference_mode():
-                run_interleaved(cases, args.repeats)
+                run_interleaved(cases, args.repeats, warm_up=not args.smoke)
             peer_case = next((c for c in cases if c.name == PEER), None)
+            sampling = [c for c in cases if c.name != OURS_DECODE]
+            peers = [peer_case] if peer_case is not None else []
+            summary += summary_records("transfusion", sampling, peers, batch, guidance, steps=STEPS)
+            summary += summary_records("transfusion", [c for c in cases if c.name == OURS_DECODE], [], batch, None)
             for case in cases:
                 if case.error:
                     rows.append([case.name, batch, "-", f"error: {case.error}", "", "", ""])
                     continue
                 per_image = case.median  # `Case.median` is already per image (`per=batch`)
                 step_ms = "" if case.name == OURS_DECODE else f"{1000 * case.median * batch / STEPS:.1f}"
-                ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
+                compared = peer_case is not None and case is not peer_case and case.name != OURS_DECODE
+                ratio = paired_ratio(peer_case, case) if compared else None
                 guided = "-" if case.name == OURS_DECODE else ("3.0" if guidance != 1.0 else "off")
                 memory = case.memory_median
                 rows.append(
@@ -203,8 +218,8 @@ def main() -> None:
                 )
     print(format_table(HEADERS, rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"date": datetime.datetime.now().isoformat(), "rows": records}, f, indent=2)
+        peers = {"transfusion-pytorch": None if peer is not None else peer_note}
+        write_json(args.json, "transfusion", args, machine, peers, summary, rows=records)
 
 
 if __name__ == "__main__":
