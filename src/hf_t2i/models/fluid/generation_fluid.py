@@ -16,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers import SchedulerMixin
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
 from ...generation.masked import MaskedDecoder, MaskedDecodingMixin, RandomOrder, RasterOrder, RevealRule
 from ...generation.sampling import Generators
-from ...layers.diffusion_head import DiffusionHeadScheduler, ddpm_sample
+from ...layers.diffusion_head import check_head_scheduler, ddpm_sample
 
 
 @dataclass
@@ -36,7 +37,8 @@ class FluidGenerationState:
         class_embeds: (B', C) class embeddings, the learned null class for the unconditional rows (class-conditional).
         cache: raster order's self-attention (preallocated) and cross-attention caches.
         sampler: draws discrete tokens (warpers, greedy or sampled).
-        scheduler, num_diffusion_steps, temperature: the diffusion head's sampling (continuous tokens).
+        scheduler, num_diffusion_steps, temperature: the diffusion head's sampling (continuous tokens): its
+            `DiffusionHeadScheduler` or a fast solver (see `FluidGenerationMixin.prepare_image_generation`).
         generator: the only source of randomness: one generator, or a list of one per image.
     """
 
@@ -47,7 +49,7 @@ class FluidGenerationState:
     class_embeds: torch.Tensor | None = None
     cache: EncoderDecoderCache | None = None
     sampler: TokenSampler | None = None
-    scheduler: DiffusionHeadScheduler | None = None
+    scheduler: SchedulerMixin | None = None
     num_diffusion_steps: int = 100
     temperature: float = 1.0
     generator: Generators = None
@@ -156,7 +158,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         negative_attention_mask: torch.Tensor | None = None,
         class_labels: torch.LongTensor | None = None,
         settings: FluidSampling | None = None,
-        scheduler: DiffusionHeadScheduler | None = None,
+        scheduler: SchedulerMixin | None = None,
         generator: Generators = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -169,7 +171,12 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             class_labels: (B,) class ids, class-conditional Fluid only; guidance's unconditional rows use the learned
                 null class.
             settings: from `check_sampling` (default: its defaults).
-            scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
+            scheduler: what samples the diffusion head (continuous only): default `self.scheduler`, the
+                `DiffusionHeadScheduler` of the config (ancestral DDPM with temperature, MAR's sampler); or a fast
+                diffusers solver built from it, e.g. `DPMSolverMultistepScheduler.from_config(self.scheduler.config)`
+                (DPM-Solver++, 2nd order), `DDIMScheduler`, `UniPCMultistepScheduler`. Checked here
+                (`check_head_scheduler`): another noise schedule or prediction type, or `temperature != 1` with a
+                scheduler that has no temperature, is refused.
             generator: the only source of randomness: one generator, or a list of B, one per image (image `i` then
                 draws what a one-image generation with generator `i` draws).
             prompt_embeds, negative_prompt_embeds: (B, S, C) and (B or 1, S, C) the text encoder's states instead of
@@ -194,6 +201,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         )
         if c.is_continuous:
             state.scheduler = scheduler if scheduler is not None else self.scheduler
+            check_head_scheduler(state.scheduler, self.scheduler, settings.temperature)
         else:
             state.sampler = TokenSampler(settings.sampling, generator)
         if c.is_class_conditional:
@@ -365,7 +373,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         min_p: float | None = None,
         do_sample: bool = True,
         generator: Generators = None,
-        scheduler: DiffusionHeadScheduler | None = None,
+        scheduler: SchedulerMixin | None = None,
         class_labels: torch.LongTensor | None = None,
     ) -> torch.Tensor:
         """Generate image tokens for the captions (or, class-conditional, the class labels), without a pipeline
@@ -384,7 +392,9 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             num_diffusion_steps: reverse steps of the diffusion head per token (default `config.num_diffusion_steps`).
             top_k, top_p, min_p, do_sample: discrete only (transformers semantics).
             generator: the only source of randomness (orders, noise, draws): one generator, or a list of one per image.
-            scheduler: the head's DDPM scheduler (default: `self.scheduler`, built from the config).
+            scheduler: what samples the diffusion head: `self.scheduler` (default, DDPM) or a fast solver built from
+                it, e.g. `DPMSolverMultistepScheduler.from_config(model.scheduler.config)` with
+                `num_diffusion_steps=15` (see `prepare_image_generation`).
 
         Returns:
             (B, N, D) latent tokens (continuous) or (B, N) ids (discrete), in raster order.

@@ -1,18 +1,43 @@
 """`FluidPipeline`: caption (or class label) -> text encoder (once) -> image tokens (random order: `num_inference_steps` masked
 iterations on a cosine schedule; raster order: one token per step with the KV cache; each continuous token drawn by
-the diffusion head in `num_diffusion_steps` DDPM steps) -> VAE / VQ decoder -> images."""
+the diffusion head in `num_diffusion_steps` steps of the pipeline's scheduler: DDPM, or a fast solver such as
+DPM-Solver++) -> VAE / VQ decoder -> images."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
+import diffusers
 import torch
+from diffusers import SchedulerMixin
 
 from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
 from ..pipeline_output import T2IPipelineOutput
 from ..pipeline_utils import T2IPipeline
+
+
+def saved_head_scheduler(model: FluidForConditionalGeneration) -> SchedulerMixin | None:
+    """The head's scheduler saved next to the model (`<folder>/scheduler/`, of the class its config names:
+    `DiffusionHeadScheduler` or a diffusers scheduler), so that `pipeline("text-to-image", model=path)`, which hands
+    over only the model and processor, samples with the scheduler `FluidPipeline.from_pretrained(path)` loads."""
+    folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
+    if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
+        return None
+    name = DiffusionHeadScheduler.load_config(folder).get("_class_name")  # any scheduler class reads the file
+    if name == DiffusionHeadScheduler.__name__:
+        scheduler_class = DiffusionHeadScheduler
+    else:
+        scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        raise ValueError(
+            f"{folder}/scheduler_config.json names `_class_name` {name!r}, which is neither DiffusionHeadScheduler "
+            "nor a diffusers scheduler; save the pipeline with one (e.g. "
+            "`DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`)."
+        )
+    return scheduler_class.from_pretrained(folder)
 
 
 class FluidPipeline(T2IPipeline):
@@ -23,14 +48,24 @@ class FluidPipeline(T2IPipeline):
             `model.vqmodel`).
         processor: [`FluidProcessor`]; None for a class-conditional model (e.g. a converted MAR checkpoint), which
             takes `class_labels` instead of prompts.
-        scheduler (optional): the diffusion head's [`DiffusionHeadScheduler`] (a `DDPMScheduler` with a sampling
-            temperature); default: the schedule of the model's config. Saved in `scheduler/`.
+        scheduler: what samples the diffusion head (continuous models; None for discrete ones), saved in
+            `scheduler/`. Default: the one saved with the model, else a [`DiffusionHeadScheduler`] with the model
+            config's schedule (diffusers' `DDPMScheduler` plus MAR's sampling `temperature`). Swap it as in diffusers
+            for a fast solver, built from the same schedule: `DPMSolverMultistepScheduler` (DPM-Solver++, 2nd order),
+            `DDIMScheduler` or `UniPCMultistepScheduler` `.from_config(pipe.scheduler.config)`, with fewer
+            `num_diffusion_steps` (10-25 instead of DDPM's 100). The solvers take no `temperature` (1.0 only: it
+            scales DDPM's ancestral noise, which they do not draw), keep the head's "leading" timestep spacing (their
+            own default, which starts at the cosine schedule's capped last step, is refused), and are refused with
+            another noise schedule or prediction type. The solver's multistep history is reset at every head call.
 
     Example:
 
     ```python
     >>> pipe = FluidPipeline.from_pretrained(path)
     >>> image = pipe("a red circle", guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images[0]
+    >>> # the head with DPM-Solver++ in 15 steps instead of DDPM's 100
+    >>> pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    >>> image = pipe("a red circle", num_diffusion_steps=15, generator=torch.Generator().manual_seed(0)).images[0]
     >>> # class-conditional (MAR): pipe(class_labels=[207, 360], guidance_scale=2.9, guidance_schedule="linear")
     ```
     """
@@ -43,9 +78,11 @@ class FluidPipeline(T2IPipeline):
         self,
         model: FluidForConditionalGeneration,
         processor: FluidProcessor | None = None,
-        scheduler: DiffusionHeadScheduler | None = None,
+        scheduler: SchedulerMixin | None = None,
     ):
         super().__init__()
+        if scheduler is None and model.config.is_continuous:
+            scheduler = saved_head_scheduler(model) or DiffusionHeadScheduler.from_config(model.scheduler.config)
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
 
     @torch.no_grad()
@@ -90,8 +127,10 @@ class FluidPipeline(T2IPipeline):
             guidance_scale: classifier-free guidance scale, in [0, 1e4] (1 = off).
             guidance_schedule: "constant" or "linear" (random order: linear in the share of revealed tokens, MAR's;
                 raster order: from 1 at the first token to `guidance_scale` at the last).
-            temperature: continuous: the diffusion head's noise temperature (>= 0); discrete: softmax temperature.
-            num_diffusion_steps: DDPM reverse steps of the head per token (default: the model config's, 100).
+            temperature: continuous: the diffusion head's noise temperature (>= 0; a solver other than
+                `DiffusionHeadScheduler` takes 1.0 only); discrete: softmax temperature.
+            num_diffusion_steps: reverse steps of the head per token with `pipe.scheduler` (default: the model
+                config's, 100, what DDPM is trained and measured with; DPM-Solver++ needs 10-25).
             top_k, top_p, min_p, do_sample: discrete tokens only.
             generator: the only source of randomness: one `torch.Generator` for the whole call, or a list of one per
                 image (captions or class labels x `num_images_per_prompt`), in output order: image `i` is then the
@@ -165,7 +204,7 @@ class FluidPipeline(T2IPipeline):
             inputs = self.text_inputs(
                 prompt, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device, **text_embeds
             )
-        scheduler = self.scheduler if getattr(self, "scheduler", None) is not None else None
+        scheduler = getattr(self, "scheduler", None)
         state = model.prepare_image_generation(**inputs, settings=settings, scheduler=scheduler, generator=generator)
 
         # 3. Prepare the tokens and the reveal order (random order on the cosine schedule, or raster order)
@@ -220,4 +259,4 @@ class FluidPipeline(T2IPipeline):
         return labels.long()
 
 
-__all__ = ["FluidPipeline"]
+__all__ = ["FluidPipeline", "saved_head_scheduler"]
