@@ -1,9 +1,11 @@
 """Convert a DALLE-pytorch training checkpoint (`dalle.pt` of `train_dalle.py`) to [`DalleForConditionalGeneration`]
-with its OpenAI dVAE as the nested [`DalleDVAE`].
+with its VAE nested: OpenAI's dVAE as [`DalleDVAE`], or DALLE-pytorch's own `DiscreteVAE` as [`DallePytorchDVAE`].
+`--vae-checkpoint` converts a `DiscreteVAE` alone (`vae.pt` of `train_vae.py`: `{'hparams', 'weights'}`).
 
 Checkpoint: `{'hparams', 'vae_params', 'weights', 'vae_class_name', 'version', 'epoch', 'opt_state',
-'scheduler_state'}` (older releases have only the first three). Only `hparams`, `vae_class_name` and `weights` are
-read; optimizer and scheduler states are dropped. Layer keys are matched by suffix, because the number of `fn.`
+'scheduler_state'}` (older releases have only the first three). `hparams`, `vae_class_name`, `vae_params` (the
+`DiscreteVAE`'s constructor arguments; None for OpenAI's dVAE) and `weights` are read; optimizer and scheduler states
+are dropped. Layer keys are matched by suffix, because the number of `fn.`
 hops between a layer index and its weights changes with options and releases (`LayerScale`, `PreNorm`, `CachedAs`,
 `PreShiftToken`, `NonCached` wrappers).
 
@@ -34,6 +36,7 @@ Key map (`{i}`: layer, `...`: any wrapper hops):
 | `transformer.layers.layers.{i}.1...norm_out.*`, `.1.scale` | `model.layers.{i}.norm2_post.*`, `model.layers.{i}.scale2` |
 | `to_logits.0.*`, `to_logits.1.*`                         | `model.norm.*`, `lm_head.*`                            |
 | `vae.enc.blocks.*.{w,b}`, `vae.dec.blocks.*.{w,b}`       | `vqmodel.{encoder,decoder}.blocks.*.{weight,bias}`     |
+| `vae.{codebook,encoder,decoder}.*` (its own DiscreteVAE) | `vqmodel.{codebook,encoder,decoder}.*` (same tree)     |
 | `text_emb.linear.*`, `image_emb.linear.*` (shared copies) | dropped after checking they equal `to_logits.1.*`     |
 | `logits_mask` (persistent in old releases)               | dropped (recomputed)                                   |
 
@@ -45,12 +48,14 @@ column: the package's `"column"` mask), `axial_row` (the earlier tokens of its r
 True)`, the shifted channels of the last image row kept in the cache while decoding), `sandwich_norm`, LayerScale,
 `share_input_output_emb`, `shared_attn_ids` / `shared_ff_ids` (weights are copied per layer), dropout settings,
 `loss_img_weight`. Refused with an error naming the option: `reversible`, `stable`, `sparse_attn` and the `sparse`
-attention type, `dim_head * heads != dim`, and VAEs other than `OpenAIDiscreteVAE` (DALLE-pytorch's own
-`DiscreteVAE` and `VQGanVAE` have other architectures).
+attention type, `dim_head * heads != dim`, and `VQGanVAE` (taming-transformers' VQGAN: another architecture).
+`DiscreteVAE`'s `normalization` (mean, std of [0, 1] images) is kept in the config; its `reinmax` (training only) is
+not.
 
 Usage:
     python conversion_scripts/convert_dalle_pytorch_to_hf.py --checkpoint dalle.pt --output out/ \
         [--push-to-hub user/name --license mit]
+    python conversion_scripts/convert_dalle_pytorch_to_hf.py --vae-checkpoint vae.pt --output vae/
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ from conversion_utils import (  # noqa: E402
     write_model_card,
 )
 
-from hf_t2i import DalleConfig, DalleForConditionalGeneration  # noqa: E402
+from hf_t2i import DalleConfig, DalleForConditionalGeneration, DallePytorchDVAE, DallePytorchDVAEConfig  # noqa: E402
 from hf_t2i.models.dalle.modeling_dalle import dalle_rotary_angles  # noqa: E402
 
 
@@ -117,7 +122,24 @@ TAGS = ["dalle", "dalle-pytorch"]
 # dilation 1), which DALLE-pytorch's Transformer never changes.
 ATTENTION_TYPES = {"full": "full", "axial_col": "column", "axial_row": "axial_row", "conv_like": "conv_corner"}
 CONV_LIKE_KERNEL_SIZE = 5
-CHECKPOINT_DROPPED = ("vae_params", "opt_state", "scheduler_state", "epoch", "version")
+CHECKPOINT_DROPPED = ("opt_state", "scheduler_state", "epoch", "version")
+VAE_CLASSES = ("OpenAIDiscreteVAE", "DiscreteVAE")
+# DALLE-pytorch 1.6.6 defaults of the `DiscreteVAE` constructor, for `vae_params` an older checkpoint did not record
+DISCRETE_VAE_DEFAULTS = dict(
+    image_size=256,
+    num_tokens=512,
+    codebook_dim=512,
+    num_layers=3,
+    num_resnet_blocks=0,
+    hidden_dim=64,
+    channels=3,
+    smooth_l1_loss=False,
+    temperature=0.9,
+    straight_through=False,
+    reinmax=False,
+    kl_div_loss_weight=0.0,
+    normalization=((0.5, 0.5, 0.5, 0), (0.5, 0.5, 0.5, 1)),
+)
 
 
 def read_hparams(checkpoint: dict) -> dict:
@@ -144,11 +166,11 @@ def check_supported(hparams: dict, weights: dict, vae_class_name: str) -> list[s
     for refused, option, why in refusals:
         if refused:
             raise ConversionError(f"unsupported DALLE-pytorch hparam {option}: {why}.")
-    if vae_class_name != "OpenAIDiscreteVAE":
+    if vae_class_name not in VAE_CLASSES:
         raise ConversionError(
             f"unsupported DALLE-pytorch VAE {vae_class_name!r}: DalleForConditionalGeneration nests OpenAI's dVAE "
-            "architecture (`OpenAIDiscreteVAE`); DALLE-pytorch's own `DiscreteVAE` (strided convs + codebook) and "
-            "`VQGanVAE` have other architectures."
+            "(`OpenAIDiscreteVAE` -> DalleDVAE) or DALLE-pytorch's own `DiscreteVAE` (-> DallePytorchDVAE); "
+            "`VQGanVAE` (taming-transformers' VQGAN) has another architecture."
         )
     attn_types = hparams["attn_types"] or ("full",)
     if isinstance(attn_types, str):
@@ -198,13 +220,69 @@ def _check_rotary_table(keys: KeyConsumer, hparams: dict) -> int:
     return grid
 
 
+def discrete_vae_config(vae_params) -> DallePytorchDVAEConfig:
+    """The `DallePytorchDVAEConfig` of a `DiscreteVAE`'s constructor arguments (`vae_params` of `dalle.pt`,
+    `hparams` of `train_vae.py`'s `vae.pt`), with 1.6.6 defaults for the ones not recorded; unknown names fail."""
+    params = dict(require_mapping(vae_params, "the DiscreteVAE's hparams"))
+    unknown = sorted(set(params) - set(DISCRETE_VAE_DEFAULTS))
+    if unknown:
+        raise ConversionError(f"unsupported DiscreteVAE hparams {unknown}: this converter does not know them.")
+    params = {**DISCRETE_VAE_DEFAULTS, **params}
+    if params["reinmax"]:
+        print("note: reinmax=True (a training-only gradient estimator) is not kept; inference is unaffected")
+    channels = params["channels"]
+    normalization = params["normalization"]
+    if normalization is None:  # no normalisation: [0, 1] images go in as they are, i.e. mean 0 and std 1
+        normalization = ((0.0,) * channels, (1.0,) * channels)
+    mean, std = (list(t)[:channels] for t in normalization)
+    try:
+        return DallePytorchDVAEConfig(
+            image_size=params["image_size"],
+            num_channels=channels,
+            vocab_size=params["num_tokens"],
+            codebook_dim=params["codebook_dim"],
+            num_layers=params["num_layers"],
+            num_resnet_blocks=params["num_resnet_blocks"],
+            hidden_size=params["hidden_dim"],
+            normalization_mean=mean,
+            normalization_std=std,
+            gumbel_temperature=params["temperature"],
+            straight_through=params["straight_through"],
+            kl_div_loss_weight=params["kl_div_loss_weight"],
+            reconstruction_loss="smooth_l1" if params["smooth_l1_loss"] else "mse",
+        )
+    except ValueError as error:
+        raise ConversionError(
+            f"the DiscreteVAE's hparams do not make a valid DallePytorchDVAEConfig: {error}"
+        ) from None
+
+
+def pop_discrete_vae(keys: KeyConsumer, prefix: str) -> dict[str, torch.Tensor]:
+    """Pop a `DiscreteVAE`'s weights (`{prefix}codebook.weight`, `{prefix}encoder.*`, `{prefix}decoder.*`): the
+    module tree of `DallePytorchDVAE` is the same, so the names stay."""
+    state = {
+        k[len(prefix) :]: keys.pop(k)
+        for k in keys.remaining()
+        if k.startswith(prefix) and k[len(prefix) :].split(".")[0] in ("codebook", "encoder", "decoder")
+    }
+    if "codebook.weight" not in state:
+        raise ConversionError(f"the checkpoint has no `{prefix}codebook.weight` of a DiscreteVAE.")
+    return state
+
+
 def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     """GEGLU's `x, gates = chunk(2)` -> the package's `gate, up = chunk(2)` order."""
     value, gate = t.chunk(2, dim=0)
     return torch.cat([gate, value], dim=0)
 
 
-def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) -> tuple[DalleConfig, dict]:
+def convert_weights(
+    weights: dict,
+    hparams: dict,
+    attention_types: list[str],
+    vae_class_name: str = "OpenAIDiscreteVAE",
+    vae_params=None,
+) -> tuple[DalleConfig, dict]:
     """-> (config, state dict of `DalleForConditionalGeneration`)."""
     keys = KeyConsumer(weights, "checkpoint['weights']")
     dim, depth = hparams["dim"], hparams["depth"]
@@ -212,13 +290,20 @@ def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) ->
     keys.drop("logits_mask", "a constant mask the model recomputes")
 
     # -- dVAE -------------------------------------------------------------------------------------------------------
-    halves = {}
-    for half, short in (("encoder", "enc"), ("decoder", "dec")):
-        prefix = f"vae.{short}."
-        halves[half] = {k[len(prefix) :]: keys.pop(k) for k in keys.remaining() if k.startswith(prefix)}
-        if not halves[half]:
-            raise ConversionError(f"the checkpoint has no `{prefix}*` weights of its OpenAIDiscreteVAE.")
-    vae_state = dvae_script.convert_state(halves["encoder"], halves["decoder"])
+    if vae_class_name == "DiscreteVAE":
+        if vae_params is None:
+            raise ConversionError("the checkpoint's VAE is a DiscreteVAE but it has no `vae_params` to build it from.")
+        vq_config = discrete_vae_config(vae_params)
+        vae_state = pop_discrete_vae(keys, "vae.")
+    else:
+        halves = {}
+        for half, short in (("encoder", "enc"), ("decoder", "dec")):
+            prefix = f"vae.{short}."
+            halves[half] = {k[len(prefix) :]: keys.pop(k) for k in keys.remaining() if k.startswith(prefix)}
+            if not halves[half]:
+                raise ConversionError(f"the checkpoint has no `{prefix}*` weights of its OpenAIDiscreteVAE.")
+        vae_state = dvae_script.convert_state(halves["encoder"], halves["decoder"])
+        vq_config = dvae_script.infer_config(halves["encoder"], halves["decoder"], None)
 
     # -- embeddings and head ----------------------------------------------------------------------------------------
     head_w, head_b = keys.pop("to_logits.1.weight"), keys.pop("to_logits.1.bias")
@@ -255,8 +340,14 @@ def convert_weights(weights: dict, hparams: dict, attention_types: list[str]) ->
         if axial[0].shape != (1, grid, 1, dim) or axial[1].shape != (1, 1, grid, dim):
             raise ConversionError(f"unexpected axial position shapes {[tuple(a.shape) for a in axial]}.")
 
-    vq_config = dvae_script.infer_config(halves["encoder"], halves["decoder"], None)
-    vq_config.image_size = grid * vq_config.downsample_factor
+    if vae_class_name == "DiscreteVAE":
+        if vq_config.grid_size != grid:
+            raise ConversionError(
+                f"the DiscreteVAE makes a {vq_config.grid_size} x {vq_config.grid_size} grid (image_size "
+                f"{vq_config.image_size} / 2 ** {vq_config.num_layers}) but the prior's positions are {grid} x {grid}."
+            )
+    else:
+        vq_config.image_size = grid * vq_config.downsample_factor
     if vq_config.vocab_size != num_codes:
         raise ConversionError(f"the dVAE has {vq_config.vocab_size} codes but the prior {num_codes} image embeddings.")
     weight = hparams["loss_img_weight"]
@@ -357,22 +448,57 @@ def import_dalle_pytorch():
             return None
 
 
-def build_original(checkpoint: dict, hparams: dict, config: DalleConfig):
-    """The original DALLE-pytorch model with the checkpoint's weights; None when the packages are missing."""
-    dalle_pytorch = import_dalle_pytorch()
+def build_original_openai_vae(dalle_pytorch, vq):
+    """DALLE-pytorch's `OpenAIDiscreteVAE` built from `dall_e`'s classes with the shapes of `vq` (its own
+    `__init__` downloads OpenAI's weights); None without the `DALL-E` package."""
     try:
         import dall_e
     except ImportError:
         return None
-    if dalle_pytorch is None:
-        return None
-    vq = config.vq_config
-    vae = dalle_pytorch.OpenAIDiscreteVAE.__new__(dalle_pytorch.OpenAIDiscreteVAE)  # its __init__ downloads
+    vae = dalle_pytorch.OpenAIDiscreteVAE.__new__(dalle_pytorch.OpenAIDiscreteVAE)
     torch.nn.Module.__init__(vae)
     common = dict(n_hid=vq.hidden_size, n_blk_per_group=vq.num_blocks_per_group, vocab_size=vq.vocab_size)
     vae.enc = dall_e.Encoder(**common)
     vae.dec = dall_e.Decoder(n_init=vq.decoder_init_channels, **common)
     vae.channels, vae.num_layers, vae.image_size, vae.num_tokens = 3, 3, vq.image_size, vq.vocab_size
+    return vae
+
+
+def original_pixels(vae, image_token_ids: torch.Tensor) -> torch.Tensor:
+    """An original VAE's `decode` in the package's [-1, 1]: OpenAI's gives [0, 1] (`unmap_pixels`), DiscreteVAE's
+    gives its `normalization`'s space."""
+    out = vae.decode(image_token_ids)
+    if not hasattr(vae, "normalization"):
+        return out * 2 - 1
+    mean, std = (torch.as_tensor(t, dtype=out.dtype).view(1, -1, 1, 1) for t in vae.normalization)
+    return (out * std + mean) * 2 - 1
+
+
+@torch.no_grad()
+def check_vae_parity(vqmodel, vae, tolerance: float = 1e-4) -> dict[str, float]:
+    """Codes of fixed images (`encode` vs the original's `get_codebook_indices` of the same images in [0, 1]) and
+    decoded pixels of those codes."""
+    size = vqmodel.config.image_size
+    pixels = torch.rand(2, vqmodel.config.num_channels, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    codes = vqmodel.encode(pixels)
+    same = torch.equal(codes, vae.get_codebook_indices((pixels + 1) / 2))
+    print(f"parity VAE codes: {'identical' if same else 'DIFFERENT'}")
+    delta = max_abs_diff(vqmodel.decode(codes), original_pixels(vae, codes))
+    report_parity("decoded pixels", delta, tolerance)
+    return {"decoded pixels": delta, "tokens_identical": float(same)}
+
+
+def build_original(checkpoint: dict, hparams: dict, config: DalleConfig):
+    """The original DALLE-pytorch model with the checkpoint's weights; None when the packages are missing."""
+    dalle_pytorch = import_dalle_pytorch()
+    if dalle_pytorch is None:
+        return None
+    if isinstance(config.vq_config, DallePytorchDVAEConfig):
+        vae = dalle_pytorch.DiscreteVAE(**checkpoint["vae_params"])
+    else:
+        vae = build_original_openai_vae(dalle_pytorch, config.vq_config)
+        if vae is None:
+            return None
     kwargs = {k: v for k, v in hparams.items() if k != "vae"}
     original = dalle_pytorch.DALLE(vae=vae, **kwargs)
     weights = {k: v for k, v in checkpoint["weights"].items() if k != "logits_mask"}  # persistent in old releases
@@ -414,11 +540,9 @@ def check_parity(model: DalleForConditionalGeneration, original, tolerance: floa
     same_guided = torch.equal(guided, original_greedy(original, text, config.num_image_tokens, guidance_scale=3.0))
     print(f"parity greedy tokens: {'identical' if same else 'DIFFERENT'}; guided (s=3): ", end="")
     print("identical" if same_guided else "DIFFERENT")
-    deltas["tokens_identical"] = float(same and same_guided)
-    pixels = model.decode_image_tokens(ours)
-    ref_pixels = original.vae.decode(ours) * 2 - 1  # dall_e unmap_pixels gives [0, 1]
-    deltas["decoded pixels"] = max_abs_diff(pixels, ref_pixels)
-    report_parity("decoded pixels", deltas["decoded pixels"], tolerance)
+    vae = check_vae_parity(model.vqmodel, original.vae, tolerance)
+    deltas["decoded pixels"] = vae["decoded pixels"]
+    deltas["tokens_identical"] = float(same and same_guided and vae["tokens_identical"])
     return deltas
 
 
@@ -437,7 +561,7 @@ def convert(
     repo_id = create_hub_repo(push_to_hub_repo)
     checkpoint = load_torch_file(checkpoint_path, "DALLE-pytorch checkpoint")
     checkpoint = require_mapping(checkpoint, "the DALLE-pytorch checkpoint", ("hparams", "weights"))
-    unknown = sorted(set(checkpoint) - {"hparams", "weights", "vae_class_name", *CHECKPOINT_DROPPED})
+    unknown = sorted(set(checkpoint) - {"hparams", "weights", "vae_class_name", "vae_params", *CHECKPOINT_DROPPED})
     if unknown:
         raise ConversionError(f"the DALLE-pytorch checkpoint has unknown entries {unknown}.")
     weights = tensors_only(checkpoint["weights"], "checkpoint['weights']")
@@ -446,7 +570,8 @@ def convert(
     if vae_class_name is None:  # releases before `vae_class_name`: tell the VAE by its keys
         vae_class_name = "OpenAIDiscreteVAE" if any(k.startswith("vae.enc.") for k in weights) else "DiscreteVAE"
     attention_types = check_supported(hparams, weights, vae_class_name)
-    config, state = convert_weights(weights, hparams, attention_types)
+    vae_params = checkpoint.get("vae_params")
+    config, state = convert_weights(weights, hparams, attention_types, vae_class_name, vae_params)
     model = DalleForConditionalGeneration(config).eval()
     load_converted(model, state, "DalleForConditionalGeneration")
     print(
@@ -488,16 +613,81 @@ Parity with the original (float32): {parity if parity is not None else "not meas
     return model, parity
 
 
+def convert_vae(
+    checkpoint_path,
+    output_dir=None,
+    check: bool = True,
+    push_to_hub_repo: str | None = None,
+    license: str | None = None,
+):
+    """Convert the `vae.pt` of DALLE-pytorch's `train_vae.py` (`{'hparams', 'weights'}` of a `DiscreteVAE`) to a
+    [`DallePytorchDVAE`], check parity (codes and decoded pixels, when dalle-pytorch is installed), save and
+    optionally upload. Returns (model, parity)."""
+    if push_to_hub_repo is not None and output_dir is None:
+        raise ConversionError("--push-to-hub uploads the --output folder: pass --output too.")
+    repo_id = create_hub_repo(push_to_hub_repo)
+    checkpoint = load_torch_file(checkpoint_path, "DALLE-pytorch VAE checkpoint")
+    checkpoint = require_mapping(checkpoint, "the DALLE-pytorch VAE checkpoint", ("hparams", "weights"))
+    unknown = sorted(set(checkpoint) - {"hparams", "weights"})
+    if unknown:
+        raise ConversionError(f"the DALLE-pytorch VAE checkpoint has unknown entries {unknown}.")
+    config = discrete_vae_config(checkpoint["hparams"])
+    keys = KeyConsumer(tensors_only(checkpoint["weights"], "checkpoint['weights']"), "checkpoint['weights']")
+    state = pop_discrete_vae(keys, "")
+    keys.finish()
+    model = DallePytorchDVAE(config).eval()
+    load_converted(model, state, "DallePytorchDVAE")
+    print(
+        f"converted: DiscreteVAE {config.image_size} px -> {config.grid_size}x{config.grid_size} x "
+        f"{config.vocab_size} codes ({config.num_layers} layers, {config.num_resnet_blocks} residual blocks)"
+    )
+    parity = None
+    if check:
+        dalle_pytorch = import_dalle_pytorch()
+        if dalle_pytorch is None:
+            print("parity: skipped (install `dalle-pytorch` to compare against the original)")
+        else:
+            original = dalle_pytorch.DiscreteVAE(**checkpoint["hparams"])
+            original.load_state_dict(checkpoint["weights"])
+            parity = check_vae_parity(model, original.eval())
+            require_parity(parity)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        model.save_pretrained(output_dir)
+        write_model_card(
+            output_dir,
+            "Converted from a DALLE-pytorch DiscreteVAE",
+            f"""
+DALLE-pytorch's own discrete VAE (`train_vae.py`'s `vae.pt`: {config.image_size} px, {config.num_layers} layers,
+{config.num_resnet_blocks} residual blocks, {config.vocab_size} codes) as `hf_t2i.DallePytorchDVAE`, converted with
+`conversion_scripts/convert_dalle_pytorch_to_hf.py --vae-checkpoint` of hf_t2i. Pixels are in [-1, 1]; the original's
+normalisation (mean {config.normalization_mean}, std {config.normalization_std} of [0, 1] images) is in the config.
+
+Parity with the original (float32): {parity if parity is not None else "not measured"}.
+""",
+            tags=TAGS,
+            license=license,
+            repo_id=repo_id,
+        )
+        print(f"saved to {output_dir}")
+        if repo_id is not None:
+            push_to_hub(output_dir, repo_id, "a DALLE-pytorch DiscreteVAE", tags=TAGS, license=license)
+    return model, parity
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--checkpoint", required=True, help="DALLE-pytorch checkpoint (dalle.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="DALLE-pytorch checkpoint (dalle.pt of train_dalle.py)")
+    source.add_argument("--vae-checkpoint", help="a DiscreteVAE alone (vae.pt of train_vae.py)")
     parser.add_argument("--output", required=True, help="output folder (save_pretrained layout)")
     parser.add_argument("--skip-parity", action="store_true", help="do not compare against the original")
     add_hub_arguments(parser)  # DALLE-pytorch checkpoints are the user's own: no default license is known
     args = parser.parse_args(argv)
-    convert(args.checkpoint, args.output, not args.skip_parity, args.push_to_hub, args.license)
+    run = convert if args.checkpoint is not None else convert_vae
+    run(args.checkpoint or args.vae_checkpoint, args.output, not args.skip_parity, args.push_to_hub, args.license)
     return 0
 
 

@@ -9,7 +9,7 @@ from .auto import AutoModelForTextToImage, register_all
 from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel, DallePreTrainedModel
 from .models.dalle.processing_dalle import DalleProcessor
-from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig, DallePytorchDVAE, DallePytorchDVAEConfig
 from .models.fluid import (
     FluidConfig,
     FluidForConditionalGeneration,
@@ -54,6 +54,8 @@ __all__ = [
     "DallePipeline",
     "DallePreTrainedModel",
     "DalleProcessor",
+    "DallePytorchDVAE",
+    "DallePytorchDVAEConfig",
     "FluidConfig",
     "FluidForConditionalGeneration",
     "FluidMAEModel",

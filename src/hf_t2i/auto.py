@@ -17,7 +17,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .image_processing import T2IImageProcessor
 from .models.dalle import DalleConfig, DalleForConditionalGeneration, DalleModel
 from .models.dalle.processing_dalle import DalleProcessor
-from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig
+from .models.dalle_dvae import DalleDVAE, DalleDVAEConfig, DallePytorchDVAE, DallePytorchDVAEConfig
 from .models.fluid import (
     FluidConfig,
     FluidForConditionalGeneration,
@@ -68,6 +68,7 @@ _TEXT_TO_IMAGE_MODELS = [
 # (config class, model) of the image tokenizers
 _IMAGE_TOKENIZERS = [
     (DalleDVAEConfig, DalleDVAE),
+    (DallePytorchDVAEConfig, DallePytorchDVAE),
     (ViTVQGANConfig, ViTVQGAN),
     (ViTVQGANUpsamplerConfig, ViTVQGANUpsampler),
 ]

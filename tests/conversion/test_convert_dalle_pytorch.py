@@ -21,7 +21,7 @@ def script():
     return script
 
 
-def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, **hparams):
+def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, vae_params=None, **hparams):
     """A tiny DALLE-pytorch model and the checkpoint dict `train_dalle.py` would save for it (OpenAI's dVAE
     downsamples by 8: 32 px is a 4 x 4 token grid)."""
     dalle_pytorch = script.import_dalle_pytorch()
@@ -33,8 +33,11 @@ def _original(script, vae_class="OpenAIDiscreteVAE", image_size=32, **hparams):
         vae.dec = dall_e.Decoder(n_init=32, n_hid=64, n_blk_per_group=1, vocab_size=512)
         vae.channels, vae.num_layers, vae.image_size, vae.num_tokens = 3, 3, image_size, 512
         vae_params = None
-    else:
-        vae_params = dict(image_size=32, num_layers=3, num_tokens=64, codebook_dim=16, hidden_dim=16)
+    else:  # its own DiscreteVAE, with train_vae.py's hparams (three stride-2 convs: 32 px is a 4 x 4 grid)
+        vae_params = {
+            **dict(image_size=image_size, num_layers=3, num_tokens=64, codebook_dim=16, hidden_dim=16),
+            **(vae_params or {}),
+        }
         vae = dalle_pytorch.DiscreteVAE(**vae_params)
     defaults = dict(
         num_text_tokens=20,
@@ -132,19 +135,84 @@ def test_parity_with_original(script, tmp_path, hparams):
 
 
 @pytest.mark.parametrize(
-    "hparams, vae_class, message",
+    "vae_params, hparams",
     [
-        (dict(stable=True), "OpenAIDiscreteVAE", "stable=True"),
-        (dict(attn_types=("full", "sparse")), "OpenAIDiscreteVAE", r"attn_types \['sparse'\]"),
-        (dict(), "DiscreteVAE", "DiscreteVAE"),
+        (dict(), dict(attn_types=("full", "axial_col"))),
+        # residual blocks, a codebook narrower than the convs, another normalisation, 64 px with DALLE-pytorch's
+        # defaults (token shifting and rotary) in the prior
+        (
+            dict(
+                num_resnet_blocks=2,
+                codebook_dim=8,
+                normalization=((0.48, 0.46, 0.41), (0.27, 0.26, 0.28)),
+                image_size=64,
+                num_layers=4,
+            ),
+            dict(shift_tokens=True, rotary_emb=True, dim=36, dim_head=18, attn_types=("full", "conv_like")),
+        ),
     ],
-    ids=["stable", "sparse", "own-discrete-vae"],
+    ids=["discrete-vae", "discrete-vae-resblocks+shift+rotary"],
 )
-def test_unsupported_options_are_named(script, tmp_path, hparams, vae_class, message):
+def test_parity_with_original_discrete_vae(script, tmp_path, vae_params, hparams):
+    """A DALLE-pytorch model on its own DiscreteVAE: the whole model path (logits, greedy and guided tokens, the
+    VAE's codes of fixed images, decoded pixels) against the original."""
+    from hf_t2i import DalleForConditionalGeneration, DallePytorchDVAE
+
+    _, checkpoint = _original(script, vae_class="DiscreteVAE", vae_params=vae_params, **hparams)
+    torch.save(checkpoint, tmp_path / "dalle.pt")
+    model, parity = script.convert(tmp_path / "dalle.pt", tmp_path / "out")
+    assert isinstance(model.vqmodel, DallePytorchDVAE)
+    assert parity["logits"] <= 1e-4 and parity["decoded pixels"] <= 1e-4 and parity["tokens_identical"] == 1.0, parity
+    reloaded = DalleForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    assert isinstance(reloaded.vqmodel, DallePytorchDVAE)
+    codes = torch.randint(0, 64, (1, model.config.num_image_tokens), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(reloaded.decode_image_tokens(codes), model.decode_image_tokens(codes), rtol=0, atol=0)
+
+
+def test_train_vae_checkpoint_converts_alone(script, tmp_path, capsys):
+    """`train_vae.py`'s `vae.pt` ({'hparams', 'weights'}) -> a DallePytorchDVAE folder, through the command line."""
+    from conversion_utils import run_main
+
+    from hf_t2i import DallePytorchDVAE
+    from hf_t2i.models.image_tokenizers import load_image_tokenizer
+
+    dalle_pytorch = script.import_dalle_pytorch()
+    torch.manual_seed(0)
+    hparams = dict(image_size=32, num_layers=2, num_tokens=32, codebook_dim=8, hidden_dim=16, num_resnet_blocks=1)
+    vae = dalle_pytorch.DiscreteVAE(**hparams)
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    torch.save({"hparams": hparams, "weights": vae.state_dict()}, tmp_path / "vae.pt")
+    argv = ["--vae-checkpoint", str(tmp_path / "vae.pt"), "--output", str(tmp_path / "out")]
+    assert run_main(script.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "parity VAE codes: identical" in out and "decoded pixels" in out
+    loaded = load_image_tokenizer(tmp_path / "out")
+    assert isinstance(loaded, DallePytorchDVAE) and loaded.config.grid_size == 8
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(pixels * 2 - 1), vae.eval().get_codebook_indices(pixels))
+        codes = loaded.encode(pixels * 2 - 1)
+        # the default normalisation (mean 0.5, std 0.5) makes the original's output space the package's [-1, 1]
+        torch.testing.assert_close(loaded.decode(codes), vae.decode(codes), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "hparams, vae_class_name, message",
+    [
+        (dict(stable=True), None, "stable=True"),
+        (dict(attn_types=("full", "sparse")), None, r"attn_types \['sparse'\]"),
+        (dict(), "VQGanVAE", "VQGanVAE"),
+    ],
+    ids=["stable", "sparse", "vqgan-vae"],
+)
+def test_unsupported_options_are_named(script, tmp_path, hparams, vae_class_name, message):
     from conversion_utils import ConversionError
 
     built = {k: v for k, v in hparams.items() if k != "attn_types"}  # 'sparse' needs DeepSpeed to be built
-    _, checkpoint = _original(script, vae_class=vae_class, **built)
+    _, checkpoint = _original(script, **built)
+    checkpoint["vae_class_name"] = vae_class_name or checkpoint["vae_class_name"]
     checkpoint["hparams"].update(hparams)
     torch.save(checkpoint, tmp_path / "dalle.pt")
     with pytest.raises(ConversionError, match=message):

@@ -7,6 +7,7 @@ never through each other's folders:
 | tokenizer config                                        | tokenizer                         | tokens                  |
 |---------------------------------------------------------|-----------------------------------|-------------------------|
 | `DalleDVAEConfig`                                       | `DalleDVAE`                       | discrete ids            |
+| `DallePytorchDVAEConfig`                                | `DallePytorchDVAE`                | discrete ids (converted)|
 | `ViTVQGANConfig`                                        | `ViTVQGAN`                        | discrete ids            |
 | `DiffusersVQConfig`                                     | diffusers `VQModel`               | discrete ids (converted)|
 | a dict of diffusers `AutoencoderKL` arguments           | diffusers `AutoencoderKL`         | continuous latents      |
@@ -27,7 +28,9 @@ from torch import nn
 from transformers import PreTrainedConfig
 
 from .dalle_dvae.configuration_dalle_dvae import DalleDVAEConfig
+from .dalle_dvae.configuration_dalle_pytorch_dvae import DallePytorchDVAEConfig
 from .dalle_dvae.modeling_dalle_dvae import DalleDVAE
+from .dalle_dvae.modeling_dalle_pytorch_dvae import DallePytorchDVAE
 from .vit_vqgan.configuration_vit_vqgan import ViTVQGANConfig
 from .vit_vqgan.modeling_vit_vqgan import ViTVQGAN
 
@@ -85,12 +88,21 @@ def _diffusers_vq_model(config: DiffusersVQConfig) -> VQModel:
 # `model_type` of a discrete tokenizer's config -> what builds the tokenizer from that config
 DISCRETE_TOKENIZERS = {
     DalleDVAEConfig.model_type: DalleDVAE,
+    DallePytorchDVAEConfig.model_type: DallePytorchDVAE,
     ViTVQGANConfig.model_type: ViTVQGAN,
     DiffusersVQConfig.model_type: _diffusers_vq_model,
 }
 # `model_type` of the tokenizers that `load_image_tokenizer` loads from a transformers folder
-TRAINED_TOKENIZERS = {DalleDVAEConfig.model_type: DalleDVAE, ViTVQGANConfig.model_type: ViTVQGAN}
-TRAINED_TOKENIZER_CONFIGS = {DalleDVAEConfig.model_type: DalleDVAEConfig, ViTVQGANConfig.model_type: ViTVQGANConfig}
+TRAINED_TOKENIZERS = {
+    DalleDVAEConfig.model_type: DalleDVAE,
+    DallePytorchDVAEConfig.model_type: DallePytorchDVAE,
+    ViTVQGANConfig.model_type: ViTVQGAN,
+}
+TRAINED_TOKENIZER_CONFIGS = {
+    DalleDVAEConfig.model_type: DalleDVAEConfig,
+    DallePytorchDVAEConfig.model_type: DallePytorchDVAEConfig,
+    ViTVQGANConfig.model_type: ViTVQGANConfig,
+}
 
 
 def vq_config_from(vq_config: PreTrainedConfig | dict | None, name: str = "vq_config") -> PreTrainedConfig:
@@ -199,6 +211,8 @@ def image_tokenizer_size(tokenizer: nn.Module) -> int:
 __all__ = [
     "DalleDVAE",
     "DalleDVAEConfig",
+    "DallePytorchDVAE",
+    "DallePytorchDVAEConfig",
     "DiffusersVQConfig",
     "ViTVQGAN",
     "ViTVQGANConfig",

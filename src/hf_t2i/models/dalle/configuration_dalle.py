@@ -6,7 +6,7 @@ from transformers import PreTrainedConfig
 
 from ...configuration_utils import check_heads
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
-from ..image_tokenizers import DalleDVAEConfig
+from ..image_tokenizers import DalleDVAEConfig, DallePytorchDVAEConfig
 
 
 POSITION_EMBEDDING_TYPES = ("learned", "rotary")
@@ -28,8 +28,9 @@ class DalleConfig(PreTrainedConfig):
     The text context is always `text_seq_len` long; padding positions each get their own learned embedding.
 
     Args:
-        vq_config (`DalleDVAEConfig` or `dict`, *optional*): the image tokenizer. It fixes `image_vocab_size` (its
-            `vocab_size`) and the image grid (its `grid_size`).
+        vq_config (`DalleDVAEConfig`, `DallePytorchDVAEConfig` or `dict`, *optional*): the image tokenizer, OpenAI's
+            dVAE (default) or DALLE-pytorch's own `DiscreteVAE` (converted checkpoints); a dict is read by its
+            `model_type`. It fixes `image_vocab_size` (its `vocab_size`) and the image grid (its `grid_size`).
         text_vocab_size (`int`, *optional*, defaults to 4096): text tokenizer vocabulary size (paper: 16384).
         text_seq_len (`int`, *optional*, defaults to 32): text context length (paper: 256).
         text_pad_token_id (`int`, *optional*, defaults to 0): the tokenizer's padding id; each padded position uses
@@ -105,7 +106,13 @@ class DalleConfig(PreTrainedConfig):
         if vq_config is None:
             vq_config = DalleDVAEConfig()
         elif isinstance(vq_config, dict):
-            vq_config = DalleDVAEConfig(**vq_config)
+            pytorch_dvae = vq_config.get("model_type") == DallePytorchDVAEConfig.model_type
+            vq_config = (DallePytorchDVAEConfig if pytorch_dvae else DalleDVAEConfig)(**vq_config)
+        elif not isinstance(vq_config, (DalleDVAEConfig, DallePytorchDVAEConfig)):
+            raise TypeError(
+                "`vq_config` must be a DalleDVAEConfig, a DallePytorchDVAEConfig or a dict, got "
+                f"{type(vq_config).__name__}."
+            )
         if attention_types is None:
             attention_types = paper_attention_types(num_hidden_layers)
         attention_types = list(attention_types)
@@ -137,7 +144,8 @@ class DalleConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be >= 1, got {value}.")
         if shift_tokens and hidden_size < 2:
             raise ValueError(
-                f"`shift_tokens=True` shifts two quarters of the channels: `hidden_size` must be >= 2, got {hidden_size}."
+                "`shift_tokens=True` shifts two quarters of the channels: `hidden_size` must be >= 2, got "
+                f"{hidden_size}."
             )
         for derived in ("vocab_size", "layer_types", "number_of_conv_states"):  # set below
             kwargs.pop(derived, None)

@@ -56,7 +56,7 @@ from ...layers import (
     transformer_blocks,
 )
 from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
-from ..image_tokenizers import DalleDVAE, build_image_tokenizer
+from ..image_tokenizers import DalleDVAE, DallePytorchDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 from .token_shift import DalleTokenShift
 
@@ -132,7 +132,9 @@ class DallePreTrainedModel(StrictLoadingMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        init_transformer_weights(module, self.config.initializer_range, owner=self, nested=(DalleDVAE,))
+        init_transformer_weights(
+            module, self.config.initializer_range, owner=self, nested=(DalleDVAE, DallePytorchDVAE)
+        )
 
 
 class DalleModel(DallePreTrainedModel):
@@ -309,7 +311,8 @@ class DalleModel(DallePreTrainedModel):
 
 
 class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
-    """The DALL-E prior with its LM head and its image tokenizer (`vqmodel`, a [`DalleDVAE`]).
+    """The DALL-E prior with its LM head and its image tokenizer (`vqmodel`, a [`DalleDVAE`], or a
+    [`DallePytorchDVAE`] in converted DALLE-pytorch checkpoints).
 
     Example:
 
