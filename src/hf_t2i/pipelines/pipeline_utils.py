@@ -40,6 +40,30 @@ ROOT_COMPONENTS = ("model", "processor")
 OUTPUT_TYPES = (*IMAGE_OUTPUT_TYPES, "latent")
 
 
+def saved_scheduler(model, own_classes: tuple[type, ...] = (), example: str = "DDIMScheduler"):
+    """The scheduler saved next to `model` (`<model folder>/scheduler/`, of the class its `_class_name` names: a
+    diffusers scheduler or one of `own_classes`), so that `pipeline("text-to-image", model=path)`, which hands over
+    only the model and processor, samples with the scheduler the pipeline's own `from_pretrained(path)` loads.
+    None when the model's folder has none. `example` names a scheduler for the error's fix."""
+    import diffusers
+    from diffusers import SchedulerMixin
+
+    folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
+    if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
+        return None
+    config = diffusers.DDIMScheduler.load_config(folder)  # any scheduler class reads the file
+    name = config.get("_class_name")
+    own = {cls.__name__: cls for cls in own_classes}
+    scheduler_class = own.get(name) or (getattr(diffusers, name, None) if isinstance(name, str) else None)
+    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
+        allowed = " or ".join([*own, "a diffusers scheduler"])
+        raise ValueError(
+            f"{folder}/scheduler_config.json names `_class_name` {name!r}, which is not {allowed}; save the pipeline "
+            f"with one (e.g. `{example}.from_config(pipe.scheduler.config)`)."
+        )
+    return scheduler_class.from_config(config)
+
+
 class T2IPipeline(DiffusionPipeline):
     """Shared loading / saving (root layout, atomic file writes), prompt encoding, argument checks and output of the
     hf_t2i pipelines."""

@@ -5,10 +5,8 @@ DPM-Solver++) -> VAE / VQ decoder -> images."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-import diffusers
 import torch
 from diffusers import SchedulerMixin
 
@@ -16,28 +14,7 @@ from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
 from ..pipeline_output import T2IPipelineOutput
-from ..pipeline_utils import T2IPipeline
-
-
-def saved_head_scheduler(model: FluidForConditionalGeneration) -> SchedulerMixin | None:
-    """The head's scheduler saved next to the model (`<folder>/scheduler/`, of the class its config names:
-    `DiffusionHeadScheduler` or a diffusers scheduler), so that `pipeline("text-to-image", model=path)`, which hands
-    over only the model and processor, samples with the scheduler `FluidPipeline.from_pretrained(path)` loads."""
-    folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
-    if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
-        return None
-    name = DiffusionHeadScheduler.load_config(folder).get("_class_name")  # any scheduler class reads the file
-    if name == DiffusionHeadScheduler.__name__:
-        scheduler_class = DiffusionHeadScheduler
-    else:
-        scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        raise ValueError(
-            f"{folder}/scheduler_config.json names `_class_name` {name!r}, which is neither DiffusionHeadScheduler "
-            "nor a diffusers scheduler; save the pipeline with one (e.g. "
-            "`DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`)."
-        )
-    return scheduler_class.from_pretrained(folder)
+from ..pipeline_utils import T2IPipeline, saved_scheduler
 
 
 class FluidPipeline(T2IPipeline):
@@ -82,7 +59,9 @@ class FluidPipeline(T2IPipeline):
     ):
         super().__init__()
         if scheduler is None and model.config.is_continuous:
-            scheduler = saved_head_scheduler(model) or DiffusionHeadScheduler.from_config(model.scheduler.config)
+            scheduler = saved_scheduler(model, (DiffusionHeadScheduler,), "DPMSolverMultistepScheduler") or (
+                DiffusionHeadScheduler.from_config(model.scheduler.config)
+            )
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
 
     @torch.no_grad()
@@ -259,4 +238,4 @@ class FluidPipeline(T2IPipeline):
         return labels.long()
 
 
-__all__ = ["FluidPipeline", "saved_head_scheduler"]
+__all__ = ["FluidPipeline"]

@@ -4,12 +4,9 @@ image -> text direction of the same model."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
-import diffusers
 import torch
-from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ...generation import ClassifierFreeGuidance
@@ -18,25 +15,7 @@ from ...models.transfusion.modeling_transfusion import TransfusionForConditional
 from ...models.transfusion.processing_transfusion import TransfusionProcessor
 from ...processing_utils import as_prompt_list
 from ..pipeline_output import T2IPipelineOutput
-from ..pipeline_utils import T2IPipeline
-
-
-def saved_scheduler(model: TransfusionForConditionalGeneration) -> SchedulerMixin | None:
-    """The scheduler saved next to the model (`<folder>/scheduler/`, of the class its config names), so
-    `pipeline("text-to-image", model=path)`, which hands over only the model and processor, samples with the same
-    scheduler as `TransfusionPipeline.from_pretrained(path)`."""
-    folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
-    if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
-        return None
-    config = DDIMScheduler.load_config(folder)  # any scheduler class reads the file; `_class_name` says whose it is
-    name = config.get("_class_name")
-    scheduler_class = getattr(diffusers, name, None) if isinstance(name, str) else None
-    if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, SchedulerMixin)):
-        raise ValueError(
-            f"{folder}/scheduler_config.json names `_class_name` {name!r}, which is not a diffusers scheduler; "
-            "save the pipeline with a diffusers scheduler (e.g. `DDIMScheduler.from_config(pipe.scheduler.config)`)."
-        )
-    return scheduler_class.from_config(config)
+from ..pipeline_utils import T2IPipeline, saved_scheduler
 
 
 class TransfusionPipeline(T2IPipeline):
