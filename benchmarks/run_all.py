@@ -36,6 +36,7 @@ FAMILIES = {
     "fluid": ("bench_fluid.py", []),
     "transfusion": ("bench_transfusion.py", ["--peer-batch-8"]),
     "muse": ("bench_muse.py", []),
+    "training": ("bench_training.py", []),
 }
 HEADERS = [
     "family",
@@ -46,6 +47,8 @@ HEADERS = [
     "s / image (ours)",
     "s / image (peer)",
     "speed-up",
+    "GFLOP/s (ours)",
+    "% of peak",
     "peak RSS Δ MiB (ours / peer)",
 ]
 
@@ -103,6 +106,12 @@ def _guidance(scale: float | None) -> str:
     return "off" if scale == 1.0 else f"{scale:g}"
 
 
+def _roofline(record: dict) -> list[str]:
+    """The GFLOP/s and % of peak cells of a record (`_flops.Roofline.fields`; "-" for scripts without them)."""
+    gflops, percent = record.get("gflops"), record.get("percent_of_peak")
+    return ["-" if gflops is None else f"{gflops:.1f}", "-" if percent is None else f"{percent:.0f}%"]
+
+
 def _cell(record: dict) -> tuple:
     """What makes two records of one family comparable: batch, guidance and any script-specific setting (Muse's
     iterations)."""
@@ -117,7 +126,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
     for document in documents:
         family = document["family"]
         if "failed" in document:
-            rows.append([family, f"FAILED ({document['failed']})", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([family, f"FAILED ({document['failed']})", *["-"] * (len(HEADERS) - 2)])
             continue
         summary = document["summary"]
         peers = {(r["implementation"], _cell(r)): r for r in summary if r["is_peer"]}
@@ -128,7 +137,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
             base = [family, record["implementation"]]
             setting = [str(record["batch"]), _guidance(record["guidance_scale"])]
             if not record["vs_peers"]:
-                rows.append([*base, "-", *setting, ours, "-", "-", f"{_memory(record)} / -"])
+                rows.append([*base, "-", *setting, ours, "-", "-", *_roofline(record), f"{_memory(record)} / -"])
             for peer_name, ratio in record["vs_peers"].items():
                 peer = peers.get((peer_name, _cell(record)))
                 peer_seconds = "-" if peer is None else _seconds(peer["seconds_per_image"], peer["error"])
@@ -140,12 +149,13 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
                         ours,
                         peer_seconds,
                         "-" if ratio is None else f"{ratio:.2f}x",
+                        *_roofline(record),
                         f"{_memory(record)} / {_memory(peer)}",
                     ]
                 )
         for peer_name, reason in document.get("peers", {}).items():
             if reason is not None:
-                rows.append([family, "-", f"{peer_name}: skipped (see below)", "-", "-", "-", "-", "-", "-"])
+                rows.append([family, "-", f"{peer_name}: skipped (see below)", *["-"] * (len(HEADERS) - 3)])
     return rows
 
 

@@ -107,12 +107,36 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
     ]
     rows = run_all.table_rows(documents)
     assert rows == [
-        ["parti", "hf_t2i sample_image_tokens", "min-dalle 0.4.11", "2", "3", "0.750", "1.750", "2.50x", "4 / 4"],
-        ["parti", "hf_t2i sample_image_tokens", "parti-pytorch 0.2.0", "2", "3", "0.750", "10.000", "12.50x", "4 / 4"],
-        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "4 / -"],
-        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "4 / -"],
-        ["dalle", "-", "min-dalle: skipped (see below)", "-", "-", "-", "-", "-", "-"],
-        ["fluid", "FAILED (exit status 1; its output is above)", "-", "-", "-", "-", "-", "-", "-"],
+        [
+            "parti",
+            "hf_t2i sample_image_tokens",
+            "min-dalle 0.4.11",
+            "2",
+            "3",
+            "0.750",
+            "1.750",
+            "2.50x",
+            "-",
+            "-",
+            "4 / 4",
+        ],
+        [
+            "parti",
+            "hf_t2i sample_image_tokens",
+            "parti-pytorch 0.2.0",
+            "2",
+            "3",
+            "0.750",
+            "10.000",
+            "12.50x",
+            "-",
+            "-",
+            "4 / 4",
+        ],
+        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "-", "4 / -"],
+        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "-", "4 / -"],
+        ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 8],
+        ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 9],
     ]
     markdown = run_all.render_markdown(documents, "full", "2026-12-04T10:00:00", 60.0)
     assert "- dalle, min-dalle: min-dalle is not installed" in markdown
@@ -170,7 +194,7 @@ def test_smoke_run_of_every_family(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["mode"] == "smoke"
-    assert [d["family"] for d in results["families"]] == ["dalle", "parti", "fluid", "transfusion", "muse"]
+    assert [d["family"] for d in results["families"]] == ["dalle", "parti", "fluid", "transfusion", "muse", "training"]
     markdown = (tmp_path / "RESULTS.md").read_text()
     assert "measure nothing" in markdown
     for doc in results["families"]:

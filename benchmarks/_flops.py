@@ -1,0 +1,175 @@
+"""FLOP counting and the matmul peak of the same shapes: the roofline columns of every benchmark script.
+
+`record_matmuls` runs a call once under a torch dispatch mode and keeps the shape of every matrix product it runs:
+`mm` / `addmm` (every linear layer: 2 x in x out FLOPs per row, i.e. 2 x parameters x tokens), `bmm` / `baddbmm`,
+and each fused attention call as its two products (scores Q K^T and the weighted sum P V: 4 x queries x keys x
+head dim FLOPs per head). Convolutions, norms, softmax and elementwise work are not counted. The count is analytic
+(shapes times the formula, nothing is timed) and follows the model as it is, so no script keeps a hand-written copy
+of its architecture; attention is counted dense, over every key the kernel is given (sparse or causal masks do not
+lower it), which is what an SDPA kernel computes.
+
+`matmul_seconds` times the same products as plain torch matmuls in isolation, each distinct shape on its own,
+and `Roofline` puts the two together: the achieved GFLOP/s of a call next to the GFLOP/s the same products reach
+alone. A training step counts 3x its forward's FLOPs (the two gradient products of each forward product), and its
+peak times those three products.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+@dataclass(frozen=True)
+class Matmul:
+    """One matrix product: `batch` independent (m, k) x (k, n) products."""
+
+    batch: int
+    m: int
+    k: int
+    n: int
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.batch * self.m * self.k * self.n
+
+
+_aten = torch.ops.aten
+_MM = {_aten.mm.default: 0, _aten.addmm.default: 1}  # op -> index of its first matrix
+_BMM = {_aten.bmm.default: 0, _aten.baddbmm.default: 1}
+_SDPA = {
+    getattr(_aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    if hasattr(_aten, name)
+}
+
+
+def matmuls_of(func, args) -> list[Matmul]:
+    """The products one aten call runs (none for other ops)."""
+    if func in _MM:
+        a, b = args[_MM[func]], args[_MM[func] + 1]
+        return [Matmul(1, a.shape[0], a.shape[1], b.shape[1])]
+    if func in _BMM:
+        a, b = args[_BMM[func]], args[_BMM[func] + 1]
+        return [Matmul(a.shape[0], a.shape[1], a.shape[2], b.shape[2])]
+    if func in _SDPA:
+        query, key, value = args[:3]  # (B, H, L, E), (B, H, S, E), (B, H, S, Ev)
+        heads = query.shape[0] * query.shape[1]
+        length, keys = query.shape[2], key.shape[2]
+        return [Matmul(heads, length, query.shape[3], keys), Matmul(heads, length, keys, value.shape[3])]
+    return []
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.counts: Counter[Matmul] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts.update(matmuls_of(func, args))
+        return func(*args, **(kwargs or {}))
+
+
+def record_matmuls(fn: Callable[[], object]) -> Counter[Matmul]:
+    """Run `fn` once and return how many times it ran each matrix-product shape (see the module docstring)."""
+    recorder = _Recorder()
+    with recorder:
+        fn()
+    return recorder.counts
+
+
+def total_flops(counts: Counter[Matmul]) -> int:
+    return sum(shape.flops * count for shape, count in counts.items())
+
+
+def _gradient_products(shape: Matmul) -> list[Matmul]:
+    """The product and its two gradients: dA = dC B^T is (m, n) x (n, k), dB = A^T dC is (k, m) x (m, n)."""
+    b, m, k, n = shape.batch, shape.m, shape.k, shape.n
+    return [shape, Matmul(b, m, n, k), Matmul(b, k, m, n)]
+
+
+def _time_product(shape: Matmul, repeats: int, min_seconds: float, dtype: torch.dtype) -> float:
+    """Best-of-`repeats` seconds of one plain product, each sample averaged over enough calls to last `min_seconds`."""
+    a = torch.randn(shape.batch, shape.m, shape.k, dtype=dtype)
+    b = torch.randn(shape.batch, shape.k, shape.n, dtype=dtype)
+    out = torch.empty(shape.batch, shape.m, shape.n, dtype=dtype)
+    if shape.batch == 1:
+        a, b, out = a[0], b[0], out[0]
+        product = torch.mm
+    else:
+        product = torch.bmm
+    product(a, b, out=out)  # warm-up
+    start = time.perf_counter()
+    product(a, b, out=out)
+    calls = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-7)))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            product(a, b, out=out)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def matmul_seconds(
+    counts: Counter[Matmul],
+    training: bool = False,
+    repeats: int = 3,
+    min_seconds: float = 1e-3,
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """Seconds the recorded products take as plain torch matmuls in isolation (each distinct shape timed, times its
+    count); with `training`, each product's two gradient products too."""
+    seconds = 0.0
+    timed: dict[Matmul, float] = {}
+    for shape, count in counts.items():
+        for product in _gradient_products(shape) if training else [shape]:
+            if product not in timed:
+                timed[product] = _time_product(product, repeats, min_seconds, dtype)
+            seconds += count * timed[product]
+    return seconds
+
+
+@dataclass
+class Roofline:
+    """The FLOPs of one call (per unit, e.g. per image) and the GFLOP/s its products reach in isolation."""
+
+    flops_per_unit: float
+    peak_gflops: float
+
+    @classmethod
+    def measure(cls, fn: Callable[[], object], per: int, training: bool = False, quick_peak: bool = False) -> Roofline:
+        """Record `fn`'s products (one untimed call; for `training`, `fn` is the forward and the count is x3) and
+        time them alone. `quick_peak` times each shape once (smoke runs)."""
+        counts = record_matmuls(fn)
+        flops = total_flops(counts) * (3 if training else 1)
+        repeats, min_seconds = (1, 0.0) if quick_peak else (3, 1e-3)
+        seconds = matmul_seconds(counts, training, repeats=repeats, min_seconds=min_seconds)
+        return cls(flops / per, flops / seconds / 1e9 if seconds > 0 else float("nan"))
+
+    def gflops(self, seconds_per_unit: float | None) -> float | None:
+        """Achieved GFLOP/s at `seconds_per_unit` (None where there is no time)."""
+        if not seconds_per_unit:
+            return None
+        return self.flops_per_unit / seconds_per_unit / 1e9
+
+    def fields(self, seconds_per_unit: float | None) -> dict:
+        """The record fields every script adds to its summary rows: `gflops`, `peak_gflops`, `percent_of_peak`."""
+        achieved = self.gflops(seconds_per_unit)
+        return {
+            "gflop_per_image": self.flops_per_unit / 1e9,
+            "gflops": achieved,
+            "peak_gflops": self.peak_gflops,
+            "percent_of_peak": None if achieved is None else 100 * achieved / self.peak_gflops,
+        }

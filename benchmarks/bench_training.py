@@ -1,0 +1,373 @@
+"""Training throughput: one optimizer step of each family next to the peers' training steps, in one run.
+
+Config (the project's benchmark issue): text 32 tokens x vocab 4096, image 16x16 = 256 tokens (codebook 1024, or
+continuous 16-d latent tokens), width 256, depth 4, 8 heads, MLP x4, fp32, batch 8, random weights and data.
+
+One step = `zero_grad`, the training forward with its loss, `backward`, `AdamW.step`. Rows:
+    - DALL-E and Parti: the next-token loss on text + image ids (`labels`);
+    - Muse: the masked-token loss (the cosine training mask drawn inside `forward`);
+    - Fluid: its loss with continuous 16-d tokens (random latent tokens: no VAE encode) and with discrete codes;
+    - Transfusion: LM + lambda x DDPM loss on one random 4x32x32 latent per caption (`<s> text </s> <boi> image <eoi>`);
+    - peers where installed: dalle-pytorch's `DALLE(text, codes, return_loss=True)`, parti-pytorch's `Parti` (T5
+      encoder of our encoder's size, trained with it), muse-maskgit-pytorch's `MaskGit` (the same trained T5
+      encoder), transfusion-pytorch's `Transfusion` on (text, latent) pairs.
+
+Columns: tokens/s (image + text tokens of the batch / step seconds), the achieved GFLOP/s (3x the forward's matrix
+products, counted by `_flops`) and that as a % of the GFLOP/s the same products and their gradients reach as plain
+torch matmuls, measured in this run. Each model's steps run interleaved with its peer's, round after round.
+
+    python benchmarks/bench_training.py [--repeats N] [--threads T] [--json out.json] [--families dalle ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+import types
+from collections.abc import Callable
+
+import bench_dalle
+import bench_fluid
+import bench_muse
+import bench_parti
+import bench_transfusion
+import torch
+from _flops import Roofline
+from _timing import (
+    Case,
+    add_common_arguments,
+    apply_common_arguments,
+    format_table,
+    load_average,
+    machine_info,
+    machine_line,
+    noisy_warning,
+    run_interleaved,
+    summary_records,
+    use_smoke_sizes,
+    write_json,
+)
+
+
+TEXT_VOCAB = 4096
+TEXT_TOKENS = 32
+GRID = 16
+CODEBOOK = 1024
+WIDTH = 256
+DEPTH = 4
+HEADS = 8
+MLP = 4 * WIDTH
+LATENT_DIM = 16  # Fluid's continuous tokens (2x2 patches of a 4-channel latent) and transfusion-pytorch's
+BATCH = 8
+LEARNING_RATE = 1e-4
+DALLE_PYTORCH_INSTALL = "pip install --no-deps dalle-pytorch==1.6.6 axial-positional-embedding rotary-embedding-torch"
+FAMILIES = ("dalle", "parti", "muse", "fluid", "transfusion")
+HEADERS = ["family", "implementation", "batch", "s / step", "tokens / s", "GFLOP/s", "% of peak", "vs peer"]
+
+
+class Step:
+    """One implementation's training step: `loss()` runs the forward (recorded for the FLOP count), `__call__` the
+    whole step. `model` holds every trained parameter (a peer's text encoder too)."""
+
+    def __init__(self, name: str, model: torch.nn.Module, loss: Callable[[], torch.Tensor], tokens: int):
+        self.name, self.model, self.loss, self.tokens = name, model.train(), loss, tokens
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+
+    def __call__(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss().backward()
+        self.optimizer.step()
+
+
+def _codes(batch: int, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, CODEBOOK, (batch, GRID * GRID), generator=generator)
+
+
+def _text(batch: int, generator: torch.Generator, low: int = 10) -> torch.Tensor:
+    return torch.randint(low, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
+
+
+# -- hf_t2i --------------------------------------------------------------------------------------------------------
+def ours(family: str, batch: int, generator: torch.Generator) -> list[Step]:
+    tokens = batch * (TEXT_TOKENS + GRID * GRID)
+    text, codes = _text(batch, generator), _codes(batch, generator)
+    if family == "dalle":
+        model = bench_dalle.build_ours()
+        ids = torch.cat([text, codes + model.config.text_vocab_size], dim=1)
+        return [Step("hf_t2i DALL-E", model, lambda: model(ids, labels=ids, use_cache=False).loss, tokens)]
+    if family == "parti":
+        model = bench_parti.build_ours()
+        return [Step("hf_t2i Parti", model, lambda: model(input_ids=text, labels=codes, use_cache=False).loss, tokens)]
+    if family == "muse":
+        model = bench_muse.build_ours()
+        loss_generator = torch.Generator().manual_seed(0)
+        return [
+            Step(
+                "hf_t2i Muse",
+                model,
+                lambda: model(input_ids=text, image_token_ids=codes, generator=loss_generator).loss,
+                tokens,
+            )
+        ]
+    if family == "fluid":
+        steps = []
+        for token_type, image_tokens in (
+            ("continuous", torch.randn(batch, GRID * GRID, LATENT_DIM, generator=generator)),
+            ("discrete", codes),
+        ):
+            model = bench_fluid.build_ours(token_type)
+            loss_generator = torch.Generator().manual_seed(0)
+
+            def loss(model=model, image_tokens=image_tokens, loss_generator=loss_generator):
+                return model(input_ids=text, image_tokens=image_tokens, generator=loss_generator).loss
+
+            steps.append(Step(f"hf_t2i Fluid {token_type}", model, loss, tokens))
+        return steps
+    if family == "transfusion":
+        model = bench_transfusion.build_ours()
+        c = model.config
+        column = torch.ones(batch, 1, dtype=torch.long)
+        ids = torch.cat(
+            [
+                column * c.bos_token_id,
+                text[:, : TEXT_TOKENS - 2],
+                column * c.eos_token_id,
+                column * c.boi_token_id,
+                torch.full((batch, GRID * GRID), c.image_token_id),
+                column * c.eoi_token_id,
+            ],
+            dim=1,
+        )
+        labels = ids.masked_fill((ids == c.image_token_id) | (ids == c.eoi_token_id), -100)
+        latent_side = c.image_size // 4  # the default VAE's factor
+        latents = torch.randn(batch, LATENT_DIM // c.patch_size**2, latent_side, latent_side, generator=generator)
+        loss_generator = torch.Generator().manual_seed(0)
+        return [
+            Step(
+                "hf_t2i Transfusion",
+                model,
+                lambda: model(ids, image_latents=latents, labels=labels, generator=loss_generator).loss,
+                tokens,
+            )
+        ]
+    raise ValueError(f"Unknown family {family!r}; choose from {FAMILIES}.")
+
+
+# -- peers ---------------------------------------------------------------------------------------------------------
+def import_dalle_pytorch() -> tuple[types.ModuleType | None, str]:
+    """`dalle_pytorch.dalle_pytorch` without its pretrained-VAE module, or None and the reason.
+
+    `dalle_pytorch/vae.py` imports omegaconf and taming-transformers for the OpenAI and VQGAN VAEs, which a
+    `DALLE` on a `DiscreteVAE` never touches; a stand-in module takes its place (and the package `__init__`, which
+    imports it, is not run).
+    """
+    spec = importlib.util.find_spec("dalle_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None, f"dalle-pytorch is not installed, so its rows are skipped; to add them: {DALLE_PYTORCH_INSTALL}"
+    version = importlib.metadata.version("dalle-pytorch")
+    if "dalle_pytorch" not in sys.modules:
+        package = types.ModuleType("dalle_pytorch")
+        package.__path__ = list(spec.submodule_search_locations)
+        vae = types.ModuleType("dalle_pytorch.vae")
+        vae.OpenAIDiscreteVAE = vae.VQGanVAE = type("PretrainedVAEStandIn", (), {})
+        sys.modules.update({"dalle_pytorch": package, "dalle_pytorch.vae": vae})
+    try:
+        module = importlib.import_module("dalle_pytorch.dalle_pytorch")
+    except ImportError as error:
+        return None, f"dalle-pytorch {version} cannot be imported: {error} ({DALLE_PYTORCH_INSTALL})"
+    return module, f"dalle-pytorch {version}"
+
+
+def _t5_encoder() -> torch.nn.Module:
+    """A T5 encoder of our text encoders' size: the trained text encoder of the encoder-decoder peers."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=TEXT_VOCAB,
+        d_model=WIDTH,
+        d_kv=WIDTH // HEADS,
+        d_ff=MLP,
+        num_layers=DEPTH,
+        num_heads=HEADS,
+        dropout_rate=0.0,
+    )
+    return T5EncoderModel(config)
+
+
+@functools.cache
+def _import_muse():
+    """`bench_fluid.import_muse` once per process (its stand-in package cannot be found a second time)."""
+    return bench_fluid.import_muse()
+
+
+class _CodebookOnly:
+    """What `MaskGit.__init__` reads from its VQGAN when it is trained on image codes: the codebook size."""
+
+    def __init__(self, codebook_size: int):
+        self.codebook_size = codebook_size
+
+    def copy_for_eval(self) -> _CodebookOnly:
+        return self
+
+
+class _WithEncoder(torch.nn.Module):
+    """A peer and its text encoder as one module, so that one optimizer trains both."""
+
+    def __init__(self, peer: torch.nn.Module, encoder: torch.nn.Module):
+        super().__init__()
+        self.peer, self.encoder = peer, encoder
+
+
+def peer(family: str, batch: int, generator: torch.Generator) -> tuple[Step | None, str | None]:
+    """The family's peer step, or None and the reason it is skipped."""
+    tokens = batch * (TEXT_TOKENS + GRID * GRID)
+    text, codes = _text(batch, generator, low=1), _codes(batch, generator)
+    if family == "dalle":
+        module, note = import_dalle_pytorch()
+        if module is None:
+            return None, note
+        vae = module.DiscreteVAE(image_size=4 * GRID, num_tokens=CODEBOOK, codebook_dim=WIDTH, num_layers=2)
+        model = module.DALLE(
+            dim=WIDTH,
+            vae=vae,
+            num_text_tokens=TEXT_VOCAB,
+            text_seq_len=TEXT_TOKENS,
+            depth=DEPTH,
+            heads=HEADS,
+            dim_head=WIDTH // HEADS,
+        )
+        return Step(note, model, lambda: model(text, codes, return_loss=True), tokens), None
+    if family == "parti":
+        module, note = bench_parti.import_parti_pytorch()
+        if module is None:
+            return None, note
+        runner = bench_parti.PartiPytorchRunner(module)
+        model = _WithEncoder(runner.parti, runner.t5)
+
+        def parti_loss():
+            states = model.encoder(input_ids=text).last_hidden_state
+            mask = torch.ones_like(text, dtype=torch.bool)
+            return model.peer(text_token_embeds=states, text_mask=mask, image_token_ids=codes, return_loss=True)
+
+        return Step(note.split(" (")[0], model, parti_loss, tokens), None
+    if family in ("muse", "fluid"):
+        muse, note = _import_muse()
+        if muse is None:
+            return None, note
+        transformer = bench_fluid.build_muse(muse)
+        maskgit = muse.MaskGit(
+            image_size=4 * GRID, transformer=transformer, vae=_CodebookOnly(CODEBOOK), cond_drop_prob=0.0
+        )
+        model = _WithEncoder(maskgit, _t5_encoder())
+
+        def maskgit_loss():
+            return model.peer(codes, text_embeds=model.encoder(input_ids=text).last_hidden_state)
+
+        return Step(note, model, maskgit_loss, tokens), None
+    if family == "transfusion":
+        model, note = bench_transfusion.build_peer()
+        if model is None:
+            return None, note
+        latents = torch.randn(batch, GRID, GRID, LATENT_DIM, generator=generator)
+        pairs = [[text[i], latents[i]] for i in range(batch)]
+        return Step(note.split(" (")[0], model, lambda: model(pairs), tokens), None
+    raise ValueError(f"Unknown family {family!r}; choose from {FAMILIES}.")
+
+
+# -- the benchmark -------------------------------------------------------------------------------------------------
+def run_benchmark(args: argparse.Namespace) -> dict:
+    rows, summary, noisy, peers = [], [], [], {}
+    for family in args.families:
+        for batch in args.batches:
+            torch.manual_seed(0)
+            generator = torch.Generator().manual_seed(1234)
+            steps = ours(family, batch, generator)
+            peer_step, reason = peer(family, batch, generator)
+            peers[f"{family}: {peer_step.name if peer_step else 'peer'}"] = reason
+            every = steps + ([peer_step] if peer_step else [])
+            cases = [Case(step.name, step, batch) for step in every]
+            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
+            rooflines = [Roofline.measure(step.loss, batch, training=True, quick_peak=args.smoke) for step in every]
+            peer_cases = cases[len(steps) :]
+            records = summary_records("training", cases, peer_cases, batch, None, model=family)
+            for step, case, roofline, record in zip(every, cases, rooflines, records):
+                fields = roofline.fields(case.median)
+                tokens_per_second = step.tokens / (case.median * batch) if case.median else None
+                record.update(fields, tokens_per_second=tokens_per_second, tokens_per_step=step.tokens)
+                ratio = next(iter(record["vs_peers"].values()), None)
+                rows.append(
+                    [
+                        family,
+                        case.name,
+                        str(batch),
+                        f"FAILED: {case.error}" if case.error else f"{case.median * batch:.3f}",
+                        "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
+                        "-" if fields["gflops"] is None else f"{fields['gflops']:.1f}",
+                        "-" if fields["percent_of_peak"] is None else f"{fields['percent_of_peak']:.0f}%",
+                        "-" if ratio is None else f"{ratio:.2f}x",
+                    ]
+                )
+                if (case.spread or 1) > 1.5:
+                    noisy.append(f"{case.name} (batch {batch})")
+            summary += records
+            if reason:
+                rows.append([family, "peer skipped (see below)", str(batch), "-", "-", "-", "-", "-"])
+    return {"table": format_table(HEADERS, rows), "summary": summary, "noisy_rows": noisy, "peers": peers}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="which families (default all)"
+    )
+    parser.set_defaults(default_batches=[BATCH])
+    args = parser.parse_args()
+    batches_given = args.batches is not None
+    apply_common_arguments(parser, args)
+    if not batches_given:  # one batch size, the issue's 8 (2 in --smoke)
+        args.batches = [2] if args.smoke else [BATCH]
+    if args.smoke:
+        for namespace in (globals(), *(vars(m) for m in (bench_dalle, bench_parti, bench_muse, bench_fluid))):
+            use_smoke_sizes(namespace, LATENT_DIM=16)
+        use_smoke_sizes(vars(bench_transfusion))
+
+    machine = machine_info(torch.get_num_threads())
+    print(machine_line(machine))
+    print(
+        f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook "
+        f"{CODEBOOK} (Fluid continuous: {LATENT_DIM}-d tokens), width {WIDTH}, depth {DEPTH}, {HEADS} heads, "
+        f"MLP {MLP}, fp32, AdamW, random weights and data"
+    )
+    print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per step")
+    started = datetime.datetime.now()
+    result = run_benchmark(args)
+    print()
+    print(result["table"])
+    for name, reason in result["peers"].items():
+        if reason:
+            print(f"skipped, {name}: {reason}")
+    print()
+    print(
+        "s / step: median step time (zero_grad, forward + loss, backward, AdamW step). tokens / s: text + image tokens"
+        " of the batch per second. GFLOP/s: 3x the forward's matrix-product FLOPs per step / s; % of peak: of the "
+        "GFLOP/s the same products and their gradients reach as plain torch matmuls in this run. vs peer: median "
+        "over rounds of the peer's step time / ours (> 1 = faster)."
+    )
+    warning = noisy_warning(result["noisy_rows"])
+    if warning:
+        print(warning)
+    elapsed = (datetime.datetime.now() - started).total_seconds()
+    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
+    if args.json:
+        write_json(args.json, "training", args, machine, **result)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
