@@ -23,12 +23,20 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 @pytest.fixture
 def bench(monkeypatch):
-    """The benchmarks folder's modules, imported as its scripts import each other (top-level names)."""
+    """The benchmarks folder's modules, imported as its scripts import each other (top-level names). The process-wide
+    settings a script's options change (transformers' log verbosity, torch's thread count) are restored afterwards:
+    a silenced transformers logger would hide later tests' deprecations from the deprecation guard."""
+    import torch
+    from transformers.utils import logging as transformers_logging
+
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import _timing
     import run_all
 
-    return _timing, run_all
+    verbosity, threads = transformers_logging.get_verbosity(), torch.get_num_threads()
+    yield _timing, run_all
+    transformers_logging.set_verbosity(verbosity)
+    torch.set_num_threads(threads)
 
 
 def timed_case(_timing, name: str, seconds: list[float], per: int = 1, error: str | None = None):
