@@ -119,7 +119,7 @@ style: install
 # (benchmarks/README.md). The peers live in $(BENCH_VENV), built on first use: a virtual environment whose .pth file
 # adds the project environment's site-packages (torch, transformers and hf_t2i are those of $(VENV), not copies), with
 # the pinned peers of benchmarks/requirements-peers.txt installed --no-deps on top. `make bench-quick` (one timed
-# round, the slowest peers at batch 1 only) is meant to finish in under 10 minutes on 2 cores; BENCH_ARGS passes
+# round, the slowest peers at batch 1 only) is meant to finish in under 10 minutes on 2 cores (the first run took 19.3); BENCH_ARGS passes
 # options to benchmarks/run_all.py (e.g. BENCH_ARGS="--threads 4 --families dalle parti").
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
