@@ -14,7 +14,8 @@ standard transformers way: `from_pretrained(..., attn_implementation="eager")` o
   that function, with transformers' calling convention.
 
 Masks are `(B or 1, 1 or H, Q, K)`, boolean (`True` where a query may attend to a key) or additive (0 / -inf, the form
-the models build once per forward pass, see `masks.additive_mask`).
+the models build once per forward pass, see `masks.additive_mask`). With a preallocated cache, a mask narrower than
+the cache (K = the filled positions, `key_length`) means "attend to the first K slots only".
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ class Attention(nn.Module):
         Args:
             hidden_states: (B, Q, C) queries' inputs.
             attention_mask: boolean (True = attend) or additive, (B or 1, 1 or H, Q, K); `None` = full (or causal if
-                `is_causal`).
+                `is_causal`). With a cache, K may be less than the cached keys: only the first K are attended to.
             cache: a transformers `Cache` (an `EncoderDecoderCache` when this layer cross-attends).
             encoder_hidden_states: (B, K, C_kv) keys/values' inputs for cross-attention.
             is_causal: without `attention_mask`, a causal mask (only without a cache offset).
@@ -275,6 +276,10 @@ class Attention(nn.Module):
                     value = apply_rotary(value, cos, sin)
             if cache is not None:
                 key, value = _self_attention_cache(cache).update(key, value, self.layer_idx)  # (B, H, K, D)
+                if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
+                    # a preallocated cache returns every slot; the mask covers the filled ones (see `key_length`),
+                    # and the empty slots would only cost time (half the attention of a decode step on average)
+                    key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
         out, weights = attention_function(implementation)(
             self,
             query,
@@ -313,13 +318,9 @@ def truncate_cache(cache: Cache, length: int) -> None:
 
 
 def key_length(cache: Cache | None, new_length: int) -> int:
-    """Keys that self-attention sees after caching `new_length` more positions: all slots of a preallocated
-    (static) cache, else the cached positions plus the new ones."""
-    if cache is None:
-        return new_length
-    self_cache = _self_attention_cache(cache)
-    if not len(self_cache.layers):  # a lazily built cache has no layers yet
-        return new_length
-    # the layer's own answer: a static layer's slots, a dynamic one's past + new (`get_max_length` says -1 for a static
-    # layer that also keeps conv states, transformers' "hybrid" cache layers)
-    return int(self_cache.get_mask_sizes(new_length, 0)[0])
+    """Keys that self-attention attends to after caching `new_length` more positions: the filled positions, the cached
+    ones plus the new ones, which is the width of the masks the models build.
+
+    A preallocated (static) cache returns all its slots from `update`; [`Attention`] keeps only the first
+    `attention_mask.shape[-1]` of them, so the empty slots cost no time (they were masked out anyway)."""
+    return cache_length(cache) + new_length
