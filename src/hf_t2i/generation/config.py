@@ -93,7 +93,11 @@ class TokenSampler:
     def warp(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(R, V) logits after temperature, top-k, top-p and min-p; `history` (R, i) is what transformers' processors
         see as `input_ids`."""
-        return self.processors(history, logits) if self.processors else logits
+        # each warper called directly: `LogitsProcessorList.__call__` runs `inspect.signature` on every processor at every
+        # call (~40 µs per decode step); these warpers take (input_ids, scores) only
+        for processor in self.processors:
+            logits = processor(history, logits)
+        return logits
 
     def __call__(self, logits: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
         """(R, V) logits -> (R,) ids drawn from the warped distribution (greedy without `do_sample`)."""
