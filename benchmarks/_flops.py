@@ -77,8 +77,17 @@ class _Recorder(TorchDispatchMode):
         self.counts: Counter[Matmul] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.counts.update(matmuls_of(func, args))
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        products = matmuls_of(func, args)
+        if products:
+            self.counts.update(products)
+            return func(*args, **kwargs)
+        # Under `torch.inference_mode` a composite op (linear, matmul, einsum, scaled_dot_product_attention) reaches
+        # this mode before its decomposition runs: run that decomposition here, with the recorder on, so that the
+        # products inside it are seen (it is what the op's kernel would run next).
+        with self:
+            result = func.decompose(*args, **kwargs)
+        return func(*args, **kwargs) if result is NotImplemented else result
 
 
 def record_matmuls(fn: Callable[[], object]) -> Counter[Matmul]:
@@ -128,11 +137,13 @@ def matmul_seconds(
     repeats: int = 3,
     min_seconds: float = 1e-3,
     dtype: torch.dtype = torch.float32,
+    timed: dict[Matmul, float] | None = None,
 ) -> float:
     """Seconds the recorded products take as plain torch matmuls in isolation (each distinct shape timed, times its
-    count); with `training`, each product's two gradient products too."""
+    count); with `training`, each product's two gradient products too. `timed` (shape -> seconds) keeps the shapes
+    already timed, so that rows sharing shapes (the same model in several cells) time each shape once per run."""
     seconds = 0.0
-    timed: dict[Matmul, float] = {}
+    timed = {} if timed is None else timed
     for shape, count in counts.items():
         for product in _gradient_products(shape) if training else [shape]:
             if product not in timed:
@@ -152,10 +163,22 @@ class Roofline:
     def measure(cls, fn: Callable[[], object], per: int, training: bool = False, quick_peak: bool = False) -> Roofline:
         """Record `fn`'s products (one untimed call; for `training`, `fn` is the forward and the count is x3) and
         time them alone. `quick_peak` times each shape once (smoke runs)."""
-        counts = record_matmuls(fn)
+        return cls.from_counts(record_matmuls(fn), per, training, quick_peak)
+
+    @classmethod
+    def from_counts(
+        cls,
+        counts: Counter[Matmul],
+        per: int,
+        training: bool = False,
+        quick_peak: bool = False,
+        timed: dict[Matmul, float] | None = None,
+    ) -> Roofline:
+        """The roofline of products already recorded (`record_matmuls`): their FLOPs per unit and their peak, timed
+        now (`timed`: see `matmul_seconds`)."""
         flops = total_flops(counts) * (3 if training else 1)
         repeats, min_seconds = (1, 0.0) if quick_peak else (3, 1e-3)
-        seconds = matmul_seconds(counts, training, repeats=repeats, min_seconds=min_seconds)
+        seconds = matmul_seconds(counts, training, repeats=repeats, min_seconds=min_seconds, timed=timed)
         return cls(flops / per, flops / seconds / 1e9 if seconds > 0 else float("nan"))
 
     def gflops(self, seconds_per_unit: float | None) -> float | None:

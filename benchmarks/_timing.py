@@ -1,4 +1,5 @@
-"""Small helpers shared by the benchmark scripts: machine description, interleaved timing, peak-RSS deltas, tables.
+"""Small helpers shared by the benchmark scripts: the common configuration, machine description, interleaved timing
+in each mode's way (`CellRunner`) with the roofline of the sampling rows, peak-RSS deltas, tables and the epilogue.
 
 Timing is interleaved: every case runs once per round, the order rotating between rounds, so that load from other
 processes on a shared machine hits all cases alike and ratios taken within a round stay meaningful.
@@ -20,10 +21,13 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+from _flops import Matmul, Roofline, record_matmuls
 
 
 # -- command line --------------------------------------------------------------------------------------------------
@@ -72,6 +76,28 @@ def apply_common_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         torch.set_num_threads(args.threads)
     transformers_logging.set_verbosity_error()
 
+
+# -- the common configuration -------------------------------------------------------------------------------------
+# The issue's benchmark sizes, shared by every script: each imports the names it uses (`from _timing import WIDTH,
+# ...`), so that they are module constants of the script, which `use_smoke_sizes` replaces in a smoke run.
+TEXT_VOCAB = 4096
+TEXT_TOKENS = 32
+GRID = 16  # 16 x 16 = 256 image tokens
+CODEBOOK = 1024
+WIDTH = 256
+DEPTH = 4
+HEADS = 8
+MLP = 4 * WIDTH
+COMMON_CONFIG = {
+    "TEXT_VOCAB": TEXT_VOCAB,
+    "TEXT_TOKENS": TEXT_TOKENS,
+    "GRID": GRID,
+    "CODEBOOK": CODEBOOK,
+    "WIDTH": WIDTH,
+    "DEPTH": DEPTH,
+    "HEADS": HEADS,
+    "MLP": MLP,
+}
 
 #: `--smoke` sizes: what every script's module constants become (the grid stays 16 x 16, which min-dalle's decoder
 #: hard-codes; the steps of the iterative samplers are cut instead)
@@ -172,21 +198,38 @@ class PeakRSS:
 
 
 # -- timing --------------------------------------------------------------------------------------------------------
+class Cell(NamedTuple):
+    """One group of cases timed together, in the same rounds: a batch size, a guidance scale, the cases (by the
+    script's keys) and, for the iterative samplers, the number of iterations. Each script's `plan(mode, ...)` lists
+    the cells of a run, so that what a mode runs can be read (and tested) without running it."""
+
+    batch: int
+    guidance_scale: float
+    cases: tuple[str, ...]
+    iterations: int | None = None
+
+
 @dataclass
 class Case:
     """One thing to time. `fn` does the whole measured call; `per` divides its seconds (e.g. images per call).
 
     `seconds` are wall-clock; `cpu_seconds` the process's CPU time over the same calls (all threads, so idle-spinning
     worker threads count too). With one thread, CPU time is the steadier figure on a loaded machine.
+
+    With `count_flops`, one untimed call runs under `_flops.record_matmuls` (`matmuls`: the products of one call), and
+    `CellRunner` sets `roofline` from them: the sampler rows' GFLOP/s and % of the matmul peak.
     """
 
     name: str
     fn: Callable[[], object]
     per: int = 1
+    count_flops: bool = False
     seconds: list[float] = field(default_factory=list)
     cpu_seconds: list[float] = field(default_factory=list)
     memory_mib: list[float] = field(default_factory=list)
     error: str | None = None
+    matmuls: Counter[Matmul] | None = None
+    roofline: Roofline | None = None
 
     @property
     def median(self) -> float | None:
@@ -203,10 +246,17 @@ class Case:
         """Slowest / fastest timed call: well above 1 means the machine's load changed during the rounds."""
         return max(self.seconds) / min(self.seconds) if self.seconds and min(self.seconds) > 0 else None
 
-    def call(self, timed: bool) -> None:
+    def call(self, timed: bool, record: bool = False) -> None:
+        """One call, its peak-RSS growth kept; its seconds too if `timed`. `record` (untimed calls only) runs it
+        under the FLOP recorder and keeps its products in `matmuls`."""
+        if timed and record:
+            raise ValueError("A timed call cannot record FLOPs: the recorder's overhead would land on its time.")
         with PeakRSS() as memory:
             start, cpu_start = time.perf_counter(), time.process_time()
-            self.fn()
+            if record:
+                self.matmuls = record_matmuls(self.fn)
+            else:
+                self.fn()
             elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if memory.mib is not None:
             self.memory_mib.append(memory.mib)
@@ -214,24 +264,102 @@ class Case:
             self.seconds.append(elapsed)
             self.cpu_seconds.append(cpu)
 
+    def attempt(self, timed: bool, record: bool = False) -> None:
+        """`call`, with an exception kept as the case's `error` (reported as its row) instead of raised."""
+        try:
+            self.call(timed, record)
+        except Exception as error:  # report, do not hide, a case that cannot run
+            self.error = f"{type(error).__name__}: {error}"
 
-def run_interleaved(cases: Sequence[Case], repeats: int, warm_up: bool = True) -> None:
+
+def run_interleaved(cases: Sequence[Case], repeats: int, warm_up: bool | Collection[Case] = True) -> None:
     """One untimed warm-up call per case, then `repeats` timed rounds in rotating order; every call also records
     its peak-RSS growth (garbage collection and `malloc_trim` run before each call, outside the timed region).
 
-    A case that raises in its warm-up is marked with its error and left out of the rounds; the others go on. Without
-    `warm_up` (`--smoke`, where only running matters) that first pass is the first timed round.
+    `warm_up` is True (every case), False (none: `--smoke`, where only running matters) or the cases to warm up. The
+    warm-up call of a case with `count_flops` is its FLOP-recording call. A case that raises in its first call (the
+    warm-up, or without one the first timed call) is marked with its error and left out; the others go on.
     """
+    warm = list(cases) if warm_up is True else [] if warm_up is False else list(warm_up)
     for case in cases:
-        try:
-            case.call(timed=not warm_up)
-        except Exception as error:  # report, do not hide, a case that cannot run
-            case.error = f"{type(error).__name__}: {error}"
-    live = [case for case in cases if case.error is None]
-    for round_index in range(repeats if warm_up else repeats - 1):
+        if any(case is other for other in warm):
+            case.attempt(timed=False, record=case.count_flops)
+    for round_index in range(repeats):
+        live = [case for case in cases if case.error is None]
         shift = round_index % len(live) if live else 0
         for case in live[shift:] + live[:shift]:
-            case.call(timed=True)
+            if case.seconds or any(case is other for other in warm):
+                case.call(timed=True)
+            else:
+                case.attempt(timed=True)
+
+
+class CellRunner:
+    """Runs a script's cells (the cases of one batch and setting, timed together) the way its mode asks, and gives
+    the cases with `count_flops` their roofline.
+
+    - full: every case warms up in every cell (the untimed call that also records its FLOPs), then `repeats` rounds.
+    - quick: one warm-up per implementation (case name) and process, in its first cell; in later cells its timed
+      call comes first, and our cases (not `peers`) record their FLOPs in an untimed call after it. A peer's extra
+      call would cost as much as its timed one, so a quick run has the peers' rooflines of their first cell only.
+    - smoke: no warm-up; FLOPs recorded in an untimed call after the timed one.
+
+    The matmul peak of the recorded shapes is timed after the cell's rounds (each distinct shape once per run).
+    """
+
+    def __init__(self, mode: str, repeats: int):
+        if mode not in ("full", "quick", "smoke"):
+            raise ValueError(f"mode must be 'full', 'quick' or 'smoke', got {mode!r}.")
+        self.mode, self.repeats = mode, repeats
+        self.warmed: set[str] = set()
+        self.peak_seconds: dict[Matmul, float] = {}
+
+    def run(self, cases: Sequence[Case], peers: Sequence[Case] = ()) -> None:
+        if self.mode == "full":
+            warm = list(cases)
+        elif self.mode == "quick":
+            warm = [case for case in cases if case.name not in self.warmed]
+        else:
+            warm = []
+        self.warmed.update(case.name for case in warm)
+        run_interleaved(cases, self.repeats, warm_up=warm)
+        for case in cases:
+            if not case.count_flops or case.error is not None:
+                continue
+            if case.matmuls is None:
+                if self.mode == "quick" and any(case is peer for peer in peers):
+                    continue
+                case.attempt(timed=False, record=True)
+                if case.error is not None:
+                    continue
+            case.roofline = Roofline.from_counts(
+                case.matmuls, case.per, quick_peak=self.mode == "smoke", timed=self.peak_seconds
+            )
+
+
+def roofline_cells(case: Case) -> list[str]:
+    """The three roofline cells of a script's table (`ROOFLINE_HEADERS`): "-" where the case has no roofline."""
+    if case.roofline is None or case.median is None:
+        return ["-", "-", "-"]
+    fields = case.roofline.fields(case.median)
+    return [f"{fields['gflops']:.1f}", f"{fields['peak_gflops']:.1f}", f"{fields['percent_of_peak']:.0f}%"]
+
+
+ROOFLINE_HEADERS = ["GFLOP/s", "peak GFLOP/s", "% of peak"]
+ROOFLINE_NOTE = (
+    "GFLOP/s: the matrix products of one call (linear layers and attention, dense; recorded once from the real "
+    "shapes in an untimed call) / its median time. peak GFLOP/s: what the same products reach as plain torch matmuls, "
+    "each shape timed alone in this run. % of peak: the first over the second."
+)
+
+
+def timing_line(mode: str, repeats: int) -> str:
+    """The printed line that says how a script's cases were timed in this mode (see `CellRunner`)."""
+    if mode == "quick":
+        return f"timing ({mode}): {repeats} timed round(s); one warm-up per implementation, in its first cell"
+    if mode == "smoke":
+        return f"timing ({mode}): one call per case, no warm-up: measures nothing"
+    return f"timing: median of {repeats} interleaved rounds after one warm-up per case"
 
 
 def reference_ratio(case: Case, reference: Case | None) -> float | None:
@@ -286,7 +414,8 @@ def summary_records(
 
     `peers` are the cases of other implementations in `cases`; every other case gets its paired speed-up over each of
     them (`vs_peers`, > 1 = faster than the peer). `guidance_scale` is None for rows that sample nothing (decoders);
-    `extra` adds script-specific fields (e.g. the number of iterations).
+    `extra` adds script-specific fields (e.g. the number of iterations). A case with a roofline adds its
+    `Roofline.fields` (GFLOP/s, peak, % of peak).
     """
     records = []
     for case in cases:
@@ -306,9 +435,31 @@ def summary_records(
                 "slowest_over_fastest": case.spread,
                 "error": case.error,
                 "vs_peers": {} if is_peer else {peer.name: paired_ratio(peer, case) for peer in peers},
+                **(case.roofline.fields(case.median) if case.roofline is not None else {}),
             }
         )
     return records
+
+
+def finish(
+    family: str,
+    args: argparse.Namespace,
+    machine: dict,
+    started: datetime.datetime,
+    result: dict,
+    advice: str = "re-run or raise --repeats.",
+) -> None:
+    """Every script's epilogue: the noisy-row warning (`result["noisy_rows"]`, with `advice`), the benchmark's
+    elapsed time and the load average after it, and the `--json` file (`write_json` of `result`, which holds at
+    least `peers` and `summary`)."""
+    warning = noisy_warning(result.get("noisy_rows", []), advice)
+    if warning:
+        print(warning)
+    elapsed = (datetime.datetime.now() - started).total_seconds()
+    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
+    if args.json:
+        write_json(args.json, family, args, machine, **result)
+        print(f"wrote {args.json}")
 
 
 def write_json(path: str, family: str, args: argparse.Namespace, machine: dict, peers: dict, summary: list, **rest):

@@ -13,7 +13,9 @@ Rows, for batch 1 and 8, with and without classifier-free guidance:
       256px model, so it gets only an opt-in, not-comparable row (`--min-dalle-vqgan`, batch 1).
 
 All cases of one (batch, guidance) cell run interleaved, round after round, so that a shared machine's load falls on
-all of them alike; the speed-up column is the median over rounds of min-dalle's time / ours in the same round.
+all of them alike; the speed-up column is the median over rounds of min-dalle's time / ours in the same round. The
+sampling rows also report their achieved GFLOP/s next to the matmul peak of the same shapes (`_flops`).
+`--quick` times the guided cells only, with our sampler and min-dalle (`plan`).
 
     python benchmarks/bench_dalle.py [--repeats N] [--threads T] [--json out.json] [--profile] [--min-dalle-vqgan]
 
@@ -37,32 +39,35 @@ import types
 
 import torch
 from _timing import (
+    CODEBOOK,
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    ROOFLINE_HEADERS,
+    ROOFLINE_NOTE,
+    TEXT_TOKENS,
+    TEXT_VOCAB,
+    WIDTH,
     Case,
+    Cell,
+    CellRunner,
     add_common_arguments,
     apply_common_arguments,
+    finish,
     format_table,
-    load_average,
     machine_info,
     machine_line,
-    noisy_warning,
     reference_ratio,
-    run_interleaved,
+    roofline_cells,
     summary_records,
+    timing_line,
     use_smoke_sizes,
-    write_json,
 )
 
 from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration
 
 
-TEXT_VOCAB = 4096
-TEXT_TOKENS = 32
-GRID = 16  # 16 x 16 = 256 image tokens
-CODEBOOK = 1024
-WIDTH = 256
-DEPTH = 4
-HEADS = 8
-MLP = 4 * WIDTH
 TOP_K = 64
 MIN_DALLE_VERSION = "0.4.11"
 MIN_DALLE_INSTALL = f"pip install --no-deps min-dalle=={MIN_DALLE_VERSION}"
@@ -204,28 +209,57 @@ OURS_SAMPLE, OURS_GENERATE, OURS_DECODE = (
     "hf_t2i dVAE decode (64px)",
 )
 PEER_DECODE = "min-dalle VQGAN decode (256px, 16384 codes)"
-HEADERS = ["implementation", "batch", "guidance", "s / image", "ms / token step", "peak RSS Δ MiB", "vs min-dalle"]
+HEADERS = [
+    "implementation",
+    "batch",
+    "guidance",
+    "s / image",
+    "ms / token step",
+    "peak RSS Δ MiB",
+    "vs min-dalle",
+    *ROOFLINE_HEADERS,
+]
+#: the keys of `plan`'s cells
+SAMPLE, GENERATE, MIN_DALLE, DECODE, VQGAN = "sample", "generate", "min-dalle", "decode", "vqgan"
+
+
+def plan(mode: str, batches: list[int], guidance_scale: float, min_dalle_vqgan: bool = False) -> list[Cell]:
+    """The cells of a run. Full and smoke: for each batch, an unguided and a guided cell of our sampler,
+    `generate()` and min-dalle, plus our dVAE decode in the unguided one (and min-dalle's VQGAN at batch 1 with
+    `--min-dalle-vqgan`). Quick: the guided cells only, our sampler and min-dalle."""
+    if mode == "quick":
+        return [Cell(batch, guidance_scale, (SAMPLE, MIN_DALLE)) for batch in batches]
+    cells = []
+    for batch in batches:
+        decoders = (DECODE, VQGAN) if min_dalle_vqgan and batch == 1 else (DECODE,)
+        cells.append(Cell(batch, 1.0, (SAMPLE, GENERATE, MIN_DALLE, *decoders)))
+        cells.append(Cell(batch, guidance_scale, (SAMPLE, GENERATE, MIN_DALLE)))
+    return cells
 
 
 def parameter_mib(*modules: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
-def cell_cases(model, peer, vqgan, text, codes, negative, scale, peer_version) -> list[Case]:
-    """The cases of one (batch, guidance) cell; min-dalle, when present, is always the third."""
+def cell_cases(model, peer, vqgan, text, codes, negative, scale, peer_version, keys) -> list[Case]:
+    """The cases of one (batch, guidance) cell named by `keys` (a `plan` cell's), in that order; a missing peer's
+    cases are left out. The sampling cases count their FLOPs, the decoders (convolutions, not counted) do not."""
     batch = text.shape[0]
-    cases = [
-        Case(OURS_SAMPLE, lambda: ours_sample(model, text, negative, scale), batch),
-        Case(OURS_GENERATE, lambda: ours_generate(model, text, negative, scale), batch),
-    ]
-    if peer is not None:
-        cases.append(Case(f"min-dalle {peer_version}", lambda: peer.sample(text, scale), batch))
-    if scale == 1.0:
-        cases.append(Case(OURS_DECODE, lambda: model.decode_image_tokens(codes), batch))
-        if vqgan is not None:
-            vq_codes = codes[:1]  # its detokenizer takes one image (or one seamless grid) per call
+    cases = []
+    for key in keys:
+        if key == SAMPLE:
+            cases.append(Case(OURS_SAMPLE, lambda: ours_sample(model, text, negative, scale), batch, count_flops=True))
+        elif key == GENERATE:
+            cases.append(
+                Case(OURS_GENERATE, lambda: ours_generate(model, text, negative, scale), batch, count_flops=True)
+            )
+        elif key == MIN_DALLE and peer is not None:
+            cases.append(Case(f"min-dalle {peer_version}", lambda: peer.sample(text, scale), batch, count_flops=True))
+        elif key == DECODE:
+            cases.append(Case(OURS_DECODE, lambda: model.decode_image_tokens(codes), batch))
+        elif key == VQGAN and vqgan is not None:
 
-            def vqgan_decode():
+            def vqgan_decode(vq_codes=codes[:1]):  # its detokenizer takes one image (or one seamless grid) per call
                 with torch.no_grad():
                     return vqgan(False, vq_codes)
 
@@ -255,6 +289,7 @@ def table_row(case: Case, reference: Case | None, batch: int, scale: float) -> t
         "-" if median is None or is_decode else f"{median * batch / (GRID * GRID) * 1e3:.2f}",
         "n/a" if case.memory_median is None else f"{case.memory_median:.1f}",
         "-" if ratio is None else f"{ratio:.2f}x",
+        *roofline_cells(case),
     ]
     record = {
         "implementation": case.name,
@@ -280,31 +315,37 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(1234)
     negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)  # the processor's encoding of '' is all pads (id 0)
 
+    cells = plan(args.mode, args.batches, args.guidance_scale, args.min_dalle_vqgan)
     # One untimed call of each implementation first, so that one-time costs (thread pools, kernel caches, the sparse
     # masks) land on no row's memory or time.
     warm_text = torch.randint(3, TEXT_VOCAB, (1, TEXT_TOKENS), generator=generator)
     warm_codes = torch.zeros(1, GRID * GRID, dtype=torch.long)
-    for case in cell_cases(model, peer, None, warm_text, warm_codes, negative, 1.0, "") if not args.smoke else []:
+    warm_keys = [key for key in (SAMPLE, GENERATE, MIN_DALLE, DECODE) if any(key in cell.cases for cell in cells)]
+    warm_cases = cell_cases(model, peer, None, warm_text, warm_codes, negative, 1.0, "", warm_keys)
+    for case in warm_cases if not args.smoke else []:
         with contextlib.suppress(Exception):  # a case that cannot run is reported by its own row below
             case.fn()
 
+    runner = CellRunner(args.mode, args.repeats)
+    texts, all_codes = {}, {}
     rows, records, all_cases, summary = [], [], [], []
-    for batch in args.batches:
-        text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
-        codes = torch.randint(0, CODEBOOK, (batch, GRID * GRID), generator=generator)
-        for scale in (1.0, args.guidance_scale):
-            cases = cell_cases(model, peer, vqgan if batch == 1 else None, text, codes, negative, scale, peer_version)
-            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
-            reference = cases[2] if peer is not None else None
-            all_cases.extend(cases)
-            sampling = [case for case in cases if case.name not in (OURS_DECODE, PEER_DECODE)]
-            decoding = [case for case in cases if case.name == OURS_DECODE]  # min-dalle's VQGAN: not comparable
-            summary += summary_records("dalle", sampling, [reference] if reference else [], batch, scale)
-            summary += summary_records("dalle", decoding, [], batch, None)
-            for case in cases:
-                row, record = table_row(case, reference, batch, scale)
-                rows.append(row)
-                records.append(record)
+    for batch, scale, keys, _ in cells:
+        if batch not in texts:  # the same prompts and codes in every cell of a batch, drawn in the order of batches
+            texts[batch] = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
+            all_codes[batch] = torch.randint(0, CODEBOOK, (batch, GRID * GRID), generator=generator)
+        text, codes = texts[batch], all_codes[batch]
+        cases = cell_cases(model, peer, vqgan, text, codes, negative, scale, peer_version, keys)
+        reference = next((case for case in cases if case.name.startswith("min-dalle ")), None)
+        runner.run(cases, [reference] if reference else [])
+        all_cases.extend(cases)
+        sampling = [case for case in cases if case.name not in (OURS_DECODE, PEER_DECODE)]
+        decoding = [case for case in cases if case.name == OURS_DECODE]  # min-dalle's VQGAN: not comparable
+        summary += summary_records("dalle", sampling, [reference] if reference else [], batch, scale)
+        summary += summary_records("dalle", decoding, [], batch, None)
+        for case in cases:
+            row, record = table_row(case, reference, batch, scale)
+            rows.append(row)
+            records.append(record)
     noisy = [
         f"{r['implementation']} (batch {r['batch']})" for r, c in zip(records, all_cases) if (c.spread or 1) > 1.5
     ]
@@ -385,7 +426,7 @@ def main() -> None:
         f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} x codebook "
         f"{CODEBOOK}, width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, random weights"
     )
-    print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per case")
+    print(timing_line(args.mode, args.repeats))
     started = datetime.datetime.now()
     result = run_benchmark(args)
     print(f"peer: {result['peer']}")
@@ -397,23 +438,20 @@ def main() -> None:
         "s / image: median call time / batch. ms / token step: median call time / 256.\n"
         "peak RSS Δ: growth of the process's peak RSS over its RSS just before the call (median over all calls).\n"
         "vs min-dalle: median over rounds of min-dalle's time / this row's time, both from the same round "
-        "(> 1 = faster than min-dalle)."
+        "(> 1 = faster than min-dalle).\n" + ROOFLINE_NOTE
     )
-    warning = noisy_warning(
-        result["noisy_rows"],
+    finish(
+        "dalle",
+        args,
+        machine,
+        started,
+        result,
         "re-run, raise --repeats, or use --threads 1 (with all cores busy elsewhere, spinning OpenMP workers make "
         "multi-threaded calls many times slower).",
     )
-    if warning:
-        print(warning)
-    elapsed = (datetime.datetime.now() - started).total_seconds()
-    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
     if args.profile:
         print()
         print(profile_ours(args.guidance_scale))
-    if args.json:
-        write_json(args.json, "dalle", args, machine, **result)
-        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

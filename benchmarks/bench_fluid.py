@@ -4,7 +4,7 @@ run.
 Config (the DALL-E benchmark issue's): text vocab 4096, 32 text tokens, 16x16 = 256 image tokens, width 256, depth 4,
 8 heads, MLP x4 (1024), fp32, random weights (speed does not depend on training), classifier-free guidance 3.0.
 
-Rows, for batch 1 and 8:
+Rows, for batch 1 and 8 (`plan`; `--quick`: the head-25 row and the peer only, both at 16 iterations):
     - hf_t2i Fluid, continuous tokens (16 values each: 2x2 patches of 4-channel latents), random order:
       `sample_image_tokens(num_inference_steps=64, num_diffusion_steps=D)` with the paper's D = 100 and D = 25
       (3-layer, 256-wide diffusion head; each token's reverse steps run once, when the token is revealed; guidance on
@@ -21,7 +21,8 @@ config; the script imports `muse_maskgit_pytorch.muse_maskgit_pytorch` with stan
 right after), and pre-fills its T5 config cache with a local `T5Config(d_model=256)`, so the text embeddings (random,
 32 x 256, not timed: MUSE encodes text with a frozen T5 outside the loop) need no projection. Its guidance
 (`forward_with_cond_scale`) runs the conditional and the unconditional batch as two forwards per step; ours runs one
-doubled batch. Our rows include the text encoder (4 blocks over 32 tokens, once per call).
+doubled batch. Our rows include the text encoder (4 blocks over 32 tokens, once per call). Every row also reports
+its achieved GFLOP/s next to the matmul peak of the same shapes (`_flops`).
 
     python benchmarks/bench_fluid.py [--repeats N] [--threads T] [--batches 1 8] [--json out.json] [--quick | --smoke]
 """
@@ -37,19 +38,29 @@ import types
 
 import torch
 from _timing import (
+    CODEBOOK,
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    ROOFLINE_HEADERS,
+    ROOFLINE_NOTE,
+    TEXT_TOKENS,
+    TEXT_VOCAB,
+    WIDTH,
     Case,
+    Cell,
+    CellRunner,
     add_common_arguments,
     apply_common_arguments,
+    finish,
     format_table,
-    load_average,
     machine_info,
     machine_line,
-    noisy_warning,
     paired_ratio,
-    run_interleaved,
+    roofline_cells,
     summary_records,
     use_smoke_sizes,
-    write_json,
 )
 from transformers import T5Config
 
@@ -57,15 +68,8 @@ from hf_t2i import DalleDVAEConfig, FluidConfig, FluidForConditionalGeneration
 from hf_t2i.models.fluid import small_vae_config
 
 
-TEXT_VOCAB = 4096
-TEXT_TOKENS = 32
-GRID = 16  # 16 x 16 = 256 image tokens
-CODEBOOK = 1024
-WIDTH = 256
-DEPTH = 4
-HEADS = 8
-MLP = 4 * WIDTH
 STEPS = 64
+QUICK_STEPS = 16  # --quick: both sides at 16 iterations, a quarter of the work
 HEAD_STEPS = (100, 25)  # the diffusion head's reverse steps per revealed token: the paper's, and a faster setting
 TOP_K = 64
 GUIDANCE = 3.0
@@ -98,7 +102,8 @@ def build_ours(token_type: str) -> FluidForConditionalGeneration:
     return FluidForConditionalGeneration(config).eval()
 
 
-def ours_case(model, batch: int, name: str, **kwargs) -> Case:
+def ours_case(model, batch: int, name: str, steps: int | None = None, **kwargs) -> Case:
+    """Our sampler at `steps` iterations (default `STEPS`)."""
     text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS))
     negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)
 
@@ -106,13 +111,13 @@ def ours_case(model, batch: int, name: str, **kwargs) -> Case:
         return model.sample_image_tokens(
             text,
             negative_input_ids=negative,
-            num_inference_steps=STEPS,
+            num_inference_steps=steps or STEPS,
             guidance_scale=GUIDANCE,
             generator=torch.Generator().manual_seed(0),
             **kwargs,
         )
 
-    return Case(name, fn, per=batch)
+    return Case(name, fn, per=batch, count_flops=True)
 
 
 # -- muse-maskgit-pytorch ------------------------------------------------------------------------------------------
@@ -201,30 +206,65 @@ def muse_case(muse, transformer, batch: int, steps: int | None = None) -> Case:
     def fn():
         return muse_generate(muse, transformer, embeds, torch.Generator().manual_seed(0), steps)
 
-    return Case("muse-maskgit-pytorch (discrete, confidence order)", fn, per=batch)
+    return Case("muse-maskgit-pytorch (discrete, confidence order)", fn, per=batch, count_flops=True)
 
 
 # -- run -----------------------------------------------------------------------------------------------------------
+MUSE_MASKGIT, DISCRETE = "muse-maskgit", "discrete"
+
+
+def continuous_key(head_steps: int) -> str:
+    """The `plan` key of the continuous row with `head_steps` head steps."""
+    return f"continuous:{head_steps}"
+
+
+def plan(mode: str, batches: list[int]) -> list[Cell]:
+    """The cells of a run, all guided at `GUIDANCE`. Full and smoke: per batch, the continuous rows at each of
+    `HEAD_STEPS`, the discrete row and muse-maskgit, at `STEPS` iterations. Quick: the continuous row at the faster
+    head setting and muse-maskgit, both at `QUICK_STEPS` iterations (equal iterations, a quarter of the work)."""
+    if mode == "quick":
+        keys = (continuous_key(HEAD_STEPS[-1]), MUSE_MASKGIT)
+        return [Cell(batch, GUIDANCE, keys, QUICK_STEPS) for batch in batches]
+    keys = (*(continuous_key(steps) for steps in HEAD_STEPS), DISCRETE, MUSE_MASKGIT)
+    return [Cell(batch, GUIDANCE, keys, STEPS) for batch in batches]
+
+
+def cell_cases(continuous, discrete, muse, transformer, cell: Cell, quick: bool) -> tuple[list[Case], Case | None]:
+    """The cases of a `plan` cell and its peer case (None where muse-maskgit is not installed). Quick runs name the
+    iterations in each row, since they differ from the full run's."""
+    suffix = f", {cell.iterations} iterations" if quick else ""
+    cases, peer_case = [], None
+    for key in cell.cases:
+        if key == MUSE_MASKGIT:
+            if transformer is not None:
+                peer_case = muse_case(muse, transformer, cell.batch, cell.iterations)
+                peer_case.name += suffix
+                cases.append(peer_case)
+        elif key == DISCRETE:
+            name = f"hf_t2i Fluid discrete{suffix}"
+            cases.append(ours_case(discrete, cell.batch, name, cell.iterations, top_k=TOP_K))
+        else:
+            head_steps = int(key.split(":")[1])
+            name = f"hf_t2i Fluid continuous, head {head_steps} steps{suffix}"
+            cases.append(ours_case(continuous, cell.batch, name, cell.iterations, num_diffusion_steps=head_steps))
+    return cases, peer_case
+
+
 def run_benchmark(args) -> dict:
     continuous, discrete = build_ours("continuous"), build_ours("discrete")
     muse, peer = import_muse()
     transformer = build_muse(muse) if muse is not None else None
+    runner = CellRunner(args.mode, args.repeats)
     rows, raw, noisy, summary = [], [], [], []
-    for batch in args.batches:
-        cases = [
-            ours_case(continuous, batch, f"hf_t2i Fluid continuous, head {steps} steps", num_diffusion_steps=steps)
-            for steps in HEAD_STEPS
-        ]
-        cases.append(ours_case(discrete, batch, "hf_t2i Fluid discrete", top_k=TOP_K))
-        peer_case = muse_case(muse, transformer, batch) if transformer is not None else None
-        if peer_case is not None:
-            cases.append(peer_case)
-        run_interleaved(cases, args.repeats, warm_up=not args.smoke)
+    for cell in plan(args.mode, args.batches):
+        batch, iterations = cell.batch, cell.iterations
+        cases, peer_case = cell_cases(continuous, discrete, muse, transformer, cell, args.quick)
         peers = [peer_case] if peer_case is not None else []
-        summary += summary_records("fluid", cases, peers, batch, GUIDANCE, iterations=STEPS)
+        runner.run(cases, peers)
+        summary += summary_records("fluid", cases, peers, batch, GUIDANCE, iterations=iterations)
         for case in cases:
             if case.error:
-                rows.append([str(batch), case.name, "error: " + case.error, "", "", ""])
+                rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
                 continue
             if case.spread and case.spread > 1.5:
                 noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
@@ -234,13 +274,22 @@ def run_benchmark(args) -> dict:
                     str(batch),
                     case.name,
                     f"{case.median:.2f}",
-                    f"{1000 * case.median * batch / STEPS:.0f}",
+                    f"{1000 * case.median * batch / iterations:.0f}",
                     f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
                     f"{ratio:.2f}x" if ratio else "",
+                    *roofline_cells(case),
                 ]
             )
             raw.append({"batch": batch, "case": case.name, "seconds": case.seconds, "per": case.per})
-    headers = ["batch", "case", "s / image", "ms / iteration", "peak RSS Δ (MiB)", "vs muse-maskgit"]
+    headers = [
+        "batch",
+        "case",
+        "s / image",
+        "ms / iteration",
+        "peak RSS Δ (MiB)",
+        "vs muse-maskgit",
+        *ROOFLINE_HEADERS,
+    ]
     weights = {
         "fluid continuous prior": _mib(continuous, exclude=("vae",)),
         "fluid discrete prior": _mib(discrete, exclude=("vqmodel",)),
@@ -271,9 +320,10 @@ def main() -> None:
         use_smoke_sizes(globals(), STEPS=4, HEAD_STEPS=(4, 2), TOP_K=8)
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
+    iterations = QUICK_STEPS if args.quick else STEPS
     print(
         f"config ({args.mode}): text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, image {GRID}x{GRID} tokens, width {WIDTH}, "
-        f"depth {DEPTH}, {HEADS} heads, MLP {MLP}, {STEPS} iterations, guidance {GUIDANCE}, fp32, random weights"
+        f"depth {DEPTH}, {HEADS} heads, MLP {MLP}, {iterations} iterations, guidance {GUIDANCE}, fp32, random weights"
     )
     started = datetime.datetime.now()
     result = run_benchmark(args)
@@ -283,17 +333,10 @@ def main() -> None:
     print(result["table"])
     print()
     print(
-        f"s / image: median call time / batch. ms / iteration: median call time / {STEPS}. vs muse-maskgit: median over "
-        "rounds of muse-maskgit's time / this row's, same round (> 1 = faster)."
+        f"s / image: median call time / batch. ms / iteration: median call time / {iterations}. vs muse-maskgit: median "
+        "over rounds of muse-maskgit's time / this row's, same round (> 1 = faster).\n" + ROOFLINE_NOTE
     )
-    warning = noisy_warning(result["noisy_rows"])
-    if warning:
-        print(warning)
-    print(
-        f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
-    )
-    if args.json:
-        write_json(args.json, "fluid", args, machine, **result)
+    finish("fluid", args, machine, started, result)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ muse-maskgit-pytorch==0.3.5 memory-efficient-attention-pytorch==0.1.6 beartype==
     python benchmarks/bench_muse.py [--repeats N] [--threads T] [--batches 1 8] [--steps 12 18] [--json out.json]
         [--quick | --smoke]
 
-`--quick` runs 12 iterations only (unless `--steps` is given).
+`--quick` runs 12 iterations only (unless `--steps` is given). Every row also reports its achieved GFLOP/s next to
+the matmul peak of the same shapes (`_flops`).
 """
 
 from __future__ import annotations
@@ -32,35 +33,31 @@ import datetime
 import bench_fluid
 import torch
 from _timing import (
-    Case,
-    add_common_arguments,
-    apply_common_arguments,
-    format_table,
-    load_average,
-    machine_info,
-    machine_line,
-    noisy_warning,
-    paired_ratio,
-    run_interleaved,
-    summary_records,
-    use_smoke_sizes,
-    write_json,
-)
-from bench_fluid import (
     CODEBOOK,
     DEPTH,
     GRID,
-    GUIDANCE,
     HEADS,
     MLP,
+    ROOFLINE_HEADERS,
+    ROOFLINE_NOTE,
     TEXT_TOKENS,
     TEXT_VOCAB,
     WIDTH,
-    _mib,
-    build_muse,
-    import_muse,
-    muse_case,
+    Case,
+    Cell,
+    CellRunner,
+    add_common_arguments,
+    apply_common_arguments,
+    finish,
+    format_table,
+    machine_info,
+    machine_line,
+    paired_ratio,
+    roofline_cells,
+    summary_records,
+    use_smoke_sizes,
 )
+from bench_fluid import GUIDANCE, _mib, build_muse, import_muse, muse_case
 
 from hf_t2i import DalleDVAEConfig, MuseConfig, MuseForConditionalGeneration
 
@@ -101,47 +98,65 @@ def ours_case(model, batch: int, steps: int) -> Case:
             generator=torch.Generator().manual_seed(0),
         )
 
-    return Case(f"hf_t2i Muse, {steps} iterations", fn, per=batch)
+    return Case(f"hf_t2i Muse, {steps} iterations", fn, per=batch, count_flops=True)
+
+
+OURS, MUSE_MASKGIT = "ours", "muse-maskgit"
+
+
+def plan(mode: str, batches: list[int], steps: list[int] | None = None) -> list[Cell]:
+    """The cells of a run, all guided at `GUIDANCE`: per batch and iteration count (`--steps`), ours and
+    muse-maskgit. The modes differ only in the default iteration counts: 12 and 18 (full), 12 (quick), 4 (smoke)."""
+    if steps is None:
+        steps = [12] if mode == "quick" else [4] if mode == "smoke" else [12, 18]
+    return [Cell(batch, GUIDANCE, (OURS, MUSE_MASKGIT), iterations) for batch in batches for iterations in steps]
 
 
 def run_benchmark(args) -> dict:
     ours = build_ours()
     muse, peer = import_muse()
     transformer = build_muse(muse) if muse is not None else None
+    runner = CellRunner(args.mode, args.repeats)
     rows, raw, noisy, summary = [], [], [], []
-    for batch in args.batches:
-        for steps in args.steps:
-            mine = ours_case(ours, batch, steps)
-            cases = [mine]
-            peer_case = None
-            if transformer is not None:
-                peer_case = muse_case(muse, transformer, batch, steps)
-                peer_case.name = f"muse-maskgit-pytorch 0.3.5, {steps} iterations"
-                cases.append(peer_case)
-            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
-            peers = [peer_case] if peer_case is not None else []
-            summary += summary_records("muse", cases, peers, batch, GUIDANCE, iterations=steps)
-            for case in cases:
-                if case.error:
-                    rows.append([str(batch), case.name, "error: " + case.error, "", "", ""])
-                    continue
-                if case.spread and case.spread > 1.5:
-                    noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
-                ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
-                rows.append(
-                    [
-                        str(batch),
-                        case.name,
-                        f"{case.median:.3f}",
-                        f"{1000 * case.median * batch / steps:.0f}",
-                        f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
-                        f"{ratio:.2f}x" if ratio else ("1.00x" if case is peer_case else ""),
-                    ]
-                )
-                raw.append(
-                    {"batch": batch, "steps": steps, "case": case.name, "seconds": case.seconds, "per": case.per}
-                )
-    headers = ["batch", "case", "s / image", "ms / iteration", "peak RSS Δ (MiB)", "vs muse-maskgit"]
+    for batch, _, _, steps in plan(args.mode, args.batches, args.steps):
+        mine = ours_case(ours, batch, steps)
+        cases = [mine]
+        peer_case = None
+        if transformer is not None:
+            peer_case = muse_case(muse, transformer, batch, steps)
+            peer_case.name = f"muse-maskgit-pytorch 0.3.5, {steps} iterations"
+            cases.append(peer_case)
+        peers = [peer_case] if peer_case is not None else []
+        runner.run(cases, peers)
+        summary += summary_records("muse", cases, peers, batch, GUIDANCE, iterations=steps)
+        for case in cases:
+            if case.error:
+                rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
+                continue
+            if case.spread and case.spread > 1.5:
+                noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
+            ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
+            rows.append(
+                [
+                    str(batch),
+                    case.name,
+                    f"{case.median:.3f}",
+                    f"{1000 * case.median * batch / steps:.0f}",
+                    f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
+                    f"{ratio:.2f}x" if ratio else ("1.00x" if case is peer_case else ""),
+                    *roofline_cells(case),
+                ]
+            )
+            raw.append({"batch": batch, "steps": steps, "case": case.name, "seconds": case.seconds, "per": case.per})
+    headers = [
+        "batch",
+        "case",
+        "s / image",
+        "ms / iteration",
+        "peak RSS Δ (MiB)",
+        "vs muse-maskgit",
+        *ROOFLINE_HEADERS,
+    ]
     weights = {"muse prior (with text encoder)": _mib(ours, exclude=("vqmodel",))}
     if transformer is not None:
         weights["muse-maskgit transformer"] = _mib(transformer)
@@ -164,12 +179,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     apply_common_arguments(parser, args)
-    if args.steps is None:
-        args.steps = [12] if args.quick else [4] if args.smoke else [12, 18]
     if args.smoke:  # the peer's transformer and loop read bench_fluid's sizes
         use_smoke_sizes(globals(), TOP_K=8)
         use_smoke_sizes(vars(bench_fluid))
-    if any(s < 1 or s > GRID * GRID for s in args.steps):
+    if args.steps is not None and any(s < 1 or s > GRID * GRID for s in args.steps):
         parser.error(f"--steps must be in [1, {GRID * GRID}], got {args.steps}.")
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
@@ -187,16 +200,9 @@ def main() -> None:
     print()
     print(
         "s / image: median call time / batch. ms / iteration: median call time / iterations. vs muse-maskgit: median "
-        "over rounds of muse-maskgit's time / this row's, same round (> 1 = faster)."
+        "over rounds of muse-maskgit's time / this row's, same round (> 1 = faster).\n" + ROOFLINE_NOTE
     )
-    warning = noisy_warning(result["noisy_rows"])
-    if warning:
-        print(warning)
-    print(
-        f"benchmark time: {(datetime.datetime.now() - started).total_seconds():.0f} s; load average {load_average()}"
-    )
-    if args.json:
-        write_json(args.json, "muse", args, machine, **result)
+    finish("muse", args, machine, started, result)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ Rows, for batch 1 and 8, with and without classifier-free guidance:
       scale of each row is bound onto `forward_with_cond_scale` instead.
 
 All cases of one (batch, guidance) cell run interleaved, round after round, so that a shared machine's load falls on
-all of them alike; the speed-up columns are the median over rounds of a peer's time / ours in the same round.
-`--quick` runs parti-pytorch at batch 1 only (one batch-8 call of it takes minutes).
+all of them alike; the speed-up columns are the median over rounds of a peer's time / ours in the same round. Every
+row also reports its achieved GFLOP/s next to the matmul peak of the same shapes (`_flops`). `--quick` times the
+guided cells only, ours and min-dalle (parti-pytorch, without a cache, takes 17 s per guided batch-1 image; `plan`).
 
     python benchmarks/bench_parti.py [--repeats N] [--threads T] [--json out.json] [--quick | --smoke]
 """
@@ -37,33 +38,36 @@ import types
 import bench_dalle
 import torch
 from _timing import (
+    CODEBOOK,
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    ROOFLINE_HEADERS,
+    ROOFLINE_NOTE,
+    TEXT_TOKENS,
+    TEXT_VOCAB,
+    WIDTH,
     Case,
+    Cell,
+    CellRunner,
     add_common_arguments,
     apply_common_arguments,
+    finish,
     format_table,
-    load_average,
     machine_info,
     machine_line,
-    noisy_warning,
     reference_ratio,
-    run_interleaved,
+    roofline_cells,
     summary_records,
+    timing_line,
     use_smoke_sizes,
-    write_json,
 )
 from transformers import T5Config, T5EncoderModel
 
 from hf_t2i import PartiConfig, PartiForConditionalGeneration, ViTVQGANConfig
 
 
-TEXT_VOCAB = 4096
-TEXT_TOKENS = 32
-GRID = 16  # 16 x 16 = 256 image tokens
-CODEBOOK = 1024
-WIDTH = 256
-DEPTH = 4
-HEADS = 8
-MLP = 4 * WIDTH
 TOP_K = 64
 PEER_VERSION = "0.2.0"
 PEER_INSTALL = f"pip install --no-deps parti-pytorch=={PEER_VERSION} einops"
@@ -215,18 +219,36 @@ HEADERS = [
     "peak RSS Δ MiB",
     "vs min-dalle",
     "vs parti-pytorch",
+    *ROOFLINE_HEADERS,
 ]
+#: the keys of `plan`'s cells
+SAMPLE, MIN_DALLE, PARTI_PYTORCH = "sample", "min-dalle", "parti-pytorch"
+
+
+def plan(mode: str, batches: list[int], guidance_scale: float) -> list[Cell]:
+    """The cells of a run. Full and smoke: for each batch, an unguided and a guided cell of our sampler, min-dalle
+    and parti-pytorch. Quick: the guided cells only, ours and min-dalle (the stronger peer of this paradigm)."""
+    if mode == "quick":
+        return [Cell(batch, guidance_scale, (SAMPLE, MIN_DALLE)) for batch in batches]
+    return [
+        Cell(batch, scale, (SAMPLE, MIN_DALLE, PARTI_PYTORCH)) for batch in batches for scale in (1.0, guidance_scale)
+    ]
 
 
 def parameter_mib(*modules: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
-def cell_cases(model, peers: dict, text, negative, scale) -> tuple[Case, dict[str, Case]]:
-    """Our case and the peers' (name -> case) of one (batch, guidance) cell."""
+def cell_cases(model, peers: dict, text, negative, scale, keys) -> tuple[Case, dict[str, Case]]:
+    """Our case and the peers' (name -> case) of one (batch, guidance) cell; `peers` maps each installed peer's key
+    to its name and runner, and only the peers in `keys` (a `plan` cell's) take part."""
     batch = text.shape[0]
-    ours = Case(OURS, lambda: ours_sample(model, text, negative, scale), batch)
-    peer_cases = {name: Case(name, lambda peer=peer: peer.sample(text, scale), batch) for name, peer in peers.items()}
+    ours = Case(OURS, lambda: ours_sample(model, text, negative, scale), batch, count_flops=True)
+    peer_cases = {
+        name: Case(name, lambda peer=peer: peer.sample(text, scale), batch, count_flops=True)
+        for key, (name, peer) in peers.items()
+        if key in keys
+    }
     return ours, peer_cases
 
 
@@ -244,6 +266,7 @@ def table_row(case: Case, references: dict[str, Case], batch: int, scale: float)
         "n/a" if case.memory_median is None else f"{case.memory_median:.1f}",
         "-" if min_dalle is None else f"{min_dalle:.2f}x",
         "-" if parti is None else f"{parti:.2f}x",
+        *roofline_cells(case),
     ]
     record = {
         "implementation": case.name,
@@ -264,40 +287,43 @@ def table_row(case: Case, references: dict[str, Case], batch: int, scale: float)
 def run_benchmark(args: argparse.Namespace) -> dict:
     model = build_ours()
     peers, skipped, notes = {}, {}, []
+    cells = plan(args.mode, args.batches, args.guidance_scale)
+    wanted = {key for cell in cells for key in cell.cases}
     min_dalle_models, min_dalle_version, min_dalle_note = bench_dalle.import_min_dalle_models()
     if min_dalle_models is not None:
-        peers[f"min-dalle {min_dalle_version}"] = bench_dalle.MinDalleRunner(min_dalle_models)
+        peers[MIN_DALLE] = (f"min-dalle {min_dalle_version}", bench_dalle.MinDalleRunner(min_dalle_models))
     else:
         skipped["min-dalle"] = min_dalle_note
     notes.append(min_dalle_note)
-    module, parti_note = import_parti_pytorch()
-    if module is not None:
-        peers[parti_note.split(" (")[0]] = PartiPytorchRunner(module)
-    else:
-        skipped["parti-pytorch"] = parti_note
-    notes.append(parti_note)
+    if PARTI_PYTORCH in wanted:
+        module, parti_note = import_parti_pytorch()
+        if module is not None:
+            peers[PARTI_PYTORCH] = (parti_note.split(" (")[0], PartiPytorchRunner(module))
+        else:
+            skipped["parti-pytorch"] = parti_note
+        notes.append(parti_note)
     generator = torch.Generator().manual_seed(1234)
     negative = torch.zeros(1, TEXT_TOKENS, dtype=torch.long)  # the processor's '' : all pads, masked out
+    runner = CellRunner(args.mode, args.repeats)
+    texts = {}
     rows, records, all_cases, summary = [], [], [], []
-    for batch in args.batches:
-        text = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
-        # --quick: parti-pytorch (no cache, minutes per batch-8 call) at batch 1 only
-        cell_peers = {n: p for n, p in peers.items() if not (args.quick and batch > 1 and n.startswith("parti"))}
-        for scale in (1.0, args.guidance_scale):
-            ours, peer_cases = cell_cases(model, cell_peers, text, negative, scale)
-            cases = [ours, *peer_cases.values()]
-            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
-            all_cases.extend(cases)
-            summary += summary_records("parti", cases, list(peer_cases.values()), batch, scale)
-            for case in cases:
-                row, record = table_row(case, peer_cases, batch, scale)
-                rows.append(row)
-                records.append(record)
+    for batch, scale, keys, _ in cells:
+        if batch not in texts:  # the same prompts in every cell of a batch, drawn in the order of batches
+            texts[batch] = torch.randint(3, TEXT_VOCAB, (batch, TEXT_TOKENS), generator=generator)
+        ours, peer_cases = cell_cases(model, peers, texts[batch], negative, scale, keys)
+        cases = [ours, *peer_cases.values()]
+        runner.run(cases, list(peer_cases.values()))
+        all_cases.extend(cases)
+        summary += summary_records("parti", cases, list(peer_cases.values()), batch, scale)
+        for case in cases:
+            row, record = table_row(case, peer_cases, batch, scale)
+            rows.append(row)
+            records.append(record)
     noisy = [
         f"{r['implementation']} (batch {r['batch']})" for r, c in zip(records, all_cases) if (c.spread or 1) > 1.5
     ]
     weights = {"hf_t2i prior (encoder + decoder)": parameter_mib(model.model, model.lm_head)}
-    for peer in peers.values():
+    for _, peer in peers.values():
         if isinstance(peer, PartiPytorchRunner):
             weights["parti-pytorch prior + T5 stand-in"] = parameter_mib(peer.parti, peer.t5)
         else:
@@ -307,7 +333,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "rows": records,
         "noisy_rows": noisy,
         "peer": "; ".join(notes),
-        "peers": {"min-dalle": skipped.get("min-dalle"), "parti-pytorch": skipped.get("parti-pytorch")},
+        "peers": {
+            "min-dalle": skipped.get("min-dalle"),
+            **({"parti-pytorch": skipped.get("parti-pytorch")} if PARTI_PYTORCH in wanted else {}),
+        },
         "summary": summary,
         "weights_mib": weights,
     }
@@ -332,7 +361,7 @@ def main() -> None:
         f"x codebook {CODEBOOK}, width {WIDTH}, depth {DEPTH}, {HEADS} heads, MLP {MLP}, top_k {TOP_K}, fp32, "
         "random weights"
     )
-    print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per case")
+    print(timing_line(args.mode, args.repeats))
     started = datetime.datetime.now()
     result = run_benchmark(args)
     print(f"peer: {result['peer']}")
@@ -344,16 +373,9 @@ def main() -> None:
         "s / image: median call time / batch. ms / token step: median call time / 256.\n"
         "peak RSS Δ: growth of the process's peak RSS over its RSS just before the call (median over all calls).\n"
         "vs <peer>: median over rounds of the peer's time / this row's time, both from the same round "
-        "(> 1 = faster than the peer)."
+        "(> 1 = faster than the peer).\n" + ROOFLINE_NOTE
     )
-    warning = noisy_warning(result["noisy_rows"])
-    if warning:
-        print(warning)
-    elapsed = (datetime.datetime.now() - started).total_seconds()
-    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
-    if args.json:
-        write_json(args.json, "parti", args, machine, **result)
-        print(f"wrote {args.json}")
+    finish("parti", args, machine, started, result)
 
 
 if __name__ == "__main__":

@@ -39,29 +39,27 @@ import bench_transfusion
 import torch
 from _flops import Roofline
 from _timing import (
+    CODEBOOK,
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    TEXT_TOKENS,
+    TEXT_VOCAB,
+    WIDTH,
     Case,
     add_common_arguments,
     apply_common_arguments,
+    finish,
     format_table,
-    load_average,
     machine_info,
     machine_line,
-    noisy_warning,
     run_interleaved,
     summary_records,
     use_smoke_sizes,
-    write_json,
 )
 
 
-TEXT_VOCAB = 4096
-TEXT_TOKENS = 32
-GRID = 16
-CODEBOOK = 1024
-WIDTH = 256
-DEPTH = 4
-HEADS = 8
-MLP = 4 * WIDTH
 LATENT_DIM = 16  # Fluid's continuous tokens (2x2 patches of a 4-channel latent) and transfusion-pytorch's
 BATCH = 8
 LEARNING_RATE = 1e-4
@@ -359,14 +357,7 @@ def main() -> None:
         "GFLOP/s the same products and their gradients reach as plain torch matmuls in this run. vs peer: median "
         "over rounds of the peer's step time / ours (> 1 = faster)."
     )
-    warning = noisy_warning(result["noisy_rows"])
-    if warning:
-        print(warning)
-    elapsed = (datetime.datetime.now() - started).total_seconds()
-    print(f"benchmark time: {elapsed:.0f} s; load average after: {load_average()}")
-    if args.json:
-        write_json(args.json, "training", args, machine, **result)
-        print(f"wrote {args.json}")
+    finish("training", args, machine, started, result)
 
 
 if __name__ == "__main__":

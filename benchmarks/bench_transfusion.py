@@ -17,6 +17,10 @@ Rows, per batch and with / without classifier-free guidance (scale 3):
       extra parts (RMSNorm'd q/k, time-conditioned adaptive norms, U-Net skips), so this is a like-for-like *budget*
       (same sizes, 30 evaluations), not the same network.
 
+Every sampling row also reports its achieved GFLOP/s next to the matmul peak of the same shapes (`_flops`).
+`--quick` (`plan`) times the guided cells only, our cached sampler and the peer (at every batch, `--peer-batch-8` or
+not), both at 10 steps: equal model evaluations, a third of the work.
+
     python benchmarks/bench_transfusion.py [--repeats N] [--threads T] [--batches 1 8] [--peer-batch-8] [--json out]
         [--quick | --smoke]
 """
@@ -24,35 +28,41 @@ Rows, per batch and with / without classifier-free guidance (scale 3):
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.metadata
 import logging
 
 import torch
 from _timing import (
+    DEPTH,
+    GRID,
+    HEADS,
+    MLP,
+    ROOFLINE_HEADERS,
+    ROOFLINE_NOTE,
+    TEXT_TOKENS,
+    TEXT_VOCAB,
+    WIDTH,
     Case,
+    Cell,
+    CellRunner,
     add_common_arguments,
     apply_common_arguments,
+    finish,
     format_table,
     machine_info,
     machine_line,
     paired_ratio,
-    run_interleaved,
+    roofline_cells,
     summary_records,
     use_smoke_sizes,
-    write_json,
 )
 
 from hf_t2i import TransfusionConfig, TransfusionForConditionalGeneration
 
 
-TEXT_VOCAB = 4096
-TEXT_TOKENS = 32
-GRID = 16  # 16 x 16 = 256 latent patches
-WIDTH = 256
-DEPTH = 4
-HEADS = 8
-MLP = 4 * WIDTH
 STEPS = 30
+QUICK_STEPS = 10  # --quick: both sides at 10 model evaluations
 GUIDANCE = 3.0
 IMAGE_SIZE = 128  # default VAE (factor 4) -> 32x32x4 latent -> patch 2 -> 16x16 patches of 16 values
 PEER_VERSION = "0.20.0"
@@ -119,9 +129,12 @@ def peer_prompts(peer, batch: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def peer_sample(peer, prompts: list[torch.Tensor], guidance: float):
+def peer_sample(peer, prompts: list[torch.Tensor], guidance: float, steps: int | None = None):
+    """The peer's sample of each prompt at `steps` model evaluations (default `STEPS`)."""
     torch.manual_seed(0)
-    kwargs = dict(max_length=1, fixed_modality_shape=(GRID, GRID), modality_steps=STEPS + 1, cfg_scale=guidance)
+    kwargs = dict(
+        max_length=1, fixed_modality_shape=(GRID, GRID), modality_steps=(steps or STEPS) + 1, cfg_scale=guidance
+    )
     if len(prompts) == 1:
         out = peer.sample_one(prompts[0], cache_kv=True, **kwargs)
         return [out]
@@ -142,7 +155,59 @@ HEADERS = [
     "ms / step (whole batch)",
     "peak RSS Δ MiB",
     "vs transfusion-pytorch",
+    *ROOFLINE_HEADERS,
 ]
+#: the keys of `plan`'s cells
+CACHED, RECOMPUTED, DECODE, TRANSFUSION_PYTORCH = "cached", "recomputed", "decode", "transfusion-pytorch"
+
+
+def plan(mode: str, batches: list[int], peer_batch_8: bool = False) -> list[Cell]:
+    """The cells of a run. Full and smoke: per batch, an unguided and a guided cell of our cached and recomputed
+    samplers, the VAE decode in the unguided one, and the peer at batch 1 (at every batch with `peer_batch_8`), at
+    `STEPS` steps. Quick: the guided cells only, our cached sampler and the peer at every batch, at `QUICK_STEPS`."""
+    if mode == "quick":
+        return [Cell(batch, GUIDANCE, (CACHED, TRANSFUSION_PYTORCH), QUICK_STEPS) for batch in batches]
+    cells = []
+    for batch in batches:
+        peer = (TRANSFUSION_PYTORCH,) if batch == 1 or peer_batch_8 else ()
+        cells.append(Cell(batch, 1.0, (CACHED, RECOMPUTED, DECODE, *peer), STEPS))
+        cells.append(Cell(batch, GUIDANCE, (CACHED, RECOMPUTED, *peer), STEPS))
+    return cells
+
+
+def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
+    """The cases of a `plan` cell (the peer's only where it is installed). Quick runs name the steps in each row,
+    since they differ from the full run's."""
+    batch, guidance, steps = cell.batch, cell.guidance_scale, cell.iterations
+    suffix = f", {steps} steps" if quick else ""
+    prompt = our_prompt(ours, batch)
+
+    def sample(use_cache=True):
+        return ours.generate_image_latents(
+            prompt,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(0),
+            use_cache=use_cache,
+        )
+
+    prompts = peer_prompts(peer, batch) if peer is not None else None
+
+    def peer_fn():
+        return peer_sample(peer, prompts, guidance, steps)
+
+    cases = []
+    for key in cell.cases:
+        if key == CACHED:
+            cases.append(Case(OURS + suffix, sample, per=batch, count_flops=True))
+        elif key == RECOMPUTED:
+            cases.append(Case(OURS_FULL + suffix, lambda: sample(False), per=batch, count_flops=True))
+        elif key == DECODE:
+            latents = ours.generate_image_latents(prompt, num_inference_steps=1)
+            cases.append(Case(OURS_DECODE, lambda z=latents: ours.decode_image_tokens(z), per=batch))
+        elif key == TRANSFUSION_PYTORCH and peer is not None:
+            cases.append(Case(PEER + suffix, peer_fn, per=batch, count_flops=True))
+    return cases
 
 
 def main() -> None:
@@ -158,68 +223,63 @@ def main() -> None:
     peer, peer_note = build_peer()
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
+    steps = QUICK_STEPS if args.quick else STEPS
     print(
         f"config ({args.mode}): {GRID}x{GRID} latent patches ({IMAGE_SIZE} px), width {WIDTH}, depth {DEPTH}, "
-        f"{HEADS} heads, MLP {MLP}, text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, {STEPS} steps, fp32"
+        f"{HEADS} heads, MLP {MLP}, text {TEXT_TOKENS} tokens x vocab {TEXT_VOCAB}, {steps} steps, fp32"
     )
     print(peer_note)
 
-    rows, records, summary = [], [], []
-    for batch in args.batches:
-        prompt = our_prompt(ours, batch)
-        latents = ours.generate_image_latents(prompt, num_inference_steps=1)
-        for guidance in (1.0, GUIDANCE):
-
-            def sample(use_cache=True, prompt=prompt, guidance=guidance):
-                return ours.generate_image_latents(
-                    prompt,
-                    guidance_scale=guidance,
-                    num_inference_steps=STEPS,
-                    generator=torch.Generator().manual_seed(0),
-                    use_cache=use_cache,
-                )
-
-            cases = [Case(OURS, sample, per=batch), Case(OURS_FULL, lambda: sample(False), per=batch)]
-            if guidance == 1.0:
-                cases.append(Case(OURS_DECODE, lambda latents=latents: ours.decode_image_tokens(latents), per=batch))
-            if peer is not None and (batch == 1 or args.peer_batch_8):
-                prompts = peer_prompts(peer, batch)
-                cases.append(Case(PEER, lambda p=prompts, g=guidance: peer_sample(peer, p, g), per=batch))
-            with torch.inference_mode():
-                run_interleaved(cases, args.repeats, warm_up=not args.smoke)
-            peer_case = next((c for c in cases if c.name == PEER), None)
-            sampling = [c for c in cases if c.name != OURS_DECODE]
-            peers = [peer_case] if peer_case is not None else []
-            summary += summary_records("transfusion", sampling, peers, batch, guidance, steps=STEPS)
-            summary += summary_records("transfusion", [c for c in cases if c.name == OURS_DECODE], [], batch, None)
-            for case in cases:
-                if case.error:
-                    rows.append([case.name, batch, "-", f"error: {case.error}", "", "", ""])
-                    continue
-                per_image = case.median  # `Case.median` is already per image (`per=batch`)
-                step_ms = "" if case.name == OURS_DECODE else f"{1000 * case.median * batch / STEPS:.1f}"
-                compared = peer_case is not None and case is not peer_case and case.name != OURS_DECODE
-                ratio = paired_ratio(peer_case, case) if compared else None
-                guided = "-" if case.name == OURS_DECODE else ("3.0" if guidance != 1.0 else "off")
-                memory = case.memory_median
-                rows.append(
-                    [
-                        case.name,
-                        batch,
-                        guided,
-                        f"{per_image:.3f}",
-                        step_ms,
-                        "n/a" if memory is None else f"{memory:.0f}",
-                        "" if ratio is None else f"{ratio:.1f}x faster",
-                    ]
-                )
-                records.append(
-                    {"case": case.name, "batch": batch, "guidance": guided, "seconds": case.seconds, "memory": memory}
-                )
+    started = datetime.datetime.now()
+    runner = CellRunner(args.mode, args.repeats)
+    rows, records, summary, noisy = [], [], [], []
+    for cell in plan(args.mode, args.batches, args.peer_batch_8):
+        batch, guidance, steps = cell.batch, cell.guidance_scale, cell.iterations
+        cases = cell_cases(ours, peer, cell, args.quick)
+        peer_case = next((c for c in cases if c.name.startswith(PEER)), None)
+        peers = [peer_case] if peer_case is not None else []
+        with torch.inference_mode():
+            runner.run(cases, peers)
+        sampling = [c for c in cases if c.name != OURS_DECODE]
+        summary += summary_records("transfusion", sampling, peers, batch, guidance, steps=steps)
+        summary += summary_records("transfusion", [c for c in cases if c.name == OURS_DECODE], [], batch, None)
+        for case in cases:
+            if case.error:
+                rows.append([case.name, batch, "-", f"error: {case.error}", *[""] * 6])
+                continue
+            if case.spread and case.spread > 1.5:
+                noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
+            per_image = case.median  # `Case.median` is already per image (`per=batch`)
+            step_ms = "" if case.name == OURS_DECODE else f"{1000 * case.median * batch / steps:.1f}"
+            compared = peer_case is not None and case is not peer_case and case.name != OURS_DECODE
+            ratio = paired_ratio(peer_case, case) if compared else None
+            guided = "-" if case.name == OURS_DECODE else ("3.0" if guidance != 1.0 else "off")
+            memory = case.memory_median
+            rows.append(
+                [
+                    case.name,
+                    batch,
+                    guided,
+                    f"{per_image:.3f}",
+                    step_ms,
+                    "n/a" if memory is None else f"{memory:.0f}",
+                    "" if ratio is None else f"{ratio:.1f}x faster",
+                    *roofline_cells(case),
+                ]
+            )
+            records.append(
+                {"case": case.name, "batch": batch, "guidance": guided, "seconds": case.seconds, "memory": memory}
+            )
     print(format_table(HEADERS, rows))
-    if args.json:
-        peers = {"transfusion-pytorch": None if peer is not None else peer_note}
-        write_json(args.json, "transfusion", args, machine, peers, summary, rows=records)
+    print(ROOFLINE_NOTE)
+    peers = {"transfusion-pytorch": None if peer is not None else peer_note}
+    finish(
+        "transfusion",
+        args,
+        machine,
+        started,
+        {"peers": peers, "summary": summary, "rows": records, "noisy_rows": noisy},
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ that fails is a FAILED row, the others still run, and the exit status is 1.
     python benchmarks/run_all.py [--quick | --smoke] [--threads T] [--families dalle parti ...] [--output-dir DIR]
 
 Modes: the default is each script's own full benchmark (plus transfusion-pytorch at batch 8, which takes minutes);
-`--quick` (`make bench-quick`) keeps the sizes and cuts the work: one timed round after the warm-up, parti-pytorch
-and transfusion-pytorch at batch 1 only, Muse at 12 iterations only; `--smoke` runs tiny models to check that the
-scripts and the installed peers work, and measures nothing (its table says so).
+`--quick` (`make bench-quick`) keeps the model sizes and cuts the work (`QUICK_NOTE`; each script's `plan` lists its
+cells); `--smoke` runs tiny models to check that the scripts and the installed peers work, and measures nothing (its
+table says so).
 """
 
 from __future__ import annotations
@@ -48,9 +48,17 @@ HEADERS = [
     "s / image (peer)",
     "speed-up",
     "GFLOP/s (ours)",
-    "% of peak",
+    "% of peak (ours / peer)",
     "peak RSS Δ MiB (ours / peer)",
 ]
+#: what `--quick` leaves out, written under its table (benchmarks/README.md has the time estimate)
+QUICK_NOTE = (
+    "Quick mode: the guided cells only (scale 3), batches 1 and 8, one timed round; each implementation warms up once, "
+    "in its first cell. DALL-E and Parti: ours (`sample_image_tokens`) and min-dalle (no `generate()` or "
+    "parti-pytorch rows); Fluid: the continuous model with the 25-step head and muse-maskgit, both at 16 iterations "
+    "instead of 64; Transfusion: the cached sampler and transfusion-pytorch, both at 10 steps instead of 30; Muse: 12 "
+    "iterations; training: unchanged. The peers' GFLOP/s is recorded in their batch-1 cells only."
+)
 
 
 def family_command(family: str, json_path: Path, args: argparse.Namespace) -> list[str]:
@@ -106,10 +114,16 @@ def _guidance(scale: float | None) -> str:
     return "off" if scale == 1.0 else f"{scale:g}"
 
 
-def _roofline(record: dict) -> list[str]:
-    """The GFLOP/s and % of peak cells of a record (`_flops.Roofline.fields`; "-" for scripts without them)."""
-    gflops, percent = record.get("gflops"), record.get("percent_of_peak")
-    return ["-" if gflops is None else f"{gflops:.1f}", "-" if percent is None else f"{percent:.0f}%"]
+def _percent(record: dict | None) -> str:
+    value = None if record is None else record.get("percent_of_peak")
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _roofline(record: dict, peer: dict | None = None) -> list[str]:
+    """The GFLOP/s and % of peak (ours / the peer's) cells of a row (`_flops.Roofline.fields`; "-" where a record
+    has none)."""
+    gflops = record.get("gflops")
+    return ["-" if gflops is None else f"{gflops:.1f}", f"{_percent(record)} / {_percent(peer)}"]
 
 
 def _cell(record: dict) -> tuple:
@@ -149,7 +163,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
                         ours,
                         peer_seconds,
                         "-" if ratio is None else f"{ratio:.2f}x",
-                        *_roofline(record),
+                        *_roofline(record, peer),
                         f"{_memory(record)} / {_memory(peer)}",
                     ]
                 )
@@ -174,13 +188,17 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
         load = ", ".join(f"{d['family']} {d['machine']['load_average']}" for d in documents if "machine" in d)
         lines += [machine_line(machines[0]).split(", load average")[0], "", f"Load average at each start: {load}.", ""]
     lines += [format_table(HEADERS, table_rows(documents)), ""]
+    if mode == "quick":
+        lines += [QUICK_NOTE, ""]
     skipped = [(d["family"], p, r) for d in documents for p, r in d.get("peers", {}).items() if r is not None]
     if skipped:
         lines += ["Skipped peers:", "", *(f"- {family}, {peer}: {reason}" for family, peer, reason in skipped), ""]
     lines += [
         "s / image: median call time / batch, over the timed rounds. speed-up: median over rounds of the peer's time /"
-        " ours, both from the same round (> 1 = we are faster). peak RSS Δ: median growth of the process's peak RSS "
-        "over its RSS just before a call. Each script prints its own, more detailed table and notes; results.json "
+        " ours, both from the same round (> 1 = we are faster). GFLOP/s: the matrix products of one call (recorded "
+        "once, in an untimed call) / its time; % of peak: of what the same products reach as plain torch matmuls in "
+        "the same run (a training step: 3x its forward's products). peak RSS Δ: median growth of the process's peak "
+        "RSS over its RSS just before a call. Each script prints its own, more detailed table and notes; results.json "
         "holds every call's wall and CPU seconds.",
         "",
     ]
@@ -190,7 +208,7 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one timed round, fewer cases (under 10 min on 2 cores)")
+    mode.add_argument("--quick", action="store_true", help="one timed round, fewer cases (about 6 min on 2 cores)")
     mode.add_argument("--smoke", action="store_true", help="tiny models: checks that everything runs, no timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every script (default 1)")
     parser.add_argument(

@@ -58,6 +58,19 @@ def test_counter_matches_the_hand_count_of_a_tiny_block(flops):
     assert batched == {flops.Matmul(3, 2, 4, 5): 1}
 
 
+def test_inference_mode_records_the_same_products(flops):
+    """Under inference_mode, linear / SDPA reach the recorder undecomposed: it decomposes them to see the products."""
+    torch.manual_seed(0)
+    block, x = TinyBlock(), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        expected = flops.record_matmuls(lambda: block(x))
+    with torch.inference_mode():
+        counts = flops.record_matmuls(lambda: block(x))
+        einsum = flops.record_matmuls(lambda: torch.einsum("bij,bjk->bik", torch.randn(3, 2, 4), torch.randn(3, 4, 5)))
+    assert counts == expected and flops.total_flops(counts) > 0
+    assert flops.total_flops(einsum) == 2 * 3 * 2 * 4 * 5
+
+
 def test_dalle_forward_is_two_flops_per_parameter_and_token_plus_attention(flops):
     from hf_t2i import DalleConfig, DalleDVAEConfig, DalleForConditionalGeneration
 

@@ -97,9 +97,13 @@ def document(_timing, family: str, peers: dict, summary: list) -> dict:
 
 def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
     _timing, run_all = bench
+    import _flops
+
     ours = timed_case(_timing, "hf_t2i sample_image_tokens", [1.0, 2.0], per=2)
     min_dalle = timed_case(_timing, "min-dalle 0.4.11", [3.0, 4.0], per=2)
     parti = timed_case(_timing, "parti-pytorch 0.2.0", [10.0, 30.0], per=2)
+    ours.roofline = _flops.Roofline(flops_per_unit=2e9, peak_gflops=10.0)  # 2 GFLOP / 0.75 s = 2.7 GFLOP/s: 27 %
+    min_dalle.roofline = _flops.Roofline(flops_per_unit=1e9, peak_gflops=10.0)  # / 1.75 s: 6 %; parti: none
     guided = _timing.summary_records("parti", [ours, min_dalle, parti], [min_dalle, parti], 2, 3.0)
     assert guided[0]["vs_peers"] == {
         "min-dalle 0.4.11": pytest.approx(2.5),
@@ -124,8 +128,8 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "0.750",
             "1.750",
             "2.50x",
-            "-",
-            "-",
+            "2.7",
+            "27% / 6%",
             "4 / 4",
         ],
         [
@@ -137,12 +141,12 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "0.750",
             "10.000",
             "12.50x",
-            "-",
-            "-",
+            "2.7",
+            "27% / -",
             "4 / 4",
         ],
-        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "-", "4 / -"],
-        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "-", "4 / -"],
+        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "- / -", "4 / -"],
+        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "- / -", "4 / -"],
         ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 8],
         ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 9],
     ]
@@ -160,7 +164,8 @@ def test_markdown_names_the_mode_and_the_machine(bench):
     smoke = run_all.render_markdown(documents, "smoke", "2026-12-04T10:00:00", 90.0)
     assert "measure nothing" in smoke and "mode **smoke**" in smoke and "1.5 minutes" in smoke
     assert machine["cpu_model"] in smoke and "| family |" in smoke
-    assert "measure nothing" not in run_all.render_markdown(documents, "quick", "2026-12-04T10:00:00", 90.0)
+    quick = run_all.render_markdown(documents, "quick", "2026-12-04T10:00:00", 90.0)
+    assert "measure nothing" not in quick and run_all.QUICK_NOTE in quick and run_all.QUICK_NOTE not in smoke
 
 
 def test_family_commands_per_mode(bench, tmp_path):
