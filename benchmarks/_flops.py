@@ -16,6 +16,7 @@ peak times those three products.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -82,12 +83,20 @@ class _Recorder(TorchDispatchMode):
         if products:
             self.counts.update(products)
             return func(*args, **kwargs)
-        # Under `torch.inference_mode` a composite op (linear, matmul, einsum, scaled_dot_product_attention) reaches
-        # this mode before its decomposition runs: run that decomposition here, with the recorder on, so that the
-        # products inside it are seen (it is what the op's kernel would run next).
-        with self:
-            result = func.decompose(*args, **kwargs)
-        return func(*args, **kwargs) if result is NotImplemented else result
+        if _is_composite(func):
+            # Under `torch.inference_mode` a composite op (linear, matmul, einsum, scaled_dot_product_attention)
+            # reaches this mode before its decomposition runs: run that decomposition here, with the recorder on, so
+            # that the products inside it are seen (it is what the op's kernel would run next).
+            with self:
+                return func.decompose(*args, **kwargs)
+        return func(*args, **kwargs)
+
+
+@functools.cache
+def _is_composite(func) -> bool:
+    """Whether an aten op is implemented by decomposing it into other ops (checked once per op: the recorder's
+    overhead lands on every op of the recorded call)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "CompositeImplicitAutograd")
 
 
 def record_matmuls(fn: Callable[[], object]) -> Counter[Matmul]:

@@ -208,7 +208,11 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one timed round, fewer cases (about 6 min on 2 cores)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="guided cells, one timed round, fewer cases (estimate: about 6 min on 2 cores)",
+    )
     mode.add_argument("--smoke", action="store_true", help="tiny models: checks that everything runs, no timing")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every script (default 1)")
     parser.add_argument(

@@ -216,5 +216,8 @@ def test_smoke_run_of_every_family(tmp_path):
         assert ours and all(r["error"] is None and r["seconds_per_image"] > 0 for r in ours), doc["family"]
         timed_peers = {name for r in ours for name in r["vs_peers"]}
         for peer, reason in doc["peers"].items():  # each peer either ran (paired with our rows) or says why not
-            assert (reason is None) == any(name.startswith(peer) for name in timed_peers), (doc["family"], peer)
+            peer_name = peer.split(": ", 1)[-1]  # the training family's keys are "<family>: <peer>"
+            assert (reason is None) == any(name.startswith(peer_name) for name in timed_peers), (doc["family"], peer)
+        samplers = [r for r in doc["summary"] if r["guidance_scale"] is not None or doc["family"] == "training"]
+        assert all(r["gflops"] > 0 and r["percent_of_peak"] > 0 for r in samplers), doc["family"]  # the roofline
         assert f"| {doc['family']} " in markdown
