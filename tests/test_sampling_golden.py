@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from hf_t2i.checkpoints import resolve_checkpoint
+from hf_t2i.layers.diffusion_head import DiffusionHeadScheduler
 from hf_t2i.pipelines import T2IPipeline
 
 
@@ -35,7 +36,12 @@ CASES = {
     ),
     "parti-guided": ("parti", {"guidance_scale": 3.0}),
     "parti-linear-topp": ("parti", {"guidance_scale": 3.0, "guidance_schedule": "linear", "top_p": 0.9}),
-    "fluid-guided": ("fluid", {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 3.0}),
+    # the shipped head sampler (DPM-Solver++, 15 steps), then the head's own ancestral DDPM (MAR's sampler)
+    "fluid-default": ("fluid", {"guidance_scale": 3.0}),
+    "fluid-guided": (
+        "fluid",
+        {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 3.0, "head_scheduler": "ddpm"},
+    ),
     "fluid-linear": (
         "fluid",
         {
@@ -44,6 +50,7 @@ CASES = {
             "guidance_scale": 3.0,
             "guidance_schedule": "linear",
             "temperature": 0.9,
+            "head_scheduler": "ddpm",
         },
     ),
     "transfusion-guided": ("transfusion", {"num_inference_steps": 20, "guidance_scale": 3.0}),
@@ -72,6 +79,14 @@ def pipelines():
 
 
 def draw(pipe, options) -> np.ndarray:
+    options = dict(options)
+    if options.pop("head_scheduler", None) == "ddpm":  # Fluid: swapped the diffusers way, for this draw only
+        shipped_scheduler = pipe.scheduler
+        pipe.scheduler = DiffusionHeadScheduler.from_config(shipped_scheduler.config)
+        try:
+            return draw(pipe, options)
+        finally:
+            pipe.scheduler = shipped_scheduler
     generator = torch.Generator().manual_seed(0)
     images = pipe(PROMPTS, num_images_per_prompt=2, generator=generator, output_type="np", **options).images
     return np.round(np.stack(images) * 255).astype(np.uint8)  # (4, H, W, 3)
