@@ -62,6 +62,7 @@ from _timing import (
     summary_records,
     use_smoke_sizes,
 )
+from diffusers import DPMSolverMultistepScheduler
 from transformers import T5Config
 
 from hf_t2i import DalleDVAEConfig, FluidConfig, FluidForConditionalGeneration
@@ -71,6 +72,7 @@ from hf_t2i.models.fluid import small_vae_config
 STEPS = 64
 QUICK_STEPS = 16  # --quick: both sides at 16 iterations, a quarter of the work
 HEAD_STEPS = (100, 25)  # the diffusion head's reverse steps per revealed token: the paper's, and a faster setting
+SOLVER_STEPS = 15  # DPM-Solver++ head steps: the shipped `fluid` checkpoint's default sampler
 TOP_K = 64
 GUIDANCE = 3.0
 MUSE_VERSION = "0.3.5"
@@ -213,19 +215,20 @@ def muse_case(muse, transformer, batch: int, steps: int | None = None) -> Case:
 MUSE_MASKGIT, DISCRETE = "muse-maskgit", "discrete"
 
 
-def continuous_key(head_steps: int) -> str:
-    """The `plan` key of the continuous row with `head_steps` head steps."""
-    return f"continuous:{head_steps}"
+def continuous_key(head_steps: int, solver: bool = False) -> str:
+    """The `plan` key of the continuous row with `head_steps` head steps (DDPM, or DPM-Solver++ with `solver`)."""
+    return f"continuous:{'dpmpp' if solver else ''}{head_steps}"
 
 
 def plan(mode: str, batches: list[int]) -> list[Cell]:
     """The cells of a run, all guided at `GUIDANCE`. Full and smoke: per batch, the continuous rows at each of
-    `HEAD_STEPS`, the discrete row and muse-maskgit, at `STEPS` iterations. Quick: the continuous row at the faster
-    head setting and muse-maskgit, both at `QUICK_STEPS` iterations (equal iterations, a quarter of the work)."""
+    `HEAD_STEPS` (DDPM) and with DPM-Solver++ at `SOLVER_STEPS`, the discrete row and muse-maskgit, at `STEPS`
+    iterations. Quick: the continuous row with the shipped default head sampler (DPM-Solver++, `SOLVER_STEPS`) and
+    muse-maskgit, both at `QUICK_STEPS` iterations (equal iterations, a quarter of the work)."""
+    solver = continuous_key(SOLVER_STEPS, solver=True)
     if mode == "quick":
-        keys = (continuous_key(HEAD_STEPS[-1]), MUSE_MASKGIT)
-        return [Cell(batch, GUIDANCE, keys, QUICK_STEPS) for batch in batches]
-    keys = (*(continuous_key(steps) for steps in HEAD_STEPS), DISCRETE, MUSE_MASKGIT)
+        return [Cell(batch, GUIDANCE, (solver, MUSE_MASKGIT), QUICK_STEPS) for batch in batches]
+    keys = (*(continuous_key(steps) for steps in HEAD_STEPS), solver, DISCRETE, MUSE_MASKGIT)
     return [Cell(batch, GUIDANCE, keys, STEPS) for batch in batches]
 
 
@@ -243,6 +246,15 @@ def cell_cases(continuous, discrete, muse, transformer, cell: Cell, quick: bool)
         elif key == DISCRETE:
             name = f"hf_t2i Fluid discrete{suffix}"
             cases.append(ours_case(discrete, cell.batch, name, cell.iterations, top_k=TOP_K))
+        elif key.startswith("continuous:dpmpp"):
+            head_steps = int(key.removeprefix("continuous:dpmpp"))
+            name = f"hf_t2i Fluid continuous, head DPM-Solver++ {head_steps} steps{suffix}"
+            solver = DPMSolverMultistepScheduler.from_config(continuous.scheduler.config)
+            cases.append(
+                ours_case(
+                    continuous, cell.batch, name, cell.iterations, num_diffusion_steps=head_steps, scheduler=solver
+                )
+            )
         else:
             head_steps = int(key.split(":")[1])
             name = f"hf_t2i Fluid continuous, head {head_steps} steps{suffix}"
@@ -317,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     apply_common_arguments(parser, args)
     if args.smoke:
-        use_smoke_sizes(globals(), STEPS=4, HEAD_STEPS=(4, 2), TOP_K=8)
+        use_smoke_sizes(globals(), STEPS=4, HEAD_STEPS=(4, 2), SOLVER_STEPS=2, TOP_K=8)
     machine = machine_info(torch.get_num_threads())
     print(machine_line(machine))
     iterations = QUICK_STEPS if args.quick else STEPS

@@ -210,7 +210,7 @@ def cell_plans(scripts, mode: str) -> dict:
 OURS_AND_BEST_PEER = {
     "dalle": ("sample", "min-dalle"),
     "parti": ("sample", "min-dalle"),
-    "fluid": ("continuous:25", "muse-maskgit"),
+    "fluid": ("continuous:dpmpp15", "muse-maskgit"),
     "transfusion": ("cached", "transfusion-pytorch"),
     "muse": ("ours", "muse-maskgit"),
 }
@@ -246,7 +246,13 @@ def test_full_mode_cells_are_the_scripts_full_benchmarks(scripts):
     ]
     assert scripts["dalle"].plan("full", [1], 3.0, min_dalle_vqgan=True)[0].cases[-1] == "vqgan"
     assert [len(cell.cases) for cell in full["parti"]] == [3] * 4
-    assert full["fluid"][0].cases == ("continuous:100", "continuous:25", "discrete", "muse-maskgit")
+    assert full["fluid"][0].cases == (
+        "continuous:100",
+        "continuous:25",
+        "continuous:dpmpp15",
+        "discrete",
+        "muse-maskgit",
+    )
     transfusion = [(cell.batch, cell.guidance_scale, cell.cases) for cell in full["transfusion"]]
     assert transfusion[:2] == [
         (1, 1.0, ("cached", "recomputed", "decode", "transfusion-pytorch")),
