@@ -17,8 +17,6 @@ from hf_t2i.layers.diffusion_head import (
     diffusion_loss,
 )
 
-from ..pipelines.test_diffusers_conventions import torch_array_warning_ignored
-
 
 CENTRES = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]], [[1.0, -1.0], [-1.0, 1.0]]])  # (condition, mode, xy)
 
@@ -51,7 +49,7 @@ def mixture_head():
 def mixture_samples(head, scheduler, steps, c, temperature=1.0, seed=1):
     """400 samples of condition `c` and their distance to that condition's two modes (400, 2)."""
     condition = torch.nn.functional.one_hot(torch.full((400,), c), 2).float()
-    with torch.no_grad(), torch_array_warning_ignored():
+    with torch.no_grad():
         samples = ddpm_sample(
             lambda x, t: head(x, t, condition),
             (400, 2),
@@ -125,7 +123,7 @@ def test_solvers_starting_at_the_capped_last_step_are_refused(mixture_head, solv
         mixture_samples(head, fast, 15, 0)
     condition = torch.nn.functional.one_hot(torch.zeros(400, dtype=torch.long), 2).float()
     sample = torch.randn(400, 2, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad(), torch_array_warning_ignored():
+    with torch.no_grad():
         fast.set_timesteps(15)
         assert int(fast.timesteps[0]) == 99
         for t in fast.timesteps:  # what the refused chain would draw
@@ -148,8 +146,7 @@ def test_solvers_sample_a_learned_variance_head_from_its_noise_half():
     check_head_scheduler(solver, trained)
 
     def sample(denoise, guidance_scale):
-        with torch_array_warning_ignored():
-            return ddpm_sample(denoise, (3, 3), solver, 8, torch.Generator().manual_seed(0), 1.0, guidance_scale)
+        return ddpm_sample(denoise, (3, 3), solver, 8, torch.Generator().manual_seed(0), 1.0, guidance_scale)
 
     full = sample(lambda x, t: head(x, t, z[: x.shape[0]]), 2.0)
     noise_only = sample(lambda x, t: head(x, t, z[: x.shape[0]])[:, :3], 2.0)

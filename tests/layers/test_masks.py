@@ -42,3 +42,9 @@ def test_slice_mask_pads_a_longer_cache():
     assert part.flatten().tolist() == [True, True, True, False, False]
     with pytest.raises(ValueError, match="exceed"):
         slice_mask(mask, 2, 2, 3)
+
+
+def test_slice_mask_covers_the_cached_positions_by_default():
+    mask = torch.ones(6, 6, dtype=torch.bool).tril()
+    assert slice_mask(mask, 2, 1).shape == (1, 1, 1, 3)  # positions 0..2 are cached once query 2 is in
+    assert torch.equal(slice_mask(mask, 0, 4), mask[None, None, :4, :4])

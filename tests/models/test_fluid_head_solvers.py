@@ -16,7 +16,6 @@ from transformers import pipeline
 from hf_t2i import FluidPipeline
 from hf_t2i.layers.diffusion_head import DiffusionHeadScheduler
 
-from ..pipelines.test_diffusers_conventions import torch_array_warning_ignored
 from ..pipelines.test_fluid_pipeline import make_pipeline
 from .test_fluid_class_conditional import mar_model
 
@@ -27,8 +26,7 @@ def seeded(seed):
 
 def draw(pipe, prompt="a red circle", generator=None, **kwargs):
     kwargs = {"num_inference_steps": 4, "num_diffusion_steps": 6, "guidance_scale": 2.0, **kwargs}
-    with torch_array_warning_ignored():
-        return pipe(prompt, generator=generator or seeded(0), output_type="latent", **kwargs).images
+    return pipe(prompt, generator=generator or seeded(0), output_type="latent", **kwargs).images
 
 
 def public(config):
@@ -79,18 +77,17 @@ def test_the_solver_samples_every_head_call(tokenizer, monkeypatch, order):
     assert head.calls["forward"] == iterations * 6 and ddpm.calls["step"] == 0
     ids = pipe.processor(text=["a red circle"], return_tensors="pt")
     empty = pipe.processor(text=[""], return_tensors="pt")
-    with torch_array_warning_ignored():
-        direct = pipe.model.sample_image_tokens(
-            ids.input_ids,
-            ids.attention_mask,
-            empty.input_ids,
-            empty.attention_mask,
-            num_inference_steps=steps,
-            guidance_scale=2.0,
-            num_diffusion_steps=6,
-            generator=seeded(0),
-            scheduler=pipe.scheduler,
-        )
+    direct = pipe.model.sample_image_tokens(
+        ids.input_ids,
+        ids.attention_mask,
+        empty.input_ids,
+        empty.attention_mask,
+        num_inference_steps=steps,
+        guidance_scale=2.0,
+        num_diffusion_steps=6,
+        generator=seeded(0),
+        scheduler=pipe.scheduler,
+    )
     torch.testing.assert_close(direct, tokens)
     assert not torch.allclose(tokens, draw(make_pipeline(tokenizer, order=order), num_inference_steps=steps))
 
@@ -111,19 +108,18 @@ def test_a_saved_solver_is_kept_by_every_entry_point(tokenizer, tmp_path):
     pipe = with_solver(make_pipeline(tokenizer))
     pipe.save_pretrained(tmp_path)
     kwargs = dict(num_inference_steps=4, num_diffusion_steps=6, guidance_scale=2.0)
-    with torch_array_warning_ignored():
-        expected = pipe("a red circle", generator=seeded(5), output_type="np", **kwargs).images
+    expected = pipe("a red circle", generator=seeded(5), output_type="np", **kwargs).images
 
-        loaded = FluidPipeline.from_pretrained(tmp_path)
-        loaded.set_progress_bar_config(disable=True)
-        assert type(loaded.scheduler) is DPMSolverMultistepScheduler
-        assert public(loaded.scheduler.config) == public(pipe.scheduler.config)
-        assert np.array_equal(loaded("a red circle", generator=seeded(5), output_type="np", **kwargs).images, expected)
+    loaded = FluidPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is DPMSolverMultistepScheduler
+    assert public(loaded.scheduler.config) == public(pipe.scheduler.config)
+    assert np.array_equal(loaded("a red circle", generator=seeded(5), output_type="np", **kwargs).images, expected)
 
-        task = pipeline("text-to-image", model=str(tmp_path))
-        assert type(task.generation_pipeline.scheduler) is DPMSolverMultistepScheduler
-        assert public(task.generation_pipeline.scheduler.config) == public(pipe.scheduler.config)
-        image = task("a red circle", generator=seeded(5), **kwargs)
+    task = pipeline("text-to-image", model=str(tmp_path))
+    assert type(task.generation_pipeline.scheduler) is DPMSolverMultistepScheduler
+    assert public(task.generation_pipeline.scheduler.config) == public(pipe.scheduler.config)
+    image = task("a red circle", generator=seeded(5), **kwargs)
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
 
 
@@ -171,16 +167,15 @@ def test_mar_learned_variance_head_with_dpm_solver():
     pipe.set_progress_bar_config(disable=True)
     kwargs = dict(class_labels=[1, 3], num_inference_steps=3, num_diffusion_steps=5, guidance_scale=2.0)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(ValueError, match="variance_type=None"), torch_array_warning_ignored():
+    with pytest.raises(ValueError, match="variance_type=None"):
         pipe(generator=seeded(0), **kwargs)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, variance_type=None)
-    with pytest.raises(ValueError, match="timestep_spacing='leading'"), torch_array_warning_ignored():
+    with pytest.raises(ValueError, match="timestep_spacing='leading'"):
         pipe(generator=seeded(0), **kwargs)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
         pipe.scheduler.config, variance_type=None, timestep_spacing="leading"
     )
-    with torch_array_warning_ignored():
-        tokens = pipe(generator=seeded(0), output_type="latent", **kwargs).images
-        again = pipe(generator=seeded(0), output_type="latent", **kwargs).images
+    tokens = pipe(generator=seeded(0), output_type="latent", **kwargs).images
+    again = pipe(generator=seeded(0), output_type="latent", **kwargs).images
     assert tokens.shape == (2, 16, pipe.model.config.token_dim) and torch.isfinite(tokens).all()
     assert torch.equal(tokens, again)

@@ -2,9 +2,6 @@
 `prompt_embeds` with `encode_prompt`, transformers' `pipeline(..., batch_size=k)`, and Transfusion's swappable
 schedulers. Tiny models built in code, seeded, offline."""
 
-import contextlib
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -107,18 +104,6 @@ def pipes(tokenizer):
 
 def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-@contextlib.contextmanager
-def torch_array_warning_ignored():
-    """diffusers' DPMSolver / UniPC / Euler `set_timesteps` call `np.array(tensor)`, and with numpy 2.4 torch 2.13's
-    `Tensor.__array__` (no `copy` keyword) makes numpy warn (DeprecationWarning). That is between torch and numpy, with
-    no hf_t2i call to change: ignore exactly this message (inside the test, after the deprecation guard's filters)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="__array__ implementation doesn't accept a copy keyword", category=DeprecationWarning
-        )
-        yield
 
 
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
@@ -370,10 +355,7 @@ def test_transfusion_samplers_reach_the_data_of_an_exact_denoiser(pipes, monkeyp
     pipe.set_progress_bar_config(disable=True)
     target = torch.linspace(-1.5, 1.5, 4 * 8 * 8).view(1, 4, 8, 8).double()
     monkeypatch.setattr(pipe.model, "image_generation_step", oracle_denoiser(base.scheduler.config, target))
-    with torch_array_warning_ignored():
-        out = pipe(
-            "a red circle", generator=seeded(0), num_inference_steps=10, guidance_scale=1.0, output_type="latent"
-        )
+    out = pipe("a red circle", generator=seeded(0), num_inference_steps=10, guidance_scale=1.0, output_type="latent")
     torch.testing.assert_close(out.images, target.float(), atol=2e-2, rtol=0)
 
 
@@ -384,9 +366,8 @@ def test_transfusion_samples_with_each_ddpm_family_scheduler(pipes, scheduler_cl
     base = pipes("transfusion")
     pipe = TransfusionPipeline(base.model, base.processor, scheduler_class.from_config(base.scheduler.config))
     pipe.set_progress_bar_config(disable=True)
-    with torch_array_warning_ignored():
-        a = pipe("a red circle", generator=seeded(0), num_inference_steps=4, output_type="latent").images
-        b = pipe("a red circle", generator=seeded(0), num_inference_steps=4, output_type="latent").images
+    a = pipe("a red circle", generator=seeded(0), num_inference_steps=4, output_type="latent").images
+    b = pipe("a red circle", generator=seeded(0), num_inference_steps=4, output_type="latent").images
     assert a.shape == (1, 4, 8, 8) and torch.isfinite(a).all() and torch.equal(a, b)
 
 
@@ -413,18 +394,17 @@ def test_transfusion_keeps_a_saved_dpm_solver_in_every_entry_point(pipes, tmp_pa
     pipe = TransfusionPipeline(base.model, base.processor, solver)
     pipe.set_progress_bar_config(disable=True)
     pipe.save_pretrained(tmp_path)
-    with torch_array_warning_ignored():
-        expected = pipe("a red circle", generator=seeded(4), num_inference_steps=3, output_type="np").images
+    expected = pipe("a red circle", generator=seeded(4), num_inference_steps=3, output_type="np").images
 
-        loaded = TransfusionPipeline.from_pretrained(tmp_path)
-        loaded.set_progress_bar_config(disable=True)
-        assert type(loaded.scheduler) is DPMSolverMultistepScheduler
-        again = loaded("a red circle", generator=seeded(4), num_inference_steps=3, output_type="np").images
-        assert np.array_equal(again, expected)
+    loaded = TransfusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.scheduler) is DPMSolverMultistepScheduler
+    again = loaded("a red circle", generator=seeded(4), num_inference_steps=3, output_type="np").images
+    assert np.array_equal(again, expected)
 
-        task = pipeline("text-to-image", model=str(tmp_path))
-        assert type(task.generation_pipeline.scheduler) is DPMSolverMultistepScheduler
-        public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
-        assert public(task.generation_pipeline.scheduler.config) == public(solver.config)
-        image = task("a red circle", generator=seeded(4), num_inference_steps=3)
+    task = pipeline("text-to-image", model=str(tmp_path))
+    assert type(task.generation_pipeline.scheduler) is DPMSolverMultistepScheduler
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(task.generation_pipeline.scheduler.config) == public(solver.config)
+    image = task("a red circle", generator=seeded(4), num_inference_steps=3)
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6

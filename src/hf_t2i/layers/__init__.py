@@ -5,7 +5,6 @@ from .attention import (
     attention_function,
     cache_length,
     eager_attention,
-    key_length,
     sdpa_attention,
     truncate_cache,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "TransformerBlock",
     "transformer_blocks",
     "cache_length",
-    "key_length",
     "truncate_cache",
     "patchify",
     "unpatchify",

@@ -15,7 +15,7 @@ standard transformers way: `from_pretrained(..., attn_implementation="eager")` o
 
 Masks are `(B or 1, 1 or H, Q, K)`, boolean (`True` where a query may attend to a key) or additive (0 / -inf, the form
 the models build once per forward pass, see `masks.additive_mask`). With a preallocated cache, a mask narrower than
-the cache (K = the filled positions, `key_length`) means "attend to the first K slots only".
+the cache (K = the filled positions, `masks.slice_mask`'s default) means "attend to the first K slots only".
 """
 
 from __future__ import annotations
@@ -277,8 +277,8 @@ class Attention(nn.Module):
             if cache is not None:
                 key, value = _self_attention_cache(cache).update(key, value, self.layer_idx)  # (B, H, K, D)
                 if attention_mask is not None and attention_mask.shape[-1] < key.shape[-2]:
-                    # a preallocated cache returns every slot; the mask covers the filled ones (see `key_length`),
-                    # and the empty slots would only cost time (half the attention of a decode step on average)
+                    # a preallocated cache returns every slot; the mask covers the filled ones (`slice_mask`), and
+                    # the empty slots would only cost time (half the attention of a decode step on average)
                     key, value = key[:, :, : attention_mask.shape[-1]], value[:, :, : attention_mask.shape[-1]]
         out, weights = attention_function(implementation)(
             self,
@@ -315,12 +315,3 @@ def truncate_cache(cache: Cache, length: int) -> None:
     extra = int(self_cache.get_seq_length()) - length
     if extra > 0:
         self_cache.crop(-extra)
-
-
-def key_length(cache: Cache | None, new_length: int) -> int:
-    """Keys that self-attention attends to after caching `new_length` more positions: the filled positions, the cached
-    ones plus the new ones, which is the width of the masks the models build.
-
-    A preallocated (static) cache returns all its slots from `update`; [`Attention`] keeps only the first
-    `attention_mask.shape[-1]` of them, so the empty slots cost no time (they were masked out anyway)."""
-    return cache_length(cache) + new_length

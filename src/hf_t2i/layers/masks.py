@@ -80,9 +80,14 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
 
 
-def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_length: int) -> torch.Tensor:
+def slice_mask(mask: torch.Tensor, query_start: int, query_length: int, key_length: int | None = None) -> torch.Tensor:
     """Rows `[query_start, query_start + query_length)` and the first `key_length` columns of an (S, S) boolean or
-    additive mask, as (1, 1, Q, K). Columns past S (a preallocated cache longer than the sequence) are masked out."""
+    additive mask, as (1, 1, Q, K). Columns past S are masked out.
+
+    `key_length` defaults to `query_start + query_length`, the positions a cache holds once the queries are in it:
+    the keys a decoding step attends to (`Attention` keeps that many of a preallocated cache's slots)."""
+    if key_length is None:
+        key_length = query_start + query_length
     rows = mask[query_start : query_start + query_length]
     if rows.shape[0] != query_length:
         raise ValueError(

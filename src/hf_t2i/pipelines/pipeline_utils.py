@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 
+import diffusers
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, SchedulerMixin
 from huggingface_hub import snapshot_download
 
 from ..generation.sampling import Generators
@@ -45,9 +46,6 @@ def saved_scheduler(model, own_classes: tuple[type, ...] = (), example: str = "D
     diffusers scheduler or one of `own_classes`), so that `pipeline("text-to-image", model=path)`, which hands over
     only the model and processor, samples with the scheduler the pipeline's own `from_pretrained(path)` loads.
     None when the model's folder has none. `example` names a scheduler for the error's fix."""
-    import diffusers
-    from diffusers import SchedulerMixin
-
     folder = os.path.join(getattr(model.config, "_name_or_path", "") or "", "scheduler")
     if not os.path.isfile(os.path.join(folder, "scheduler_config.json")):
         return None

@@ -49,7 +49,6 @@ from ...layers import (
     AxialPositionalEmbedding,
     additive_mask,
     cache_length,
-    key_length,
     run_blocks,
     slice_mask,
     sparse_image_mask,
@@ -270,7 +269,7 @@ class DalleModel(DallePreTrainedModel):
             DalleTokenShift.check_cache(cache, config.num_hidden_layers)
         start = cache_length(cache)
         length = input_ids.shape[1]
-        keys = key_length(cache, length)
+        keys = start + length  # the positions cached after this call: what the masks cover (see `slice_mask`)
         hidden_states = self.embed(input_ids, start)
         if self.dropout is not None:
             hidden_states = self.dropout(hidden_states)

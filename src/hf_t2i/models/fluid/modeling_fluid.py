@@ -34,7 +34,6 @@ from ...layers import (
     additive_mask,
     cache_length,
     causal_mask,
-    key_length,
     patchify,
     run_blocks,
     slice_mask,
@@ -299,7 +298,7 @@ class FluidModel(FluidImageTokenInputs, FluidPreTrainedModel):
             ):
                 raise ValueError("Raster-order Fluid reads its inputs in raster order; leave `position_ids` unset.")
             full = self.causal_attention_mask(hidden.device, hidden.dtype)
-            self_mask = slice_mask(full, start, length, key_length(cache, length))
+            self_mask = slice_mask(full, start, length)
         text = encoder_outputs.last_hidden_state
         stack = run_blocks(
             self.layers,

@@ -40,7 +40,6 @@ from ...layers import (
     BlockStackOutput,
     additive_mask,
     cache_length,
-    key_length,
     run_blocks,
     slice_mask,
     sparse_image_mask,
@@ -140,9 +139,8 @@ class PartiDecoder(nn.Module):
         hidden = self.embeddings(decoder_input_ids) + self.position_embeddings(positions)
         if self.embedding_norm is not None:
             hidden = self.embedding_norm(hidden)
-        keys = key_length(cache, length)
         masks = {
-            kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length, keys)
+            kind: slice_mask(self.self_attention_mask(kind, hidden.device, hidden.dtype), start, length)
             for kind in set(self.config.decoder_attention_types)
         }
         return run_blocks(
