@@ -382,7 +382,65 @@ def paired_ratio(numerator: Case, denominator: Case) -> float | None:
     return statistics.median(ratios) if ratios else None
 
 
+# -- models --------------------------------------------------------------------------------------------------------
+def parameter_mib(*modules: torch.nn.Module, exclude: tuple[str, ...] = ()) -> float:
+    """MiB of the parameters of `modules`, leaving out those whose name starts with one of `exclude`."""
+    return (
+        sum(
+            p.numel() * p.element_size()
+            for module in modules
+            for name, p in module.named_parameters()
+            if not name.startswith(exclude)
+        )
+        / 2**20
+    )
+
+
+def t5_encoder(vocab: int, width: int, heads: int, mlp: int, depth: int) -> torch.nn.Module:
+    """A randomly initialised T5 encoder of our text encoders' size (the script's sizes, smoke sizes included): the
+    trained text encoder that the encoder-decoder peers (parti-pytorch) take."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=vocab,
+        d_model=width,
+        d_kv=width // heads,
+        d_ff=mlp,
+        num_layers=depth,
+        num_heads=heads,
+        dropout_rate=0.0,
+    )
+    return T5EncoderModel(config)
+
+
 # -- output --------------------------------------------------------------------------------------------------------
+def iterative_rows(
+    cases: Sequence[Case], peer: Case | None, batch: int, iterations: int, rows: list, raw: list, noisy: list
+) -> None:
+    """Append the table rows, raw records and noisy-row notes of one cell of an iterative sampler (Fluid, Muse):
+    s / image, ms per iteration, peak-RSS growth, the speed-up against `peer` (1.00x on its own row) and the
+    roofline cells; a case that failed gets an error row."""
+    for case in cases:
+        if case.error:
+            rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
+            continue
+        if case.spread and case.spread > 1.5:
+            noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
+        ratio = paired_ratio(peer, case) if peer is not None and case is not peer else None
+        rows.append(
+            [
+                str(batch),
+                case.name,
+                f"{case.median:.3f}",
+                f"{1000 * case.median * batch / iterations:.0f}",
+                f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
+                f"{ratio:.2f}x" if ratio else ("1.00x" if case is peer else ""),
+                *roofline_cells(case),
+            ]
+        )
+        raw.append({"batch": batch, "steps": iterations, "case": case.name, "seconds": case.seconds, "per": case.per})
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A GitHub-flavoured markdown table, columns padded to their widest cell."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]

@@ -58,6 +58,7 @@ from _timing import (
     format_table,
     machine_info,
     machine_line,
+    parameter_mib,
     reference_ratio,
     roofline_cells,
     summary_records,
@@ -235,10 +236,6 @@ def plan(mode: str, batches: list[int], guidance_scale: float, min_dalle_vqgan: 
         cells.append(Cell(batch, 1.0, (SAMPLE, GENERATE, MIN_DALLE, *decoders)))
         cells.append(Cell(batch, guidance_scale, (SAMPLE, GENERATE, MIN_DALLE)))
     return cells
-
-
-def parameter_mib(*modules: torch.nn.Module) -> float:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
 def cell_cases(model, peer, vqgan, text, codes, negative, scale, peer_version, keys) -> list[Case]:

@@ -55,10 +55,10 @@ from _timing import (
     apply_common_arguments,
     finish,
     format_table,
+    iterative_rows,
     machine_info,
     machine_line,
-    paired_ratio,
-    roofline_cells,
+    parameter_mib,
     summary_records,
     use_smoke_sizes,
 )
@@ -274,25 +274,7 @@ def run_benchmark(args) -> dict:
         peers = [peer_case] if peer_case is not None else []
         runner.run(cases, peers)
         summary += summary_records("fluid", cases, peers, batch, GUIDANCE, iterations=iterations)
-        for case in cases:
-            if case.error:
-                rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
-                continue
-            if case.spread and case.spread > 1.5:
-                noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
-            ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
-            rows.append(
-                [
-                    str(batch),
-                    case.name,
-                    f"{case.median:.2f}",
-                    f"{1000 * case.median * batch / iterations:.0f}",
-                    f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
-                    f"{ratio:.2f}x" if ratio else "",
-                    *roofline_cells(case),
-                ]
-            )
-            raw.append({"batch": batch, "case": case.name, "seconds": case.seconds, "per": case.per})
+        iterative_rows(cases, peer_case, batch, iterations, rows, raw, noisy)
     headers = [
         "batch",
         "case",
@@ -303,11 +285,11 @@ def run_benchmark(args) -> dict:
         *ROOFLINE_HEADERS,
     ]
     weights = {
-        "fluid continuous prior": _mib(continuous, exclude=("vae",)),
-        "fluid discrete prior": _mib(discrete, exclude=("vqmodel",)),
+        "fluid continuous prior": parameter_mib(continuous, exclude=("vae",)),
+        "fluid discrete prior": parameter_mib(discrete, exclude=("vqmodel",)),
     }
     if transformer is not None:
-        weights["muse-maskgit transformer"] = _mib(transformer)
+        weights["muse-maskgit transformer"] = parameter_mib(transformer)
     return {
         "table": format_table(headers, rows),
         "raw": raw,
@@ -317,10 +299,6 @@ def run_benchmark(args) -> dict:
         "summary": summary,
         "weights": weights,
     }
-
-
-def _mib(module: torch.nn.Module, exclude: tuple[str, ...] = ()) -> float:
-    return sum(p.numel() * p.element_size() for n, p in module.named_parameters() if not n.startswith(exclude)) / 2**20
 
 
 def main() -> None:

@@ -50,14 +50,14 @@ from _timing import (
     apply_common_arguments,
     finish,
     format_table,
+    iterative_rows,
     machine_info,
     machine_line,
-    paired_ratio,
-    roofline_cells,
+    parameter_mib,
     summary_records,
     use_smoke_sizes,
 )
-from bench_fluid import GUIDANCE, _mib, build_muse, import_muse, muse_case
+from bench_fluid import GUIDANCE, build_muse, import_muse, muse_case
 
 from hf_t2i import DalleDVAEConfig, MuseConfig, MuseForConditionalGeneration
 
@@ -129,25 +129,7 @@ def run_benchmark(args) -> dict:
         peers = [peer_case] if peer_case is not None else []
         runner.run(cases, peers)
         summary += summary_records("muse", cases, peers, batch, GUIDANCE, iterations=steps)
-        for case in cases:
-            if case.error:
-                rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
-                continue
-            if case.spread and case.spread > 1.5:
-                noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
-            ratio = paired_ratio(peer_case, case) if peer_case is not None and case is not peer_case else None
-            rows.append(
-                [
-                    str(batch),
-                    case.name,
-                    f"{case.median:.3f}",
-                    f"{1000 * case.median * batch / steps:.0f}",
-                    f"{case.memory_median:.0f}" if case.memory_median is not None else "n/a",
-                    f"{ratio:.2f}x" if ratio else ("1.00x" if case is peer_case else ""),
-                    *roofline_cells(case),
-                ]
-            )
-            raw.append({"batch": batch, "steps": steps, "case": case.name, "seconds": case.seconds, "per": case.per})
+        iterative_rows(cases, peer_case, batch, steps, rows, raw, noisy)
     headers = [
         "batch",
         "case",
@@ -157,9 +139,9 @@ def run_benchmark(args) -> dict:
         "vs muse-maskgit",
         *ROOFLINE_HEADERS,
     ]
-    weights = {"muse prior (with text encoder)": _mib(ours, exclude=("vqmodel",))}
+    weights = {"muse prior (with text encoder)": parameter_mib(ours, exclude=("vqmodel",))}
     if transformer is not None:
-        weights["muse-maskgit transformer"] = _mib(transformer)
+        weights["muse-maskgit transformer"] = parameter_mib(transformer)
     return {
         "table": format_table(headers, rows),
         "raw": raw,

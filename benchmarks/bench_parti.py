@@ -57,13 +57,14 @@ from _timing import (
     format_table,
     machine_info,
     machine_line,
+    parameter_mib,
     reference_ratio,
     roofline_cells,
     summary_records,
+    t5_encoder,
     timing_line,
     use_smoke_sizes,
 )
-from transformers import T5Config, T5EncoderModel
 
 from hf_t2i import PartiConfig, PartiForConditionalGeneration, ViTVQGANConfig
 
@@ -158,17 +159,7 @@ class PartiPytorchRunner:
     After construction its VAE is removed, so `generate` returns the image codes (no pixel decode), as ours does."""
 
     def __init__(self, module: types.ModuleType):
-        self.t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=TEXT_VOCAB,
-                d_model=WIDTH,
-                d_kv=WIDTH // HEADS,
-                d_ff=MLP,
-                num_layers=DEPTH,
-                num_heads=HEADS,
-                dropout_rate=0.0,
-            )
-        ).eval()
+        self.t5 = t5_encoder(TEXT_VOCAB, WIDTH, HEADS, MLP, DEPTH).eval()
         # `Parti.__init__` evaluates `get_encoded_dim(t5_name)` (a Hub download) even when `text_embed_dim` is given
         module.get_encoded_dim = lambda name: WIDTH
         self.parti = module.Parti(
@@ -233,10 +224,6 @@ def plan(mode: str, batches: list[int], guidance_scale: float) -> list[Cell]:
     return [
         Cell(batch, scale, (SAMPLE, MIN_DALLE, PARTI_PYTORCH)) for batch in batches for scale in (1.0, guidance_scale)
     ]
-
-
-def parameter_mib(*modules: torch.nn.Module) -> float:
-    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 2**20
 
 
 def cell_cases(model, peers: dict, text, negative, scale, keys) -> tuple[Case, dict[str, Case]]:

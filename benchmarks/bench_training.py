@@ -56,6 +56,7 @@ from _timing import (
     machine_line,
     run_interleaved,
     summary_records,
+    t5_encoder,
     use_smoke_sizes,
 )
 
@@ -181,22 +182,6 @@ def import_dalle_pytorch() -> tuple[types.ModuleType | None, str]:
     return module, f"dalle-pytorch {version}"
 
 
-def _t5_encoder() -> torch.nn.Module:
-    """A T5 encoder of our text encoders' size: the trained text encoder of the encoder-decoder peers."""
-    from transformers import T5Config, T5EncoderModel
-
-    config = T5Config(
-        vocab_size=TEXT_VOCAB,
-        d_model=WIDTH,
-        d_kv=WIDTH // HEADS,
-        d_ff=MLP,
-        num_layers=DEPTH,
-        num_heads=HEADS,
-        dropout_rate=0.0,
-    )
-    return T5EncoderModel(config)
-
-
 @functools.cache
 def _import_muse():
     """`bench_fluid.import_muse` once per process (its stand-in package cannot be found a second time)."""
@@ -261,7 +246,7 @@ def peer(family: str, batch: int, generator: torch.Generator) -> tuple[Step | No
         maskgit = muse.MaskGit(
             image_size=4 * GRID, transformer=transformer, vae=_CodebookOnly(CODEBOOK), cond_drop_prob=0.0
         )
-        model = _WithEncoder(maskgit, _t5_encoder())
+        model = _WithEncoder(maskgit, t5_encoder(TEXT_VOCAB, WIDTH, HEADS, MLP, DEPTH))
 
         def maskgit_loss():
             return model.peer(codes, text_embeds=model.encoder(input_ids=text).last_hidden_state)
