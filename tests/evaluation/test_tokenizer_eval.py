@@ -123,3 +123,36 @@ def test_cli_passes_the_split_to_the_tokenizer_evaluation(tmp_path, monkeypatch)
     assert args.func(args) == 0 and splits == ["validation"]
     report = json.loads((tmp_path / "out" / "tokenizer_report.json").read_text())
     assert report["settings"]["split"] == "validation" and report["metrics"]["num_images"] == 4
+
+
+def test_fid_of_the_reconstructions_is_zero_for_a_perfect_tokenizer_and_shares_the_pipeline_reference(tmp_path):
+    import os
+
+    from hf_t2i.evaluation.fid import fid_cache_path
+
+    from .test_fid import PooledColours  # the tests' cheap feature network
+
+    options = {"fid": True, "fid_cache_dir": str(tmp_path), "fid_feature_extractor": PooledColours()}
+    perfect = evaluate_image_tokenizer(MemoryTokenizer(), "shapes", num_images=8, **options)
+    assert perfect["fid_reconstructions"] == pytest.approx(0.0, abs=1e-3)
+    # the real side is cached under the same file a pipeline evaluation of that split reads
+    assert os.path.isfile(fid_cache_path("shapes", "test", 8, 32, 0, str(tmp_path)))
+    grey = MemoryTokenizer()
+    grey.decode = lambda ids: grey.last * 0
+    assert evaluate_image_tokenizer(grey, "shapes", num_images=8, **options)["fid_reconstructions"] > 1.0
+    assert "fid_reconstructions" not in evaluate_image_tokenizer(MemoryTokenizer(), "shapes", num_images=4)
+    with pytest.raises(ValueError, match="num_images"):
+        evaluate_image_tokenizer(MemoryTokenizer(), "shapes", num_images=1, fid=True)
+
+
+def test_cli_takes_only_fid_as_a_tokenizer_metric(tmp_path):
+    config = DalleDVAEConfig(image_size=32, vocab_size=16, hidden_size=8, channel_multipliers=[1, 2])
+    DalleDVAE(config).save_pretrained(tmp_path / "dvae")
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["eval", "--tokenizer", str(tmp_path / "dvae"), "--dataset", "shapes", "--num-images", "2"]
+        + ["--metrics", "fid,compositional"]
+    )
+    with pytest.raises(ValueError, match="--metrics 'fid,compositional' with --tokenizer"):
+        args.func(args)

@@ -5,6 +5,7 @@
     hf-t2i eval --model runs/prior/final --dataset shapes --scorer runs/clip/final --metrics fid,compositional,clip
     hf-t2i eval --scorer runs/clip/final --dataset shapes --metrics retrieval     # the scorer alone, no --model
     hf-t2i eval --tokenizer runs/vit_vqgan/final --dataset shapes --num-images 200   # an image tokenizer alone
+    hf-t2i eval --tokenizer runs/dvae/final --dataset emoji --num-images 192 --metrics fid   # + FID of reconstructions
     hf-t2i eval --model parti --dataset shapes --guidance-scale 1,2,3,5      # a sweep: one report per scale + sweep.md
     hf-t2i eval --model dalle --dataset shapes --num-candidates 8 --rerank-scorer runs/clip/final   # best-of-8
 
@@ -36,8 +37,8 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         "--tokenizer",
         default=None,
         help="evaluate an image tokenizer folder instead (DalleDVAE, ViTVQGAN or a diffusers AutoencoderKL): held-out "
-        "reconstruction error, codebook usage (discrete ones) and (shapes) the compositional accuracy of its "
-        "reconstructions",
+        "reconstruction error, codebook usage (discrete ones), (shapes) the compositional accuracy of its "
+        "reconstructions and, with --metrics fid, their FID",
     )
     p.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}; --split says which split")
     p.add_argument(
@@ -102,8 +103,14 @@ def run_eval(args) -> int:
 
         if args.model is not None:
             raise ValueError("Pass either `--model` (a pipeline) or `--tokenizer` (an image tokenizer), not both.")
+        asked = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else []
+        if any(m != "fid" for m in asked):
+            raise ValueError(
+                f"--metrics {args.metrics!r} with --tokenizer: an image tokenizer is evaluated on reconstructions, "
+                "which takes only 'fid' (the FID of its reconstructions); leave --metrics out for the rest."
+            )
         results = evaluate_image_tokenizer(
-            args.tokenizer, args.dataset, args.num_images, args.data_dir, args.data_seed, split=split
+            args.tokenizer, args.dataset, args.num_images, args.data_dir, args.data_seed, split=split, fid=bool(asked)
         )
         print(json.dumps(results, indent=2))
         if args.output_dir:

@@ -1,6 +1,7 @@
 """How good an image tokenizer is on held-out images (or, with `split="validation"`, shapes' in-distribution ones):
-reconstruction error, and, on `shapes`, the compositional
-accuracy of its reconstructions -- the ceiling that any prior over its codes or latents can reach on that metric.
+reconstruction error; on `shapes`, the compositional accuracy of its reconstructions; and, when asked, the FID of its
+reconstructions against the originals -- the ceilings that any prior over its codes or latents can reach on those
+metrics (the FID one is the floor of a prior's FID, up to the bias of small sets).
 
 Discrete tokenizers (DalleDVAE, ViTVQGAN, any model with `encode -> ids` / `decode(ids) -> pixels`) reconstruct
 through hard codes and also report codebook usage; a continuous diffusers `AutoencoderKL` (Fluid's and Transfusion's)
@@ -12,6 +13,7 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..models.image_tokenizers import image_tokenizer_size, is_continuous_tokenizer, load_image_tokenizer
 
@@ -69,6 +71,9 @@ def evaluate_image_tokenizer(
     data_dir: str | None = None,
     data_seed: int = 0,
     split: str = "test",
+    fid: bool = False,
+    fid_cache_dir: str | None = None,
+    fid_feature_extractor: torch.nn.Module | None = None,
 ) -> dict:
     """Reconstruction metrics of `tokenizer` on the first `num_images` images of `dataset_name`'s `split`
     (default "test": for shapes the held-out attribute combinations), plus, on shapes, `compositional_ceiling`:
@@ -77,12 +82,18 @@ def evaluate_image_tokenizer(
     Args:
         tokenizer: an image tokenizer model, or the folder of a trained one (see `load_image_tokenizer`).
         split: "test" or "validation" (shapes only: in-distribution images); see `runner.load_eval_split`.
+        fid: also report `fid_reconstructions`, the FID of the reconstructions against the same real images (the
+            reference statistics are shared with `hf-t2i eval --metrics fid` of a pipeline on that split).
+        fid_cache_dir: where the reference statistics are cached (default `$HF_T2I_CACHE/fid`).
+        fid_feature_extractor: FID feature network (default the standard Inception-v3).
     """
     from ..image_processing import T2IImageProcessor
     from .compositional import compositional_accuracy
-    from .runner import check_eval_split, load_eval_split
+    from .runner import _dataset_tag, _fid, _resized, check_eval_split, load_eval_split
 
     check_eval_split(split, dataset_name)
+    if fid and num_images < 2:
+        raise ValueError(f"`num_images` must be >= 2 for FID (got {num_images}); or pass `fid=False`.")
     if isinstance(tokenizer, str):
         tokenizer = load_image_tokenizer(tokenizer)
     image_size = image_tokenizer_size(tokenizer)
@@ -90,8 +101,21 @@ def evaluate_image_tokenizer(
     pixels = T2IImageProcessor(image_size=image_size)(list(rows["image"]), return_tensors="pt")["pixel_values"]
     metrics, reconstructions = reconstruction_metrics(tokenizer, pixels)
     metrics["num_images"] = len(rows)
+    images = list(((reconstructions + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    if fid:
+        metrics["fid_reconstructions"], _ = _fid(
+            _resized(list(rows["image"]), image_size),
+            [Image.fromarray(image) for image in images],
+            _dataset_tag(dataset_name, data_dir),
+            split,
+            data_seed,
+            16,
+            fid_cache_dir,
+            fid_feature_extractor,
+            "cpu",
+            False,
+        )
     if dataset_name == "shapes":
-        images = list(((reconstructions + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
         ceiling = compositional_accuracy(images, rows["spec"])
         ceiling.pop("correct", None)
         metrics["compositional_ceiling"] = ceiling
