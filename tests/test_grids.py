@@ -67,3 +67,16 @@ def test_cli_grid_writes_the_picture(tmp_path, capsys):
     assert Image.open(out).size == (2 * (32 + GAP) + GAP, 2 * (32 + GAP) + GAP)
     assert main([*argv, "--num-inference-steps", "4"]) == 2  # DALL-E decodes one token per step
     assert "--num-inference-steps does not apply to DallePipeline" in capsys.readouterr().err
+
+
+def test_a_long_label_wraps_inside_the_label_column():
+    from PIL import ImageDraw, ImageFont
+
+    from hf_t2i.grids import _wrapped
+
+    draw, font = ImageDraw.Draw(Image.new("RGB", (8, 8))), ImageFont.load_default()
+    prompt = "smiling face with sunglasses, awesome, beach, bright, in google style"
+    lines = _wrapped(prompt, draw, font, LABEL_WIDTH - 8)
+    assert len(lines) >= 2 and " ".join(lines) == prompt
+    assert all(draw.textlength(line, font=font) <= LABEL_WIDTH - 8 for line in lines)
+    assert _wrapped("a red circle", draw, font, LABEL_WIDTH - 8) == ["a red circle"]  # short ones stay on one line

@@ -65,11 +65,26 @@ def draw_prompt_grid(
     for row, prompt in enumerate(prompts):
         top = GAP + row * (side + GAP)
         if labels:
-            draw.text((4, top + side // 2 - 6), prompt, fill=(0, 0, 0), font=font)
+            lines = _wrapped(prompt, draw, font, left - 8)
+            line_height = 12
+            first = top + side // 2 - len(lines) * line_height // 2
+            for index, line in enumerate(lines):
+                draw.text((4, first + index * line_height), line, fill=(0, 0, 0), font=font)
         for column in range(columns):
             image = images[row * columns + column].convert("RGB").resize((side, side), Image.NEAREST)
             grid.paste(image, (left + GAP + column * (side + GAP), top))
     return grid
+
+
+def _wrapped(text: str, draw: ImageDraw.ImageDraw, font, width: int) -> list[str]:
+    """`text` broken at spaces into lines no wider than `width` pixels (a single longer word keeps its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [text]
 
 
 __all__ = ["DEFAULT_GRID_PROMPTS", "draw_prompt_grid"]
