@@ -168,7 +168,9 @@ def test_page_draws_every_checkpoint_with_a_progress_bar(demo_url, browser, tmp_
     shown = WebDriverWait(browser, DRAWS_S, poll_frequency=0.5).until(every_picture_shown)
     browser.save_screenshot(str(tmp_path / "demo.png"))
 
-    assert sorted(elem_id for elem_id, _, _ in shown) == sorted(f"image-{name}" for name in SHIPPED_CHECKPOINTS)
+    assert sorted(elem_id for elem_id, _, _ in shown) == sorted(
+        f"image-{name.replace('-', '_')}" for name in SHIPPED_CHECKPOINTS
+    )
     assert all(width == 32 * DISPLAY_UPSCALE for _, width, _ in shown), shown
     progress = browser.execute_script("return window.progressSeen;")
     # e.g. "12/64 steps | 1.7s": DALL-E's and Parti's token-by-token progress (64 image tokens)

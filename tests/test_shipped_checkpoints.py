@@ -17,6 +17,7 @@ SHIPPED = {
     "fluid": ("FluidPipeline", 32, {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 3.0}),
     "transfusion": ("TransfusionPipeline", 32, {"num_inference_steps": 20, "guidance_scale": 3.0}),
     "muse": ("MusePipeline", 32, {"guidance_scale": 3.0}),
+    "dalle-emoji": ("DallePipeline", 32, {"guidance_scale": 3.0}),
 }
 
 

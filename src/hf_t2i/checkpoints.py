@@ -16,6 +16,7 @@ SHIPPED_CHECKPOINTS = {
     "fluid": "fluid-shapes",
     "transfusion": "transfusion-shapes",
     "muse": "muse-shapes",
+    "dalle-emoji": "dalle-emoji",  # the real-data demo: 32 px emoji with name-and-keyword captions
 }
 DEFAULT_CHECKPOINT = "dalle"
 
