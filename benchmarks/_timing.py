@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-from _flops import Matmul, Roofline, record_matmuls
+from _flops import Matmul, Roofline, memory_bandwidth_gbs, record_matmuls
 
 
 # -- command line --------------------------------------------------------------------------------------------------
@@ -114,7 +114,8 @@ def use_smoke_sizes(namespace: dict, **extra) -> None:
 
 # -- machine -------------------------------------------------------------------------------------------------------
 def machine_info(threads: int) -> dict:
-    """CPU count, torch / transformers versions and the intra-op thread count in use."""
+    """CPU count, torch / transformers versions, the intra-op thread count in use and the memory bandwidth at torch's
+    thread count (`_flops.memory_bandwidth_gbs`, measured once per process: the ceiling of the GB/s columns)."""
     import transformers
 
     try:
@@ -133,16 +134,20 @@ def machine_info(threads: int) -> dict:
         "transformers": transformers.__version__,
         "python": platform.python_version(),
         "threads": threads,
+        "memory_bandwidth_gbs": memory_bandwidth_gbs(),
         "load_average": load_average(),
     }
 
 
 def machine_line(machine: dict) -> str:
     """One printable line of `machine_info`."""
+    bandwidth = machine.get("memory_bandwidth_gbs")  # absent from documents written before it was measured
     return (
         f"machine: {machine['cpu_model']} ({machine['cpu']}), {machine['cpu_count']} CPUs "
         f"({machine['usable_cpus']} usable), torch {machine['torch']}, transformers {machine['transformers']}, "
-        f"python {machine['python']}, threads {machine['threads']}, load average {machine['load_average']}"
+        f"python {machine['python']}, threads {machine['threads']}, "
+        + ("" if bandwidth is None else f"memory bandwidth {bandwidth:.1f} GB/s (copy), ")
+        + f"load average {machine['load_average']}"
     )
 
 
@@ -337,20 +342,29 @@ class CellRunner:
             )
 
 
-def roofline_cells(case: Case) -> list[str]:
-    """The three roofline cells of a script's table (`ROOFLINE_HEADERS`): "-" where the case has no roofline."""
-    if case.roofline is None or case.median is None:
-        return ["-", "-", "-"]
-    fields = case.roofline.fields(case.median)
-    return [f"{fields['gflops']:.1f}", f"{fields['peak_gflops']:.1f}", f"{fields['percent_of_peak']:.0f}%"]
-
-
-ROOFLINE_HEADERS = ["GFLOP/s", "peak GFLOP/s", "% of peak"]
+ROOFLINE_HEADERS = ["GFLOP/s", "peak GFLOP/s", "% of peak", "GB/s", "% of bandwidth"]
 ROOFLINE_NOTE = (
     "GFLOP/s: the matrix products of one call (linear layers and attention, dense; recorded once from the real "
     "shapes in an untimed call) / its median time. peak GFLOP/s: what the same products reach as plain torch matmuls, "
-    "each shape timed alone in this run. % of peak: the first over the second."
+    "each shape timed alone in this run. % of peak: the first over the second. GB/s: the bytes those products must "
+    "move (operands read and results written once, fused attention's scores never) / the median time; % of "
+    "bandwidth: of the memory bandwidth on the machine line, the ceiling of small-batch decoding."
 )
+
+
+def roofline_cells(case: Case) -> list[str]:
+    """The roofline cells of a script's table (`ROOFLINE_HEADERS`): "-" where the case has no roofline (or no byte
+    count)."""
+    if case.roofline is None or case.median is None:
+        return ["-"] * len(ROOFLINE_HEADERS)
+    fields = case.roofline.fields(case.median)
+    return [
+        f"{fields['gflops']:.1f}",
+        f"{fields['peak_gflops']:.1f}",
+        f"{fields['percent_of_peak']:.0f}%",
+        "-" if fields["gbytes_per_s"] is None else f"{fields['gbytes_per_s']:.2f}",
+        "-" if fields["percent_of_bandwidth"] is None else f"{fields['percent_of_bandwidth']:.0f}%",
+    ]
 
 
 def timing_line(mode: str, repeats: int) -> str:
@@ -422,7 +436,7 @@ def iterative_rows(
     roofline cells; a case that failed gets an error row."""
     for case in cases:
         if case.error:
-            rows.append([str(batch), case.name, "error: " + case.error, *[""] * 6])
+            rows.append([str(batch), case.name, "error: " + case.error, *[""] * (3 + len(ROOFLINE_HEADERS))])
             continue
         if case.spread and case.spread > 1.5:
             noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")
@@ -473,7 +487,7 @@ def summary_records(
     `peers` are the cases of other implementations in `cases`; every other case gets its paired speed-up over each of
     them (`vs_peers`, > 1 = faster than the peer). `guidance_scale` is None for rows that sample nothing (decoders);
     `extra` adds script-specific fields (e.g. the number of iterations). A case with a roofline adds its
-    `Roofline.fields` (GFLOP/s, peak, % of peak).
+    `Roofline.fields` (GFLOP/s, peak, % of peak; GB/s, bandwidth, % of bandwidth).
     """
     records = []
     for case in cases:

@@ -14,7 +14,9 @@ One step = `zero_grad`, the training forward with its loss, `backward`, `AdamW.s
 
 Columns: tokens/s (image + text tokens of the batch / step seconds), the achieved GFLOP/s (3x the forward's matrix
 products, counted by `_flops`) and that as a % of the GFLOP/s the same products and their gradients reach as plain
-torch matmuls, measured in this run. Each model's steps run interleaved with its peer's, round after round.
+torch matmuls, measured in this run; the achieved GB/s (3x the bytes the forward's products move, an approximation)
+and that as a % of the memory bandwidth measured in this run. Each model's steps run interleaved with its peer's,
+round after round.
 
     python benchmarks/bench_training.py [--repeats N] [--threads T] [--json out.json] [--families dalle ...]
 """
@@ -66,7 +68,18 @@ BATCH = 8
 LEARNING_RATE = 1e-4
 DALLE_PYTORCH_INSTALL = "pip install --no-deps dalle-pytorch==1.6.6 axial-positional-embedding rotary-embedding-torch"
 FAMILIES = ("dalle", "parti", "muse", "fluid", "transfusion")
-HEADERS = ["family", "implementation", "batch", "s / step", "tokens / s", "GFLOP/s", "% of peak", "vs peer"]
+HEADERS = [
+    "family",
+    "implementation",
+    "batch",
+    "s / step",
+    "tokens / s",
+    "GFLOP/s",
+    "% of peak",
+    "GB/s",
+    "% of bandwidth",
+    "vs peer",
+]
 
 
 class Step:
@@ -292,6 +305,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                         "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
                         "-" if fields["gflops"] is None else f"{fields['gflops']:.1f}",
                         "-" if fields["percent_of_peak"] is None else f"{fields['percent_of_peak']:.0f}%",
+                        "-" if fields["gbytes_per_s"] is None else f"{fields['gbytes_per_s']:.2f}",
+                        "-" if fields["percent_of_bandwidth"] is None else f"{fields['percent_of_bandwidth']:.0f}%",
                         "-" if ratio is None else f"{ratio:.2f}x",
                     ]
                 )
@@ -299,7 +314,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                     noisy.append(f"{case.name} (batch {batch})")
             summary += records
             if reason:
-                rows.append([family, "peer skipped (see below)", str(batch), "-", "-", "-", "-", "-"])
+                rows.append([family, "peer skipped (see below)", str(batch), *["-"] * (len(HEADERS) - 3)])
     return {"table": format_table(HEADERS, rows), "summary": summary, "noisy_rows": noisy, "peers": peers}
 
 
@@ -339,8 +354,10 @@ def main() -> None:
     print(
         "s / step: median step time (zero_grad, forward + loss, backward, AdamW step). tokens / s: text + image tokens"
         " of the batch per second. GFLOP/s: 3x the forward's matrix-product FLOPs per step / s; % of peak: of the "
-        "GFLOP/s the same products and their gradients reach as plain torch matmuls in this run. vs peer: median "
-        "over rounds of the peer's step time / ours (> 1 = faster)."
+        "GFLOP/s the same products and their gradients reach as plain torch matmuls in this run. GB/s: 3x the bytes "
+        "the forward's products must move (operands read and results written once; an approximation of the "
+        "backward's) per step / s; % of bandwidth: of the memory bandwidth on the machine line. vs peer: median over "
+        "rounds of the peer's step time / ours (> 1 = faster)."
     )
     finish("training", args, machine, started, result)
 

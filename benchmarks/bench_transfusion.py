@@ -245,7 +245,7 @@ def main() -> None:
         summary += summary_records("transfusion", [c for c in cases if c.name == OURS_DECODE], [], batch, None)
         for case in cases:
             if case.error:
-                rows.append([case.name, batch, "-", f"error: {case.error}", *[""] * 6])
+                rows.append([case.name, batch, "-", f"error: {case.error}", *[""] * (len(HEADERS) - 4)])
                 continue
             if case.spread and case.spread > 1.5:
                 noisy.append(f"batch {batch} {case.name} ({case.spread:.2f}x)")

@@ -49,6 +49,7 @@ HEADERS = [
     "speed-up",
     "GFLOP/s (ours)",
     "% of peak (ours / peer)",
+    "% of bandwidth (ours / peer)",
     "peak RSS Δ MiB (ours / peer)",
 ]
 #: what `--quick` leaves out, written under its table (benchmarks/README.md has its measured time)
@@ -114,16 +115,19 @@ def _guidance(scale: float | None) -> str:
     return "off" if scale == 1.0 else f"{scale:g}"
 
 
-def _percent(record: dict | None) -> str:
-    value = None if record is None else record.get("percent_of_peak")
+def _percent(record: dict | None, key: str) -> str:
+    value = None if record is None else record.get(key)
     return "-" if value is None else f"{value:.0f}%"
 
 
 def _roofline(record: dict, peer: dict | None = None) -> list[str]:
-    """The GFLOP/s and % of peak (ours / the peer's) cells of a row (`_flops.Roofline.fields`; "-" where a record
-    has none)."""
+    """The GFLOP/s, % of peak and % of bandwidth (ours / the peer's) cells of a row (`_flops.Roofline.fields`; "-"
+    where a record has none)."""
     gflops = record.get("gflops")
-    return ["-" if gflops is None else f"{gflops:.1f}", f"{_percent(record)} / {_percent(peer)}"]
+    return [
+        "-" if gflops is None else f"{gflops:.1f}",
+        *(f"{_percent(record, key)} / {_percent(peer, key)}" for key in ("percent_of_peak", "percent_of_bandwidth")),
+    ]
 
 
 def _cell(record: dict) -> tuple:
@@ -175,7 +179,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
 
 def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds: float) -> str:
     """RESULTS.md: the run's mode, date and machine, then the table."""
-    machines = [d["machine"] for d in documents if "machine" in d]
+    measured = [d for d in documents if "machine" in d]
     lines = ["# Benchmark results", ""]
     if mode == "smoke":
         lines += ["**Smoke run: tiny models, one round. These numbers measure nothing; run `make bench`.**", ""]
@@ -184,9 +188,18 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
         f"{wall_seconds / 60:.1f} minutes in all. Random weights, fp32, the sizes of each script's docstring.",
         "",
     ]
-    if machines:
-        load = ", ".join(f"{d['family']} {d['machine']['load_average']}" for d in documents if "machine" in d)
-        lines += [machine_line(machines[0]).split(", load average")[0], "", f"Load average at each start: {load}.", ""]
+    if measured:
+        # the machine line without its bandwidth, which each family's process measures for itself (listed below)
+        machine = {**measured[0]["machine"], "memory_bandwidth_gbs": None}
+        load = ", ".join(f"{d['family']} {d['machine']['load_average']}" for d in measured)
+        lines += [machine_line(machine).split(", load average")[0], "", f"Load average at each start: {load}."]
+        bandwidths = [(d["family"], d["machine"].get("memory_bandwidth_gbs")) for d in measured]
+        if any(gbs is not None for _, gbs in bandwidths):
+            listed = ", ".join(f"{family} {gbs:.1f} GB/s" for family, gbs in bandwidths if gbs is not None)
+            lines += [
+                f"Memory bandwidth (copy) measured in each family's process, its % of bandwidth ceiling: {listed}."
+            ]
+        lines += [""]
     lines += [format_table(HEADERS, table_rows(documents)), ""]
     if mode == "quick":
         lines += [QUICK_NOTE, ""]
@@ -197,9 +210,12 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
         "s / image: median call time / batch, over the timed rounds. speed-up: median over rounds of the peer's time /"
         " ours, both from the same round (> 1 = we are faster). GFLOP/s: the matrix products of one call (recorded "
         "once, in an untimed call) / its time; % of peak: of what the same products reach as plain torch matmuls in "
-        "the same run (a training step: 3x its forward's products). peak RSS Δ: median growth of the process's peak "
-        "RSS over its RSS just before a call. Each script prints its own, more detailed table and notes; results.json "
-        "holds every call's wall and CPU seconds.",
+        "the same run (a training step: 3x its forward's products). % of bandwidth: the bytes those products must "
+        "move (operands read and results written once, a fused attention's scores never; a training step: 3x its "
+        "forward's) / the call's time, as a % of the memory bandwidth its process measured: the ceiling of "
+        "small-batch decoding, which reads every weight and the whole K/V cache at each step. peak RSS Δ: median "
+        "growth of the process's peak RSS over its RSS just before a call. Each script prints its own, more detailed "
+        "table and notes; results.json holds every call's wall and CPU seconds.",
         "",
     ]
     return "\n".join(lines)

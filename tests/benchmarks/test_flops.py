@@ -1,7 +1,9 @@
-"""The FLOP counter and roofline of the benchmarks (benchmarks/_flops.py), and the training benchmark's --smoke run.
+"""The FLOP and byte counter and roofline of the benchmarks (benchmarks/_flops.py), and the training benchmark's
+--smoke run.
 
 The counter is checked against hand counts: 2 x in x out FLOPs per row of each linear layer (2 x parameters x
-tokens) plus 4 x queries x keys x head dim per head for attention.
+tokens) plus 4 x queries x keys x head dim per head for attention; bytes: a linear layer reads its input and weight
+and writes its output once, a fused attention call moves Q, K, V and its output once (never its scores).
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def test_counter_matches_the_hand_count_of_a_tiny_block(flops):
     linear = 2 * tokens * (3 * width * width + width * width + 2 * width * mlp)  # 2 x parameters x tokens
     attention = 2 * 2 * 2 * (2 * 5 * 5 * 4)  # batch x heads x 2 products (QK^T, PV) x 2 x 5 queries x 5 keys x dim 4
     assert flops.total_flops(counts) == linear + attention
-    assert counts[flops.Matmul(4, 5, 4, 5)] == 1 and counts[flops.Matmul(4, 5, 5, 4)] == 1  # causal: counted dense
+    scores, weighted = flops.Matmul(4, 5, 4, 5, writes_result=False), flops.Matmul(4, 5, 5, 4, reads_left=False)
+    assert counts[scores] == 1 and counts[weighted] == 1  # causal: counted dense
     batched = flops.record_matmuls(lambda: torch.bmm(torch.randn(3, 2, 4), torch.randn(3, 4, 5)))
     assert batched == {flops.Matmul(3, 2, 4, 5): 1}
 
@@ -90,18 +93,68 @@ def test_dalle_forward_is_two_flops_per_parameter_and_token_plus_attention(flops
     assert flops.total_flops(counts) == 2 * linear_parameters * 3 * length + attention
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bytes_of_a_linear_layer_and_of_an_attention_call_match_the_hand_count(flops, dtype):
+    torch.manual_seed(0)
+    size = torch.tensor([], dtype=dtype).element_size()  # 4 or 2
+    linear, x = torch.nn.Linear(8, 16).to(dtype), torch.randn(3, 8, dtype=dtype)
+    counts = flops.record_matmuls(lambda: linear(x))
+    assert flops.total_bytes(counts) == size * (3 * 8 + 8 * 16 + 3 * 16)  # input, weight, output (the bias not)
+    assert flops.total_flops(counts) == 2 * 3 * 8 * 16  # the FLOPs do not depend on the element size
+
+    q, k, v = (torch.randn(2, 3, length, 4, dtype=dtype) for length in (5, 7, 7))  # (B, H, L or S, E)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            counts = flops.record_matmuls(lambda: F.scaled_dot_product_attention(q, k, v))
+        # Q (5 x 4), K and V (7 x 4 each) read and the output (5 x 4) written, per (batch, head): the 5 x 7 scores
+        # never; the FLOPs of the two products as before
+        assert flops.total_bytes(counts) == size * 2 * 3 * (5 * 4 + 7 * 4 + 7 * 4 + 5 * 4), context
+        assert flops.total_flops(counts) == 2 * 3 * 4 * 5 * 7 * 4, context
+    unfused = flops.record_matmuls(lambda: torch.bmm(torch.randn(6, 5, 4), torch.randn(6, 4, 7)))
+    assert flops.total_bytes(unfused) == 4 * 6 * (5 * 4 + 4 * 7 + 5 * 7)  # a plain product writes its result
+
+
+def test_memory_bandwidth_is_measured_once_per_process(flops):
+    bandwidth = flops.memory_bandwidth_gbs()
+    assert 0 < bandwidth < 10_000  # GB/s
+    calls = flops._copy_bandwidth_gbs.cache_info().misses
+    assert flops.memory_bandwidth_gbs() == bandwidth and flops._copy_bandwidth_gbs.cache_info().misses == calls
+
+
 def test_roofline_fields_and_training_peak(flops):
     counts = {flops.Matmul(1, 32, 16, 8): 2}
     forward = flops.matmul_seconds(counts, repeats=1, min_seconds=0.0)
     training = flops.matmul_seconds(counts, training=True, repeats=1, min_seconds=0.0)
     assert 0 < forward < training  # the two gradient products are timed too
-    roofline = flops.Roofline(flops_per_unit=2e9, peak_gflops=50.0)
+    roofline = flops.Roofline(flops_per_unit=2e9, peak_gflops=50.0, bytes_per_unit=3e8, bandwidth_gbs=6.0)
     assert roofline.fields(0.1) == pytest.approx(
-        {"gflop_per_image": 2.0, "gflops": 20.0, "peak_gflops": 50.0, "percent_of_peak": 40.0}
+        {
+            "gflop_per_image": 2.0,
+            "gflops": 20.0,
+            "peak_gflops": 50.0,
+            "percent_of_peak": 40.0,
+            "gbyte_per_image": 0.3,
+            "gbytes_per_s": 3.0,
+            "bandwidth_gbs": 6.0,
+            "percent_of_bandwidth": 50.0,
+        }
     )
-    assert roofline.fields(None)["gflops"] is None and roofline.fields(None)["percent_of_peak"] is None
-    measured = flops.Roofline.measure(lambda: torch.randn(4, 8) @ torch.randn(8, 2), per=2, quick_peak=True)
+    untimed = roofline.fields(None)
+    assert untimed["gflops"] is None and untimed["percent_of_peak"] is None
+    assert untimed["gbytes_per_s"] is None and untimed["percent_of_bandwidth"] is None
+    no_bytes = flops.Roofline(flops_per_unit=2e9, peak_gflops=50.0).fields(0.1)  # a row counted before bytes were
+    assert no_bytes["percent_of_peak"] == pytest.approx(40.0) and no_bytes["percent_of_bandwidth"] is None
+
+    def product():
+        return torch.randn(4, 8) @ torch.randn(8, 2)
+
+    measured = flops.Roofline.measure(product, per=2, quick_peak=True)
     assert measured.flops_per_unit == 2 * 4 * 8 * 2 / 2 and measured.peak_gflops > 0
+    assert measured.bytes_per_unit == 4 * (4 * 8 + 8 * 2 + 4 * 2) / 2
+    assert measured.bandwidth_gbs == flops.memory_bandwidth_gbs()
+    step = flops.Roofline.measure(product, per=2, training=True, quick_peak=True)
+    assert step.flops_per_unit == 3 * measured.flops_per_unit  # the product and its two gradients
+    assert step.bytes_per_unit == 3 * measured.bytes_per_unit
 
 
 @pytest.mark.slow
@@ -124,3 +177,4 @@ def test_training_smoke_run(tmp_path):
     record = ours[0]
     assert record["error"] is None and record["tokens_per_step"] == 2 * (8 + 256)
     assert record["tokens_per_second"] > 0 and record["gflops"] > 0 and record["percent_of_peak"] > 0
+    assert record["gbytes_per_s"] > 0 and record["bandwidth_gbs"] > 0 and record["percent_of_bandwidth"] > 0

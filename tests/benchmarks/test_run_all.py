@@ -102,8 +102,10 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
     ours = timed_case(_timing, "hf_t2i sample_image_tokens", [1.0, 2.0], per=2)
     min_dalle = timed_case(_timing, "min-dalle 0.4.11", [3.0, 4.0], per=2)
     parti = timed_case(_timing, "parti-pytorch 0.2.0", [10.0, 30.0], per=2)
-    ours.roofline = _flops.Roofline(flops_per_unit=2e9, peak_gflops=10.0)  # 2 GFLOP / 0.75 s = 2.7 GFLOP/s: 27 %
-    min_dalle.roofline = _flops.Roofline(flops_per_unit=1e9, peak_gflops=10.0)  # / 1.75 s: 6 %; parti: none
+    # 2 GFLOP / 0.75 s = 2.7 GFLOP/s: 27 % of peak; 1.5 GB / 0.75 s = 2 GB/s: 50 % of bandwidth
+    ours.roofline = _flops.Roofline(flops_per_unit=2e9, peak_gflops=10.0, bytes_per_unit=1.5e9, bandwidth_gbs=4.0)
+    # / 1.75 s: 6 % of peak, 14 % of bandwidth; parti: no roofline
+    min_dalle.roofline = _flops.Roofline(flops_per_unit=1e9, peak_gflops=10.0, bytes_per_unit=1e9, bandwidth_gbs=4.0)
     guided = _timing.summary_records("parti", [ours, min_dalle, parti], [min_dalle, parti], 2, 3.0)
     assert guided[0]["vs_peers"] == {
         "min-dalle 0.4.11": pytest.approx(2.5),
@@ -130,6 +132,7 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "2.50x",
             "2.7",
             "27% / 6%",
+            "50% / 14%",
             "4 / 4",
         ],
         [
@@ -143,15 +146,19 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "12.50x",
             "2.7",
             "27% / -",
+            "50% / -",
             "4 / 4",
         ],
-        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "- / -", "4 / -"],
-        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "- / -", "4 / -"],
-        ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 8],
-        ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 9],
+        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "- / -", "- / -", "4 / -"],
+        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "- / -", "- / -", "4 / -"],
+        ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 9],
+        ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 10],
     ]
     markdown = run_all.render_markdown(documents, "full", "2026-12-04T10:00:00", 60.0)
     assert "- dalle, min-dalle: min-dalle is not installed" in markdown
+    assert all(len(row) == len(run_all.HEADERS) for row in rows)
+    peak = run_all.HEADERS.index("% of peak (ours / peer)")
+    assert run_all.HEADERS[peak + 1] == "% of bandwidth (ours / peer)" and "% of bandwidth (ours / peer)" in markdown
     failed_case = timed_case(_timing, "hf_t2i sample_image_tokens", [], error="RuntimeError: boom")
     failed = _timing.summary_records("dalle", [failed_case], [], 1, 1.0)
     assert run_all.table_rows([document(_timing, "dalle", {}, failed)])[0][5] == "FAILED: RuntimeError: boom"
@@ -164,6 +171,11 @@ def test_markdown_names_the_mode_and_the_machine(bench):
     smoke = run_all.render_markdown(documents, "smoke", "2026-12-04T10:00:00", 90.0)
     assert "measure nothing" in smoke and "mode **smoke**" in smoke and "1.5 minutes" in smoke
     assert machine["cpu_model"] in smoke and "| family |" in smoke
+    assert machine["memory_bandwidth_gbs"] > 0 and "memory bandwidth" in _timing.machine_line(machine)
+    two = [document(_timing, "dalle", {}, []), document(_timing, "muse", {}, [])]
+    two[1]["machine"]["memory_bandwidth_gbs"] = 12.345
+    bandwidths = run_all.render_markdown(two, "full", "2026-12-04T10:00:00", 90.0)  # one per family's process
+    assert f"dalle {machine['memory_bandwidth_gbs']:.1f} GB/s, muse 12.3 GB/s." in bandwidths
     quick = run_all.render_markdown(documents, "quick", "2026-12-04T10:00:00", 90.0)
     assert "measure nothing" not in quick and run_all.QUICK_NOTE in quick and run_all.QUICK_NOTE not in smoke
 
@@ -220,4 +232,5 @@ def test_smoke_run_of_every_family(tmp_path):
             assert (reason is None) == any(name.startswith(peer_name) for name in timed_peers), (doc["family"], peer)
         samplers = [r for r in doc["summary"] if r["guidance_scale"] is not None or doc["family"] == "training"]
         assert all(r["gflops"] > 0 and r["percent_of_peak"] > 0 for r in samplers), doc["family"]  # the roofline
+        assert all(r["gbytes_per_s"] > 0 and r["percent_of_bandwidth"] > 0 for r in samplers), doc["family"]
         assert f"| {doc['family']} " in markdown

@@ -59,6 +59,11 @@ def test_full_mode_records_the_flops_on_each_warm_up_never_on_a_timed_call(bench
     assert record["gflop_per_image"] == pytest.approx(64 / 1e9)
     assert record["gflops"] == pytest.approx(64 / 1e9 / ours.median)
     assert record["percent_of_peak"] == pytest.approx(100 * record["gflops"] / ours.roofline.peak_gflops)
+    moved = 4 * (2 * 4 + 4 * 8 + 2 * 8)  # fp32: the (2 x 4) and (4 x 8) operands read, the (2 x 8) result written
+    assert record["gbyte_per_image"] == pytest.approx(moved / 2 / 1e9)
+    assert record["gbytes_per_s"] == pytest.approx(moved / 2 / 1e9 / ours.median)
+    assert record["bandwidth_gbs"] == _flops.memory_bandwidth_gbs() > 0
+    assert record["percent_of_bandwidth"] == pytest.approx(100 * record["gbytes_per_s"] / record["bandwidth_gbs"])
     with pytest.raises(ValueError, match="cannot record"):
         ours.call(timed=True, record=True)
 
@@ -83,8 +88,11 @@ def test_quick_mode_warms_each_implementation_once_and_records_ours_after_its_ti
     assert len(ours8.seconds) == len(peer8.seconds) == 1
     assert ours8.matmuls == {_flops.Matmul(1, 8, 4, 8): 1} and ours8.roofline.flops_per_unit == 2 * 4 * 8
     assert peer8.roofline is None and cells[1][1].roofline is not None
-    assert _timing.roofline_cells(peer8) == ["-", "-", "-"]
-    assert _timing.roofline_cells(ours8)[2].endswith("%")
+    assert _timing.roofline_cells(peer8) == ["-"] * 5 == ["-"] * len(_timing.ROOFLINE_HEADERS)
+    cells = dict(zip(_timing.ROOFLINE_HEADERS, _timing.roofline_cells(ours8)))
+    fields = ours8.roofline.fields(ours8.median)
+    assert cells["% of peak"] == f"{fields['percent_of_peak']:.0f}%"
+    assert cells["GB/s"] == f"{fields['gbytes_per_s']:.2f}" and cells["% of bandwidth"].endswith("%")
 
 
 def test_smoke_mode_times_first_then_records(bench):
@@ -206,9 +214,9 @@ def cell_plans(scripts, mode: str) -> dict:
     }
 
 
-#: each family's sampler and the best peer of its paradigm, as `plan` keys
+#: each family's sampler and the best peers of its paradigm (the issue's), as `plan` keys
 OURS_AND_BEST_PEER = {
-    "dalle": ("sample", "min-dalle"),
+    "dalle": ("sample", "min-dalle", "dalle-pytorch"),
     "parti": ("sample", "min-dalle"),
     "fluid": ("continuous:dpmpp15", "muse-maskgit"),
     "transfusion": ("cached", "transfusion-pytorch"),
@@ -228,7 +236,8 @@ def test_quick_mode_keeps_our_guided_rows_and_the_best_peer_at_batch_1_and_8(scr
             if cell.guidance_scale != 1.0:
                 assert set(keys) <= set(cell.cases), (family, cell)
     # the cuts: no generate() / parti-pytorch / head-100 / discrete / recomputed rows, fewer iterations where costly
-    assert all(cell.cases == ("sample", "min-dalle") for cell in quick["dalle"] + quick["parti"])
+    assert all(cell.cases == ("sample", "min-dalle", "dalle-pytorch") for cell in quick["dalle"])
+    assert all(cell.cases == ("sample", "min-dalle") for cell in quick["parti"])
     assert {cell.iterations for cell in quick["fluid"]} == {16} and {cell.iterations for cell in full["fluid"]} == {64}
     assert {cell.iterations for cell in quick["transfusion"]} == {10}
     assert {cell.iterations for cell in full["transfusion"]} == {30}
@@ -239,10 +248,10 @@ def test_full_mode_cells_are_the_scripts_full_benchmarks(scripts):
     full = cell_plans(scripts, "full")
     dalle = [(cell.batch, cell.guidance_scale, cell.cases) for cell in full["dalle"]]
     assert dalle == [
-        (1, 1.0, ("sample", "generate", "min-dalle", "decode")),
-        (1, 3.0, ("sample", "generate", "min-dalle")),
-        (8, 1.0, ("sample", "generate", "min-dalle", "decode")),
-        (8, 3.0, ("sample", "generate", "min-dalle")),
+        (1, 1.0, ("sample", "generate", "min-dalle", "dalle-pytorch", "decode")),
+        (1, 3.0, ("sample", "generate", "min-dalle", "dalle-pytorch")),
+        (8, 1.0, ("sample", "generate", "min-dalle", "dalle-pytorch", "decode")),
+        (8, 3.0, ("sample", "generate", "min-dalle", "dalle-pytorch")),
     ]
     assert scripts["dalle"].plan("full", [1], 3.0, min_dalle_vqgan=True)[0].cases[-1] == "vqgan"
     assert [len(cell.cases) for cell in full["parti"]] == [3] * 4
