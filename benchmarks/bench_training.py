@@ -26,11 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import importlib
-import importlib.metadata
-import importlib.util
-import sys
-import types
 from collections.abc import Callable
 
 import bench_dalle
@@ -40,6 +35,7 @@ import bench_parti
 import bench_transfusion
 import torch
 from _flops import Roofline
+from _peers import import_dalle_pytorch
 from _timing import (
     CODEBOOK,
     DEPTH,
@@ -66,7 +62,6 @@ from _timing import (
 LATENT_DIM = 16  # Fluid's continuous tokens (2x2 patches of a 4-channel latent) and transfusion-pytorch's
 BATCH = 8
 LEARNING_RATE = 1e-4
-DALLE_PYTORCH_INSTALL = "pip install --no-deps dalle-pytorch==1.6.6 axial-positional-embedding rotary-embedding-torch"
 FAMILIES = ("dalle", "parti", "muse", "fluid", "transfusion")
 HEADERS = [
     "family",
@@ -171,30 +166,6 @@ def ours(family: str, batch: int, generator: torch.Generator) -> list[Step]:
 
 
 # -- peers ---------------------------------------------------------------------------------------------------------
-def import_dalle_pytorch() -> tuple[types.ModuleType | None, str]:
-    """`dalle_pytorch.dalle_pytorch` without its pretrained-VAE module, or None and the reason.
-
-    `dalle_pytorch/vae.py` imports omegaconf and taming-transformers for the OpenAI and VQGAN VAEs, which a
-    `DALLE` on a `DiscreteVAE` never touches; a stand-in module takes its place (and the package `__init__`, which
-    imports it, is not run).
-    """
-    spec = importlib.util.find_spec("dalle_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        return None, f"dalle-pytorch is not installed, so its rows are skipped; to add them: {DALLE_PYTORCH_INSTALL}"
-    version = importlib.metadata.version("dalle-pytorch")
-    if "dalle_pytorch" not in sys.modules:
-        package = types.ModuleType("dalle_pytorch")
-        package.__path__ = list(spec.submodule_search_locations)
-        vae = types.ModuleType("dalle_pytorch.vae")
-        vae.OpenAIDiscreteVAE = vae.VQGanVAE = type("PretrainedVAEStandIn", (), {})
-        sys.modules.update({"dalle_pytorch": package, "dalle_pytorch.vae": vae})
-    try:
-        module = importlib.import_module("dalle_pytorch.dalle_pytorch")
-    except ImportError as error:
-        return None, f"dalle-pytorch {version} cannot be imported: {error} ({DALLE_PYTORCH_INSTALL})"
-    return module, f"dalle-pytorch {version}"
-
-
 @functools.cache
 def _import_muse():
     """`bench_fluid.import_muse` once per process (its stand-in package cannot be found a second time)."""
@@ -227,16 +198,7 @@ def peer(family: str, batch: int, generator: torch.Generator) -> tuple[Step | No
         module, note = import_dalle_pytorch()
         if module is None:
             return None, note
-        vae = module.DiscreteVAE(image_size=4 * GRID, num_tokens=CODEBOOK, codebook_dim=WIDTH, num_layers=2)
-        model = module.DALLE(
-            dim=WIDTH,
-            vae=vae,
-            num_text_tokens=TEXT_VOCAB,
-            text_seq_len=TEXT_TOKENS,
-            depth=DEPTH,
-            heads=HEADS,
-            dim_head=WIDTH // HEADS,
-        )
+        model = bench_dalle.build_dalle_pytorch(module)  # the model bench_dalle.py samples from
         return Step(note, model, lambda: model(text, codes, return_loss=True), tokens), None
     if family == "parti":
         module, note = bench_parti.import_parti_pytorch()

@@ -55,8 +55,8 @@ HEADERS = [
 #: what `--quick` leaves out, written under its table (benchmarks/README.md has its measured time)
 QUICK_NOTE = (
     "Quick mode: the guided cells only (scale 3), batches 1 and 8, one timed round; each implementation warms up once, "
-    "in its first cell. DALL-E and Parti: ours (`sample_image_tokens`) and min-dalle (no `generate()` or "
-    "parti-pytorch rows); Fluid: the continuous model with the shipped default head (DPM-Solver++, 15 steps) and "
+    "in its first cell. DALL-E: ours (`sample_image_tokens`), min-dalle and dalle-pytorch (no `generate()` rows); "
+    "Parti: ours and min-dalle (no parti-pytorch rows); Fluid: the continuous model with the shipped default head (DPM-Solver++, 15 steps) and "
     "muse-maskgit, both at 16 iterations instead of 64; Transfusion: the cached sampler and transfusion-pytorch, both at 10 steps instead of 30; Muse: 12 "
     "iterations; training: unchanged. The peers' GFLOP/s is recorded in their batch-1 cells only."
 )
