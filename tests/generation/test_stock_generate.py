@@ -224,7 +224,8 @@ def test_shipped_checkpoint_generates_with_stock_generate(shipped):
         inputs = {"input_ids": inputs["input_ids"]}  # DALL-E: the caption ids (its pads are learned, never masked)
     codes = family.codes(model, generate_seeded(model, 0, **inputs))  # bare: one sampled image
     pixels = model.decode_image_tokens(codes)
-    assert pixels.shape == (1, 3, 32, 32) and pixels.std() > 0.05  # a picture, not a flat image
+    size = model.config.vq_config.image_size  # 32 (dalle) or 64 (parti)
+    assert pixels.shape == (1, 3, size, size) and pixels.std() > 0.05  # a picture, not a flat image
 
     # the stored empty caption is the processor's, so bare guidance is the pipelines' guidance
     empty = processor(text=[""], return_tensors="pt")
