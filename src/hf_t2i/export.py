@@ -13,6 +13,7 @@ import shutil
 
 import torch
 
+from .generation.stock_generate import ImageGenerationMixin
 from .hub import CARD_NAME, REPORT_NAME, write_model_card
 from .pipelines import T2IPipeline
 
@@ -49,7 +50,9 @@ def export_checkpoint(
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
     and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
     (`from_pretrained`, `pipeline("text-to-image")`, the Auto classes) computes in float32 unless asked otherwise:
-    float16 arithmetic is slow or unsupported on CPUs.
+    float16 arithmetic is slow or unsupported on CPUs. A prior with stock `generate()` support (DALL-E, Parti) also gets
+    its processor's empty caption in its `generation_config`, so that `generate(..., guidance_scale=s)` needs no
+    `negative_prompt_ids`.
 
     The card is `model_card` (a markdown file), else the README.md of `source` when it has one, else a new one; its
     metadata is completed by `hf_t2i.hub.write_model_card` (`library_name`, `pipeline_tag`, tags, license and the
@@ -65,6 +68,8 @@ def export_checkpoint(
         raise ValueError(f"`model_card` ({model_card}) does not exist.")
     pipe = T2IPipeline.from_pretrained(source)
     pipe.to(dtype=dtype or torch.float16)
+    if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
+        pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
     pipe.save_pretrained(destination)
     set_compute_dtype(destination)
     card = model_card if model_card is not None else os.path.join(source, CARD_NAME)

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -162,6 +164,10 @@ def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_pa
     export_checkpoint(tmp_path / "full", tmp_path / "half", model_card=card)
     exported_card = ModelCard.load(tmp_path / "half" / "README.md")  # the card's text kept, its metadata completed
     assert exported_card.text == "# tiny\n" and exported_card.data.library_name == "hf_t2i"
+    # the empty caption for stock generate()'s guidance: ids only (a decoder-only prior's pads are never masked)
+    generation = json.loads((tmp_path / "half" / "generation_config.json").read_text())
+    empty = dalle_pipeline.processor(text=[""], return_tensors="pt")["input_ids"][0].tolist()
+    assert generation["unconditional_input_ids"] == empty and "unconditional_attention_mask" not in generation
     full_size = (tmp_path / "full" / "model.safetensors").stat().st_size
     half_size = (tmp_path / "half" / "model.safetensors").stat().st_size
     assert half_size < 0.6 * full_size

@@ -90,3 +90,27 @@ def test_super_resolution_needs_an_upsampler(parti_pipeline):
     pipe = PartiPipeline(model=parti_pipeline.model, processor=parti_pipeline.processor)
     with pytest.raises(ValueError, match="upsampler"):
         pipe("a red circle", super_resolution=True)
+
+
+def test_export_stores_the_empty_caption_for_stock_generate(parti_pipeline, tmp_path):
+    """`hf-t2i export` writes the processor's empty caption into the generation config (ids and the text encoder's
+    mask), so stock `generate(..., guidance_scale=s)` on the exported model needs no `negative_prompt_ids`."""
+    from hf_t2i.export import export_checkpoint
+
+    parti_pipeline.save_pretrained(tmp_path / "full")
+    export_checkpoint(tmp_path / "full", tmp_path / "half")
+    model = PartiForConditionalGeneration.from_pretrained(tmp_path / "half")
+    empty = parti_pipeline.processor(text=[""], return_tensors="pt")
+    assert model.generation_config.unconditional_input_ids == empty["input_ids"][0].tolist()
+    assert model.generation_config.unconditional_attention_mask == empty["attention_mask"][0].tolist()
+    prompt = parti_pipeline.processor(text=["a red circle"], return_tensors="pt")
+    torch.manual_seed(0)
+    guided = model.generate(**prompt, guidance_scale=3.0)
+    torch.manual_seed(0)
+    explicit = model.generate(
+        **prompt,
+        guidance_scale=3.0,
+        negative_prompt_ids=empty["input_ids"],
+        negative_prompt_attention_mask=empty["attention_mask"],
+    )
+    torch.testing.assert_close(guided, explicit, rtol=0, atol=0)

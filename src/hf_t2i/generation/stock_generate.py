@@ -130,6 +130,15 @@ class ImageGenerationMixin(GenerationMixin):
     def check_generate_inputs(self, input_ids: torch.Tensor | None, guided: bool, kwargs: dict[str, Any]) -> None:
         """Raise a `ValueError` for a prompt (or another `generate()` argument) that cannot give one image."""
 
+    def store_unconditional_caption(self, processor) -> None:
+        """Store `processor`'s encoding of the empty caption in `generation_config` (`unconditional_input_ids`, and
+        `unconditional_attention_mask` for an encoder-decoder, whose text encoder masks pads; a decoder-only prior's pads
+        are learned tokens), so that `generate(..., guidance_scale=s)` guides without `negative_prompt_ids` once saved."""
+        empty = processor(text=[""], return_tensors="pt")
+        self.generation_config.unconditional_input_ids = empty["input_ids"][0].tolist()
+        if self.config.is_encoder_decoder and "attention_mask" in empty:
+            self.generation_config.unconditional_attention_mask = empty["attention_mask"][0].tolist()
+
     def _generation_setting(self, name: str, generation_config: GenerationConfig | None, kwargs: dict, default=None):
         """A generation setting as `generate()` resolves it: its keyword, else the given config, else the model's."""
         for source in (kwargs, vars(generation_config) if generation_config is not None else {}):
