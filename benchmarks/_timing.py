@@ -352,19 +352,27 @@ ROOFLINE_NOTE = (
 )
 
 
+#: how each `Roofline.fields` value is printed in a table cell
+ROOFLINE_FORMATS = {
+    "gflops": "{:.1f}",
+    "peak_gflops": "{:.1f}",
+    "percent_of_peak": "{:.0f}%",
+    "gbytes_per_s": "{:.2f}",
+    "percent_of_bandwidth": "{:.0f}%",
+}
+
+
+def roofline_field_cells(fields: dict, keys=tuple(ROOFLINE_FORMATS)) -> list[str]:
+    """Table cells of `Roofline.fields` values, in the order of `keys`: "-" where a value is missing or None."""
+    return ["-" if fields.get(key) is None else ROOFLINE_FORMATS[key].format(fields[key]) for key in keys]
+
+
 def roofline_cells(case: Case) -> list[str]:
     """The roofline cells of a script's table (`ROOFLINE_HEADERS`): "-" where the case has no roofline (or no byte
     count)."""
     if case.roofline is None or case.median is None:
         return ["-"] * len(ROOFLINE_HEADERS)
-    fields = case.roofline.fields(case.median)
-    return [
-        f"{fields['gflops']:.1f}",
-        f"{fields['peak_gflops']:.1f}",
-        f"{fields['percent_of_peak']:.0f}%",
-        "-" if fields["gbytes_per_s"] is None else f"{fields['gbytes_per_s']:.2f}",
-        "-" if fields["percent_of_bandwidth"] is None else f"{fields['percent_of_bandwidth']:.0f}%",
-    ]
+    return roofline_field_cells(case.roofline.fields(case.median))
 
 
 def timing_line(mode: str, repeats: int) -> str:

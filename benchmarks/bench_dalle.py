@@ -345,7 +345,7 @@ def plan(mode: str, batches: list[int], guidance_scale: float, min_dalle_vqgan: 
 
 def cell_cases(model, peers: dict, vqgan, text, codes, negative, scale, keys) -> tuple[list[Case], dict[str, Case]]:
     """The cases of one (batch, guidance) cell named by `keys` (a `plan` cell's), in that order, and the peers' among
-    them (name -> case). `peers` maps each installed peer's key to its name and runner; a missing peer's cases are
+    them (peer key -> case). `peers` maps each installed peer's key to its name and runner; a missing peer's cases are
     left out. The sampling cases count their FLOPs, the decoders (convolutions, not counted) do not."""
     batch = text.shape[0]
     cases, peer_cases = [], {}
@@ -358,8 +358,8 @@ def cell_cases(model, peers: dict, vqgan, text, codes, negative, scale, keys) ->
             )
         elif key in PEER_KEYS and key in peers:
             name, peer = peers[key]
-            peer_cases[name] = Case(name, lambda peer=peer: peer.sample(text, scale), batch, count_flops=True)
-            cases.append(peer_cases[name])
+            peer_cases[key] = Case(name, lambda peer=peer: peer.sample(text, scale), batch, count_flops=True)
+            cases.append(peer_cases[key])
         elif key == DECODE:
             cases.append(Case(OURS_DECODE, lambda: model.decode_image_tokens(codes), batch))
         elif key == VQGAN and vqgan is not None:
@@ -373,19 +373,19 @@ def cell_cases(model, peers: dict, vqgan, text, codes, negative, scale, keys) ->
 
 
 def table_row(case: Case, references: dict[str, Case], batch: int, scale: float) -> tuple[list[str], dict]:
-    """One printed row and its JSON record, with the speed-up over each peer of the cell (`references`: name ->
+    """One printed row and its JSON record, with the speed-up over each peer of the cell (`references`: peer key ->
     case). Decode rows have no guidance and no speed-up."""
     is_decode = case.name in (OURS_DECODE, PEER_DECODE)
     guided = scale != 1.0
     if is_decode:
         guidance = "-"
-    elif case.name.startswith("min-dalle ") and not guided:
+    elif case is references.get(MIN_DALLE) and not guided:
         guidance = "off (factor 1.0, still 2B rows)"
     else:
         guidance = f"{scale:g}" if guided else "off"
-    ratios = {name: None if is_decode else reference_ratio(case, ref) for name, ref in references.items()}
-    min_dalle = next((r for name, r in ratios.items() if name.startswith("min-dalle ")), None)
-    dalle_pytorch = next((r for name, r in ratios.items() if name.startswith("dalle-pytorch ")), None)
+    min_dalle, dalle_pytorch = (
+        None if is_decode else reference_ratio(case, references.get(key)) for key in (MIN_DALLE, DALLE_PYTORCH)
+    )
     median = case.median
     batch_shown = case.per if is_decode else batch
     row = [

@@ -52,6 +52,7 @@ from _timing import (
     format_table,
     machine_info,
     machine_line,
+    roofline_field_cells,
     run_interleaved,
     summary_records,
     t5_encoder,
@@ -265,10 +266,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                         str(batch),
                         f"FAILED: {case.error}" if case.error else f"{case.median * batch:.3f}",
                         "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
-                        "-" if fields["gflops"] is None else f"{fields['gflops']:.1f}",
-                        "-" if fields["percent_of_peak"] is None else f"{fields['percent_of_peak']:.0f}%",
-                        "-" if fields["gbytes_per_s"] is None else f"{fields['gbytes_per_s']:.2f}",
-                        "-" if fields["percent_of_bandwidth"] is None else f"{fields['percent_of_bandwidth']:.0f}%",
+                        *roofline_field_cells(
+                            fields, ("gflops", "percent_of_peak", "gbytes_per_s", "percent_of_bandwidth")
+                        ),
                         "-" if ratio is None else f"{ratio:.2f}x",
                     ]
                 )
