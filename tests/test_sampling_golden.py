@@ -9,6 +9,8 @@ tests pin, for fixed seeds and settings that exercise guidance schedules and sam
 
 A change that is meant to alter samples (a retrained checkpoint, a fixed bug) rewrites the fixtures:
 `HF_T2I_UPDATE_GOLDEN=1 python -m pytest tests/test_sampling_golden.py`, and says why in its commit message.
+`HF_T2I_UPDATE_GOLDEN=muse` (checkpoint or case names, comma-separated) rewrites only those entries and keeps the
+others byte for byte: a full rewrite would also record the other checkpoints' harmless last-bit drift.
 """
 
 import os
@@ -25,7 +27,8 @@ from hf_t2i.pipelines import T2IPipeline
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shipped_golden.npz"
 TINY_FIXTURE = Path(__file__).parent / "fixtures" / "tiny_fluid_golden.npz"
-UPDATE = os.environ.get("HF_T2I_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("HF_T2I_UPDATE_GOLDEN", "")  # see the module docstring
+UPDATING = UPDATE not in ("", "0")
 PROMPTS = ["a red circle left of a blue square", "two green triangles"]
 # case name -> (shipped checkpoint, call options)
 CASES = {
@@ -92,12 +95,82 @@ def draw(pipe, options) -> np.ndarray:
     return np.round(np.stack(images) * 255).astype(np.uint8)  # (4, H, W, 3)
 
 
+def selectors(cases: dict) -> dict[str, set[str]]:
+    """Each name `HF_T2I_UPDATE_GOLDEN` may use for these cases -> the cases it selects: a case's own name, and
+    the name of a shipped checkpoint (all its cases)."""
+    names = {case: {case} for case in cases}
+    for case, (source, _) in cases.items():
+        if isinstance(source, str):
+            names.setdefault(source, set()).add(case)
+    return names
+
+
+def cases_to_update(request: str, cases: dict, other_cases: tuple[dict, ...] = ()) -> set[str]:
+    """The entries of `cases` that `HF_T2I_UPDATE_GOLDEN` asks to rewrite: "1" all; comma-separated case or
+    checkpoint names only those; "" (or "0") none. A name that selects only cases of another fixture (`other_cases`)
+    selects none here; a name known to no fixture is an error."""
+    if request in ("", "0"):
+        return set()
+    if request == "1":
+        return set(cases)
+    ours = selectors(cases)
+    known = set(ours).union(*(selectors(other) for other in other_cases))
+    selected = set()
+    for name in (part.strip() for part in request.split(",") if part.strip()):
+        if name not in known:
+            raise ValueError(
+                f"HF_T2I_UPDATE_GOLDEN names {name!r}, which is no case or checkpoint of these fixtures; "
+                f"use 1 (all) or names among {sorted(known)}."
+            )
+        selected |= ours.get(name, set())
+    return selected
+
+
+def write_fixture(path: Path, names: list[str], drawn: dict, update: set[str]) -> None:
+    """Rewrite the `update` entries of the .npz fixture at `path` (all `names`) with `drawn`; the others are copied
+    from the file as they are."""
+    kept = {}
+    if path.exists():
+        with np.load(path) as old:
+            kept = {case: old[case] for case in old.files if case in names and case not in update}
+    missing = set(names) - update - set(kept)
+    if missing:
+        raise ValueError(f"{path.name} has no entry for {sorted(missing)}: add them to HF_T2I_UPDATE_GOLDEN.")
+    np.savez_compressed(path, **kept, **{case: drawn[case] for case in update})
+
+
+def test_update_request_selects_by_case_or_checkpoint(tmp_path):
+    assert cases_to_update("", CASES) == set()
+    assert cases_to_update("1", CASES) == set(CASES)
+    assert cases_to_update("muse", CASES) == {"muse-guided", "muse-linear-topk", "muse-greedy-confidence"}
+    assert cases_to_update("parti-guided, dalle", CASES) == {"parti-guided", "dalle-guided", "dalle-linear-topk"}
+    assert cases_to_update("muse", TINY_CASES, (CASES,)) == set()  # the tiny fixture has no muse case
+    with pytest.raises(ValueError, match="'musee'"):
+        cases_to_update("musee", CASES)
+    # a partial rewrite keeps the other entries exactly
+    path = tmp_path / "golden.npz"
+    np.savez_compressed(path, a=np.zeros(2, np.uint8), b=np.ones(2, np.uint8))
+    write_fixture(path, ["a", "b"], {"a": np.full(2, 7, np.uint8)}, {"a"})
+    with np.load(path) as written:
+        assert sorted(written.files) == ["a", "b"]
+        assert written["a"].tolist() == [7, 7] and written["b"].tolist() == [1, 1]
+    with pytest.raises(ValueError, match=r"\['c'\]"):
+        write_fixture(path, ["a", "b", "c"], {"a": np.zeros(2, np.uint8)}, {"a"})
+
+
 def test_shipped_pictures_are_unchanged(pipelines):
     torch.set_num_threads(1)  # one summation order for the fixture and the check
-    drawn = {case: draw(pipelines(name), options) for case, (name, options) in CASES.items()}
-    if UPDATE:
-        np.savez_compressed(FIXTURE, **drawn)
-        pytest.skip(f"wrote {FIXTURE}")
+    update = cases_to_update(UPDATE, CASES, (TINY_CASES,))
+    if UPDATING and not update:
+        pytest.skip("HF_T2I_UPDATE_GOLDEN names none of these cases")
+    drawn = {
+        case: draw(pipelines(name), options)
+        for case, (name, options) in CASES.items()
+        if case in update or not UPDATING
+    }
+    if UPDATING:
+        write_fixture(FIXTURE, list(CASES), drawn, update)
+        pytest.skip(f"rewrote {sorted(update)} in {FIXTURE}")
     golden = np.load(FIXTURE)
     assert sorted(golden.files) == sorted(CASES)
     for case, images in drawn.items():
@@ -135,10 +208,13 @@ def tiny_sample(builder_args, options) -> torch.Tensor:
 
 def test_tiny_fluid_samples_are_unchanged():
     torch.set_num_threads(1)
+    update = cases_to_update(UPDATE, TINY_CASES, (CASES,))
+    if UPDATING and not update:
+        pytest.skip("HF_T2I_UPDATE_GOLDEN names none of these cases")
     drawn = {case: tiny_sample(*spec).float().numpy() for case, spec in TINY_CASES.items()}
-    if UPDATE:
-        np.savez_compressed(TINY_FIXTURE, **drawn)
-        pytest.skip(f"wrote {TINY_FIXTURE}")
+    if UPDATING:
+        write_fixture(TINY_FIXTURE, list(TINY_CASES), drawn, update)
+        pytest.skip(f"rewrote {sorted(update)} in {TINY_FIXTURE}")
     golden = np.load(TINY_FIXTURE)
     assert sorted(golden.files) == sorted(TINY_CASES)
     for case, tokens in drawn.items():
