@@ -102,3 +102,20 @@ def test_two_process_launch_of_the_prior(dvae_dir, tmp_path):
     ]
     assert (tmp_path / "run" / "final" / "model_index.json").is_file()
     assert json.loads((tmp_path / "run" / "recipe_config.json").read_text())["recipe"] == "dalle_prior"
+
+
+def test_prior_recipe_fine_tunes_a_shipped_checkpoint_by_name(tmp_path):
+    """`pretrained_model_name_or_path="dalle"`: the shipped prior's weights, tokenizer, text length and dVAE."""
+    from hf_t2i import DalleDVAE
+    from hf_t2i.checkpoints import resolve_checkpoint
+
+    shipped = DallePipeline.from_pretrained(resolve_checkpoint("dalle"), dtype=torch.float32)
+    config = DallePriorRecipeConfig(**DATA, pretrained_model_name_or_path="dalle", cache_dir=str(tmp_path))
+    recipe = DallePriorRecipe(config)
+    assert config.text_seq_len == shipped.model.config.text_seq_len
+    assert recipe.processor.tokenizer.get_vocab() == shipped.processor.tokenizer.get_vocab()
+    dvae = DalleDVAE.from_pretrained(config.dvae_path)
+    assert all(torch.equal(value, shipped.model.vqmodel.state_dict()[key]) for key, value in dvae.state_dict().items())
+    model = recipe.build_model()
+    assert all(torch.equal(value, shipped.model.state_dict()[key]) for key, value in model.state_dict().items())
+    assert model.dtype == torch.float32 and not any(p.requires_grad for p in model.vqmodel.parameters())

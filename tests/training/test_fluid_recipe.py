@@ -178,3 +178,24 @@ def test_study_rejects_unknown_cells():
 
     with pytest.raises(ValueError, match="cells"):
         StudyConfig(output_dir="x", cells="continuous-random,spiral")
+
+
+def test_fluid_fine_tuning_takes_the_pretrained_vae_and_checks_the_cell(vae_dir, tmp_path):
+    common = dict(**DATA, **SIZES, token_type="continuous", generation_order="random", cache_dir=str(tmp_path / "c"))
+    run(FluidRecipe(FluidRecipeConfig(**common, vae_path=str(vae_dir[0]))), tmp_path / "run")
+    pretrained = FluidPipeline.from_pretrained(tmp_path / "run" / "final")
+    recipe = FluidRecipe(FluidRecipeConfig(**common, pretrained_model_name_or_path=str(tmp_path / "run" / "final")))
+    saved = AutoencoderKL.from_pretrained(recipe.config.vae_path)  # the prior's own VAE, no --vae-path needed
+    assert saved.config.scaling_factor == pretrained.model.vae.config.scaling_factor
+    assert all(torch.equal(value, pretrained.model.vae.state_dict()[key]) for key, value in saved.state_dict().items())
+    model = recipe.build_model()
+    assert all(torch.equal(value, pretrained.model.state_dict()[key]) for key, value in model.state_dict().items())
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    assert run(recipe, tmp_path / "tuned")["eval/loss"] > 0
+    with pytest.raises(ValueError, match="generation_order"):
+        FluidRecipe(
+            FluidRecipeConfig(
+                **{**common, "generation_order": "raster"},
+                pretrained_model_name_or_path=str(tmp_path / "run" / "final"),
+            )
+        )

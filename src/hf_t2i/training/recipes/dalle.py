@@ -157,6 +157,9 @@ class DallePriorRecipe(TokenPriorRecipe):
         return DallePipeline
 
     def build_model(self):
+        if self.pretrained_pipeline is not None:
+            return self.pretrained_prior()
+
         from ...models.dalle import DalleConfig, DalleForConditionalGeneration
 
         c = self.config

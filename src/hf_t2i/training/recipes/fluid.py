@@ -87,6 +87,23 @@ class FluidRecipe(TextEncoderPriorRecipe):
     def continuous(self) -> bool:
         return self.config.token_type == "continuous"
 
+    def image_tokenizer_of(self, model):
+        return model.image_tokenizer()
+
+    def check_pretrained(self, model):
+        c, found = self.config, model.config
+        for name in ("token_type", "generation_order"):
+            if getattr(c, name) != getattr(found, name):
+                raise ValueError(
+                    f"`{name}` is {getattr(c, name)!r}, but the pretrained Fluid model {c.pretrained_model_name_or_path!r}"
+                    f" was trained with {getattr(found, name)!r}: pass `{name}={getattr(found, name)!r}`."
+                )
+        if found.is_class_conditional:
+            raise ValueError(
+                f"{c.pretrained_model_name_or_path!r} is a class-conditional Fluid model; `fluid` fine-tunes "
+                "text-to-image models."
+            )
+
     def _tokenizer_weights(self) -> bytes:
         for name in ("model.safetensors", "diffusion_pytorch_model.safetensors"):
             path = os.path.join(self.image_tokenizer_path, name)
@@ -98,6 +115,9 @@ class FluidRecipe(TextEncoderPriorRecipe):
         )
 
     def build_model(self):
+        if self.pretrained_pipeline is not None:
+            return self.pretrained_prior()
+
         from ...models.fluid import FluidConfig, FluidForConditionalGeneration
 
         c = self.config

@@ -86,6 +86,9 @@ class MuseRecipe(TextEncoderPriorRecipe):
         )
 
     def build_model(self):
+        if self.pretrained_pipeline is not None:
+            return self.pretrained_prior()
+
         from ...models.muse import MuseForConditionalGeneration
 
         vq = self.load_image_tokenizer()

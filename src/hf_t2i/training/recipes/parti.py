@@ -43,6 +43,9 @@ class PartiPriorRecipe(TextEncoderPriorRecipe):
         return PartiPipeline
 
     def build_model(self):
+        if self.pretrained_pipeline is not None:
+            return self.pretrained_prior()
+
         from ...models.parti import PartiConfig, PartiForConditionalGeneration
 
         c = self.config

@@ -5,17 +5,41 @@ full pipeline folder. A model's recipe adds its config fields, `build_model` and
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 import torch
+from transformers.utils import logging
 
 from ..recipe import Recipe
-from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits, training_captions
+from .common import (
+    ImageTextDataConfig,
+    cached_encode,
+    default_cache_dir,
+    fingerprint,
+    load_image_text_splits,
+    training_captions,
+)
+
+
+logger = logging.get_logger(__name__)
+#: the architecture fields a fine-tuning run takes from the pretrained model instead of the command line
+ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 @dataclass
 class TokenPriorRecipeConfig(ImageTextDataConfig):
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tune a trained prior of this recipe (a folder that `hf-t2i train` or `export` wrote, a "
+            "Hub id, or a shipped checkpoint's name such as 'parti'): its weights, architecture, text tokenizer, "
+            "text length, image size and image tokenizer are used, and the size arguments are ignored"
+        },
+    )
     tokenizer_path: str | None = field(
         default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
     )
@@ -61,10 +85,14 @@ class TokenPriorRecipe(Recipe):
 
     def __init__(self, config=None):
         super().__init__(config)
+        self.pretrained_pipeline = None
+        if self.config.pretrained_model_name_or_path:
+            self._start_from_pretrained()
         if not self.image_tokenizer_path:
             raise ValueError(
                 f"`{self.image_tokenizer_argument}` is required: the folder of a trained "
-                f"{' or '.join(self.image_tokenizer_names)} (the first training stage's final export)."
+                f"{' or '.join(self.image_tokenizer_names)} (the first training stage's final export), unless "
+                "`pretrained_model_name_or_path` names a trained prior to fine-tune."
             )
         if not 0 <= self.config.caption_dropout < 1:
             raise ValueError(f"`caption_dropout` must be in [0, 1), got {self.config.caption_dropout}.")
@@ -88,6 +116,75 @@ class TokenPriorRecipe(Recipe):
 
     def build_model(self):
         raise NotImplementedError
+
+    # -- fine-tuning a trained prior -------------------------------------------------------------------------------
+    def image_tokenizer_of(self, model) -> torch.nn.Module:
+        """The image tokenizer nested in a prior of this recipe (`vqmodel`; Fluid overrides)."""
+        return model.vqmodel
+
+    def check_pretrained(self, model) -> None:
+        """Refuse a pretrained prior that this recipe's settings contradict (Fluid checks its token type and order)."""
+
+    def _start_from_pretrained(self) -> None:
+        """Load the prior to fine-tune and take from it what must match its weights: the text tokenizer (as the
+        processor), the text length and, where no image tokenizer folder is given, its image tokenizer, saved once
+        into the package cache so that the cached codes and their fingerprint work as for a fresh run."""
+        from ...checkpoints import resolve_checkpoint
+
+        c = self.config
+        name = c.pretrained_model_name_or_path
+        if c.tokenizer_path:
+            raise ValueError(
+                f"`tokenizer_path` ({c.tokenizer_path!r}) cannot be combined with `pretrained_model_name_or_path` "
+                f"({name!r}): the pretrained prior's ids come from its own tokenizer, which is used. Drop one."
+            )
+        if getattr(c, "text_encoder", "own") != "own":
+            raise ValueError(
+                f"`text_encoder` ({c.text_encoder!r}) cannot be combined with `pretrained_model_name_or_path` "
+                f"({name!r}): the pretrained prior brings its own text encoder. Drop `text_encoder`."
+            )
+        pipeline_class = self.pipeline_class()
+        try:
+            pipe = pipeline_class.from_pretrained(resolve_checkpoint(name), dtype=torch.float32)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(
+                f"`pretrained_model_name_or_path` {name!r} is not a {pipeline_class.__name__} folder that `{self.name}` "
+                f"can fine-tune ({type(error).__name__}: {error})."
+            ) from error
+        model = pipe.model
+        self.check_pretrained(model)
+        ignored = {f: getattr(c, f) for f in ARCHITECTURE_FIELDS if getattr(c, f) != getattr(model.config, f)}
+        if ignored:
+            logger.warning(
+                f"Fine-tuning {name!r}: its architecture is kept, so {ignored} from the command line are ignored "
+                f"(the model has { ({f: getattr(model.config, f) for f in ignored}) })."
+            )
+        from ...models.image_tokenizers import image_tokenizer_size
+
+        size = image_tokenizer_size(self.image_tokenizer_of(model))
+        if c.image_size != size:
+            logger.warning(f"Fine-tuning {name!r}: training at its image size, {size} px (not {c.image_size}).")
+        c.image_size, c.text_seq_len = size, model.config.text_seq_len
+        self.pretrained_pipeline = pipe
+        self._processor = pipe.processor
+        tokenizer = self.image_tokenizer_of(model)
+        if not self.image_tokenizer_path:
+            setattr(c, self.image_tokenizer_argument, _saved_once(tokenizer, c.cache_dir))
+        else:
+            given = self.load_image_tokenizer().state_dict()
+            if given.keys() != tokenizer.state_dict().keys() or any(
+                not torch.equal(value, tokenizer.state_dict()[key]) for key, value in given.items()
+            ):
+                raise ValueError(
+                    f"`{self.image_tokenizer_argument}` ({self.image_tokenizer_path!r}) is not the image tokenizer of "
+                    f"{name!r}: its codes would not be the ones the prior learned. Leave it out to use the prior's own."
+                )
+
+    def pretrained_prior(self):
+        """The pretrained prior, ready to train: its image tokenizer frozen, as a fresh prior's is."""
+        model = self.pretrained_pipeline.model
+        self.image_tokenizer_of(model).requires_grad_(False)
+        return model
 
     def prior_output(self, model, text: dict[str, torch.Tensor], image_token_ids: torch.Tensor):
         """The model's forward with labels; the output has `loss` and the per-part losses to log."""
@@ -114,6 +211,7 @@ class TokenPriorRecipe(Recipe):
 
     @property
     def processor(self):
+        """The pretrained prior's processor when fine-tuning, else the image processor and `load_text_tokenizer`."""
         if not hasattr(self, "_processor"):
             from ...image_processing import T2IImageProcessor
 
@@ -286,3 +384,24 @@ class TextEncoderPriorRecipe(TokenPriorRecipe):
         """Copy the pretrained encoder's weights into a freshly built model (nothing for `--text-encoder own`)."""
         if self.pretrained_text_encoder:
             model.load_text_encoder(self.pretrained_text_encoder)
+
+
+def _saved_once(tokenizer: torch.nn.Module, cache_dir: str | None) -> str:
+    """A folder holding `tokenizer` (`save_pretrained`), named by the hash of its weights under the package cache's
+    `image_tokenizers` folder (or `cache_dir`): written once, atomically, and found again by every later run."""
+    from safetensors.torch import save
+
+    weights = save({key: value.contiguous() for key, value in tokenizer.state_dict().items()})
+    root = os.path.join(cache_dir or default_cache_dir(), "image_tokenizers")
+    folder = os.path.join(root, hashlib.sha256(weights).hexdigest()[:16])
+    if not os.path.isdir(folder):
+        os.makedirs(root, exist_ok=True)
+        staging = tempfile.mkdtemp(dir=root, prefix=".partial-")
+        try:
+            tokenizer.save_pretrained(staging)
+            os.replace(staging, folder)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not os.path.isdir(folder):  # another process won the race otherwise
+                raise
+    return folder
