@@ -130,6 +130,7 @@ class TokenPriorRecipe(Recipe):
         processor), the text length and, where no image tokenizer folder is given, its image tokenizer, saved once
         into the package cache so that the cached codes and their fingerprint work as for a fresh run."""
         from ...checkpoints import resolve_checkpoint
+        from ...models.image_tokenizers import image_tokenizer_size
 
         c = self.config
         name = c.pretrained_model_name_or_path
@@ -156,11 +157,9 @@ class TokenPriorRecipe(Recipe):
         ignored = {f: getattr(c, f) for f in ARCHITECTURE_FIELDS if getattr(c, f) != getattr(model.config, f)}
         if ignored:
             logger.warning(
-                f"Fine-tuning {name!r}: its architecture is kept, so {ignored} from the command line are ignored "
+                f"Fine-tuning {name!r}: its architecture is kept, so the recipe's size settings {ignored} are ignored "
                 f"(the model has { ({f: getattr(model.config, f) for f in ignored}) })."
             )
-        from ...models.image_tokenizers import image_tokenizer_size
-
         size = image_tokenizer_size(self.image_tokenizer_of(model))
         if c.image_size != size:
             logger.warning(f"Fine-tuning {name!r}: training at its image size, {size} px (not {c.image_size}).")
@@ -171,10 +170,8 @@ class TokenPriorRecipe(Recipe):
         if not self.image_tokenizer_path:
             setattr(c, self.image_tokenizer_argument, _saved_once(tokenizer, c.cache_dir))
         else:
-            given = self.load_image_tokenizer().state_dict()
-            if given.keys() != tokenizer.state_dict().keys() or any(
-                not torch.equal(value, tokenizer.state_dict()[key]) for key, value in given.items()
-            ):
+            given, own = self.load_image_tokenizer().state_dict(), tokenizer.state_dict()
+            if given.keys() != own.keys() or any(not torch.equal(value, own[key]) for key, value in given.items()):
                 raise ValueError(
                     f"`{self.image_tokenizer_argument}` ({self.image_tokenizer_path!r}) is not the image tokenizer of "
                     f"{name!r}: its codes would not be the ones the prior learned. Leave it out to use the prior's own."
