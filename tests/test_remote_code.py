@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import hf_t2i
 from hf_t2i import DalleDVAE, DalleDVAEConfig, DallePipeline, T2IPipeline, auto
 from hf_t2i.models.fluid import MarConfig
-from hf_t2i.remote_code import INSTALL_COMMAND, auto_classes
+from hf_t2i.remote_code import INSTALL_COMMAND, auto_classes, write_remote_code
 
 from .test_hub_cards import fake_hub  # noqa: F401 - fixture
 
@@ -263,3 +265,16 @@ def test_a_hub_repository_downloads_whole(dalle_pipeline, tmp_path, monkeypatch)
     assert [(repo_id, kwargs.get("revision")) for repo_id, kwargs in calls] == [("me/tiny-dalle", "v1")]
     assert torch.equal(draw(pipe), draw(dalle_pipeline))
     assert type(T2IPipeline.from_pretrained(str(folder))) is DallePipeline
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(Path(hf_t2i.__file__).parent / "shipped")))
+def test_every_shipped_folder_carries_current_loader_files(name, tmp_path):
+    """A shipped folder pushed to the Hub as is loads with the generic loaders: it has the loader files, and they and
+    its `auto_map` / `_class_name` are what `write_remote_code` writes today."""
+    shipped = Path(hf_t2i.__file__).parent / "shipped" / name
+    assert set(os.listdir(shipped)) >= LOADER_FILES
+    copy = tmp_path / name
+    shutil.copytree(shipped, copy)
+    write_remote_code(copy)
+    for file in ["config.json", "model_index.json", *LOADER_FILES]:
+        assert (copy / file).read_bytes() == (shipped / file).read_bytes(), file

@@ -14,7 +14,7 @@ PROMPT = "a red circle left of a blue square"
 SHIPPED = {
     "dalle": ("DallePipeline", 32, {"guidance_scale": 3.0}),
     "parti": ("PartiPipeline", 64, {"guidance_scale": 2.0}),
-    "fluid": ("FluidPipeline", 32, {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 3.0}),
+    "fluid": ("FluidPipeline", 64, {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 5.0}),
     "transfusion": ("TransfusionPipeline", 32, {"num_inference_steps": 20, "guidance_scale": 3.0}),
     "muse": ("MusePipeline", 32, {"guidance_scale": 3.0}),
     "dalle-emoji": ("DallePipeline", 32, {"guidance_scale": 3.0}),

@@ -1,4 +1,4 @@
-"""The caption-binding probe of continuous Fluid heads, on the shipped fluid checkpoint (32 px, which binds the
+"""The caption-binding probe of continuous Fluid heads, on the shipped fluid checkpoint (64 px, which binds the
 caption: another image's caption makes its x0 predictions clearly worse)."""
 
 import pytest
