@@ -15,7 +15,7 @@ SHIPPED = {
     "dalle": ("DallePipeline", 32, {"guidance_scale": 3.0}),
     "parti": ("PartiPipeline", 64, {"guidance_scale": 2.0}),
     "fluid": ("FluidPipeline", 64, {"num_inference_steps": 16, "num_diffusion_steps": 25, "guidance_scale": 5.0}),
-    "transfusion": ("TransfusionPipeline", 32, {"num_inference_steps": 20, "guidance_scale": 3.0}),
+    "transfusion": ("TransfusionPipeline", 64, {"num_inference_steps": 20, "guidance_scale": 5.0}),
     "muse": ("MusePipeline", 32, {"guidance_scale": 3.0}),
     "dalle-emoji": ("DallePipeline", 32, {"guidance_scale": 3.0}),
 }
@@ -58,7 +58,7 @@ def test_shipped_transfusion_captions_an_image(shipped):
         pytest.skip("captioning is Transfusion's")
     from hf_t2i.data import build_shapes_dataset
 
-    image = build_shapes_dataset(1, "test", 32)[0]["image"]
+    image = build_shapes_dataset(1, "test", 64)[0]["image"]
     caption = pipe.caption(image, max_new_tokens=16)[0]
     assert isinstance(caption, str) and caption.strip()
 
