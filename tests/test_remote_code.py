@@ -4,9 +4,9 @@ hf_t2i installed they say how to install it."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
 import textwrap
 from pathlib import Path
 
