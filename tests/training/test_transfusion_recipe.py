@@ -1,5 +1,7 @@
 """The transfusion recipe end to end on tiny sizes: cached latents, interleaved sequences, exported pipeline."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,47 @@ def test_recipe_requires_a_vae():
         TransfusionRecipe(TransfusionRecipeConfig())
     with pytest.raises(ValueError, match="caption_dropout"):
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", caption_dropout=1.5))
+
+
+def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path, caplog):
+    cache = str(tmp_path / "cache")
+    train(
+        TransfusionRecipe(TransfusionRecipeConfig(**DATA, **FLAGS, vae_path=str(vae_dir), cache_dir=cache)),
+        run_config(tmp_path / "run"),
+    )
+    final = str(tmp_path / "run" / "final")
+    pretrained = TransfusionPipeline.from_pretrained(final)
+    data = {"dataset": "shapes", "dataset_size": 32, "eval_size": 8}
+    with caplog.at_level(logging.WARNING):
+        recipe = TransfusionRecipe(
+            TransfusionRecipeConfig(**data, pretrained_model_name_or_path=final, cache_dir=cache, sample_prompts="a")
+        )
+    assert "ignored" not in caplog.text  # no size flags given: nothing to warn about
+    c = recipe.config
+    assert (c.hidden_size, c.num_hidden_layers, c.image_size, c.text_seq_len) == (32, 2, 32, 16)
+    vae = AutoencoderKL.from_pretrained(c.vae_path)  # the model's own VAE, saved once: no --vae-path needed
+    assert all(torch.equal(value, pretrained.model.vae.state_dict()[key]) for key, value in vae.state_dict().items())
+    assert vae.config.scaling_factor == 0.5
+    model = recipe.build_model()
+    assert all(torch.equal(value, pretrained.model.state_dict()[key]) for key, value in model.state_dict().items())
+    assert not any(p.requires_grad for p in model.vae.parameters())
+    metrics = train(recipe, run_config(tmp_path / "tuned", eval_steps=3))
+    assert metrics["eval/loss"] > 0
+    tuned = TransfusionPipeline.from_pretrained(tmp_path / "tuned" / "final")
+    assert tuned.processor.tokenizer.get_vocab() == pretrained.processor.tokenizer.get_vocab()
+    moved = [k for k, v in tuned.model.state_dict().items() if not torch.equal(v, pretrained.model.state_dict()[k])]
+    assert moved and not any(k.startswith("vae.") for k in moved)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        TransfusionRecipe(TransfusionRecipeConfig(**data, hidden_size=64, pretrained_model_name_or_path=final))
+    assert "{'hidden_size': 64} are ignored" in caplog.text and "{'hidden_size': 32}" in caplog.text
+    with pytest.raises(ValueError, match="tokenizer_path"):
+        TransfusionRecipe(TransfusionRecipeConfig(**data, tokenizer_path="gpt2", pretrained_model_name_or_path=final))
+    other = tmp_path / "other_vae"
+    torch.manual_seed(1)
+    AutoencoderKL(**{**AutoencoderKL.load_config(vae_dir), "scaling_factor": 0.5}).save_pretrained(other)
+    with pytest.raises(ValueError, match="is not the VAE of"):
+        TransfusionRecipe(TransfusionRecipeConfig(**data, vae_path=str(other), pretrained_model_name_or_path=final))
+    with pytest.raises(ValueError, match="is not a TransfusionPipeline folder"):
+        TransfusionRecipe(TransfusionRecipeConfig(**data, pretrained_model_name_or_path=str(vae_dir)))

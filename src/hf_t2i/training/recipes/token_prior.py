@@ -5,27 +5,25 @@ full pipeline folder. A model's recipe adds its config fields, `build_model` and
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 
 import torch
-from transformers.utils import logging
 
 from ..recipe import Recipe
 from .common import (
     ImageTextDataConfig,
     cached_encode,
-    default_cache_dir,
     fingerprint,
     load_image_text_splits,
+    load_pretrained_pipeline,
+    same_weights,
+    saved_once,
     training_captions,
+    warn_ignored_settings,
 )
 
 
-logger = logging.get_logger(__name__)
 #: the architecture fields a fine-tuning run takes from the pretrained model instead of the command line
 ARCHITECTURE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
@@ -129,7 +127,6 @@ class TokenPriorRecipe(Recipe):
         """Load the prior to fine-tune and take from it what must match its weights: the text tokenizer (as the
         processor), the text length and, where no image tokenizer folder is given, its image tokenizer, saved once
         into the package cache so that the cached codes and their fingerprint work as for a fresh run."""
-        from ...checkpoints import resolve_checkpoint
         from ...models.image_tokenizers import image_tokenizer_size
 
         c = self.config
@@ -144,38 +141,23 @@ class TokenPriorRecipe(Recipe):
                 f"`text_encoder` ({c.text_encoder!r}) cannot be combined with `pretrained_model_name_or_path` "
                 f"({name!r}): the pretrained prior brings its own text encoder. Drop `text_encoder`."
             )
-        pipeline_class = self.pipeline_class()
-        try:
-            pipe = pipeline_class.from_pretrained(resolve_checkpoint(name), dtype=torch.float32)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ValueError(
-                f"`pretrained_model_name_or_path` {name!r} is not a {pipeline_class.__name__} folder that `{self.name}` "
-                f"can fine-tune ({type(error).__name__}: {error})."
-            ) from error
+        pipe = load_pretrained_pipeline(self.pipeline_class(), name, self.name)
         model = pipe.model
         self.check_pretrained(model)
-        ignored = {f: getattr(c, f) for f in ARCHITECTURE_FIELDS if getattr(c, f) != getattr(model.config, f)}
-        if ignored:
-            logger.warning(
-                f"Fine-tuning {name!r}: its architecture is kept, so the recipe's size settings {ignored} are ignored "
-                f"(the model has { ({f: getattr(model.config, f) for f in ignored}) })."
-            )
         size = image_tokenizer_size(self.image_tokenizer_of(model))
-        if c.image_size != size:
-            logger.warning(f"Fine-tuning {name!r}: training at its image size, {size} px (not {c.image_size}).")
+        kept = {f: getattr(model.config, f) for f in ARCHITECTURE_FIELDS}
+        warn_ignored_settings(c, {**kept, "image_size": size}, name)
         c.image_size, c.text_seq_len = size, model.config.text_seq_len
         self.pretrained_pipeline = pipe
         self._processor = pipe.processor
         tokenizer = self.image_tokenizer_of(model)
         if not self.image_tokenizer_path:
-            setattr(c, self.image_tokenizer_argument, _saved_once(tokenizer, c.cache_dir))
-        else:
-            given, own = self.load_image_tokenizer().state_dict(), tokenizer.state_dict()
-            if given.keys() != own.keys() or any(not torch.equal(value, own[key]) for key, value in given.items()):
-                raise ValueError(
-                    f"`{self.image_tokenizer_argument}` ({self.image_tokenizer_path!r}) is not the image tokenizer of "
-                    f"{name!r}: its codes would not be the ones the prior learned. Leave it out to use the prior's own."
-                )
+            setattr(c, self.image_tokenizer_argument, saved_once(tokenizer, c.cache_dir))
+        elif not same_weights(self.load_image_tokenizer(), tokenizer):
+            raise ValueError(
+                f"`{self.image_tokenizer_argument}` ({self.image_tokenizer_path!r}) is not the image tokenizer of "
+                f"{name!r}: its codes would not be the ones the prior learned. Leave it out to use the prior's own."
+            )
 
     def pretrained_prior(self):
         """The pretrained prior, ready to train: its image tokenizer frozen, as a fresh prior's is."""
@@ -381,24 +363,3 @@ class TextEncoderPriorRecipe(TokenPriorRecipe):
         """Copy the pretrained encoder's weights into a freshly built model (nothing for `--text-encoder own`)."""
         if self.pretrained_text_encoder:
             model.load_text_encoder(self.pretrained_text_encoder)
-
-
-def _saved_once(tokenizer: torch.nn.Module, cache_dir: str | None) -> str:
-    """A folder holding `tokenizer` (`save_pretrained`), named by the hash of its weights under the package cache's
-    `image_tokenizers` folder (or `cache_dir`): written once, atomically, and found again by every later run."""
-    from safetensors.torch import save
-
-    weights = save({key: value.contiguous() for key, value in tokenizer.state_dict().items()})
-    root = os.path.join(cache_dir or default_cache_dir(), "image_tokenizers")
-    folder = os.path.join(root, hashlib.sha256(weights).hexdigest()[:16])
-    if not os.path.isdir(folder):
-        os.makedirs(root, exist_ok=True)
-        staging = tempfile.mkdtemp(dir=root, prefix=".partial-")
-        try:
-            tokenizer.save_pretrained(staging)
-            os.replace(staging, folder)
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not os.path.isdir(folder):  # another process won the race otherwise
-                raise
-    return folder

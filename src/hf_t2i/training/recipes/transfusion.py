@@ -12,6 +12,10 @@
 
     hf-t2i train autoencoder_kl --output-dir runs/vae --image-size 32 --max-steps 3000
     hf-t2i train transfusion --vae-path runs/vae/final --image-size 32 --output-dir runs/transfusion --max-steps 6000
+    hf-t2i train transfusion --pretrained-model-name-or-path transfusion --output-dir runs/more --max-steps 6000
+
+With `--pretrained-model-name-or-path` a run fine-tunes a trained Transfusion model (a saved folder, a Hub id or a
+shipped checkpoint's name): its weights, architecture, text tokenizer, text length, image size and VAE are used.
 """
 
 from __future__ import annotations
@@ -22,11 +26,43 @@ from dataclasses import dataclass, field
 import torch
 
 from ..recipe import Recipe, register_recipe
-from .common import ImageTextDataConfig, cached_encode, fingerprint, load_image_text_splits, training_captions
+from .common import (
+    ImageTextDataConfig,
+    cached_encode,
+    fingerprint,
+    load_image_text_splits,
+    load_pretrained_pipeline,
+    same_weights,
+    saved_once,
+    training_captions,
+    warn_ignored_settings,
+)
+
+
+#: the settings a fine-tuning run takes from the pretrained model instead of the command line
+ARCHITECTURE_FIELDS = (
+    "image_size",
+    "patch_size",
+    "patch_encoder",
+    "unet_channels",
+    "unet_norm_groups",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+)
 
 
 @dataclass
 class TransfusionRecipeConfig(ImageTextDataConfig):
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "fine-tune a trained Transfusion model (a folder that `hf-t2i train` or `export` wrote, a Hub id, "
+            "or a shipped checkpoint's name such as 'transfusion'): its weights, architecture, text tokenizer, text "
+            "length, image size and VAE are used, and the size arguments are ignored"
+        },
+    )
     vae_path: str = field(default="", metadata={"help": "a diffusers AutoencoderKL folder (e.g. autoencoder_kl's)"})
     tokenizer_path: str | None = field(
         default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
@@ -74,14 +110,48 @@ class TransfusionRecipe(Recipe):
     def __init__(self, config=None):
         super().__init__(config)
         c = self.config
+        self.pretrained_pipeline = None
+        if c.pretrained_model_name_or_path:
+            self._start_from_pretrained()
         if not c.vae_path:
             raise ValueError(
                 "`vae_path` is required: the folder of a trained diffusers AutoencoderKL (e.g. the `autoencoder_kl` "
-                "recipe's final export)."
+                "recipe's final export), unless `pretrained_model_name_or_path` names a Transfusion model to fine-tune."
             )
         for name in ("caption_dropout", "image_first_prob"):
             if not 0 <= getattr(c, name) < 1:
                 raise ValueError(f"`{name}` must be in [0, 1), got {getattr(c, name)}.")
+
+    def _start_from_pretrained(self) -> None:
+        """Load the model to fine-tune and take from it what must match its weights: the text tokenizer and processor,
+        the text length, the sizes and, where no `vae_path` is given, its VAE, saved once into the package cache so
+        that the cached latents and their fingerprint work as for a fresh run."""
+        from ...pipelines.transfusion.pipeline_transfusion import TransfusionPipeline
+
+        c = self.config
+        name = c.pretrained_model_name_or_path
+        if c.tokenizer_path:
+            raise ValueError(
+                f"`tokenizer_path` ({c.tokenizer_path!r}) cannot be combined with `pretrained_model_name_or_path` "
+                f"({name!r}): the pretrained model's ids come from its own tokenizer, which is used. Drop one."
+            )
+        pipe = load_pretrained_pipeline(TransfusionPipeline, name, self.name)
+        model, processor = pipe.model, pipe.processor
+        kept = {f: getattr(model.config, f) for f in ARCHITECTURE_FIELDS}
+        warn_ignored_settings(c, kept, name)
+        for field_name, value in kept.items():
+            setattr(c, field_name, value)
+        c.text_seq_len = processor.tokenizer.model_max_length
+        model.config.diffusion_loss_weight = c.diffusion_loss_weight  # a training setting, not the architecture's
+        self.pretrained_pipeline = pipe
+        self._tokenizer, self._processor, self._model_config = processor.tokenizer, processor, model.config
+        if not c.vae_path:
+            c.vae_path = saved_once(model.vae, c.cache_dir)
+        elif not same_weights(self.load_vae(), model.vae):
+            raise ValueError(
+                f"`vae_path` ({c.vae_path!r}) is not the VAE of {name!r}: its latents would not be the ones the model "
+                "learned. Leave it out to use the model's own."
+            )
 
     # -- model and processor ------------------------------------------------------------------------------------------
     def _splits(self):
@@ -173,6 +243,10 @@ class TransfusionRecipe(Recipe):
     def build_model(self):
         from ...models.transfusion import TransfusionForConditionalGeneration
 
+        if self.pretrained_pipeline is not None:
+            model = self.pretrained_pipeline.model
+            model.vae.requires_grad_(False)
+            return model
         model = TransfusionForConditionalGeneration(self.model_config())
         model.vae.load_state_dict(self.load_vae().state_dict())
         model.vae.requires_grad_(False)
