@@ -25,6 +25,8 @@ from PIL import Image
 from hf_t2i.checkpoints import SHIPPED_CHECKPOINTS
 from hf_t2i.demo import DISPLAY_UPSCALE, DemoModels
 
+from .test_shipped_checkpoints import SHIPPED
+
 
 try:
     from selenium import webdriver
@@ -171,7 +173,8 @@ def test_page_draws_every_checkpoint_with_a_progress_bar(demo_url, browser, tmp_
     assert sorted(elem_id for elem_id, _, _ in shown) == sorted(
         f"image-{name.replace('-', '_')}" for name in SHIPPED_CHECKPOINTS
     )
-    assert all(width == 32 * DISPLAY_UPSCALE for _, width, _ in shown), shown
+    sizes = {f"image-{name.replace('-', '_')}": size for name, (_, size, _) in SHIPPED.items()}  # 32 or 64 px
+    assert all(width == sizes[elem_id] * DISPLAY_UPSCALE for elem_id, width, _ in shown), shown
     progress = browser.execute_script("return window.progressSeen;")
     # e.g. "12/64 steps | 1.7s": DALL-E's and Parti's token-by-token progress (64 image tokens)
     assert any(re.match(r"\d+/64 steps", text) for text in progress), progress

@@ -63,29 +63,58 @@ def test_shipped_transfusion_captions_an_image(shipped):
     assert isinstance(caption, str) and caption.strip()
 
 
-def test_cli_generate_guides_the_default_checkpoint(tmp_path, monkeypatch):
-    """`hf-t2i generate` (the README's main command) draws with the shipped DALL-E at guidance 3 unless told."""
+def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path, monkeypatch):
+    """`hf-t2i generate` (the README's main command) draws with the shipped Parti at the guidance its card chose on
+    validation (2) unless told; another shipped checkpoint gets its own scale, any other folder 3."""
     import functools
 
     from PIL import Image
 
+    from hf_t2i.checkpoints import DEFAULT_CHECKPOINT, SHIPPED_GUIDANCE_SCALES
     from hf_t2i.cli import DEFAULT_GUIDANCE_SCALE, main
     from hf_t2i.pipelines.dalle.pipeline_dalle import DallePipeline
+    from hf_t2i.pipelines.parti.pipeline_parti import PartiPipeline
 
     seen = []
-    original = DallePipeline.__call__
+    for cls in (DallePipeline, PartiPipeline):
+        original = cls.__call__
 
-    @functools.wraps(original)  # keeps the signature the CLI inspects
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("guidance_scale"))
-        return original(self, *args, **kwargs)
+        @functools.wraps(original)  # keeps the signature the CLI inspects
+        def spy(self, *args, _original=original, **kwargs):
+            seen.append((type(self).__name__, kwargs.get("guidance_scale")))
+            return _original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DallePipeline, "__call__", spy)
+        monkeypatch.setattr(cls, "__call__", spy)
+    assert DEFAULT_CHECKPOINT == "parti"
     assert main(["generate", PROMPT, "--output", str(tmp_path / "a.png"), "--upscale", "1"]) == 0
     assert main(["generate", PROMPT, "--output", str(tmp_path / "b.png"), "--guidance-scale", "1"]) == 0
-    assert seen == [DEFAULT_GUIDANCE_SCALE, 1.0]
-    assert Image.open(tmp_path / "a.png").size == (32, 32)
-    assert Image.open(tmp_path / "b.png").size == (128, 128)  # upscaled 4x by default
+    assert main(["generate", PROMPT, "--model", "dalle", "--output", str(tmp_path / "c.png")]) == 0
+    folder = resolve_checkpoint("dalle")  # the same checkpoint by its path: not a shipped name, the generic scale
+    assert main(["generate", PROMPT, "--model", folder, "--output", str(tmp_path / "d.png")]) == 0
+    assert seen == [
+        ("PartiPipeline", SHIPPED_GUIDANCE_SCALES["parti"]),
+        ("PartiPipeline", 1.0),
+        ("DallePipeline", SHIPPED_GUIDANCE_SCALES["dalle"]),
+        ("DallePipeline", DEFAULT_GUIDANCE_SCALE),
+    ]
+    assert SHIPPED_GUIDANCE_SCALES["parti"] == 2.0
+    assert Image.open(tmp_path / "a.png").size == (64, 64)
+    assert Image.open(tmp_path / "b.png").size == (256, 256)  # upscaled 4x by default
+    assert Image.open(tmp_path / "c.png").size == (128, 128)
+
+
+def test_every_shipped_checkpoint_is_guided_with_the_scale_its_card_reports():
+    """The command line's scale for each shipped checkpoint is the one its model card's numbers were measured at."""
+    import os
+    import re
+
+    from hf_t2i.checkpoints import SHIPPED_GUIDANCE_SCALES
+
+    assert SHIPPED_GUIDANCE_SCALES.keys() == SHIPPED_CHECKPOINTS.keys()
+    for name, scale in SHIPPED_GUIDANCE_SCALES.items():
+        with open(os.path.join(resolve_checkpoint(name), "README.md"), encoding="utf-8") as f:
+            metadata = f.read().split("---")[1]  # the YAML front matter (model-index)
+        assert set(re.findall(r"guidance_scale: ([0-9.]+)", metadata)) == {str(scale)}, name
 
 
 def test_every_shipped_checkpoint_shows_its_samples():

@@ -8,9 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .checkpoints import DEFAULT_CHECKPOINT, SHIPPED_GUIDANCE_SCALES
+
 
 # The shipped checkpoints were trained with caption dropout for guidance and draw far better with it (their model
-# cards); the pipelines' own default stays 1.0 (off), as for a checkpoint trained without caption dropout.
+# cards); the pipelines' own default stays 1.0 (off), as for a checkpoint trained without caption dropout. A shipped
+# checkpoint is guided with its own scale (`checkpoints.SHIPPED_GUIDANCE_SCALES`), any other folder with this one.
 DEFAULT_GUIDANCE_SCALE = 3.0
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most a 64-bit seed
 MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 100000 would need terabytes
@@ -18,13 +21,16 @@ MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 1
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint and sampling options that `generate` and `grid` share."""
-    p.add_argument("--model", default=None, help="a shipped checkpoint name (default: dalle) or a saved folder")
+    p.add_argument(
+        "--model", default=None, help=f"a shipped checkpoint name (default: {DEFAULT_CHECKPOINT}) or a saved folder"
+    )
     p.add_argument("--seed", type=int, default=0, help="the generator's seed, in [0, 2**64 - 1] (default 0)")
     p.add_argument(
         "--guidance-scale",
         type=float,
         default=None,
-        help=f"classifier-free guidance; default {DEFAULT_GUIDANCE_SCALE} for pipelines that take it (1 = off)",
+        help="classifier-free guidance (1 = off); default: the shipped checkpoint's own scale (its model card), "
+        f"{DEFAULT_GUIDANCE_SCALE} for other folders, for pipelines that take it",
     )
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -41,10 +47,11 @@ def _load_for_sampling(args):
 
     import torch
 
-    from .checkpoints import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from .checkpoints import resolve_checkpoint
     from .pipelines import T2IPipeline
 
-    path = resolve_checkpoint(args.model or DEFAULT_CHECKPOINT)
+    name = args.model or DEFAULT_CHECKPOINT
+    path = resolve_checkpoint(name)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = T2IPipeline.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)
     options = {
@@ -56,7 +63,7 @@ def _load_for_sampling(args):
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
-        options["guidance_scale"] = DEFAULT_GUIDANCE_SCALE
+        options["guidance_scale"] = SHIPPED_GUIDANCE_SCALES.get(name, DEFAULT_GUIDANCE_SCALE)
     for name, value in options.items():
         if value is not None and name not in accepted:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")

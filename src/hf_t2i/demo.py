@@ -41,7 +41,7 @@ SHIPPED_DESCRIPTIONS = {
     "transfusion": "Transfusion: one transformer for text tokens and diffused VAE latents",
     "muse": "Muse: ViT-VQGAN codes, masked decoding in confidence order",
 }
-#: The drawings are 32 px; the page shows them this many times larger, nearest neighbour (crisp pixels).
+#: The drawings are 32 or 64 px; the page shows them this many times larger, nearest neighbour (crisp pixels).
 DISPLAY_UPSCALE = 8
 #: What one draw may take before gradio gives up on it (a checkpoint on a busy CPU takes seconds).
 DRAW_TIME_LIMIT_S = 300
@@ -52,7 +52,7 @@ INTRO = """\
 # hf_t2i: five text-to-image families side by side
 
 DALL-E, Parti, Fluid, Transfusion and Muse, each a small checkpoint (a few million parameters) trained for minutes to
-an hour on a CPU on the synthetic *shapes* data, so they draw 32x32 pictures of coloured shapes. Captions in their
+an hour on a CPU on the synthetic *shapes* data, so they draw 32x32 or 64x64 pictures of coloured shapes. Captions in their
 language work best: colours red, green, blue, yellow, purple, orange; shapes circle, square, triangle, diamond;
 counts one to four; "left of", "right of", "above", "below". Same seed, same picture.
 """
