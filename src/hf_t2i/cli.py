@@ -50,8 +50,8 @@ def _load_for_sampling(args):
     from .checkpoints import resolve_checkpoint
     from .pipelines import T2IPipeline
 
-    name = args.model or DEFAULT_CHECKPOINT
-    path = resolve_checkpoint(name)
+    checkpoint = args.model or DEFAULT_CHECKPOINT
+    path = resolve_checkpoint(checkpoint)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = T2IPipeline.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(device)
     options = {
@@ -63,7 +63,7 @@ def _load_for_sampling(args):
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
-        options["guidance_scale"] = SHIPPED_GUIDANCE_SCALES.get(name, DEFAULT_GUIDANCE_SCALE)
+        options["guidance_scale"] = SHIPPED_GUIDANCE_SCALES.get(checkpoint, DEFAULT_GUIDANCE_SCALE)
     for name, value in options.items():
         if value is not None and name not in accepted:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
