@@ -19,7 +19,7 @@ SHIPPED_CHECKPOINTS = {
     "dalle-emoji": "dalle-emoji",  # the real-data demo: 32 px emoji with name-and-keyword captions
 }
 #: what `hf-t2i generate` draws with when no `--model` is given: the shipped checkpoint whose pictures follow the
-#: caption best (its model card: 0.548 compositional accuracy on held-out-pair captions, the others 0.09-0.17)
+#: caption best (the README's table of shipped checkpoints)
 DEFAULT_CHECKPOINT = "parti"
 #: the guidance scale each shipped checkpoint draws best with, chosen on the validation split (its model card); the
 #: command line uses it unless `--guidance-scale` is given

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoints import DEFAULT_CHECKPOINT, SHIPPED_GUIDANCE_SCALES
+from .checkpoints import DEFAULT_CHECKPOINT, SHIPPED_GUIDANCE_SCALES, resolve_checkpoint
 
 
 # The shipped checkpoints were trained with caption dropout for guidance and draw far better with it (their model
@@ -47,7 +47,6 @@ def _load_for_sampling(args):
 
     import torch
 
-    from .checkpoints import resolve_checkpoint
     from .pipelines import T2IPipeline
 
     checkpoint = args.model or DEFAULT_CHECKPOINT

@@ -144,7 +144,7 @@ def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path
     other = tmp_path / "other_vae"
     torch.manual_seed(1)
     AutoencoderKL(**{**AutoencoderKL.load_config(vae_dir), "scaling_factor": 0.5}).save_pretrained(other)
-    with pytest.raises(ValueError, match="is not the VAE of"):
+    with pytest.raises(ValueError, match="`vae_path` .* is not the image tokenizer of"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, vae_path=str(other), pretrained_model_name_or_path=final))
     with pytest.raises(ValueError, match="is not a TransfusionPipeline folder"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, pretrained_model_name_or_path=str(vae_dir)))

@@ -271,7 +271,7 @@ def cached_encode(dataset, encode, cache_dir: str | None, kind: str, name: str, 
             return {name: [torch.as_tensor(value) for value in values] for name, values in encode(batch).items()}
 
         return dataset.with_transform(encode_rows)
-    features = fixed_shape_features(encode(dataset[:1]))
+    features = fixed_shape_features(encode(dataset[:1])) if len(dataset) else None
     encoded = cached_map(
         dataset,
         encode,
@@ -288,26 +288,23 @@ def cached_encode(dataset, encode, cache_dir: str | None, kind: str, name: str, 
 def fixed_shape_features(sample: dict):
     """The `datasets.Features` of an encoded batch (`sample`: column -> rows) that store each float column of 2 to 5
     dimensions per row (continuous tokens, latents) as a fixed-shape float32 `ArrayXD`, or None if it has none.
-    Nested lists are converted into tensors value by value; a fixed-shape column is read as one NumPy array per batch:
-    a shuffled batch of 256 Fluid tokens (64 x 32) reads in 40 ms instead of 237 ms on a 2-core CPU, which is what
-    kept a GPU's training steps waiting for the DataLoader."""
+    Nested lists are converted into tensors value by value; a fixed-shape column is read as one NumPy array per batch,
+    several times faster, which is what kept a GPU's training steps waiting for the DataLoader."""
     import datasets
     import numpy as np
 
-    arrays = {
-        2: datasets.Array2D,
-        3: datasets.Array3D,
-        4: datasets.Array4D,
-        5: datasets.Array5D,
+    arrays = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
+    shapes = {column: np.asarray(rows[0]) for column, rows in sample.items()}
+    fixed = {
+        column: arrays[value.ndim](shape=value.shape, dtype="float32")
+        for column, value in shapes.items()
+        if value.dtype.kind == "f" and value.ndim in arrays
     }
-    features = datasets.Dataset.from_dict({k: list(v) for k, v in sample.items()}).features
-    fixed = False
-    for column, rows in sample.items():
-        value = np.asarray(rows[0])
-        if value.dtype.kind == "f" and value.ndim in arrays:
-            features[column] = arrays[value.ndim](shape=value.shape, dtype="float32")
-            fixed = True
-    return features if fixed else None
+    if not fixed:
+        return None
+    features = datasets.Dataset.from_dict({column: list(rows) for column, rows in sample.items()}).features
+    features.update(fixed)
+    return features
 
 
 # -- fine-tuning a trained model ---------------------------------------------------------------------------------------
@@ -340,10 +337,29 @@ def warn_ignored_settings(config, kept: dict, name: str) -> None:
         )
 
 
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    """Whether two modules hold exactly the same tensors under the same names."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(value, sb[key]) for key, value in sa.items())
+def refuse_tokenizer_path(tokenizer_path: str | None, name: str) -> None:
+    """A fine-tuning run keeps the pretrained model's text tokenizer: a `tokenizer_path` as well is an error."""
+    if tokenizer_path:
+        raise ValueError(
+            f"`tokenizer_path` ({tokenizer_path!r}) cannot be combined with `pretrained_model_name_or_path` "
+            f"({name!r}): the pretrained model's ids come from its own tokenizer, which is used. Drop one."
+        )
+
+
+def frozen_part_folder(module: torch.nn.Module, argument: str, given: str, load_given, cache_dir, name: str) -> str:
+    """The folder a fine-tuning run encodes its images with: the pretrained model `name`'s frozen image tokenizer or
+    VAE `module`, saved once into the cache (`saved_once`) when the `argument` folder is not `given`; a given folder
+    (`load_given()` loads it) must hold exactly those weights, else its codes would not be the ones the model
+    learned."""
+    if not given:
+        return saved_once(module, cache_dir)
+    ours, theirs = load_given().state_dict(), module.state_dict()
+    if ours.keys() != theirs.keys() or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
+        raise ValueError(
+            f"`{argument}` ({given!r}) is not the image tokenizer of {name!r}: its codes would not be the ones the "
+            "model learned. Leave it out to use the model's own."
+        )
+    return given
 
 
 def saved_once(module: torch.nn.Module, cache_dir: str | None) -> str:

@@ -15,10 +15,10 @@ from .common import (
     ImageTextDataConfig,
     cached_encode,
     fingerprint,
+    frozen_part_folder,
     load_image_text_splits,
     load_pretrained_pipeline,
-    same_weights,
-    saved_once,
+    refuse_tokenizer_path,
     training_captions,
     warn_ignored_settings,
 )
@@ -131,11 +131,7 @@ class TokenPriorRecipe(Recipe):
 
         c = self.config
         name = c.pretrained_model_name_or_path
-        if c.tokenizer_path:
-            raise ValueError(
-                f"`tokenizer_path` ({c.tokenizer_path!r}) cannot be combined with `pretrained_model_name_or_path` "
-                f"({name!r}): the pretrained prior's ids come from its own tokenizer, which is used. Drop one."
-            )
+        refuse_tokenizer_path(c.tokenizer_path, name)
         if getattr(c, "text_encoder", "own") != "own":
             raise ValueError(
                 f"`text_encoder` ({c.text_encoder!r}) cannot be combined with `pretrained_model_name_or_path` "
@@ -150,14 +146,15 @@ class TokenPriorRecipe(Recipe):
         c.image_size, c.text_seq_len = size, model.config.text_seq_len
         self.pretrained_pipeline = pipe
         self._processor = pipe.processor
-        tokenizer = self.image_tokenizer_of(model)
-        if not self.image_tokenizer_path:
-            setattr(c, self.image_tokenizer_argument, saved_once(tokenizer, c.cache_dir))
-        elif not same_weights(self.load_image_tokenizer(), tokenizer):
-            raise ValueError(
-                f"`{self.image_tokenizer_argument}` ({self.image_tokenizer_path!r}) is not the image tokenizer of "
-                f"{name!r}: its codes would not be the ones the prior learned. Leave it out to use the prior's own."
-            )
+        folder = frozen_part_folder(
+            self.image_tokenizer_of(model),
+            self.image_tokenizer_argument,
+            self.image_tokenizer_path,
+            self.load_image_tokenizer,
+            c.cache_dir,
+            name,
+        )
+        setattr(c, self.image_tokenizer_argument, folder)
 
     def pretrained_prior(self):
         """The pretrained prior, ready to train: its image tokenizer frozen, as a fresh prior's is."""

@@ -30,10 +30,10 @@ from .common import (
     ImageTextDataConfig,
     cached_encode,
     fingerprint,
+    frozen_part_folder,
     load_image_text_splits,
     load_pretrained_pipeline,
-    same_weights,
-    saved_once,
+    refuse_tokenizer_path,
     training_captions,
     warn_ignored_settings,
 )
@@ -130,11 +130,7 @@ class TransfusionRecipe(Recipe):
 
         c = self.config
         name = c.pretrained_model_name_or_path
-        if c.tokenizer_path:
-            raise ValueError(
-                f"`tokenizer_path` ({c.tokenizer_path!r}) cannot be combined with `pretrained_model_name_or_path` "
-                f"({name!r}): the pretrained model's ids come from its own tokenizer, which is used. Drop one."
-            )
+        refuse_tokenizer_path(c.tokenizer_path, name)
         pipe = load_pretrained_pipeline(TransfusionPipeline, name, self.name)
         model, processor = pipe.model, pipe.processor
         kept = {f: getattr(model.config, f) for f in ARCHITECTURE_FIELDS}
@@ -145,13 +141,7 @@ class TransfusionRecipe(Recipe):
         model.config.diffusion_loss_weight = c.diffusion_loss_weight  # a training setting, not the architecture's
         self.pretrained_pipeline = pipe
         self._tokenizer, self._processor, self._model_config = processor.tokenizer, processor, model.config
-        if not c.vae_path:
-            c.vae_path = saved_once(model.vae, c.cache_dir)
-        elif not same_weights(self.load_vae(), model.vae):
-            raise ValueError(
-                f"`vae_path` ({c.vae_path!r}) is not the VAE of {name!r}: its latents would not be the ones the model "
-                "learned. Leave it out to use the model's own."
-            )
+        c.vae_path = frozen_part_folder(model.vae, "vae_path", c.vae_path, self.load_vae, c.cache_dir, name)
 
     # -- model and processor ------------------------------------------------------------------------------------------
     def _splits(self):
