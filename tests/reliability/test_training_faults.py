@@ -282,3 +282,27 @@ def test_cli_reports_an_unresumable_checkpoint_without_a_traceback(tmp_path, mon
     err = capsys.readouterr().err
     assert "hf-t2i train toy: error: TrainingConfig.resume_from_checkpoint='/etc'" in err
     assert "is not an hf_t2i training checkpoint" in err and "Traceback" not in err
+
+
+def test_generator_state_of_another_device_kind_reseeds_reproducibly(tmp_path):
+    """A checkpoint written on a GPU (its recipe generator's state: a CUDA seed and offset, 16 bytes) resumed on a
+    CPU, or back: the generator cannot take that state, so it is seeded from it, the same way every time."""
+    from hf_t2i.training.checkpointing import load_rng_state, save_rng_state
+
+    cuda_like_state = torch.arange(16, dtype=torch.uint8)
+    save_rng_state(str(tmp_path), 0, cuda_like_state)
+    draws = []
+    for _ in range(2):
+        generator = torch.Generator().manual_seed(123)
+        with pytest.warns(UserWarning, match=r"another kind of device than this run's \(cpu\).*seeded from"):
+            assert load_rng_state(str(tmp_path), 0, generator)
+        draws.append(torch.rand(4, generator=generator))
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], torch.rand(4, generator=torch.Generator().manual_seed(123)))
+
+    same_kind = torch.Generator().manual_seed(7)  # a state of the same kind still restores exactly
+    save_rng_state(str(tmp_path), 0, same_kind)
+    expected = torch.rand(4, generator=same_kind)
+    generator = torch.Generator()
+    assert load_rng_state(str(tmp_path), 0, generator)
+    assert torch.equal(torch.rand(4, generator=generator), expected)

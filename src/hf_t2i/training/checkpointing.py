@@ -18,6 +18,7 @@ writing, so a crash (even `kill -9`) mid-save leaves a `.tmp` folder, which resu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -265,11 +266,29 @@ def load_rng_state(path: str, process_index: int, generator: torch.Generator | N
     np.random.set_state((np_name, tensors["numpy"].numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
     torch.set_rng_state(tensors["torch"])
     if generator is not None and "generator" in tensors:
-        generator.set_state(tensors["generator"])
+        _restore_generator(generator, tensors["generator"], file)
     cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
     if cuda and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda[: torch.cuda.device_count()])
     return True
+
+
+def _restore_generator(generator: torch.Generator, state: torch.Tensor, file: str) -> None:
+    """Set the recipe's generator to the saved `state`. A generator's state only fits a generator on the same kind
+    of device (a CPU one holds the Mersenne Twister's 5,056 bytes, a CUDA one a seed and an offset), so a checkpoint
+    written on a CPU and resumed on a GPU, or back, cannot restore it: the generator is then seeded from the saved
+    state instead, so the resumed run stays reproducible, though not bit-identical to an uninterrupted one."""
+    if state.numel() == generator.get_state().numel():
+        generator.set_state(state)
+        return
+    seed = int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little") >> 1
+    generator.manual_seed(seed)
+    warnings.warn(
+        f"{file} holds the recipe generator's state of another kind of device than this run's "
+        f"({generator.device.type}): it was seeded from that state instead (seed {seed}). The run continues, but not "
+        "bit-identically to an uninterrupted one.",
+        stacklevel=3,
+    )
 
 
 _EMA_SCALARS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
