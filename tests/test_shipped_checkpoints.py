@@ -17,7 +17,7 @@ _FAST = {
     "parti": ("PartiPipeline", 64, {}),
     "fluid": ("FluidPipeline", 64, {"num_inference_steps": 16, "num_diffusion_steps": 25}),
     "transfusion": ("TransfusionPipeline", 64, {"num_inference_steps": 20}),
-    "muse": ("MusePipeline", 32, {}),
+    "muse": ("MusePipeline", 64, {}),
     "dalle-emoji": ("DallePipeline", 32, {}),
 }
 SHIPPED = {
@@ -70,7 +70,7 @@ def test_shipped_transfusion_captions_an_image(shipped):
 
 def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path, monkeypatch):
     """`hf-t2i generate` (the README's main command) draws with the shipped Parti at the guidance its card chose on
-    validation (2) unless told; another shipped checkpoint gets its own scale, any other folder 3."""
+    validation (1.5) unless told; another shipped checkpoint gets its own scale, any other folder 3."""
     import functools
 
     from PIL import Image
@@ -102,7 +102,7 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
         ("DallePipeline", SHIPPED_GUIDANCE_SCALES["dalle"]),
         ("DallePipeline", DEFAULT_GUIDANCE_SCALE),
     ]
-    assert SHIPPED_GUIDANCE_SCALES["parti"] == 2.0
+    assert SHIPPED_GUIDANCE_SCALES["parti"] == 1.5
     assert Image.open(tmp_path / "a.png").size == (64, 64)
     assert Image.open(tmp_path / "b.png").size == (256, 256)  # upscaled 4x by default
     assert Image.open(tmp_path / "c.png").size == (128, 128)

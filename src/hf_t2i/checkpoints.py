@@ -25,7 +25,7 @@ DEFAULT_CHECKPOINT = "parti"
 #: command line uses it unless `--guidance-scale` is given
 SHIPPED_GUIDANCE_SCALES = {
     "dalle": 3.0,
-    "parti": 2.0,
+    "parti": 1.5,
     "fluid": 5.0,
     "transfusion": 5.0,
     "muse": 3.0,
