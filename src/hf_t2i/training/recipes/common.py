@@ -356,8 +356,8 @@ def frozen_part_folder(module: torch.nn.Module, argument: str, given: str, load_
     ours, theirs = load_given().state_dict(), module.state_dict()
     if ours.keys() != theirs.keys() or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
         raise ValueError(
-            f"`{argument}` ({given!r}) is not the image tokenizer of {name!r}: its codes would not be the ones the "
-            "model learned. Leave it out to use the model's own."
+            f"`{argument}` ({given!r}) is not the image tokenizer of {name!r}: its codes or latents would not be the "
+            "ones the model learned. Leave it out to use the model's own."
         )
     return given
 
