@@ -12,7 +12,8 @@ One step = `zero_grad`, the training forward with its loss, `backward`, `AdamW.s
       encoder of our encoder's size, trained with it), muse-maskgit-pytorch's `MaskGit` (the same trained T5
       encoder), transfusion-pytorch's `Transfusion` on (text, latent) pairs.
 
-Columns: tokens/s (image + text tokens of the batch / step seconds), the achieved GFLOP/s (3x the forward's matrix
+Columns: tokens/s (image + text tokens of the batch / step seconds), the host waits of one step (`_waits.py`: the
+calls that would make the host wait for a GPU), the achieved GFLOP/s (3x the forward's matrix
 products, counted by `_flops`) and that as a % of the GFLOP/s the same products and their gradients reach as plain
 torch matmuls, measured in this run; the achieved GB/s (3x the bytes the forward's products move, an approximation)
 and that as a % of the memory bandwidth measured in this run. Each model's steps run interleaved with its peer's,
@@ -58,6 +59,7 @@ from _timing import (
     t5_encoder,
     use_smoke_sizes,
 )
+from _waits import count_host_waits
 
 
 LATENT_DIM = 16  # Fluid's continuous tokens (2x2 patches of a 4-channel latent) and transfusion-pytorch's
@@ -70,6 +72,7 @@ HEADERS = [
     "batch",
     "s / step",
     "tokens / s",
+    "host waits / step",
     "GFLOP/s",
     "% of peak",
     "GB/s",
@@ -252,12 +255,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             cases = [Case(step.name, step, batch) for step in every]
             run_interleaved(cases, args.repeats, warm_up=not args.smoke)
             rooflines = [Roofline.measure(step.loss, batch, training=True, quick_peak=args.smoke) for step in every]
+            waits = [None if case.error else count_host_waits(step).total for step, case in zip(every, cases)]
             peer_cases = cases[len(steps) :]
             records = summary_records("training", cases, peer_cases, batch, None, model=family)
-            for step, case, roofline, record in zip(every, cases, rooflines, records):
+            for step, case, roofline, record, step_waits in zip(every, cases, rooflines, records, waits):
                 fields = roofline.fields(case.median)
                 tokens_per_second = step.tokens / (case.median * batch) if case.median else None
-                record.update(fields, tokens_per_second=tokens_per_second, tokens_per_step=step.tokens)
+                record.update(
+                    fields, tokens_per_second=tokens_per_second, tokens_per_step=step.tokens, host_waits=step_waits
+                )
                 ratio = next(iter(record["vs_peers"].values()), None)
                 rows.append(
                     [
@@ -266,6 +272,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                         str(batch),
                         f"FAILED: {case.error}" if case.error else f"{case.median * batch:.3f}",
                         "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
+                        "-" if step_waits is None else str(step_waits),
                         *roofline_field_cells(
                             fields, ("gflops", "percent_of_peak", "gbytes_per_s", "percent_of_bandwidth")
                         ),
@@ -315,7 +322,9 @@ def main() -> None:
     print()
     print(
         "s / step: median step time (zero_grad, forward + loss, backward, AdamW step). tokens / s: text + image tokens"
-        " of the batch per second. GFLOP/s: 3x the forward's matrix-product FLOPs per step / s; % of peak: of the "
+        " of the batch per second. host waits / step: the calls of one step that make the host wait for a GPU (`.item()`,"
+        " `.tolist()`, `bool(tensor)`, boolean-mask indexing, ...; counted on any device by benchmarks/_waits.py,"
+        " the optimizer's CPU step counters left out). GFLOP/s: 3x the forward's matrix-product FLOPs per step / s; % of peak: of the "
         "GFLOP/s the same products and their gradients reach as plain torch matmuls in this run. GB/s: 3x the bytes "
         "the forward's products must move (operands read and results written once; an approximation of the "
         "backward's) per step / s; % of bandwidth: of the memory bandwidth on the machine line. vs peer: median over "

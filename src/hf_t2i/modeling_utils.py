@@ -22,6 +22,21 @@ from .remote_code import auto_class_registration_ignored, write_model_remote_cod
 renamed_cache_argument = deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
 
 
+def outside_range(values: torch.Tensor, high: int, low: int = 0) -> bool:
+    """Whether any of `values` lies outside [low, high); False when empty. One read from the device, where
+    `values.min() < low or values.max() >= high` makes the host wait for it twice."""
+    return bool(values.numel()) and bool(((values < low) | (values >= high)).any())
+
+
+def true_positions(mask: torch.Tensor, count: int | None = None) -> torch.Tensor:
+    """Flat indices of the True entries of `mask`, in order. Gathering with them reads the device once, after which
+    their number is known on the host; indexing with the mask itself reads it once per indexed tensor. With `count`
+    (the caller knows there are that many), nothing is read: a stable sort puts them first."""
+    if count is not None:
+        return torch.argsort((~mask).flatten().to(torch.uint8), stable=True)[:count]
+    return mask.flatten().nonzero().squeeze(1)
+
+
 def output_flags(config, output_attentions, output_hidden_states, return_dict) -> tuple[bool, bool, bool]:
     """A base model's `output_attentions`, `output_hidden_states` and `return_dict`: the call's, else the config's."""
     return (

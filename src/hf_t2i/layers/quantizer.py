@@ -12,7 +12,6 @@ l2-normalised lookup only directions matter, and unit norm keeps the optimiser's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -128,7 +127,8 @@ class FactorizedVectorQuantizer(nn.Module):
         self.usage[dead] = 1.0 / self.num_codes
         return int(dead.numel())
 
-    def codebook_perplexity(self) -> float:
-        """exp(entropy) of the moving-average usage: the effective number of codes in use."""
+    def codebook_perplexity(self) -> torch.Tensor:
+        """exp(entropy) of the moving-average usage: the effective number of codes in use (a 0-d tensor on the
+        codebook's device, so that reading it each training step does not wait for the accelerator)."""
         probs = self.usage / self.usage.sum()
-        return math.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum().item())
+        return torch.exp(-(probs * torch.log(probs.clamp_min(1e-10))).sum())

@@ -107,12 +107,14 @@ class Recipe:
 
     def training_step(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor], step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         """Return `(loss, metrics)` for one micro-batch.
 
         Call the model through `model(...)` (its forward): `model` may be wrapped by DDP, which only syncs
         gradients of forward calls. `step` is the number of optimizer steps already taken, for schedules such as
-        the dVAE Gumbel temperature. `metrics` (floats) are averaged over the logging window on the main process.
+        the dVAE Gumbel temperature. `metrics` (floats, or detached 0-d tensors: prefer these, since the loop reads
+        them from the device only at logging steps, and `.item()` in every step makes the host wait for the
+        accelerator) are averaged over the logging window on the main process.
         """
         out = model(**batch)
         return out.loss, {}

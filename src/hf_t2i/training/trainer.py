@@ -242,6 +242,17 @@ def _hparams(config: TrainingConfig, recipe: Recipe) -> dict:
     return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in values.items()}
 
 
+def _empty_window() -> dict:
+    """The logging window: loss sum (a device tensor once a step is recorded), micro-step count, and per recipe
+    metric a (sum, count) pair."""
+    return {"loss_sum": 0.0, "count": 0, "metrics": {}}
+
+
+def _device_scalar(value: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float32 0-d tensor on `device` (no copy for one that is already there)."""
+    return torch.as_tensor(value, dtype=torch.float32, device=device).reshape(())
+
+
 class _TrainingRun:
     """State and steps of one call to `train()`; split into short methods, not meant for direct use."""
 
@@ -250,7 +261,7 @@ class _TrainingRun:
         self.accelerator = _build_accelerator(config)
         recipe.accelerator = self.accelerator
         self.state = TrainState()
-        self.window = {"loss_sum": 0.0, "count": 0, "metrics": {}}
+        self.window = _empty_window()
         self.results: dict[str, float] = {}
         self.grad_norm = None
         self._setup()
@@ -486,13 +497,18 @@ class _TrainingRun:
                 self.grad_norm = accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self._record(loss.detach().float().item(), metrics or {})
+        self._record(loss, metrics or {})
 
-    def _record(self, loss: float, metrics: dict[str, float]) -> None:
-        self.window["loss_sum"] += loss
-        self.window["count"] += 1
+    def _record(self, loss: torch.Tensor, metrics: dict[str, float | torch.Tensor]) -> None:
+        """Add a micro-step to the logging window. Tensors stay on the device until `_log` reads the window, so a
+        step never waits for the accelerator to finish it."""
+        window = self.window
+        window["loss_sum"] = window["loss_sum"] + loss.detach().float()
+        window["count"] += 1
         for key, value in metrics.items():
-            self.window["metrics"].setdefault(key, []).append(float(value))
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            total, count = window["metrics"].get(key, (0.0, 0))
+            window["metrics"][key] = (total + value, count + 1)
 
     def _after_optimizer_step(self) -> None:
         """Bookkeeping after an optimizer step: schedule, EMA, progress, logs, eval, samples, checkpoint."""
@@ -503,7 +519,6 @@ class _TrainingRun:
         if self.ema is not None:
             self.ema.step(self.params)
         self.progress.update(1)
-        self.progress.set_postfix(loss=f"{self._window_mean_loss():.4g}", lr=f"{self._lr():.3g}")
         if _is_due(step, config.log_steps, config.max_steps):
             self._log()
         if _is_due(step, config.eval_steps, config.max_steps):
@@ -525,23 +540,25 @@ class _TrainingRun:
     def _lr(self) -> float:
         return self.lr_scheduler.get_last_lr()[0]
 
-    def _window_mean_loss(self) -> float:
-        return self.window["loss_sum"] / max(1, self.window["count"])
-
     # ---------------------------------------------------------------------------------------------- logging
     def _log(self) -> None:
-        """Log the window's loss (mean over micro-batches and processes), LR, grad norm and recipe metrics."""
-        totals = torch.tensor([self.window["loss_sum"], self.window["count"]], device=self.accelerator.device)
+        """Log the window's loss (mean over micro-batches and processes), LR, grad norm and recipe metrics (means over
+        the window, main process), reading them from the device in one transfer; show loss and LR on the bar."""
+        window, device = self.window, self.accelerator.device
+        totals = torch.stack([_device_scalar(window["loss_sum"], device), _device_scalar(window["count"], device)])
         totals = self.accelerator.reduce(totals, reduction="sum")
-        values = {"train/loss": (totals[0] / totals[1].clamp(min=1)).item(), "train/lr": self._lr()}
-        values["train/epoch"] = self.state.epoch
+        extras = {
+            f"train/{key}": _device_scalar(total, device) / count for key, (total, count) in window["metrics"].items()
+        }
         if self.grad_norm is not None:
-            values["train/grad_norm"] = float(self.grad_norm)
-        for key, series in self.window["metrics"].items():
-            values[f"train/{key}"] = sum(series) / len(series)
+            extras["train/grad_norm"] = _device_scalar(self.grad_norm, device)
+        loss, *extra_values = torch.stack([totals[0] / totals[1].clamp(min=1), *extras.values()]).tolist()
+        values = {"train/loss": loss, "train/lr": self._lr(), "train/epoch": self.state.epoch}
+        values.update(zip(extras, extra_values))
         self.accelerator.log(values, step=self.state.global_step)
         self.results.update({"train_loss": values["train/loss"], "lr": values["train/lr"]})
-        self.window = {"loss_sum": 0.0, "count": 0, "metrics": {}}
+        self.progress.set_postfix(loss=f"{loss:.4g}", lr=f"{values['train/lr']:.3g}")
+        self.window = _empty_window()
 
     @contextlib.contextmanager
     def _inference_mode(self):

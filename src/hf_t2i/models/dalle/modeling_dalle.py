@@ -54,7 +54,14 @@ from ...layers import (
     sparse_image_mask,
     transformer_blocks,
 )
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
+from ...modeling_utils import (
+    StrictLoadingMixin,
+    init_transformer_weights,
+    output_flags,
+    outside_range,
+    renamed_cache_argument,
+    true_positions,
+)
 from ..image_tokenizers import DalleDVAE, DallePytorchDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
 from .token_shift import DalleTokenShift
@@ -208,7 +215,7 @@ class DalleModel(DallePreTrainedModel):
         parts = []
         if num_text:
             text_ids = input_ids[:, :num_text]
-            if length > 1 and (text_ids.min() < 0 or text_ids.max() >= config.text_vocab_size):
+            if length > 1 and outside_range(text_ids, config.text_vocab_size):
                 raise ValueError(
                     f"Text positions 0..{text_len - 1} of `input_ids` must hold text ids in [0, {config.text_vocab_size})."
                 )
@@ -219,7 +226,7 @@ class DalleModel(DallePreTrainedModel):
             parts.append(tokens if self.rotary else tokens + self.text_position_embeddings(positions))
         if num_text < length:
             image_ids = input_ids[:, num_text:] - config.text_vocab_size
-            if length > 1 and (image_ids.min() < 0 or image_ids.max() >= config.image_vocab_size):
+            if length > 1 and outside_range(image_ids, config.image_vocab_size):
                 raise ValueError(
                     f"Image positions of `input_ids` must hold ids in [{config.text_vocab_size}, {config.vocab_size})."
                 )
@@ -374,9 +381,7 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
     def decode_image_tokens(self, image_token_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) image codes in [0, image_vocab_size) -> (B, 3, H, W) pixels in [-1, 1]. For `generate()` output,
         take the codes with `image_codes_from_generated` first."""
-        if image_token_ids.numel() and (
-            image_token_ids.min() < 0 or image_token_ids.max() >= self.config.image_vocab_size
-        ):
+        if outside_range(image_token_ids, self.config.image_vocab_size):
             raise ValueError(
                 f"`image_token_ids` must be image codes in [0, {self.config.image_vocab_size}), got values in "
                 f"[{int(image_token_ids.min())}, {int(image_token_ids.max())}]; for `generate()` output use "
@@ -460,10 +465,12 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
             (valid & ~is_image, config.text_loss_weight, 0, config.text_vocab_size),
             (valid & is_image, config.image_loss_weight, config.text_vocab_size, config.image_vocab_size),
         ):
-            if not select.any():
+            where = true_positions(select)
+            if not where.numel():
                 terms.append(None)
                 continue
-            term = F.cross_entropy(logits[select][:, offset : offset + vocab], targets[select] - offset)
+            chosen = logits.flatten(0, 1)[where][:, offset : offset + vocab]
+            term = F.cross_entropy(chosen, targets.flatten()[where] - offset)
             terms.append(term)
             total = total + weight * term
         return total, terms[0], terms[1]

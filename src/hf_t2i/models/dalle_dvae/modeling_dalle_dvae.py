@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...generation.sampling import rand_like_on
-from ...modeling_utils import StrictLoadingMixin
+from ...modeling_utils import StrictLoadingMixin, outside_range
 from .configuration_dalle_dvae import DalleDVAEConfig
 
 
@@ -262,7 +262,7 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
             image_token_ids = image_token_ids.view(-1, grid, grid)
         if image_token_ids.ndim != 3 or image_token_ids.shape[1:] != (grid, grid):
             raise ValueError(f"`image_token_ids` must be (batch, {grid}, {grid}), got {tuple(image_token_ids.shape)}.")
-        if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= self.config.vocab_size):
+        if outside_range(image_token_ids, self.config.vocab_size):
             raise ValueError(f"`image_token_ids` must be in [0, {self.config.vocab_size}).")
         return self._stats_to_pixels(self.decoder.forward_ids(image_token_ids.long()))
 

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ...generation.sampling import rand_like_on
-from ...modeling_utils import StrictLoadingMixin
+from ...modeling_utils import StrictLoadingMixin, outside_range
 from .configuration_dalle_pytorch_dvae import DallePytorchDVAEConfig
 
 
@@ -181,7 +181,7 @@ class DallePytorchDVAE(DallePytorchDVAEPreTrainedModel):
             image_token_ids = image_token_ids.view(-1, grid, grid)
         if image_token_ids.ndim != 3 or image_token_ids.shape[1:] != (grid, grid):
             raise ValueError(f"`image_token_ids` must be (batch, {grid}, {grid}), got {tuple(image_token_ids.shape)}.")
-        if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= self.config.vocab_size):
+        if outside_range(image_token_ids, self.config.vocab_size):
             raise ValueError(f"`image_token_ids` must be in [0, {self.config.vocab_size}).")
         codes = self.codebook(image_token_ids.long()).permute(0, 3, 1, 2)  # (B, d, h, w)
         return self.denormalize(self.decoder(codes))

@@ -44,7 +44,14 @@ from ...layers.diffusion_head import DiffusionHead, DiffusionHeadScheduler, buil
 from ...layers.diffusion_head import diffusion_loss as ddpm_loss
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
 from ...layers.transformer import TransformerBlock
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
+from ...modeling_utils import (
+    StrictLoadingMixin,
+    init_transformer_weights,
+    output_flags,
+    outside_range,
+    renamed_cache_argument,
+    true_positions,
+)
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_fluid import FluidConfig, MarConfig
 from .generation_fluid import FluidGenerationMixin
@@ -126,7 +133,7 @@ class FluidImageTokenInputs:
                     f"`{name}` must be integer ids (batch, {n}) for discrete Fluid, got {tuple(image_tokens.shape)} "
                     f"{image_tokens.dtype}. Use `encode_images(pixel_values)`."
                 )
-            if image_tokens.numel() and (image_tokens.min() < 0 or image_tokens.max() >= c.image_vocab_size):
+            if outside_range(image_tokens, c.image_vocab_size):
                 raise ValueError(f"`{name}` ids must be in [0, {c.image_vocab_size}).")
 
     def embed_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
@@ -393,7 +400,7 @@ class FluidMAEModel(FluidImageTokenInputs, FluidPreTrainedModel):
                 f"`class_labels` must be integer ids of shape (batch,), got {class_labels.dtype} of shape "
                 f"{tuple(class_labels.shape)}."
             )
-        if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= n):
+        if outside_range(class_labels, n):
             raise ValueError(f"`class_labels` must be in [0, {n}), got {class_labels.tolist()}.")
         return self.class_embeddings(class_labels)
 
@@ -695,7 +702,8 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
                 raise ValueError("The loss reads targets in raster order; leave `position_ids` unset with it.")
             if hidden.shape[1] != length:
                 raise ValueError("The loss needs all N positions in one call (no cache offset).")
-            loss = self.head_loss(hidden[loss_mask], image_tokens[loss_mask], generator)
+            where = true_positions(loss_mask)
+            loss = self.head_loss(hidden.flatten(0, 1)[where], image_tokens.flatten(0, 1)[where], generator)
         out = FluidOutput(
             loss=loss,
             logits=logits,

@@ -29,7 +29,7 @@ from transformers.utils import ModelOutput
 from ...generation.masked import cosine_training_mask
 from ...layers import AxialPositionalEmbedding, run_blocks, transformer_blocks
 from ...layers.text_encoder import TextEncoder, build_text_encoder, padding_mask
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags
+from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, outside_range, true_positions
 from ..image_tokenizers import DiffusersVQConfig, build_image_tokenizer
 from .configuration_muse import MuseConfig
 from .generation_muse import MuseGenerationMixin
@@ -146,7 +146,7 @@ class MuseModel(MusePreTrainedModel):
                 f"`{name}` must be integer codes of shape (batch, {n}) in raster order, got {found}. Use "
                 "`encode_images(pixel_values)`."
             )
-        if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= vocab):
+        if outside_range(image_token_ids, vocab):
             raise ValueError(
                 f"`{name}` must be codes in [0, {vocab}), got values in [{int(image_token_ids.min())}, "
                 f"{int(image_token_ids.max())}]. Mark unknown positions with `mask`, not with the [MASK] id."
@@ -504,9 +504,11 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         logits = self.lm_head(outputs.last_hidden_state)  # (B, N, V)
         loss = None
         if return_loss:
-            if not mask.any():
+            where = true_positions(mask)
+            if not where.numel():
                 raise ValueError("`mask` masks no position: the loss is taken on the masked positions only.")
-            loss = F.cross_entropy(logits[mask].float(), image_token_ids[mask])  # mean over the masked positions
+            # mean over the masked positions
+            loss = F.cross_entropy(logits.flatten(0, 1)[where].float(), image_token_ids.flatten()[where])
         out = MuseOutput(
             loss=loss,
             logits=logits,

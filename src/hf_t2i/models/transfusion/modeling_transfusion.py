@@ -33,7 +33,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ...layers import AxialPositionalEmbedding, additive_mask, cache_length, run_blocks, transformer_blocks
 from ...layers.masks import causal_with_bidirectional_spans, image_span_ids
-from ...modeling_utils import StrictLoadingMixin, init_transformer_weights, output_flags, renamed_cache_argument
+from ...modeling_utils import (
+    StrictLoadingMixin,
+    init_transformer_weights,
+    output_flags,
+    renamed_cache_argument,
+    true_positions,
+)
 from ..image_tokenizers import build_image_tokenizer
 from .configuration_transfusion import TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
@@ -115,9 +121,32 @@ class TransfusionModel(TransfusionPreTrainedModel):
     def _check_images(
         self, input_ids: torch.Tensor, is_image: torch.Tensor, span_ids: torch.Tensor, latents, start: int
     ) -> int:
-        """Number of images in `input_ids`; raises when placeholders, BOI / EOI and `image_latents` disagree."""
+        """Number of images in `input_ids`; raises when placeholders, BOI / EOI and `image_latents` disagree. What
+        the checks need is read from the device in one transfer (one wait for the accelerator per forward)."""
         config = self.config
-        num_images = int(span_ids.max()) if is_image.any() else 0
+        if input_ids.numel() == 0:
+            found = [0, 0, 0, 0]
+        else:
+            given = 0 if latents is None else latents.shape[0]
+            # run lengths in a fixed number of bins (ids past `given` share the last), so no count is read first
+            ids = span_ids.flatten().clamp(max=given + 1)
+            lengths = torch.zeros(given + 2, dtype=torch.long, device=ids.device).scatter_add_(
+                0, ids, torch.ones_like(ids)
+            )
+            starts = is_image & ~F.pad(is_image[:, :-1], (1, 0), value=False)
+            ends = is_image & ~F.pad(is_image[:, 1:], (0, 1), value=False)
+            # an image run at the very start continues a cached <boi>; one at the very end is still being denoised
+            before = F.pad(input_ids[:, :-1], (1, 0), value=config.boi_token_id if start > 0 else -1)
+            after = F.pad(input_ids[:, 1:], (0, 1), value=config.eoi_token_id)
+            found = torch.stack(
+                [
+                    span_ids.max(),
+                    (lengths[1 : given + 1] != config.num_image_tokens).sum(),
+                    (starts & (before != config.boi_token_id)).sum(),
+                    (ends & (after != config.eoi_token_id)).sum(),
+                ]
+            ).tolist()
+        num_images, wrong_lengths, unopened, unclosed = found
         if num_images == 0:
             if latents is not None:
                 raise ValueError(
@@ -135,23 +164,18 @@ class TransfusionModel(TransfusionPreTrainedModel):
             raise ValueError(
                 f"`image_latents` must have shape {expected} (one per image run), got {tuple(latents.shape)}."
             )
-        lengths = torch.bincount(span_ids.flatten(), minlength=num_images + 1)[1:]
-        if (lengths != config.num_image_tokens).any():
+        if wrong_lengths:
+            runs = torch.bincount(span_ids.flatten(), minlength=num_images + 1)[1:]
             raise ValueError(
                 f"Every image needs exactly {config.num_image_tokens} `image_token_id` positions; got runs of "
-                f"{sorted(set(lengths.tolist()))}."
+                f"{sorted(set(runs.tolist()))}."
             )
-        starts = is_image & ~F.pad(is_image[:, :-1], (1, 0), value=False)
-        ends = is_image & ~F.pad(is_image[:, 1:], (0, 1), value=False)
-        # an image run at the very start continues a cached <boi>; one at the very end is still being denoised
-        before = F.pad(input_ids[:, :-1], (1, 0), value=config.boi_token_id if start > 0 else -1)
-        after = F.pad(input_ids[:, 1:], (0, 1), value=config.eoi_token_id)
-        if (starts & (before != config.boi_token_id)).any():
+        if unopened:
             raise ValueError(
                 f"An image in `input_ids` is not preceded by `boi_token_id` ({config.boi_token_id}); every image must "
                 "be written <boi> <image> x N <eoi>."
             )
-        if (ends & (after != config.eoi_token_id)).any():
+        if unclosed:
             raise ValueError(
                 f"An image in `input_ids` is not followed by `eoi_token_id` ({config.eoi_token_id}); every image must "
                 "be written <boi> <image> x N <eoi>."
@@ -214,9 +238,15 @@ class TransfusionModel(TransfusionPreTrainedModel):
             patches = patches + self.patch_positions(torch.arange(config.num_image_tokens, device=device))
             hidden_states = hidden_states.masked_scatter(is_image[..., None], patches.to(hidden_states.dtype))
 
+        reachable = None  # a bound on the positions known on the host, so they need not be read from the device
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, start, batch, length, device)
-        if length and int(position_ids.max()) >= config.max_position_embeddings:
+            reachable = start + length if attention_mask is None else attention_mask.shape[-1]
+        if (
+            length
+            and (reachable is None or reachable > config.max_position_embeddings)
+            and int(position_ids.max()) >= config.max_position_embeddings
+        ):
             raise ValueError(
                 f"The sequence reaches position {int(position_ids.max())}, past `max_position_embeddings` "
                 f"({config.max_position_embeddings}). Shorten the input or generate fewer tokens."
@@ -240,7 +270,10 @@ class TransfusionModel(TransfusionPreTrainedModel):
 
         noise_pred = None
         if num_images:
-            image_states = hidden_states[is_image].view(num_images, config.num_image_tokens, -1)  # (I, N, C)
+            where = true_positions(is_image, num_images * config.num_image_tokens)
+            image_states = hidden_states.flatten(0, 1)[where].view(
+                num_images, config.num_image_tokens, -1
+            )  # (I, N, C)
             noise_pred = self.patch_head(image_states, patch_state, timesteps)
         out = TransfusionModelOutput(
             last_hidden_state=hidden_states,
@@ -456,10 +489,10 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
                 f"`labels` must have the shape of `input_ids` {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}."
             )
         targets = labels[:, 1:]
-        valid = targets != -100
-        logits = self.lm_head(hidden[:, :-1][valid])  # (num_targets, V)
+        where = true_positions(targets != -100)  # the one read from the device: the number of text targets
+        logits = self.lm_head(hidden[:, :-1].flatten(0, 1)[where])  # (num_targets, V)
         zero = hidden.new_zeros((), dtype=torch.float32)
-        lm_loss = F.cross_entropy(logits.float(), targets[valid]) if valid.any() else zero
+        lm_loss = F.cross_entropy(logits.float(), targets.flatten()[where]) if where.numel() else zero
         diffusion_loss = zero
         if noise_pred is not None:
             per_image = (noise_pred.float() - noise.float()).pow(2).flatten(1).mean(dim=1)  # (I,)

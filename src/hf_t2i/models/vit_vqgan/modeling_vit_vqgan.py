@@ -31,7 +31,7 @@ from transformers.utils import ModelOutput
 
 from ...layers import TransformerBlock
 from ...layers.quantizer import FactorizedVectorQuantizer
-from ...modeling_utils import StrictLoadingMixin
+from ...modeling_utils import StrictLoadingMixin, outside_range
 from .configuration_vit_vqgan import ViTVQGANConfig, ViTVQGANUpsamplerConfig
 
 
@@ -249,7 +249,7 @@ def _check_image_token_ids(image_token_ids: torch.Tensor, grid: int, vocab_size:
         )
     if image_token_ids.is_floating_point():
         raise TypeError("`image_token_ids` must be an integer tensor.")
-    if image_token_ids.numel() and (image_token_ids.min() < 0 or image_token_ids.max() >= vocab_size):
+    if outside_range(image_token_ids, vocab_size):
         raise ValueError(f"`image_token_ids` must be in [0, {vocab_size}).")
     return image_token_ids.long()
 

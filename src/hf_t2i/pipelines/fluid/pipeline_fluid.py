@@ -11,6 +11,7 @@ import torch
 from diffusers import SchedulerMixin
 
 from ...layers.diffusion_head import DiffusionHeadScheduler
+from ...modeling_utils import outside_range
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
 from ..pipeline_output import T2IPipelineOutput
@@ -233,7 +234,7 @@ class FluidPipeline(T2IPipeline):
             labels = torch.tensor(ids, dtype=torch.long)
         if labels.is_floating_point() or labels.numel() == 0:
             raise ValueError(f"`class_labels` must be integer ids, got {class_labels!r}.")
-        if labels.min() < 0 or labels.max() >= config.num_classes:
+        if outside_range(labels, config.num_classes):
             raise ValueError(f"`class_labels` must be in [0, {config.num_classes}), got {labels.tolist()}.")
         return labels.long()
 

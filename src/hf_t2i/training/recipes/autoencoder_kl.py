@@ -152,7 +152,7 @@ class AutoencoderKLRecipe(Recipe):
 
     def training_step(self, model, batch, step):
         out = model(batch["pixel_values"], generator=self.generator)
-        return out["loss"], {k: v.item() for k, v in out.items() if k != "loss"}
+        return out["loss"], {k: v.detach() for k, v in out.items() if k != "loss"}
 
     @torch.no_grad()
     def _rows(self, dataset, limit: int):

@@ -178,7 +178,7 @@ class ClipScorerRecipe(Recipe):
             pixel_values=batch["pixel_values"],
             return_loss=True,
         )
-        scale = self.accelerator.unwrap_model(model).logit_scale.exp().item() if self.accelerator else 0.0
+        scale = self.accelerator.unwrap_model(model).logit_scale.detach().exp() if self.accelerator else 0.0
         return out.loss, {"logit_scale": scale}
 
     def evaluate(self, model, step):

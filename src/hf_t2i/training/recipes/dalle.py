@@ -109,9 +109,9 @@ class DalleDVAERecipe(Recipe):
             diversity_weight=self.config.diversity_weight,
         )
         metrics = {
-            "reconstruction_loss": out.reconstruction_loss.item(),
-            "kl": out.kl_loss.item(),
-            "diversity_loss": out.diversity_loss.item(),
+            "reconstruction_loss": out.reconstruction_loss.detach(),
+            "kl": out.kl_loss.detach(),
+            "diversity_loss": out.diversity_loss.detach(),
             "temperature": temperature,
             "kl_weight": kl_weight,
         }

@@ -258,7 +258,7 @@ class TokenPriorRecipe(Recipe):
             empty = self._empty_caption(text["input_ids"].device)
             text = {k: torch.where(drop.to(v.device)[:, None], empty[k], v) for k, v in text.items()}
         out = self.prior_output(model, text, batch["image_token_ids"])
-        return out.loss, {name: getattr(out, name).item() for name in self.logged_losses}
+        return out.loss, {name: getattr(out, name).detach() for name in self.logged_losses}
 
     def evaluate(self, model, step):
         """Held-out cross-entropies (unweighted) and, when `eval_num_images`, the evaluation metrics."""

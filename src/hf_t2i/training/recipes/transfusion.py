@@ -290,19 +290,20 @@ class TransfusionRecipe(Recipe):
         """The interleaved training batch: order and caption dropout drawn from `generator` (None: evaluation,
         every other example image-first, no dropout)."""
         c = self.config
-        captions = [row[row >= 0].tolist() for row in batch["caption_ids"]]
+        # the sequences are written on the host: read the captions and the draws in one transfer each, never per row
+        captions = [[i for i in row if i >= 0] for row in batch["caption_ids"].tolist()]
         rows = len(captions)
         if generator is None:
-            image_first = torch.arange(rows) % 2 == 1
-            drop = torch.zeros(rows, dtype=torch.bool)
+            image_first, drop = [i % 2 == 1 for i in range(rows)], [False] * rows
         else:
-            image_first = torch.rand(rows, generator=generator, device=generator.device) < c.image_first_prob
-            drop = torch.rand(rows, generator=generator, device=generator.device) < c.caption_dropout
+            first = torch.rand(rows, generator=generator, device=generator.device) < c.image_first_prob
+            dropped = torch.rand(rows, generator=generator, device=generator.device) < c.caption_dropout
+            image_first, drop = torch.stack([first, dropped]).tolist()
         out = self.processor.build_training_batch(
             captions,
             batch["image_latents"],
-            image_first=image_first.tolist(),
-            drop_caption=drop.tolist(),
+            image_first=image_first,
+            drop_caption=drop,
             image_first_max_timestep=c.image_first_max_timestep,
             num_train_timesteps=num_train_timesteps,
         )
@@ -319,7 +320,7 @@ class TransfusionRecipe(Recipe):
             generator = torch.Generator(device).manual_seed(0)
             inputs = self.sequences(batch, None, config.num_train_timesteps)
         out = model(**inputs, generator=generator)
-        return out.loss, {"lm_loss": out.lm_loss.item(), "diffusion_loss": out.diffusion_loss.item()}
+        return out.loss, {"lm_loss": out.lm_loss.detach(), "diffusion_loss": out.diffusion_loss.detach()}
 
     @torch.no_grad()
     def evaluate(self, model, step):

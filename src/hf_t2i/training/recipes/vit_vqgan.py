@@ -95,18 +95,18 @@ def build_adversarial_module(generator, c: AdversarialLossConfig, image_size: in
     )
 
 
-def _loss_metrics(out) -> dict[str, float]:
+def _loss_metrics(out) -> dict[str, torch.Tensor]:
     metrics = {
-        "reconstruction_loss": out.reconstruction_loss.item(),
-        "generator_loss": out.generator_loss.item(),
-        "perceptual_loss": out.perceptual_loss.item(),
-        "adversarial_loss": out.adversarial_loss.item(),
-        "adversarial_weight": out.adversarial_weight.item(),
-        "discriminator_loss": out.discriminator_loss.item(),
+        "reconstruction_loss": out.reconstruction_loss.detach(),
+        "generator_loss": out.generator_loss.detach(),
+        "perceptual_loss": out.perceptual_loss.detach(),
+        "adversarial_loss": out.adversarial_loss.detach(),
+        "adversarial_weight": out.adversarial_weight.detach(),
+        "discriminator_loss": out.discriminator_loss.detach(),
     }
     if out.real_logits is not None:
-        metrics["disc_real_logit"] = out.real_logits.mean().item()
-        metrics["disc_fake_logit"] = out.fake_logits.mean().item()
+        metrics["disc_real_logit"] = out.real_logits.mean().detach()
+        metrics["disc_fake_logit"] = out.fake_logits.mean().detach()
     return metrics
 
 
@@ -218,8 +218,8 @@ class ViTVQGANRecipe(Recipe):
         metrics = self.maybe_reinit_dead_codes(model, pixels, step)
         out = model(pixels, step=step)
         metrics.update(_loss_metrics(out))
-        metrics["vq_loss"] = out.vq_loss.item()
-        metrics["perplexity"] = out.perplexity.item()
+        metrics["vq_loss"] = out.vq_loss.detach()
+        metrics["perplexity"] = out.perplexity.detach()
         metrics["codebook_perplexity"] = self._tokenizer(model).quantizer.codebook_perplexity()
         return out.loss, metrics
 
