@@ -27,7 +27,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 FAMILIES = {
     "parti": (PartiPriorRecipe, PartiPriorRecipeConfig, 0),
     "fluid": (FluidRecipe, FluidRecipeConfig, 1),  # the masked positions (their number varies)
-    "muse": (MuseRecipe, MuseRecipeConfig, 3),  # the masked positions; two checks of the code range
+    "muse": (MuseRecipe, MuseRecipeConfig, 2),  # the masked positions, the range of the codes
     "dalle": (DallePriorRecipe, DallePriorRecipeConfig, 4),  # text and image targets; two checks of the id ranges
     # the sequences are written on the host (captions and draws read once each), one read of the image spans, the
     # text targets

@@ -114,7 +114,10 @@ class FluidOutput(ModelOutput):
 class FluidImageTokenInputs:
     """Image-token checks and embedding shared by the two backbones (both have `token_embeddings`)."""
 
-    def check_image_tokens(self, image_tokens: torch.Tensor, name: str = "image_tokens") -> None:
+    def check_image_tokens(self, image_tokens: torch.Tensor, name: str = "image_tokens", values: bool = True) -> None:
+        """Raises unless `image_tokens` are (batch, N, token_dim) float latents (continuous) or (batch, N) integer
+        ids, in [0, image_vocab_size) with `values` (the one check that reads the device: callers whose tokens go
+        on to [`FluidModel.forward`] leave it to it)."""
         c = self.config
         n = c.num_image_tokens
         if c.is_continuous:
@@ -133,7 +136,7 @@ class FluidImageTokenInputs:
                     f"`{name}` must be integer ids (batch, {n}) for discrete Fluid, got {tuple(image_tokens.shape)} "
                     f"{image_tokens.dtype}. Use `encode_images(pixel_values)`."
                 )
-            if outside_range(image_tokens, c.image_vocab_size):
+            if values and outside_range(image_tokens, c.image_vocab_size):
                 raise ValueError(f"`{name}` ids must be in [0, {c.image_vocab_size}).")
 
     def embed_image_tokens(self, image_tokens: torch.Tensor) -> torch.Tensor:
@@ -638,7 +641,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
         return_dict = return_dict if return_dict is not None else c.return_dict
         if image_tokens is None:
             raise ValueError("Pass `image_tokens` (`encode_images(pixel_values)`).")
-        self.model.check_image_tokens(image_tokens)
+        self.model.check_image_tokens(image_tokens, values=False)  # the model's forward checks the values
         batch, length = image_tokens.shape[:2]
         if c.is_causal:
             if mask is not None:

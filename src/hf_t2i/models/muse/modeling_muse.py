@@ -133,7 +133,11 @@ class MuseModel(MusePreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.token_embeddings = value
 
-    def check_image_token_ids(self, image_token_ids: torch.Tensor, name: str = "image_token_ids") -> None:
+    def check_image_token_ids(
+        self, image_token_ids: torch.Tensor, name: str = "image_token_ids", values: bool = True
+    ) -> None:
+        """Raises unless `image_token_ids` are (batch, N) integer codes, in [0, image_vocab_size) with `values` (the
+        one check that reads the device: callers whose codes go on to [`MuseModel.forward`] leave it to it)."""
         n, vocab = self.config.num_image_tokens, self.config.image_vocab_size
         if (
             not isinstance(image_token_ids, torch.Tensor)
@@ -146,7 +150,7 @@ class MuseModel(MusePreTrainedModel):
                 f"`{name}` must be integer codes of shape (batch, {n}) in raster order, got {found}. Use "
                 "`encode_images(pixel_values)`."
             )
-        if outside_range(image_token_ids, vocab):
+        if values and outside_range(image_token_ids, vocab):
             raise ValueError(
                 f"`{name}` must be codes in [0, {vocab}), got values in [{int(image_token_ids.min())}, "
                 f"{int(image_token_ids.max())}]. Mark unknown positions with `mask`, not with the [MASK] id."
@@ -483,7 +487,7 @@ class MuseForConditionalGeneration(MuseGenerationMixin, MusePreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if image_token_ids is None:
             raise ValueError("Pass `image_token_ids` (the image codes, `encode_images(pixel_values)`).")
-        self.model.check_image_token_ids(image_token_ids)
+        self.model.check_image_token_ids(image_token_ids, values=False)  # the model's forward checks the values
         if mask is None and return_loss:
             batch, length = image_token_ids.shape
             mask = cosine_training_mask(batch, length, generator, image_token_ids.device)
