@@ -1,28 +1,28 @@
 """The checkpoints shipped inside the package load offline from their short name and draw a seeded picture of the
 training size, the same picture for the same seed, with real content (not a flat image)."""
 
+import json
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
-from hf_t2i.checkpoints import SHIPPED_CHECKPOINTS, SHIPPED_GUIDANCE_SCALES, resolve_checkpoint
+from hf_t2i.checkpoints import SHIPPED_CHECKPOINTS, resolve_checkpoint
 from hf_t2i.pipelines import T2IPipeline
 
 
 PROMPT = "a red circle left of a blue square"
-# short name -> (pipeline class, image size, call options that keep the test well under 10 s on a 2-core CPU), each
-# drawn at the guidance scale its model card reports (the command line's default for it)
-_FAST = {
+# short name -> (pipeline class, image size, call options that keep the test well under 10 s on a 2-core CPU); no
+# `guidance_scale`: each draws at its folder's `default_guidance_scale`, the scale its model card reports
+SHIPPED = {
     "dalle": ("DallePipeline", 32, {}),
     "parti": ("PartiPipeline", 64, {}),
     "fluid": ("FluidPipeline", 64, {"num_inference_steps": 16, "num_diffusion_steps": 25}),
     "transfusion": ("TransfusionPipeline", 64, {"num_inference_steps": 20}),
     "muse": ("MusePipeline", 64, {}),
     "dalle-emoji": ("DallePipeline", 32, {}),
-}
-SHIPPED = {
-    name: (cls, size, {**options, "guidance_scale": SHIPPED_GUIDANCE_SCALES[name]})
-    for name, (cls, size, options) in _FAST.items()
 }
 
 
@@ -70,7 +70,8 @@ def test_shipped_transfusion_captions_an_image(shipped):
 
 def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path, monkeypatch):
     """`hf-t2i generate` (the README's main command) draws with the shipped Parti at the guidance its card chose on
-    validation unless told; another shipped checkpoint gets its own scale, any other folder the generic one."""
+    validation unless told; another shipped checkpoint gets its own scale (by name or path: the folder names it), a
+    folder that names none the generic one."""
     import functools
 
     from PIL import Image
@@ -78,10 +79,11 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     from hf_t2i.checkpoints import DEFAULT_CHECKPOINT
     from hf_t2i.cli import DEFAULT_GUIDANCE_SCALE, main
     from hf_t2i.pipelines.dalle.pipeline_dalle import DallePipeline
+    from hf_t2i.pipelines.muse.pipeline_muse import MusePipeline
     from hf_t2i.pipelines.parti.pipeline_parti import PartiPipeline
 
     seen = []
-    for cls in (DallePipeline, PartiPipeline):
+    for cls in (DallePipeline, PartiPipeline, MusePipeline):
         original = cls.__call__
 
         @functools.wraps(original)  # keeps the signature the CLI inspects
@@ -94,13 +96,19 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     assert main(["generate", PROMPT, "--output", str(tmp_path / "a.png"), "--upscale", "1"]) == 0
     assert main(["generate", PROMPT, "--output", str(tmp_path / "b.png"), "--guidance-scale", "1"]) == 0
     assert main(["generate", PROMPT, "--model", "dalle", "--output", str(tmp_path / "c.png")]) == 0
-    folder = resolve_checkpoint("dalle")  # the same checkpoint by its path: not a shipped name, the generic scale
-    assert main(["generate", PROMPT, "--model", folder, "--output", str(tmp_path / "d.png")]) == 0
+    assert main(["generate", PROMPT, "--model", resolve_checkpoint("dalle"), "--output", str(tmp_path / "d.png")]) == 0
+    unnamed = tmp_path / "unnamed"  # a copy whose model_index.json names no scale, as an older save
+    shutil.copytree(resolve_checkpoint("muse"), unnamed)
+    index = json.loads((unnamed / "model_index.json").read_text())
+    index["default_guidance_scale"] = None
+    (unnamed / "model_index.json").write_text(json.dumps(index))
+    assert main(["generate", PROMPT, "--model", str(unnamed), "--output", str(tmp_path / "e.png")]) == 0
     assert seen == [
-        ("PartiPipeline", SHIPPED_GUIDANCE_SCALES["parti"]),
+        ("PartiPipeline", folder_scale("parti")),
         ("PartiPipeline", 1.0),
-        ("DallePipeline", SHIPPED_GUIDANCE_SCALES["dalle"]),
-        ("DallePipeline", DEFAULT_GUIDANCE_SCALE),
+        ("DallePipeline", folder_scale("dalle")),
+        ("DallePipeline", folder_scale("dalle")),
+        ("MusePipeline", DEFAULT_GUIDANCE_SCALE),
     ]
     assert Image.open(tmp_path / "a.png").size == (64, 64)
     assert Image.open(tmp_path / "b.png").size == (256, 256)  # upscaled 4x by default
@@ -108,15 +116,25 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
 
 
 def test_every_shipped_checkpoint_is_guided_with_the_scale_its_card_reports():
-    """The command line's scale for each shipped checkpoint is the one its model card's numbers were measured at."""
+    """Each shipped folder's `default_guidance_scale` (what its pipeline and the command line use unless told) is
+    the one its model card's numbers were measured at, and the loaded pipeline uses it."""
     import os
     import re
 
-    assert SHIPPED_GUIDANCE_SCALES.keys() == SHIPPED_CHECKPOINTS.keys()
-    for name, scale in SHIPPED_GUIDANCE_SCALES.items():
+    for name in SHIPPED_CHECKPOINTS:
+        scale = folder_scale(name)
         with open(os.path.join(resolve_checkpoint(name), "README.md"), encoding="utf-8") as f:
             metadata = f.read().split("---")[1]  # the YAML front matter (model-index)
         assert set(re.findall(r"guidance_scale: ([0-9.]+)", metadata)) == {str(scale)}, name
+    pipe = T2IPipeline.from_pretrained(resolve_checkpoint("parti"))
+    assert pipe.config.default_guidance_scale == folder_scale("parti")
+    assert pipe.guidance_scale_or_default(None) == folder_scale("parti") and pipe.guidance_scale_or_default(2) == 2
+
+
+def folder_scale(name: str) -> float:
+    """The `default_guidance_scale` a shipped folder's model_index.json names."""
+    with open(os.path.join(resolve_checkpoint(name), "model_index.json"), encoding="utf-8") as f:
+        return json.load(f)["default_guidance_scale"]
 
 
 def test_every_shipped_checkpoint_shows_its_samples():

@@ -21,16 +21,6 @@ SHIPPED_CHECKPOINTS = {
 #: what `hf-t2i generate` draws with when no `--model` is given: the shipped checkpoint whose pictures follow the
 #: caption best (the README's table of shipped checkpoints)
 DEFAULT_CHECKPOINT = "parti"
-#: the guidance scale each shipped checkpoint draws best with, chosen on the validation split (its model card); the
-#: command line uses it unless `--guidance-scale` is given
-SHIPPED_GUIDANCE_SCALES = {
-    "dalle": 3.0,
-    "parti": 1.5,
-    "fluid": 5.0,
-    "transfusion": 5.0,
-    "muse": 3.0,
-    "dalle-emoji": 3.0,
-}
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
@@ -46,4 +36,4 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
     return name
 
 
-__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "SHIPPED_DIR", "SHIPPED_GUIDANCE_SCALES", "resolve_checkpoint"]
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED_CHECKPOINTS", "SHIPPED_DIR", "resolve_checkpoint"]

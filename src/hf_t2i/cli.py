@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .checkpoints import DEFAULT_CHECKPOINT, SHIPPED_GUIDANCE_SCALES, resolve_checkpoint
+from .checkpoints import DEFAULT_CHECKPOINT, resolve_checkpoint
 
 
-# The shipped checkpoints were trained with caption dropout for guidance and draw far better with it (their model
-# cards); the pipelines' own default stays 1.0 (off), as for a checkpoint trained without caption dropout. A shipped
-# checkpoint is guided with its own scale (`checkpoints.SHIPPED_GUIDANCE_SCALES`), any other folder with this one.
+# The recipes train with caption dropout for guidance, and their checkpoints draw far better with it. A folder that
+# names its own scale (`default_guidance_scale` in model_index.json, as every shipped checkpoint does: the scale its
+# model card chose) is guided with that one, as a call of its pipeline without `guidance_scale` is; the command line
+# guides any other folder with this scale, where the pipelines' own fallback is 1.0 (off).
 DEFAULT_GUIDANCE_SCALE = 3.0
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes at most a 64-bit seed
 MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 100000 would need terabytes
@@ -29,8 +30,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--guidance-scale",
         type=float,
         default=None,
-        help="classifier-free guidance (1 = off); default: the shipped checkpoint's own scale (its model card), "
-        f"{DEFAULT_GUIDANCE_SCALE} for other folders, for pipelines that take it",
+        help="classifier-free guidance (1 = off); default: the folder's own scale (`default_guidance_scale` in its "
+        f"model_index.json: every shipped checkpoint has one), else {DEFAULT_GUIDANCE_SCALE}, for pipelines that take it",
     )
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -62,7 +63,8 @@ def _load_for_sampling(args):
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
-        options["guidance_scale"] = SHIPPED_GUIDANCE_SCALES.get(checkpoint, DEFAULT_GUIDANCE_SCALE)
+        own = pipe.config.get("default_guidance_scale")
+        options["guidance_scale"] = DEFAULT_GUIDANCE_SCALE if own is None else own
     for name, value in options.items():
         if value is not None and name not in accepted:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")
@@ -267,6 +269,13 @@ def _add_export(subparsers) -> None:
     )
     p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     p.add_argument(
+        "--default-guidance-scale",
+        type=float,
+        default=None,
+        help="the guidance scale the card's numbers were measured at, written to model_index.json: the folder's "
+        "pipeline (and generate / eval) use it unless told otherwise (default: keep the source's, if any)",
+    )
+    p.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
         default=None,
@@ -287,7 +296,12 @@ def _run_export(args) -> int:
 
         check_repo_id(args.push_to_hub, "--push-to-hub")  # before the export, not after it
     path = export_checkpoint(
-        args.source, args.destination, args.model_card, getattr(torch, args.dtype), eval_report=args.eval_report
+        args.source,
+        args.destination,
+        args.model_card,
+        getattr(torch, args.dtype),
+        eval_report=args.eval_report,
+        default_guidance_scale=args.default_guidance_scale,
     )
     print(f"exported {args.source} to {path} ({args.dtype})")
     if args.push_to_hub is not None:

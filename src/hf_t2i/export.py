@@ -46,6 +46,7 @@ def export_checkpoint(
     dtype=None,
     *,
     eval_report: str | os.PathLike | dict | list | None = None,
+    default_guidance_scale: float | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
     and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
@@ -58,8 +59,13 @@ def export_checkpoint(
     metadata is completed by `hf_t2i.hub.write_model_card` (`library_name`, `pipeline_tag`, tags, license and the
     `model-index` results of `eval_report`, default `source`'s report.json), its text kept as written.
 
+    `default_guidance_scale` (the scale the card's numbers were measured at) goes into model_index.json: the folder's
+    pipeline, `hf-t2i generate` and `hf-t2i eval` then guide with it unless told otherwise. Without it the source's
+    value (if any) is kept.
+
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
-    `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md`.
+    `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
+    --default-guidance-scale 3`.
     """
     source, destination = os.fspath(source), os.fspath(destination)
     if not os.path.isfile(os.path.join(source, "model_index.json")):
@@ -70,6 +76,8 @@ def export_checkpoint(
     pipe.to(dtype=dtype or torch.float16)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
+    if default_guidance_scale is not None:
+        pipe.register_default_guidance_scale(default_guidance_scale)
     pipe.save_pretrained(destination)
     set_compute_dtype(destination)
     card = model_card if model_card is not None else os.path.join(source, CARD_NAME)

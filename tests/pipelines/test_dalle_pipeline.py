@@ -161,7 +161,7 @@ def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_pa
     dalle_pipeline.save_pretrained(tmp_path / "full")
     card = tmp_path / "card.md"
     card.write_text("# tiny\n")
-    export_checkpoint(tmp_path / "full", tmp_path / "half", model_card=card)
+    export_checkpoint(tmp_path / "full", tmp_path / "half", model_card=card, default_guidance_scale=2.5)
     exported_card = ModelCard.load(tmp_path / "half" / "README.md")  # the card's text kept, its metadata completed
     assert exported_card.text == "# tiny\n" and exported_card.data.library_name == "hf_t2i"
     # the empty caption for stock generate()'s guidance: ids only (a decoder-only prior's pads are never masked)
@@ -179,3 +179,12 @@ def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_pa
     np.testing.assert_allclose(run(reloaded, **greedy), expected, atol=2e-2, rtol=0)
     with pytest.raises(ValueError, match="model_index.json"):
         export_checkpoint(tmp_path / "card.md", tmp_path / "x")
+    # the card's guidance scale is the folder's: a call without `guidance_scale` uses it, an explicit one wins
+    assert json.loads((tmp_path / "half" / "model_index.json").read_text())["default_guidance_scale"] == 2.5
+    assert T2IPipeline.from_pretrained(tmp_path / "full").guidance_scale_or_default(None) == 1.0  # none named
+    np.testing.assert_array_equal(run(reloaded), run(reloaded, guidance_scale=2.5))
+    assert not np.array_equal(run(reloaded), run(reloaded, guidance_scale=1.0))
+    reloaded.save_pretrained(tmp_path / "again")  # kept by a save / load round trip
+    assert T2IPipeline.from_pretrained(tmp_path / "again").config.default_guidance_scale == 2.5
+    with pytest.raises(ValueError, match="default_guidance_scale.*-1"):
+        DallePipeline(reloaded.model, reloaded.processor, default_guidance_scale=-1)

@@ -64,9 +64,9 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         "--guidance-scale",
         type=_guidance_scales,
         default=None,
-        help="default: the pipeline's. Several comma-separated values run a sweep: one report per value in "
-        "OUTPUT_DIR/guidance_<value>/, and sweep.json + sweep.md (a table of the metrics against the scale) in "
-        "OUTPUT_DIR",
+        help="default: the pipeline's (the checkpoint's `default_guidance_scale`). Several comma-separated values "
+        "run a sweep: one report per value in OUTPUT_DIR/guidance_<value>/, and sweep.json + sweep.md (a table of the "
+        "metrics against the scale) in OUTPUT_DIR",
     )
     p.add_argument(
         "--num-candidates",

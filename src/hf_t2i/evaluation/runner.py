@@ -326,7 +326,8 @@ def evaluate_pipeline(
         seed: seed of the one generator all images are drawn from.
         scorer_path: a `clip_scorer` folder, for "clip" and "retrieval" (or pass `scorer` + `scorer_processor`).
         output_dir: where `report.json` and `grid.png` go (None: write nothing).
-        guidance_scale: passed to the pipeline when given (else the pipeline's default).
+        guidance_scale: passed to the pipeline; default: the pipeline's (the checkpoint's `default_guidance_scale`),
+            which the report records.
         metrics: a subset of `METRICS` (list or comma-separated); None: all that apply.
         data_dir: emoji npm cache folder / imagefolder path.
         data_seed: dataset seed, as in training.
@@ -367,6 +368,8 @@ def evaluate_pipeline(
 
         scorer, scorer_processor = load_scorer(scorer_path)
     pipe, model_path = _load_pipeline(pipe, device)
+    if guidance_scale is None and hasattr(pipe, "guidance_scale_or_default"):
+        guidance_scale = pipe.guidance_scale_or_default(None)  # the checkpoint's own, recorded in the report
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None) or torch.device("cpu")
     if scorer is not None:
         scorer.to(device)

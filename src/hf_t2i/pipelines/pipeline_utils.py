@@ -68,6 +68,30 @@ class T2IPipeline(DiffusionPipeline):
 
     #: the tensors `callback_on_step_end` may ask for (diffusers' convention): the image tokens / latents being drawn
     _callback_tensor_inputs = ["latents"]
+    #: `guidance_scale` when a call passes none and the checkpoint names no `default_guidance_scale`
+    fallback_guidance_scale: float = 1.0
+
+    def register_default_guidance_scale(self, default_guidance_scale: float | None) -> None:
+        """Record the checkpoint's guidance scale (the one its model card's numbers were measured at) in the
+        pipeline's config, so that `save_pretrained` writes it to model_index.json and `from_pretrained` passes it
+        back; a call without `guidance_scale` uses it."""
+        value = default_guidance_scale
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1e4
+        ):
+            raise ValueError(
+                f"`default_guidance_scale` must be a number in [0, 1e4] or None (no default: "
+                f"{self.fallback_guidance_scale}), got {value!r}."
+            )
+        self.register_to_config(default_guidance_scale=None if value is None else float(value))
+
+    def guidance_scale_or_default(self, guidance_scale: float | None) -> float:
+        """`guidance_scale` when given, else the checkpoint's `default_guidance_scale` (model_index.json), else
+        `fallback_guidance_scale`."""
+        if guidance_scale is not None:
+            return guidance_scale
+        default = self.config.get("default_guidance_scale")
+        return self.fallback_guidance_scale if default is None else default
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):

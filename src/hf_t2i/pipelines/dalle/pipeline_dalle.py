@@ -47,9 +47,11 @@ class DallePipeline(AutoregressiveT2IPipeline):
         processor: DalleProcessor,
         scorer=None,
         scorer_processor=None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(model=model, processor=processor, scorer=scorer, scorer_processor=scorer_processor)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -59,7 +61,7 @@ class DallePipeline(AutoregressiveT2IPipeline):
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -84,7 +86,8 @@ class DallePipeline(AutoregressiveT2IPipeline):
             height, width: must be unset or equal to the dVAE's `image_size` (DALL-E draws one size).
             num_images_per_prompt: images returned per prompt; prompts x images (x `num_candidates` when
                 reranking) is at most `max_images_per_call` (256) per call.
-            guidance_scale: classifier-free guidance on the token logits, in [0, 1e4]; 1.0 disables it.
+            guidance_scale: classifier-free guidance on the token logits, in [0, 1e4]; 1.0 disables it. Default: the
+                checkpoint's `default_guidance_scale` (model_index.json; the scale its model card chose), else 1.0.
             guidance_schedule: "constant", or "linear" from 1 to `guidance_scale` over the image tokens.
             temperature, top_k, top_p, min_p: sampling filters (transformers semantics).
             do_sample: sample (True) or decode greedily.
@@ -109,6 +112,7 @@ class DallePipeline(AutoregressiveT2IPipeline):
             [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
         # 1. Check inputs
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)

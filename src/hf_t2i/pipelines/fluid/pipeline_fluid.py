@@ -57,6 +57,7 @@ class FluidPipeline(T2IPipeline):
         model: FluidForConditionalGeneration,
         processor: FluidProcessor | None = None,
         scheduler: SchedulerMixin | None = None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         if scheduler is None and model.config.is_continuous:
@@ -64,6 +65,7 @@ class FluidPipeline(T2IPipeline):
                 DiffusionHeadScheduler.from_config(model.scheduler.config)
             )
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -74,7 +76,7 @@ class FluidPipeline(T2IPipeline):
         width: int | None = None,
         num_images_per_prompt: int = 1,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
         temperature: float = 1.0,
         num_diffusion_steps: int | None = None,
@@ -104,7 +106,8 @@ class FluidPipeline(T2IPipeline):
                 `max_images_per_call` (256) per call.
             num_inference_steps: random order: generation iterations (default 64, or the number of image tokens when
                 smaller); raster order: None (one step per token).
-            guidance_scale: classifier-free guidance scale, in [0, 1e4] (1 = off).
+            guidance_scale: classifier-free guidance scale, in [0, 1e4] (1 = off). Default: the checkpoint's
+                `default_guidance_scale` (model_index.json; the scale its model card chose), else 1.0.
             guidance_schedule: "constant" or "linear" (random order: linear in the share of revealed tokens, MAR's;
                 raster order: from 1 at the first token to `guidance_scale` at the last).
             temperature: continuous: the diffusion head's noise temperature (>= 0; a solver other than
@@ -135,6 +138,7 @@ class FluidPipeline(T2IPipeline):
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
         # 1. Check inputs
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         model = self.model
         self.check_num_images(num_images_per_prompt)
         settings = model.check_sampling(

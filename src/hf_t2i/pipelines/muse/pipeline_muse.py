@@ -32,9 +32,15 @@ class MusePipeline(T2IPipeline):
     model_cpu_offload_seq = "model"
     text_input_names = ("input_ids", "attention_mask")
 
-    def __init__(self, model: MuseForConditionalGeneration, processor: MuseProcessor):
+    def __init__(
+        self,
+        model: MuseForConditionalGeneration,
+        processor: MuseProcessor,
+        default_guidance_scale: float | None = None,
+    ):
         super().__init__()
         self.register_modules(model=model, processor=processor)
+        self.register_default_guidance_scale(default_guidance_scale)
         self._known = None
 
     @property
@@ -51,7 +57,7 @@ class MusePipeline(T2IPipeline):
         width: int | None = None,
         num_images_per_prompt: int = 1,
         num_inference_steps: int | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -79,7 +85,8 @@ class MusePipeline(T2IPipeline):
             num_images_per_prompt: images per caption; captions x images is at most
                 `max_images_per_call` (256) per call.
             num_inference_steps: decoding iterations (default: the model config's, 12, at most the image tokens).
-            guidance_scale: classifier-free guidance scale on the logits, in [0, 1e4] (1 = off).
+            guidance_scale: classifier-free guidance scale on the logits, in [0, 1e4] (1 = off). Default: the
+                checkpoint's `default_guidance_scale` (model_index.json; the scale its model card chose), else 1.0.
             guidance_schedule: "constant" or "linear" (linear in the share of tokens known after each iteration,
                 Muse section 2.7).
             temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
@@ -106,6 +113,7 @@ class MusePipeline(T2IPipeline):
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
         # 1. Check inputs
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         model = self.model
         text_embeds = {
             "prompt_embeds": prompt_embeds,

@@ -43,11 +43,13 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         upsampler=None,
         scorer=None,
         scorer_processor=None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         self.register_modules(
             model=model, processor=processor, upsampler=upsampler, scorer=scorer, scorer_processor=scorer_processor
         )
+        self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -57,7 +59,7 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         height: int | None = None,
         width: int | None = None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
         temperature: float = 1.0,
         top_k: int | None = None,
@@ -104,6 +106,7 @@ class PartiPipeline(AutoregressiveT2IPipeline):
             image_size, decode = image_size * self.upsampler.config.scale_factor, self.upsampler.decode
 
         # 1. Check inputs
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         num_prompts = self.check_prompt_inputs(
             prompt,
             negative_prompt,

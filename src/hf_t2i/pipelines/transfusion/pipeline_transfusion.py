@@ -44,6 +44,7 @@ class TransfusionPipeline(T2IPipeline):
     model_cpu_offload_seq = "model"
     _optional_components = ["scheduler"]
     text_input_names = ("input_ids", "attention_mask")
+    fallback_guidance_scale = 3.0
     prompt_embeds_unsupported = (
         "Transfusion has no separate text encoder: the caption's tokens run through the same transformer as the image "
         "patches (the cached prefix `<s> caption </s> <boi>`), so there is no text-encoder output to precompute."
@@ -54,11 +55,13 @@ class TransfusionPipeline(T2IPipeline):
         model: TransfusionForConditionalGeneration,
         processor: TransfusionProcessor,
         scheduler: SchedulerMixin | None = None,
+        default_guidance_scale: float | None = None,
     ):
         super().__init__()
         if scheduler is None:
             scheduler = saved_scheduler(model) or model.make_scheduler("ddim")
         self.register_modules(model=model, processor=processor, scheduler=scheduler)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     def encode_text(self, prompts: list[str], truncation: bool, argument: str):
         """`<s> caption </s> <boi>` ids and their mask (left-padded), as diffusion mode starts from."""
@@ -72,7 +75,7 @@ class TransfusionPipeline(T2IPipeline):
         height: int | None = None,
         width: int | None = None,
         num_inference_steps: int = 30,
-        guidance_scale: float = 3.0,
+        guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
@@ -92,7 +95,9 @@ class TransfusionPipeline(T2IPipeline):
                 caption dropout trained).
             height, width: must be unset or equal to the model's `image_size`.
             num_inference_steps: denoising steps of the scheduler.
-            guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it.
+            guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it. Default:
+                the checkpoint's `default_guidance_scale` (model_index.json; the scale its model card chose), else
+                3.0.
             num_images_per_prompt: images returned per prompt; prompts x images is at most `max_images_per_call`
                 (256) per call.
             generator: the only source of randomness: one `torch.Generator` for the whole call (the same seed gives
@@ -115,6 +120,7 @@ class TransfusionPipeline(T2IPipeline):
             [`T2IPipelineOutput`] with `images`, or `(images,)`.
         """
         # 1. Check inputs
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
