@@ -28,7 +28,7 @@ FAMILIES = {
     "parti": (PartiPriorRecipe, PartiPriorRecipeConfig, 0),
     "fluid": (FluidRecipe, FluidRecipeConfig, 1),  # the masked positions (their number varies)
     "muse": (MuseRecipe, MuseRecipeConfig, 2),  # the masked positions, the range of the codes
-    "dalle": (DallePriorRecipe, DallePriorRecipeConfig, 4),  # text and image targets; two checks of the id ranges
+    "dalle": (DallePriorRecipe, DallePriorRecipeConfig, 2),  # the ranges of the text ids and the image ids
     # the sequences are written on the host (captions and draws read once each), one read of the image spans, the
     # text targets
     "transfusion": (TransfusionRecipe, TransfusionRecipeConfig, 4),

@@ -60,7 +60,6 @@ from ...modeling_utils import (
     output_flags,
     outside_range,
     renamed_cache_argument,
-    true_positions,
 )
 from ..image_tokenizers import DalleDVAE, DallePytorchDVAE, build_image_tokenizer
 from .configuration_dalle import DalleConfig
@@ -72,8 +71,8 @@ class DalleCausalLMOutput(CausalLMOutputWithPast):
     """[`CausalLMOutputWithPast`] plus the two weighted terms of the loss.
 
     Args:
-        text_loss: mean cross-entropy over text targets (unweighted).
-        image_loss: mean cross-entropy over image targets (unweighted).
+        text_loss: mean cross-entropy over text targets (unweighted; 0 when the labels hold none).
+        image_loss: mean cross-entropy over image targets (unweighted; 0 when the labels hold none).
     """
 
     text_loss: torch.Tensor | None = None
@@ -448,29 +447,35 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
 
     def loss(
         self, logits: torch.Tensor, labels: torch.Tensor, start: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Weighted text + image cross-entropy (paper: 1/8 and 7/8) of next-token predictions."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weighted text + image cross-entropy (paper: 1/8 and 7/8) of next-token predictions: (loss, text loss,
+        image loss)."""
         if labels.shape != logits.shape[:2]:
             raise ValueError(
                 f"`labels` must have the shape of `input_ids` {tuple(logits.shape[:2])}, got {tuple(labels.shape)}."
             )
         config = self.config
         logits, targets = logits[:, :-1].float(), labels[:, 1:]
-        positions = torch.arange(start + 1, start + labels.shape[1], device=labels.device)
-        valid = targets != -100
-        is_image = (positions >= config.text_seq_len)[None].expand_as(targets)
+        # target j sits at position start + 1 + j: the first `split` are text positions, the rest image positions
+        split = max(0, min(config.text_seq_len - start - 1, targets.shape[1]))
+        text = (logits[:, :split], targets[:, :split], config.text_loss_weight, 0, config.text_vocab_size)
+        image = (
+            logits[:, split:],
+            targets[:, split:],
+            config.image_loss_weight,
+            config.text_vocab_size,
+            config.image_vocab_size,
+        )
         total = logits.new_zeros(())
         terms = []
-        for select, weight, offset, vocab in (
-            (valid & ~is_image, config.text_loss_weight, 0, config.text_vocab_size),
-            (valid & is_image, config.image_loss_weight, config.text_vocab_size, config.image_vocab_size),
-        ):
-            where = true_positions(select)
-            if not where.numel():
-                terms.append(None)
-                continue
-            chosen = logits.flatten(0, 1)[where][:, offset : offset + vocab]
-            term = F.cross_entropy(chosen, targets.flatten()[where] - offset)
+        for part, part_targets, weight, offset, vocab in (text, image):
+            # a mean over the targets that are not -100 (0 without any), with nothing read from the device
+            valid = part_targets != -100
+            shifted = (part_targets - offset).masked_fill(~valid, -100)
+            summed = F.cross_entropy(
+                part[..., offset : offset + vocab].flatten(0, 1), shifted.flatten(), ignore_index=-100, reduction="sum"
+            )
+            term = summed / valid.sum().clamp(min=1)
             terms.append(term)
             total = total + weight * term
         return total, terms[0], terms[1]
