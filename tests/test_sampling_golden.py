@@ -39,7 +39,7 @@ CASES = {
     ),
     "parti-guided": ("parti", {"guidance_scale": 3.0}),
     "parti-linear-topp": ("parti", {"guidance_scale": 3.0, "guidance_schedule": "linear", "top_p": 0.9}),
-    # the shipped head sampler (DPM-Solver++, 15 steps), then the head's own ancestral DDPM (MAR's sampler)
+    # the shipped head sampler and steps (its DDPM, the folder's `num_diffusion_steps`), then shorter DDPM runs
     "fluid-default": ("fluid", {"guidance_scale": 3.0}),
     "fluid-guided": (
         "fluid",
