@@ -72,7 +72,7 @@ from hf_t2i.models.fluid import small_vae_config
 STEPS = 64
 QUICK_STEPS = 16  # --quick: both sides at 16 iterations, a quarter of the work
 HEAD_STEPS = (100, 25)  # the diffusion head's reverse steps per revealed token: the paper's, and a faster setting
-SOLVER_STEPS = 15  # DPM-Solver++ head steps: the shipped `fluid` checkpoint's default sampler
+SOLVER_STEPS = 15  # DPM-Solver++ head steps: the 32 px `fluid` checkpoint's default (the 64 px one: DDPM 50)
 TOP_K = 64
 GUIDANCE = 3.0
 MUSE_VERSION = "0.3.5"
@@ -223,7 +223,7 @@ def continuous_key(head_steps: int, solver: bool = False) -> str:
 def plan(mode: str, batches: list[int]) -> list[Cell]:
     """The cells of a run, all guided at `GUIDANCE`. Full and smoke: per batch, the continuous rows at each of
     `HEAD_STEPS` (DDPM) and with DPM-Solver++ at `SOLVER_STEPS`, the discrete row and muse-maskgit, at `STEPS`
-    iterations. Quick: the continuous row with the shipped default head sampler (DPM-Solver++, `SOLVER_STEPS`) and
+    iterations. Quick: the continuous row with the fast head sampler (DPM-Solver++, `SOLVER_STEPS`) and
     muse-maskgit, both at `QUICK_STEPS` iterations (equal iterations, a quarter of the work)."""
     solver = continuous_key(SOLVER_STEPS, solver=True)
     if mode == "quick":
