@@ -22,10 +22,10 @@ from .remote_code import auto_class_registration_ignored, write_model_remote_cod
 renamed_cache_argument = deprecate_kwarg("past_key_values", version="5.40.0", new_name="cache")
 
 
-def outside_range(values: torch.Tensor, high: int, low: int = 0) -> bool:
-    """Whether any of `values` lies outside [low, high); False when empty. One read from the device, where
-    `values.min() < low or values.max() >= high` makes the host wait for it twice."""
-    return bool(values.numel()) and bool(((values < low) | (values >= high)).any())
+def outside_range(values: torch.Tensor, high: int) -> bool:
+    """Whether any of `values` lies outside [0, high); False when empty. One read from the device, where
+    `values.min() < 0 or values.max() >= high` makes the host wait for it twice."""
+    return bool(values.numel()) and bool(((values < 0) | (values >= high)).any())
 
 
 def true_positions(mask: torch.Tensor, count: int | None = None) -> torch.Tensor:

@@ -65,3 +65,23 @@ def test_a_training_step_waits_for_the_device_a_fixed_few_times(family, tmp_path
 
 def batch_rows(batch) -> int:
     return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+def test_the_counter_sees_each_kind_of_wait_and_leaves_the_optimizer_out(monkeypatch):
+    """Without this, a counter that saw nothing would pass every budget above."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from _waits import HostWaits
+
+    x = torch.arange(6.0)
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.ones(3)
+    optimizer = torch.optim.AdamW([parameter])
+    with HostWaits() as waits:
+        x.sum().item()
+        x.tolist()
+        bool(x.any())
+        x[x > 2]
+        x.nonzero()
+        optimizer.step()  # reads its CPU step counter with `.item()`: not a wait
+        optimizer.step()
+    assert waits.total == 5, dict(waits.counts)

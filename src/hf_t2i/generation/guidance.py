@@ -27,6 +27,19 @@ GUIDANCE_SCHEDULES = ("constant", "linear")
 MAX_GUIDANCE_SCALE = 1e4
 
 
+def check_guidance_scale(scale, argument: str = "guidance_scale") -> None:
+    """A `ValueError` naming `argument` unless `scale` is a finite number in [0, `MAX_GUIDANCE_SCALE`]."""
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or not 0 <= scale <= MAX_GUIDANCE_SCALE
+    ):
+        raise ValueError(
+            f"`{argument}` must be a finite number in [0, {MAX_GUIDANCE_SCALE:g}] (1.0 = off), got {scale!r}."
+        )
+
+
 @dataclass(frozen=True)
 class ClassifierFreeGuidance:
     """Guidance settings and the operations every decoding loop needs: batch doubling, the scale at a step, the
@@ -42,16 +55,7 @@ class ClassifierFreeGuidance:
     schedule: str = "constant"
 
     def __post_init__(self):
-        if (
-            isinstance(self.scale, bool)
-            or not isinstance(self.scale, (int, float))
-            or not math.isfinite(self.scale)
-            or not 0 <= self.scale <= MAX_GUIDANCE_SCALE
-        ):
-            raise ValueError(
-                f"`guidance_scale` must be a finite number in [0, {MAX_GUIDANCE_SCALE:g}] (1.0 = off), got "
-                f"{self.scale!r}."
-            )
+        check_guidance_scale(self.scale)
         if self.schedule not in GUIDANCE_SCHEDULES:
             raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}.")
 
@@ -121,4 +125,4 @@ class ClassifierFreeGuidance:
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
 
-__all__ = ["GUIDANCE_SCHEDULES", "MAX_GUIDANCE_SCALE", "ClassifierFreeGuidance"]
+__all__ = ["GUIDANCE_SCHEDULES", "MAX_GUIDANCE_SCALE", "ClassifierFreeGuidance", "check_guidance_scale"]

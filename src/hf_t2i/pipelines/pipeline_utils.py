@@ -23,6 +23,7 @@ import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 from huggingface_hub import snapshot_download
 
+from ..generation.guidance import check_guidance_scale
 from ..generation.sampling import Generators
 from ..hub import HUB_ARGUMENTS, push_folder_to_hub
 from ..image_processing import OUTPUT_TYPES as IMAGE_OUTPUT_TYPES
@@ -75,15 +76,10 @@ class T2IPipeline(DiffusionPipeline):
         """Record the checkpoint's guidance scale (the one its model card's numbers were measured at) in the
         pipeline's config, so that `save_pretrained` writes it to model_index.json and `from_pretrained` passes it
         back; a call without `guidance_scale` uses it."""
-        value = default_guidance_scale
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1e4
-        ):
-            raise ValueError(
-                f"`default_guidance_scale` must be a number in [0, 1e4] or None (no default: "
-                f"{self.fallback_guidance_scale}), got {value!r}."
-            )
-        self.register_to_config(default_guidance_scale=None if value is None else float(value))
+        if default_guidance_scale is not None:
+            check_guidance_scale(default_guidance_scale, "default_guidance_scale")
+            default_guidance_scale = float(default_guidance_scale)
+        self.register_to_config(default_guidance_scale=default_guidance_scale)
 
     def guidance_scale_or_default(self, guidance_scale: float | None) -> float:
         """`guidance_scale` when given, else the checkpoint's `default_guidance_scale` (model_index.json), else
