@@ -1,7 +1,7 @@
 """A training step must not make the host wait for the accelerator more than a few times, whatever the batch size.
 
 On a GPU, `.item()`, `.tolist()`, `bool(tensor)` and boolean-mask indexing each wait until the device has finished
-all queued work. Transfusion's recipe used to wait per row (about 2 x batch + 12 times a step); on an H200 shared
+all queued work. Transfusion's recipe used to wait per row (2 x batch + 16 times a step); on an H200 shared
 with four other trainings it ran 15x slower than alone, where the other recipes lost about 2x (the likely cause; not
 measured apart). The tensors here are on the CPU, so this counts the calls that would wait on a GPU, with
 benchmarks/_waits.py (the optimizer's `.item()` reads CPU step counters and does not wait)."""
