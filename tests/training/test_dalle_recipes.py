@@ -78,6 +78,46 @@ def test_prior_recipe_exports_a_working_pipeline(dvae_dir, tmp_path):
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - images[0]).max() <= 1 / 255 + 1e-6
 
 
+def test_decoder_fine_tune_keeps_the_encoder_and_lowers_the_argmax_reconstruction_loss(dvae_dir, tmp_path):
+    """`train_encoder=False` continues a trained dVAE, training its decoder alone on the codes `encode` gives."""
+    from hf_t2i.models.dalle_dvae import DalleDVAE
+
+    before = DalleDVAE.from_pretrained(dvae_dir)
+    config = DalleDVAERecipeConfig(**DATA, pretrained_model_name_or_path=str(dvae_dir), train_encoder=False)
+    config.hidden_size = 99  # a size flag the pretrained model overrides, with a warning
+    recipe = DalleDVAERecipe(config)
+    assert (config.hidden_size, config.vocab_size) == (8, 32)
+    pixels = torch.stack([recipe.build_eval_dataset()[i]["pixel_values"] for i in range(8)])
+
+    def argmax_loss(model):
+        with torch.no_grad():
+            return model(pixels, sample_codes=False).reconstruction_loss.item()
+
+    train(recipe, run_config(tmp_path, max_steps=8, learning_rate=3e-3, lr_warmup_steps=0, ema_decay=None))
+    after = DalleDVAE.from_pretrained(tmp_path / "final")
+    for name, value in before.encoder.state_dict().items():
+        assert torch.equal(after.encoder.state_dict()[name], value), name
+    assert any(not torch.equal(after.decoder.state_dict()[n], v) for n, v in before.decoder.state_dict().items())
+    assert argmax_loss(after) < argmax_loss(before)
+
+
+def test_argmax_codes_decode_what_encode_and_decode_give(dvae_dir):
+    from hf_t2i.models.dalle_dvae import DalleDVAE
+
+    model = DalleDVAE.from_pretrained(dvae_dir).eval()
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        out = model(pixels, sample_codes=False)
+        torch.testing.assert_close(out.reconstruction, model.decode(model.encode(pixels)))
+
+
+def test_decoder_fine_tune_needs_a_trained_dvae(tmp_path):
+    with pytest.raises(ValueError, match="train_encoder=False.*pretrained_model_name_or_path"):
+        DalleDVAERecipe(DalleDVAERecipeConfig(**DATA, train_encoder=False))
+    with pytest.raises(ValueError, match="is not a DalleDVAE folder"):
+        DalleDVAERecipe(DalleDVAERecipeConfig(**DATA, pretrained_model_name_or_path=str(tmp_path)))
+
+
 def test_prior_recipe_requires_a_dvae():
     with pytest.raises(ValueError, match="dvae_path"):
         DallePriorRecipe(DallePriorRecipeConfig())

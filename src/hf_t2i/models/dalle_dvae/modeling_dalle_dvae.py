@@ -286,6 +286,7 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
         generator: torch.Generator | None = None,
         straight_through: bool = False,
         diversity_weight: float = 0.0,
+        sample_codes: bool = True,
         return_dict: bool = True,
     ) -> DalleDVAEOutput | tuple:
         """Training pass with the Gumbel-softmax relaxation.
@@ -301,17 +302,24 @@ class DalleDVAE(DalleDVAEPreTrainedModel):
                 uniform prior penalises *confident* codes, not *few* codes; on small, sparse data (our 32px shapes)
                 the encoder then settles on a handful of codes. Maximising the entropy of the batch-averaged code
                 distribution, as wav2vec 2.0's codebook diversity loss does, keeps the codebook in use.
+            sample_codes: False decodes the one-hot of the logits' argmax, the codes `encode` gives the prior, with
+                no Gumbel noise and no gradient reaching the encoder through them (`temperature` and
+                `straight_through` then have no effect): fine-tuning the decoder alone on exactly what it decodes at
+                inference. A relaxed sample of a spread-out posterior often names another code than the argmax.
         """
         if temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {temperature}.")
         logits = self.get_logits(pixel_values)  # (B, K, h, w)
-        uniform = rand_like_on(tuple(logits.shape), generator, logits.device).clamp_(1e-10, 1 - 1e-7)
-        gumbel = -torch.log(-torch.log(uniform))
-        soft_codes = torch.softmax((logits.float() + gumbel) / temperature, dim=1).to(logits.dtype)
-        if straight_through:
-            hard = F.one_hot(soft_codes.argmax(dim=1), self.config.vocab_size).permute(0, 3, 1, 2).to(soft_codes.dtype)
-            soft_codes = hard + soft_codes - soft_codes.detach()
-        stats = self.decoder(soft_codes)
+        if sample_codes:
+            uniform = rand_like_on(tuple(logits.shape), generator, logits.device).clamp_(1e-10, 1 - 1e-7)
+            gumbel = -torch.log(-torch.log(uniform))
+            soft_codes = torch.softmax((logits.float() + gumbel) / temperature, dim=1).to(logits.dtype)
+            if straight_through:
+                hard = F.one_hot(soft_codes.argmax(dim=1), self.config.vocab_size).permute(0, 3, 1, 2)
+                soft_codes = hard.to(soft_codes.dtype) + soft_codes - soft_codes.detach()
+            stats = self.decoder(soft_codes)
+        else:
+            stats = self.decoder.forward_ids(logits.argmax(dim=1))
         reconstruction_loss = self.reconstruction_nll(stats, pixel_values)
 
         log_q = torch.log_softmax(logits.float(), dim=1)

@@ -4,7 +4,9 @@
   and KL weight beta = 6.6 (appendix A.2). The paper raises beta from 0 over the first 5000 updates; on our small
   models that warm-up lets the encoder collapse onto one or two codes within ~30 Adam steps (measured on shapes
   at 32 px: KL pinned at 64 ln 1024, 2 codes used), while beta = 6.6 from the first step keeps the codebook in use,
-  so `kl_warmup_steps` defaults to 0.
+  so `kl_warmup_steps` defaults to 0. `--pretrained-model-name-or-path DIR --no-train-encoder` continues a trained
+  dVAE with its encoder frozen, training the decoder on the argmax codes that `encode` gives the prior instead of
+  Gumbel samples (not in the paper; with a spread-out posterior the two differ at most positions).
 - `dalle_prior`: the transformer on `[caption BPE ; image tokens]`, with the image tokens of every training image
   pre-encoded ONCE by the frozen dVAE (argmax, no Gumbel noise) and cached on disk with `datasets.map`.
   Captions are dropped with probability `caption_dropout` so classifier-free guidance works at sampling time.
@@ -26,6 +28,7 @@ from .common import (
     load_image_text_splits,
     reconstruction_metrics_on,
     stack_column,
+    warn_ignored_settings,
     with_pixel_values,
 )
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
@@ -48,6 +51,20 @@ class DalleDVAERecipeConfig(ImageTextDataConfig):
     diversity_weight: float = field(
         default=0.0, metadata={"help": "weight of the codebook-usage entropy term (0 = the paper; see DalleDVAE)"}
     )
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue from a trained DalleDVAE (a folder that `hf-t2i train` wrote, or a Hub id): its weights, "
+            "architecture and image size are used, and the size arguments are ignored"
+        },
+    )
+    train_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "train the encoder too; --no-train-encoder freezes it and fine-tunes the decoder alone on the "
+            "argmax codes that `encode` gives the prior (no Gumbel noise), from --pretrained-model-name-or-path"
+        },
+    )
 
 
 @register_recipe
@@ -65,10 +82,50 @@ class DalleDVAERecipe(Recipe):
         "lr_warmup_steps": 100,
     }
 
+    def __init__(self, config=None):
+        super().__init__(config)
+        self.pretrained_model = None
+        c = self.config
+        if c.pretrained_model_name_or_path:
+            self.pretrained_model = self._load_pretrained(c.pretrained_model_name_or_path)
+        elif not c.train_encoder:
+            raise ValueError(
+                "`train_encoder=False` fine-tunes the decoder of a trained dVAE on its frozen encoder's codes, but no "
+                "`pretrained_model_name_or_path` names one: pass the folder of a trained DalleDVAE."
+            )
+
+    def _load_pretrained(self, name: str):
+        from ...models.dalle_dvae import DalleDVAE
+
+        try:
+            model = DalleDVAE.from_pretrained(name, dtype=torch.float32)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ValueError(
+                f"`pretrained_model_name_or_path` {name!r} is not a DalleDVAE folder that `{self.name}` can continue "
+                f"from ({type(error).__name__}: {error})."
+            ) from error
+        c, m = self.config, model.config
+        kept = {
+            "image_size": m.image_size,
+            "vocab_size": m.vocab_size,
+            "hidden_size": m.hidden_size,
+            "channel_multipliers": ",".join(str(k) for k in m.channel_multipliers),
+            "num_blocks_per_group": m.num_blocks_per_group,
+            "reconstruction_loss": m.reconstruction_loss,
+        }
+        warn_ignored_settings(c, kept, name)
+        for setting, value in kept.items():
+            setattr(c, setting, value)
+        return model
+
     def build_model(self):
         from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig
 
         c = self.config
+        if self.pretrained_model is not None:
+            model = self.pretrained_model
+            model.encoder.requires_grad_(c.train_encoder)
+            return model
         multipliers = [int(m) for m in c.channel_multipliers.split(",")]
         config = DalleDVAEConfig(
             image_size=c.image_size,
@@ -107,6 +164,7 @@ class DalleDVAERecipe(Recipe):
             generator=generator,
             straight_through=self.config.straight_through,
             diversity_weight=self.config.diversity_weight,
+            sample_codes=self.config.train_encoder,
         )
         metrics = {
             "reconstruction_loss": out.reconstruction_loss.detach(),
@@ -115,7 +173,8 @@ class DalleDVAERecipe(Recipe):
             "temperature": temperature,
             "kl_weight": kl_weight,
         }
-        return out.loss, metrics
+        # A frozen encoder takes no gradient from the KL and diversity terms: the loss is the reconstruction alone.
+        return (out.loss if self.config.train_encoder else out.reconstruction_loss), metrics
 
     def evaluate(self, model, step):
         return reconstruction_metrics_on(model, self.build_eval_dataset())
