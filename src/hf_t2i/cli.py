@@ -63,8 +63,7 @@ def _load_for_sampling(args):
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
-        own = pipe.config.get("default_guidance_scale")
-        options["guidance_scale"] = DEFAULT_GUIDANCE_SCALE if own is None else own
+        options["guidance_scale"] = pipe.guidance_scale_or_default(None, fallback=DEFAULT_GUIDANCE_SCALE)
     for name, value in options.items():
         if value is not None and name not in accepted:
             raise ValueError(f"--{name.replace('_', '-')} does not apply to {type(pipe).__name__}.")

@@ -181,7 +181,9 @@ def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_pa
         export_checkpoint(tmp_path / "card.md", tmp_path / "x")
     # the card's guidance scale is the folder's: a call without `guidance_scale` uses it, an explicit one wins
     assert json.loads((tmp_path / "half" / "model_index.json").read_text())["default_guidance_scale"] == 2.5
-    assert T2IPipeline.from_pretrained(tmp_path / "full").guidance_scale_or_default(None) == 1.0  # none named
+    unnamed = T2IPipeline.from_pretrained(tmp_path / "full")  # a folder that names no scale
+    assert unnamed.guidance_scale_or_default(None) == 1.0 and unnamed.guidance_scale_or_default(None, 3.0) == 3.0
+    assert reloaded.guidance_scale_or_default(None, fallback=3.0) == 2.5  # the folder's scale comes first
     np.testing.assert_array_equal(run(reloaded), run(reloaded, guidance_scale=2.5))
     assert not np.array_equal(run(reloaded), run(reloaded, guidance_scale=1.0))
     reloaded.save_pretrained(tmp_path / "again")  # kept by a save / load round trip

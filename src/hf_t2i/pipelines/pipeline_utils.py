@@ -81,13 +81,15 @@ class T2IPipeline(DiffusionPipeline):
             default_guidance_scale = float(default_guidance_scale)
         self.register_to_config(default_guidance_scale=default_guidance_scale)
 
-    def guidance_scale_or_default(self, guidance_scale: float | None) -> float:
+    def guidance_scale_or_default(self, guidance_scale: float | None, fallback: float | None = None) -> float:
         """`guidance_scale` when given, else the checkpoint's `default_guidance_scale` (model_index.json), else
-        `fallback_guidance_scale`."""
+        `fallback` when given, else the family's `fallback_guidance_scale`."""
         if guidance_scale is not None:
             return guidance_scale
         default = self.config.get("default_guidance_scale")
-        return self.fallback_guidance_scale if default is None else default
+        if default is not None:
+            return default
+        return self.fallback_guidance_scale if fallback is None else fallback
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
