@@ -84,7 +84,7 @@ def test_build_demo_offers_a_prompt_seed_guidance_and_one_picture_per_checkpoint
 
 def test_generate_draws_the_pipelines_picture_and_the_seed_decides_it(shipped_dalle):
     image = shipped_dalle.generate("dalle", "  two red circles ", seed=3, guidance_scale=3.0)
-    assert image.size == (32, 32) and image.mode == "RGB"
+    assert image.size == (64, 64) and image.mode == "RGB"
     pipe = shipped_dalle.pipeline("dalle")
     direct = pipe("two red circles", guidance_scale=3.0, generator=torch.Generator().manual_seed(3)).images[0]
     np.testing.assert_array_equal(np.asarray(image), np.asarray(direct))  # what `hf-t2i generate` draws
@@ -100,7 +100,7 @@ def test_generate_draws_the_pipelines_picture_and_the_seed_decides_it(shipped_da
 def test_draw_shows_the_picture_upscaled_pixel_for_pixel(shipped_dalle):
     draw = draw_function(shipped_dalle, "dalle")
     shown = draw("a green circle", 7.0, 3)  # gradio's Number and Slider may hand over floats and ints
-    assert shown.size == (32 * DISPLAY_UPSCALE, 32 * DISPLAY_UPSCALE)
+    assert shown.size == (64 * DISPLAY_UPSCALE, 64 * DISPLAY_UPSCALE)
     drawn = shipped_dalle.generate("dalle", "a green circle", seed=7, guidance_scale=3.0)
     np.testing.assert_array_equal(np.asarray(shown)[::DISPLAY_UPSCALE, ::DISPLAY_UPSCALE], np.asarray(drawn))
 

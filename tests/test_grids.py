@@ -27,7 +27,7 @@ def tile(grid: Image.Image, row: int, column: int, side: int, left: int) -> np.n
 
 def test_grid_holds_the_seeded_samples_row_by_row(pipe):
     grid = draw_prompt_grid(pipe, PROMPTS, num_images_per_prompt=3, seed=5, upscale=2, guidance_scale=3.0)
-    side = 64  # 32 px upscaled twice
+    side = 128  # 64 px upscaled twice
     assert grid.size == (LABEL_WIDTH + 3 * (side + GAP) + GAP, 2 * (side + GAP) + GAP)
     images = pipe(
         PROMPTS, num_images_per_prompt=3, generator=torch.Generator().manual_seed(5), guidance_scale=3.0
@@ -64,7 +64,7 @@ def test_cli_grid_writes_the_picture(tmp_path, capsys):
     out = tmp_path / "grid.png"
     argv = ["grid", "--model", "dalle", "--output", str(out), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]
     assert main([*argv, "--num-images-per-prompt", "2", "--upscale", "1", "--no-labels"]) == 0
-    assert Image.open(out).size == (2 * (32 + GAP) + GAP, 2 * (32 + GAP) + GAP)
+    assert Image.open(out).size == (2 * (64 + GAP) + GAP, 2 * (64 + GAP) + GAP)
     assert main([*argv, "--num-inference-steps", "4"]) == 2  # DALL-E decodes one token per step
     assert "--num-inference-steps does not apply to DallePipeline" in capsys.readouterr().err
 

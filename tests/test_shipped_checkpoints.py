@@ -17,7 +17,7 @@ PROMPT = "a red circle left of a blue square"
 # short name -> (pipeline class, image size, call options that keep the test well under 10 s on a 2-core CPU); no
 # `guidance_scale`: each draws at its folder's `default_guidance_scale`, the scale its model card reports
 SHIPPED = {
-    "dalle": ("DallePipeline", 32, {}),
+    "dalle": ("DallePipeline", 64, {}),
     "parti": ("PartiPipeline", 64, {}),
     "fluid": ("FluidPipeline", 64, {"num_inference_steps": 16, "num_diffusion_steps": 25}),
     "transfusion": ("TransfusionPipeline", 64, {"num_inference_steps": 20}),
@@ -112,7 +112,7 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     ]
     assert Image.open(tmp_path / "a.png").size == (64, 64)
     assert Image.open(tmp_path / "b.png").size == (256, 256)  # upscaled 4x by default
-    assert Image.open(tmp_path / "c.png").size == (128, 128)
+    assert Image.open(tmp_path / "c.png").size == (256, 256)
 
 
 def test_every_shipped_checkpoint_is_guided_with_the_scale_its_card_reports():
