@@ -255,8 +255,8 @@ def test_readme_generate_example_runs_as_written():
     exec(readme_generate_example(), namespace)  # the README's lines, verbatim
     model, text = namespace["model"], namespace["text"]
     assert isinstance(model, DalleForConditionalGeneration)
-    n = model.config.num_image_tokens
-    assert namespace["codes"].shape == (1, n) and namespace["pixels"].shape == (1, 3, model.config.vq_config.image_size, model.config.vq_config.image_size)
+    n, size = model.config.num_image_tokens, model.config.vq_config.image_size
+    assert namespace["codes"].shape == (1, n) and namespace["pixels"].shape == (1, 3, size, size)
     guided = model.image_codes_from_generated(namespace["guided"])
     assert guided.shape == (1, n) and not torch.equal(guided, namespace["codes"])
     # the example's closing claim: the package's greedy loop is greedy generate()
