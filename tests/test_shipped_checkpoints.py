@@ -89,6 +89,8 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
         @functools.wraps(original)  # keeps the signature the CLI inspects
         def spy(self, *args, _original=original, **kwargs):
             seen.append((type(self).__name__, kwargs.get("guidance_scale")))
+            if kwargs.get("num_candidates"):  # reranked: the folder's own scorer ranked the candidates
+                assert self.scorer is not None and kwargs["num_candidates"] == 2
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__call__", spy)
@@ -97,6 +99,11 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     assert main(["generate", PROMPT, "--output", str(tmp_path / "b.png"), "--guidance-scale", "1"]) == 0
     assert main(["generate", PROMPT, "--model", "dalle", "--output", str(tmp_path / "c.png")]) == 0
     assert main(["generate", PROMPT, "--model", resolve_checkpoint("dalle"), "--output", str(tmp_path / "d.png")]) == 0
+    # the dalle folder holds its reranking scorer: best of 2, at the folder's scale
+    assert (
+        main(["generate", PROMPT, "--model", "dalle", "--num-candidates", "2", "--output", str(tmp_path / "f.png")])
+        == 0
+    )
     unnamed = tmp_path / "unnamed"  # a copy whose model_index.json names no scale, as an older save
     shutil.copytree(resolve_checkpoint("muse"), unnamed)
     index = json.loads((unnamed / "model_index.json").read_text())
@@ -106,6 +113,7 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     assert seen == [
         ("PartiPipeline", folder_scale("parti")),
         ("PartiPipeline", 1.0),
+        ("DallePipeline", folder_scale("dalle")),
         ("DallePipeline", folder_scale("dalle")),
         ("DallePipeline", folder_scale("dalle")),
         ("MusePipeline", DEFAULT_GUIDANCE_SCALE),

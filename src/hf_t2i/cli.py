@@ -37,6 +37,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None, help="diffusion / masked models only")
+    p.add_argument(
+        "--num-candidates",
+        type=int,
+        default=None,
+        help="draw N candidates per image and keep the one the folder's reranking scorer ranks highest (DALL-E "
+        "folders exported with `--rerank-scorer`)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
@@ -60,6 +67,7 @@ def _load_for_sampling(args):
         "top_k": args.top_k,
         "top_p": args.top_p,
         "num_inference_steps": args.num_inference_steps,
+        "num_candidates": args.num_candidates,
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
@@ -275,6 +283,12 @@ def _add_export(subparsers) -> None:
         "pipeline (and generate / eval) use it unless told otherwise (default: keep the source's, if any)",
     )
     p.add_argument(
+        "--rerank-scorer",
+        default=None,
+        help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E), so that "
+        "`--num-candidates N` / `pipe(prompt, num_candidates=N)` keep the best of N without naming one",
+    )
+    p.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
         default=None,
@@ -301,6 +315,7 @@ def _run_export(args) -> int:
         getattr(torch, args.dtype),
         eval_report=args.eval_report,
         default_guidance_scale=args.default_guidance_scale,
+        rerank_scorer=args.rerank_scorer,
     )
     print(f"exported {args.source} to {path} ({args.dtype})")
     if args.push_to_hub is not None:

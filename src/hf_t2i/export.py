@@ -47,6 +47,7 @@ def export_checkpoint(
     *,
     eval_report: str | os.PathLike | dict | list | None = None,
     default_guidance_scale: float | None = None,
+    rerank_scorer: str | os.PathLike | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
     and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
@@ -63,6 +64,10 @@ def export_checkpoint(
     pipeline, `hf-t2i generate` and `hf-t2i eval` then guide with it unless told otherwise. Without it the source's
     value (if any) is kept.
 
+    `rerank_scorer`, a `clip_scorer` recipe's folder, is stored in the folder as the pipeline's `scorer` and
+    `scorer_processor` (DALL-E's reranking: `pipe(prompt, num_candidates=N)` then keeps the best of N). Only a pipeline
+    with a `scorer` component takes one.
+
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
     --default-guidance-scale 3`.
@@ -73,6 +78,16 @@ def export_checkpoint(
     if model_card is not None and not os.path.isfile(model_card):
         raise ValueError(f"`model_card` ({model_card}) does not exist.")
     pipe = T2IPipeline.from_pretrained(source)
+    if rerank_scorer is not None:
+        if "scorer" not in getattr(pipe, "_optional_components", ()):
+            raise ValueError(
+                f"`rerank_scorer` ({os.fspath(rerank_scorer)!r}) is given, but {type(pipe).__name__} does not rerank "
+                "(it has no `scorer` component); leave it out."
+            )
+        from .evaluation.clip_score import load_scorer
+
+        scorer, scorer_processor = load_scorer(rerank_scorer)
+        pipe.register_modules(scorer=scorer, scorer_processor=scorer_processor)
     pipe.to(dtype=dtype or torch.float16)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it

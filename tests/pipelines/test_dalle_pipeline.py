@@ -97,6 +97,30 @@ def tiny_scorer():
     return CLIPModel(config).eval()
 
 
+def test_export_stores_a_reranking_scorer_that_the_folder_then_reranks_with(
+    dalle_pipeline, tokenizer, tmp_path, monkeypatch
+):
+    from hf_t2i.export import export_checkpoint
+    from hf_t2i.image_processing import T2IImageProcessor
+    from hf_t2i.processing_utils import T2IProcessor
+
+    scorer = tiny_scorer()
+    scorer.save_pretrained(tmp_path / "scorer")  # the layout the clip_scorer recipe writes
+    T2IProcessor(T2IImageProcessor(image_size=16), tokenizer).save_pretrained(tmp_path / "scorer")
+    dalle_pipeline.save_pretrained(tmp_path / "full")
+    export_checkpoint(tmp_path / "full", tmp_path / "half", rerank_scorer=tmp_path / "scorer")
+    reloaded = T2IPipeline.from_pretrained(tmp_path / "half")
+    assert type(reloaded.scorer).__name__ == "CLIPModel" and reloaded.scorer.dtype == torch.float32
+    for name, value in scorer.state_dict().items():  # stored in float16 like the prior
+        torch.testing.assert_close(reloaded.scorer.state_dict()[name], value.half().float(), atol=0, rtol=0)
+    reloaded.set_progress_bar_config(disable=True)
+    out = reloaded("a red circle", num_candidates=3, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape[0] == 1 and out.scores.shape == (1,)
+    monkeypatch.setattr(DallePipeline, "_optional_components", [])  # as a pipeline that does not rerank
+    with pytest.raises(ValueError, match="rerank_scorer.*does not rerank"):
+        export_checkpoint(tmp_path / "full", tmp_path / "x", rerank_scorer=tmp_path / "scorer")
+
+
 def test_reranking_keeps_the_best_scored_candidates(dalle_model, dalle_processor):
     scorer = tiny_scorer()
     pipe = DallePipeline(model=dalle_model, processor=dalle_processor, scorer=scorer, scorer_processor=dalle_processor)
