@@ -86,7 +86,7 @@ def export_checkpoint(
             )
         from .evaluation.clip_score import load_scorer
 
-        scorer, scorer_processor = load_scorer(rerank_scorer)
+        scorer, scorer_processor = load_scorer(rerank_scorer, argument="rerank_scorer")
         pipe.register_modules(scorer=scorer, scorer_processor=scorer_processor)
     pipe.to(dtype=dtype or torch.float16)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:

@@ -352,6 +352,10 @@ def test_best_of_n_refuses_without_a_reranker_or_a_pipeline_that_reranks(dalle_p
         evaluate(dalle_pipeline, tmp_path, metrics="compositional", num_candidates=2)
     with pytest.raises(ValueError, match="num_candidates"):
         evaluate(dalle_pipeline, tmp_path, metrics="compositional", num_candidates=0)
+    with pytest.raises(ValueError, match="`rerank_scorer_path` .* is not a scorer folder"):
+        evaluate(
+            dalle_pipeline, tmp_path, metrics="compositional", num_candidates=2, rerank_scorer_path=tmp_path / "none"
+        )
 
     class NoRerank:
         def __call__(self, prompt, num_images_per_prompt=1, generator=None, output_type="pil"):

@@ -116,6 +116,8 @@ def test_export_stores_a_reranking_scorer_that_the_folder_then_reranks_with(
     reloaded.set_progress_bar_config(disable=True)
     out = reloaded("a red circle", num_candidates=3, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape[0] == 1 and out.scores.shape == (1,)
+    with pytest.raises(ValueError, match="`rerank_scorer` .* is not a scorer folder"):
+        export_checkpoint(tmp_path / "full", tmp_path / "x", rerank_scorer=tmp_path / "missing")
     monkeypatch.setattr(DallePipeline, "_optional_components", [])  # as a pipeline that does not rerank
     with pytest.raises(ValueError, match="rerank_scorer.*does not rerank"):
         export_checkpoint(tmp_path / "full", tmp_path / "x", rerank_scorer=tmp_path / "scorer")

@@ -35,10 +35,11 @@ def _pooled(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None):
+def load_scorer(path: str | os.PathLike, device: str | torch.device | None = None, argument: str = "scorer_path"):
     """Load a scorer folder written by the `clip_scorer` recipe: `(CLIPModel, T2IProcessor)`, model in eval mode.
 
-    Raises `ValueError` naming `scorer_path` when the folder is missing or holds no CLIP model.
+    Raises `ValueError` naming `argument` (the caller's name for `path`) when the folder is missing or holds no CLIP
+    model.
     """
     from transformers import CLIPModel
 
@@ -47,7 +48,7 @@ def load_scorer(path: str | os.PathLike, device: str | torch.device | None = Non
     path = os.fspath(path)
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ValueError(
-            f"`scorer_path` {path!r} is not a scorer folder (no config.json). Train one with "
+            f"`{argument}` {path!r} is not a scorer folder (no config.json). Train one with "
             "`hf-t2i train clip_scorer --output-dir DIR` and pass DIR/final."
         )
     scorer = CLIPModel.from_pretrained(path).eval()

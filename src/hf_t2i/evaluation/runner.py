@@ -487,7 +487,7 @@ def _rerank_scorer_attached(pipe, path, device):
     from .clip_score import load_scorer
 
     before = (getattr(pipe, "scorer", None), getattr(pipe, "scorer_processor", None))
-    scorer, processor = load_scorer(path, device)
+    scorer, processor = load_scorer(path, device, argument="rerank_scorer_path")
     pipe.scorer, pipe.scorer_processor = scorer, processor
     try:
         yield
