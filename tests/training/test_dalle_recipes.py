@@ -99,6 +99,8 @@ def test_decoder_fine_tune_keeps_the_encoder_and_lowers_the_argmax_reconstructio
         assert torch.equal(after.encoder.state_dict()[name], value), name
     assert any(not torch.equal(after.decoder.state_dict()[n], v) for n, v in before.decoder.state_dict().items())
     assert argmax_loss(after) < argmax_loss(before)
+    loss, metrics = recipe.training_step(after.eval(), {"pixel_values": pixels}, step=0)
+    assert loss == metrics["reconstruction_loss"] and metrics["kl_weight"] == 0  # no term the decoder cannot train
 
 
 def test_argmax_codes_decode_what_encode_and_decode_give(dvae_dir):

@@ -308,16 +308,16 @@ def fixed_shape_features(sample: dict):
 
 
 # -- fine-tuning a trained model ---------------------------------------------------------------------------------------
-def load_pretrained_pipeline(pipeline_class: type, name: str, recipe_name: str):
-    """The pipeline folder a fine-tuning run starts from (a saved folder, a Hub id or a shipped checkpoint's name),
-    loaded in fp32 whatever its weights' dtype, or a `ValueError` naming the argument."""
+def load_pretrained(model_class: type, name: str, recipe_name: str):
+    """The pipeline or model folder a fine-tuning run starts from (a saved folder, a Hub id or a shipped checkpoint's
+    name), loaded in fp32 whatever its weights' dtype, or a `ValueError` naming the argument."""
     from ...checkpoints import resolve_checkpoint
 
     try:
-        return pipeline_class.from_pretrained(resolve_checkpoint(name), dtype=torch.float32)
+        return model_class.from_pretrained(resolve_checkpoint(name), dtype=torch.float32)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ValueError(
-            f"`pretrained_model_name_or_path` {name!r} is not a {pipeline_class.__name__} folder that `{recipe_name}` "
+            f"`pretrained_model_name_or_path` {name!r} is not a {model_class.__name__} folder that `{recipe_name}` "
             f"can fine-tune ({type(error).__name__}: {error})."
         ) from error
 

@@ -26,6 +26,7 @@ from .common import (
     ImageTextDataConfig,
     cosine_ramp,
     load_image_text_splits,
+    load_pretrained,
     reconstruction_metrics_on,
     stack_column,
     warn_ignored_settings,
@@ -97,13 +98,7 @@ class DalleDVAERecipe(Recipe):
     def _load_pretrained(self, name: str):
         from ...models.dalle_dvae import DalleDVAE
 
-        try:
-            model = DalleDVAE.from_pretrained(name, dtype=torch.float32)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ValueError(
-                f"`pretrained_model_name_or_path` {name!r} is not a DalleDVAE folder that `{self.name}` can continue "
-                f"from ({type(error).__name__}: {error})."
-            ) from error
+        model = load_pretrained(DalleDVAE, name, self.name)
         c, m = self.config, model.config
         kept = {
             "image_size": m.image_size,
@@ -156,6 +151,9 @@ class DalleDVAERecipe(Recipe):
 
     def training_step(self, model, batch, step):
         temperature, kl_weight = self.schedules(step)
+        diversity_weight = self.config.diversity_weight
+        if not self.config.train_encoder:  # the KL and diversity terms act on the encoder alone: nothing to train
+            kl_weight = diversity_weight = 0.0
         generator = self.generator if model.training else None
         out = model(
             batch["pixel_values"],
@@ -163,7 +161,7 @@ class DalleDVAERecipe(Recipe):
             kl_weight=kl_weight,
             generator=generator,
             straight_through=self.config.straight_through,
-            diversity_weight=self.config.diversity_weight,
+            diversity_weight=diversity_weight,
             sample_codes=self.config.train_encoder,
         )
         metrics = {
@@ -173,8 +171,7 @@ class DalleDVAERecipe(Recipe):
             "temperature": temperature,
             "kl_weight": kl_weight,
         }
-        # A frozen encoder takes no gradient from the KL and diversity terms: the loss is the reconstruction alone.
-        return (out.loss if self.config.train_encoder else out.reconstruction_loss), metrics
+        return out.loss, metrics
 
     def evaluate(self, model, step):
         return reconstruction_metrics_on(model, self.build_eval_dataset())

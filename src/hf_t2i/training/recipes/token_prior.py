@@ -17,7 +17,7 @@ from .common import (
     fingerprint,
     frozen_part_folder,
     load_image_text_splits,
-    load_pretrained_pipeline,
+    load_pretrained,
     refuse_tokenizer_path,
     training_captions,
     warn_ignored_settings,
@@ -137,7 +137,7 @@ class TokenPriorRecipe(Recipe):
                 f"`text_encoder` ({c.text_encoder!r}) cannot be combined with `pretrained_model_name_or_path` "
                 f"({name!r}): the pretrained prior brings its own text encoder. Drop `text_encoder`."
             )
-        pipe = load_pretrained_pipeline(self.pipeline_class(), name, self.name)
+        pipe = load_pretrained(self.pipeline_class(), name, self.name)
         model = pipe.model
         self.check_pretrained(model)
         size = image_tokenizer_size(self.image_tokenizer_of(model))

@@ -32,7 +32,7 @@ from .common import (
     fingerprint,
     frozen_part_folder,
     load_image_text_splits,
-    load_pretrained_pipeline,
+    load_pretrained,
     refuse_tokenizer_path,
     training_captions,
     warn_ignored_settings,
@@ -131,7 +131,7 @@ class TransfusionRecipe(Recipe):
         c = self.config
         name = c.pretrained_model_name_or_path
         refuse_tokenizer_path(c.tokenizer_path, name)
-        pipe = load_pretrained_pipeline(TransfusionPipeline, name, self.name)
+        pipe = load_pretrained(TransfusionPipeline, name, self.name)
         model, processor = pipe.model, pipe.processor
         kept = {f: getattr(model.config, f) for f in ARCHITECTURE_FIELDS}
         warn_ignored_settings(c, kept, name)
