@@ -69,8 +69,8 @@ def export_checkpoint(
     with a `scorer` component takes one.
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
-    `hf-t2i export runs/dalle_prior/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
-    --default-guidance-scale 3`.
+    `hf-t2i export runs/dalle64/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
+    --default-guidance-scale 2 --rerank-scorer runs/clip64/final` (the card has the commands that train both).
     """
     source, destination = os.fspath(source), os.fspath(destination)
     if not os.path.isfile(os.path.join(source, "model_index.json")):
