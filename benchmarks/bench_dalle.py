@@ -43,6 +43,7 @@ import types
 
 import torch
 from _peers import DALLE_PYTORCH_VERSION, import_dalle_pytorch
+from _profile import format_shares, op_breakdown
 from _timing import (
     CODEBOOK,
     DEPTH,
@@ -508,21 +509,9 @@ def profile_ours(guidance_scale: float, top: int = 15) -> str:
     ours_sample(model, text, negative, guidance_scale)
     wall = time.perf_counter() - start
     out.write(f"unprofiled call: {wall:.3f} s = {wall / steps * 1e3:.2f} ms per token step (prefill included)\n\n")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        ours_sample(model, text, negative, guidance_scale)
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events)
-    out.write(f"torch.profiler, self CPU time by op over {steps} steps (total {total / 1e3:.0f} ms):\n")
-    op_rows = [
-        [
-            e.key,
-            f"{e.count / steps:.1f}",
-            f"{e.self_cpu_time_total / steps / 1e3:.3f}",
-            f"{e.self_cpu_time_total / total:.1%}",
-        ]
-        for e in events[:top]
-    ]
-    out.write(format_table(["op", "calls / step", "self ms / step", "share"], op_rows) + "\n\n")
+    table, shares = op_breakdown(lambda: ours_sample(model, text, negative, guidance_scale), units=steps, top=top)
+    out.write(f"torch.profiler, self CPU time by op, per token step ({format_shares(shares)}):\n")
+    out.write(table + "\n\n")
     profiler = cProfile.Profile()
     profiler.enable()
     ours_sample(model, text, negative, guidance_scale)

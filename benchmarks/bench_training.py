@@ -20,6 +20,11 @@ and that as a % of the memory bandwidth measured in this run. Each model's steps
 round after round.
 
     python benchmarks/bench_training.py [--repeats N] [--threads T] [--json out.json] [--families dalle ...]
+    python benchmarks/bench_training.py --threads 1 --profile --families parti   # where one step's time goes
+
+`--profile` prints, instead of the timing table, a torch.profiler breakdown of one step of each family (ours and
+the peer where installed), after two warm-up steps: the share of the self CPU time spent in matrix products, in
+attention kernels and in everything else, and the ops that take the most time.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import bench_transfusion
 import torch
 from _flops import Roofline
 from _peers import import_dalle_pytorch
+from _profile import format_shares, op_breakdown
 from _timing import (
     CODEBOOK,
     DEPTH,
@@ -241,6 +247,25 @@ def peer(family: str, batch: int, generator: torch.Generator) -> tuple[Step | No
     raise ValueError(f"Unknown family {family!r}; choose from {FAMILIES}.")
 
 
+def profile_steps(args: argparse.Namespace, warm_up: int = 2, top: int = 12) -> str:
+    """The `--profile` report: for each family and batch, the op breakdown of one step of ours and of the peer."""
+    sections = []
+    for family in args.families:
+        for batch in args.batches:
+            torch.manual_seed(0)
+            generator = torch.Generator().manual_seed(1234)
+            steps = ours(family, batch, generator)
+            peer_step, reason = peer(family, batch, generator)
+            for step in steps + ([peer_step] if peer_step else []):
+                for _ in range(warm_up):
+                    step()
+                table, shares = op_breakdown(step, top=top)
+                sections.append(f"### {step.name}, batch {batch}: one step\n\n{format_shares(shares)}\n\n{table}")
+            if reason:
+                sections.append(f"### {family}: peer skipped: {reason}")
+    return "\n\n".join(sections)
+
+
 # -- the benchmark -------------------------------------------------------------------------------------------------
 def run_benchmark(args: argparse.Namespace) -> dict:
     rows, summary, noisy, peers = [], [], [], {}
@@ -293,10 +318,17 @@ def main() -> None:
     parser.add_argument(
         "--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, help="which families (default all)"
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a torch.profiler breakdown of one step of each family (and its peer) instead of timing them",
+    )
     parser.set_defaults(default_batches=[BATCH])
     args = parser.parse_args()
     batches_given = args.batches is not None
     apply_common_arguments(parser, args)
+    if args.profile and args.json:
+        parser.error("--profile prints a report and writes no JSON; drop --json (or --profile to time the steps).")
     if not batches_given:  # one batch size, the issue's 8 (2 in --smoke)
         args.batches = [2] if args.smoke else [BATCH]
     if args.smoke:
@@ -311,6 +343,10 @@ def main() -> None:
         f"{CODEBOOK} (Fluid continuous: {LATENT_DIM}-d tokens), width {WIDTH}, depth {DEPTH}, {HEADS} heads, "
         f"MLP {MLP}, fp32, AdamW, random weights and data"
     )
+    if args.profile:
+        print(f"profile: one step after two warm-up steps, {torch.get_num_threads()} thread(s)\n")
+        print(profile_steps(args))
+        return
     print(f"timing: median of {args.repeats} interleaved rounds after one warm-up per step")
     started = datetime.datetime.now()
     result = run_benchmark(args)
