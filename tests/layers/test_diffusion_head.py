@@ -255,3 +255,29 @@ def test_leading_steps_that_visit_the_capped_last_step_are_refused():
     assert torch.isfinite(ddpm_sample(lambda x, t: head(x, t, condition), (3, 2), scheduler, 39)).all()
     mar = build_ddpm_scheduler(num_train_timesteps=40, timestep_spacing="linspace")
     assert torch.isfinite(ddpm_sample(lambda x, t: head(x, t, condition), (3, 2), mar, 40)).all()
+
+
+def test_min_snr_weighting_scales_each_draw_by_min_snr_gamma_over_snr():
+    """`snr_gamma` multiplies each draw's epsilon-MSE by min(SNR_t, gamma) / SNR_t (1 at high noise, gamma / SNR_t
+    at low noise), with the same timesteps and noise as the plain loss; a huge gamma is the plain loss."""
+    scheduler = build_ddpm_scheduler(1000)
+    targets = torch.randn(512, 4, generator=torch.Generator().manual_seed(0))
+
+    def denoise(x, t):
+        return 0.5 * x  # any deterministic function of (x_t, t)
+
+    def loss(**kwargs):
+        return diffusion_loss(
+            denoise, targets, scheduler, torch.Generator().manual_seed(1), reduction="none", **kwargs
+        )
+
+    plain, weighted = loss(), loss(snr_gamma=5.0)
+    timesteps = torch.randint(0, 1000, (512,), generator=torch.Generator().manual_seed(1))  # the loss's first draw
+    alphas = scheduler.alphas_cumprod[timesteps].double()
+    snr = alphas / (1 - alphas)
+    expected = plain.double() * torch.minimum(snr, torch.full_like(snr, 5.0)) / snr
+    torch.testing.assert_close(weighted.double(), expected, rtol=1e-5, atol=1e-7)
+    assert (weighted[snr < 5] == plain[snr < 5]).all() and (weighted[snr > 5] < plain[snr > 5]).all()
+    torch.testing.assert_close(loss(snr_gamma=1e12), plain)
+    with pytest.raises(ValueError, match="`snr_gamma` must be > 0 or None, got 0"):
+        loss(snr_gamma=0)

@@ -193,6 +193,10 @@ def test_config_and_encode_errors():
         tiny_fluid_config(patch_size=3)
     with pytest.raises(ValueError, match="vq_config"):
         tiny_fluid_config("discrete", vq_config={"model_type": "bert"})
+    for bad in (0, -1.0, True, "5"):
+        with pytest.raises(ValueError, match=f"`snr_gamma` must be a number > 0 .* got {bad!r}"):
+            tiny_fluid_config(snr_gamma=bad)
+    assert tiny_fluid_config(snr_gamma=5).snr_gamma == 5.0
 
 
 class _FluidPrior(PriorTesterMixin):

@@ -233,6 +233,7 @@ def diffusion_loss(
     scheduler: DDPMScheduler,
     generator: torch.Generator | None = None,
     reduction: str = "mean",
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """DDPM's simple loss `|| eps - denoise(sqrt(a_t) x0 + sqrt(1 - a_t) eps, t) ||^2` (Ho et al. 2020, eq. 14) with
     `t` uniform over the training steps and `eps ~ N(0, I)`, both drawn from `generator`.
@@ -246,9 +247,14 @@ def diffusion_loss(
         targets: (N, ...) clean samples x0.
         scheduler: a DDPM-type scheduler (`add_noise`, `config.num_train_timesteps`).
         reduction: "mean" (a scalar) or "none" ((N,), the mean over each sample's dimensions).
+        snr_gamma: Min-SNR-γ weighting (Hang et al. 2023): each sample's ε-MSE times `min(SNR_t, γ) / SNR_t`,
+            `SNR_t = a_t / (1 - a_t)`; the variational term of a learned-variance head is not weighted. None: no
+            weighting.
     """
     if reduction not in ("mean", "none"):
         raise ValueError(f"`reduction` must be 'mean' or 'none', got {reduction!r}.")
+    if snr_gamma is not None and not snr_gamma > 0:
+        raise ValueError(f"`snr_gamma` must be > 0 or None, got {snr_gamma!r}.")
     n = targets.shape[0]
     timesteps = _device_randint(scheduler.config.num_train_timesteps, n, generator, targets.device)
     noise = randn_tensor(targets.shape, generator=generator, device=targets.device, dtype=targets.dtype)
@@ -263,6 +269,9 @@ def diffusion_loss(
         )
     eps, variance_values = prediction.split(targets.shape[1], dim=1) if learned else (prediction, None)
     error = (eps - noise.float()).pow(2).flatten(1).mean(dim=1)  # (N,)
+    if snr_gamma is not None:  # min(SNR, gamma) / SNR = min(1, gamma / SNR); 1 where a_t = 0
+        alphas_cumprod = scheduler.alphas_cumprod.to(targets.device, torch.float32)[timesteps]
+        error = error * (snr_gamma * (1 - alphas_cumprod) / alphas_cumprod).clamp(max=1.0)
     if learned:
         error = error + _vlb_bits(scheduler, targets.float(), noisy.float(), timesteps, eps.detach(), variance_values)
     return error.mean() if reduction == "mean" else error

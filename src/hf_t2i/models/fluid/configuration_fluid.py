@@ -105,6 +105,11 @@ class FluidConfig(PreTrainedConfig):
         beta_schedule (`str`, *optional*, defaults to `"squaredcos_cap_v2"`): diffusers' name of the cosine schedule.
         num_diffusion_steps (`int`, *optional*, defaults to 100): default reverse steps of the head at sampling.
         diffusion_batch_mul (`int`, *optional*, defaults to 4): noise draws per token in one training step (MAR).
+        snr_gamma (`float`, *optional*): Min-SNR-γ weighting of the head's training loss (Hang et al. 2023; diffusers'
+            training scripts' `--snr_gamma`): each draw's ε-MSE is multiplied by `min(SNR_t, γ) / SNR_t`, which
+            lowers the weight of the low-noise steps, where the noisy token nearly gives the answer away and the
+            backbone's condition matters least. Default: the plain ε-loss (MAR, Fluid). Held-out losses (eval mode)
+            are always the plain ε-MSE, so runs with and without it compare.
         diffusion_head_frequency_dim (`int`, *optional*): sinusoidal timestep features of the head (default: its
             width; MAR: 256).
         diffusion_head_learned_variance (`bool`, *optional*, defaults to `False`): the head also predicts the
@@ -154,6 +159,7 @@ class FluidConfig(PreTrainedConfig):
         beta_schedule: str = "squaredcos_cap_v2",
         num_diffusion_steps: int = 100,
         diffusion_batch_mul: int = 4,
+        snr_gamma: float | None = None,
         diffusion_head_frequency_dim: int | None = None,
         diffusion_head_learned_variance: bool = False,
         diffusion_head_norm_affine: bool = False,
@@ -194,6 +200,12 @@ class FluidConfig(PreTrainedConfig):
         if num_diffusion_steps > num_train_timesteps:
             raise ValueError(
                 f"`num_diffusion_steps` ({num_diffusion_steps}) must be <= `num_train_timesteps` ({num_train_timesteps})."
+            )
+        if snr_gamma is not None and (
+            isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not snr_gamma > 0
+        ):
+            raise ValueError(
+                f"`snr_gamma` must be a number > 0 (diffusers' scripts recommend 5.0) or None, got {snr_gamma!r}."
             )
         diffusion_head_width = diffusion_head_width or hidden_size
         if diffusion_head_width % 2:
@@ -253,6 +265,7 @@ class FluidConfig(PreTrainedConfig):
         self.beta_schedule = beta_schedule
         self.num_diffusion_steps = num_diffusion_steps
         self.diffusion_batch_mul = diffusion_batch_mul
+        self.snr_gamma = None if snr_gamma is None else float(snr_gamma)
         self.diffusion_head_frequency_dim = diffusion_head_frequency_dim
         self.diffusion_head_learned_variance = diffusion_head_learned_variance
         self.diffusion_head_norm_affine = diffusion_head_norm_affine

@@ -8,7 +8,8 @@ Token layout (N = grid * grid image tokens, raster positions 0..N-1, each with a
 
 - Continuous tokens: `AutoencoderKL` latents (nested as `vae`), `(z - shift_factor) * scaling_factor`, grouped
   `patch_size` x `patch_size` (`layers.patchify`). The head is `layers.DiffusionHead` conditioned on the backbone's
-  output at the token's position, trained with the DDPM epsilon loss, `diffusion_batch_mul` noise draws per token.
+  output at the token's position, trained with the DDPM epsilon loss (optionally Min-SNR-γ weighted, `snr_gamma`),
+  `diffusion_batch_mul` noise draws per token.
 - Discrete tokens: ids of a nested VQ tokenizer (`vqmodel`: `DalleDVAE` or `ViTVQGAN`), a linear head, cross-entropy.
 - Training mask (random order, section 3): ratio `cos(pi / 2 * r)`, `r ~ U(0, 1)`, at least one token masked.
 - Sampling (random order): a random permutation per image (from the `generator`) fixes the order; iteration `k` of
@@ -604,6 +605,7 @@ class FluidForConditionalGeneration(FluidGenerationMixin, FluidPreTrainedModel):
             targets.repeat(repeats, 1).to(hidden.dtype),
             self.scheduler,
             generator,
+            snr_gamma=self.config.snr_gamma if self.training else None,  # held-out losses: the plain epsilon-MSE
         )
 
     @renamed_cache_argument

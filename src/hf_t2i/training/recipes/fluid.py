@@ -44,6 +44,13 @@ class FluidRecipeConfig(TextEncoderPriorRecipeConfig):
     num_train_timesteps: int = 1000
     num_diffusion_steps: int = field(default=100, metadata={"help": "head steps when sampling (grids, eval)"})
     diffusion_batch_mul: int = 4
+    snr_gamma: float = field(
+        default=0.0,
+        metadata={
+            "help": "Min-SNR-gamma weighting of the head's training loss (e.g. 5.0; 0: the plain epsilon loss). "
+            "A training setting: it also applies when fine-tuning with --pretrained-model-name-or-path"
+        },
+    )
     sample_num_inference_steps: int = field(default=64, metadata={"help": "random-order iterations for grids/eval"})
 
 
@@ -67,6 +74,13 @@ class FluidRecipe(TextEncoderPriorRecipe):
                 raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
             if c.generation_order not in ("random", "raster"):
                 raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
+            if not c.snr_gamma >= 0:
+                raise ValueError(f"`snr_gamma` must be >= 0 (0: no weighting; e.g. 5.0), got {c.snr_gamma!r}.")
+            if c.snr_gamma and c.token_type != "continuous":
+                raise ValueError(
+                    f"`snr_gamma` weights the diffusion head's loss of continuous tokens; `token_type` is "
+                    f"{c.token_type!r} (a cross-entropy): leave `snr_gamma` at 0."
+                )
         continuous = c.token_type == "continuous"
         self.image_tokenizer_argument = "vae_path" if continuous else "vq_path"
         self.image_tokenizer_names = ("AutoencoderKL",) if continuous else ("DalleDVAE", "ViTVQGAN")
@@ -115,9 +129,11 @@ class FluidRecipe(TextEncoderPriorRecipe):
         )
 
     def build_model(self):
-        if self.pretrained_pipeline is not None:
-            return self.pretrained_prior()
+        model = self.pretrained_prior() if self.pretrained_pipeline is not None else self._new_model()
+        model.config.snr_gamma = self.config.snr_gamma or None  # a training setting of this run, as in config.json
+        return model
 
+    def _new_model(self):
         from ...models.fluid import FluidConfig, FluidForConditionalGeneration
 
         c = self.config
