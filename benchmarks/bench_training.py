@@ -247,68 +247,69 @@ def peer(family: str, batch: int, generator: torch.Generator) -> tuple[Step | No
     raise ValueError(f"Unknown family {family!r}; choose from {FAMILIES}.")
 
 
-def profile_steps(args: argparse.Namespace, warm_up: int = 2, top: int = 12) -> str:
-    """The `--profile` report: for each family and batch, the op breakdown of one step of ours and of the peer."""
-    sections = []
+def cells(args: argparse.Namespace):
+    """For each family and batch of `args`: (family, batch, our steps, the peer's step or None, why it is None),
+    every cell built from the same seeds."""
     for family in args.families:
         for batch in args.batches:
             torch.manual_seed(0)
             generator = torch.Generator().manual_seed(1234)
             steps = ours(family, batch, generator)
-            peer_step, reason = peer(family, batch, generator)
-            for step in steps + ([peer_step] if peer_step else []):
-                for _ in range(warm_up):
-                    step()
-                table, shares = op_breakdown(step, top=top)
-                sections.append(f"### {step.name}, batch {batch}: one step\n\n{format_shares(shares)}\n\n{table}")
-            if reason:
-                sections.append(f"### {family}: peer skipped: {reason}")
+            yield (family, batch, steps, *peer(family, batch, generator))
+
+
+def profile_steps(args: argparse.Namespace, warm_up: int = 2, top: int = 12) -> str:
+    """The `--profile` report: for each family and batch, the op breakdown of one step of ours and of the peer."""
+    sections = []
+    for family, batch, steps, peer_step, reason in cells(args):
+        for step in steps + ([peer_step] if peer_step else []):
+            for _ in range(warm_up):
+                step()
+            table, shares = op_breakdown(step, top=top)
+            sections.append(f"### {step.name}, batch {batch}: one step\n\n{format_shares(shares)}\n\n{table}")
+        if reason:
+            sections.append(f"### {family}: peer skipped: {reason}")
     return "\n\n".join(sections)
 
 
 # -- the benchmark -------------------------------------------------------------------------------------------------
 def run_benchmark(args: argparse.Namespace) -> dict:
     rows, summary, noisy, peers = [], [], [], {}
-    for family in args.families:
-        for batch in args.batches:
-            torch.manual_seed(0)
-            generator = torch.Generator().manual_seed(1234)
-            steps = ours(family, batch, generator)
-            peer_step, reason = peer(family, batch, generator)
-            peers[f"{family}: {peer_step.name if peer_step else 'peer'}"] = reason
-            every = steps + ([peer_step] if peer_step else [])
-            cases = [Case(step.name, step, batch) for step in every]
-            run_interleaved(cases, args.repeats, warm_up=not args.smoke)
-            rooflines = [Roofline.measure(step.loss, batch, training=True, quick_peak=args.smoke) for step in every]
-            waits = [None if case.error else count_host_waits(step).total for step, case in zip(every, cases)]
-            peer_cases = cases[len(steps) :]
-            records = summary_records("training", cases, peer_cases, batch, None, model=family)
-            for step, case, roofline, record, step_waits in zip(every, cases, rooflines, records, waits):
-                fields = roofline.fields(case.median)
-                tokens_per_second = step.tokens / (case.median * batch) if case.median else None
-                record.update(
-                    fields, tokens_per_second=tokens_per_second, tokens_per_step=step.tokens, host_waits=step_waits
-                )
-                ratio = next(iter(record["vs_peers"].values()), None)
-                rows.append(
-                    [
-                        family,
-                        case.name,
-                        str(batch),
-                        f"FAILED: {case.error}" if case.error else f"{case.median * batch:.3f}",
-                        "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
-                        "-" if step_waits is None else str(step_waits),
-                        *roofline_field_cells(
-                            fields, ("gflops", "percent_of_peak", "gbytes_per_s", "percent_of_bandwidth")
-                        ),
-                        "-" if ratio is None else f"{ratio:.2f}x",
-                    ]
-                )
-                if (case.spread or 1) > 1.5:
-                    noisy.append(f"{case.name} (batch {batch})")
-            summary += records
-            if reason:
-                rows.append([family, "peer skipped (see below)", str(batch), *["-"] * (len(HEADERS) - 3)])
+    for family, batch, steps, peer_step, reason in cells(args):
+        peers[f"{family}: {peer_step.name if peer_step else 'peer'}"] = reason
+        every = steps + ([peer_step] if peer_step else [])
+        cases = [Case(step.name, step, batch) for step in every]
+        run_interleaved(cases, args.repeats, warm_up=not args.smoke)
+        rooflines = [Roofline.measure(step.loss, batch, training=True, quick_peak=args.smoke) for step in every]
+        waits = [None if case.error else count_host_waits(step).total for step, case in zip(every, cases)]
+        peer_cases = cases[len(steps) :]
+        records = summary_records("training", cases, peer_cases, batch, None, model=family)
+        for step, case, roofline, record, step_waits in zip(every, cases, rooflines, records, waits):
+            fields = roofline.fields(case.median)
+            tokens_per_second = step.tokens / (case.median * batch) if case.median else None
+            record.update(
+                fields, tokens_per_second=tokens_per_second, tokens_per_step=step.tokens, host_waits=step_waits
+            )
+            ratio = next(iter(record["vs_peers"].values()), None)
+            rows.append(
+                [
+                    family,
+                    case.name,
+                    str(batch),
+                    f"FAILED: {case.error}" if case.error else f"{case.median * batch:.3f}",
+                    "-" if tokens_per_second is None else f"{tokens_per_second:,.0f}",
+                    "-" if step_waits is None else str(step_waits),
+                    *roofline_field_cells(
+                        fields, ("gflops", "percent_of_peak", "gbytes_per_s", "percent_of_bandwidth")
+                    ),
+                    "-" if ratio is None else f"{ratio:.2f}x",
+                ]
+            )
+            if (case.spread or 1) > 1.5:
+                noisy.append(f"{case.name} (batch {batch})")
+        summary += records
+        if reason:
+            rows.append([family, "peer skipped (see below)", str(batch), *["-"] * (len(HEADERS) - 3)])
     return {"table": format_table(HEADERS, rows), "summary": summary, "noisy_rows": noisy, "peers": peers}
 
 

@@ -54,25 +54,21 @@ def test_breakdown_of_a_training_step(profile):
         profile.op_breakdown(step, units=0)
 
 
-def test_training_benchmark_profile_mode():
-    """`bench_training.py --smoke --profile` prints one breakdown per step of the family; with --json it refuses."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    script = str(BENCHMARKS / "bench_training.py")
-    completed = subprocess.run(
-        [sys.executable, script, "--smoke", "--profile", "--families", "parti"],
+def _bench_training(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_training.py"), *arguments],
         capture_output=True,
         text=True,
         check=False,
-        env=env,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+def test_training_benchmark_profile_mode():
+    """`bench_training.py --smoke --profile` prints one breakdown per step of the family; with --json it refuses."""
+    completed = _bench_training("--smoke", "--profile", "--families", "parti")
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "### hf_t2i Parti, batch 2: one step" in completed.stdout
     assert "matrix products" in completed.stdout and "aten::mm" in completed.stdout
-    refused = subprocess.run(
-        [sys.executable, script, "--smoke", "--profile", "--json", "x.json"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    refused = _bench_training("--smoke", "--profile", "--json", "x.json")
     assert refused.returncode == 2 and "--profile prints a report and writes no JSON" in refused.stderr
