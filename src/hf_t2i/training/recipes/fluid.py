@@ -8,10 +8,11 @@ with `caption_dropout` for classifier-free guidance.
     hf-t2i train fluid --vae-path runs/vae/final --generation-order raster ...                       # continuous, raster
     hf-t2i train fluid --token-type discrete --vq-path runs/dvae/final --output-dir runs/fluid-d ... # discrete
     hf-t2i train fluid ... --text-encoder minilm --num-aligner-layers 2   # frozen all-MiniLM-L6-v2 + aligner
+    hf-t2i train fluid --vae-path runs/vae/final ... --snr-gamma 5   # Min-SNR-5 weighting of the head's loss
 
 Continuous tokens are the posterior means of the VAE (MAR re-samples cached moments each epoch; at these sizes the
 posterior std is small). Held-out losses are computed with a fixed seed for the mask and diffusion noise, so they
-compare across runs and cells.
+compare across runs and cells (they are the plain epsilon-MSE also with `--snr-gamma`).
 """
 
 from __future__ import annotations
