@@ -5,7 +5,7 @@ import functools
 
 import pytest
 import torch
-from diffusers import DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 from torch import nn
 from transformers import DynamicCache
 
@@ -180,6 +180,30 @@ def test_loss_is_lm_plus_lambda_times_per_image_ddpm(linear_model, processor):
     assert logits.shape[:2] == batch["input_ids"].shape
 
 
+def test_v_prediction_loss_targets_the_velocity_and_its_scheduler_samples_it(processor):
+    torch.manual_seed(0)
+    model = TransfusionForConditionalGeneration(tiny_config(processor, prediction_type="v_prediction")).eval()
+    batch = processor.build_training_batch(CAPTIONS[:2], latents_like(model, 2), image_first=[False, False])
+    noise, timesteps = latents_like(model, 2, seed=1), torch.tensor([50, 900])
+    out = model(**batch, noise=noise, timesteps=timesteps)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    clean = batch["image_latents"]
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    pred = model(batch["input_ids"], batch["attention_mask"], image_latents=noisy, timesteps=timesteps).noise_pred
+    bar = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    velocity = bar.sqrt() * noise - (1 - bar).sqrt() * clean
+    assert torch.allclose(out.diffusion_loss, ((pred - velocity) ** 2).flatten(1).mean(1).mean(), atol=1e-6)
+    assert not torch.allclose(out.diffusion_loss, ((pred - noise) ** 2).flatten(1).mean(1).mean(), atol=1e-3)
+
+    # the model's schedulers read it; one that expects the noise is refused with the reason
+    assert model.make_scheduler("ddim").config.prediction_type == "v_prediction"
+    with pytest.raises(ValueError, match=r"prediction_type='epsilon'.*predicts 'v_prediction'"):
+        model.check_scheduler(DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"))
+    inputs = processor.image_generation_inputs(["a red circle"])
+    latents = model.generate_image_latents(**inputs, num_inference_steps=3, generator=seeded(0))
+    assert latents.shape == (1, model.config.latent_channels, 8, 8) and torch.isfinite(latents).all()
+
+
 def test_training_timesteps_respect_noise_limits_and_the_generator(linear_model):
     latents = latents_like(linear_model, 64)
     limits = torch.tensor([500] * 32 + [1000] * 32)
@@ -284,6 +308,8 @@ def test_bad_config_errors(processor):
         tiny_config(processor, eoi_token_id=processor.boi_token_id)
     with pytest.raises(ValueError, match="patch_encoder"):
         tiny_config(processor, patch_encoder="conv")
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        tiny_config(processor, prediction_type="sample")
 
 
 def test_encode_images_checks_the_size(linear_model):

@@ -104,6 +104,17 @@ def test_recipe_requires_a_vae():
         TransfusionRecipe(TransfusionRecipeConfig())
     with pytest.raises(ValueError, match="caption_dropout"):
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", caption_dropout=1.5))
+    with pytest.raises(ValueError, match="`prediction_type` must be one of"):
+        TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", prediction_type="v"))
+
+
+def test_prediction_type_flag_reaches_the_model_and_its_scheduler(vae_dir):
+    recipe = TransfusionRecipe(
+        TransfusionRecipeConfig(**DATA, **FLAGS, vae_path=str(vae_dir), prediction_type="v_prediction")
+    )
+    model = recipe.build_model()
+    assert model.config.prediction_type == "v_prediction"
+    assert model.make_scheduler("ddim").config.prediction_type == "v_prediction"
 
 
 def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path, caplog):

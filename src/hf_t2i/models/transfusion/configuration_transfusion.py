@@ -10,6 +10,7 @@ from ...configuration_utils import check_heads
 
 
 PATCH_ENCODERS = ("linear", "unet")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 # A small diffusers `AutoencoderKL` (factor 4, 4 latent channels): the default when no trained VAE is given. Real
 # checkpoints copy the config of the VAE they were trained with (e.g. the `autoencoder_kl` recipe's).
@@ -67,6 +68,11 @@ class TransfusionConfig(PreTrainedConfig):
         num_train_timesteps (`int`, *optional*, defaults to 1000): DDPM training steps.
         beta_schedule (`str`, *optional*, defaults to `"squaredcos_cap_v2"`): diffusers' name of the cosine
             schedule.
+        prediction_type (`str`, *optional*, defaults to `"epsilon"`): what the patch head predicts and the DDPM loss
+            compares: `"epsilon"`, the noise (the paper), or `"v_prediction"`, the velocity
+            `sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * latents` (Salimans & Ho 2022), whose loss weighs the
+            clean latent's error by SNR + 1 instead of SNR, so the high-noise steps that lay out the picture keep
+            their weight. Diffusers schedulers read it from the saved scheduler config.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
     """
 
@@ -100,6 +106,7 @@ class TransfusionConfig(PreTrainedConfig):
         diffusion_loss_weight: float = 5.0,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
+        prediction_type: str = "epsilon",
         initializer_range: float = 0.02,
         use_cache: bool = True,
         **kwargs,
@@ -162,6 +169,8 @@ class TransfusionConfig(PreTrainedConfig):
         ]
         if len(set(marks)) != 3 or set(marks) & set(others):
             raise ValueError(f"The special token ids must be distinct from each other, got {special}.")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
         if diffusion_loss_weight < 0:
             raise ValueError(f"`diffusion_loss_weight` must be >= 0, got {diffusion_loss_weight}.")
         grid = latent_size // patch_size
@@ -193,6 +202,7 @@ class TransfusionConfig(PreTrainedConfig):
         self.diffusion_loss_weight = diffusion_loss_weight
         self.num_train_timesteps = num_train_timesteps
         self.beta_schedule = beta_schedule
+        self.prediction_type = prediction_type
         self.initializer_range = initializer_range
         self.use_cache = use_cache
         kwargs.setdefault("tie_word_embeddings", False)
@@ -225,14 +235,14 @@ class TransfusionConfig(PreTrainedConfig):
         return self.latent_channels * self.patch_size**2
 
     def scheduler_config(self) -> dict:
-        """The diffusers scheduler settings the model was trained with (cosine DDPM, epsilon prediction, no
+        """The diffusers scheduler settings the model was trained with (cosine DDPM, its prediction type, no
         clipping: scaled VAE latents are not bounded to [-1, 1])."""
         return {
             "num_train_timesteps": self.num_train_timesteps,
             "beta_schedule": self.beta_schedule,
-            "prediction_type": "epsilon",
+            "prediction_type": self.prediction_type,
             "clip_sample": False,
         }
 
 
-__all__ = ["PATCH_ENCODERS", "TransfusionConfig"]
+__all__ = ["PATCH_ENCODERS", "PREDICTION_TYPES", "TransfusionConfig"]

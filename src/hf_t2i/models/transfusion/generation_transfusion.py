@@ -99,7 +99,7 @@ class TransfusionGenerationMixin:
 
     def check_scheduler(self, scheduler: SchedulerMixin) -> None:
         """Refuse a scheduler that cannot sample this model: Transfusion is trained as a DDPM that predicts the noise
-        (epsilon) on its config's noise schedule, so any DDPM-family diffusers scheduler built from that schedule
+        (epsilon; or the velocity, per `config.prediction_type`) on its config's noise schedule, so any DDPM-family diffusers scheduler built from that schedule
         works (DDIM, DDPM, DPMSolver++, UniPC, Euler, ...: `XScheduler.from_config(pipe.scheduler.config)`), and a
         flow-matching one, another prediction type or another noise schedule would draw noise, not images."""
         name = type(scheduler).__name__
@@ -112,16 +112,16 @@ class TransfusionGenerationMixin:
                 raise ValueError(
                     f"`scheduler` {name} is a flow-matching sampler: it integrates a predicted velocity along straight "
                     "noise-to-data paths, which only a model trained with the flow-matching objective (SD3, Flux) "
-                    "predicts. Transfusion is trained as a DDPM that predicts the noise (epsilon) on a "
+                    f"predicts. Transfusion is trained as a DDPM that predicts {self.config.prediction_type!r} on a "
                     f"{self.config.beta_schedule!r} schedule, so this scheduler would turn its predictions into "
                     f"noise, not images. {fix}"
                 )
             raise ValueError(f"`scheduler` {name} is not a DDPM-family diffusers scheduler. {fix}")
         config, trained = scheduler.config, self.make_scheduler("ddpm").config
-        if config.get("prediction_type") != "epsilon":
+        if config.get("prediction_type") != self.config.prediction_type:
             raise ValueError(
-                f"`scheduler` {name} expects prediction_type={config.get('prediction_type')!r}, but Transfusion "
-                f"predicts the noise ('epsilon'). {fix}"
+                f"`scheduler` {name} expects prediction_type={config.get('prediction_type')!r}, but this model "
+                f"predicts {self.config.prediction_type!r}. {fix}"
             )
         keys = ["num_train_timesteps", "beta_schedule"]
         if trained.beta_schedule in ("linear", "scaled_linear"):

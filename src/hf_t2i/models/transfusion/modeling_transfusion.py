@@ -13,8 +13,8 @@ Sequence layout (one id space, the text vocabulary):
 - Attention (section 2.3): causal over the whole sequence, bidirectional among the patches of one image
   (`layers.masks.causal_with_bidirectional_spans`), padded keys hidden.
 - Loss (section 2.4): `L = L_LM + lambda * L_DDPM`, lambda = `diffusion_loss_weight` (5). L_LM is the next-token
-  cross-entropy on text targets; L_DDPM the mean squared error of the predicted noise, averaged per image, then over
-  images. Noise is added to the latent BEFORE patchifying (`DDPMScheduler.add_noise`, cosine schedule, 1000 steps).
+  cross-entropy on text targets; L_DDPM the mean squared error of the predicted noise (or velocity, with
+  `prediction_type="v_prediction"`), averaged per image, then over images. Noise is added to the latent BEFORE patchifying (`DDPMScheduler.add_noise`, cosine schedule, 1000 steps).
 - The diffusers `AutoencoderKL` is nested as `vae` (the way transformers nests VQ models), frozen in training.
 """
 
@@ -48,7 +48,8 @@ from .patching_transfusion import build_patch_modules
 
 @dataclass
 class TransfusionModelOutput(BaseModelOutputWithPast):
-    """Hidden states plus `noise_pred` (I, C, h, w): the predicted noise of each image in the input, in order."""
+    """Hidden states plus `noise_pred` (I, C, h, w): the predicted noise of each image in the input, in order (the
+    velocity with `prediction_type="v_prediction"`)."""
 
     noise_pred: torch.Tensor | None = None
 
@@ -58,9 +59,10 @@ class TransfusionOutput(CausalLMOutputWithPast):
     """[`CausalLMOutputWithPast`] plus the noise prediction and the two unweighted loss terms.
 
     Args:
-        noise_pred: (I, C, h, w) predicted noise of every image of the batch, in sequence order.
+        noise_pred: (I, C, h, w) predicted noise (or velocity, per `config.prediction_type`) of every image of the
+            batch, in sequence order.
         lm_loss: mean next-token cross-entropy over text targets.
-        diffusion_loss: mean over images of the per-image noise MSE.
+        diffusion_loss: mean over images of the per-image MSE of `noise_pred`.
     """
 
     noise_pred: torch.Tensor | None = None
@@ -445,10 +447,15 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         if pixel_values is not None:
             image_latents = self.encode_images(pixel_values)
         training = labels is not None
+        target = None
         if training and image_latents is not None:
+            clean = image_latents
             image_latents, timesteps, noise = self.sample_training_noise(
                 image_latents, timesteps, noise, timestep_limits, generator
             )
+            target = noise
+            if self.config.prediction_type == "v_prediction":
+                target = self.noise_scheduler.get_velocity(clean, noise, timesteps)
         outputs = self.model(
             input_ids,
             attention_mask=attention_mask,
@@ -464,7 +471,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         hidden = outputs.last_hidden_state
         loss = lm_loss = diffusion_loss = logits = None
         if training:
-            loss, lm_loss, diffusion_loss, logits = self.loss(hidden, labels, outputs.noise_pred, noise)
+            loss, lm_loss, diffusion_loss, logits = self.loss(hidden, labels, outputs.noise_pred, target)
         else:
             logits = self.restrict_logits(self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden))
         out = TransfusionOutput(
@@ -480,10 +487,11 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         return out if return_dict else out.to_tuple()
 
     def loss(
-        self, hidden: torch.Tensor, labels: torch.Tensor, noise_pred: torch.Tensor | None, noise: torch.Tensor | None
+        self, hidden: torch.Tensor, labels: torch.Tensor, noise_pred: torch.Tensor | None, target: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`L_LM + lambda * L_DDPM` (section 2.4). Logits are computed only at positions with a text target (the LM
-        head over N image positions would be wasted work); they are returned flat, (num_targets, V)."""
+        """`L_LM + lambda * L_DDPM` (section 2.4); `target` is the noise, or the velocity with `prediction_type`
+        "v_prediction". Logits are computed only at positions with a text target (the LM head over N image positions
+        would be wasted work); they are returned flat, (num_targets, V)."""
         if labels.shape != hidden.shape[:2]:
             raise ValueError(
                 f"`labels` must have the shape of `input_ids` {tuple(hidden.shape[:2])}, got {tuple(labels.shape)}."
@@ -495,7 +503,7 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         lm_loss = F.cross_entropy(logits.float(), targets.flatten()[where]) if where.numel() else zero
         diffusion_loss = zero
         if noise_pred is not None:
-            per_image = (noise_pred.float() - noise.float()).pow(2).flatten(1).mean(dim=1)  # (I,)
+            per_image = (noise_pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # (I,)
             diffusion_loss = per_image.mean()
         loss = lm_loss + self.config.diffusion_loss_weight * diffusion_loss
         return loss, lm_loss, diffusion_loss, logits

@@ -27,8 +27,9 @@ class TransfusionPipeline(T2IPipeline):
         scheduler: a DDPM-family diffusers scheduler with the model's training noise schedule (subfolder
             `scheduler/`); default: DDIM. Swap it as in diffusers:
             `pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)` (or DPMSolverMultistep,
-            DDPM, Euler, ...). Flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`) are refused: the model
-            predicts DDPM noise (epsilon), not a flow-matching velocity.
+            DDPM, Euler, ...); it keeps the model's `prediction_type` (epsilon or v_prediction) from the config.
+            Flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`) are refused: the model predicts DDPM noise
+            (or DDPM velocity), not a flow-matching velocity.
 
     Example:
 

@@ -7,7 +7,8 @@
   `image_first_prob` (paper: 20%), image -> caption (`<s> <boi> image <eoi> caption </s>`), the noise of those
   images limited to t < `image_first_max_timestep` (paper: 500). Captions of caption-first examples are dropped with
   probability `caption_dropout` so classifier-free guidance works. These draws come from the loop's generator.
-- Loss: `L_LM + 5 * L_DDPM` (the model's forward). Optimiser defaults follow the paper's (AdamW beta = (0.9, 0.95),
+- Loss: `L_LM + 5 * L_DDPM` (the model's forward); L_DDPM on the noise, or on the velocity with
+  `--prediction-type v_prediction`. Optimiser defaults follow the paper's (AdamW beta = (0.9, 0.95),
   eps 1e-8, weight decay 0.1, clip 1.0, cosine decay to 5% of the peak) at a small model's learning rate and warm-up.
 
     hf-t2i train autoencoder_kl --output-dir runs/vae --image-size 32 --max-steps 3000
@@ -50,6 +51,7 @@ ARCHITECTURE_FIELDS = (
     "num_hidden_layers",
     "num_attention_heads",
     "intermediate_size",
+    "prediction_type",
 )
 
 
@@ -79,6 +81,10 @@ class TransfusionRecipeConfig(ImageTextDataConfig):
     intermediate_size: int = 1024
     hidden_dropout: float = 0.0
     diffusion_loss_weight: float = field(default=5.0, metadata={"help": "lambda of L_LM + lambda * L_DDPM"})
+    prediction_type: str = field(
+        default="epsilon",
+        metadata={"help": "epsilon (the paper: predict the noise) | v_prediction (predict the velocity)"},
+    )
     caption_dropout: float = field(default=0.1, metadata={"help": "probability of the empty caption (CFG)"})
     image_first_prob: float = field(default=0.2, metadata={"help": "share of image -> caption examples"})
     image_first_max_timestep: int = field(default=500, metadata={"help": "noise limit of images before captions"})
@@ -108,8 +114,12 @@ class TransfusionRecipe(Recipe):
     }
 
     def __init__(self, config=None):
+        from ...models.transfusion.configuration_transfusion import PREDICTION_TYPES
+
         super().__init__(config)
         c = self.config
+        if c.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {c.prediction_type!r}.")
         self.pretrained_pipeline = None
         if c.pretrained_model_name_or_path:
             self._start_from_pretrained()
@@ -203,6 +213,7 @@ class TransfusionRecipe(Recipe):
                 hidden_dropout=c.hidden_dropout,
                 max_position_embeddings=c.text_seq_len + num_patches + 8,  # <s> caption </s> <boi> image <eoi>
                 diffusion_loss_weight=c.diffusion_loss_weight,
+                prediction_type=c.prediction_type,
                 **ids,
             )
         return self._model_config
