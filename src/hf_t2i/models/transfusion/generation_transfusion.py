@@ -99,9 +99,10 @@ class TransfusionGenerationMixin:
 
     def check_scheduler(self, scheduler: SchedulerMixin) -> None:
         """Refuse a scheduler that cannot sample this model: Transfusion is trained as a DDPM that predicts the noise
-        (epsilon; or the velocity, per `config.prediction_type`) on its config's noise schedule, so any DDPM-family diffusers scheduler built from that schedule
-        works (DDIM, DDPM, DPMSolver++, UniPC, Euler, ...: `XScheduler.from_config(pipe.scheduler.config)`), and a
-        flow-matching one, another prediction type or another noise schedule would draw noise, not images."""
+        (epsilon; or the velocity, per `config.prediction_type`) on its config's noise schedule, so any DDPM-family
+        diffusers scheduler built from that schedule works (DDIM, DDPM, DPMSolver++, UniPC, Euler, ...:
+        `XScheduler.from_config(pipe.scheduler.config)`), and a flow-matching one, another prediction type or another
+        noise schedule would draw noise, not images."""
         name = type(scheduler).__name__
         fix = (
             "Build a DDPM-family scheduler from the model's schedule, e.g. "

@@ -14,7 +14,8 @@ Sequence layout (one id space, the text vocabulary):
   (`layers.masks.causal_with_bidirectional_spans`), padded keys hidden.
 - Loss (section 2.4): `L = L_LM + lambda * L_DDPM`, lambda = `diffusion_loss_weight` (5). L_LM is the next-token
   cross-entropy on text targets; L_DDPM the mean squared error of the predicted noise (or velocity, with
-  `prediction_type="v_prediction"`), averaged per image, then over images. Noise is added to the latent BEFORE patchifying (`DDPMScheduler.add_noise`, cosine schedule, 1000 steps).
+  `prediction_type="v_prediction"`), averaged per image, then over images. Noise is added to the latent BEFORE
+  patchifying (`DDPMScheduler.add_noise`, cosine schedule, 1000 steps).
 - The diffusers `AutoencoderKL` is nested as `vae` (the way transformers nests VQ models), frozen in training.
 """
 
