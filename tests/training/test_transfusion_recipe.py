@@ -150,6 +150,12 @@ def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path
     with caplog.at_level(logging.WARNING):
         TransfusionRecipe(TransfusionRecipeConfig(**data, hidden_size=64, pretrained_model_name_or_path=final))
     assert "{'hidden_size': 64} are ignored" in caplog.text and "{'hidden_size': 32}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # what the weights predict is the model's, like its sizes
+        kept = TransfusionRecipe(
+            TransfusionRecipeConfig(**data, prediction_type="v_prediction", pretrained_model_name_or_path=final)
+        )
+    assert kept.config.prediction_type == "epsilon" and "'prediction_type': 'v_prediction'" in caplog.text
     with pytest.raises(ValueError, match="tokenizer_path"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, tokenizer_path="gpt2", pretrained_model_name_or_path=final))
     other = tmp_path / "other_vae"

@@ -12,6 +12,13 @@ from ...configuration_utils import check_heads
 PATCH_ENCODERS = ("linear", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
+
+def check_prediction_type(prediction_type: str) -> None:
+    """Refuse a `prediction_type` the model cannot train on (shared by the config and the recipe's flag)."""
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+
+
 # A small diffusers `AutoencoderKL` (factor 4, 4 latent channels): the default when no trained VAE is given. Real
 # checkpoints copy the config of the VAE they were trained with (e.g. the `autoencoder_kl` recipe's).
 DEFAULT_VAE_CONFIG = {
@@ -169,8 +176,7 @@ class TransfusionConfig(PreTrainedConfig):
         ]
         if len(set(marks)) != 3 or set(marks) & set(others):
             raise ValueError(f"The special token ids must be distinct from each other, got {special}.")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+        check_prediction_type(prediction_type)
         if diffusion_loss_weight < 0:
             raise ValueError(f"`diffusion_loss_weight` must be >= 0, got {diffusion_loss_weight}.")
         grid = latent_size // patch_size
@@ -245,4 +251,4 @@ class TransfusionConfig(PreTrainedConfig):
         }
 
 
-__all__ = ["PATCH_ENCODERS", "PREDICTION_TYPES", "TransfusionConfig"]
+__all__ = ["PATCH_ENCODERS", "PREDICTION_TYPES", "TransfusionConfig", "check_prediction_type"]

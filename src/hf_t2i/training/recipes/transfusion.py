@@ -114,12 +114,11 @@ class TransfusionRecipe(Recipe):
     }
 
     def __init__(self, config=None):
-        from ...models.transfusion.configuration_transfusion import PREDICTION_TYPES
+        from ...models.transfusion.configuration_transfusion import check_prediction_type
 
         super().__init__(config)
         c = self.config
-        if c.prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {c.prediction_type!r}.")
+        check_prediction_type(c.prediction_type)  # here too: TransfusionConfig is built only after the data loads
         self.pretrained_pipeline = None
         if c.pretrained_model_name_or_path:
             self._start_from_pretrained()
