@@ -1,6 +1,7 @@
 """`evaluate_pipeline` / `hf-t2i eval` on a tiny random DALL-E saved to a temporary folder."""
 
 import argparse
+import functools
 import json
 
 import pytest
@@ -272,6 +273,31 @@ def test_cli_writes_a_report(pipeline_dir, tmp_path, capsys):
 
     args = parser.parse_args(["eval", "--dataset", "shapes", "--metrics", "compositional"])
     with pytest.raises(ValueError, match="--model"):
+        run_eval(args)
+
+
+def test_cli_sampling_options_reach_the_pipeline_and_the_report(pipeline_dir, tmp_path):
+    parser = eval_parser()
+    base = ["eval", "--model", pipeline_dir, "--dataset", "shapes", "--num-images", "2", "--batch-size", "2"]
+    base += ["--metrics", "compositional", "--output-dir", str(tmp_path)]
+    calls = []
+    original = DallePipeline.__call__
+
+    @functools.wraps(original)  # keeps the signature the runner checks the options against
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DallePipeline, "__call__", spy)
+        args = parser.parse_args(base + ["--temperature", "0.5", "--top-k", "4", "--guidance-schedule", "linear"])
+        assert args.func(args) == 0
+    chosen = {"temperature": 0.5, "guidance_schedule": "linear", "top_k": 4}
+    assert calls and all(call.items() >= chosen.items() for call in calls)
+    assert json.loads((tmp_path / "report.json").read_text())["settings"]["pipeline_kwargs"] == chosen
+
+    args = parser.parse_args(base + ["--num-inference-steps", "8"])  # DALL-E decodes one token per step
+    with pytest.raises(ValueError, match="num_inference_steps.*DallePipeline.*--num-inference-steps"):
         run_eval(args)
 
 

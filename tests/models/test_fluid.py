@@ -3,8 +3,9 @@ import torch
 from transformers import AutoConfig, DynamicCache, EncoderDecoderCache
 
 from hf_t2i.generation.masked import cosine_training_mask
+from hf_t2i.layers import sincos_2d_embedding, sinusoidal_embedding
 from hf_t2i.models.dalle_dvae import DalleDVAEConfig
-from hf_t2i.models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, small_vae_config
+from hf_t2i.models.fluid import FluidConfig, FluidForConditionalGeneration, FluidModel, MarConfig, small_vae_config
 
 from .prior_tester import PriorTesterMixin, seeded
 
@@ -197,6 +198,39 @@ def test_config_and_encode_errors():
         with pytest.raises(ValueError, match=f"`snr_gamma` must be a number > 0 .* got {bad!r}"):
             tiny_fluid_config(snr_gamma=bad)
     assert tiny_fluid_config(snr_gamma=5).snr_gamma == 5.0
+
+
+def test_sincos_2d_table_encodes_rows_then_columns():
+    table = sincos_2d_embedding(3, 4, 8)  # a 3 x 4 grid in raster order
+    assert table.shape == (12, 8) and table.abs().max() <= 1
+    for index in range(12):
+        row, col = divmod(index, 4)
+        assert torch.equal(table[index, :4], sinusoidal_embedding(torch.tensor([row]), 4)[0])
+        assert torch.equal(table[index, 4:], sinusoidal_embedding(torch.tensor([col]), 4)[0])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_embedding(2, 2, 6)
+
+
+def test_position_embedding_init_sincos_2d_starts_from_the_grid_table_and_trains(tmp_path):
+    model = tiny_model(position_embedding_init="sincos_2d")
+    table = model.model.position_embeddings.weight
+    assert torch.equal(table, sincos_2d_embedding(4, 4, 32)) and table.requires_grad
+    assert tiny_model().model.position_embeddings.weight.std() < 0.05  # the default: N(0, initializer_range)
+    with torch.no_grad():
+        table.add_(0.5)  # as after training: a checkpoint loads its table, it is not initialised again
+    model.save_pretrained(tmp_path)
+    reloaded = FluidForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.position_embedding_init == "sincos_2d"
+    assert torch.equal(reloaded.model.position_embeddings.weight, table)
+
+    with pytest.raises(ValueError, match="`position_embedding_init` must be one of .*'sincos'"):
+        tiny_fluid_config(position_embedding_init="sincos")
+    with pytest.raises(ValueError, match="divisible by 4 \\(got 34\\)"):
+        tiny_fluid_config(
+            position_embedding_init="sincos_2d", hidden_size=34, num_attention_heads=2, encoder_attention_heads=2
+        )
+    with pytest.raises(ValueError, match="MAR's layout keeps its own position tables"):
+        MarConfig(num_classes=10, position_embedding_init="sincos_2d")
 
 
 class _FluidPrior(PriorTesterMixin):

@@ -2,6 +2,7 @@
 Fluid cells train on cached tokens and export working pipelines."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from hf_t2i import DalleDVAE, DalleDVAEConfig, FluidPipeline
+from hf_t2i.layers import sincos_2d_embedding
 from hf_t2i.training import TrainingConfig, train
 from hf_t2i.training.recipes.autoencoder_kl import AutoencoderKLRecipe, AutoencoderKLRecipeConfig
 from hf_t2i.training.recipes.fluid import FluidRecipe, FluidRecipeConfig
@@ -232,3 +234,29 @@ def test_snr_gamma_weights_the_training_loss_only(vae_dir, tmp_path):
         FluidRecipe(FluidRecipeConfig(**common, snr_gamma=-1.0))
     with pytest.raises(ValueError, match="leave `snr_gamma` at 0"):
         FluidRecipe(FluidRecipeConfig(**{**common, "vae_path": ""}, token_type="discrete", vq_path="x", snr_gamma=5.0))
+
+
+def test_position_embedding_init_reaches_a_new_model_and_is_kept_when_fine_tuning(vae_dir, tmp_path, caplog):
+    """`--position-embedding-init sincos_2d` starts a new model's image positions from the 2-D table (and is saved in
+    its config); fine-tuning keeps the pretrained model's setting and warns that a different one is ignored; a bad
+    value is refused up front."""
+    common = dict(**DATA, **SIZES, vae_path=str(vae_dir[0]), cache_dir=str(tmp_path / "c"))
+    model = FluidRecipe(FluidRecipeConfig(**common, position_embedding_init="sincos_2d")).build_model()
+    grid, width = model.config.image_grid_size, model.config.hidden_size
+    assert model.config.position_embedding_init == "sincos_2d"
+    assert torch.equal(model.model.position_embeddings.weight, sincos_2d_embedding(grid, grid, width))
+    assert model.config.to_dict()["position_embedding_init"] == "sincos_2d"
+
+    run(FluidRecipe(FluidRecipeConfig(**common)), tmp_path / "run")  # the default: "normal"
+    tuned = dict(**{**common, "vae_path": ""}, pretrained_model_name_or_path=str(tmp_path / "run" / "final"))
+    with caplog.at_level(logging.WARNING):
+        FluidRecipe(FluidRecipeConfig(**tuned)).build_model()
+        assert "position_embedding_init" not in caplog.text
+        recipe = FluidRecipe(FluidRecipeConfig(**tuned, position_embedding_init="sincos_2d"))
+        assert recipe.build_model().config.position_embedding_init == "normal"
+    ignored = (
+        "{'position_embedding_init': 'sincos_2d'} are ignored (the model has {'position_embedding_init': 'normal'})"
+    )
+    assert ignored in caplog.text
+    with pytest.raises(ValueError, match="`position_embedding_init` must be one of .*'rope'"):
+        FluidRecipe(FluidRecipeConfig(**common, position_embedding_init="rope"))

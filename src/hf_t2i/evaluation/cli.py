@@ -8,6 +8,7 @@
     hf-t2i eval --tokenizer runs/dvae/final --dataset emoji --num-images 192 --metrics fid   # + FID of reconstructions
     hf-t2i eval --model parti --dataset shapes --guidance-scale 1,2,3,5      # a sweep: one report per scale + sweep.md
     hf-t2i eval --model dalle --dataset shapes --num-candidates 8 --rerank-scorer runs/clip/final   # best-of-8
+    hf-t2i eval --model fluid --dataset shapes --split validation --temperature 0.8   # a sampling setting
 
 `--split test` (default) evaluates on the held-out captions (for shapes: held-out colour-shape pairs), the numbers to
 report; `--split validation` (shapes only) on in-distribution captions, to choose settings such as guidance without
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 
+from ..generation.guidance import GUIDANCE_SCHEDULES
 from .runner import DATASETS, EVAL_SPLIT, EVAL_SPLITS, METRICS, VALIDATION_DATASETS
 
 
@@ -80,6 +82,25 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="a clip_scorer folder used to rerank with --num-candidates (default: --scorer; a separate one keeps the "
         "clip metric unbiased)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="the pipeline's sampling temperature (default: its own; Fluid: the diffusion head's noise scale)",
+    )
+    p.add_argument(
+        "--guidance-schedule",
+        choices=GUIDANCE_SCHEDULES,
+        default=None,
+        help="constant (default) or linear: guidance rising from 1 to the scale over the steps (Muse, MAR)",
+    )
+    p.add_argument("--top-k", type=int, default=None, help="the pipeline's top-k (default: its own)")
+    p.add_argument(
+        "--num-inference-steps",
+        type=int,
+        default=None,
+        help="the pipeline's steps or iterations (diffusion / masked models; default: its own)",
     )
     p.add_argument(
         "--metrics", default=None, help=f"comma-separated subset of {','.join(METRICS)} (default: all that apply)"
@@ -141,6 +162,11 @@ def run_eval(args) -> int:
     scales = args.guidance_scale if args.guidance_scale is not None else [None]
     num_candidates = getattr(args, "num_candidates", None)
     rerank_scorer = getattr(args, "rerank_scorer", None) or (args.scorer if num_candidates is not None else None)
+    sampling = {
+        name: getattr(args, name, None)
+        for name in ("temperature", "guidance_schedule", "top_k", "num_inference_steps")
+        if getattr(args, name, None) is not None
+    }
     reports = []
     for scale in scales:
         folder = output_dir if len(scales) == 1 else os.path.join(output_dir, f"guidance_{scale:g}")
@@ -160,6 +186,7 @@ def run_eval(args) -> int:
             split=split,
             num_candidates=num_candidates,
             rerank_scorer_path=rerank_scorer,
+            **sampling,
         )
         reports.append(report)
         print(json.dumps(report["metrics"], indent=2))

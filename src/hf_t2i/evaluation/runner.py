@@ -199,7 +199,11 @@ def generate_images(
     accepted = inspect.signature(pipe.__call__).parameters
     unknown = [name for name in pipeline_kwargs if name not in accepted]
     if unknown:
-        raise ValueError(f"`pipeline_kwargs` {unknown} are not arguments of {type(pipe).__name__}.__call__.")
+        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        raise ValueError(
+            f"`pipeline_kwargs` {unknown} are not arguments of {type(pipe).__name__}.__call__ (on the command line: "
+            f"{flags}); leave them out for this pipeline."
+        )
     kwargs = dict(pipeline_kwargs)
     if guidance_scale is not None:
         kwargs["guidance_scale"] = guidance_scale

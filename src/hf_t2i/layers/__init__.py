@@ -17,7 +17,7 @@ from .masks import (
 )
 from .mlp import FeedForward
 from .patchify import patchify, unpatchify
-from .positional import AxialPositionalEmbedding, TimestepEmbedding, sinusoidal_embedding
+from .positional import AxialPositionalEmbedding, TimestepEmbedding, sincos_2d_embedding, sinusoidal_embedding
 from .transformer import BlockStackOutput, TransformerBlock, run_blocks, transformer_blocks
 
 
@@ -40,6 +40,7 @@ __all__ = [
     "patchify",
     "unpatchify",
     "causal_mask",
+    "sincos_2d_embedding",
     "sinusoidal_embedding",
     "slice_mask",
     "sparse_image_mask",

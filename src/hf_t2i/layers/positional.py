@@ -46,6 +46,21 @@ def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def sincos_2d_embedding(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sinusoidal features of a `height` x `width` grid in raster order (MAE / DiT's 2-D sin-cos positions):
+    the first half of the channels encode the row, the second half the column, each as `sinusoidal_embedding`.
+    Nearby cells get similar vectors, which is what lets attention find a token's neighbours from the start.
+
+    Returns:
+        (height * width, dim) float32, values in [-1, 1].
+    """
+    if dim % 4:
+        raise ValueError(f"`dim` must be divisible by 4 for 2-D sin-cos positions, got {dim}.")
+    rows = torch.arange(height).repeat_interleave(width)  # raster index r * W + c -> r
+    cols = torch.arange(width).repeat(height)  # -> c
+    return torch.cat([sinusoidal_embedding(rows, dim // 2), sinusoidal_embedding(cols, dim // 2)], dim=-1)
+
+
 class TimestepEmbedding(nn.Module):
     """Sinusoidal timestep features followed by a two-layer MLP (as in DDPM / DiT)."""
 

@@ -15,6 +15,7 @@ from ..image_tokenizers import vq_config_from
 
 TOKEN_TYPES = ("continuous", "discrete")
 GENERATION_ORDERS = ("random", "raster")
+POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
 
 
 def small_vae_config(image_size: int = 32) -> dict[str, Any]:
@@ -124,6 +125,11 @@ class FluidConfig(PreTrainedConfig):
         buffer_size (`int`, *optional*, defaults to 64): class-conditional: positions holding the class embedding
             in front of the image tokens (MAR's buffer).
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
+        position_embedding_init (`str`, *optional*, defaults to `"normal"`): how the backbone's learned image
+            position embeddings start (text-conditional models): "normal" (N(0, `initializer_range`), as every other
+            embedding, and MAR) or "sincos_2d" (the 2-D sin-cos table of the token grid, values in [-1, 1], as MAE /
+            DiT's fixed positions; needs `hidden_size` divisible by 4). Only the start differs: the table is a
+            trained parameter either way, and checkpoints load the same.
     """
 
     model_type = "fluid"
@@ -168,6 +174,7 @@ class FluidConfig(PreTrainedConfig):
         class_dropout_prob: float = 0.1,
         buffer_size: int = 64,
         initializer_range: float = 0.02,
+        position_embedding_init: str = "normal",
         use_cache: bool = True,
         **kwargs,
     ):
@@ -218,6 +225,15 @@ class FluidConfig(PreTrainedConfig):
         if diffusion_timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"`diffusion_timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {diffusion_timestep_spacing!r}."
+            )
+        if position_embedding_init not in POSITION_EMBEDDING_INITS:
+            raise ValueError(
+                f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
+            )
+        if position_embedding_init == "sincos_2d" and (hidden_size % 4 or num_classes is not None):
+            raise ValueError(
+                "`position_embedding_init='sincos_2d'` needs `hidden_size` divisible by 4 (got "
+                f"{hidden_size}) and a text-conditional model (MAR's layout keeps its own position tables)."
             )
         if num_classes is not None and not self._mar_layout:
             raise ValueError(
@@ -274,6 +290,7 @@ class FluidConfig(PreTrainedConfig):
         self.class_dropout_prob = class_dropout_prob
         self.buffer_size = buffer_size
         self.initializer_range = initializer_range
+        self.position_embedding_init = position_embedding_init
         self.use_cache = use_cache
         if token_type == "continuous":
             self._check_latent_grid()

@@ -37,6 +37,7 @@ from ...layers import (
     causal_mask,
     patchify,
     run_blocks,
+    sincos_2d_embedding,
     slice_mask,
     transformer_blocks,
     unpatchify,
@@ -165,8 +166,12 @@ class FluidPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, DiffusionHead):
             module.reset_parameters()  # runs after its children: the head keeps its zero-initialised modulations
-        elif isinstance(module, FluidModel) and module is self:
+        elif isinstance(module, FluidModel) and module is self:  # after its children (the position table)
             module.special_embedding.normal_(0.0, std)
+            if self.config.position_embedding_init == "sincos_2d":
+                grid = self.config.image_grid_size
+                table = sincos_2d_embedding(grid, grid, self.config.hidden_size)
+                module.position_embeddings.weight.copy_(table.to(module.position_embeddings.weight))
         elif isinstance(module, FluidMAEModel) and module is self:
             for parameter in (
                 module.null_class_embedding,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..recipe import register_recipe
-from .common import cached_encode, fingerprint
+from .common import cached_encode, fingerprint, warn_ignored_settings
 from .token_prior import TextEncoderPriorRecipe, TextEncoderPriorRecipeConfig
 
 
@@ -53,6 +53,13 @@ class FluidRecipeConfig(TextEncoderPriorRecipeConfig):
         },
     )
     sample_num_inference_steps: int = field(default=64, metadata={"help": "random-order iterations for grids/eval"})
+    position_embedding_init: str = field(
+        default="normal",
+        metadata={
+            "help": "normal | sincos_2d: how the backbone's learned image positions start (FluidConfig); a new "
+            "model's setting, kept from the model when fine-tuning"
+        },
+    )
 
 
 @register_recipe
@@ -75,6 +82,13 @@ class FluidRecipe(TextEncoderPriorRecipe):
                 raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
             if c.generation_order not in ("random", "raster"):
                 raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
+            from ...models.fluid.configuration_fluid import POSITION_EMBEDDING_INITS
+
+            if c.position_embedding_init not in POSITION_EMBEDDING_INITS:
+                raise ValueError(
+                    f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got "
+                    f"{c.position_embedding_init!r}."
+                )
             if not c.snr_gamma >= 0:
                 raise ValueError(f"`snr_gamma` must be >= 0 (0: no weighting; e.g. 5.0), got {c.snr_gamma!r}.")
             if c.snr_gamma and c.token_type != "continuous":
@@ -113,6 +127,9 @@ class FluidRecipe(TextEncoderPriorRecipe):
                     f"`{name}` is {getattr(c, name)!r}, but the pretrained Fluid model {c.pretrained_model_name_or_path!r}"
                     f" was trained with {getattr(found, name)!r}: pass `{name}={getattr(found, name)!r}`."
                 )
+        # an initialisation: what the pretrained weights started from, so this run's value has nothing to act on
+        kept = {"position_embedding_init": found.position_embedding_init}
+        warn_ignored_settings(c, kept, c.pretrained_model_name_or_path)
         if found.is_class_conditional:
             raise ValueError(
                 f"{c.pretrained_model_name_or_path!r} is a class-conditional Fluid model; `fluid` fine-tunes "
@@ -156,6 +173,7 @@ class FluidRecipe(TextEncoderPriorRecipe):
             num_train_timesteps=c.num_train_timesteps,
             num_diffusion_steps=c.num_diffusion_steps,
             diffusion_batch_mul=c.diffusion_batch_mul,
+            position_embedding_init=c.position_embedding_init,
         )
         model = FluidForConditionalGeneration(config)
         self.load_pretrained_text_encoder(model)
