@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .context_probe import check_probe_model, head_x0_error
+
 
 DEFAULT_TIMESTEPS = (300, 500, 700, 850)
 
@@ -51,12 +53,8 @@ def caption_binding_probe(
     from ..image_processing import T2IImageProcessor
 
     model, processor = pipe.model.eval(), pipe.processor
+    check_probe_model(model, "The caption-binding probe")
     config = model.config
-    if not config.is_continuous or config.is_causal or config.is_class_conditional:
-        raise ValueError(
-            "`pipe` must hold a text-conditional Fluid model with continuous tokens in random order; this one has "
-            f"token_type={config.token_type!r}, generation_order={config.generation_order!r}."
-        )
     if num_images < 2:
         raise ValueError(f"`num_images` must be >= 2 (captions are swapped between images), got {num_images}.")
     rows = build_shapes_dataset(num_images * 20, "validation", config.image_size, seed=data_seed)
@@ -69,27 +67,21 @@ def caption_binding_probe(
     mask = distance > content_threshold * distance.max(dim=1, keepdim=True).values
     captions = list(rows["text"])
     variants = {"true": captions, "swapped": captions[1:] + captions[:1], "empty": [""] * len(captions)}
-    targets, selected = tokens.reshape(-1, tokens.shape[-1]), mask.reshape(-1)
-    alphas_cumprod = model.scheduler.alphas_cumprod.to(model.device)
-    report: dict[str, float | dict[int, float]] = {"zero_predictor": targets[selected].pow(2).mean().item()}
+    targets = tokens[mask]  # (M, D): the masked content tokens
+    noises = [
+        torch.randn(targets.shape, generator=torch.Generator().manual_seed(draw)).to(targets)
+        for draw in range(num_noise_draws)
+    ]
+    report: dict[str, float | dict[int, float]] = {"zero_predictor": targets.pow(2).mean().item()}
     for name, texts in variants.items():
         text = processor(text=texts, return_tensors="pt", padding="max_length", truncation=True)
         text = {k: v.to(model.device) for k, v in text.items() if k in ("input_ids", "attention_mask")}
         hidden = model.model(**text, image_tokens=tokens, mask=mask, return_dict=True).last_hidden_state
-        condition = hidden.reshape(-1, hidden.shape[-1])
-        report[name] = {}
-        for t in timesteps:
-            alpha = alphas_cumprod[t]
-            steps = torch.full((targets.shape[0],), t, device=model.device)
-            errors = []
-            for draw in range(num_noise_draws):
-                generator = torch.Generator().manual_seed(draw)
-                noise = torch.randn(targets.shape, generator=generator).to(targets)
-                noisy = alpha.sqrt() * targets + (1 - alpha).sqrt() * noise
-                eps = model.diffusion_head(noisy, steps, condition)
-                x0 = (noisy - (1 - alpha).sqrt() * eps) / alpha.sqrt()
-                errors.append((x0 - targets)[selected].pow(2).mean().item())
-            report[name][t] = sum(errors) / len(errors)
+        condition = hidden[mask]  # (M, C)
+        report[name] = {
+            t: sum(head_x0_error(model, targets, condition, t, noise) for noise in noises) / num_noise_draws
+            for t in timesteps
+        }
     return report
 
 
