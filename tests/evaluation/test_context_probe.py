@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hf_t2i.checkpoints import resolve_checkpoint
+from hf_t2i.evaluation.caption_binding import caption_binding_probe
 from hf_t2i.evaluation.context_probe import DISTANCES, context_probe, format_report, main
 from hf_t2i.pipelines import T2IPipeline
 
@@ -55,10 +56,14 @@ def test_probe_refuses_bad_arguments(fluid):
         context_probe(fluid, masked_fraction=1.0)
     with pytest.raises(ValueError, match="timestep"):
         context_probe(fluid, timestep=1000)
+
+
+@pytest.mark.parametrize("probe", [context_probe, caption_binding_probe])
+def test_probes_refuse_a_model_of_another_kind(fluid, probe):
     fluid.model.config.generation_order = "raster"
     try:
         with pytest.raises(ValueError, match="random order.*generation_order='raster'"):
-            context_probe(fluid)
+            probe(fluid)
     finally:
         fluid.model.config.generation_order = "random"
 
