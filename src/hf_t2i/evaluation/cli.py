@@ -165,8 +165,8 @@ def run_eval(args) -> int:
     sampling = {
         name: getattr(args, name, None)
         for name in ("temperature", "guidance_schedule", "top_k", "num_inference_steps")
-        if getattr(args, name, None) is not None
     }
+    sampling = {name: value for name, value in sampling.items() if value is not None}
     reports = []
     for scale in scales:
         folder = output_dir if len(scales) == 1 else os.path.join(output_dir, f"guidance_{scale:g}")

@@ -18,6 +18,14 @@ GENERATION_ORDERS = ("random", "raster")
 POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
 
 
+def check_position_embedding_init(position_embedding_init: str) -> None:
+    """Refuse an unknown `position_embedding_init` (shared by the config and the recipe's flag)."""
+    if position_embedding_init not in POSITION_EMBEDDING_INITS:
+        raise ValueError(
+            f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
+        )
+
+
 def small_vae_config(image_size: int = 32) -> dict[str, Any]:
     """A small diffusers `AutoencoderKL` for 32px images: 3 resolutions (x4 down), 4 latent channels, so 32px images
     give 8x8x4 latents, i.e. 4x4 tokens of 16 values with `patch_size=2`."""
@@ -226,10 +234,7 @@ class FluidConfig(PreTrainedConfig):
             raise ValueError(
                 f"`diffusion_timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {diffusion_timestep_spacing!r}."
             )
-        if position_embedding_init not in POSITION_EMBEDDING_INITS:
-            raise ValueError(
-                f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
-            )
+        check_position_embedding_init(position_embedding_init)
         if position_embedding_init == "sincos_2d" and (hidden_size % 4 or num_classes is not None):
             raise ValueError(
                 "`position_embedding_init='sincos_2d'` needs `hidden_size` divisible by 4 (got "

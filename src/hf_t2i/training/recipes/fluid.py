@@ -82,13 +82,9 @@ class FluidRecipe(TextEncoderPriorRecipe):
                 raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
             if c.generation_order not in ("random", "raster"):
                 raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
-            from ...models.fluid.configuration_fluid import POSITION_EMBEDDING_INITS
+            from ...models.fluid.configuration_fluid import check_position_embedding_init
 
-            if c.position_embedding_init not in POSITION_EMBEDDING_INITS:
-                raise ValueError(
-                    f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got "
-                    f"{c.position_embedding_init!r}."
-                )
+            check_position_embedding_init(c.position_embedding_init)  # before the data loads, not at build_model
             if not c.snr_gamma >= 0:
                 raise ValueError(f"`snr_gamma` must be >= 0 (0: no weighting; e.g. 5.0), got {c.snr_gamma!r}.")
             if c.snr_gamma and c.token_type != "continuous":
