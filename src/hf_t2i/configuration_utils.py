@@ -7,6 +7,18 @@ import math
 from transformers import AutoConfig, PreTrainedConfig
 
 
+#: how a model's learned image positions start (`position_embedding_init` of Fluid and Transfusion)
+POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
+
+
+def check_position_embedding_init(position_embedding_init: str) -> None:
+    """Refuse an unknown `position_embedding_init` (shared by the configs and the recipes' flags)."""
+    if position_embedding_init not in POSITION_EMBEDDING_INITS:
+        raise ValueError(
+            f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
+        )
+
+
 def is_finite_number(value) -> bool:
     """An int or float (not a bool), finite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

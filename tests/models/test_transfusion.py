@@ -10,6 +10,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from hf_t2i.image_processing import T2IImageProcessor
+from hf_t2i.layers import sincos_2d_embedding
 from hf_t2i.layers.masks import causal_with_bidirectional_spans, image_span_ids
 from hf_t2i.models.transfusion import (
     TransfusionConfig,
@@ -202,6 +203,26 @@ def test_v_prediction_loss_targets_the_velocity_and_its_scheduler_samples_it(pro
     inputs = processor.image_generation_inputs(["a red circle"])
     latents = model.generate_image_latents(**inputs, num_inference_steps=3, generator=seeded(0))
     assert latents.shape == (1, model.config.latent_channels, 8, 8) and torch.isfinite(latents).all()
+
+
+def test_position_embedding_init_sincos_2d_starts_the_patch_positions_from_the_grid_table(processor, tmp_path):
+    model = TransfusionForConditionalGeneration(tiny_config(processor, position_embedding_init="sincos_2d"))
+    positions = model.model.patch_positions
+    table = positions(torch.arange(16))  # the 4 x 4 patch grid in raster order
+    assert torch.equal(table, sincos_2d_embedding(4, 4, 32)) and positions.row.weight.requires_grad
+    default = TransfusionForConditionalGeneration(tiny_config(processor)).model.patch_positions
+    assert default.row.weight.std() < 0.05  # the default: N(0, initializer_range)
+    with torch.no_grad():
+        positions.row.weight.add_(0.5)  # as after training: a checkpoint loads its tables, it is not initialised again
+    model.save_pretrained(tmp_path)
+    reloaded = TransfusionForConditionalGeneration.from_pretrained(tmp_path)
+    assert reloaded.config.position_embedding_init == "sincos_2d"
+    assert torch.equal(reloaded.model.patch_positions.row.weight, positions.row.weight)
+
+    with pytest.raises(ValueError, match="`position_embedding_init` must be one of .*'sincos'"):
+        tiny_config(processor, position_embedding_init="sincos")
+    with pytest.raises(ValueError, match="divisible by 4, got 34"):
+        tiny_config(processor, position_embedding_init="sincos_2d", hidden_size=34, num_attention_heads=2)
 
 
 def test_training_timesteps_respect_noise_limits_and_the_generator(linear_model):

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL
 from transformers import pipeline
 
 from hf_t2i import TransfusionPipeline
+from hf_t2i.layers import sincos_2d_embedding
 from hf_t2i.training import TrainingConfig, train
 from hf_t2i.training.recipes.transfusion import TransfusionRecipe, TransfusionRecipeConfig
 
@@ -106,15 +107,24 @@ def test_recipe_requires_a_vae():
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", caption_dropout=1.5))
     with pytest.raises(ValueError, match="`prediction_type` must be one of"):
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", prediction_type="v"))
+    with pytest.raises(ValueError, match="`position_embedding_init` must be one of"):
+        TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", position_embedding_init="sincos"))
 
 
-def test_prediction_type_flag_reaches_the_model_and_its_scheduler(vae_dir):
+def test_prediction_type_and_position_flags_reach_the_model(vae_dir):
     recipe = TransfusionRecipe(
-        TransfusionRecipeConfig(**DATA, **FLAGS, vae_path=str(vae_dir), prediction_type="v_prediction")
+        TransfusionRecipeConfig(
+            **DATA, **FLAGS, vae_path=str(vae_dir), prediction_type="v_prediction", position_embedding_init="sincos_2d"
+        )
     )
     model = recipe.build_model()
     assert model.config.prediction_type == "v_prediction"
     assert model.make_scheduler("ddim").config.prediction_type == "v_prediction"
+    assert model.config.position_embedding_init == "sincos_2d"
+    positions = model.model.patch_positions
+    grid = model.config.patch_grid_size
+    table = positions(torch.arange(grid * grid))
+    assert torch.equal(table, sincos_2d_embedding(grid, grid, model.config.hidden_size))
 
 
 def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path, caplog):
@@ -156,6 +166,13 @@ def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path
             TransfusionRecipeConfig(**data, prediction_type="v_prediction", pretrained_model_name_or_path=final)
         )
     assert kept.config.prediction_type == "epsilon" and "'prediction_type': 'v_prediction'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # an initialisation: the pretrained weights already started from theirs
+        kept = TransfusionRecipe(
+            TransfusionRecipeConfig(**data, position_embedding_init="sincos_2d", pretrained_model_name_or_path=final)
+        )
+    assert kept.config.position_embedding_init == "normal"
+    assert "'position_embedding_init': 'sincos_2d'" in caplog.text
     with pytest.raises(ValueError, match="tokenizer_path"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, tokenizer_path="gpt2", pretrained_model_name_or_path=final))
     other = tmp_path / "other_vae"

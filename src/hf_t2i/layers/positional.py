@@ -27,6 +27,29 @@ class AxialPositionalEmbedding(nn.Module):
         """index: raster positions (any shape) in [0, height * width) -> (*index.shape, dim)."""
         return self.row(index // self.width) + self.col(index % self.width)
 
+    @torch.no_grad()
+    def init_sincos_(self, table: nn.Embedding | None = None) -> None:
+        """Start the tables so that `row(r) + col(c)` is the 2-D sin-cos feature of cell (r, c), exactly
+        `sincos_2d_embedding(height, width, dim)`: the rows' sinusoids fill the first half of the channels, the
+        columns' the second, zeros elsewhere. Both tables stay trained parameters.
+
+        Args:
+            table: only this one of the two (`self.row` or `self.col`, as a model's per-module weight init visits
+                them); default: both.
+        """
+        dim = self.row.embedding_dim
+        if dim % 4:
+            raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}.")
+        half = dim // 2
+        for this, size, channels in (
+            (self.row, self.height, slice(0, half)),
+            (self.col, self.width, slice(half, dim)),
+        ):
+            if table is None or table is this:
+                values = torch.zeros(size, dim)
+                values[:, channels] = sinusoidal_embedding(torch.arange(size), half)
+                this.weight.copy_(values.to(this.weight))
+
 
 def sinusoidal_embedding(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Transformer sinusoidal features of (possibly fractional) positions or diffusion timesteps.

@@ -8,22 +8,18 @@ from typing import Any
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from ...configuration_utils import check_heads, check_positive_ints, text_encoder_config_from
+from ...configuration_utils import (
+    check_heads,
+    check_position_embedding_init,
+    check_positive_ints,
+    text_encoder_config_from,
+)
 from ...layers.diffusion_head import BETA_SCHEDULES, TIMESTEP_SPACINGS
 from ..image_tokenizers import vq_config_from
 
 
 TOKEN_TYPES = ("continuous", "discrete")
 GENERATION_ORDERS = ("random", "raster")
-POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
-
-
-def check_position_embedding_init(position_embedding_init: str) -> None:
-    """Refuse an unknown `position_embedding_init` (shared by the config and the recipe's flag)."""
-    if position_embedding_init not in POSITION_EMBEDDING_INITS:
-        raise ValueError(
-            f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
-        )
 
 
 def small_vae_config(image_size: int = 32) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from ...configuration_utils import check_heads
+from ...configuration_utils import check_heads, check_position_embedding_init
 
 
 PATCH_ENCODERS = ("linear", "unet")
@@ -81,6 +81,11 @@ class TransfusionConfig(PreTrainedConfig):
             clean latent's error by SNR + 1 instead of SNR, so the high-noise steps that lay out the picture keep
             their weight. Diffusers schedulers read it from the saved scheduler config.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the normal init.
+        position_embedding_init (`str`, *optional*, defaults to `"normal"`): how the patches' learned row + column
+            embeddings start: "normal" (N(0, `initializer_range`), as every other embedding) or "sincos_2d" (their
+            sum is the 2-D sin-cos table of the patch grid, values in [-1, 1], as MAE / DiT's fixed positions, so
+            attention can find a patch's neighbours from the first step; needs `hidden_size` divisible by 4). Only
+            the start differs: the tables are trained parameters either way, and checkpoints load the same.
     """
 
     model_type = "transfusion"
@@ -115,6 +120,7 @@ class TransfusionConfig(PreTrainedConfig):
         beta_schedule: str = "squaredcos_cap_v2",
         prediction_type: str = "epsilon",
         initializer_range: float = 0.02,
+        position_embedding_init: str = "normal",
         use_cache: bool = True,
         **kwargs,
     ):
@@ -177,6 +183,11 @@ class TransfusionConfig(PreTrainedConfig):
         if len(set(marks)) != 3 or set(marks) & set(others):
             raise ValueError(f"The special token ids must be distinct from each other, got {special}.")
         check_prediction_type(prediction_type)
+        check_position_embedding_init(position_embedding_init)
+        if position_embedding_init == "sincos_2d" and hidden_size % 4:
+            raise ValueError(
+                f"`position_embedding_init='sincos_2d'` needs `hidden_size` divisible by 4, got {hidden_size}."
+            )
         if diffusion_loss_weight < 0:
             raise ValueError(f"`diffusion_loss_weight` must be >= 0, got {diffusion_loss_weight}.")
         grid = latent_size // patch_size
@@ -210,6 +221,7 @@ class TransfusionConfig(PreTrainedConfig):
         self.beta_schedule = beta_schedule
         self.prediction_type = prediction_type
         self.initializer_range = initializer_range
+        self.position_embedding_init = position_embedding_init
         self.use_cache = use_cache
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id, **kwargs)

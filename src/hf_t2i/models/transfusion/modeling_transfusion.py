@@ -87,6 +87,10 @@ class TransfusionPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         init_transformer_weights(module, self.config.initializer_range, owner=self)
+        if self.config.position_embedding_init == "sincos_2d" and isinstance(module, nn.Embedding):
+            positions = self.base_model.patch_positions  # its row / column tables are visited one by one
+            if module is positions.row or module is positions.col:
+                positions.init_sincos_(module)
 
 
 def positions_from_mask(attention_mask: torch.Tensor | None, start: int, batch: int, length: int, device):

@@ -82,7 +82,7 @@ class FluidRecipe(TextEncoderPriorRecipe):
                 raise ValueError(f"`token_type` must be 'continuous' or 'discrete', got {c.token_type!r}.")
             if c.generation_order not in ("random", "raster"):
                 raise ValueError(f"`generation_order` must be 'random' or 'raster', got {c.generation_order!r}.")
-            from ...models.fluid.configuration_fluid import check_position_embedding_init
+            from ...configuration_utils import check_position_embedding_init
 
             check_position_embedding_init(c.position_embedding_init)  # before the data loads, not at build_model
             if not c.snr_gamma >= 0:

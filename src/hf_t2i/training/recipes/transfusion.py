@@ -52,6 +52,7 @@ ARCHITECTURE_FIELDS = (
     "num_attention_heads",
     "intermediate_size",
     "prediction_type",
+    "position_embedding_init",  # an initialisation: what the pretrained weights started from
 )
 
 
@@ -85,6 +86,13 @@ class TransfusionRecipeConfig(ImageTextDataConfig):
         default="epsilon",
         metadata={"help": "epsilon (the paper: predict the noise) | v_prediction (predict the velocity)"},
     )
+    position_embedding_init: str = field(
+        default="normal",
+        metadata={
+            "help": "normal | sincos_2d: how the patches' learned row + column positions start (TransfusionConfig); "
+            "a new model's setting, kept from the model when fine-tuning"
+        },
+    )
     caption_dropout: float = field(default=0.1, metadata={"help": "probability of the empty caption (CFG)"})
     image_first_prob: float = field(default=0.2, metadata={"help": "share of image -> caption examples"})
     image_first_max_timestep: int = field(default=500, metadata={"help": "noise limit of images before captions"})
@@ -114,11 +122,13 @@ class TransfusionRecipe(Recipe):
     }
 
     def __init__(self, config=None):
+        from ...configuration_utils import check_position_embedding_init
         from ...models.transfusion.configuration_transfusion import check_prediction_type
 
         super().__init__(config)
         c = self.config
         check_prediction_type(c.prediction_type)  # here too: TransfusionConfig is built only after the data loads
+        check_position_embedding_init(c.position_embedding_init)
         self.pretrained_pipeline = None
         if c.pretrained_model_name_or_path:
             self._start_from_pretrained()
@@ -213,6 +223,7 @@ class TransfusionRecipe(Recipe):
                 max_position_embeddings=c.text_seq_len + num_patches + 8,  # <s> caption </s> <boi> image <eoi>
                 diffusion_loss_weight=c.diffusion_loss_weight,
                 prediction_type=c.prediction_type,
+                position_embedding_init=c.position_embedding_init,
                 **ids,
             )
         return self._model_config
