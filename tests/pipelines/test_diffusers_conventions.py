@@ -2,6 +2,9 @@
 `prompt_embeds` with `encode_prompt`, transformers' `pipeline(..., batch_size=k)`, and Transfusion's swappable
 schedulers. Tiny models built in code, seeded, offline."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -408,3 +411,17 @@ def test_transfusion_keeps_a_saved_dpm_solver_in_every_entry_point(pipes, tmp_pa
     assert public(task.generation_pipeline.scheduler.config) == public(solver.config)
     image = task("a red circle", generator=seeded(4), num_inference_steps=3)
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are a POSIX notion")
+def test_saved_files_get_the_mode_of_a_new_file_under_the_umask(pipes, tmp_path):
+    """safetensors >= 0.8 writes its files 0600 whatever the umask (safetensors/safetensors#782); a saved pipeline's
+    weights must be as readable as its config.json, as with `open()`."""
+    previous = os.umask(0o022)
+    try:
+        pipes("fluid").save_pretrained(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in tmp_path.rglob("*")}
+    files = {name: mode for name, mode in modes.items() if (tmp_path / name).is_file()}
+    assert "model.safetensors" in files and set(files.values()) == {0o644}, files

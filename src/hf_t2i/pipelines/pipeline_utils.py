@@ -63,6 +63,13 @@ def saved_scheduler(model, own_classes: tuple[type, ...] = (), example: str = "D
     return scheduler_class.from_config(config)
 
 
+def _new_file_mode() -> int:
+    """The permission bits `open()` gives a new file under this process's umask (`0o666 & ~umask`)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 class T2IPipeline(DiffusionPipeline):
     """Shared loading / saving (root layout, atomic file writes), prompt encoding, argument checks and output of the
     hf_t2i pipelines."""
@@ -170,11 +177,15 @@ class T2IPipeline(DiffusionPipeline):
                 else:
                     component.save_pretrained(target)
             write_pipeline_remote_code(tmp)
+            mode = _new_file_mode()
             for root, _, files in os.walk(tmp):
                 relative = os.path.relpath(root, tmp)
                 destination = os.path.normpath(os.path.join(save_directory, relative))
                 os.makedirs(destination, exist_ok=True)
                 for file in files:
+                    # safetensors >= 0.8 writes its files 0600 through a temporary file, whatever the umask
+                    # (safetensors/safetensors#782): give every file the mode `open()` would have, as config.json has
+                    os.chmod(os.path.join(root, file), mode)
                     os.replace(os.path.join(root, file), os.path.join(destination, file))
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))
