@@ -47,6 +47,23 @@ def output_flags(config, output_attentions, output_hidden_states, return_dict) -
 
 
 @torch.no_grad()
+def new_file_mode() -> int:
+    """The permission bits `open()` gives a new file under this process's umask (`0o666 & ~umask`)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def give_new_file_modes(folder: str | os.PathLike) -> None:
+    """Give every file under `folder` the mode of a new file (`new_file_mode`). safetensors >= 0.8 writes its files
+    0600 through a temporary file whatever the umask (safetensors/safetensors#782), so saved weights would be
+    unreadable to other users while the config beside them is not."""
+    mode = new_file_mode()
+    for root, _, files in os.walk(folder):
+        for file in files:
+            os.chmod(os.path.join(root, file), mode)
+
+
 def init_transformer_weights(
     module: nn.Module, std: float, owner: PreTrainedModel, nested: tuple[type[PreTrainedModel], ...] = ()
 ) -> bool:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_t2i.modeling_utils import new_file_mode
 from hf_t2i.training import TrainingConfig, list_checkpoints, train
 
 from .training_toy import ToyConfig, ToyRecipe, reset_accelerate_state
@@ -67,6 +68,9 @@ def test_loss_decreases(tmp_path):
     assert last < 0.3 * first, (first, last)
     assert metrics["global_step"] == 60 and metrics["train_loss"] < first
     assert os.path.exists(tmp_path / "final" / "toy.safetensors")
+    if os.name == "posix":  # safetensors writes 0600 whatever the umask (safetensors#782); the export does not
+        mode = os.stat(tmp_path / "final" / "toy.safetensors").st_mode & 0o777
+        assert mode == new_file_mode(), oct(mode)
 
 
 @pytest.mark.parametrize(

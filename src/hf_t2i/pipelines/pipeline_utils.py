@@ -28,6 +28,7 @@ from ..generation.sampling import Generators
 from ..hub import HUB_ARGUMENTS, push_folder_to_hub
 from ..image_processing import OUTPUT_TYPES as IMAGE_OUTPUT_TYPES
 from ..image_processing import T2IImageProcessor
+from ..modeling_utils import give_new_file_modes
 from ..processing_utils import as_prompt_list
 from ..remote_code import (
     auto_class_registration_ignored,
@@ -61,13 +62,6 @@ def saved_scheduler(model, own_classes: tuple[type, ...] = (), example: str = "D
             f"with one (e.g. `{example}.from_config(pipe.scheduler.config)`)."
         )
     return scheduler_class.from_config(config)
-
-
-def _new_file_mode() -> int:
-    """The permission bits `open()` gives a new file under this process's umask (`0o666 & ~umask`)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 class T2IPipeline(DiffusionPipeline):
@@ -177,15 +171,12 @@ class T2IPipeline(DiffusionPipeline):
                 else:
                     component.save_pretrained(target)
             write_pipeline_remote_code(tmp)
-            mode = _new_file_mode()
+            give_new_file_modes(tmp)  # safetensors writes its files 0600: as readable as config.json instead
             for root, _, files in os.walk(tmp):
                 relative = os.path.relpath(root, tmp)
                 destination = os.path.normpath(os.path.join(save_directory, relative))
                 os.makedirs(destination, exist_ok=True)
                 for file in files:
-                    # safetensors >= 0.8 writes its files 0600 through a temporary file, whatever the umask
-                    # (safetensors/safetensors#782): give every file the mode `open()` would have, as config.json has
-                    os.chmod(os.path.join(root, file), mode)
                     os.replace(os.path.join(root, file), os.path.join(destination, file))
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", None) or os.path.basename(os.path.abspath(save_directory))

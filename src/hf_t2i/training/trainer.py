@@ -31,6 +31,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
+from ..modeling_utils import give_new_file_modes
 from .checkpointing import (
     CheckpointError,
     TrainState,
@@ -632,6 +633,7 @@ class _TrainingRun:
             os.makedirs(tmp)
             with self._inference_mode():
                 self.recipe.save_pretrained(accelerator.unwrap_model(self.model, keep_fp32_wrapper=False), tmp)
+            give_new_file_modes(tmp)  # safetensors writes its files 0600: as readable as config.json instead
             if os.path.isdir(final):
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(final, old)
