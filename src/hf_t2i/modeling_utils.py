@@ -46,7 +46,6 @@ def output_flags(config, output_attentions, output_hidden_states, return_dict) -
     )
 
 
-@torch.no_grad()
 def new_file_mode() -> int:
     """The permission bits `open()` gives a new file under this process's umask (`0o666 & ~umask`)."""
     umask = os.umask(0o022)
@@ -64,6 +63,7 @@ def give_new_file_modes(folder: str | os.PathLike) -> None:
             os.chmod(os.path.join(root, file), mode)
 
 
+@torch.no_grad()
 def init_transformer_weights(
     module: nn.Module, std: float, owner: PreTrainedModel, nested: tuple[type[PreTrainedModel], ...] = ()
 ) -> bool:

@@ -422,6 +422,7 @@ def test_saved_files_get_the_mode_of_a_new_file_under_the_umask(pipes, tmp_path)
         pipes("fluid").save_pretrained(tmp_path)
     finally:
         os.umask(previous)
-    modes = {path.relative_to(tmp_path).as_posix(): stat.S_IMODE(path.stat().st_mode) for path in tmp_path.rglob("*")}
-    files = {name: mode for name, mode in modes.items() if (tmp_path / name).is_file()}
+    files = {
+        p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()
+    }
     assert "model.safetensors" in files and set(files.values()) == {0o644}, files

@@ -1,0 +1,31 @@
+"""Shared model helpers: the GPT-2 style init outside `torch.no_grad`, and the file modes of a saved folder."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from hf_t2i.modeling_utils import give_new_file_modes, init_transformer_weights, new_file_mode
+
+
+def test_init_transformer_weights_runs_on_trainable_parameters_with_grad_enabled():
+    layer = nn.Linear(4, 4)
+    with torch.enable_grad():  # in-place init of a leaf that requires grad: only allowed under no_grad
+        assert init_transformer_weights(layer, 0.02, owner=None)
+    assert torch.equal(layer.bias, torch.zeros(4)) and layer.weight.requires_grad
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are a POSIX notion")
+def test_give_new_file_modes_undoes_owner_only_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for path in (tmp_path / "a.safetensors", tmp_path / "sub" / "b.json"):
+        path.write_bytes(b"x")
+        path.chmod(0o600)
+    previous = os.umask(0o027)
+    try:
+        assert new_file_mode() == 0o640
+        give_new_file_modes(tmp_path)
+    finally:
+        os.umask(previous)
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()} == {0o640}
