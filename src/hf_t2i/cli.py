@@ -41,8 +41,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--num-candidates",
         type=int,
         default=None,
-        help="draw N candidates per image and keep the one the folder's reranking scorer ranks highest (DALL-E "
-        "folders exported with `--rerank-scorer`)",
+        help="draw N candidates per image and keep the one the folder's reranking scorer ranks highest (DALL-E's "
+        "reranking; folders exported with `--rerank-scorer`)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
@@ -285,7 +285,7 @@ def _add_export(subparsers) -> None:
     p.add_argument(
         "--rerank-scorer",
         default=None,
-        help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E), so that "
+        help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E's reranking, any family), so that "
         "`--num-candidates N` / `pipe(prompt, num_candidates=N)` keep the best of N without naming one",
     )
     p.add_argument(

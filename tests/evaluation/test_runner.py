@@ -355,7 +355,7 @@ def test_best_of_n_keeps_the_candidate_the_reranker_ranks_first(dalle_pipeline, 
         kept.append((pixels.shape[0], index.tolist()))
         return index, scores
 
-    monkeypatch.setattr("hf_t2i.pipelines.autoregressive.rerank", spy)
+    monkeypatch.setattr("hf_t2i.pipelines.pipeline_utils.rerank", spy)
     seen = []
     monkeypatch.setattr(
         compositional,

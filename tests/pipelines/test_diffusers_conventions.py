@@ -32,6 +32,7 @@ from hf_t2i import (
     TransfusionForConditionalGeneration,
     TransfusionPipeline,
 )
+from hf_t2i.pipelines.reranking import clip_scores
 
 from ..conftest import tiny_dalle_config
 from ..models.test_fluid import tiny_fluid_config
@@ -168,6 +169,53 @@ def test_generator_list_counts_reranking_candidates(pipes, dalle_processor):
     assert out.images.shape == (1, pipe.model.config.num_image_tokens)
 
 
+@pytest.mark.parametrize("family", ["dalle", "parti", "fluid", "fluid-discrete", "transfusion", "muse"])
+def test_every_family_keeps_the_candidates_its_scorer_ranks_highest(pipes, dalle_processor, family):
+    """DALL-E's reranking (`num_candidates`) works the same in every family: the kept images are, best first, the
+    top-scored of the candidates that a call drawing `num_candidates` images per prompt returns."""
+    pipe, settings = pipes(family), SETTINGS[family]
+    scorer = tiny_scorer()
+    pipe.scorer, pipe.scorer_processor = scorer, dalle_processor
+    try:
+        candidates = pipe(PROMPTS, num_images_per_prompt=3, generator=seeded(8), output_type="latent", **settings)
+        candidates = candidates.images  # (2 * 3, ...)
+        kwargs = dict(num_images_per_prompt=2, num_candidates=3, **settings)
+        kept = pipe(PROMPTS, generator=seeded(8), output_type="latent", **kwargs)
+        images = pipe(PROMPTS, generator=seeded(8), output_type="pt", **kwargs)
+    finally:
+        pipe.scorer, pipe.scorer_processor = None, None
+    scores = clip_scores(scorer, dalle_processor, PROMPTS, pipe.model.decode_image_tokens(candidates)).view(2, 3)
+    best = scores.argsort(dim=1, descending=True)[:, :2]  # (prompts, 2)
+    assert not torch.equal(best, torch.arange(2).expand(2, 2))  # the order changed: the test can tell
+    expected = candidates.view(2, 3, *candidates.shape[1:])[torch.arange(2)[:, None], best].flatten(0, 1)
+    assert_same(kept.images, expected)
+    torch.testing.assert_close(kept.scores, scores.gather(1, best).flatten())
+    torch.testing.assert_close(images.scores, kept.scores)
+    decoded = (pipe.model.decode_image_tokens(kept.images).clamp(-1, 1) + 1) / 2
+    torch.testing.assert_close(decoded, images.images, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["fluid", "transfusion", "muse"])
+def test_reranking_pipelines_save_and_reload_their_scorer(pipes, dalle_processor, family, tmp_path):
+    base = pipes(family)
+    pipe = type(base)(
+        **{name: getattr(base, name) for name in ("model", "processor")},
+        scorer=tiny_scorer(),
+        scorer_processor=dalle_processor,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    reloaded = type(base).from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert type(reloaded.scorer).__name__ == "CLIPModel"
+    out = reloaded("a red circle", num_candidates=2, generator=seeded(0), **SETTINGS[family])
+    assert len(out.images) == 1 and out.scores.shape == (1,)
+    with pytest.raises(ValueError, match="`num_candidates` reranks samples with a scorer, but this pipeline has none"):
+        base("a red circle", num_candidates=2, **SETTINGS[family])
+    with pytest.raises(ValueError, match=r"`num_candidates` must be an integer >= `num_images_per_prompt` \(2\)"):
+        reloaded("a red circle", num_images_per_prompt=2, num_candidates=1, **SETTINGS[family])
+
+
 # 2. output_type="latent": what the decoder would receive
 
 
@@ -298,8 +346,9 @@ def test_families_without_a_text_encoder_refuse_prompt_embeds_saying_why(pipes, 
         pipe.encode_prompt("a red circle")
 
 
-def test_parti_reranking_needs_the_prompt_text(pipes, dalle_processor):
-    pipe = pipes("parti")
+@pytest.mark.parametrize("family", ENCODER_FAMILIES)
+def test_reranking_needs_the_prompt_text(pipes, family):
+    pipe = pipes(family)
     embeds = pipe.encode_prompt("a red circle", do_classifier_free_guidance=False)[0]
     with pytest.raises(ValueError, match="`num_candidates` reranks by the prompt text"):
         pipe(prompt_embeds=embeds, num_candidates=2)

@@ -345,7 +345,7 @@ def evaluate_pipeline(
             captions, to choose settings such as `guidance_scale` on); recorded as `settings["split"]`, and the FID
             reference of each split is cached in its own file.
         num_candidates: best-of-N (DALL-E section 2.6): draw this many images per caption and keep the one the
-            reranking scorer ranks first. Needs a pipeline with a `num_candidates` argument (DALL-E, Parti) and
+            reranking scorer ranks first. Needs a pipeline with a `num_candidates` argument (every hf_t2i one) and
             `rerank_scorer_path` (or a pipeline that already holds a scorer). None: one draw per caption.
         rerank_scorer_path: a `clip_scorer` folder used only to rerank; it is attached to the pipeline for this
             evaluation and detached afterwards. Use another scorer than `scorer_path` when the "clip" metric
@@ -381,8 +381,8 @@ def evaluate_pipeline(
         _check_positive_int("num_candidates", num_candidates)
         if "num_candidates" not in inspect.signature(pipe.__call__).parameters:
             raise ValueError(
-                f"`num_candidates` ({num_candidates}) reranks candidates, but {type(pipe).__name__} cannot: use a "
-                "DALL-E or Parti pipeline, or leave `num_candidates` (--num-candidates) unset."
+                f"`num_candidates` ({num_candidates}) reranks candidates, but {type(pipe).__name__} cannot (its "
+                "call has no `num_candidates`): use an hf_t2i pipeline, or leave `num_candidates` (--num-candidates) unset."
             )
         if rerank_scorer_path is None and getattr(pipe, "scorer", None) is None:
             raise ValueError(

@@ -36,6 +36,7 @@ from ..remote_code import (
     write_pipeline_remote_code,
 )
 from .pipeline_output import T2IPipelineOutput
+from .reranking import rerank
 
 
 ROOT_COMPONENTS = ("model", "processor")
@@ -555,6 +556,64 @@ class T2IPipeline(DiffusionPipeline):
                 "pipeline in a loop with fewer images per call (a new seed or the same generator each time), or "
                 "raise `pipe.max_images_per_call` if your memory allows."
             )
+
+    def check_rerank_inputs(
+        self, num_images_per_prompt: int, num_candidates: int | None, has_prompts: bool = True
+    ) -> tuple[int, str]:
+        """Check `num_candidates` (best-of-N reranking, DALL-E section 2.6: draw N images per prompt, keep the
+        `num_images_per_prompt` the pipeline's `scorer` ranks highest). `has_prompts`: the call has caption text
+        for the scorer to read (not only `prompt_embeds` or class labels).
+
+        Returns:
+            the images to draw per prompt and the argument that counts them, for `check_batch_size` and
+            `check_generator`.
+        """
+        if num_candidates is None:
+            return num_images_per_prompt, "num_images_per_prompt"
+        if (
+            not isinstance(num_candidates, int)
+            or isinstance(num_candidates, bool)
+            or (num_candidates < num_images_per_prompt)
+        ):
+            raise ValueError(
+                f"`num_candidates` must be an integer >= `num_images_per_prompt` ({num_images_per_prompt}), "
+                f"got {num_candidates!r}."
+            )
+        if not has_prompts:
+            raise ValueError(
+                "`num_candidates` reranks by the prompt text, which this call does not have: pass `prompt` (not "
+                "`prompt_embeds` or `class_labels`), or leave `num_candidates=None`."
+            )
+        if getattr(self, "scorer", None) is None or getattr(self, "scorer_processor", None) is None:
+            raise ValueError(
+                "`num_candidates` reranks samples with a scorer, but this pipeline has none. Pass `scorer=` and "
+                "`scorer_processor=` when building it (or export it with `--rerank-scorer`), or leave "
+                "`num_candidates=None`."
+            )
+        return num_candidates, "num_candidates"
+
+    def decode_and_rerank(
+        self,
+        latents: torch.Tensor,
+        decode,
+        prompts: list[str] | None,
+        num_images_per_prompt: int,
+        num_candidates: int | None,
+        output_type: str,
+        return_dict: bool,
+    ) -> T2IPipelineOutput | tuple:
+        """The end of a call that may rerank: `latents` (image tokens or latents, one row per drawn image, each
+        prompt's contiguous) -> pixels with `decode`; with `num_candidates`, keep the `num_images_per_prompt`
+        best-scored of each prompt's candidates, best first; then the requested output (with "latent": the kept
+        images' `latents`, not decoded unless reranking needs the pixels)."""
+        if num_candidates is None and output_type == "latent":
+            return self.output(latents, output_type, return_dict)
+        pixels = decode(latents)  # (B * n, 3, H, W) in [-1, 1]
+        scores = None
+        if num_candidates is not None:
+            index, scores = rerank(self.scorer, self.scorer_processor, prompts, pixels, num_images_per_prompt)
+            pixels, latents = pixels[index.to(pixels.device)], latents[index.to(latents.device)]
+        return self.output(latents if output_type == "latent" else pixels, output_type, return_dict, scores=scores)
 
     @staticmethod
     def check_generator(generator, batch_size: int, images: str = "prompts x `num_images_per_prompt`") -> Generators:

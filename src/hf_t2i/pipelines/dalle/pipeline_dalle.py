@@ -117,11 +117,9 @@ class DallePipeline(AutoregressiveT2IPipeline):
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
-        self.check_rerank_inputs(num_images_per_prompt, num_candidates)
+        samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, self.model.config.vq_config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        samples = num_candidates or num_images_per_prompt
-        per_prompt = "num_candidates" if num_candidates else "num_images_per_prompt"
         self.check_batch_size(len(prompts), samples, per_prompt)
         generator = self.check_generator(generator, len(prompts) * samples, f"prompts x `{per_prompt}`")
 

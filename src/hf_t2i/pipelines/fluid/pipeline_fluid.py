@@ -14,6 +14,7 @@ from ...layers.diffusion_head import DiffusionHeadScheduler
 from ...modeling_utils import outside_range
 from ...models.fluid.modeling_fluid import FluidForConditionalGeneration
 from ...models.fluid.processing_fluid import FluidProcessor
+from ...processing_utils import as_prompt_list
 from ..pipeline_output import T2IPipelineOutput
 from ..pipeline_utils import T2IPipeline, saved_scheduler
 
@@ -35,6 +36,9 @@ class FluidPipeline(T2IPipeline):
             scales DDPM's ancestral noise, which they do not draw), keep the head's "leading" timestep spacing (their
             own default, which starts at the cosine schedule's capped last step, is refused), and are refused with
             another noise schedule or prediction type. The solver's multistep history is reset at every head call.
+        scorer (optional): a contrastive image-text model with `get_text_features` / `get_image_features` (e.g. a
+            transformers `CLIPModel`) used to rerank `num_candidates` samples per prompt.
+        scorer_processor (optional): the scorer's processor (text + images -> model inputs).
 
     Example:
 
@@ -49,7 +53,7 @@ class FluidPipeline(T2IPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _optional_components = ["processor", "scheduler"]
+    _optional_components = ["processor", "scheduler", "scorer", "scorer_processor"]
     text_input_names = ("input_ids", "attention_mask")
 
     def __init__(
@@ -57,6 +61,8 @@ class FluidPipeline(T2IPipeline):
         model: FluidForConditionalGeneration,
         processor: FluidProcessor | None = None,
         scheduler: SchedulerMixin | None = None,
+        scorer=None,
+        scorer_processor=None,
         default_guidance_scale: float | None = None,
     ):
         super().__init__()
@@ -64,7 +70,9 @@ class FluidPipeline(T2IPipeline):
             scheduler = saved_scheduler(model, (DiffusionHeadScheduler,), "DPMSolverMultistepScheduler") or (
                 DiffusionHeadScheduler.from_config(model.scheduler.config)
             )
-        self.register_modules(model=model, processor=processor, scheduler=scheduler)
+        self.register_modules(
+            model=model, processor=processor, scheduler=scheduler, scorer=scorer, scorer_processor=scorer_processor
+        )
         self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
@@ -84,6 +92,7 @@ class FluidPipeline(T2IPipeline):
         top_p: float | None = None,
         min_p: float | None = None,
         do_sample: bool = True,
+        num_candidates: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -115,11 +124,14 @@ class FluidPipeline(T2IPipeline):
             num_diffusion_steps: reverse steps of the head per token with `pipe.scheduler` (default: the model
                 config's, 100, what DDPM is trained and measured with; DPM-Solver++ needs 10-25).
             top_k, top_p, min_p, do_sample: discrete tokens only.
+            num_candidates: draw this many images per caption and keep the `num_images_per_prompt` the scorer ranks
+                highest (DALL-E's reranking; needs `scorer` and `prompt`).
             generator: the only source of randomness: one `torch.Generator` for the whole call, or a list of one per
-                image (captions or class labels x `num_images_per_prompt`), in output order: image `i` is then the
-                image a one-image call with generator `i` draws.
+                image drawn (captions or class labels x `num_images_per_prompt`, or x `num_candidates` when
+                reranking), in output order: image `i` is then the image a one-image call with generator `i` draws.
             output_type: "pil", "np", "pt", or "latent": the (B, N, D) latent tokens (continuous) or (B, N) ids
-                (discrete), in raster order, that the VAE / VQ decoder would decode.
+                (discrete), in raster order, that the VAE / VQ decoder would decode (when reranking, the kept
+                images').
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"latents": tokens})` after each iteration, `tokens` the
                 (B, N, D) latent tokens or (B, N) ids so far, unknown ones zero (it observes; what it returns is not
@@ -135,12 +147,15 @@ class FluidPipeline(T2IPipeline):
                 `encode_prompt` returns them.
 
         Returns:
-            [`T2IPipelineOutput`] with `images`, or `(images,)`.
+            [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
         # 1. Check inputs
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
         model = self.model
         self.check_num_images(num_images_per_prompt)
+        samples, per_prompt = self.check_rerank_inputs(
+            num_images_per_prompt, num_candidates, prompt is not None and not model.config.is_class_conditional
+        )
         settings = model.check_sampling(
             num_inference_steps,
             guidance_scale,
@@ -177,17 +192,19 @@ class FluidPipeline(T2IPipeline):
                 generator, len(labels) * num_images_per_prompt, "class labels x `num_images_per_prompt`"
             )
             inputs = {"class_labels": labels.repeat_interleave(num_images_per_prompt)}
+            prompts = None
         else:
             if class_labels is not None:
                 raise ValueError("`class_labels` apply to class-conditional Fluid models; this one takes `prompt`.")
             if self.processor is None:
                 raise ValueError("A text-conditional FluidPipeline needs its `processor`.")
             num_prompts = self.check_prompt_inputs(prompt, negative_prompt, **text_embeds)
-            self.check_batch_size(num_prompts, num_images_per_prompt)
-            generator = self.check_generator(generator, num_prompts * num_images_per_prompt)
+            self.check_batch_size(num_prompts, samples, per_prompt)
+            generator = self.check_generator(generator, num_prompts * samples, f"prompts x `{per_prompt}`")
             inputs = self.text_inputs(
-                prompt, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device, **text_embeds
+                prompt, negative_prompt, samples, guidance.enabled, truncation, device, **text_embeds
             )
+            prompts = None if prompt is None else as_prompt_list(prompt)
         scheduler = getattr(self, "scheduler", None)
         state = model.prepare_image_generation(**inputs, settings=settings, scheduler=scheduler, generator=generator)
 
@@ -205,11 +222,16 @@ class FluidPipeline(T2IPipeline):
                     callback_on_step_end(self, i, i, {"latents": decoder.tokens})
                 progress_bar.update()
 
-        # 5. Decode to pixels
-        if output_type == "latent":
-            return self.output(decoder.tokens, output_type, return_dict)
-        pixels = model.decode_image_tokens(decoder.tokens)  # (B * n, 3, H, W) in [-1, 1]
-        return self.output(pixels, output_type, return_dict)
+        # 5. Decode to pixels, rerank, output
+        return self.decode_and_rerank(
+            decoder.tokens,
+            model.decode_image_tokens,
+            prompts,
+            num_images_per_prompt,
+            num_candidates,
+            output_type,
+            return_dict,
+        )
 
     def class_label_ids(self, class_labels) -> torch.Tensor:
         """`class_labels` (an id, a name from `config.id2label`, a list of them, or a tensor) -> (B,) ids."""

@@ -10,6 +10,7 @@ import torch
 
 from ...models.muse.modeling_muse import MuseForConditionalGeneration
 from ...models.muse.processing_muse import MuseProcessor
+from ...processing_utils import as_prompt_list
 from ..pipeline_output import T2IPipelineOutput
 from ..pipeline_utils import T2IPipeline
 
@@ -20,6 +21,9 @@ class MusePipeline(T2IPipeline):
     Components:
         model: [`MuseForConditionalGeneration`] (with its VQ tokenizer as `model.vqmodel`).
         processor: [`MuseProcessor`].
+        scorer (optional): a contrastive image-text model with `get_text_features` / `get_image_features` (e.g. a
+            transformers `CLIPModel`) used to rerank `num_candidates` samples per prompt.
+        scorer_processor (optional): the scorer's processor (text + images -> model inputs).
 
     Example:
 
@@ -30,16 +34,19 @@ class MusePipeline(T2IPipeline):
     """
 
     model_cpu_offload_seq = "model"
+    _optional_components = ["scorer", "scorer_processor"]
     text_input_names = ("input_ids", "attention_mask")
 
     def __init__(
         self,
         model: MuseForConditionalGeneration,
         processor: MuseProcessor,
+        scorer=None,
+        scorer_processor=None,
         default_guidance_scale: float | None = None,
     ):
         super().__init__()
-        self.register_modules(model=model, processor=processor)
+        self.register_modules(model=model, processor=processor, scorer=scorer, scorer_processor=scorer_processor)
         self.register_default_guidance_scale(default_guidance_scale)
         self._known = None
 
@@ -65,6 +72,7 @@ class MusePipeline(T2IPipeline):
         min_p: float | None = None,
         do_sample: bool = True,
         choice_temperature: float | None = None,
+        num_candidates: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -92,10 +100,13 @@ class MusePipeline(T2IPipeline):
             temperature, top_k, top_p, min_p, do_sample: how each code is drawn (transformers semantics).
             choice_temperature: Gumbel noise on the confidence at the first iteration, annealed to 0 (default: the
                 model config's, 4.5; 0 keeps the strictly most confident draws).
+            num_candidates: draw this many images per caption and keep the `num_images_per_prompt` the scorer ranks
+                highest (DALL-E's reranking; needs `scorer` and `prompt`).
             generator: the only source of randomness: one `torch.Generator` for the whole call, or a list of one per
-                image (captions x `num_images_per_prompt`), in output order: image `i` is then the image a one-image
-                call with generator `i` draws.
-            output_type: "pil", "np", "pt", or "latent": the (B, N) codes the VQ decoder would decode.
+                image drawn (captions x `num_images_per_prompt`, or x `num_candidates` when reranking), in output
+                order: image `i` is then the image a one-image call with generator `i` draws.
+            output_type: "pil", "np", "pt", or "latent": the (B, N) codes the VQ decoder would decode (when
+                reranking, the kept images').
             return_dict: return a [`T2IPipelineOutput`] (else a tuple).
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, i, {"latents": codes})` after each iteration, `codes` the (B, N)
@@ -110,7 +121,7 @@ class MusePipeline(T2IPipeline):
                 `encode_prompt` returns them.
 
         Returns:
-            [`T2IPipelineOutput`] with `images`, or `(images,)`.
+            [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
         # 1. Check inputs
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
@@ -123,6 +134,7 @@ class MusePipeline(T2IPipeline):
         }
         num_prompts = self.check_prompt_inputs(prompt, negative_prompt, **text_embeds)
         self.check_num_images(num_images_per_prompt)
+        samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates, prompt is not None)
         settings = model.check_sampling(
             num_inference_steps=num_inference_steps,
             choice_temperature=choice_temperature,
@@ -136,15 +148,13 @@ class MusePipeline(T2IPipeline):
         )
         self.check_image_size(height, width, model.config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_batch_size(num_prompts, num_images_per_prompt)
-        generator = self.check_generator(generator, num_prompts * num_images_per_prompt)
+        self.check_batch_size(num_prompts, samples, per_prompt)
+        generator = self.check_generator(generator, num_prompts * samples, f"prompts x `{per_prompt}`")
 
         # 2. Encode the prompts (and, under guidance, the negative prompts) once, as one doubled batch
         device = self._execution_device
         guided = settings.sampling.guidance.enabled
-        inputs = self.text_inputs(
-            prompt, negative_prompt, num_images_per_prompt, guided, truncation, device, **text_embeds
-        )
+        inputs = self.text_inputs(prompt, negative_prompt, samples, guided, truncation, device, **text_embeds)
         state = model.prepare_image_generation(**inputs, settings=settings, generator=generator)
 
         # 3. Prepare the codes: all unknown ([MASK]), revealed in confidence order on the cosine schedule
@@ -165,11 +175,17 @@ class MusePipeline(T2IPipeline):
                 progress_bar.update()
         self._known = None
 
-        # 5. Decode to pixels
-        if output_type == "latent":
-            return self.output(decoder.tokens, output_type, return_dict)
-        pixels = model.decode_image_tokens(decoder.tokens)  # (B * n, 3, H, W) in [-1, 1]
-        return self.output(pixels, output_type, return_dict)
+        # 5. Decode to pixels, rerank, output
+        prompts = None if prompt is None else as_prompt_list(prompt)
+        return self.decode_and_rerank(
+            decoder.tokens,
+            model.decode_image_tokens,
+            prompts,
+            num_images_per_prompt,
+            num_candidates,
+            output_type,
+            return_dict,
+        )
 
 
 __all__ = ["MusePipeline"]

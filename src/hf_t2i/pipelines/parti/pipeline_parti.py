@@ -116,15 +116,11 @@ class PartiPipeline(AutoregressiveT2IPipeline):
             negative_prompt_attention_mask,
         )
         prompts = None if prompt is None else as_prompt_list(prompt)
-        if num_candidates is not None and prompts is None:
-            raise ValueError("`num_candidates` reranks by the prompt text: pass `prompt`, not `prompt_embeds`.")
         self.check_num_images(num_images_per_prompt)
         sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
-        self.check_rerank_inputs(num_images_per_prompt, num_candidates)
+        samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates, prompts is not None)
         self.check_image_size(height, width, image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        samples = num_candidates or num_images_per_prompt
-        per_prompt = "num_candidates" if num_candidates else "num_images_per_prompt"
         self.check_batch_size(num_prompts, samples, per_prompt)
         generator = self.check_generator(generator, num_prompts * samples, f"prompts x `{per_prompt}`")
 

@@ -30,6 +30,9 @@ class TransfusionPipeline(T2IPipeline):
             DDPM, Euler, ...); it keeps the model's `prediction_type` (epsilon or v_prediction) from the config.
             Flow-matching schedulers (`FlowMatchEulerDiscreteScheduler`) are refused: the model predicts DDPM noise
             (or DDPM velocity), not a flow-matching velocity.
+        scorer (optional): a contrastive image-text model with `get_text_features` / `get_image_features` (e.g. a
+            transformers `CLIPModel`) used to rerank `num_candidates` samples per prompt.
+        scorer_processor (optional): the scorer's processor (text + images -> model inputs).
 
     Example:
 
@@ -43,7 +46,7 @@ class TransfusionPipeline(T2IPipeline):
     """
 
     model_cpu_offload_seq = "model"
-    _optional_components = ["scheduler"]
+    _optional_components = ["scheduler", "scorer", "scorer_processor"]
     text_input_names = ("input_ids", "attention_mask")
     fallback_guidance_scale = 3.0
     prompt_embeds_unsupported = (
@@ -56,12 +59,16 @@ class TransfusionPipeline(T2IPipeline):
         model: TransfusionForConditionalGeneration,
         processor: TransfusionProcessor,
         scheduler: SchedulerMixin | None = None,
+        scorer=None,
+        scorer_processor=None,
         default_guidance_scale: float | None = None,
     ):
         super().__init__()
         if scheduler is None:
             scheduler = saved_scheduler(model) or model.make_scheduler("ddim")
-        self.register_modules(model=model, processor=processor, scheduler=scheduler)
+        self.register_modules(
+            model=model, processor=processor, scheduler=scheduler, scorer=scorer, scorer_processor=scorer_processor
+        )
         self.register_default_guidance_scale(default_guidance_scale)
 
     def encode_text(self, prompts: list[str], truncation: bool, argument: str):
@@ -78,6 +85,7 @@ class TransfusionPipeline(T2IPipeline):
         num_inference_steps: int = 30,
         guidance_scale: float | None = None,
         num_images_per_prompt: int = 1,
+        num_candidates: int | None = None,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -99,15 +107,18 @@ class TransfusionPipeline(T2IPipeline):
             guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it. Default:
                 the checkpoint's `default_guidance_scale` (model_index.json; the scale its model card chose), else
                 3.0.
-            num_images_per_prompt: images returned per prompt; prompts x images is at most `max_images_per_call`
-                (256) per call.
+            num_images_per_prompt: images returned per prompt; prompts x images (x `num_candidates` when reranking)
+                is at most `max_images_per_call` (256) per call.
+            num_candidates: draw this many images per prompt and keep the `num_images_per_prompt` the scorer ranks
+                highest (DALL-E's reranking; needs `scorer`).
             generator: the only source of randomness: one `torch.Generator` for the whole call (the same seed gives
-                the same images), or a list of one per image (prompts x `num_images_per_prompt`), in output order:
-                image `i` is then the image a one-image call with generator `i` draws.
-            latents: (B, C, h, w) standard normal initial noise instead of drawing it (scaled by the scheduler's
-                `init_noise_sigma`, as in diffusers).
+                the same images), or a list of one per image drawn (prompts x `num_images_per_prompt`, or x
+                `num_candidates` when reranking), in output order: image `i` is then the image a one-image call with
+                generator `i` draws.
+            latents: (B, C, h, w) standard normal initial noise instead of drawing it, one per image drawn (scaled by
+                the scheduler's `init_noise_sigma`, as in diffusers).
             output_type: "pil", "np", "pt", or "latent": the (B, C, h, w) scaled VAE latents the VAE decoder would
-                decode.
+                decode (when reranking, the kept images').
             return_dict: return a [`T2IPipelineOutput`] instead of a tuple.
             truncation: cut prompts longer than the text context instead of raising.
             callback_on_step_end: `callback(pipe, i, t, {"latents": latents}) -> dict` after each step; a returned
@@ -118,13 +129,14 @@ class TransfusionPipeline(T2IPipeline):
                 sequence as the image. Pass `prompt` / `negative_prompt`.
 
         Returns:
-            [`T2IPipelineOutput`] with `images`, or `(images,)`.
+            [`T2IPipelineOutput`] with `images` (and `scores` when reranked), or `(images,)`.
         """
         # 1. Check inputs
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
+        samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         guidance = ClassifierFreeGuidance(guidance_scale)
         self.check_image_size(height, width, self.model.config.image_size)
         if (
@@ -134,15 +146,13 @@ class TransfusionPipeline(T2IPipeline):
         ):
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
-        self.check_batch_size(len(prompts), num_images_per_prompt)
-        generator = self.check_generator(generator, len(prompts) * num_images_per_prompt)
+        self.check_batch_size(len(prompts), samples, per_prompt)
+        generator = self.check_generator(generator, len(prompts) * samples, f"prompts x `{per_prompt}`")
         self.model.check_scheduler(self.scheduler)
 
         # 2. Encode the prompts: `<s> caption </s> <boi>` (and the negative prompts) run into the KV cache once
         device = self._execution_device
-        inputs = self.encode_prompts(
-            prompts, negative_prompt, num_images_per_prompt, guidance.enabled, truncation, device
-        )
+        inputs = self.encode_prompts(prompts, negative_prompt, samples, guidance.enabled, truncation, device)
         state = self.model.prepare_image_generation(**inputs, guidance=guidance)
 
         # 3. Prepare the timesteps and the initial noise
@@ -163,10 +173,16 @@ class TransfusionPipeline(T2IPipeline):
                     latents = outputs.get("latents", latents)
                 progress_bar.update()
 
-        # 5. Decode to pixels
-        if output_type == "latent":
-            return self.output(latents, output_type, return_dict)
-        return self.output(self.model.decode_image_tokens(latents), output_type, return_dict)
+        # 5. Decode to pixels, rerank, output
+        return self.decode_and_rerank(
+            latents,
+            self.model.decode_image_tokens,
+            prompts,
+            num_images_per_prompt,
+            num_candidates,
+            output_type,
+            return_dict,
+        )
 
     @torch.no_grad()
     def caption(
