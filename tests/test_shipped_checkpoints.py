@@ -57,6 +57,27 @@ def test_shipped_checkpoint_draws_a_seeded_picture(shipped):
     assert not np.array_equal(image, _draw(pipe, options, seed=1))
 
 
+#: the folders that hold a reranking scorer (`hf-t2i export --rerank-scorer`)
+RERANKING = {"dalle", "parti"}
+
+
+def test_shipped_reranking_folders_keep_the_candidate_their_scorer_prefers(shipped):
+    name, pipe = shipped
+    if name not in RERANKING:
+        assert getattr(pipe, "scorer", None) is None
+        return
+    from hf_t2i.pipelines.reranking import clip_scores
+
+    options = SHIPPED[name][2]
+    both = pipe(
+        PROMPT, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="pt", **options
+    )
+    kept = pipe(PROMPT, num_candidates=2, generator=torch.Generator().manual_seed(0), output_type="pt", **options)
+    scores = clip_scores(pipe.scorer, pipe.scorer_processor, [PROMPT], both.images * 2 - 1)  # pixels in [-1, 1]
+    torch.testing.assert_close(kept.images[0], both.images[int(scores.argmax())])
+    torch.testing.assert_close(kept.scores, scores.max()[None], atol=1e-4, rtol=0)
+
+
 def test_shipped_transfusion_captions_an_image(shipped):
     name, pipe = shipped
     if name != "transfusion":
