@@ -285,8 +285,9 @@ def _add_export(subparsers) -> None:
     p.add_argument(
         "--rerank-scorer",
         default=None,
-        help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E's reranking, any family), so that "
-        "`--num-candidates N` / `pipe(prompt, num_candidates=N)` keep the best of N without naming one",
+        help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E's reranking, "
+        "any family), so that `--num-candidates N` / `pipe(prompt, num_candidates=N)` keep the best of N without "
+        "naming one",
     )
     p.add_argument(
         "--push-to-hub",

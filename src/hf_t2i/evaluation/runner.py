@@ -382,7 +382,8 @@ def evaluate_pipeline(
         if "num_candidates" not in inspect.signature(pipe.__call__).parameters:
             raise ValueError(
                 f"`num_candidates` ({num_candidates}) reranks candidates, but {type(pipe).__name__} cannot (its "
-                "call has no `num_candidates`): use an hf_t2i pipeline, or leave `num_candidates` (--num-candidates) unset."
+                "call has no `num_candidates`): use an hf_t2i pipeline, or leave `num_candidates` (--num-candidates) "
+                "unset."
             )
         if rerank_scorer_path is None and getattr(pipe, "scorer", None) is None:
             raise ValueError(
