@@ -573,7 +573,7 @@ class T2IPipeline(DiffusionPipeline):
         if (
             not isinstance(num_candidates, int)
             or isinstance(num_candidates, bool)
-            or (num_candidates < num_images_per_prompt)
+            or num_candidates < num_images_per_prompt
         ):
             raise ValueError(
                 f"`num_candidates` must be an integer >= `num_images_per_prompt` ({num_images_per_prompt}), "
