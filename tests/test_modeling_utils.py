@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hf_t2i import DallePytorchDVAE, DallePytorchDVAEConfig
 from hf_t2i.modeling_utils import give_new_file_modes, init_transformer_weights, new_file_mode
 
 
@@ -29,3 +30,29 @@ def test_give_new_file_modes_undoes_owner_only_files(tmp_path):
     finally:
         os.umask(previous)
     assert {p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()} == {0o640}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are a POSIX notion")
+def test_new_file_mode_leaves_the_umask_and_the_folder_as_they_were(tmp_path):
+    previous = os.umask(0o077)
+    try:
+        assert new_file_mode(tmp_path) == 0o600
+        assert os.umask(0o077) == 0o077  # read back: unchanged by the probe
+    finally:
+        os.umask(previous)
+    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+
+
+@pytest.mark.skipif(os.name != "posix", reason="permission bits are a POSIX notion")
+def test_a_models_own_save_pretrained_gives_its_files_the_umasks_mode_and_leaves_other_files_alone(tmp_path):
+    model = DallePytorchDVAE(DallePytorchDVAEConfig(image_size=16, vocab_size=32, codebook_dim=8, num_layers=2))
+    tmp_path.joinpath("mine.txt").write_text("not written by the save")
+    tmp_path.joinpath("mine.txt").chmod(0o600)
+    previous = os.umask(0o022)
+    try:
+        model.save_pretrained(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes.pop("mine.txt") == 0o600
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes

@@ -46,21 +46,52 @@ def output_flags(config, output_attentions, output_hidden_states, return_dict) -
     )
 
 
-def new_file_mode() -> int:
-    """The permission bits `open()` gives a new file under this process's umask (`0o666 & ~umask`)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
+def new_file_mode(folder: str | os.PathLike | None = None) -> int:
+    """The permission bits `open()` gives a new file in `folder` (default: the temporary folder): `0o666 & ~umask`,
+    less what a default ACL of the folder masks. Found by creating and deleting an empty file there, because reading
+    the umask means setting it, which would race with the other threads of the process."""
+    folder = os.fspath(folder) if folder is not None else tempfile.gettempdir()
+    probe = os.path.join(folder, f".hf_t2i-mode-{os.getpid()}-{os.urandom(6).hex()}")
+    descriptor = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        return os.fstat(descriptor).st_mode & 0o777
+    finally:
+        os.close(descriptor)
+        os.remove(probe)
 
 
-def give_new_file_modes(folder: str | os.PathLike) -> None:
-    """Give every file under `folder` the mode of a new file (`new_file_mode`). safetensors >= 0.8 writes its files
-    0600 through a temporary file whatever the umask (safetensors/safetensors#782), so saved weights would be
-    unreadable to other users while the config beside them is not."""
-    mode = new_file_mode()
+def give_new_file_modes(folder: str | os.PathLike, only=None) -> None:
+    """Give every file under `folder` (or the paths in `only`) the mode of a new file there (`new_file_mode`).
+    safetensors >= 0.8 writes its files 0600 through a temporary file whatever the umask
+    (safetensors/safetensors#782), so saved weights would be unreadable to other users while the config beside them
+    is not."""
+    mode = new_file_mode(folder)
+    paths = only if only is not None else _file_stamps(folder)
+    for path in paths:
+        os.chmod(path, mode)
+
+
+def _file_stamps(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """`{path: (inode, mtime in ns)}` of every file under `folder`: a file written since has another stamp."""
+    stamps = {}
     for root, _, files in os.walk(folder):
         for file in files:
-            os.chmod(os.path.join(root, file), mode)
+            path = os.path.join(root, file)
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                status = os.stat(path)
+                stamps[path] = (status.st_ino, status.st_mtime_ns)
+    return stamps
+
+
+@contextlib.contextmanager
+def new_files_get_new_file_modes(folder: str | os.PathLike):
+    """Inside the block, write into `folder` (an existing one or not); the files written there get the mode of a new
+    file (`give_new_file_modes`), the others keep theirs."""
+    before = _file_stamps(folder) if os.path.isdir(folder) else {}
+    yield
+    if os.path.isdir(folder):
+        after = _file_stamps(folder)
+        give_new_file_modes(folder, only=[path for path, stamp in after.items() if before.get(path) != stamp])
 
 
 @torch.no_grad()
@@ -205,7 +236,11 @@ class ModelCardMixin:
         does not import hf_t2i (which must still be installed)."""
         repo_id = kwargs.pop("repo_id", None)
         hub_kwargs = {name: kwargs.pop(name) for name in HUB_ARGUMENTS if name in kwargs}
-        with nested_paths_cleared(self.config), auto_class_registration_ignored(self, self.config):
+        with (
+            nested_paths_cleared(self.config),
+            auto_class_registration_ignored(self, self.config),
+            new_files_get_new_file_modes(save_directory) if is_main_process else contextlib.nullcontext(),
+        ):
             super().save_pretrained(save_directory, is_main_process=is_main_process, state_dict=state_dict, **kwargs)
         if is_main_process:
             write_model_remote_code(save_directory)

@@ -63,14 +63,19 @@ def assert_same(a, b, where="") -> None:
 
 def test_loss_decreases(tmp_path):
     recipe = ToyRecipe(ToyConfig(num_samples=64, input_noise=0.0))
-    metrics = train(recipe, make_config(tmp_path, max_steps=60, train_batch_size=16, log_steps=10))
+    metrics = train(
+        recipe, make_config(tmp_path, max_steps=60, train_batch_size=16, log_steps=10, checkpointing_steps=30)
+    )
     first, last = sum(recipe.losses[:5]) / 5, sum(recipe.losses[-5:]) / 5
     assert last < 0.3 * first, (first, last)
     assert metrics["global_step"] == 60 and metrics["train_loss"] < first
     assert os.path.exists(tmp_path / "final" / "toy.safetensors")
-    if os.name == "posix":  # safetensors writes 0600 whatever the umask (safetensors#782); the export does not
-        mode = os.stat(tmp_path / "final" / "toy.safetensors").st_mode & 0o777
-        assert mode == new_file_mode(), oct(mode)
+    if (
+        os.name == "posix"
+    ):  # safetensors writes 0600 whatever the umask (safetensors#782); the export and checkpoints do not
+        for folder in ("final", "checkpoint-000060"):
+            modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / folder).rglob("*") if p.is_file()}
+            assert set(modes.values()) == {new_file_mode()}, (folder, modes)
 
 
 @pytest.mark.parametrize(

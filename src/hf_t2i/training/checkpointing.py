@@ -32,6 +32,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..modeling_utils import give_new_file_modes
+
 
 CHECKPOINT_PREFIX = "checkpoint-"
 MANIFEST_NAME = "hf_t2i_checkpoint.json"
@@ -356,6 +358,7 @@ def save_checkpoint(
         save_ema(tmp, ema)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        give_new_file_modes(tmp)  # safetensors writes its files 0600: as readable as the manifest instead
         recipe = dict(recipe or {})
         manifest = {
             "format": CHECKPOINT_FORMAT,
