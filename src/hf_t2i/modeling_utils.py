@@ -60,19 +60,9 @@ def new_file_mode(folder: str | os.PathLike | None = None) -> int:
         os.remove(probe)
 
 
-def give_new_file_modes(folder: str | os.PathLike, only=None) -> None:
-    """Give every file under `folder` (or the paths in `only`) the mode of a new file there (`new_file_mode`).
-    safetensors >= 0.8 writes its files 0600 through a temporary file whatever the umask
-    (safetensors/safetensors#782), so saved weights would be unreadable to other users while the config beside them
-    is not."""
-    mode = new_file_mode(folder)
-    paths = only if only is not None else _file_stamps(folder)
-    for path in paths:
-        os.chmod(path, mode)
-
-
 def _file_stamps(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
-    """`{path: (inode, mtime in ns)}` of every file under `folder`: a file written since has another stamp."""
+    """`{path: (inode, mtime in ns)}` of every file under `folder` (empty when it does not exist): a file written
+    since has another stamp."""
     stamps = {}
     for root, _, files in os.walk(folder):
         for file in files:
@@ -83,15 +73,25 @@ def _file_stamps(folder: str | os.PathLike) -> dict[str, tuple[int, int]]:
     return stamps
 
 
+def give_new_file_modes(folder: str | os.PathLike, since: dict[str, tuple[int, int]] | None = None) -> None:
+    """Give every file under `folder` the mode of a new file there (`new_file_mode`); with `since` (an earlier
+    `_file_stamps(folder)`), only the files written after it. safetensors >= 0.8 writes its files 0600 through a
+    temporary file whatever the umask (safetensors/safetensors#782), so saved weights would be unreadable to other
+    users while the config beside them is not."""
+    mode = new_file_mode(folder)
+    for path, stamp in _file_stamps(folder).items():
+        if since is None or since.get(path) != stamp:
+            os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def new_files_get_new_file_modes(folder: str | os.PathLike):
     """Inside the block, write into `folder` (an existing one or not); the files written there get the mode of a new
     file (`give_new_file_modes`), the others keep theirs."""
-    before = _file_stamps(folder) if os.path.isdir(folder) else {}
+    before = _file_stamps(folder)
     yield
     if os.path.isdir(folder):
-        after = _file_stamps(folder)
-        give_new_file_modes(folder, only=[path for path, stamp in after.items() if before.get(path) != stamp])
+        give_new_file_modes(folder, since=before)
 
 
 @torch.no_grad()
