@@ -90,7 +90,7 @@ def test_shipped_transfusion_captions_an_image(shipped):
 
 
 def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path, monkeypatch):
-    """`hf-t2i generate` (the README's main command) draws with the shipped Parti at the guidance its card chose on
+    """`hf-t2i generate` (the README's main command) draws with the shipped Fluid at the guidance its card chose on
     validation unless told; another shipped checkpoint gets its own scale (by name or path: the folder names it), a
     folder that names none the generic one."""
     import functools
@@ -100,11 +100,12 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     from hf_t2i.checkpoints import DEFAULT_CHECKPOINT
     from hf_t2i.cli import DEFAULT_GUIDANCE_SCALE, main
     from hf_t2i.pipelines.dalle.pipeline_dalle import DallePipeline
+    from hf_t2i.pipelines.fluid.pipeline_fluid import FluidPipeline
     from hf_t2i.pipelines.muse.pipeline_muse import MusePipeline
     from hf_t2i.pipelines.parti.pipeline_parti import PartiPipeline
 
     seen = []
-    for cls in (DallePipeline, PartiPipeline, MusePipeline):
+    for cls in (DallePipeline, PartiPipeline, FluidPipeline, MusePipeline):
         original = cls.__call__
 
         @functools.wraps(original)  # keeps the signature the CLI inspects
@@ -115,9 +116,10 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(cls, "__call__", spy)
-    assert DEFAULT_CHECKPOINT == "parti"
+    assert DEFAULT_CHECKPOINT == "fluid"
     assert main(["generate", PROMPT, "--output", str(tmp_path / "a.png"), "--upscale", "1"]) == 0
     assert main(["generate", PROMPT, "--output", str(tmp_path / "b.png"), "--guidance-scale", "1"]) == 0
+    assert main(["generate", PROMPT, "--model", "parti", "--output", str(tmp_path / "g.png")]) == 0
     assert main(["generate", PROMPT, "--model", "dalle", "--output", str(tmp_path / "c.png")]) == 0
     assert main(["generate", PROMPT, "--model", resolve_checkpoint("dalle"), "--output", str(tmp_path / "d.png")]) == 0
     # the dalle folder holds its reranking scorer: best of 2, at the folder's scale
@@ -132,8 +134,9 @@ def test_cli_generate_guides_each_shipped_checkpoint_with_its_own_scale(tmp_path
     (unnamed / "model_index.json").write_text(json.dumps(index))
     assert main(["generate", PROMPT, "--model", str(unnamed), "--output", str(tmp_path / "e.png")]) == 0
     assert seen == [
+        ("FluidPipeline", folder_scale("fluid")),
+        ("FluidPipeline", 1.0),
         ("PartiPipeline", folder_scale("parti")),
-        ("PartiPipeline", 1.0),
         ("DallePipeline", folder_scale("dalle")),
         ("DallePipeline", folder_scale("dalle")),
         ("DallePipeline", folder_scale("dalle")),

@@ -20,7 +20,7 @@ SHIPPED_CHECKPOINTS = {
 }
 #: what `hf-t2i generate` draws with when no `--model` is given: the shipped checkpoint whose pictures follow the
 #: caption best (the README's table of shipped checkpoints)
-DEFAULT_CHECKPOINT = "parti"
+DEFAULT_CHECKPOINT = "fluid"
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> str:
