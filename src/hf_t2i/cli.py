@@ -283,6 +283,14 @@ def _add_export(subparsers) -> None:
         "pipeline (and generate / eval) use it unless told otherwise (default: keep the source's, if any)",
     )
     p.add_argument(
+        "--default-temperature",
+        type=float,
+        default=None,
+        help="DALL-E and Parti: the sampling temperature the card's numbers were measured at, written to the prior's "
+        "generation_config.json: the pipeline, `sample_image_tokens` and stock `generate()` use it unless told "
+        "otherwise (default: keep the source's)",
+    )
+    p.add_argument(
         "--rerank-scorer",
         default=None,
         help="a `clip_scorer` folder stored in the export as the pipeline's reranking scorer (DALL-E's reranking, "
@@ -316,6 +324,7 @@ def _run_export(args) -> int:
         getattr(torch, args.dtype),
         eval_report=args.eval_report,
         default_guidance_scale=args.default_guidance_scale,
+        default_temperature=args.default_temperature,
         rerank_scorer=args.rerank_scorer,
     )
     print(f"exported {args.source} to {path} ({args.dtype})")

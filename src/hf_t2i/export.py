@@ -13,6 +13,7 @@ import shutil
 
 import torch
 
+from .generation import SamplingConfig
 from .generation.stock_generate import ImageGenerationMixin
 from .hub import CARD_NAME, REPORT_NAME, write_model_card
 from .pipelines import T2IPipeline
@@ -47,6 +48,7 @@ def export_checkpoint(
     *,
     eval_report: str | os.PathLike | dict | list | None = None,
     default_guidance_scale: float | None = None,
+    default_temperature: float | None = None,
     rerank_scorer: str | os.PathLike | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
@@ -64,6 +66,10 @@ def export_checkpoint(
     pipeline, `hf-t2i generate` and `hf-t2i eval` then guide with it unless told otherwise. Without it the source's
     value (if any) is kept.
 
+    `default_temperature` (DALL-E and Parti: the sampling temperature the card's numbers were measured at) goes into
+    the prior's generation_config.json, which its pipeline, `sample_image_tokens` and stock `generate()` read when a
+    call sets no `temperature`.
+
     `rerank_scorer`, a `clip_scorer` recipe's folder, is stored in the folder as the pipeline's `scorer` and
     `scorer_processor` (DALL-E's reranking: `pipe(prompt, num_candidates=N)` then keeps the best of N). Only a pipeline
     with a `scorer` component takes one.
@@ -78,6 +84,13 @@ def export_checkpoint(
     if model_card is not None and not os.path.isfile(model_card):
         raise ValueError(f"`model_card` ({model_card}) does not exist.")
     pipe = T2IPipeline.from_pretrained(source)
+    if default_temperature is not None:
+        if not isinstance(pipe.model, ImageGenerationMixin):
+            raise ValueError(
+                f"`default_temperature` ({default_temperature!r}) is given, but {type(pipe.model).__name__} does not "
+                "read a sampling temperature from its generation config (DALL-E and Parti do); leave it out."
+            )
+        SamplingConfig(temperature=default_temperature)  # raises, naming `temperature`, on a bad value
     if rerank_scorer is not None:
         if "scorer" not in getattr(pipe, "_optional_components", ()):
             raise ValueError(
@@ -93,6 +106,8 @@ def export_checkpoint(
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
     if default_guidance_scale is not None:
         pipe.register_default_guidance_scale(default_guidance_scale)
+    if default_temperature is not None:
+        pipe.model.generation_config.temperature = float(default_temperature)
     pipe.save_pretrained(destination)
     set_compute_dtype(destination)
     card = model_card if model_card is not None else os.path.join(source, CARD_NAME)

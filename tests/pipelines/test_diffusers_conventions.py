@@ -240,6 +240,38 @@ def test_latent_output_is_what_the_decoder_turns_into_the_images(pipes, family, 
     assert pipe(PROMPTS, generator=seeded(3), output_type="latent", return_dict=False, **settings)[0].shape == shape
 
 
+@pytest.mark.parametrize("family", ["dalle", "parti"])
+def test_raster_pipelines_sample_with_the_models_generation_config(pipes, family, tmp_path):
+    """A shipped folder's generation_config.json holds the sampling temperature its model card chose: a call that
+    leaves `temperature` unset uses it (as `generate()` and `sample_image_tokens` do), and an explicit one wins."""
+    pipe, settings = pipes(family), SETTINGS[family]
+    at_one = pipe(PROMPTS, generator=seeded(5), output_type="latent", **settings).images
+    at_half = pipe(PROMPTS, generator=seeded(5), output_type="latent", temperature=0.5, **settings).images
+    assert not torch.equal(at_one, at_half)
+    config = pipe.model.generation_config
+    try:
+        config.temperature = 0.5
+        pipe.save_pretrained(tmp_path)
+        torch.testing.assert_close(
+            pipe(PROMPTS, generator=seeded(5), output_type="latent", **settings).images, at_half
+        )
+        explicit = pipe(PROMPTS, generator=seeded(5), output_type="latent", temperature=1.0, **settings).images
+        torch.testing.assert_close(explicit, at_one)
+        # the model's own sampler reads it too
+        ids = pipe.processor(text=PROMPTS, return_tensors="pt")["input_ids"]
+        from_config = pipe.model.sample_image_tokens(ids, generator=seeded(6))
+        explicit = pipe.model.sample_image_tokens(ids, temperature=0.5, generator=seeded(6))
+        torch.testing.assert_close(from_config, explicit)
+    finally:
+        config.temperature = 1.0
+    reloaded = type(pipe).from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    assert reloaded.model.generation_config.temperature == 0.5
+    torch.testing.assert_close(
+        reloaded(PROMPTS, generator=seeded(5), output_type="latent", **settings).images, at_half
+    )
+
+
 def test_latent_output_of_reranking_keeps_the_best_candidates_codes(pipes, dalle_processor):
     base = pipes("dalle")
     pipe = DallePipeline(base.model, dalle_processor, scorer=tiny_scorer(), scorer_processor=dalle_processor)

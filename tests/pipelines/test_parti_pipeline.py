@@ -92,6 +92,26 @@ def test_super_resolution_needs_an_upsampler(parti_pipeline):
         pipe("a red circle", super_resolution=True)
 
 
+def test_export_stores_the_chosen_temperature_where_every_sampler_reads_it(parti_pipeline, tmp_path):
+    """`hf-t2i export --default-temperature T` writes T into the prior's generation_config.json: the exported
+    pipeline then samples as a call with `temperature=T`; other families refuse the option, bad values are named."""
+    from hf_t2i.cli import main
+    from hf_t2i.export import export_checkpoint
+
+    parti_pipeline.save_pretrained(tmp_path / "full")
+    assert main(["export", str(tmp_path / "full"), str(tmp_path / "t05"), "--default-temperature", "0.5"]) == 0
+    exported = PartiPipeline.from_pretrained(tmp_path / "t05", dtype=torch.float32)
+    exported.set_progress_bar_config(disable=True)
+    assert exported.model.generation_config.temperature == 0.5
+    kwargs = dict(guidance_scale=2.0, output_type="latent")
+    chosen = exported("a red circle", generator=torch.Generator().manual_seed(0), **kwargs).images
+    explicit = exported("a red circle", generator=torch.Generator().manual_seed(0), temperature=0.5, **kwargs).images
+    torch.testing.assert_close(chosen, explicit, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="temperature"):
+        export_checkpoint(tmp_path / "full", tmp_path / "bad", default_temperature=0.0)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_export_stores_the_empty_caption_for_stock_generate(parti_pipeline, tmp_path):
     """`hf-t2i export` writes the processor's empty caption into the generation config (ids and the text encoder's
     mask), so stock `generate(..., guidance_scale=s)` on the exported model needs no `negative_prompt_ids`."""

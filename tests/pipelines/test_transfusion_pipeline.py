@@ -125,3 +125,13 @@ def test_save_load_all_three_entry_points(pipe, tmp_path):
     assert np.abs(np.asarray(image, dtype=np.float32) / 255 - expected[0]).max() <= 1 / 255 + 1e-6
     # no weights stored twice: one safetensors file at the root (the VAE is inside the model)
     assert sorted(p.name for p in tmp_path.rglob("*.safetensors")) == ["model.safetensors"]
+
+
+def test_export_refuses_a_temperature_the_family_does_not_read(pipe, tmp_path):
+    """`--default-temperature` is the token samplers' (DALL-E, Parti); Transfusion's images are not drawn by it."""
+    from hf_t2i.export import export_checkpoint
+
+    pipe.save_pretrained(tmp_path / "full")
+    with pytest.raises(ValueError, match=r"`default_temperature` \(0.7\).*TransfusionForConditionalGeneration"):
+        export_checkpoint(tmp_path / "full", tmp_path / "x", default_temperature=0.7)
+    assert not (tmp_path / "x").exists()

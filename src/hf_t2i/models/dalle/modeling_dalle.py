@@ -522,11 +522,11 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
         negative_input_ids: torch.LongTensor | None = None,
         guidance_scale: float = 1.0,
         guidance_schedule: str = "constant",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         min_p: float | None = None,
-        do_sample: bool = True,
+        do_sample: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.LongTensor:
         """Draw the image codes of each caption with the package's KV-cached loop, without a pipeline around it
@@ -534,13 +534,16 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
 
         Args:
             input_ids, negative_input_ids: as in `prepare_image_generation`.
-            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`].
+            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`];
+                the sampling ones left unset take the `generation_config`'s values (the checkpoint's own choice).
             generator: the source of randomness.
 
         Returns:
             (B, N) image codes in `[0, image_vocab_size)`.
         """
-        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        sampling = SamplingConfig.with_model_defaults(
+            self.generation_config, temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
+        )
         state = self.prepare_image_generation(input_ids, negative_input_ids, sampling.guidance)
         decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)
         return decode_autoregressive(lambda previous: self.image_generation_step(state, previous), decoder)

@@ -440,11 +440,11 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, ImageGenerationMixin):
         negative_attention_mask: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         guidance_schedule: str = "constant",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         min_p: float | None = None,
-        do_sample: bool = True,
+        do_sample: bool | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.LongTensor:
         """Draw image codes with the package's KV-cached loop, without a pipeline around it ([`PartiPipeline`] runs
@@ -452,13 +452,16 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, ImageGenerationMixin):
 
         Args:
             input_ids, attention_mask, negative_input_ids, negative_attention_mask: as in `prepare_image_generation`.
-            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`].
+            guidance_scale, guidance_schedule, temperature, top_k, top_p, min_p, do_sample: see [`SamplingConfig`];
+                the sampling ones left unset take the `generation_config`'s values (the checkpoint's own choice).
             generator: the source of randomness.
 
         Returns:
             (B, N) image codes.
         """
-        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        sampling = SamplingConfig.with_model_defaults(
+            self.generation_config, temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
+        )
         state = self.prepare_image_generation(
             input_ids, attention_mask, negative_input_ids, negative_attention_mask, sampling.guidance
         )

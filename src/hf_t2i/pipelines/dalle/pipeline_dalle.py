@@ -63,11 +63,11 @@ class DallePipeline(AutoregressiveT2IPipeline):
         num_images_per_prompt: int = 1,
         guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         min_p: float | None = None,
-        do_sample: bool = True,
+        do_sample: bool | None = None,
         num_candidates: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
@@ -91,6 +91,9 @@ class DallePipeline(AutoregressiveT2IPipeline):
             guidance_schedule: "constant", or "linear" from 1 to `guidance_scale` over the image tokens.
             temperature, top_k, top_p, min_p: sampling filters (transformers semantics).
             do_sample: sample (True) or decode greedily.
+                Each of these five left unset takes the model's `generation_config` value (generation_config.json: the
+                sampling settings the checkpoint's model card chose, as for `generate()`), else temperature 1.0, no
+                filter and sampling.
             num_candidates: sample this many images per prompt and keep the `num_images_per_prompt` the scorer
                 ranks highest (needs `scorer`).
             generator: the only source of randomness: one `torch.Generator` for the whole call (the same seed gives
@@ -116,7 +119,16 @@ class DallePipeline(AutoregressiveT2IPipeline):
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
-        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        sampling = SamplingConfig.with_model_defaults(
+            self.model.generation_config,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            do_sample,
+            guidance_scale,
+            guidance_schedule,
+        )
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, self.model.config.vq_config.image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")

@@ -61,11 +61,11 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         num_images_per_prompt: int = 1,
         guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
-        temperature: float = 1.0,
+        temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
         min_p: float | None = None,
-        do_sample: bool = True,
+        do_sample: bool | None = None,
         num_candidates: int | None = None,
         super_resolution: bool = False,
         generator: torch.Generator | None = None,
@@ -117,7 +117,16 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         )
         prompts = None if prompt is None else as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
-        sampling = SamplingConfig(temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule)
+        sampling = SamplingConfig.with_model_defaults(
+            self.model.generation_config,
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            do_sample,
+            guidance_scale,
+            guidance_schedule,
+        )
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates, prompts is not None)
         self.check_image_size(height, width, image_size)
         self.check_output_inputs(output_type, callback_on_step_end_tensor_inputs, "latents")
