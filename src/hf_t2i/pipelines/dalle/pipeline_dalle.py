@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...generation import AutoregressiveDecoder, SamplingConfig
+from ...generation import AutoregressiveDecoder
 from ...models.dalle.modeling_dalle import DalleForConditionalGeneration
 from ...models.dalle.processing_dalle import DalleProcessor
 from ...processing_utils import as_prompt_list
@@ -119,15 +119,8 @@ class DallePipeline(AutoregressiveT2IPipeline):
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
-        sampling = SamplingConfig.with_model_defaults(
-            self.model.generation_config,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            do_sample,
-            guidance_scale,
-            guidance_schedule,
+        sampling = self.sampling_settings(
+            temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
         )
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
         self.check_image_size(height, width, self.model.config.vq_config.image_size)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ...generation import AutoregressiveDecoder, SamplingConfig
+from ...generation import AutoregressiveDecoder
 from ...models.parti.modeling_parti import PartiForConditionalGeneration
 from ...models.parti.processing_parti import PartiProcessor
 from ...processing_utils import as_prompt_list
@@ -117,15 +117,8 @@ class PartiPipeline(AutoregressiveT2IPipeline):
         )
         prompts = None if prompt is None else as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
-        sampling = SamplingConfig.with_model_defaults(
-            self.model.generation_config,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            do_sample,
-            guidance_scale,
-            guidance_schedule,
+        sampling = self.sampling_settings(
+            temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
         )
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates, prompts is not None)
         self.check_image_size(height, width, image_size)
