@@ -56,19 +56,24 @@ def test_bad_sampling_arguments_name_the_argument(kwargs, name):
 def test_unset_settings_take_the_models_generation_config():
     from transformers import GenerationConfig
 
-    chosen = GenerationConfig(temperature=0.8, top_k=0, top_p=1.0, do_sample=True)  # a shipped folder's kind
-    assert SamplingConfig.with_model_defaults(chosen) == SamplingConfig(temperature=0.8)  # top_k 0 / top_p 1.0: off
+    from hf_t2i.generation.stock_generate import ImageGenerationMixin
+
+    class Prior(ImageGenerationMixin):  # what the raster priors add: their `generation_config`
+        def __init__(self, generation_config):
+            self.generation_config = generation_config
+
+    chosen = Prior(GenerationConfig(temperature=0.8, top_k=0, top_p=1.0, do_sample=True))  # a shipped folder's kind
+    assert chosen.image_sampling_config() == SamplingConfig(temperature=0.8)  # top_k 0 / top_p 1.0: no filter
     # what the call passes wins; guidance is never read from the generation config
-    assert SamplingConfig.with_model_defaults(chosen, temperature=1.2, top_k=5, guidance_scale=2.0) == SamplingConfig(
+    assert chosen.image_sampling_config(temperature=1.2, top_k=5, guidance_scale=2.0) == SamplingConfig(
         temperature=1.2, top_k=5, guidance_scale=2.0
     )
-    greedy = GenerationConfig(do_sample=False, top_k=7, min_p=0.1)
-    assert SamplingConfig.with_model_defaults(greedy) == SamplingConfig(do_sample=False, top_k=7, min_p=0.1)
-    # nothing set anywhere (transformers 5's bare GenerationConfig is all None): this class's defaults
-    assert SamplingConfig.with_model_defaults(GenerationConfig()) == SamplingConfig()
-    assert SamplingConfig.with_model_defaults(None) == SamplingConfig()
+    greedy = Prior(GenerationConfig(do_sample=False, top_k=7, min_p=0.1))
+    assert greedy.image_sampling_config() == SamplingConfig(do_sample=False, top_k=7, min_p=0.1)
+    # nothing set (transformers 5's bare GenerationConfig is all None): SamplingConfig's defaults
+    assert Prior(GenerationConfig()).image_sampling_config() == SamplingConfig()
     with pytest.raises(ValueError, match="temperature"):  # a bad value in the file is named like a bad argument
-        SamplingConfig.with_model_defaults(GenerationConfig(temperature=0.0, do_sample=True))
+        Prior(GenerationConfig(temperature=0.0, do_sample=True)).image_sampling_config()
 
 
 def test_processors_filter_like_generate():

@@ -58,33 +58,6 @@ class SamplingConfig:
             raise ValueError(f"`do_sample` must be True or False, got {self.do_sample!r}.")
         ClassifierFreeGuidance(self.guidance_scale, self.guidance_schedule)  # raises on bad guidance settings
 
-    @classmethod
-    def with_model_defaults(
-        cls,
-        generation_config,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        min_p: float | None = None,
-        do_sample: bool | None = None,
-        guidance_scale: float = 1.0,
-        guidance_schedule: str = "constant",
-    ) -> SamplingConfig:
-        """The settings of one call to a raster prior: each of `temperature`, `top_k`, `top_p`, `min_p` and
-        `do_sample` left None takes the model's `generation_config` value, as `generate()` does (a checkpoint's
-        generation_config.json holds the sampling settings its model card chose); transformers' "off" values there
-        (`top_k` 0, `top_p` 1.0) read as unset. What neither sets keeps this class's default."""
-        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "do_sample": do_sample}
-        off = {"top_k": 0, "top_p": 1.0}
-        settings = {}
-        for name, value in given.items():
-            if value is None and generation_config is not None:
-                value = getattr(generation_config, name, None)
-                value = None if value == off.get(name) else value
-            if value is not None:
-                settings[name] = value
-        return cls(**settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule)
-
     @property
     def guidance(self) -> ClassifierFreeGuidance:
         return ClassifierFreeGuidance(self.guidance_scale, self.guidance_schedule)

@@ -3,8 +3,9 @@
 transformers' `generate()` needs three things from an image prior that it cannot guess:
 
 - How long an image is. [`image_generation_config`] builds the model's `generation_config` from its config (saved as
-  generation_config.json): `max_new_tokens = num_image_tokens`, sampling with the pipelines' defaults (temperature 1,
-  no top-k / top-p filtering), and no `eos_token_id` / `pad_token_id`: an image has no end token, so nothing stops a
+  generation_config.json): `max_new_tokens = num_image_tokens`, sampling at temperature 1 with
+  no top-k / top-p filtering (`hf-t2i export --default-temperature` stores another; the pipelines and
+  `sample_image_tokens` resolve unset settings from it as `generate()` does, `image_sampling_config`), and no `eos_token_id` / `pad_token_id`: an image has no end token, so nothing stops a
   generation before its last image token (`min_new_tokens`, which only holds an end token back, is not needed and
   would warn when a caller asks for part of an image). An id there would not be harmless either: transformers reads
   DALL-E's caption pads, learned inputs that are never masked, as right-padding to warn about and to mask.
@@ -33,6 +34,7 @@ import torch
 from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 
+from .config import SamplingConfig
 from .guidance import ClassifierFreeGuidance
 
 
@@ -146,6 +148,25 @@ class ImageGenerationMixin(GenerationMixin):
                 return source[name]
         value = getattr(self.generation_config, name, None)
         return default if value is None else value
+
+    def image_sampling_config(
+        self,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        do_sample: bool | None = None,
+        guidance_scale: float = 1.0,
+        guidance_schedule: str = "constant",
+    ) -> SamplingConfig:
+        """One image call's settings (the pipelines and `sample_image_tokens`): each sampling setting left None is
+        resolved as `generate()` resolves it, from the model's `generation_config` (generation_config.json holds the
+        temperature a checkpoint's card chose); transformers' "off" values there (top_k 0, top_p 1.0) mean no filter."""
+        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "do_sample": do_sample}
+        settings = {name: self._generation_setting(name, None, given) for name in given}
+        off = {"top_k": 0, "top_p": 1.0}
+        settings = {name: value for name, value in settings.items() if value is not None and value != off.get(name)}
+        return SamplingConfig(**settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule)
 
     def generate(
         self,

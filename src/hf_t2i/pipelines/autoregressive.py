@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..generation import AutoregressiveDecoder, SamplingConfig
+from ..generation import AutoregressiveDecoder
 from .pipeline_utils import T2IPipeline
 
 
@@ -15,29 +15,6 @@ class AutoregressiveT2IPipeline(T2IPipeline):
     """Base of pipelines whose `model` implements raster decoding: `prepare_image_generation(**text_inputs,
     guidance=) -> state`, `image_generation_step(state, previous) -> logits` and `decode_image_tokens(ids)`; with a
     `processor`, and optional `scorer` / `scorer_processor` for reranking ([`T2IPipeline.decode_and_rerank`])."""
-
-    def sampling_settings(
-        self,
-        temperature: float | None,
-        top_k: int | None,
-        top_p: float | None,
-        min_p: float | None,
-        do_sample: bool | None,
-        guidance_scale: float,
-        guidance_schedule: str,
-    ) -> SamplingConfig:
-        """One call's sampling settings: those left None take the prior's `generation_config` (the checkpoint's chosen
-        temperature; [`SamplingConfig.with_model_defaults`])."""
-        return SamplingConfig.with_model_defaults(
-            self.model.generation_config,
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            do_sample,
-            guidance_scale,
-            guidance_schedule,
-        )
 
     def raster_decode(
         self, state, decoder: AutoregressiveDecoder, callback_on_step_end: Callable | None = None

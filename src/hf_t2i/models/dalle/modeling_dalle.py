@@ -41,7 +41,6 @@ from ...generation import (
     AutoregressiveDecoder,
     ClassifierFreeGuidance,
     ImageGenerationMixin,
-    SamplingConfig,
     decode_autoregressive,
     image_generation_config,
 )
@@ -541,8 +540,8 @@ class DalleForConditionalGeneration(DallePreTrainedModel, ImageGenerationMixin):
         Returns:
             (B, N) image codes in `[0, image_vocab_size)`.
         """
-        sampling = SamplingConfig.with_model_defaults(
-            self.generation_config, temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
+        sampling = self.image_sampling_config(
+            temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
         )
         state = self.prepare_image_generation(input_ids, negative_input_ids, sampling.guidance)
         decoder = AutoregressiveDecoder(input_ids.shape[0], self.config.num_image_tokens, sampling, generator)

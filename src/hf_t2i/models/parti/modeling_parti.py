@@ -32,7 +32,6 @@ from ...generation import (
     AutoregressiveDecoder,
     ClassifierFreeGuidance,
     ImageGenerationMixin,
-    SamplingConfig,
     decode_autoregressive,
     image_generation_config,
 )
@@ -459,8 +458,8 @@ class PartiForConditionalGeneration(PartiPreTrainedModel, ImageGenerationMixin):
         Returns:
             (B, N) image codes.
         """
-        sampling = SamplingConfig.with_model_defaults(
-            self.generation_config, temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
+        sampling = self.image_sampling_config(
+            temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
         )
         state = self.prepare_image_generation(
             input_ids, attention_mask, negative_input_ids, negative_attention_mask, sampling.guidance

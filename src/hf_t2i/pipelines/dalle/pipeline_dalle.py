@@ -119,7 +119,7 @@ class DallePipeline(AutoregressiveT2IPipeline):
         self.check_prompt_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
-        sampling = self.sampling_settings(
+        sampling = self.model.image_sampling_config(
             temperature, top_k, top_p, min_p, do_sample, guidance_scale, guidance_schedule
         )
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
