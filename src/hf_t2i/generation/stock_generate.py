@@ -163,9 +163,12 @@ class ImageGenerationMixin(GenerationMixin):
         resolved as `generate()` resolves it, from the model's `generation_config` (generation_config.json holds the
         temperature a checkpoint's card chose); transformers' "off" values there (top_k 0, top_p 1.0) mean no filter."""
         given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "do_sample": do_sample}
-        settings = {name: self._generation_setting(name, None, given) for name in given}
-        off = {"top_k": 0, "top_p": 1.0}
-        settings = {name: value for name, value in settings.items() if value is not None and value != off.get(name)}
+        off = {"top_k": 0, "top_p": 1.0}  # in the generation config only: a call's top_k=0 stays an error
+        stored = {name: self._generation_setting(name, None, {}) for name in given if given[name] is None}
+        settings = {name: value for name, value in given.items() if value is not None}
+        settings.update(
+            {name: value for name, value in stored.items() if value is not None and value != off.get(name)}
+        )
         return SamplingConfig(**settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule)
 
     def generate(
