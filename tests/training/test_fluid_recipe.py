@@ -175,6 +175,59 @@ def test_study_trains_the_four_cells_and_reports_them_side_by_side(tmp_path, cap
         assert (tmp_path / "study" / cell / "final" / "model_index.json").is_file()
 
 
+def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
+    """A rerun of the same study reuses its finished cells; a larger `max_steps` trains them on from their last
+    checkpoint; other settings are refused; `eval_steps` gives every cell's curve. The study's flags reach the cells."""
+    from hf_t2i.training.study import StudyConfig, run_study
+
+    common = dict(
+        output_dir=str(tmp_path / "study"),
+        cells="discrete-random",
+        dataset_size=16,
+        eval_size=8,
+        tokenizer_steps=1,
+        train_batch_size=8,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        encoder_layers=1,
+        text_vocab_size=300,
+        text_seq_len=12,
+        position_embedding_init="sincos_2d",
+        lr_scheduler="constant_with_warmup",
+        mixed_precision="bf16",
+        checkpointing_steps=2,
+        eval_steps=2,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    lines = []
+    first = run_study(StudyConfig(**common, max_steps=4), log=lines.append)
+    cell = tmp_path / "study" / "discrete-random"
+    assert [row["step"] for row in first["history"]["discrete-random"]] == [2, 4]
+    assert "| discrete-random | 2 " in first["curves"] and "s / step" in first["table"]
+    model_config = json.loads((cell / "final" / "config.json").read_text())
+    assert model_config["position_embedding_init"] == "sincos_2d" and model_config["text_seq_len"] == 12
+    training_config = json.loads((cell / "training_config.json").read_text())
+    assert training_config["lr_scheduler"] == "constant_with_warmup" and training_config["mixed_precision"] == "bf16"
+
+    lines.clear()
+    again = run_study(StudyConfig(**common, max_steps=4), log=lines.append)
+    assert any("reusing the finished discrete-random cell" in line for line in lines)
+    assert again["results"] == first["results"]
+
+    lines.clear()
+    longer = run_study(StudyConfig(**common, max_steps=6), log=lines.append)
+    assert any("from step 4" in line for line in lines)  # trained on from its last checkpoint, not from scratch
+    assert longer["results"]["discrete-random"]["global_step"] == 6
+    assert [row["step"] for row in longer["history"]["discrete-random"]] == [2, 4, 6]
+
+    with pytest.raises(ValueError, match="hidden_size: 32 there, 64 now"):
+        run_study(StudyConfig(**{**common, "hidden_size": 64}, max_steps=6), log=lines.append)
+    with pytest.raises(ValueError, match="max_steps"):
+        run_study(StudyConfig(**common, max_steps=4), log=lines.append)
+
+
 def test_study_rejects_unknown_cells():
     from hf_t2i.training.study import StudyConfig
 

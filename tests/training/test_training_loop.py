@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from hf_t2i.modeling_utils import new_file_mode
 from hf_t2i.training import TrainingConfig, list_checkpoints, train
+from hf_t2i.training.trainer import append_eval_history, read_eval_history
 
 from .training_toy import ToyConfig, ToyRecipe, reset_accelerate_state
 
@@ -204,6 +205,21 @@ def test_samples_logs_and_eval(tmp_path):
     assert events
     assert metrics["eval/step"] == 4.0 and metrics["eval/loss"] > 0
     assert os.path.exists(tmp_path / "training_config.json")
+    history = read_eval_history(str(tmp_path))  # every evaluation, without a tracker
+    assert [row["step"] for row in history] == [3, 4] and [row["eval/step"] for row in history] == [3.0, 4.0]
+    assert history[-1]["eval/loss"] == metrics["eval/loss"]
+
+
+def test_eval_history_keeps_the_last_row_of_each_step_and_skips_a_torn_line(tmp_path):
+    append_eval_history(str(tmp_path), 4, {"eval/loss": 2.0})
+    append_eval_history(str(tmp_path), 2, {"eval/loss": 3.0})
+    append_eval_history(str(tmp_path), 4, {"eval/loss": 1.0})  # a resumed run evaluated step 4 again
+    with open(tmp_path / "eval_history.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 6, "eval/lo')  # killed while writing
+    assert read_eval_history(str(tmp_path)) == [{"step": 2, "eval/loss": 3.0}, {"step": 4, "eval/loss": 1.0}]
+    append_eval_history(str(tmp_path), 6, {"eval/loss": 0.5})  # the resumed run's row starts a line of its own
+    assert read_eval_history(str(tmp_path))[-1] == {"step": 6, "eval/loss": 0.5}
+    assert read_eval_history(str(tmp_path / "absent")) == []
 
 
 def test_bf16_mixed_precision(tmp_path):

@@ -8,6 +8,17 @@ for discrete ones, both with `tokenizer_steps` steps), so one command runs the w
     hf-t2i study --output-dir runs/study --max-steps 2000 --eval-num-images 64
     hf-t2i study --output-dir runs/study --vae-path runs/vae/final --vq-path runs/dvae/final --cells continuous-random,discrete-random
 
+The study is resumable: every cell checkpoints every `checkpointing_steps`, and the same command run again continues
+each unfinished cell from its newest checkpoint and reuses the finished ones (their settings are recorded in
+`<cell>/study_cell.json`; a rerun with other settings is refused, except a larger `max_steps`, which trains the finished
+cells on, and other evaluation settings, which evaluate them again). With `eval_steps`, each cell is evaluated every
+that many steps too, and study.json and the printed tables hold the curves (`eval_history.jsonl` of each cell), which
+show whether the cells have converged:
+
+    hf-t2i study --output-dir runs/study64 --image-size 64 --vae-path runs/akl64/final --vq-path runs/vq64/final \
+        --position-embedding-init sincos_2d --max-steps 12000 --eval-steps 3000 --eval-num-images 200 \
+        --mixed-precision bf16
+
 Validation losses compare within a token type only (epsilon MSE for continuous tokens, cross-entropy in nats for
 discrete ones); the paper's finding to reproduce is that random order beats raster order in both, and that the
 generation metrics follow the validation loss. The continuous cells spend a little more compute per step (the
@@ -45,6 +56,13 @@ class StudyConfig:
     max_steps: int = field(default=2000, metadata={"help": "optimizer steps of every cell (equal compute)"})
     train_batch_size: int = 32
     learning_rate: float = 5e-4
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={
+            "help": "cosine | constant_with_warmup | linear: with a constant LR (and the EMA weights that "
+            "evaluation uses), a study trained on with a larger --max-steps continues its curves seamlessly"
+        },
+    )
     hidden_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 8
@@ -52,6 +70,19 @@ class StudyConfig:
     encoder_layers: int = 2
     diffusion_head_layers: int = 3
     num_diffusion_steps: int = 50
+    text_vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary trained on the captions"})
+    text_seq_len: int = 32
+    patch_size: int = field(default=2, metadata={"help": "latent patch grouped into one token (continuous cells)"})
+    position_embedding_init: str = field(
+        default="normal", metadata={"help": "normal | sincos_2d: how every cell's learned image positions start"}
+    )
+    mixed_precision: str = field(default="no", metadata={"help": "no | bf16 | fp16"})
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "checkpoint every N steps: a rerun of the command resumes from the newest"}
+    )
+    eval_steps: int = field(
+        default=0, metadata={"help": "also evaluate every N steps (the curves; 0: only at the end)"}
+    )
     eval_num_images: int = field(default=0, metadata={"help": "images per cell for the evaluation metrics (0: off)"})
     eval_metrics: str = field(default="", metadata={"help": "e.g. 'compositional'; '' = all the dataset allows"})
     guidance_scale: float = 3.0
@@ -64,12 +95,28 @@ class StudyConfig:
         unknown = [c for c in cells if c not in CELLS]
         if unknown or not cells:
             raise ValueError(f"`cells` must be a comma-separated subset of {CELLS}, got {self.cells!r}.")
-        for name in ("max_steps", "tokenizer_steps", "train_batch_size"):
+        for name in ("max_steps", "tokenizer_steps", "train_batch_size", "checkpointing_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
+        if self.eval_steps < 0:
+            raise ValueError(f"`eval_steps` must be >= 0 (0: evaluate at the end only), got {self.eval_steps}.")
 
     def cell_list(self) -> list[str]:
         return [c.strip() for c in self.cells.split(",") if c.strip()]
+
+
+# settings that may change between runs of one study folder: a larger max_steps trains the cells on, and the
+# evaluation settings only change what is measured at the end
+RERUN_SETTINGS = (
+    "max_steps",
+    "eval_steps",
+    "eval_num_images",
+    "eval_metrics",
+    "guidance_scale",
+    "num_diffusion_steps",
+)
+# settings that never change a cell's training
+NOT_CELL_SETTINGS = ("output_dir", "cells", "cache_dir", "report_to", "checkpointing_steps", "tokenizer_steps")
 
 
 def _train(recipe, output_dir: str, study: StudyConfig, max_steps: int, **overrides) -> dict:
@@ -82,9 +129,11 @@ def _train(recipe, output_dir: str, study: StudyConfig, max_steps: int, **overri
         train_batch_size=study.train_batch_size,
         seed=study.seed,
         report_to=study.report_to,
-        eval_steps=max_steps,
-        checkpointing_steps=max_steps,
+        mixed_precision=study.mixed_precision,
+        eval_steps=study.eval_steps or max_steps,
+        checkpointing_steps=min(study.checkpointing_steps, max_steps),
         checkpoints_total_limit=1,
+        resume_from_checkpoint="latest",
     )
     values["lr_warmup_steps"] = min(values.get("lr_warmup_steps", 0), max_steps // 10)
     return train(recipe, TrainingConfig(**values))
@@ -125,6 +174,7 @@ def _tokenizer(study: StudyConfig, kind: str, log) -> str:
 def run_study(study: StudyConfig, log=print) -> dict:
     """Train every cell of `study.cells`; return (and write to `<output_dir>/study.json`) their metrics."""
     from .recipes.fluid import FluidRecipe, FluidRecipeConfig
+    from .trainer import read_eval_history
 
     os.makedirs(study.output_dir, exist_ok=True)
     cells = study.cell_list()
@@ -133,7 +183,7 @@ def run_study(study: StudyConfig, log=print) -> dict:
         paths["continuous"] = {"vae_path": _tokenizer(study, "vae", log)}
     if any(c.startswith("discrete") for c in cells):
         paths["discrete"] = {"vq_path": _tokenizer(study, "vq", log)}
-    results = {}
+    results, histories = {}, {}
     for cell in cells:
         token_type, order = cell.split("-")
         config = FluidRecipeConfig(
@@ -150,41 +200,115 @@ def run_study(study: StudyConfig, log=print) -> dict:
             encoder_intermediate_size=study.intermediate_size,
             diffusion_head_layers=study.diffusion_head_layers,
             num_diffusion_steps=study.num_diffusion_steps,
+            text_vocab_size=study.text_vocab_size,
+            text_seq_len=study.text_seq_len,
+            patch_size=study.patch_size,
+            position_embedding_init=study.position_embedding_init,
             eval_num_images=study.eval_num_images,
             eval_metrics=study.eval_metrics,
             sample_guidance_scale=study.guidance_scale,
             cache_dir=study.cache_dir,
         )
-        log(f"training {cell} ({study.max_steps} steps)")
-        started = time.perf_counter()
-        metrics = _train(
-            FluidRecipe(config),
-            os.path.join(study.output_dir, cell),
-            study,
-            study.max_steps,
-            learning_rate=study.learning_rate,
-        )
-        metrics["train_seconds"] = time.perf_counter() - started
-        results[cell] = metrics
-    report = {"study": dataclasses.asdict(study), "results": results, "table": format_study(results)}
-    with open(os.path.join(study.output_dir, "study.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True, default=float)
+        cell_dir = os.path.join(study.output_dir, cell)
+        results[cell] = _run_cell(study, cell, cell_dir, FluidRecipe(config), log)
+        histories[cell] = read_eval_history(cell_dir)
+    report = {
+        "study": dataclasses.asdict(study),
+        "results": results,
+        "history": histories,
+        "table": format_study(results),
+        "curves": format_curves(histories),
+    }
+    _write_json(os.path.join(study.output_dir, "study.json"), report)
     log(report["table"])
+    if any(len(rows) > 1 for rows in histories.values()):
+        log(report["curves"])
     return report
 
 
-def format_study(results: dict[str, dict]) -> str:
-    """Markdown table: one row per cell, validation loss then the headline `eval/*` metrics (per-task breakdowns and
-    sample counts stay in study.json), then training time."""
-    metric_names = sorted(
+def _cell_settings(study: StudyConfig) -> dict:
+    settings = {k: v for k, v in dataclasses.asdict(study).items() if k not in NOT_CELL_SETTINGS}
+    return json.loads(json.dumps(settings))  # as read back from study_cell.json
+
+
+def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict:
+    """Train one cell (or continue it from its newest checkpoint), or reuse it when it is finished with these
+    settings; `<cell_dir>/study_cell.json` records the settings from the start and the metrics at the end."""
+    from .checkpointing import list_checkpoints
+
+    record_path = os.path.join(cell_dir, "study_cell.json")
+    settings = _cell_settings(study)
+    record = {}
+    if os.path.isfile(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            record = json.load(f)
+        before = record.get("settings", {})
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        refused = [k for k in changed if k not in RERUN_SETTINGS]
+        if refused:
+            raise ValueError(
+                f"{cell_dir} holds the {cell} cell of a study with other settings ("
+                + ", ".join(f"{k}: {before.get(k)!r} there, {settings.get(k)!r} now" for k in refused)
+                + "). Rerun with the same settings to continue that study, or pass another `output_dir`."
+            )
+        if before.get("max_steps", 0) > study.max_steps:
+            raise ValueError(
+                f"`max_steps` ({study.max_steps}) is below the {before['max_steps']} steps the {cell} cell in "
+                f"{cell_dir} was trained for; pass max_steps >= {before['max_steps']} or another `output_dir`."
+            )
+        if not changed and "metrics" in record:
+            log(f"reusing the finished {cell} cell in {cell_dir}")
+            return record["metrics"]
+    _write_json(record_path, {"settings": settings})
+    steps_before = max((step for step, _ in list_checkpoints(cell_dir)), default=0)
+    log(f"training {cell} ({study.max_steps} steps" + (f", from step {steps_before})" if steps_before else ")"))
+    started = time.perf_counter()
+    metrics = _train(
+        recipe, cell_dir, study, study.max_steps, learning_rate=study.learning_rate, lr_scheduler=study.lr_scheduler
+    )
+    seconds = time.perf_counter() - started
+    metrics["train_seconds"] = seconds
+    if metrics["global_step"] > steps_before:
+        metrics["seconds_per_step"] = seconds / (metrics["global_step"] - steps_before)
+    _write_json(record_path, {"settings": settings, "metrics": metrics})
+    return metrics
+
+
+def _write_json(path: str, value: dict) -> None:
+    """Write `value` as JSON atomically (a killed run leaves the previous file or the new one, never half of one)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True, default=float)
+    os.replace(temporary, path)
+
+
+def _headline_metrics(rows) -> list[str]:
+    """The `eval/*` keys worth a column: the metrics' overall values (per-task breakdowns and sample counts stay in
+    study.json), without the loss, which has its own column."""
+    return sorted(
         {
             k
-            for m in results.values()
+            for m in rows
             for k in m
             if k.startswith("eval/") and k != "eval/loss" and "/per_task" not in k and not k.endswith("num_samples")
         }
     )
-    headers = ["cell", "val loss", *[k.removeprefix("eval/") for k in metric_names], "train loss", "train s"]
+
+
+def format_study(results: dict[str, dict]) -> str:
+    """Markdown table: one row per cell, validation loss then the headline `eval/*` metrics, then the last training
+    loss, the seconds of the run that finished the cell and its seconds per step (data preparation and evaluations
+    included)."""
+    metric_names = _headline_metrics(results.values())
+    headers = [
+        "cell",
+        "val loss",
+        *[k.removeprefix("eval/") for k in metric_names],
+        "train loss",
+        "train s",
+        "s / step",
+    ]
     rows = []
     for cell, m in results.items():
         rows.append(
@@ -194,8 +318,26 @@ def format_study(results: dict[str, dict]) -> str:
                 *[_fmt(m.get(k)) for k in metric_names],
                 _fmt(m.get("train_loss")),
                 f"{m.get('train_seconds', 0):.0f}",
+                _fmt(m.get("seconds_per_step")),
             ]
         )
+    return _markdown(headers, rows)
+
+
+def format_curves(histories: dict[str, list[dict]]) -> str:
+    """Markdown table of every evaluation of every cell (`eval_steps`): one row per (cell, step), validation loss and
+    the headline metrics; whether the last rows still move says whether the cells have converged."""
+    metric_names = _headline_metrics(row for rows in histories.values() for row in rows)
+    headers = ["cell", "step", "val loss", *[k.removeprefix("eval/") for k in metric_names]]
+    rows = [
+        [cell, str(row["step"]), _fmt(row.get("eval/loss")), *[_fmt(row.get(k)) for k in metric_names]]
+        for cell, cell_rows in histories.items()
+        for row in cell_rows
+    ]
+    return _markdown(headers, rows)
+
+
+def _markdown(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
 
     def line(cells) -> str:
@@ -208,4 +350,4 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-__all__ = ["CELLS", "StudyConfig", "format_study", "run_study"]
+__all__ = ["CELLS", "StudyConfig", "format_curves", "format_study", "run_study"]

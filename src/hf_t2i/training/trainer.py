@@ -2,8 +2,9 @@
 accumulation, EMA, checkpoints and resume are written (and tested) once.
 
 What the loop owns: AdamW + LR schedule, mixed precision, gradient accumulation and clipping, gradient
-checkpointing, EMA (diffusers `EMAModel`), tensorboard scalars, sample grids, atomic checkpoints with exact resume
-and an atomic final export. Multi-process comes from the launcher (`accelerate launch`, `torchrun`), never from here.
+checkpointing, EMA (diffusers `EMAModel`), tensorboard scalars, every evaluation in `eval_history.jsonl`, sample
+grids, atomic checkpoints with exact resume and an atomic final export. Multi-process comes from the launcher
+(`accelerate launch`, `torchrun`), never from here.
 
 Exact resume rests on three things: (1) everything stateful is in the checkpoint (model, optimizer, scheduler,
 EMA, per-process global RNG states, the recipe's `generator`, `TrainState`; `checkpointing.py` lists the files and
@@ -49,6 +50,40 @@ from .streaming import StreamingDataset
 
 
 logger = get_logger(__name__)
+
+
+EVAL_HISTORY = "eval_history.jsonl"
+
+
+def append_eval_history(output_dir: str, step: int, values: dict[str, float]) -> None:
+    """Add one evaluation (`{"step": step, **values}`) as a line of `<output_dir>/eval_history.jsonl`, so that a
+    run's curve survives without a tracker. A resumed run may evaluate a step again; `read_eval_history` keeps the
+    last row of each step."""
+    os.makedirs(output_dir, exist_ok=True)
+    line = json.dumps({"step": step, **values}, sort_keys=True).encode() + b"\n"
+    with open(os.path.join(output_dir, EVAL_HISTORY), "a+b") as f:  # appends go to the end whatever the seek
+        if f.seek(0, os.SEEK_END) > 0:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a run killed while writing its last line: start a new one
+                line = b"\n" + line
+        f.write(line)
+
+
+def read_eval_history(output_dir: str) -> list[dict]:
+    """The evaluations `append_eval_history` recorded in `output_dir`, one per step (the last), by step; [] if none.
+    A torn last line (a run killed while writing it) is skipped."""
+    path = os.path.join(output_dir, EVAL_HISTORY)
+    if not os.path.isfile(path):
+        return []
+    rows = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[int(row["step"])] = row
+    return [rows[step] for step in sorted(rows)]
 
 
 def make_image_grid(images: list, cols: int | None = None):
@@ -588,6 +623,8 @@ class _TrainingRun:
                 extra = self.recipe.evaluate(model, self.state.global_step) or {}
                 values.update({f"eval/{k}": float(v) for k, v in extra.items()})
         self.accelerator.log(values, step=self.state.global_step)
+        if self.accelerator.is_main_process:
+            append_eval_history(self.config.output_dir, self.state.global_step, values)
         self.results.update(values)
 
     def _eval_loss(self) -> float:
