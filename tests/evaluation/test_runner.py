@@ -3,6 +3,7 @@
 import argparse
 import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -294,7 +295,16 @@ def test_cli_sampling_options_reach_the_pipeline_and_the_report(pipeline_dir, tm
         assert args.func(args) == 0
     chosen = {"temperature": 0.5, "guidance_schedule": "linear", "top_k": 4}
     assert calls and all(call.items() >= chosen.items() for call in calls)
-    assert json.loads((tmp_path / "report.json").read_text())["settings"]["pipeline_kwargs"] == chosen
+    settings = json.loads((tmp_path / "report.json").read_text())["settings"]
+    assert settings["pipeline_kwargs"] == chosen
+    assert settings["sampling"] == {"temperature": 0.5, "top_k": 4, "top_p": None, "min_p": None, "do_sample": True}
+
+    # a setting the call leaves out is the checkpoint's (its generation_config.json), and the report says so
+    config_path = Path(pipeline_dir) / "generation_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "temperature": 0.8}))
+    assert run_eval(parser.parse_args(base + ["--top-k", "4"])) == 0
+    sampling = json.loads((tmp_path / "report.json").read_text())["settings"]["sampling"]
+    assert sampling["temperature"] == 0.8 and sampling["top_k"] == 4
 
     args = parser.parse_args(base + ["--num-inference-steps", "8"])  # DALL-E decodes one token per step
     with pytest.raises(ValueError, match="num_inference_steps.*DallePipeline.*--num-inference-steps"):

@@ -242,6 +242,19 @@ def save_image_grid(images: list, path: str, cols: int = 4, tile: int = GRID_TIL
 
 
 # --------------------------------------------------------------------------------------------------- reports
+def _sampling_settings(pipe, pipeline_kwargs: dict) -> dict | None:
+    """The token-sampling settings the run used, the call's own or, where it left one out, the checkpoint's
+    (generation_config.json, e.g. a temperature its card chose); None for a pipeline whose model has no such settings."""
+    from ..generation.stock_generate import ImageGenerationMixin
+
+    model = getattr(pipe, "model", None)
+    if not isinstance(model, ImageGenerationMixin):
+        return None
+    names = ("temperature", "top_k", "top_p", "min_p", "do_sample")
+    sampling = model.image_sampling_config(**{name: pipeline_kwargs.get(name) for name in names})
+    return {name: getattr(sampling, name) for name in names}
+
+
 def _versions() -> dict[str, str]:
     import diffusers
     import transformers
@@ -463,6 +476,7 @@ def evaluate_pipeline(
             "num_candidates": num_candidates,
             "rerank_scorer": os.fspath(rerank_scorer_path) if rerank_scorer_path else None,
             "pipeline_kwargs": {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))},
+            "sampling": _sampling_settings(pipe, pipeline_kwargs),
         },
         "timings": timings,
         "versions": _versions(),
