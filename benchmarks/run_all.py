@@ -47,6 +47,7 @@ HEADERS = [
     "s / image (ours)",
     "s / image (peer)",
     "speed-up",
+    "speed-up at our ceiling",
     "GFLOP/s (ours)",
     "% of peak (ours / peer)",
     "% of bandwidth (ours / peer)",
@@ -130,6 +131,16 @@ def _roofline(record: dict, peer: dict | None = None) -> list[str]:
     ]
 
 
+def _ceiling(record: dict, ratio: float | None) -> str:
+    """The speed-up ours would have if its call ran at 100 % of the ceiling it is nearest (the matmul peak or the
+    memory bandwidth, whichever it uses the larger share of), doing the same products, against the same peer time:
+    `ratio / max(% of peak, % of bandwidth)`. No faster version of the same arithmetic on this machine passes it, so a
+    target above it needs less arithmetic, not faster code."""
+    shares = [record.get(key) for key in ("percent_of_peak", "percent_of_bandwidth")]
+    share = max((value for value in shares if value), default=None)
+    return "-" if ratio is None or share is None else f"{ratio * 100 / share:.1f}x"
+
+
 def _cell(record: dict) -> tuple:
     """What makes two records of one family comparable: batch, guidance and any script-specific setting (Muse's
     iterations)."""
@@ -155,7 +166,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
             base = [family, record["implementation"]]
             setting = [str(record["batch"]), _guidance(record["guidance_scale"])]
             if not record["vs_peers"]:
-                rows.append([*base, "-", *setting, ours, "-", "-", *_roofline(record), f"{_memory(record)} / -"])
+                rows.append([*base, "-", *setting, ours, "-", "-", "-", *_roofline(record), f"{_memory(record)} / -"])
             for peer_name, ratio in record["vs_peers"].items():
                 peer = peers.get((peer_name, _cell(record)))
                 peer_seconds = "-" if peer is None else _seconds(peer["seconds_per_image"], peer["error"])
@@ -167,6 +178,7 @@ def table_rows(documents: list[dict]) -> list[list[str]]:
                         ours,
                         peer_seconds,
                         "-" if ratio is None else f"{ratio:.2f}x",
+                        _ceiling(record, ratio),
                         *_roofline(record, peer),
                         f"{_memory(record)} / {_memory(peer)}",
                     ]
@@ -208,7 +220,9 @@ def render_markdown(documents: list[dict], mode: str, started: str, wall_seconds
         lines += ["Skipped peers:", "", *(f"- {family}, {peer}: {reason}" for family, peer, reason in skipped), ""]
     lines += [
         "s / image: median call time / batch, over the timed rounds. speed-up: median over rounds of the peer's time /"
-        " ours, both from the same round (> 1 = we are faster). GFLOP/s: the matrix products of one call (recorded "
+        " ours, both from the same round (> 1 = we are faster). speed-up at our ceiling: the speed-up ours would have"
+        " at 100 % of the % of peak or % of bandwidth it is nearer to (speed-up / the larger share), the same products"
+        " against the same peer time: no faster code for the same arithmetic passes it. GFLOP/s: the matrix products of one call (recorded "
         "once, in an untimed call) / its time; % of peak: of what the same products reach as plain torch matmuls in "
         "the same run (a training step: 3x its forward's products). % of bandwidth: the bytes those products must "
         "move (operands read and results written once, a fused attention's scores never; a training step: 3x its "
@@ -235,7 +249,20 @@ def main() -> None:
         "--families", nargs="+", default=list(FAMILIES), help=f"which ones (default all: {' '.join(FAMILIES)})"
     )
     parser.add_argument("--output-dir", default=str(HERE), help="where results.json and RESULTS.md go")
+    parser.add_argument(
+        "--from-json",
+        metavar="RESULTS_JSON",
+        help="time nothing: write RESULTS.md again from an earlier run's results.json (after a change to the table)",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        with open(args.from_json, encoding="utf-8") as f:
+            saved = json.load(f)
+        markdown = render_markdown(saved["families"], saved["mode"], saved["date"], saved["wall_seconds"])
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(args.output_dir) / "RESULTS.md").write_text(markdown, encoding="utf-8")
+        print(markdown)
+        return
     unknown = [family for family in args.families if family not in FAMILIES]
     if unknown:
         parser.error(f"--families: unknown {unknown}; choose from {list(FAMILIES)}.")

@@ -130,6 +130,7 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "0.750",
             "1.750",
             "2.50x",
+            "5.0x",  # 2.5 / 50 %: bandwidth is the nearer ceiling
             "2.7",
             "27% / 6%",
             "50% / 14%",
@@ -144,15 +145,30 @@ def test_table_pairs_each_of_our_rows_with_every_peer_of_its_cell(bench):
             "0.750",
             "10.000",
             "12.50x",
+            "25.0x",
             "2.7",
             "27% / -",
             "50% / -",
             "4 / 4",
         ],
-        ["parti", "hf_t2i sample_image_tokens", "-", "1", "off", "1.000", "-", "-", "-", "- / -", "- / -", "4 / -"],
-        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "- / -", "- / -", "4 / -"],
-        ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 9],
-        ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 10],
+        [
+            "parti",
+            "hf_t2i sample_image_tokens",
+            "-",
+            "1",
+            "off",
+            "1.000",
+            "-",
+            "-",
+            "-",
+            "-",
+            "- / -",
+            "- / -",
+            "4 / -",
+        ],
+        ["dalle", "hf_t2i dVAE decode", "-", "1", "-", "0.500", "-", "-", "-", "-", "- / -", "- / -", "4 / -"],
+        ["dalle", "-", "min-dalle: skipped (see below)", *["-"] * 10],
+        ["fluid", "FAILED (exit status 1; its output is above)", *["-"] * 11],
     ]
     markdown = run_all.render_markdown(documents, "full", "2026-12-04T10:00:00", 60.0)
     assert "- dalle, min-dalle: min-dalle is not installed" in markdown
@@ -190,6 +206,20 @@ def test_family_commands_per_mode(bench, tmp_path):
     assert command("transfusion") == ["--json", str(tmp_path / "out.json"), "--threads", "1", "--peer-batch-8"]
     assert command("transfusion", "--quick")[-1] == "--quick" and "--peer-batch-8" not in command("dalle")
     assert command("muse", "--smoke")[-1] == "--smoke"
+
+
+def test_from_json_writes_the_table_again_without_timing(bench, monkeypatch, tmp_path):
+    _timing, run_all = bench
+    documents = [document(_timing, "muse", {}, [])]
+    saved = {"mode": "quick", "date": "2026-12-06T01:35:10", "wall_seconds": 283.0, "families": documents}
+    (tmp_path / "results.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(run_all, "run_family", None)  # nothing may run
+    argv = ["run_all.py", "--from-json", str(tmp_path / "results.json"), "--output-dir", str(tmp_path / "out")]
+    monkeypatch.setattr(sys, "argv", argv)
+    run_all.main()
+    written = (tmp_path / "out" / "RESULTS.md").read_text()
+    assert written == run_all.render_markdown(documents, "quick", "2026-12-06T01:35:10", 283.0)
+    assert "mode **quick**" in written and "4.7 minutes" in written
 
 
 def test_driver_refuses_bad_arguments(bench, monkeypatch, capsys):
