@@ -222,6 +222,10 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     assert longer["results"]["discrete-random"]["global_step"] == 6
     assert [row["step"] for row in longer["history"]["discrete-random"]] == [2, 4, 6]
 
+    lines.clear()  # the other token type's settings never change a cell (cells of it may join the study later)
+    run_study(StudyConfig(**common, max_steps=6, vae_path=str(tmp_path / "a-vae"), patch_size=1), log=lines.append)
+    assert any("reusing the finished discrete-random cell" in line for line in lines)
+
     with pytest.raises(ValueError, match="hidden_size: 32 there, 64 now"):
         run_study(StudyConfig(**{**common, "hidden_size": 64}, max_steps=6), log=lines.append)
     with pytest.raises(ValueError, match="max_steps"):

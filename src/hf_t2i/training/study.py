@@ -226,8 +226,17 @@ def run_study(study: StudyConfig, log=print) -> dict:
     return report
 
 
-def _cell_settings(study: StudyConfig) -> dict:
-    settings = {k: v for k, v in dataclasses.asdict(study).items() if k not in NOT_CELL_SETTINGS}
+# settings of the other token type, which never change a cell: a study may add the discrete cells (and their
+# --vq-path) after its continuous ones have trained, or the reverse
+OTHER_TOKEN_TYPE_SETTINGS = {
+    "continuous": ("vq_path",),
+    "discrete": ("vae_path", "patch_size", "diffusion_head_layers", "num_diffusion_steps"),
+}
+
+
+def _cell_settings(study: StudyConfig, token_type: str) -> dict:
+    ignored = (*NOT_CELL_SETTINGS, *OTHER_TOKEN_TYPE_SETTINGS[token_type])
+    settings = {k: v for k, v in dataclasses.asdict(study).items() if k not in ignored}
     return json.loads(json.dumps(settings))  # as read back from study_cell.json
 
 
@@ -237,7 +246,7 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
     from .checkpointing import list_checkpoints
 
     record_path = os.path.join(cell_dir, "study_cell.json")
-    settings = _cell_settings(study)
+    settings = _cell_settings(study, cell.split("-")[0])
     record = {}
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as f:
