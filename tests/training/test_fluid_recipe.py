@@ -226,6 +226,8 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     run_study(StudyConfig(**common, max_steps=6, vae_path=str(tmp_path / "a-vae"), patch_size=1), log=lines.append)
     assert any("reusing the finished discrete-random cell" in line for line in lines)
 
+    with pytest.raises(ValueError, match="finished its 6 steps, evaluated with guidance_scale=3.0.*hf-t2i eval"):
+        run_study(StudyConfig(**common, max_steps=6, guidance_scale=5.0), log=lines.append)
     with pytest.raises(ValueError, match="hidden_size: 32 there, 64 now"):
         run_study(StudyConfig(**{**common, "hidden_size": 64}, max_steps=6), log=lines.append)
     with pytest.raises(ValueError, match="max_steps"):

@@ -11,7 +11,7 @@ for discrete ones, both with `tokenizer_steps` steps), so one command runs the w
 The study is resumable: every cell checkpoints every `checkpointing_steps`, and the same command run again continues
 each unfinished cell from its newest checkpoint and reuses the finished ones (their settings are recorded in
 `<cell>/study_cell.json`; a rerun with other settings is refused, except a larger `max_steps`, which trains the finished
-cells on, and other evaluation settings, which evaluate them again). With `eval_steps`, each cell is evaluated every
+cells on, with other evaluation settings if wanted). With `eval_steps`, each cell is evaluated every
 that many steps too, and study.json and the printed tables hold the curves (`eval_history.jsonl` of each cell), which
 show whether the cells have converged:
 
@@ -106,7 +106,7 @@ class StudyConfig:
 
 
 # settings that may change between runs of one study folder: a larger max_steps trains the cells on, and the
-# evaluation settings only change what is measured at the end
+# evaluation settings change what is measured from then on (a finished cell refuses them without more steps)
 RERUN_SETTINGS = (
     "max_steps",
     "eval_steps",
@@ -265,7 +265,14 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
                 f"`max_steps` ({study.max_steps}) is below the {before['max_steps']} steps the {cell} cell in "
                 f"{cell_dir} was trained for; pass max_steps >= {before['max_steps']} or another `output_dir`."
             )
-        if not changed and "metrics" in record:
+        if "metrics" in record and before.get("max_steps") == study.max_steps:
+            if changed:  # only evaluation settings: a finished cell trains no more, so nothing would measure them
+                raise ValueError(
+                    f"The {cell} cell in {cell_dir} has finished its {study.max_steps} steps, evaluated with "
+                    + ", ".join(f"{k}={before.get(k)!r}" for k in changed)
+                    + f". Evaluate its final model with `hf-t2i eval --model {os.path.join(cell_dir, 'final')}`, "
+                    "or train it on with a larger `max_steps`."
+                )
             log(f"reusing the finished {cell} cell in {cell_dir}")
             return record["metrics"]
     _write_json(record_path, {"settings": settings})
