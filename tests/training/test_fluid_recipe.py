@@ -239,6 +239,12 @@ def test_study_rejects_unknown_cells():
 
     with pytest.raises(ValueError, match="cells"):
         StudyConfig(output_dir="x", cells="continuous-random,spiral")
+    with pytest.raises(ValueError, match="lr_scheduler.*'cosine_with_restarts'"):
+        StudyConfig(output_dir="x", lr_scheduler="cosine_with_restarts")
+    with pytest.raises(ValueError, match="mixed_precision.*'bfloat16'"):
+        StudyConfig(output_dir="x", mixed_precision="bfloat16")
+    with pytest.raises(ValueError, match="eval_steps"):
+        StudyConfig(output_dir="x", eval_steps=-1)
 
 
 def test_fluid_fine_tuning_takes_the_pretrained_vae_and_checks_the_cell(vae_dir, tmp_path):

@@ -33,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .config import TrainingConfig
+from .config import LR_SCHEDULERS, MIXED_PRECISIONS, TrainingConfig
 
 
 CELLS = ("continuous-random", "continuous-raster", "discrete-random", "discrete-raster")
@@ -100,6 +100,10 @@ class StudyConfig:
                 raise ValueError(f"`{name}` must be >= 1, got {getattr(self, name)}.")
         if self.eval_steps < 0:
             raise ValueError(f"`eval_steps` must be >= 0 (0: evaluate at the end only), got {self.eval_steps}.")
+        # checked here, before any tokenizer trains, not when the first cell builds its TrainingConfig
+        for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
 
     def cell_list(self) -> list[str]:
         return [c.strip() for c in self.cells.split(",") if c.strip()]
