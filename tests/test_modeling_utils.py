@@ -1,5 +1,7 @@
-"""Shared model helpers: the GPT-2 style init outside `torch.no_grad`, and the file modes of a saved folder."""
+"""Shared model helpers: the GPT-2 style init outside `torch.no_grad`, the file modes of a saved folder, and the
+atomic JSON writer."""
 
+import json
 import os
 
 import pytest
@@ -7,7 +9,12 @@ import torch
 from torch import nn
 
 from hf_t2i import DallePytorchDVAE, DallePytorchDVAEConfig
-from hf_t2i.modeling_utils import give_new_file_modes, init_transformer_weights, new_file_mode
+from hf_t2i.modeling_utils import (
+    give_new_file_modes,
+    init_transformer_weights,
+    new_file_mode,
+    write_json_atomically,
+)
 
 
 def test_init_transformer_weights_runs_on_trainable_parameters_with_grad_enabled():
@@ -56,3 +63,13 @@ def test_a_models_own_save_pretrained_gives_its_files_the_umasks_mode_and_leaves
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
     assert modes.pop("mine.txt") == 0o600
     assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
+
+
+def test_write_json_atomically_replaces_the_file_or_leaves_it_as_it_was(tmp_path):
+    path = tmp_path / "report.json"
+    write_json_atomically(path, {"b": 1, "a": [2]}, sort_keys=True)
+    assert path.read_text() == '{\n  "a": [\n    2\n  ],\n  "b": 1\n}\n'
+    with pytest.raises(TypeError):  # json cannot write it, halfway through
+        write_json_atomically(path, {"a": 1, "b": object()})
+    assert json.loads(path.read_text()) == {"a": [2], "b": 1}  # the previous file, whole
+    assert os.listdir(tmp_path) == ["report.json"]  # and no temporary file left behind

@@ -16,6 +16,7 @@ import torch
 from .generation import SamplingConfig
 from .generation.stock_generate import ImageGenerationMixin
 from .hub import CARD_NAME, REPORT_NAME, write_model_card
+from .modeling_utils import write_json_atomically
 from .pipelines import T2IPipeline
 
 
@@ -31,11 +32,7 @@ def set_compute_dtype(folder: str | os.PathLike, dtype: str = "float32") -> list
             config = json.load(f)
         if config.get("dtype", dtype) != dtype:
             config["dtype"] = dtype
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
+            write_json_atomically(path, config, sort_keys=True)
             changed.append(path)
     return changed
 

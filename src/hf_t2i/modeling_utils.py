@@ -146,6 +146,21 @@ def local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str | 
     return os.path.join(path, subfolder) if subfolder else path
 
 
+def write_json_atomically(path: str | os.PathLike, value, **dump_kwargs) -> None:
+    """Write `value` as JSON (indent 2, a final newline; `dump_kwargs` go to `json.dump`) so that a reader, or a run
+    killed halfway, sees the previous file or the new one, never part of one: a temporary file, then `os.replace`."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=2, **dump_kwargs)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):  # a value json cannot write: keep the old file, leave no temporary one
+            os.remove(tmp)
+
+
 def json_file_problem(path: str) -> str | None:
     """Why the JSON file `path` cannot be read (as a sentence naming it and the fix), or None when it parses."""
     try:

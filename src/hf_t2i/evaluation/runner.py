@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
-import json
 import math
 import os
 import platform
@@ -245,14 +244,14 @@ def save_image_grid(images: list, path: str, cols: int = 4, tile: int = GRID_TIL
 def _sampling_settings(pipe, pipeline_kwargs: dict) -> dict | None:
     """The token-sampling settings the run used, the call's own or, where it left one out, the checkpoint's
     (generation_config.json, e.g. a temperature its card chose); None for a pipeline whose model has no such settings."""
+    from ..generation.config import SAMPLING_SETTINGS
     from ..generation.stock_generate import ImageGenerationMixin
 
     model = getattr(pipe, "model", None)
     if not isinstance(model, ImageGenerationMixin):
         return None
-    names = ("temperature", "top_k", "top_p", "min_p", "do_sample")
-    sampling = model.image_sampling_config(**{name: pipeline_kwargs.get(name) for name in names})
-    return {name: getattr(sampling, name) for name in names}
+    sampling = model.image_sampling_config(**{name: pipeline_kwargs.get(name) for name in SAMPLING_SETTINGS})
+    return {name: getattr(sampling, name) for name in SAMPLING_SETTINGS}
 
 
 def _versions() -> dict[str, str]:
@@ -488,11 +487,9 @@ def evaluate_pipeline(
         os.makedirs(output_dir, exist_ok=True)
         save_image_grid(images, os.path.join(output_dir, "grid.png"))
         report["files"] = {"report": "report.json", "grid": "grid.png"}
-        tmp = os.path.join(output_dir, f".report.json.tmp-{os.getpid()}")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, os.path.join(output_dir, "report.json"))
+        from ..modeling_utils import write_json_atomically
+
+        write_json_atomically(os.path.join(output_dir, "report.json"), report)
     return report
 
 

@@ -19,6 +19,11 @@ from .guidance import ClassifierFreeGuidance
 from .sampling import sample_tokens
 
 
+#: the token-sampling settings of a call, which a checkpoint's generation_config may also hold (the rest of
+#: `SamplingConfig` is guidance)
+SAMPLING_SETTINGS = ("temperature", "top_k", "top_p", "min_p", "do_sample")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How tokens are drawn (transformers semantics) and how guidance is applied.
@@ -113,4 +118,4 @@ class TokenSampler:
         return ids, torch.log_softmax(logits, dim=-1).gather(1, ids[:, None]).squeeze(1)
 
 
-__all__ = ["SamplingConfig", "TokenSampler"]
+__all__ = ["SAMPLING_SETTINGS", "SamplingConfig", "TokenSampler"]

@@ -3,12 +3,13 @@
 transformers' `generate()` needs three things from an image prior that it cannot guess:
 
 - How long an image is. [`image_generation_config`] builds the model's `generation_config` from its config (saved as
-  generation_config.json): `max_new_tokens = num_image_tokens`, sampling at temperature 1 with
-  no top-k / top-p filtering (`hf-t2i export --default-temperature` stores another; the pipelines and
-  `sample_image_tokens` resolve unset settings from it as `generate()` does, `image_sampling_config`), and no `eos_token_id` / `pad_token_id`: an image has no end token, so nothing stops a
-  generation before its last image token (`min_new_tokens`, which only holds an end token back, is not needed and
-  would warn when a caller asks for part of an image). An id there would not be harmless either: transformers reads
-  DALL-E's caption pads, learned inputs that are never masked, as right-padding to warn about and to mask.
+  generation_config.json): `max_new_tokens = num_image_tokens`, sampling at temperature 1 with no top-k / top-p
+  filtering (`hf-t2i export --default-temperature` stores another; the pipelines and `sample_image_tokens` resolve
+  unset settings from it as `generate()` does, `image_sampling_config`), and no `eos_token_id` / `pad_token_id`: an
+  image has no end token, so nothing stops a generation before its last image token (`min_new_tokens`, which only
+  holds an end token back, is not needed and would warn when a caller asks for part of an image). An id there would
+  not be harmless either: transformers reads DALL-E's caption pads, learned inputs that are never masked, as
+  right-padding to warn about and to mask.
 - Which ids are image codes. The models restrict their logits themselves (DALL-E's joint text + image vocabulary,
   Parti's start token), so every token sampled at an image position is an image code.
 - How to guide. `generate(guidance_scale=s)` in transformers 5 adds `UnbatchedClassifierFreeGuidanceLogitsProcessor`
@@ -34,7 +35,7 @@ import torch
 from transformers import GenerationConfig, GenerationMixin
 from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 
-from .config import SamplingConfig
+from .config import SAMPLING_SETTINGS, SamplingConfig
 from .guidance import ClassifierFreeGuidance
 
 
@@ -162,7 +163,7 @@ class ImageGenerationMixin(GenerationMixin):
         """One image call's settings (the pipelines and `sample_image_tokens`): each sampling setting left None is
         resolved as `generate()` resolves it, from the model's `generation_config` (generation_config.json holds the
         temperature a checkpoint's card chose); transformers' "off" values there (top_k 0, top_p 1.0) mean no filter."""
-        given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "do_sample": do_sample}
+        given = dict(zip(SAMPLING_SETTINGS, (temperature, top_k, top_p, min_p, do_sample)))
         off = {"top_k": 0, "top_p": 1.0}  # in the generation config only: a call's top_k=0 stays an error
         stored = {name: self._generation_setting(name, None, {}) for name in given if given[name] is None}
         settings = {name: value for name, value in given.items() if value is not None}

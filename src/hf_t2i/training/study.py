@@ -251,7 +251,6 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
 
     record_path = os.path.join(cell_dir, "study_cell.json")
     settings = _cell_settings(study, cell.split("-")[0])
-    record = {}
     if os.path.isfile(record_path):
         with open(record_path, encoding="utf-8") as f:
             record = json.load(f)
@@ -295,12 +294,10 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
 
 
 def _write_json(path: str, value: dict) -> None:
-    """Write `value` as JSON atomically (a killed run leaves the previous file or the new one, never half of one)."""
+    from ..modeling_utils import write_json_atomically
+
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=float)
-    os.replace(temporary, path)
+    write_json_atomically(path, value, sort_keys=True, default=float)
 
 
 def _headline_metrics(rows) -> list[str]:
