@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from hf_t2i.checkpoints import resolve_checkpoint
-from hf_t2i.grids import GAP, LABEL_WIDTH, draw_prompt_grid
+from hf_t2i.grids import GAP, LABEL_WIDTH, draw_comparison_grid, draw_prompt_grid
 from hf_t2i.pipelines import T2IPipeline
 
 
@@ -20,8 +20,8 @@ def pipe():
     return pipe
 
 
-def tile(grid: Image.Image, row: int, column: int, side: int, left: int) -> np.ndarray:
-    x, y = left + GAP + column * (side + GAP), GAP + row * (side + GAP)
+def tile(grid: Image.Image, row: int, column: int, side: int, left: int, top: int = 0) -> np.ndarray:
+    x, y = left + GAP + column * (side + GAP), top + GAP + row * (side + GAP)
     return np.asarray(grid.crop((x, y, x + side, y + side)))
 
 
@@ -41,6 +41,26 @@ def test_grid_holds_the_seeded_samples_row_by_row(pipe):
     unlabelled = draw_prompt_grid(pipe, PROMPTS, num_images_per_prompt=3, seed=5, labels=False, guidance_scale=3.0)
     assert unlabelled.width == grid.width - LABEL_WIDTH
     np.testing.assert_array_equal(tile(unlabelled, 1, 2, side, 0), tile(grid, 1, 2, side, LABEL_WIDTH))
+
+
+def test_comparison_grid_holds_one_row_per_pipeline_and_one_column_per_prompt(pipe):
+    grid = draw_comparison_grid({"first": pipe, "again": pipe}, PROMPTS, seed=5, upscale=1, guidance_scale=3.0)
+    side = 64
+    top = grid.height - 2 * (side + GAP) - GAP  # the band of prompts above the tiles
+    left = grid.width - 2 * (side + GAP) - GAP  # the labels' column, as wide as "first" needs
+    assert 0 < left < LABEL_WIDTH // 2 and top > 0
+    assert (np.asarray(grid.crop((0, top, left, grid.height))) < 128).any()
+    images = pipe(PROMPTS, generator=torch.Generator().manual_seed(5), guidance_scale=3.0).images
+    for row in range(2):  # every pipeline draws from the same seed: same pipeline, same row
+        for column in range(2):
+            expected = np.asarray(images[column].convert("RGB"))
+            np.testing.assert_array_equal(tile(grid, row, column, side, left, top), expected)
+    header = np.asarray(grid.crop((left, 0, grid.width, top)))
+    assert (header < 128).any()  # the prompts are written above their columns
+    with pytest.raises(ValueError, match="pipes"):
+        draw_comparison_grid({}, PROMPTS)
+    with pytest.raises(ValueError, match="prompts"):
+        draw_comparison_grid({"first": pipe}, "a red circle")
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from PIL import Image
 
 from hf_t2i import DalleDVAE, DalleDVAEConfig, FluidPipeline
+from hf_t2i.grids import DEFAULT_GRID_PROMPTS, GAP, LABEL_WIDTH
 from hf_t2i.layers import sincos_2d_embedding
 from hf_t2i.training import TrainingConfig, train
 from hf_t2i.training.recipes.autoencoder_kl import AutoencoderKLRecipe, AutoencoderKLRecipeConfig
@@ -173,6 +175,10 @@ def test_study_trains_the_four_cells_and_reports_them_side_by_side(tmp_path, cap
     assert "| cell" in table and "val loss" in table and table.count("-random") + table.count("-raster") >= 4
     for cell in report["results"]:
         assert (tmp_path / "study" / cell / "final" / "model_index.json").is_file()
+    samples = Image.open(tmp_path / "study" / "study_samples.png")  # a row per cell, a column per prompt
+    side = 64  # 32 px, upscaled twice
+    label_column = samples.width - len(DEFAULT_GRID_PROMPTS) * (side + GAP) - GAP
+    assert 0 < label_column < LABEL_WIDTH and samples.height > 4 * (side + GAP) + GAP
 
 
 def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
@@ -199,11 +205,13 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
         mixed_precision="bf16",
         checkpointing_steps=2,
         eval_steps=2,
+        grid_prompts="none",
         cache_dir=str(tmp_path / "cache"),
     )
     lines = []
     first = run_study(StudyConfig(**common, max_steps=4), log=lines.append)
     cell = tmp_path / "study" / "discrete-random"
+    assert not (tmp_path / "study" / "study_samples.png").exists()
     assert [row["step"] for row in first["history"]["discrete-random"]] == [2, 4]
     assert "| discrete-random | 2 " in first["curves"] and "s / step" in first["table"]
     model_config = json.loads((cell / "final" / "config.json").read_text())

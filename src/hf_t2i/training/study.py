@@ -87,6 +87,14 @@ class StudyConfig:
     eval_metrics: str = field(default="", metadata={"help": "e.g. 'compositional'; '' = all the dataset allows"})
     guidance_scale: float = 3.0
     seed: int = 0
+    grid_prompts: str = field(
+        default="",
+        metadata={
+            "help": "'|'-separated prompts of study_samples.png (one row per cell, one column per prompt, guidance "
+            "--guidance-scale); default: six shapes prompts (two with held-out pairs) on shapes, else the first six "
+            "validation captions; 'none': no picture"
+        },
+    )
     cache_dir: str | None = None
     report_to: str = field(default="none", metadata={"help": "tensorboard | none"})
 
@@ -120,7 +128,15 @@ RERUN_SETTINGS = (
     "num_diffusion_steps",
 )
 # settings that never change a cell's training
-NOT_CELL_SETTINGS = ("output_dir", "cells", "cache_dir", "report_to", "checkpointing_steps", "tokenizer_steps")
+NOT_CELL_SETTINGS = (
+    "output_dir",
+    "cells",
+    "cache_dir",
+    "report_to",
+    "checkpointing_steps",
+    "tokenizer_steps",
+    "grid_prompts",
+)
 
 
 def _train(recipe, output_dir: str, study: StudyConfig, max_steps: int, **overrides) -> dict:
@@ -187,7 +203,7 @@ def run_study(study: StudyConfig, log=print) -> dict:
         paths["continuous"] = {"vae_path": _tokenizer(study, "vae", log)}
     if any(c.startswith("discrete") for c in cells):
         paths["discrete"] = {"vq_path": _tokenizer(study, "vq", log)}
-    results, histories = {}, {}
+    results, histories, recipes = {}, {}, {}
     for cell in cells:
         token_type, order = cell.split("-")
         config = FluidRecipeConfig(
@@ -214,7 +230,8 @@ def run_study(study: StudyConfig, log=print) -> dict:
             cache_dir=study.cache_dir,
         )
         cell_dir = os.path.join(study.output_dir, cell)
-        results[cell] = _run_cell(study, cell, cell_dir, FluidRecipe(config), log)
+        recipes[cell] = FluidRecipe(config)
+        results[cell] = _run_cell(study, cell, cell_dir, recipes[cell], log)
         histories[cell] = read_eval_history(cell_dir)
     report = {
         "study": dataclasses.asdict(study),
@@ -227,7 +244,34 @@ def run_study(study: StudyConfig, log=print) -> dict:
     log(report["table"])
     if any(len(rows) > 1 for rows in histories.values()):
         log(report["curves"])
+    if study.grid_prompts != "none":
+        path = os.path.join(study.output_dir, "study_samples.png")
+        _draw_samples(study, recipes, path)
+        log(f"saved {path}: one row per cell, one column per prompt")
     return report
+
+
+def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
+    """`path`: every cell's final model side by side on the same prompts and seed (`grids.draw_comparison_grid`)."""
+    import torch
+
+    from ..grids import DEFAULT_GRID_PROMPTS, draw_comparison_grid
+    from ..pipelines import T2IPipeline
+
+    prompts = [p.strip() for p in study.grid_prompts.split("|") if p.strip()]
+    if not prompts:
+        first_recipe = next(iter(recipes.values()))
+        prompts = DEFAULT_GRID_PROMPTS if study.dataset == "shapes" else first_recipe._splits()[1]["text"][:6]
+    pipes = {}
+    for cell in recipes:
+        pipe = T2IPipeline.from_pretrained(os.path.join(study.output_dir, cell, "final"), dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        pipes[cell] = pipe
+    grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = path + ".tmp.png"
+    grid.save(temporary, optimize=True)
+    os.replace(temporary, path)
 
 
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
