@@ -13,7 +13,8 @@ each unfinished cell from its newest checkpoint and reuses the finished ones (th
 `<cell>/study_cell.json`; a rerun with other settings is refused, except a larger `max_steps`, which trains the finished
 cells on, with other evaluation settings if wanted). With `eval_steps`, each cell is evaluated every
 that many steps too, and study.json and the printed tables hold the curves (`eval_history.jsonl` of each cell), which
-show whether the cells have converged:
+show whether the cells have converged. The study ends by drawing `<output_dir>/study_samples.png`, every cell's final
+model side by side on the same prompts and seed (`grid_prompts`):
 
     hf-t2i study --output-dir runs/study64 --image-size 64 --vae-path runs/akl64/final --vq-path runs/vq64/final \
         --position-embedding-init sincos_2d --max-steps 12000 --eval-steps 3000 --eval-num-images 200 \
@@ -262,9 +263,11 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
     if not prompts:
         first_recipe = next(iter(recipes.values()))
         prompts = DEFAULT_GRID_PROMPTS if study.dataset == "shapes" else first_recipe._splits()[1]["text"][:6]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     pipes = {}
     for cell in recipes:
         pipe = T2IPipeline.from_pretrained(os.path.join(study.output_dir, cell, "final"), dtype=torch.float32)
+        pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         pipes[cell] = pipe
     grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
