@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from hf_t2i import DalleDVAE, DalleDVAEConfig, FluidPipeline
 from hf_t2i.grids import DEFAULT_GRID_PROMPTS, GAP, LABEL_WIDTH
@@ -229,6 +229,14 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     assert any("from step 4" in line for line in lines)  # trained on from its last checkpoint, not from scratch
     assert longer["results"]["discrete-random"]["global_step"] == 6
     assert [row["step"] for row in longer["history"]["discrete-random"]] == [2, 4, 6]
+
+    lines.clear()  # the picture's prompts are not a cell setting: the finished cell is reused, and drawn
+    run_study(StudyConfig(**{**common, "grid_prompts": "a red circle | a blue square"}, max_steps=6), log=lines.append)
+    assert any("reusing the finished discrete-random cell" in line for line in lines)
+    samples = Image.open(tmp_path / "study" / "study_samples.png")
+    label_column = 12 + int(ImageDraw.Draw(samples).textlength("discrete-random", font=ImageFont.load_default()))
+    assert samples.width == label_column + 2 * (64 + GAP) + GAP  # two prompts: two columns of 32 px upscaled twice
+    assert not list((tmp_path / "study").glob("*.tmp.png"))
 
     lines.clear()  # the other token type's settings never change a cell (cells of it may join the study later)
     run_study(StudyConfig(**common, max_steps=6, vae_path=str(tmp_path / "a-vae"), patch_size=1), log=lines.append)

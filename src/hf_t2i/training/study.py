@@ -272,9 +272,13 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
         pipes[cell] = pipe
     grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp.png"
-    grid.save(temporary, optimize=True)
-    os.replace(temporary, path)
+    temporary = path + ".tmp.png"  # a reader never sees half a picture, a failed save leaves none
+    try:
+        grid.save(temporary, optimize=True)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
 
 
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
