@@ -146,19 +146,29 @@ def local_folder(pretrained_model_name_or_path, subfolder: str | None) -> str | 
     return os.path.join(path, subfolder) if subfolder else path
 
 
-def write_json_atomically(path: str | os.PathLike, value, **dump_kwargs) -> None:
-    """Write `value` as JSON (indent 2, a final newline; `dump_kwargs` go to `json.dump`) so that a reader, or a run
-    killed halfway, sees the previous file or the new one, never part of one: a temporary file, then `os.replace`."""
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """Call `write(temporary_path)`, then move that file onto `path` (`os.replace`), so that a reader, or a run killed
+    halfway, sees the previous file or the new one, never part of one; if `write` fails no temporary file is left."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomically(path: str | os.PathLike, value, **dump_kwargs) -> None:
+    """Write `value` as JSON (indent 2, a final newline; `dump_kwargs` go to `json.dump`) with `write_atomically`: a
+    value json cannot write keeps the old file."""
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(value, f, indent=2, **dump_kwargs)
             f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):  # a value json cannot write: keep the old file, leave no temporary one
-            os.remove(tmp)
+
+    write_atomically(path, write)
 
 
 def json_file_problem(path: str) -> str | None:

@@ -236,7 +236,7 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     samples = Image.open(tmp_path / "study" / "study_samples.png")
     label_column = 12 + int(ImageDraw.Draw(samples).textlength("discrete-random", font=ImageFont.load_default()))
     assert samples.width == label_column + 2 * (64 + GAP) + GAP  # two prompts: two columns of 32 px upscaled twice
-    assert not list((tmp_path / "study").glob("*.tmp.png"))
+    assert not list((tmp_path / "study").glob("*.tmp-*"))
 
     lines.clear()  # the other token type's settings never change a cell (cells of it may join the study later)
     run_study(StudyConfig(**common, max_steps=6, vae_path=str(tmp_path / "a-vae"), patch_size=1), log=lines.append)

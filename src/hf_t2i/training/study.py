@@ -257,6 +257,7 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
     import torch
 
     from ..grids import DEFAULT_GRID_PROMPTS, draw_comparison_grid
+    from ..modeling_utils import write_atomically
     from ..pipelines import T2IPipeline
 
     prompts = [p.strip() for p in study.grid_prompts.split("|") if p.strip()]
@@ -272,13 +273,7 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
         pipes[cell] = pipe
     grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = path + ".tmp.png"  # a reader never sees half a picture, a failed save leaves none
-    try:
-        grid.save(temporary, optimize=True)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_atomically(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
 
 
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
