@@ -249,6 +249,21 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
         run_study(StudyConfig(**common, max_steps=4), log=lines.append)
 
+    # a run of another cell reports the finished one too, each with its steps; a cell of other settings is left out
+    other = tmp_path / "study" / "continuous-random"
+    other.mkdir()
+    record = json.loads((cell / "study_cell.json").read_text())
+    (other / "study_cell.json").write_text(
+        json.dumps({**record, "settings": {**record["settings"], "hidden_size": 64}})
+    )
+    lines.clear()
+    both = run_study(StudyConfig(**{**common, "cells": "discrete-raster"}, max_steps=2), log=lines.append)
+    assert any("reporting the discrete-random cell an earlier run finished (6 steps)" in line for line in lines)
+    assert list(both["results"]) == ["discrete-random", "discrete-raster"]  # the study's order
+    assert [row["step"] for row in both["history"]["discrete-random"]] == [2, 4, 6]
+    assert "| discrete-random | 6 " in both["table"] and "| discrete-raster | 2 " in both["table"]
+    assert json.loads((tmp_path / "study" / "study.json").read_text())["results"].keys() == both["results"].keys()
+
 
 def test_study_rejects_unknown_cells():
     from hf_t2i.training.study import StudyConfig

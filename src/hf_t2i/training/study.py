@@ -13,8 +13,10 @@ each unfinished cell from its newest checkpoint and reuses the finished ones (th
 `<cell>/study_cell.json`; a rerun with other settings is refused, except a larger `max_steps`, which trains the finished
 cells on, with other evaluation settings if wanted). With `eval_steps`, each cell is evaluated every
 that many steps too, and study.json and the printed tables hold the curves (`eval_history.jsonl` of each cell), which
-show whether the cells have converged. The study ends by drawing `<output_dir>/study_samples.png`, every cell's final
-model side by side on the same prompts and seed (`grid_prompts`):
+show whether the cells have converged. They cover every cell of the folder: a run of a subset (`cells`) reports the
+cells an earlier run finished as well, each with the steps it was trained for. The study ends by drawing
+`<output_dir>/study_samples.png`, every reported cell's final model side by side on the same prompts and seed
+(`grid_prompts`):
 
     hf-t2i study --output-dir runs/study64 --image-size 64 --vae-path runs/akl64/final --vq-path runs/vq64/final \
         --position-embedding-init sincos_2d --max-steps 12000 --eval-steps 3000 --eval-num-images 200 \
@@ -193,7 +195,8 @@ def _tokenizer(study: StudyConfig, kind: str, log) -> str:
 
 
 def run_study(study: StudyConfig, log=print) -> dict:
-    """Train every cell of `study.cells`; return (and write to `<output_dir>/study.json`) their metrics."""
+    """Train every cell of `study.cells`; return (and write to `<output_dir>/study.json`) their metrics, and those of
+    the cells an earlier run of this study finished in `output_dir` (with other steps or evaluations at most)."""
     from .recipes.fluid import FluidRecipe, FluidRecipeConfig
     from .trainer import read_eval_history
 
@@ -234,6 +237,14 @@ def run_study(study: StudyConfig, log=print) -> dict:
         recipes[cell] = FluidRecipe(config)
         results[cell] = _run_cell(study, cell, cell_dir, recipes[cell], log)
         histories[cell] = read_eval_history(cell_dir)
+    for cell in CELLS:  # the cells an earlier run of this folder finished stay in the report (`--cells` a subset)
+        cell_dir = os.path.join(study.output_dir, cell)
+        metrics = None if cell in results else _earlier_cell(study, cell, cell_dir)
+        if metrics is not None:
+            log(f"reporting the {cell} cell an earlier run finished ({metrics.get('global_step')} steps)")
+            results[cell], histories[cell] = metrics, read_eval_history(cell_dir)
+    results = {cell: results[cell] for cell in CELLS if cell in results}
+    histories = {cell: histories[cell] for cell in results}
     report = {
         "study": dataclasses.asdict(study),
         "results": results,
@@ -247,13 +258,14 @@ def run_study(study: StudyConfig, log=print) -> dict:
         log(report["curves"])
     if study.grid_prompts != "none":
         path = os.path.join(study.output_dir, "study_samples.png")
-        _draw_samples(study, recipes, path)
+        _draw_samples(study, list(results), recipes, path)
         log(f"saved {path}: one row per cell, one column per prompt")
     return report
 
 
-def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
-    """`path`: every cell's final model side by side on the same prompts and seed (`grids.draw_comparison_grid`)."""
+def _draw_samples(study: StudyConfig, cells: list[str], recipes: dict, path: str) -> None:
+    """`path`: the final model of every cell in `cells` side by side on the same prompts and seed
+    (`grids.draw_comparison_grid`); `recipes` (the cells of this run) give the captions on data other than shapes."""
     import torch
 
     from ..grids import DEFAULT_GRID_PROMPTS, draw_comparison_grid
@@ -266,7 +278,7 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
         prompts = DEFAULT_GRID_PROMPTS if study.dataset == "shapes" else first_recipe._splits()[1]["text"][:6]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipes = {}
-    for cell in recipes:
+    for cell in cells:
         pipe = T2IPipeline.from_pretrained(os.path.join(study.output_dir, cell, "final"), dtype=torch.float32)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -276,6 +288,7 @@ def _draw_samples(study: StudyConfig, recipes: dict, path: str) -> None:
     write_atomically(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
 
 
+TOKENIZER_PATHS = ("vae_path", "vq_path")
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
 # --vq-path) after its continuous ones have trained, or the reverse
 OTHER_TOKEN_TYPE_SETTINGS = {
@@ -290,6 +303,30 @@ def _cell_settings(study: StudyConfig, token_type: str) -> dict:
     return json.loads(json.dumps(settings))  # as read back from study_cell.json
 
 
+def _changed_settings(before: dict, settings: dict) -> list[str]:
+    return sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+
+
+def _earlier_cell(study: StudyConfig, cell: str, cell_dir: str) -> dict | None:
+    """The metrics of a cell that is not in `study.cells` but that an earlier run of this study (settings that differ
+    in `RERUN_SETTINGS` only: other steps, other evaluations) finished in `cell_dir`; None when there is none."""
+    record_path = os.path.join(cell_dir, "study_cell.json")
+    if not os.path.isfile(record_path):
+        return None
+    with open(record_path, encoding="utf-8") as f:
+        record = json.load(f)
+    settings = _cell_settings(study, cell.split("-")[0])
+    # a run without this cell's token type need not name its tokenizer folder
+    changed = [
+        k
+        for k in _changed_settings(record.get("settings", {}), settings)
+        if settings.get(k) is not None or k not in TOKENIZER_PATHS
+    ]
+    if "metrics" not in record or any(k not in RERUN_SETTINGS for k in changed):
+        return None
+    return record["metrics"]
+
+
 def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict:
     """Train one cell (or continue it from its newest checkpoint), or reuse it when it is finished with these
     settings; `<cell_dir>/study_cell.json` records the settings from the start and the metrics at the end."""
@@ -301,7 +338,7 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
         with open(record_path, encoding="utf-8") as f:
             record = json.load(f)
         before = record.get("settings", {})
-        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        changed = _changed_settings(before, settings)
         refused = [k for k in changed if k not in RERUN_SETTINGS]
         if refused:
             raise ValueError(
@@ -360,12 +397,13 @@ def _headline_metrics(rows) -> list[str]:
 
 
 def format_study(results: dict[str, dict]) -> str:
-    """Markdown table: one row per cell, validation loss then the headline `eval/*` metrics, then the last training
-    loss, the seconds of the run that finished the cell and its seconds per step (data preparation and evaluations
-    included)."""
+    """Markdown table: one row per cell, its steps, validation loss then the headline `eval/*` metrics, then the last
+    training loss, the seconds of the run that finished the cell and its seconds per step (data preparation and
+    evaluations included)."""
     metric_names = _headline_metrics(results.values())
     headers = [
         "cell",
+        "steps",
         "val loss",
         *[k.removeprefix("eval/") for k in metric_names],
         "train loss",
@@ -377,6 +415,7 @@ def format_study(results: dict[str, dict]) -> str:
         rows.append(
             [
                 cell,
+                str(m.get("global_step", "")),
                 _fmt(m.get("eval/loss")),
                 *[_fmt(m.get(k)) for k in metric_names],
                 _fmt(m.get("train_loss")),
