@@ -257,12 +257,17 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
         json.dumps({**record, "settings": {**record["settings"], "hidden_size": 64}})
     )
     lines.clear()
-    both = run_study(StudyConfig(**{**common, "cells": "discrete-raster"}, max_steps=2), log=lines.append)
+    subset = {**common, "cells": "discrete-raster", "grid_prompts": "a red circle"}
+    both = run_study(StudyConfig(**subset, max_steps=2), log=lines.append)
     assert any("reporting the discrete-random cell an earlier run finished (6 steps)" in line for line in lines)
     assert list(both["results"]) == ["discrete-random", "discrete-raster"]  # the study's order
     assert [row["step"] for row in both["history"]["discrete-random"]] == [2, 4, 6]
     assert "| discrete-random | 6 " in both["table"] and "| discrete-raster | 2 " in both["table"]
     assert json.loads((tmp_path / "study" / "study.json").read_text())["results"].keys() == both["results"].keys()
+    samples = Image.open(tmp_path / "study" / "study_samples.png")  # both cells, labelled with their unequal steps
+    labels = ["discrete-random (6 steps)", "discrete-raster (2 steps)"]
+    text_width = max(ImageDraw.Draw(samples).textlength(label, font=ImageFont.load_default()) for label in labels)
+    assert samples.width == 12 + int(text_width) + (64 + GAP) + GAP and samples.height > 2 * (64 + GAP)
 
 
 def test_study_rejects_unknown_cells():

@@ -258,14 +258,15 @@ def run_study(study: StudyConfig, log=print) -> dict:
         log(report["curves"])
     if study.grid_prompts != "none":
         path = os.path.join(study.output_dir, "study_samples.png")
-        _draw_samples(study, list(results), recipes, path)
+        _draw_samples(study, {cell: m.get("global_step") for cell, m in results.items()}, recipes, path)
         log(f"saved {path}: one row per cell, one column per prompt")
     return report
 
 
-def _draw_samples(study: StudyConfig, cells: list[str], recipes: dict, path: str) -> None:
-    """`path`: the final model of every cell in `cells` side by side on the same prompts and seed
-    (`grids.draw_comparison_grid`); `recipes` (the cells of this run) give the captions on data other than shapes."""
+def _draw_samples(study: StudyConfig, steps: dict, recipes: dict, path: str) -> None:
+    """`path`: the final model of every cell of `steps` (cell -> steps trained) side by side on the same prompts and
+    seed (`grids.draw_comparison_grid`), each row labelled with its steps when the cells' differ; `recipes` (the cells
+    of this run) give the captions on data other than shapes."""
     import torch
 
     from ..grids import DEFAULT_GRID_PROMPTS, draw_comparison_grid
@@ -278,16 +279,17 @@ def _draw_samples(study: StudyConfig, cells: list[str], recipes: dict, path: str
         prompts = DEFAULT_GRID_PROMPTS if study.dataset == "shapes" else first_recipe._splits()[1]["text"][:6]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipes = {}
-    for cell in cells:
+    for cell, cell_steps in steps.items():
         pipe = T2IPipeline.from_pretrained(os.path.join(study.output_dir, cell, "final"), dtype=torch.float32)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        pipes[cell] = pipe
+        pipes[cell if len(set(steps.values())) == 1 else f"{cell} ({cell_steps} steps)"] = pipe
     grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_atomically(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
 
 
+# the tokenizer folders of the two token types (a run without cells of one type need not name its folder)
 TOKENIZER_PATHS = ("vae_path", "vq_path")
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
 # --vq-path) after its continuous ones have trained, or the reverse
