@@ -250,12 +250,6 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
         run_study(StudyConfig(**common, max_steps=4), log=lines.append)
 
     # a run of another cell reports the finished one too, each with its steps; a cell of other settings is left out
-    other = tmp_path / "study" / "continuous-random"
-    other.mkdir()
-    record = json.loads((cell / "study_cell.json").read_text())
-    (other / "study_cell.json").write_text(
-        json.dumps({**record, "settings": {**record["settings"], "hidden_size": 64}})
-    )
     lines.clear()
     subset = {**common, "cells": "discrete-raster", "grid_prompts": "a red circle"}
     both = run_study(StudyConfig(**subset, max_steps=2), log=lines.append)
@@ -268,6 +262,13 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     labels = ["discrete-random (6 steps)", "discrete-raster (2 steps)"]
     text_width = max(ImageDraw.Draw(samples).textlength(label, font=ImageFont.load_default()) for label in labels)
     assert samples.width == 12 + int(text_width) + (64 + GAP) + GAP and samples.height > 2 * (64 + GAP)
+    record = json.loads((cell / "study_cell.json").read_text())
+    (cell / "study_cell.json").write_text(
+        json.dumps({**record, "settings": {**record["settings"], "hidden_size": 64}})
+    )
+    lines.clear()
+    alone = run_study(StudyConfig(**{**subset, "grid_prompts": "none"}, max_steps=2), log=lines.append)
+    assert list(alone["results"]) == ["discrete-raster"] and not any("reporting" in line for line in lines)
 
 
 def test_study_rejects_unknown_cells():

@@ -278,19 +278,18 @@ def _draw_samples(study: StudyConfig, steps: dict, recipes: dict, path: str) -> 
         first_recipe = next(iter(recipes.values()))
         prompts = DEFAULT_GRID_PROMPTS if study.dataset == "shapes" else first_recipe._splits()[1]["text"][:6]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipes = {}
+    pipes, same_steps = {}, len(set(steps.values())) == 1
     for cell, cell_steps in steps.items():
         pipe = T2IPipeline.from_pretrained(os.path.join(study.output_dir, cell, "final"), dtype=torch.float32)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        pipes[cell if len(set(steps.values())) == 1 else f"{cell} ({cell_steps} steps)"] = pipe
+        pipes[cell if same_steps else f"{cell} ({cell_steps} steps)"] = pipe
     grid = draw_comparison_grid(pipes, list(prompts), seed=study.seed, guidance_scale=study.guidance_scale)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_atomically(path, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
 
 
-# the tokenizer folders of the two token types (a run without cells of one type need not name its folder)
-TOKENIZER_PATHS = ("vae_path", "vq_path")
+TOKENIZER_PATH = {"continuous": "vae_path", "discrete": "vq_path"}  # each token type's tokenizer folder setting
 # settings of the other token type, which never change a cell: a study may add the discrete cells (and their
 # --vq-path) after its continuous ones have trained, or the reverse
 OTHER_TOKEN_TYPE_SETTINGS = {
@@ -305,6 +304,15 @@ def _cell_settings(study: StudyConfig, token_type: str) -> dict:
     return json.loads(json.dumps(settings))  # as read back from study_cell.json
 
 
+def _read_record(cell_dir: str) -> dict | None:
+    """`<cell_dir>/study_cell.json` (settings, and metrics once the cell finished), or None when there is none."""
+    record_path = os.path.join(cell_dir, "study_cell.json")
+    if not os.path.isfile(record_path):
+        return None
+    with open(record_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def _changed_settings(before: dict, settings: dict) -> list[str]:
     return sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
 
@@ -312,18 +320,13 @@ def _changed_settings(before: dict, settings: dict) -> list[str]:
 def _earlier_cell(study: StudyConfig, cell: str, cell_dir: str) -> dict | None:
     """The metrics of a cell that is not in `study.cells` but that an earlier run of this study (settings that differ
     in `RERUN_SETTINGS` only: other steps, other evaluations) finished in `cell_dir`; None when there is none."""
-    record_path = os.path.join(cell_dir, "study_cell.json")
-    if not os.path.isfile(record_path):
+    record = _read_record(cell_dir)
+    if record is None:
         return None
-    with open(record_path, encoding="utf-8") as f:
-        record = json.load(f)
-    settings = _cell_settings(study, cell.split("-")[0])
-    # a run without this cell's token type need not name its tokenizer folder
-    changed = [
-        k
-        for k in _changed_settings(record.get("settings", {}), settings)
-        if settings.get(k) is not None or k not in TOKENIZER_PATHS
-    ]
+    token_type = cell.split("-")[0]
+    changed = _changed_settings(record.get("settings", {}), _cell_settings(study, token_type))
+    if all(not c.startswith(token_type) for c in study.cell_list()):  # this run need not name that tokenizer
+        changed = [k for k in changed if k != TOKENIZER_PATH[token_type]]
     if "metrics" not in record or any(k not in RERUN_SETTINGS for k in changed):
         return None
     return record["metrics"]
@@ -336,9 +339,8 @@ def _run_cell(study: StudyConfig, cell: str, cell_dir: str, recipe, log) -> dict
 
     record_path = os.path.join(cell_dir, "study_cell.json")
     settings = _cell_settings(study, cell.split("-")[0])
-    if os.path.isfile(record_path):
-        with open(record_path, encoding="utf-8") as f:
-            record = json.load(f)
+    record = _read_record(cell_dir)
+    if record is not None:
         before = record.get("settings", {})
         changed = _changed_settings(before, settings)
         refused = [k for k in changed if k not in RERUN_SETTINGS]
