@@ -137,20 +137,36 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def probe_main(argv, description: str, model_help: str, measure, format_report, num_images: int, options=()) -> int:
+    """The command line of a probe module: `MODEL [--num-images N] [--json]` and `options`, (flag, type, default, help)
+    rows; prints `measure(pipe, num_images=N, **options)` as `format_report`'s tables or as JSON."""
     from ..checkpoints import resolve_checkpoint
     from ..pipelines import T2IPipeline
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a Fluid pipeline folder or shipped checkpoint name")
-    parser.add_argument("--num-images", type=int, default=128)
-    parser.add_argument("--timestep", type=int, default=900)
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("model", help=model_help)
+    parser.add_argument("--num-images", type=int, default=num_images)
+    for flag, kind, default, help_text in options:
+        parser.add_argument(flag, type=kind, default=default, help=help_text)
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
-    args = parser.parse_args(argv)
-    pipe = T2IPipeline.from_pretrained(resolve_checkpoint(args.model), dtype=torch.float32)
-    report = context_probe(pipe, num_images=args.num_images, timestep=args.timestep)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    args = vars(parser.parse_args(argv))
+    pipe = T2IPipeline.from_pretrained(resolve_checkpoint(args.pop("model")), dtype=torch.float32)
+    as_json = args.pop("json")
+    report = measure(pipe, **args)
+    print(json.dumps(report, indent=2) if as_json else format_report(report))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return probe_main(
+        argv,
+        __doc__.splitlines()[0],
+        "a Fluid pipeline folder or shipped checkpoint name",
+        context_probe,
+        format_report,
+        num_images=128,
+        options=[("--timestep", int, 900, "diffusion step of the x0 measurement")],
+    )
 
 
 if __name__ == "__main__":

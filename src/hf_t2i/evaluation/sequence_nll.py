@@ -19,11 +19,10 @@ little of the image known, the last with most of it), on validation images of `s
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import torch.nn.functional as F
+
+from .context_probe import probe_main
 
 
 def check_sequence_model(model) -> None:
@@ -120,19 +119,15 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..checkpoints import resolve_checkpoint
-    from ..pipelines import T2IPipeline
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a discrete-token Fluid pipeline folder")
-    parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random orders")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    args = parser.parse_args(argv)
-    pipe = T2IPipeline.from_pretrained(resolve_checkpoint(args.model), dtype=torch.float32)
-    report = sequence_nll(pipe, num_images=args.num_images, seed=args.seed)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return 0
+    return probe_main(
+        argv,
+        __doc__.splitlines()[0],
+        "a discrete-token Fluid pipeline folder",
+        sequence_nll,
+        format_report,
+        num_images=64,
+        options=[("--seed", int, 0, "seed of the random orders")],
+    )
 
 
 if __name__ == "__main__":
