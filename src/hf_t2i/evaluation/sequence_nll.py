@@ -108,7 +108,7 @@ def sequence_nll(pipe, num_images: int = 64, seed: int = 0, batch_size: int = 32
 
 def format_report(report: dict) -> str:
     """The report as one markdown table row with its header."""
-    quarters = " | ".join(f"{value:.3f}" for value in report["by_quarter"])
+    quarters = " / ".join(f"{value:.3f}" for value in report["by_quarter"])
     return "\n".join(
         [
             "| order | images | nats per token | 1st / 2nd / 3rd / 4th quarter of the order |",
