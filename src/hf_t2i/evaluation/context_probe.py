@@ -47,6 +47,19 @@ def check_probe_model(model, what: str) -> None:
         )
 
 
+def validation_inputs(pipe, num_images: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The first `num_images` pairs of the `shapes` validation split as `pipe`'s model reads them: pixel values
+    (B, 3, H, W) at its image size, and the caption `input_ids` and `attention_mask` (B, S) of its processor (on CPU)."""
+    from ..image_processing import T2IImageProcessor
+    from .runner import load_eval_split
+
+    size = pipe.model.config.image_size
+    rows = load_eval_split("shapes", num_images, size, split="validation")
+    pixels = T2IImageProcessor(image_size=size)(list(rows["image"]), return_tensors="pt")["pixel_values"]
+    text = pipe.processor(text=list(rows["text"]), return_tensors="pt", padding="max_length", truncation=True)
+    return pixels, {k: text[k] for k in ("input_ids", "attention_mask")}
+
+
 @torch.no_grad()
 def context_probe(
     pipe,
@@ -71,10 +84,7 @@ def context_probe(
         {"attention": one {distance: multiple of uniform} per backbone layer, "x0_error": {fraction: error},
         "token_variance": the variance of the predicted tokens (the error of predicting their mean)}.
     """
-    from ..image_processing import T2IImageProcessor
-    from .runner import load_eval_split
-
-    model, processor = pipe.model.eval(), pipe.processor
+    model = pipe.model.eval()
     check_probe_model(model, "The context probe")
     config = model.config
     if num_images < 1:
@@ -86,11 +96,9 @@ def context_probe(
         )
     if not 0 <= timestep < config.num_train_timesteps:
         raise ValueError(f"`timestep` must be in [0, {config.num_train_timesteps}), got {timestep}.")
-    rows = load_eval_split("shapes", num_images, config.image_size, split="validation")
-    pixels = T2IImageProcessor(image_size=config.image_size)(list(rows["image"]), return_tensors="pt")
-    text = processor(text=list(rows["text"]), return_tensors="pt", padding="max_length", truncation=True)
-    text = {k: v.to(model.device) for k, v in text.items() if k in ("input_ids", "attention_mask")}
-    tokens = model.encode_images(pixels["pixel_values"].to(model.device))  # (B, N, D)
+    pixels, text = validation_inputs(pipe, num_images)
+    text = {k: v.to(model.device) for k, v in text.items()}
+    tokens = model.encode_images(pixels.to(model.device))  # (B, N, D)
     n, grid = tokens.shape[1], config.image_grid_size
     generator = torch.Generator().manual_seed(seed)
     rank = torch.rand(tokens.shape[:2], generator=generator).argsort(1).argsort(1).to(model.device)  # (B, N)

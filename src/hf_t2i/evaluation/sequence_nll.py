@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .context_probe import probe_main
+from .context_probe import probe_main, validation_inputs
 
 
 def check_sequence_model(model) -> None:
@@ -74,23 +74,18 @@ def sequence_nll(pipe, num_images: int = 64, seed: int = 0, batch_size: int = 32
         {"order": "raster" | "random", "num_images", "num_tokens": N, "nll_per_token": nats per image token,
         "by_quarter": nats per token of the tokens drawn in each quarter of the order}.
     """
-    from ..image_processing import T2IImageProcessor
-    from .runner import load_eval_split
-
-    model, processor = pipe.model.eval(), pipe.processor
+    model = pipe.model.eval()
     check_sequence_model(model)
     for name, value in (("num_images", num_images), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"`{name}` must be an int >= 1, got {value!r}.")
     config, device = model.config, model.device
-    rows = load_eval_split("shapes", num_images, config.image_size, split="validation")
-    pixels = T2IImageProcessor(image_size=config.image_size)(list(rows["image"]), return_tensors="pt")
-    text = processor(text=list(rows["text"]), return_tensors="pt", padding="max_length", truncation=True)
+    pixels, text = validation_inputs(pipe, num_images)
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for start in range(0, num_images, batch_size):
         part = slice(start, start + batch_size)
-        tokens = model.encode_images(pixels["pixel_values"][part].to(device, model.dtype))  # (b, N) ids
+        tokens = model.encode_images(pixels[part].to(device, model.dtype))  # (b, N) ids
         orders = None
         if not config.is_causal:
             orders = torch.rand(tokens.shape, generator=generator).argsort(1).to(device)
