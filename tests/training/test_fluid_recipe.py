@@ -184,7 +184,7 @@ def test_study_trains_the_four_cells_and_reports_them_side_by_side(tmp_path, cap
 def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     """A rerun of the same study reuses its finished cells; a larger `max_steps` trains them on from their last
     checkpoint; other settings are refused; `eval_steps` gives every cell's curve. The study's flags reach the cells."""
-    from hf_t2i.training.study import StudyConfig, run_study
+    from hf_t2i.training.study import StudyConfig, format_tracking, run_study
 
     common = dict(
         output_dir=str(tmp_path / "study"),
@@ -229,6 +229,8 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     assert any("from step 4" in line for line in lines)  # trained on from its last checkpoint, not from scratch
     assert longer["results"]["discrete-random"]["global_step"] == 6
     assert [row["step"] for row in longer["history"]["discrete-random"]] == [2, 4, 6]
+    written = json.loads((tmp_path / "study" / "study.json").read_text())
+    assert written["tracking"] == longer["tracking"] == format_tracking(longer["history"])  # loss only here: ""
 
     lines.clear()  # the picture's prompts are not a cell setting: the finished cell is reused, and drawn
     run_study(StudyConfig(**{**common, "grid_prompts": "a red circle | a blue square"}, max_steps=6), log=lines.append)
@@ -269,6 +271,32 @@ def test_study_resumes_reuses_and_trains_on_and_records_its_curves(tmp_path):
     lines.clear()
     alone = run_study(StudyConfig(**{**subset, "grid_prompts": "none"}, max_steps=2), log=lines.append)
     assert list(alone["results"]) == ["discrete-raster"] and not any("reporting" in line for line in lines)
+
+
+def test_study_tracking_correlates_each_cells_loss_with_its_metrics():
+    from hf_t2i.training.study import format_tracking
+
+    def curve(losses, accuracies):
+        return [
+            {"step": 1000 * (i + 1), "eval/loss": loss, "eval/compositional/overall": accuracy, "eval/fid": 100 * loss}
+            for i, (loss, accuracy) in enumerate(zip(losses, accuracies))
+        ]
+
+    table = format_tracking(
+        {
+            "continuous-random": curve([0.07, 0.06, 0.05, 0.04], [0.1, 0.3, 0.5, 0.7]),  # exactly linear, falling
+            "discrete-raster": curve([1.7, 1.4, 1.3], [0.4, 0.4, 0.4]),  # a flat metric has no correlation
+            "discrete-random": curve([3.2, 2.8], [0.1, 0.2]),  # two evaluations: too few
+        }
+    )
+    header, _, *rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in table.splitlines()]
+    assert header == ["cell", "evaluations", "r(val loss, compositional/overall)", "r(val loss, fid)"]
+    assert rows == [["continuous-random", "4", "-1.0000", "1.0000"], ["discrete-raster", "3", "", "1.0000"]]
+    uneven = curve([0.9, 0.5, 0.4, 0.3], [0.1, 0.5, 0.6, 0.9])
+    r = float(format_tracking({"continuous-raster": uneven}).splitlines()[2].split("|")[3])
+    assert -1 < r < -0.95
+    assert format_tracking({"continuous-random": curve([0.07, 0.06], [0.1, 0.3])}) == ""
+    assert format_tracking({}) == ""
 
 
 def test_study_rejects_unknown_cells():

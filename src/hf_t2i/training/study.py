@@ -13,7 +13,8 @@ each unfinished cell from its newest checkpoint and reuses the finished ones (th
 `<cell>/study_cell.json`; a rerun with other settings is refused, except a larger `max_steps`, which trains the finished
 cells on, with other evaluation settings if wanted). With `eval_steps`, each cell is evaluated every
 that many steps too, and study.json and the printed tables hold the curves (`eval_history.jsonl` of each cell), which
-show whether the cells have converged. They cover every cell of the folder: a run of a subset (`cells`) reports the
+show whether the cells have converged, and how closely each cell's metrics follow its validation loss
+(`format_tracking`). They cover every cell of the folder: a run of a subset (`cells`) reports the
 cells an earlier run finished as well, each with the steps it was trained for. The study ends by drawing
 `<output_dir>/study_samples.png`, every reported cell's final model side by side on the same prompts and seed
 (`grid_prompts`):
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -251,11 +253,14 @@ def run_study(study: StudyConfig, log=print) -> dict:
         "history": histories,
         "table": format_study(results),
         "curves": format_curves(histories),
+        "tracking": format_tracking(histories),
     }
     _write_json(os.path.join(study.output_dir, "study.json"), report)
     log(report["table"])
     if any(len(rows) > 1 for rows in histories.values()):
         log(report["curves"])
+    if report["tracking"]:
+        log(report["tracking"])
     if study.grid_prompts != "none":
         path = os.path.join(study.output_dir, "study_samples.png")
         _draw_samples(study, {cell: m.get("global_step") for cell, m in results.items()}, recipes, path)
@@ -443,6 +448,40 @@ def format_curves(histories: dict[str, list[dict]]) -> str:
     return _markdown(headers, rows)
 
 
+def format_tracking(histories: dict[str, list[dict]], min_evaluations: int = 3) -> str:
+    """Markdown table of how closely each cell's metrics follow its validation loss along its curve (the paper's second
+    finding: validation loss tracks the generation metrics almost linearly): per cell, the Pearson correlation of the
+    loss with each headline metric over its evaluations (-1: accuracy rises exactly linearly as the loss falls). Cells
+    with fewer than `min_evaluations` evaluations are left out; "" when none has that many."""
+    rows_by_cell = {
+        cell: [row for row in rows if row.get("eval/loss") is not None] for cell, rows in histories.items()
+    }
+    rows_by_cell = {cell: rows for cell, rows in rows_by_cell.items() if len(rows) >= min_evaluations}
+    metric_names = _headline_metrics(row for rows in rows_by_cell.values() for row in rows)
+    if not rows_by_cell or not metric_names:
+        return ""
+    headers = ["cell", "evaluations", *[f"r(val loss, {k.removeprefix('eval/')})" for k in metric_names]]
+    table = []
+    for cell, rows in rows_by_cell.items():
+        losses = [row["eval/loss"] for row in rows]
+        correlations = []
+        for name in metric_names:
+            pairs = [(loss, row[name]) for loss, row in zip(losses, rows) if row.get(name) is not None]
+            correlations.append(_fmt(_pearson(*zip(*pairs))) if len(pairs) >= min_evaluations else "")
+        table.append([cell, str(len(rows)), *correlations])
+    return _markdown(headers, table)
+
+
+def _pearson(xs, ys) -> float | None:
+    """Pearson correlation of two equal-length sequences; None when either is constant."""
+    if min(xs) == max(xs) or min(ys) == max(ys):
+        return None
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    dx, dy = [x - mean_x for x in xs], [y - mean_y for y in ys]
+    spread = math.sqrt(sum(d * d for d in dx) * sum(d * d for d in dy))
+    return sum(a * b for a, b in zip(dx, dy)) / spread
+
+
 def _markdown(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows)]
 
@@ -456,4 +495,4 @@ def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
-__all__ = ["CELLS", "StudyConfig", "format_curves", "format_study", "run_study"]
+__all__ = ["CELLS", "StudyConfig", "format_curves", "format_study", "format_tracking", "run_study"]
