@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -474,12 +474,9 @@ def format_tracking(histories: dict[str, list[dict]], min_evaluations: int = 3) 
 
 def _pearson(xs, ys) -> float | None:
     """Pearson correlation of two equal-length sequences; None when either is constant."""
-    if min(xs) == max(xs) or min(ys) == max(ys):
+    if min(xs) == max(xs) or min(ys) == max(ys):  # checked exactly: rounding makes the stdlib's constant check miss
         return None
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    dx, dy = [x - mean_x for x in xs], [y - mean_y for y in ys]
-    spread = math.sqrt(sum(d * d for d in dx) * sum(d * d for d in dy))
-    return sum(a * b for a, b in zip(dx, dy)) / spread
+    return statistics.correlation(xs, ys)
 
 
 def _markdown(headers: list[str], rows: list[list[str]]) -> str:
