@@ -109,16 +109,24 @@ def test_recipe_requires_a_vae():
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", prediction_type="v"))
     with pytest.raises(ValueError, match="`position_embedding_init` must be one of"):
         TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", position_embedding_init="sincos"))
+    with pytest.raises(ValueError, match="`timestep_sampling` must be one of"):
+        TransfusionRecipe(TransfusionRecipeConfig(vae_path="x", timestep_sampling="late"))
 
 
-def test_prediction_type_and_position_flags_reach_the_model(vae_dir):
+def test_prediction_type_position_and_timestep_flags_reach_the_model(vae_dir):
     recipe = TransfusionRecipe(
         TransfusionRecipeConfig(
-            **DATA, **FLAGS, vae_path=str(vae_dir), prediction_type="v_prediction", position_embedding_init="sincos_2d"
+            **DATA,
+            **FLAGS,
+            vae_path=str(vae_dir),
+            prediction_type="v_prediction",
+            position_embedding_init="sincos_2d",
+            timestep_sampling="high_noise",
         )
     )
     model = recipe.build_model()
     assert model.config.prediction_type == "v_prediction"
+    assert model.config.timestep_sampling == "high_noise"
     assert model.make_scheduler("ddim").config.prediction_type == "v_prediction"
     assert model.config.position_embedding_init == "sincos_2d"
     positions = model.model.patch_positions
@@ -173,6 +181,13 @@ def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path
         )
     assert kept.config.position_embedding_init == "normal"
     assert "'position_embedding_init': 'sincos_2d'" in caplog.text
+    # how training draws timesteps is a training setting, like lambda: set on the fine-tuned model, no warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        recipe = TransfusionRecipe(
+            TransfusionRecipeConfig(**data, timestep_sampling="high_noise", pretrained_model_name_or_path=final)
+        )
+    assert recipe.build_model().config.timestep_sampling == "high_noise" and "timestep_sampling" not in caplog.text
     with pytest.raises(ValueError, match="tokenizer_path"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, tokenizer_path="gpt2", pretrained_model_name_or_path=final))
     other = tmp_path / "other_vae"

@@ -382,7 +382,8 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, noise): t ~ U{0 .. limit - 1} per image (limit = `num_train_timesteps`, or
-        `timestep_limits` for the paper's noise limiting of images that precede their caption), eps ~ N(0, I),
+        `timestep_limits` for the paper's noise limiting of images that precede their caption; in training with
+        `config.timestep_sampling` "high_noise", t = floor(limit * sqrt(u)) instead), eps ~ N(0, I),
         x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on the latent, before patchifying (section 2.4)."""
         num_images, device = image_latents.shape[0], image_latents.device
         if timesteps is not None:
@@ -399,6 +400,8 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
                 limits = timestep_limits.to(device).clamp(1, self.config.num_train_timesteps)
             gen_device = generator.device if generator is not None else device
             uniform = torch.rand(num_images, generator=generator, device=gen_device).to(device)
+            if self.training and self.config.timestep_sampling == "high_noise":
+                uniform = uniform.sqrt()  # density 2u on [0, 1)
             timesteps = (uniform * limits).long().clamp_(max=self.config.num_train_timesteps - 1)
         if noise is None:
             noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype)

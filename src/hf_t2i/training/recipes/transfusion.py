@@ -86,6 +86,13 @@ class TransfusionRecipeConfig(ImageTextDataConfig):
         default="epsilon",
         metadata={"help": "epsilon (the paper: predict the noise) | v_prediction (predict the velocity)"},
     )
+    timestep_sampling: str = field(
+        default="uniform",
+        metadata={
+            "help": "uniform (the paper) | high_noise: how training draws each image's timestep "
+            "(TransfusionConfig.timestep_sampling); a training setting, also set on the model when fine-tuning"
+        },
+    )
     position_embedding_init: str = field(
         default="normal",
         metadata={
@@ -123,11 +130,12 @@ class TransfusionRecipe(Recipe):
 
     def __init__(self, config=None):
         from ...configuration_utils import check_position_embedding_init
-        from ...models.transfusion.configuration_transfusion import check_prediction_type
+        from ...models.transfusion.configuration_transfusion import check_prediction_type, check_timestep_sampling
 
         super().__init__(config)
         c = self.config
         check_prediction_type(c.prediction_type)  # here too: TransfusionConfig is built only after the data loads
+        check_timestep_sampling(c.timestep_sampling)
         check_position_embedding_init(c.position_embedding_init)
         self.pretrained_pipeline = None
         if c.pretrained_model_name_or_path:
@@ -157,7 +165,8 @@ class TransfusionRecipe(Recipe):
         for field_name, value in kept.items():
             setattr(c, field_name, value)
         c.text_seq_len = processor.tokenizer.model_max_length
-        model.config.diffusion_loss_weight = c.diffusion_loss_weight  # a training setting, not the architecture's
+        model.config.diffusion_loss_weight = c.diffusion_loss_weight  # training settings, not the architecture's
+        model.config.timestep_sampling = c.timestep_sampling
         self.pretrained_pipeline = pipe
         self._tokenizer, self._processor, self._model_config = processor.tokenizer, processor, model.config
         c.vae_path = frozen_part_folder(model.vae, "vae_path", c.vae_path, self.load_vae, c.cache_dir, name)
@@ -223,6 +232,7 @@ class TransfusionRecipe(Recipe):
                 max_position_embeddings=c.text_seq_len + num_patches + 8,  # <s> caption </s> <boi> image <eoi>
                 diffusion_loss_weight=c.diffusion_loss_weight,
                 prediction_type=c.prediction_type,
+                timestep_sampling=c.timestep_sampling,
                 position_embedding_init=c.position_embedding_init,
                 **ids,
             )
