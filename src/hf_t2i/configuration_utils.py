@@ -11,12 +11,16 @@ from transformers import AutoConfig, PreTrainedConfig
 POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
 
 
+def check_choice(name: str, value, choices: tuple) -> None:
+    """`value` of the setting `name` must be one of `choices` (shared by the configs and the recipes' flags, which
+    check before the data loads: the configs are built after it)."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
 def check_position_embedding_init(position_embedding_init: str) -> None:
     """Refuse an unknown `position_embedding_init` (shared by the configs and the recipes' flags)."""
-    if position_embedding_init not in POSITION_EMBEDDING_INITS:
-        raise ValueError(
-            f"`position_embedding_init` must be one of {POSITION_EMBEDDING_INITS}, got {position_embedding_init!r}."
-        )
+    check_choice("position_embedding_init", position_embedding_init, POSITION_EMBEDDING_INITS)
 
 
 def is_finite_number(value) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from ...configuration_utils import check_heads, check_position_embedding_init
+from ...configuration_utils import check_choice, check_heads, check_position_embedding_init
 
 
 PATCH_ENCODERS = ("linear", "unet")
@@ -16,14 +16,7 @@ TIMESTEP_SAMPLINGS = ("uniform", "high_noise")
 
 def check_prediction_type(prediction_type: str) -> None:
     """Refuse a `prediction_type` the model cannot train on (shared by the config and the recipe's flag)."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
-
-
-def check_timestep_sampling(timestep_sampling: str) -> None:
-    """Refuse a `timestep_sampling` the training objective does not know (shared by the config and the recipe)."""
-    if timestep_sampling not in TIMESTEP_SAMPLINGS:
-        raise ValueError(f"`timestep_sampling` must be one of {TIMESTEP_SAMPLINGS}, got {timestep_sampling!r}.")
+    check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
 
 
 # A small diffusers `AutoencoderKL` (factor 4, 4 latent channels): the default when no trained VAE is given. Real
@@ -197,7 +190,7 @@ class TransfusionConfig(PreTrainedConfig):
         if len(set(marks)) != 3 or set(marks) & set(others):
             raise ValueError(f"The special token ids must be distinct from each other, got {special}.")
         check_prediction_type(prediction_type)
-        check_timestep_sampling(timestep_sampling)
+        check_choice("timestep_sampling", timestep_sampling, TIMESTEP_SAMPLINGS)
         check_position_embedding_init(position_embedding_init)
         if position_embedding_init == "sincos_2d" and hidden_size % 4:
             raise ValueError(
@@ -285,5 +278,4 @@ __all__ = [
     "TIMESTEP_SAMPLINGS",
     "TransfusionConfig",
     "check_prediction_type",
-    "check_timestep_sampling",
 ]

@@ -129,13 +129,13 @@ class TransfusionRecipe(Recipe):
     }
 
     def __init__(self, config=None):
-        from ...configuration_utils import check_position_embedding_init
-        from ...models.transfusion.configuration_transfusion import check_prediction_type, check_timestep_sampling
+        from ...configuration_utils import check_choice, check_position_embedding_init
+        from ...models.transfusion.configuration_transfusion import TIMESTEP_SAMPLINGS, check_prediction_type
 
         super().__init__(config)
         c = self.config
         check_prediction_type(c.prediction_type)  # here too: TransfusionConfig is built only after the data loads
-        check_timestep_sampling(c.timestep_sampling)
+        check_choice("timestep_sampling", c.timestep_sampling, TIMESTEP_SAMPLINGS)
         check_position_embedding_init(c.position_embedding_init)
         self.pretrained_pipeline = None
         if c.pretrained_model_name_or_path:
