@@ -42,7 +42,7 @@ from ...modeling_utils import (
     true_positions,
 )
 from ..image_tokenizers import build_image_tokenizer
-from .configuration_transfusion import TransfusionConfig
+from .configuration_transfusion import HIGH_NOISE_POWERS, TransfusionConfig
 from .generation_transfusion import TransfusionGenerationMixin
 from .patching_transfusion import build_patch_modules
 
@@ -383,7 +383,8 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, noise): t ~ U{0 .. limit - 1} per image (limit = `num_train_timesteps`, or
         `timestep_limits` for the paper's noise limiting of images that precede their caption; in training with
-        `config.timestep_sampling` "high_noise", t = floor(limit * sqrt(u)) instead), eps ~ N(0, I),
+        `config.timestep_sampling` "high_noise", t = floor(limit * sqrt(u)) instead, and floor(limit * u ** (1/3)) with
+        "high_noise_quadratic"), eps ~ N(0, I),
         x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps on the latent, before patchifying (section 2.4)."""
         num_images, device = image_latents.shape[0], image_latents.device
         if timesteps is not None:
@@ -400,8 +401,9 @@ class TransfusionForConditionalGeneration(TransfusionPreTrainedModel, Transfusio
                 limits = timestep_limits.to(device).clamp(1, self.config.num_train_timesteps)
             gen_device = generator.device if generator is not None else device
             uniform = torch.rand(num_images, generator=generator, device=gen_device).to(device)
-            if self.training and self.config.timestep_sampling == "high_noise":
-                uniform = uniform.sqrt()  # density 2u on [0, 1)
+            if self.training and self.config.timestep_sampling != "uniform":
+                # u ** (1 / k) has density k * u ** (k - 1) on [0, 1): 2u for "high_noise", 3u^2 for the quadratic one
+                uniform = uniform.pow(1.0 / HIGH_NOISE_POWERS[self.config.timestep_sampling])
             timesteps = (uniform * limits).long().clamp_(max=self.config.num_train_timesteps - 1)
         if noise is None:
             noise = randn_tensor(image_latents.shape, generator=generator, device=device, dtype=image_latents.dtype)

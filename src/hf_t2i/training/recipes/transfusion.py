@@ -89,7 +89,8 @@ class TransfusionRecipeConfig(ImageTextDataConfig):
     timestep_sampling: str = field(
         default="uniform",
         metadata={
-            "help": "uniform (the paper) | high_noise: how training draws each image's timestep "
+            "help": "uniform (the paper) | high_noise (density ∝ t) | high_noise_quadratic (∝ t²): how training draws "
+            "each image's timestep "
             "(TransfusionConfig.timestep_sampling); a training setting, also set on the model when fine-tuning"
         },
     )
