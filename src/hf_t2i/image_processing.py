@@ -12,6 +12,8 @@ import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import PILImageResampling
 
+from .configuration_utils import check_choice
+
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -55,8 +57,7 @@ class T2IImageProcessor(PilBackend):
         All three come from one float32 copy, whatever the pipeline's dtype: "pt" images are float32 even from a
         bfloat16 / float16 pipeline (diffusers' `VaeImageProcessor` returns "pt" in the VAE's dtype and only "np" in
         float32), so that "np" and "pil" are exactly "pt"'s values."""
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        check_choice("output_type", output_type, OUTPUT_TYPES)
         images = ((pixel_values.detach().float() + 1) / 2).clamp(0, 1)
         if output_type == "pt":
             return images

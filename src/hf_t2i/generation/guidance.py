@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..configuration_utils import check_choice
+
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
 #: The largest accepted guidance scale. Useful scales are ~1-20; at 1e30 the guided float32 prediction overflows and
@@ -56,8 +58,7 @@ class ClassifierFreeGuidance:
 
     def __post_init__(self):
         check_guidance_scale(self.scale)
-        if self.schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {self.schedule!r}.")
+        check_choice("guidance_schedule", self.schedule, GUIDANCE_SCHEDULES)
 
     @property
     def enabled(self) -> bool:

@@ -29,6 +29,7 @@ from diffusers import DDPMScheduler, SchedulerMixin  # noqa: F401
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from ..configuration_utils import check_choice
 from ..generation.guidance import ClassifierFreeGuidance
 from .positional import TimestepEmbedding
 
@@ -98,10 +99,8 @@ def build_ddpm_scheduler(
     """
     if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
         raise ValueError(f"`num_train_timesteps` must be an int >= 2, got {num_train_timesteps!r}.")
-    if beta_schedule not in BETA_SCHEDULES:
-        raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
-    if timestep_spacing not in TIMESTEP_SPACINGS:
-        raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
+    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+    check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
     return DiffusionHeadScheduler(
         num_train_timesteps=num_train_timesteps,
         beta_schedule=beta_schedule,

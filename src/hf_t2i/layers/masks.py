@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from ..configuration_utils import check_choice
+
 
 SPARSE_IMAGE_ATTENTION_TYPES = ("full", "row", "column", "conv", "axial_row", "conv_corner")
 
@@ -46,8 +48,7 @@ def sparse_image_mask(
     - "conv_corner": the `k x k` window whose bottom-right corner is the query: rows r - k + 1 .. r and columns
       c - k + 1 .. c (DALLE-pytorch's `conv_like`, k = `conv_kernel_size`).
     """
-    if attention_type not in SPARSE_IMAGE_ATTENTION_TYPES:
-        raise ValueError(f"`attention_type` must be one of {SPARSE_IMAGE_ATTENTION_TYPES}, got {attention_type!r}.")
+    check_choice("attention_type", attention_type, SPARSE_IMAGE_ATTENTION_TYPES)
     if conv_kernel_size < 1 or conv_kernel_size % 2 == 0:
         raise ValueError(f"`conv_kernel_size` must be a positive odd number, got {conv_kernel_size}.")
     num_image = height * width

@@ -38,6 +38,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from ..configuration_utils import check_choice
 from .config import LR_SCHEDULERS, MIXED_PRECISIONS, TrainingConfig
 
 
@@ -115,8 +116,7 @@ class StudyConfig:
             raise ValueError(f"`eval_steps` must be >= 0 (0: evaluate at the end only), got {self.eval_steps}.")
         # checked here, before any tokenizer trains, not when the first cell builds its TrainingConfig
         for name, allowed in (("lr_scheduler", LR_SCHEDULERS), ("mixed_precision", MIXED_PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"`{name}` must be one of {allowed}, got {getattr(self, name)!r}.")
+            check_choice(name, getattr(self, name), allowed)
 
     def cell_list(self) -> list[str]:
         return [c.strip() for c in self.cells.split(",") if c.strip()]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-from ...configuration_utils import check_heads
+from ...configuration_utils import check_choice, check_heads
 from ...layers.masks import SPARSE_IMAGE_ATTENTION_TYPES
 from ..image_tokenizers import DalleDVAEConfig, DallePytorchDVAEConfig
 
@@ -124,10 +124,7 @@ class DalleConfig(PreTrainedConfig):
         if bad:
             raise ValueError(f"`attention_types` entries must be in {SPARSE_IMAGE_ATTENTION_TYPES}, got {bad}.")
         check_heads("hidden_size", hidden_size, "num_attention_heads", num_attention_heads)
-        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, got {position_embedding_type!r}."
-            )
+        check_choice("position_embedding_type", position_embedding_type, POSITION_EMBEDDING_TYPES)
         if position_embedding_type == "rotary" and hidden_size // num_attention_heads < 6:
             raise ValueError(
                 f"`position_embedding_type='rotary'` rotates three groups of at least 2 channels per head, so heads "

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 
 from ...configuration_utils import (
+    check_choice,
     check_heads,
     check_position_embedding_init,
     check_positive_ints,
@@ -182,10 +183,8 @@ class FluidConfig(PreTrainedConfig):
         use_cache: bool = True,
         **kwargs,
     ):
-        if token_type not in TOKEN_TYPES:
-            raise ValueError(f"`token_type` must be one of {TOKEN_TYPES}, got {token_type!r}.")
-        if generation_order not in GENERATION_ORDERS:
-            raise ValueError(f"`generation_order` must be one of {GENERATION_ORDERS}, got {generation_order!r}.")
+        check_choice("token_type", token_type, TOKEN_TYPES)
+        check_choice("generation_order", generation_order, GENERATION_ORDERS)
         if token_type == "continuous":
             vae_config = clean_vae_config(vae_config if vae_config is not None else small_vae_config())
             vq_config = None
@@ -206,8 +205,7 @@ class FluidConfig(PreTrainedConfig):
         check_heads("hidden_size", hidden_size, "encoder_attention_heads", encoder_attention_heads)
         if text_encoder_config is None and encoder_layers < 1:
             raise ValueError("`encoder_layers` must be >= 1 when no pretrained `text_encoder_config` is given.")
-        if beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
+        check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
         if num_diffusion_steps > num_train_timesteps:
             raise ValueError(
                 f"`num_diffusion_steps` ({num_diffusion_steps}) must be <= `num_train_timesteps` ({num_train_timesteps})."
@@ -226,10 +224,7 @@ class FluidConfig(PreTrainedConfig):
             not isinstance(frequency_dim, int) or frequency_dim < 2 or frequency_dim % 2
         ):
             raise ValueError(f"`diffusion_head_frequency_dim` must be an even int >= 2, got {frequency_dim!r}.")
-        if diffusion_timestep_spacing not in TIMESTEP_SPACINGS:
-            raise ValueError(
-                f"`diffusion_timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {diffusion_timestep_spacing!r}."
-            )
+        check_choice("diffusion_timestep_spacing", diffusion_timestep_spacing, TIMESTEP_SPACINGS)
         check_position_embedding_init(position_embedding_init)
         if position_embedding_init == "sincos_2d" and (hidden_size % 4 or num_classes is not None):
             raise ValueError(

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
-from ...configuration_utils import check_heads, check_positive_ints, is_finite_number, text_encoder_config_from
+from ...configuration_utils import (
+    check_choice,
+    check_heads,
+    check_positive_ints,
+    is_finite_number,
+    text_encoder_config_from,
+)
 from ..image_tokenizers import DiffusersVQConfig, vq_config_from
 
 
@@ -151,18 +157,13 @@ class MuseConfig(PreTrainedConfig):
             raise ValueError(f"`layer_norm_eps` must be a number > 0, got {layer_norm_eps!r}.")
         if not is_finite_number(hidden_dropout) or not 0 <= hidden_dropout < 1:
             raise ValueError(f"`hidden_dropout` must be in [0, 1), got {hidden_dropout!r}.")
-        if position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, got {position_embedding_type!r}."
-            )
+        check_choice("position_embedding_type", position_embedding_type, POSITION_EMBEDDING_TYPES)
         if not is_finite_number(choice_temperature) or choice_temperature < 0:
             raise ValueError(f"`choice_temperature` must be a finite number >= 0, got {choice_temperature!r}.")
         if not is_finite_number(initializer_range) or initializer_range <= 0:
             raise ValueError(f"`initializer_range` must be a number > 0, got {initializer_range!r}.")
-        if backbone not in BACKBONES:
-            raise ValueError(f"`backbone` must be one of {BACKBONES}, got {backbone!r}.")
-        if sampling_recipe not in SAMPLING_RECIPES:
-            raise ValueError(f"`sampling_recipe` must be one of {SAMPLING_RECIPES}, got {sampling_recipe!r}.")
+        check_choice("backbone", backbone, BACKBONES)
+        check_choice("sampling_recipe", sampling_recipe, SAMPLING_RECIPES)
         check_positive_ints(
             embedding_size=embedding_size,
             num_res_blocks=num_res_blocks,

@@ -135,8 +135,7 @@ class TransfusionConfig(PreTrainedConfig):
         **kwargs,
     ):
         vae_config = _clean_vae_config(DEFAULT_VAE_CONFIG if vae_config is None else vae_config)
-        if patch_encoder not in PATCH_ENCODERS:
-            raise ValueError(f"`patch_encoder` must be one of {PATCH_ENCODERS}, got {patch_encoder!r}.")
+        check_choice("patch_encoder", patch_encoder, PATCH_ENCODERS)
         for name, value in (
             ("image_size", image_size),
             ("patch_size", patch_size),

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput
 
+from ...configuration_utils import check_choice
 from ...models.vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
 from .discriminator import GAN_LOSSES, StyleGANDiscriminator, discriminator_loss, generator_loss
 
@@ -98,8 +99,7 @@ class ViTVQGANForAdversarialTraining(nn.Module):
         super().__init__()
         if not isinstance(generator, (ViTVQGAN, ViTVQGANUpsampler)):
             raise TypeError(f"`generator` must be a ViTVQGAN or a ViTVQGANUpsampler, got {type(generator).__name__}.")
-        if gan_loss not in GAN_LOSSES:
-            raise ValueError(f"`gan_loss` must be one of {GAN_LOSSES}, got {gan_loss!r}.")
+        check_choice("gan_loss", gan_loss, GAN_LOSSES)
         if perceptual_loss_weight < 0 or adversarial_loss_weight < 0:
             raise ValueError(
                 "`perceptual_loss_weight` and `adversarial_loss_weight` must be >= 0, got "
