@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ...configuration_utils import check_choice
 from ..recipe import Recipe, register_recipe
 from .common import (
     ImageTextDataConfig,
@@ -66,6 +65,8 @@ class AdversarialLossConfig(ImageTextDataConfig):
 
 
 def _check_adversarial_config(c: AdversarialLossConfig) -> None:
+    from ...configuration_utils import check_choice  # recipes import the package's modules lazily
+
     check_choice("perceptual_network", c.perceptual_network, PERCEPTUAL_NETWORKS)
     if c.perceptual_loss_weight > 0 and c.perceptual_network == "none":
         raise ValueError("`perceptual_loss_weight` > 0 needs a `perceptual_network`; set the weight to 0.")
