@@ -12,8 +12,8 @@ POSITION_EMBEDDING_INITS = ("normal", "sincos_2d")
 
 
 def check_choice(name: str, value, choices: tuple) -> None:
-    """`value` of the setting `name` must be one of `choices` (shared by the configs and the recipes' flags, which
-    check before the data loads: the configs are built after it)."""
+    """Refuse a `value` of the setting `name` that is not one of `choices`, naming the setting, the choices and the
+    value (every "must be one of" check of the package: configs, layers, losses, recipes' flags, output types)."""
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
 

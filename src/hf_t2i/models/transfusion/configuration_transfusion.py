@@ -11,9 +11,9 @@ from ...configuration_utils import check_choice, check_heads, check_position_emb
 
 PATCH_ENCODERS = ("linear", "unet")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-TIMESTEP_SAMPLINGS = ("uniform", "high_noise", "high_noise_quadratic")
 # the non-uniform samplings draw t = floor(T * u ** (1 / k)): a density proportional to t ** (k - 1)
 HIGH_NOISE_POWERS = {"high_noise": 2, "high_noise_quadratic": 3}
+TIMESTEP_SAMPLINGS = ("uniform", *HIGH_NOISE_POWERS)
 
 
 def check_prediction_type(prediction_type: str) -> None:
