@@ -22,6 +22,8 @@ MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 1
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint and sampling options that `generate` and `grid` share."""
+    from .generation.guidance import guidance_interval_argument
+
     p.add_argument(
         "--model", default=None, help=f"a shipped checkpoint name (default: {DEFAULT_CHECKPOINT}) or a saved folder"
     )
@@ -37,6 +39,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--num-inference-steps", type=int, default=None, help="diffusion / masked models only")
+    p.add_argument(
+        "--guidance-interval",
+        type=guidance_interval_argument,
+        default=None,
+        help="START,STOP: guide only the denoising steps whose progress lies in [START, STOP] (Transfusion); default: "
+        "the folder's own (`default_guidance_interval` in its model_index.json), else every step",
+    )
     p.add_argument(
         "--num-candidates",
         type=int,
@@ -67,6 +76,7 @@ def _load_for_sampling(args):
         "top_k": args.top_k,
         "top_p": args.top_p,
         "num_inference_steps": args.num_inference_steps,
+        "guidance_interval": args.guidance_interval,
         "num_candidates": args.num_candidates,
     }
     accepted = inspect.signature(pipe.__call__).parameters
@@ -283,6 +293,15 @@ def _add_export(subparsers) -> None:
         "pipeline (and generate / eval) use it unless told otherwise (default: keep the source's, if any)",
     )
     p.add_argument(
+        "--default-guidance-interval",
+        type=_guidance_interval,
+        default=None,
+        metavar="START,STOP",
+        help="the guidance interval the card's numbers were measured at (the fractions of the denoising steps that are "
+        "guided, e.g. 0.2,1), written to model_index.json like --default-guidance-scale (Transfusion; default: keep "
+        "the source's, if any)",
+    )
+    p.add_argument(
         "--default-temperature",
         type=float,
         default=None,
@@ -306,6 +325,12 @@ def _add_export(subparsers) -> None:
     p.set_defaults(func=_run_export)
 
 
+def _guidance_interval(text: str):
+    from .generation.guidance import guidance_interval_argument
+
+    return guidance_interval_argument(text)
+
+
 def _run_export(args) -> int:
     import os
 
@@ -324,6 +349,7 @@ def _run_export(args) -> int:
         getattr(torch, args.dtype),
         eval_report=args.eval_report,
         default_guidance_scale=args.default_guidance_scale,
+        default_guidance_interval=args.default_guidance_interval,
         default_temperature=args.default_temperature,
         rerank_scorer=args.rerank_scorer,
     )

@@ -7,6 +7,7 @@ shipped folders, stays free of them.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -45,6 +46,7 @@ def export_checkpoint(
     *,
     eval_report: str | os.PathLike | dict | list | None = None,
     default_guidance_scale: float | None = None,
+    default_guidance_interval: tuple[float, float] | None = None,
     default_temperature: float | None = None,
     rerank_scorer: str | os.PathLike | None = None,
 ) -> str:
@@ -61,7 +63,8 @@ def export_checkpoint(
 
     `default_guidance_scale` (the scale the card's numbers were measured at) goes into model_index.json: the folder's
     pipeline, `hf-t2i generate` and `hf-t2i eval` then guide with it unless told otherwise. Without it the source's
-    value (if any) is kept.
+    value (if any) is kept. `default_guidance_interval` (`(start, stop)`, the guided fractions of the denoising steps;
+    pipelines with a `guidance_interval` argument: Transfusion) goes there too, the same way.
 
     `default_temperature` (DALL-E and Parti: the sampling temperature the card's numbers were measured at) goes into
     the prior's generation_config.json, which its pipeline, `sample_image_tokens` and stock `generate()` read when a
@@ -81,6 +84,14 @@ def export_checkpoint(
     if model_card is not None and not os.path.isfile(model_card):
         raise ValueError(f"`model_card` ({model_card}) does not exist.")
     pipe = T2IPipeline.from_pretrained(source)
+    if (
+        default_guidance_interval is not None
+        and "guidance_interval" not in inspect.signature(pipe.__call__).parameters
+    ):
+        raise ValueError(
+            f"`default_guidance_interval` ({default_guidance_interval!r}) is given, but {type(pipe).__name__} takes no "
+            "`guidance_interval` (Transfusion does); leave it out."
+        )
     if default_temperature is not None:
         if not isinstance(pipe.model, ImageGenerationMixin):
             raise ValueError(
@@ -103,6 +114,8 @@ def export_checkpoint(
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
     if default_guidance_scale is not None:
         pipe.register_default_guidance_scale(default_guidance_scale)
+    if default_guidance_interval is not None:
+        pipe.register_default_guidance_interval(default_guidance_interval)
     if default_temperature is not None:
         pipe.model.generation_config.temperature = float(default_temperature)
     pipe.save_pretrained(destination)

@@ -309,6 +309,17 @@ def test_cli_sampling_options_reach_the_pipeline_and_the_report(pipeline_dir, tm
     args = parser.parse_args(base + ["--num-inference-steps", "8"])  # DALL-E decodes one token per step
     with pytest.raises(ValueError, match="num_inference_steps.*DallePipeline.*--num-inference-steps"):
         run_eval(args)
+    args = parser.parse_args(base + ["--guidance-interval", "0.2,1"])  # a diffusion sampler's option
+    assert args.guidance_interval == (0.2, 1.0)
+    with pytest.raises(ValueError, match="guidance_interval.*DallePipeline.*--guidance-interval"):
+        run_eval(args)
+
+
+@pytest.mark.parametrize("value", ["0.5,0.2", "0.2", "a,b", "0,1.5"])
+def test_cli_guidance_interval_refuses_bad_pairs(value, capsys):
+    with pytest.raises(SystemExit):
+        eval_parser().parse_args(["eval", "--dataset", "shapes", "--guidance-interval", value])
+    assert "expected START,STOP with 0 <= START < STOP <= 1" in capsys.readouterr().err
 
 
 class TinyDalleRecipe(Recipe):

@@ -117,6 +117,15 @@ def test_guidance_combines_doubled_batch_and_follows_its_schedule():
     linear = ClassifierFreeGuidance(5.0, "linear")
     assert linear.scale_at(0.0) == 1.0 and linear.scale_at(1.0) == 5.0 and linear.scale_at(0.5) == 3.0
     assert ClassifierFreeGuidance(5.0).scale_at(0.0) == 5.0
+    # a limited interval (closed at both ends): scale 1 outside it, the schedule's scale inside
+    late = ClassifierFreeGuidance(5.0, interval=(0.2, 1.0))
+    assert [late.scale_at(p) for p in (0.0, 0.19, 0.2, 0.5, 1.0)] == [1.0, 1.0, 5.0, 5.0, 5.0]
+    assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.5) == 3.0
+    assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.75) == 1.0
+    assert ClassifierFreeGuidance(5.0, interval=[0, 1]).interval == (0.0, 1.0)
+    for bad in [(0.5, 0.5), (1, 0), (0, 2), (0, 1, 1), None, "01", (True, 1)]:
+        with pytest.raises(ValueError, match=r"`guidance_interval` must be a pair"):
+            ClassifierFreeGuidance(5.0, interval=bad)
     # learned variance: the first `channels` are guided, the rest are the conditional rows'
     mixed = ClassifierFreeGuidance(2.0).combine(torch.cat([cond, uncond]), channels=3)
     assert torch.allclose(mixed[:, :3], uncond[:, :3] + 2 * (cond[:, :3] - uncond[:, :3]))

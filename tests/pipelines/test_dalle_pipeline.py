@@ -205,6 +205,9 @@ def test_export_halves_the_weights_and_keeps_the_pictures(dalle_pipeline, tmp_pa
     np.testing.assert_allclose(run(reloaded, **greedy), expected, atol=2e-2, rtol=0)
     with pytest.raises(ValueError, match="model_index.json"):
         export_checkpoint(tmp_path / "card.md", tmp_path / "x")
+    with pytest.raises(ValueError, match=r"`default_guidance_interval` \(\(0.2, 1.0\)\).*DallePipeline"):
+        export_checkpoint(tmp_path / "full", tmp_path / "x", default_guidance_interval=(0.2, 1.0))
+    assert not (tmp_path / "x").exists()
     # the card's guidance scale is the folder's: a call without `guidance_scale` uses it, an explicit one wins
     assert json.loads((tmp_path / "half" / "model_index.json").read_text())["default_guidance_scale"] == 2.5
     unnamed = T2IPipeline.from_pretrained(tmp_path / "full")  # a folder that names no scale

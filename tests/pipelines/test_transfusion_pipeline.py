@@ -135,3 +135,58 @@ def test_export_refuses_a_temperature_the_family_does_not_read(pipe, tmp_path):
     with pytest.raises(ValueError, match=r"`default_temperature` \(0.7\).*TransfusionForConditionalGeneration"):
         export_checkpoint(tmp_path / "full", tmp_path / "x", default_temperature=0.7)
     assert not (tmp_path / "x").exists()
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it(pipe, processor):  # noqa: F811
+    """Guidance in a limited interval: progress i / (N - 1) picks the guided steps. With 3 steps (progress 0, 0.5, 1),
+    (0, 1) is plain guidance; (0.6, 0.9) holds no step, so the images are the unguided ones (the doubled batch
+    still runs, so equal up to float error); (0.5, 1) guides the last two steps only, which differs from both; the
+    model's own loop gives the same images as the pipeline's."""
+    guided, unguided = run(pipe, seed=2), run(pipe, seed=2, guidance_scale=1.0)
+    assert np.array_equal(run(pipe, seed=2, guidance_interval=(0.0, 1.0)), guided)
+    assert np.allclose(run(pipe, seed=2, guidance_interval=(0.6, 0.9)), unguided, atol=1e-5)
+    late = run(pipe, seed=2, guidance_interval=[0.5, 1])
+    assert not np.allclose(late, guided, atol=1e-3) and not np.allclose(late, unguided, atol=1e-3)
+    pixels = pipe.model.generate_images(
+        **processor.image_generation_inputs(["a red circle"]),
+        guidance_scale=3.0,
+        num_inference_steps=3,
+        generator=torch.Generator().manual_seed(2),
+        guidance_interval=(0.5, 1.0),
+    )
+    assert np.allclose(late[0], ((pixels[0].permute(1, 2, 0) + 1) / 2).numpy(), atol=1e-6)
+    for bad in [(0.5, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.2,), "0.2,1", (0.0, float("nan"))]:
+        with pytest.raises(ValueError, match=r"`guidance_interval` must be a pair \(start, stop\)"):
+            run(pipe, guidance_interval=bad)
+
+
+def test_default_guidance_interval_is_saved_exported_and_used(pipe, tmp_path):
+    """A folder's `default_guidance_interval` (model_index.json) is what a call without `guidance_interval` uses;
+    `export_checkpoint` writes it, and refuses it for a family whose pipeline has no such argument."""
+    import json
+
+    from hf_t2i.export import export_checkpoint
+
+    pipe.save_pretrained(tmp_path / "full")
+    export_checkpoint(tmp_path / "full", tmp_path / "half", default_guidance_interval=(0.5, 1.0))
+    assert json.loads((tmp_path / "half" / "model_index.json").read_text())["default_guidance_interval"] == [0.5, 1.0]
+    loaded = TransfusionPipeline.from_pretrained(tmp_path / "half")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.guidance_interval_or_default(None) == (0.5, 1.0)
+    assert np.array_equal(run(loaded, seed=1), run(loaded, seed=1, guidance_interval=(0.5, 1.0)))
+    assert not np.allclose(run(loaded, seed=1), run(loaded, seed=1, guidance_interval=(0.0, 1.0)), atol=1e-3)
+    with pytest.raises(ValueError, match=r"`default_guidance_interval` must be a pair"):
+        TransfusionPipeline(pipe.model, pipe.processor, default_guidance_interval=(1.0, 0.0))
+
+
+def test_eval_report_records_the_guidance_interval_used(pipe, tmp_path):
+    """`hf-t2i eval` passes `guidance_interval` to the pipeline and its report names the interval the images were
+    drawn with: the call's, else the folder's default (every step when it names none)."""
+    from hf_t2i.evaluation.runner import evaluate_pipeline
+
+    common = {"num_images": 2, "batch_size": 2, "metrics": ["compositional"], "progress": False}
+    common["num_inference_steps"] = 2
+    report = evaluate_pipeline(pipe, "shapes", output_dir=tmp_path / "a", guidance_interval=(0.5, 1.0), **common)
+    assert report["settings"]["pipeline_kwargs"]["guidance_interval"] == [0.5, 1.0]
+    report = evaluate_pipeline(pipe, "shapes", output_dir=tmp_path / "b", **common)
+    assert report["settings"]["pipeline_kwargs"]["guidance_interval"] == [0.0, 1.0]

@@ -23,7 +23,7 @@ import argparse
 import json
 import os
 
-from ..generation.guidance import GUIDANCE_SCHEDULES
+from ..generation.guidance import GUIDANCE_SCHEDULES, guidance_interval_argument
 from .runner import DATASETS, EVAL_SPLIT, EVAL_SPLITS, METRICS, VALIDATION_DATASETS
 
 
@@ -97,6 +97,14 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=int, default=None, help="the pipeline's top-k (default: its own)")
     p.add_argument(
+        "--guidance-interval",
+        type=guidance_interval_argument,
+        default=None,
+        help="START,STOP: guide only the denoising steps whose progress i/(N-1) lies in [START, STOP] (guidance in a "
+        "limited interval; Transfusion). Default: the folder's own (`default_guidance_interval` in its "
+        "model_index.json), else every step",
+    )
+    p.add_argument(
         "--num-inference-steps",
         type=int,
         default=None,
@@ -164,7 +172,7 @@ def run_eval(args) -> int:
     rerank_scorer = getattr(args, "rerank_scorer", None) or (args.scorer if num_candidates is not None else None)
     sampling = {
         name: getattr(args, name, None)
-        for name in ("temperature", "guidance_schedule", "top_k", "num_inference_steps")
+        for name in ("temperature", "guidance_schedule", "guidance_interval", "top_k", "num_inference_steps")
     }
     sampling = {name: value for name, value in sampling.items() if value is not None}
     reports = []

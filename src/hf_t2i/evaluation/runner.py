@@ -386,6 +386,11 @@ def evaluate_pipeline(
     pipe, model_path = _load_pipeline(pipe, device)
     if guidance_scale is None and hasattr(pipe, "guidance_scale_or_default"):
         guidance_scale = pipe.guidance_scale_or_default(None)  # the checkpoint's own, recorded in the report
+    if "guidance_interval" in inspect.signature(pipe.__call__).parameters:
+        # the call's or the checkpoint's own, recorded in the report
+        pipeline_kwargs["guidance_interval"] = pipe.guidance_interval_or_default(
+            pipeline_kwargs.get("guidance_interval")
+        )
     device = getattr(pipe, "_execution_device", None) or getattr(pipe, "device", None) or torch.device("cpu")
     if scorer is not None:
         scorer.to(device)
@@ -474,7 +479,11 @@ def evaluate_pipeline(
             "scorer": os.fspath(scorer_path) if scorer_path else (type(scorer).__name__ if scorer else None),
             "num_candidates": num_candidates,
             "rerank_scorer": os.fspath(rerank_scorer_path) if rerank_scorer_path else None,
-            "pipeline_kwargs": {k: v for k, v in pipeline_kwargs.items() if isinstance(v, (int, float, str, bool))},
+            "pipeline_kwargs": {
+                k: list(v) if isinstance(v, tuple) else v
+                for k, v in pipeline_kwargs.items()
+                if isinstance(v, (int, float, str, bool, tuple))
+            },
             "sampling": _sampling_settings(pipe, pipeline_kwargs),
         },
         "timings": timings,

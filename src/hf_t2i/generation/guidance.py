@@ -9,24 +9,60 @@ The scale may follow a schedule over the decoding progress `p` in [0, 1]:
 - "constant": `s` at every step;
 - "linear": `1 + (s - 1) * p`, rising from no guidance to `s` (MUSE section 2.7, MAR's `cfg_schedule="linear"`).
 
+and may be limited to an interval `[start, stop]` of the progress, outside which the step is unguided (scale 1):
+guidance in a limited interval (Kynkäänniemi et al. 2024) leaves the first, high-noise steps of a diffusion sampler
+unguided, where guidance pulls every sample of a caption toward the same layout, and keeps it where it binds the
+caption. diffusers' guiders (`ClassifierFreeGuidance(start=, stop=)`) take the same two fractions.
+
 Each decoding loop defines its progress: the raster loop `i / (N - 1)` at token `i` of `N`; the masked loop the share of
-tokens known after the iteration.
+tokens known after the iteration; the diffusion loop (Transfusion) `i / (N - 1)` at step `i` of `N`.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 
 import torch
 
-from ..configuration_utils import check_choice
+from ..configuration_utils import check_choice, is_finite_number
 
 
 GUIDANCE_SCHEDULES = ("constant", "linear")
+#: `interval` that guides every step
+FULL_INTERVAL = (0.0, 1.0)
 #: The largest accepted guidance scale. Useful scales are ~1-20; at 1e30 the guided float32 prediction overflows and
 #: Fluid / Transfusion return NaN images (Muse flat ones), so anything above this bound is refused, not drawn.
 MAX_GUIDANCE_SCALE = 1e4
+
+
+def check_guidance_interval(interval, argument: str = "guidance_interval") -> tuple[float, float]:
+    """`interval` as a `(start, stop)` pair of floats, or a `ValueError` naming `argument` unless it is two finite
+    numbers with 0 <= start < stop <= 1 (fractions of the decoding progress)."""
+    if (
+        isinstance(interval, (str, bytes))
+        or not hasattr(interval, "__len__")
+        or len(interval) != 2
+        or not all(is_finite_number(value) for value in interval)
+        or not 0 <= interval[0] < interval[1] <= 1
+    ):
+        raise ValueError(
+            f"`{argument}` must be a pair (start, stop) of fractions of the decoding steps with 0 <= start < stop <= 1 "
+            f"(guidance on where start <= progress <= stop; (0, 1) guides every step), got {interval!r}."
+        )
+    return float(interval[0]), float(interval[1])
+
+
+def guidance_interval_argument(text: str) -> tuple[float, float]:
+    """A command line's `START,STOP` (e.g. `0.2,1`) as a checked `(start, stop)`; an `argparse.ArgumentTypeError`
+    saying what is expected otherwise."""
+    try:
+        return check_guidance_interval(tuple(float(part) for part in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START,STOP with 0 <= START < STOP <= 1 (e.g. 0.2,1), got {text!r}"
+        ) from None
 
 
 def check_guidance_scale(scale, argument: str = "guidance_scale") -> None:
@@ -51,14 +87,18 @@ class ClassifierFreeGuidance:
         scale: guidance scale `s`, a finite number in [0, `MAX_GUIDANCE_SCALE`] (1e4); 1.0 turns guidance off (and
             the doubled batch with it).
         schedule: "constant" or "linear" (see the module docstring).
+        interval: `(start, stop)`, the decoding progress in which the steps are guided (closed at both ends); the
+            others take scale 1. Default `(0.0, 1.0)`: every step.
     """
 
     scale: float = 1.0
     schedule: str = "constant"
+    interval: tuple[float, float] = FULL_INTERVAL
 
     def __post_init__(self):
         check_guidance_scale(self.scale)
         check_choice("guidance_schedule", self.schedule, GUIDANCE_SCHEDULES)
+        object.__setattr__(self, "interval", check_guidance_interval(self.interval))
 
     @property
     def enabled(self) -> bool:
@@ -66,7 +106,10 @@ class ClassifierFreeGuidance:
         return self.scale != 1.0
 
     def scale_at(self, progress: float) -> float:
-        """The scale at decoding progress `progress` in [0, 1]."""
+        """The scale at decoding progress `progress` in [0, 1]: 1.0 outside `interval`, else the schedule's."""
+        start, stop = self.interval
+        if not start <= progress <= stop:
+            return 1.0
         if self.schedule == "constant":
             return self.scale
         return 1.0 + (self.scale - 1.0) * progress
@@ -126,4 +169,12 @@ class ClassifierFreeGuidance:
         return torch.cat([guided, cond[:, channels:]], dim=1)
 
 
-__all__ = ["GUIDANCE_SCHEDULES", "MAX_GUIDANCE_SCALE", "ClassifierFreeGuidance", "check_guidance_scale"]
+__all__ = [
+    "FULL_INTERVAL",
+    "GUIDANCE_SCHEDULES",
+    "MAX_GUIDANCE_SCALE",
+    "ClassifierFreeGuidance",
+    "check_guidance_interval",
+    "check_guidance_scale",
+    "guidance_interval_argument",
+]

@@ -23,7 +23,7 @@ import torch
 from diffusers import DiffusionPipeline, SchedulerMixin
 from huggingface_hub import snapshot_download
 
-from ..generation.guidance import check_guidance_scale
+from ..generation.guidance import FULL_INTERVAL, check_guidance_interval, check_guidance_scale
 from ..generation.sampling import Generators
 from ..hub import HUB_ARGUMENTS, push_folder_to_hub
 from ..image_processing import OUTPUT_TYPES as IMAGE_OUTPUT_TYPES
@@ -82,6 +82,24 @@ class T2IPipeline(DiffusionPipeline):
             check_guidance_scale(default_guidance_scale, "default_guidance_scale")
             default_guidance_scale = float(default_guidance_scale)
         self.register_to_config(default_guidance_scale=default_guidance_scale)
+
+    def register_default_guidance_interval(self, default_guidance_interval) -> None:
+        """Record the checkpoint's guidance interval (`(start, stop)`, the fractions of the denoising steps its model
+        card guided) in the pipeline's config, as `register_default_guidance_scale` does the scale; a call without
+        `guidance_interval` uses it. None: every step."""
+        if default_guidance_interval is not None:
+            default_guidance_interval = list(
+                check_guidance_interval(default_guidance_interval, "default_guidance_interval")
+            )
+        self.register_to_config(default_guidance_interval=default_guidance_interval)
+
+    def guidance_interval_or_default(self, guidance_interval) -> tuple[float, float]:
+        """`guidance_interval` (validated) when given, else the checkpoint's `default_guidance_interval`
+        (model_index.json), else every step: `(0.0, 1.0)`."""
+        if guidance_interval is not None:
+            return check_guidance_interval(guidance_interval)
+        default = self.config.get("default_guidance_interval")
+        return FULL_INTERVAL if default is None else tuple(default)
 
     def guidance_scale_or_default(self, guidance_scale: float | None, fallback: float | None = None) -> float:
         """`guidance_scale` when given, else the checkpoint's `default_guidance_scale` (model_index.json), else

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
+from ...generation.guidance import FULL_INTERVAL
 from ...generation.sampling import Generators
 from ...layers import cache_length, truncate_cache
 
@@ -224,6 +225,22 @@ class TransfusionGenerationMixin:
             row += rows
         return torch.cat(preds)
 
+    def guided_noise_prediction(
+        self,
+        state: TransfusionGenerationState,
+        scheduler: SchedulerMixin,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        progress: float,
+    ) -> torch.Tensor:
+        """One denoising step's noise prediction for (B, C, h, w) `latents` at `timestep`, guided with the scale
+        `state.guidance` gives the step's `progress` (`i / (N - 1)` at step `i` of `N`; 1.0 outside its interval)."""
+        guidance = state.guidance
+        noise_pred = self.image_generation_step(
+            state, scheduler.scale_model_input(guidance.double(latents), timestep), timestep
+        )
+        return guidance.combine(noise_pred, guidance.scale_at(progress)) if guidance.enabled else noise_pred
+
     def _denoise(
         self,
         state: TransfusionGenerationState,
@@ -234,14 +251,12 @@ class TransfusionGenerationMixin:
     ) -> torch.Tensor:
         """The scheduler loop without a pipeline around it (`generate_image_latents`, `generate_interleaved`;
         [`TransfusionPipeline`] runs the same loop with a progress bar and callbacks)."""
-        guidance = state.guidance
         scheduler.set_timesteps(num_inference_steps, device=state.prefixes[0].input_ids.device)
         latents = self.prepare_latents(state, scheduler, generator, latents)
         step_kwargs = scheduler_step_kwargs(scheduler, generator)
-        for t in scheduler.timesteps:
-            noise_pred = self.image_generation_step(state, scheduler.scale_model_input(guidance.double(latents), t), t)
-            if guidance.enabled:
-                noise_pred = guidance.combine(noise_pred)
+        steps = len(scheduler.timesteps)
+        for i, t in enumerate(scheduler.timesteps):
+            noise_pred = self.guided_noise_prediction(state, scheduler, latents, t, i / max(steps - 1, 1))
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         return latents
 
@@ -319,6 +334,7 @@ class TransfusionGenerationMixin:
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         use_cache: bool = True,
+        guidance_interval: tuple[float, float] = FULL_INTERVAL,
     ) -> torch.Tensor:
         """Text -> image latents (diffusion mode after a prompt that ends with `<boi>`), without a pipeline around the
         loop.
@@ -329,6 +345,8 @@ class TransfusionGenerationMixin:
             guidance_scale: classifier-free guidance on the noise (1.0 = off). Both branches run as ONE doubled
                 batch over one cache.
             num_inference_steps: denoising steps.
+            guidance_interval: `(start, stop)`: guide only the steps whose progress `i / (N - 1)` lies in it (see
+                [`TransfusionPipeline.__call__`]); default every step.
             scheduler: a diffusers scheduler instance, or "ddim" (default) / "ddpm" with the training schedule.
             generator: the only source of randomness (initial noise, DDPM noise).
             latents: (B, C, h, w) initial noise instead of drawing it.
@@ -337,7 +355,7 @@ class TransfusionGenerationMixin:
             (B, C, h, w) scaled latents (`decode_image_tokens` turns them into pixels).
         """
         self._check_steps(num_inference_steps)
-        guidance = ClassifierFreeGuidance(guidance_scale)
+        guidance = ClassifierFreeGuidance(guidance_scale, interval=guidance_interval)
         state = self.prepare_image_generation(
             input_ids, attention_mask, negative_input_ids, negative_attention_mask, guidance, use_cache
         )
@@ -431,19 +449,21 @@ class TransfusionGenerationMixin:
         min_p: float | None = None,
         do_sample: bool = True,
         generator: torch.Generator | None = None,
+        guidance_interval: tuple[float, float] = FULL_INTERVAL,
     ) -> TransfusionInterleavedOutput:
         """The full mode-switching loop: sample text; when `<boi>` is drawn, denoise an image after the cached
         context (guided against `<s> </s> <boi>`), append it with `<eoi>` and resume text, until `</s>`,
         `max_new_tokens` sampled tokens, or `<boi>` after `max_images` images (then `<boi>` is no longer drawn).
 
         Rows are generated one after another (each row switches modes at its own time), all from `generator`.
+        `guidance_interval` limits the guidance of each image's denoising as in `generate_image_latents`.
         """
         config = self.config
         self._check_steps(num_inference_steps)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer, got {max_new_tokens!r}.")
         sampler = TokenSampler(SamplingConfig(temperature, top_k, top_p, min_p, do_sample), generator)
-        guidance = ClassifierFreeGuidance(guidance_scale)
+        guidance = ClassifierFreeGuidance(guidance_scale, interval=guidance_interval)
         scheduler = self._scheduler(scheduler)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -62,6 +62,7 @@ class TransfusionPipeline(T2IPipeline):
         scorer=None,
         scorer_processor=None,
         default_guidance_scale: float | None = None,
+        default_guidance_interval: list[float] | None = None,
     ):
         super().__init__()
         if scheduler is None:
@@ -70,6 +71,7 @@ class TransfusionPipeline(T2IPipeline):
             model=model, processor=processor, scheduler=scheduler, scorer=scorer, scorer_processor=scorer_processor
         )
         self.register_default_guidance_scale(default_guidance_scale)
+        self.register_default_guidance_interval(default_guidance_interval)
 
     def encode_text(self, prompts: list[str], truncation: bool, argument: str):
         """`<s> caption </s> <boi>` ids and their mask (left-padded), as diffusion mode starts from."""
@@ -84,6 +86,7 @@ class TransfusionPipeline(T2IPipeline):
         width: int | None = None,
         num_inference_steps: int = 30,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
         num_images_per_prompt: int = 1,
         num_candidates: int | None = None,
         generator: torch.Generator | None = None,
@@ -107,6 +110,10 @@ class TransfusionPipeline(T2IPipeline):
             guidance_scale: classifier-free guidance on the predicted noise, in [0, 1e4]; 1.0 disables it. Default:
                 the checkpoint's `default_guidance_scale` (model_index.json; the scale its model card chose), else
                 3.0.
+            guidance_interval: `(start, stop)`: guide only the steps whose progress `i / (N - 1)` (step `i` of `N`)
+                lies in [start, stop], the others unguided (guidance in a limited interval, Kynkäänniemi et al. 2024):
+                e.g. `(0.2, 1.0)` leaves the first fifth, the highest noise levels, unguided. Default: the
+                checkpoint's `default_guidance_interval` (model_index.json), else every step.
             num_images_per_prompt: images returned per prompt; prompts x images (x `num_candidates` when reranking)
                 is at most `max_images_per_call` (256) per call.
             num_candidates: draw this many images per prompt and keep the `num_images_per_prompt` the scorer ranks
@@ -137,7 +144,9 @@ class TransfusionPipeline(T2IPipeline):
         prompts = as_prompt_list(prompt)
         self.check_num_images(num_images_per_prompt)
         samples, per_prompt = self.check_rerank_inputs(num_images_per_prompt, num_candidates)
-        guidance = ClassifierFreeGuidance(guidance_scale)
+        guidance = ClassifierFreeGuidance(
+            guidance_scale, interval=self.guidance_interval_or_default(guidance_interval)
+        )
         self.check_image_size(height, width, self.model.config.image_size)
         if (
             not isinstance(num_inference_steps, int)
@@ -161,12 +170,12 @@ class TransfusionPipeline(T2IPipeline):
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
 
         # 4. Denoising loop: only the patch positions run at each step, after the cached prefix
-        with self.progress_bar(total=len(self.scheduler.timesteps)) as progress_bar:
+        steps = len(self.scheduler.timesteps)
+        with self.progress_bar(total=steps) as progress_bar:
             for i, t in enumerate(self.scheduler.timesteps):
-                model_input = self.scheduler.scale_model_input(guidance.double(latents), t)
-                noise_pred = self.model.image_generation_step(state, model_input, t)  # (B', C, h, w)
-                if guidance.enabled:
-                    noise_pred = guidance.combine(noise_pred)
+                noise_pred = self.model.guided_noise_prediction(
+                    state, self.scheduler, latents, t, i / max(steps - 1, 1)
+                )
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
                     outputs = callback_on_step_end(self, i, t, {"latents": latents}) or {}
