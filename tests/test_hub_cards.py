@@ -165,6 +165,13 @@ def test_pipeline_push_to_hub_adds_eval_results_from_a_report(dalle_pipeline, fa
     dalle_pipeline.push_to_hub("tiny-dalle", eval_report=validation)
     splits = sorted({r.dataset_split for r in fake_hub.card().data.eval_results})
     assert splits == ["test", "validation"]
+    # a limited guidance interval (`hf-t2i eval --guidance-interval`) is part of the setting the numbers hold for;
+    # every step guided (the report's [0.0, 1.0]) is the plain setting and not named
+    for interval, expected in [([0.2, 1.0], {"guidance_interval": [0.2, 1.0]}), ([0.0, 1.0], {})]:
+        settings = {**REPORT["settings"], "pipeline_kwargs": {"guidance_interval": interval}}
+        dalle_pipeline.push_to_hub("tiny-dalle", eval_report={**REPORT, "settings": settings})
+        results = [r for r in fake_hub.card().data.eval_results if r.dataset_split == "test"]
+        assert all(r.metric_args == {"num_images": 64, "guidance_scale": 3.0, "seed": 0, **expected} for r in results)
 
 
 def test_a_folder_report_json_is_used_by_default(dalle_pipeline, fake_hub, tmp_path):

@@ -153,11 +153,20 @@ def test_every_shipped_checkpoint_is_guided_with_the_scale_its_card_reports():
     import os
     import re
 
+    import yaml
+
     for name in SHIPPED_CHECKPOINTS:
         scale = folder_scale(name)
         with open(os.path.join(resolve_checkpoint(name), "README.md"), encoding="utf-8") as f:
             metadata = f.read().split("---")[1]  # the YAML front matter (model-index)
         assert set(re.findall(r"guidance_scale: ([0-9.]+)", metadata)) == {str(scale)}, name
+        # a folder that guides only some of the steps (`default_guidance_interval`) names that interval with its
+        # numbers, and a folder that guides every step names none
+        with open(os.path.join(resolve_checkpoint(name), "model_index.json"), encoding="utf-8") as f:
+            interval = json.load(f).get("default_guidance_interval")
+        results = yaml.safe_load(metadata)["model-index"][0]["results"]
+        named = {tuple(m["args"].get("guidance_interval", ())) for r in results for m in r["metrics"]}
+        assert named == {tuple(interval or ())}, name
     pipe = T2IPipeline.from_pretrained(resolve_checkpoint("parti"))
     assert pipe.config.default_guidance_scale == folder_scale("parti")
     assert pipe.guidance_scale_or_default(None) == folder_scale("parti") and pipe.guidance_scale_or_default(2) == 2

@@ -185,6 +185,9 @@ def eval_results_from_report(report: str | os.PathLike | dict) -> list[EvalResul
         )
     dataset, split = settings["dataset"], settings.get("split")
     arguments = {name: settings[name] for name in _REPORT_SETTINGS if settings.get(name) is not None}
+    interval = (settings.get("pipeline_kwargs") or {}).get("guidance_interval")
+    if interval is not None and list(interval) != [0.0, 1.0]:  # guidance on some of the steps only: say which
+        arguments["guidance_interval"] = [float(value) for value in interval]
     results = []
     for key, (metric_type, metric_name) in _REPORT_METRICS.items():
         value = metrics.get(key)
