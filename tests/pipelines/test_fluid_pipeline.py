@@ -93,6 +93,49 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
     assert index["model"][1] == "FluidForConditionalGeneration"
 
 
+def test_guidance_interval_guides_only_those_head_steps(tokenizer, tmp_path):
+    """Continuous Fluid's `guidance_interval` is over the diffusion head's denoising steps (progress i / (N - 1); 4
+    steps: 0, 1/3, 2/3, 1). (0, 1) is plain guidance; (0.4, 0.6) holds no step, so the tokens are the unguided
+    head's (the backbone still runs both branches: equal up to float error); (0, 0.5) differs from both. A folder's
+    `default_guidance_interval` is what a call without one uses. Discrete Fluid, with no head, refuses one."""
+    pipe = make_pipeline(tokenizer)
+    kwargs = dict(guidance_scale=3.0, num_inference_steps=4, num_diffusion_steps=4)
+
+    def tokens(pipe, **options):
+        generator = torch.Generator().manual_seed(1)
+        return pipe("a red circle", generator=generator, output_type="latent", **{**kwargs, **options}).images
+
+    guided, unguided = tokens(pipe), tokens(pipe, guidance_scale=1.0)
+    assert torch.equal(tokens(pipe, guidance_interval=(0.0, 1.0)), guided)
+    assert torch.allclose(tokens(pipe, guidance_interval=(0.4, 0.6)), unguided, atol=1e-5)
+    early = tokens(pipe, guidance_interval=(0.0, 0.5))
+    assert (early - guided).abs().max() > 1e-2 and (early - unguided).abs().max() > 1e-2
+    inputs = pipe.processor(text=["a red circle"], return_tensors="pt")
+    negative = pipe.processor(text=[""], return_tensors="pt")
+    from_model = pipe.model.sample_image_tokens(
+        **inputs,
+        negative_input_ids=negative["input_ids"],
+        negative_attention_mask=negative["attention_mask"],
+        generator=torch.Generator().manual_seed(1),
+        guidance_interval=(0.0, 0.5),
+        **kwargs,
+    )
+    assert torch.allclose(from_model, early, atol=1e-6)  # the model's loop and the pipeline's agree
+
+    pipe.register_default_guidance_interval((0.0, 0.5))
+    pipe.save_pretrained(tmp_path)
+    loaded = FluidPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_guidance_interval == [0.0, 0.5]
+    assert torch.equal(tokens(loaded), early)
+    assert torch.equal(tokens(loaded, guidance_interval=(0.0, 1.0)), guided)
+
+    discrete = make_pipeline(tokenizer, "discrete")
+    with pytest.raises(ValueError, match=r"`guidance_interval` \(\(0.0, 0.5\)\).*discrete tokens"):
+        run(discrete, guidance_interval=(0.0, 0.5), guidance_scale=2.0, num_inference_steps=4)
+    assert run(discrete, guidance_interval=(0, 1), guidance_scale=2.0, num_inference_steps=4).shape == (1, 16, 16, 3)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -104,6 +147,7 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
         ({"num_inference_steps": 0}, "num_inference_steps"),
         ({"num_diffusion_steps": 51}, "num_diffusion_steps"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"guidance_interval": (0.5, 0.2)}, "guidance_interval"),
         ({"output_type": "latents"}, "output_type"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
     ],

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..configuration_utils import check_choice
-from ..generation.guidance import ClassifierFreeGuidance
+from ..generation.guidance import FULL_INTERVAL, ClassifierFreeGuidance
 from .positional import TimestepEmbedding
 
 
@@ -461,6 +461,7 @@ def ddpm_sample(
     guidance_scale: float = 1.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    guidance_interval: tuple[float, float] = FULL_INTERVAL,
 ) -> torch.Tensor:
     """Sample `shape` from pure noise with the reverse chain of `scheduler`: ancestral DDPM with a
     `DiffusionHeadScheduler` (MAR's sampler), or a fast solver of the DDPM family (`DPMSolverMultistepScheduler`,
@@ -482,6 +483,9 @@ def ddpm_sample(
             `check_head_scheduler`).
         num_inference_steps: reverse steps (spread over the training steps by the scheduler's spacing).
         temperature: noise scale of each ancestral step (`DiffusionHeadScheduler` only; others need 1).
+        guidance_interval: `(start, stop)`: guide only the steps whose progress `i / (N - 1)` (step `i` of `N`) lies
+            in [start, stop], the others with the conditional prediction alone (guidance in a limited interval,
+            Kynkäänniemi et al. 2024). Default: every step.
 
     Returns:
         (N, ...) samples.
@@ -496,18 +500,19 @@ def ddpm_sample(
     if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
         raise ValueError(f"`temperature` must be a number >= 0, got {temperature!r}.")
     step_kwargs = _step_kwargs(scheduler, generator, temperature)
-    guidance = ClassifierFreeGuidance(guidance_scale)
+    guidance = ClassifierFreeGuidance(guidance_scale, interval=guidance_interval)
     device = torch.device(device or "cpu")
     noise = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
     scheduler.set_timesteps(num_inference_steps, device=device)
     check_first_step(scheduler, num_inference_steps)
     sample = noise * scheduler.init_noise_sigma  # 1 for the DDPM family's VP schedulers, sigma_max for Euler's
     consumes_variance = _consumes_variance(scheduler)
-    for t in scheduler.timesteps:
+    steps = len(scheduler.timesteps)
+    for i, t in enumerate(scheduler.timesteps):
         x = guidance.double(scheduler.scale_model_input(sample, t))
         eps = denoise(x, t.expand(x.shape[0]))
         if guidance.enabled:  # a learned-variance denoiser keeps the conditional rows' variance values
-            eps = guidance.combine(eps, channels=shape[1])
+            eps = guidance.combine(eps, guidance.scale_at(i / max(steps - 1, 1)), channels=shape[1])
         if not consumes_variance:
             eps = eps[:, : shape[1]]  # (N, ...): the noise; a learned variance only DDPM's step reads
         sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample

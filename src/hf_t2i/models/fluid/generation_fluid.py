@@ -21,6 +21,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache, StaticCa
 from transformers.modeling_outputs import BaseModelOutput
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
+from ...generation.guidance import FULL_INTERVAL, check_guidance_interval
 from ...generation.masked import MaskedDecoder, MaskedDecodingMixin, RandomOrder, RasterOrder, RevealRule
 from ...generation.sampling import Generators
 from ...layers.diffusion_head import check_head_scheduler, ddpm_sample
@@ -39,6 +40,8 @@ class FluidGenerationState:
         sampler: draws discrete tokens (warpers, greedy or sampled).
         scheduler, num_diffusion_steps, temperature: the diffusion head's sampling (continuous tokens): its
             `DiffusionHeadScheduler` or a fast solver (see `FluidGenerationMixin.prepare_image_generation`).
+        guidance_interval: `(start, stop)`, the head's denoising steps that are guided (continuous tokens; see
+            `ddpm_sample`).
         generator: the only source of randomness: one generator, or a list of one per image.
     """
 
@@ -53,6 +56,7 @@ class FluidGenerationState:
     num_diffusion_steps: int = 100
     temperature: float = 1.0
     generator: Generators = None
+    guidance_interval: tuple[float, float] = FULL_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class FluidSampling:
     num_steps: int
     num_diffusion_steps: int
     temperature: float
+    guidance_interval: tuple[float, float] = FULL_INTERVAL
 
 
 class FluidGenerationMixin(MaskedDecodingMixin):
@@ -83,9 +88,17 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         top_p: float | None = None,
         min_p: float | None = None,
         do_sample: bool = True,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> FluidSampling:
         """Validate the sampling arguments (see `sample_image_tokens`) with errors that name them."""
         c = self.config
+        if guidance_interval is not None:
+            guidance_interval = check_guidance_interval(guidance_interval)
+            if not c.is_continuous and guidance_interval != FULL_INTERVAL:
+                raise ValueError(
+                    f"`guidance_interval` ({guidance_interval!r}) limits guidance to some of the diffusion head's "
+                    "denoising steps; this Fluid model draws discrete tokens, with no head. Leave it out."
+                )
         if c.is_continuous:
             bad = isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0
             if bad or temperature == float("inf"):  # the head's temperature may be 0 (the mean path)
@@ -125,7 +138,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             isinstance(diffusion_steps, bool) or not isinstance(diffusion_steps, int) or diffusion_steps < 1
         ):
             raise ValueError(f"`num_diffusion_steps` must be a positive int, got {diffusion_steps!r}.")
-        return FluidSampling(sampling, steps, diffusion_steps, float(temperature))
+        return FluidSampling(sampling, steps, diffusion_steps, float(temperature), guidance_interval or FULL_INTERVAL)
 
     def _check_conditions(self, input_ids, negative_input_ids, class_labels, prompt_embeds=None) -> int:
         """Validate the text / class inputs (the negative captions: `ClassifierFreeGuidance.double_inputs`); returns
@@ -198,6 +211,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             num_diffusion_steps=settings.num_diffusion_steps,
             temperature=settings.temperature,
             generator=generator,
+            guidance_interval=settings.guidance_interval,
         )
         if c.is_continuous:
             state.scheduler = scheduler if scheduler is not None else self.scheduler
@@ -329,6 +343,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
                 scale if guided else 1.0,
                 device=hidden.device,
                 dtype=hidden.dtype,
+                guidance_interval=state.guidance_interval,
             )
             return new.view(batch, count, -1)
         logits = self.lm_head(hidden).float()  # (B', M, V)
@@ -375,6 +390,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         generator: Generators = None,
         scheduler: SchedulerMixin | None = None,
         class_labels: torch.LongTensor | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         """Generate image tokens for the captions (or, class-conditional, the class labels), without a pipeline
         around the loop ([`FluidPipeline`] runs the same loop with a progress bar and callbacks).
@@ -395,6 +411,8 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             scheduler: what samples the diffusion head: `self.scheduler` (default, DDPM) or a fast solver built from
                 it, e.g. `DPMSolverMultistepScheduler.from_config(model.scheduler.config)` with
                 `num_diffusion_steps=15` (see `prepare_image_generation`).
+            guidance_interval: continuous only: `(start, stop)`, guide only the head's denoising steps whose progress
+                `i / (N - 1)` lies in it, the others unguided (default every step; see `ddpm_sample`).
 
         Returns:
             (B, N, D) latent tokens (continuous) or (B, N) ids (discrete), in raster order.
@@ -409,6 +427,7 @@ class FluidGenerationMixin(MaskedDecodingMixin):
             top_p,
             min_p,
             do_sample,
+            guidance_interval,
         )
         state = self.prepare_image_generation(
             input_ids,

@@ -64,6 +64,7 @@ class FluidPipeline(T2IPipeline):
         scorer=None,
         scorer_processor=None,
         default_guidance_scale: float | None = None,
+        default_guidance_interval: list[float] | None = None,
     ):
         super().__init__()
         if scheduler is None and model.config.is_continuous:
@@ -74,6 +75,7 @@ class FluidPipeline(T2IPipeline):
             model=model, processor=processor, scheduler=scheduler, scorer=scorer, scorer_processor=scorer_processor
         )
         self.register_default_guidance_scale(default_guidance_scale)
+        self.register_default_guidance_interval(default_guidance_interval)
 
     @torch.no_grad()
     def __call__(
@@ -86,6 +88,7 @@ class FluidPipeline(T2IPipeline):
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         guidance_schedule: str = "constant",
+        guidance_interval: tuple[float, float] | None = None,
         temperature: float = 1.0,
         num_diffusion_steps: int | None = None,
         top_k: int | None = None,
@@ -119,6 +122,10 @@ class FluidPipeline(T2IPipeline):
                 `default_guidance_scale` (model_index.json; the scale its model card chose), else 1.0.
             guidance_schedule: "constant" or "linear" (random order: linear in the share of revealed tokens, MAR's;
                 raster order: from 1 at the first token to `guidance_scale` at the last).
+            guidance_interval: continuous tokens: `(start, stop)`, guide only the diffusion head's denoising steps
+                whose progress `i / (N - 1)` lies in [start, stop] (guidance in a limited interval, Kynkäänniemi et al.
+                2024), the others unguided; e.g. `(0, 0.5)` guides the high-noise half of each token's denoising.
+                Default: the checkpoint's `default_guidance_interval` (model_index.json), else every step.
             temperature: continuous: the diffusion head's noise temperature (>= 0; a solver other than
                 `DiffusionHeadScheduler` takes 1.0 only); discrete: softmax temperature.
             num_diffusion_steps: reverse steps of the head per token with `pipe.scheduler` (default: the model
@@ -166,6 +173,7 @@ class FluidPipeline(T2IPipeline):
             top_p,
             min_p,
             do_sample,
+            guidance_interval if guidance_interval is not None else self.config.get("default_guidance_interval"),
         )
         guidance = settings.sampling.guidance
         self.check_image_size(height, width, model.config.image_size)
