@@ -56,7 +56,12 @@ CASES = {
             "head_scheduler": "ddpm",
         },
     ),
-    "transfusion-guided": ("transfusion", {"num_inference_steps": 20, "guidance_scale": 3.0}),
+    "transfusion-guided": (
+        "transfusion",
+        {"num_inference_steps": 20, "guidance_scale": 3.0, "guidance_interval": (0.0, 1.0)},
+    ),
+    # the folder's own guidance: its scale on the steps inside its `default_guidance_interval` only
+    "transfusion-default": ("transfusion", {"num_inference_steps": 20}),
     "transfusion-unguided": ("transfusion", {"num_inference_steps": 10, "guidance_scale": 1.0}),
     "muse-guided": ("muse", {"guidance_scale": 3.0}),
     "muse-linear-topk": (
