@@ -43,8 +43,9 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         "--guidance-interval",
         type=guidance_interval_argument,
         default=None,
-        help="START,STOP: guide only the denoising steps whose progress lies in [START, STOP] (Transfusion); default: "
-        "the folder's own (`default_guidance_interval` in its model_index.json), else every step",
+        help="START,STOP: guide only the denoising steps whose progress lies in [START, STOP] (Transfusion; "
+        "Fluid: its diffusion head's steps); default: the folder's own (`default_guidance_interval` in its "
+        "model_index.json), else every step",
     )
     p.add_argument(
         "--num-candidates",
@@ -298,8 +299,8 @@ def _add_export(subparsers) -> None:
         default=None,
         metavar="START,STOP",
         help="the guidance interval the card's numbers were measured at (the fractions of the denoising steps that are "
-        "guided, e.g. 0.2,1), written to model_index.json like --default-guidance-scale (Transfusion; default: keep "
-        "the source's, if any)",
+        "guided, e.g. 0.2,1), written to model_index.json like --default-guidance-scale (Transfusion, continuous "
+        "Fluid; default: keep the source's, if any)",
     )
     p.add_argument(
         "--default-temperature",

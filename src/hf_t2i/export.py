@@ -64,7 +64,7 @@ def export_checkpoint(
     `default_guidance_scale` (the scale the card's numbers were measured at) goes into model_index.json: the folder's
     pipeline, `hf-t2i generate` and `hf-t2i eval` then guide with it unless told otherwise. Without it the source's
     value (if any) is kept. `default_guidance_interval` (`(start, stop)`, the guided fractions of the denoising steps;
-    pipelines with a `guidance_interval` argument: Transfusion) goes there too, the same way.
+    pipelines with a `guidance_interval` argument: Transfusion, Fluid) goes there too, the same way.
 
     `default_temperature` (DALL-E and Parti: the sampling temperature the card's numbers were measured at) goes into
     the prior's generation_config.json, which its pipeline, `sample_image_tokens` and stock `generate()` read when a
@@ -90,7 +90,7 @@ def export_checkpoint(
     ):
         raise ValueError(
             f"`default_guidance_interval` ({default_guidance_interval!r}) is given, but {type(pipe).__name__} takes no "
-            "`guidance_interval` (Transfusion does); leave it out."
+            "`guidance_interval` (Transfusion and Fluid do); leave it out."
         )
     if default_temperature is not None:
         if not isinstance(pipe.model, ImageGenerationMixin):

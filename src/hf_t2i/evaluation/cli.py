@@ -101,8 +101,8 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         type=guidance_interval_argument,
         default=None,
         help="START,STOP: guide only the denoising steps whose progress i/(N-1) lies in [START, STOP] (guidance in a "
-        "limited interval; Transfusion). Default: the folder's own (`default_guidance_interval` in its "
-        "model_index.json), else every step",
+        "limited interval; Transfusion; Fluid: its diffusion head's steps). Default: the folder's own "
+        "(`default_guidance_interval` in its model_index.json), else every step",
     )
     p.add_argument(
         "--num-inference-steps",

@@ -15,7 +15,8 @@ unguided, where guidance pulls every sample of a caption toward the same layout,
 caption. diffusers' guiders (`ClassifierFreeGuidance(start=, stop=)`) take the same two fractions.
 
 Each decoding loop defines its progress: the raster loop `i / (N - 1)` at token `i` of `N`; the masked loop the share of
-tokens known after the iteration; the diffusion loop (Transfusion) `i / (N - 1)` at step `i` of `N`.
+tokens known after the iteration; the diffusion loops (Transfusion's sampler, Fluid's diffusion head) `i / (N - 1)`
+at step `i` of `N`.
 """
 
 from __future__ import annotations
