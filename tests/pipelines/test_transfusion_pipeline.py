@@ -162,7 +162,8 @@ def test_guidance_interval_guides_only_the_steps_inside_it(pipe, processor):  # 
 
 def test_default_guidance_interval_is_saved_exported_and_used(pipe, tmp_path):
     """A folder's `default_guidance_interval` (model_index.json) is what a call without `guidance_interval` uses;
-    `export_checkpoint` writes it, and refuses it for a family whose pipeline has no such argument."""
+    `export_checkpoint` writes it (tests/pipelines/test_dalle_pipeline.py: and refuses it for a pipeline without the
+    argument); a bad default is refused by name."""
     import json
 
     from hf_t2i.export import export_checkpoint
