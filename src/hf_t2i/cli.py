@@ -22,8 +22,6 @@ MAX_UPSCALE = 16  # --upscale: a 32px image becomes 512px, a 256px one 4096px; 1
 
 def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The checkpoint and sampling options that `generate` and `grid` share."""
-    from .generation.guidance import guidance_interval_argument
-
     p.add_argument(
         "--model", default=None, help=f"a shipped checkpoint name (default: {DEFAULT_CHECKPOINT}) or a saved folder"
     )
@@ -41,7 +39,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-inference-steps", type=int, default=None, help="diffusion / masked models only")
     p.add_argument(
         "--guidance-interval",
-        type=guidance_interval_argument,
+        type=_guidance_interval,
         default=None,
         help="START,STOP: guide only the denoising steps whose progress lies in [START, STOP] (Transfusion; "
         "Fluid: its diffusion head's steps); default: the folder's own (`default_guidance_interval` in its "
@@ -327,6 +325,7 @@ def _add_export(subparsers) -> None:
 
 
 def _guidance_interval(text: str):
+    """`--guidance-interval` / `--default-guidance-interval` values (the parser imports torch, so it loads late)."""
     from .generation.guidance import guidance_interval_argument
 
     return guidance_interval_argument(text)

@@ -45,6 +45,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import validate_repo_id
 
 from .checkpoints import SHIPPED_CHECKPOINTS, SHIPPED_DIR
+from .generation.guidance import FULL_INTERVAL
 from .remote_code import INSTALL_COMMAND, pipeline_class_name, write_remote_code
 
 
@@ -186,7 +187,7 @@ def eval_results_from_report(report: str | os.PathLike | dict) -> list[EvalResul
     dataset, split = settings["dataset"], settings.get("split")
     arguments = {name: settings[name] for name in _REPORT_SETTINGS if settings.get(name) is not None}
     interval = (settings.get("pipeline_kwargs") or {}).get("guidance_interval")
-    if interval is not None and list(interval) != [0.0, 1.0]:  # guidance on some of the steps only: say which
+    if interval is not None and tuple(interval) != FULL_INTERVAL:  # guidance on some of the steps only: say which
         arguments["guidance_interval"] = [float(value) for value in interval]
     results = []
     for key, (metric_type, metric_name) in _REPORT_METRICS.items():

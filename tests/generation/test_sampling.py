@@ -11,6 +11,7 @@ from hf_t2i.generation import (
     decode_autoregressive,
     sample_tokens,
 )
+from hf_t2i.generation.guidance import step_progress
 from hf_t2i.generation.masked import MaskedDecoder, RandomOrder, RasterOrder, cosine_training_mask, masked_after
 
 
@@ -123,6 +124,8 @@ def test_guidance_combines_doubled_batch_and_follows_its_schedule():
     assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.5) == 3.0
     assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.75) == 1.0
     assert ClassifierFreeGuidance(5.0, interval=[0, 1]).interval == (0.0, 1.0)
+    # the progress every step loop (raster tokens, diffusion steps) feeds `scale_at`: a single step counts as the last
+    assert [step_progress(i, 5) for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0] and step_progress(0, 1) == 1.0
     for bad in [(0.5, 0.5), (1, 0), (0, 2), (0, 1, 1), None, "01", (True, 1)]:
         with pytest.raises(ValueError, match=r"`guidance_interval` must be a pair"):
             ClassifierFreeGuidance(5.0, interval=bad)

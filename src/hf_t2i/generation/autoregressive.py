@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from .config import SamplingConfig, TokenSampler
+from .guidance import step_progress
 
 
 class AutoregressiveDecoder:
@@ -48,7 +49,7 @@ class AutoregressiveDecoder:
         return self.num_tokens
 
     def progress(self, i: int) -> float:
-        return i / (self.num_tokens - 1) if self.num_tokens > 1 else 1.0
+        return step_progress(i, self.num_tokens)
 
     def step(self, i: int, logits: torch.Tensor) -> torch.Tensor:
         """Draw token `i` from `logits` (B', V) and return the (B', 1) ids the model reads at the next step."""

@@ -38,6 +38,12 @@ FULL_INTERVAL = (0.0, 1.0)
 MAX_GUIDANCE_SCALE = 1e4
 
 
+def step_progress(step: int, num_steps: int) -> float:
+    """Decoding progress of step `step` of `num_steps`: `step / (num_steps - 1)`, from 0 at the first step to 1 at the
+    last (1.0 when there is one step), as the raster and diffusion loops count it."""
+    return step / (num_steps - 1) if num_steps > 1 else 1.0
+
+
 def check_guidance_interval(interval, argument: str = "guidance_interval") -> tuple[float, float]:
     """`interval` as a `(start, stop)` pair of floats, or a `ValueError` naming `argument` unless it is two finite
     numbers with 0 <= start < stop <= 1 (fractions of the decoding progress)."""
@@ -178,4 +184,5 @@ __all__ = [
     "check_guidance_interval",
     "check_guidance_scale",
     "guidance_interval_argument",
+    "step_progress",
 ]

@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from ..configuration_utils import check_choice
-from ..generation.guidance import FULL_INTERVAL, ClassifierFreeGuidance
+from ..generation.guidance import FULL_INTERVAL, ClassifierFreeGuidance, step_progress
 from .positional import TimestepEmbedding
 
 
@@ -512,7 +512,7 @@ def ddpm_sample(
         x = guidance.double(scheduler.scale_model_input(sample, t))
         eps = denoise(x, t.expand(x.shape[0]))
         if guidance.enabled:  # a learned-variance denoiser keeps the conditional rows' variance values
-            eps = guidance.combine(eps, guidance.scale_at(i / max(steps - 1, 1)), channels=shape[1])
+            eps = guidance.combine(eps, guidance.scale_at(step_progress(i, steps)), channels=shape[1])
         if not consumes_variance:
             eps = eps[:, : shape[1]]  # (N, ...): the noise; a learned variance only DDPM's step reads
         sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample

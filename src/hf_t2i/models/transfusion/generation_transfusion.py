@@ -20,7 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers.cache_utils import DynamicCache
 
 from ...generation import ClassifierFreeGuidance, SamplingConfig, TokenSampler
-from ...generation.guidance import FULL_INTERVAL
+from ...generation.guidance import FULL_INTERVAL, step_progress
 from ...generation.sampling import Generators
 from ...layers import cache_length, truncate_cache
 
@@ -256,7 +256,7 @@ class TransfusionGenerationMixin:
         step_kwargs = scheduler_step_kwargs(scheduler, generator)
         steps = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
-            noise_pred = self.guided_noise_prediction(state, scheduler, latents, t, i / max(steps - 1, 1))
+            noise_pred = self.guided_noise_prediction(state, scheduler, latents, t, step_progress(i, steps))
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         return latents
 

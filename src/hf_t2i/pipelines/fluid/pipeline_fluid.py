@@ -173,7 +173,7 @@ class FluidPipeline(T2IPipeline):
             top_p,
             min_p,
             do_sample,
-            guidance_interval if guidance_interval is not None else self.config.get("default_guidance_interval"),
+            self.guidance_interval_or_default(guidance_interval),
         )
         guidance = settings.sampling.guidance
         self.check_image_size(height, width, model.config.image_size)

@@ -10,6 +10,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ...generation import ClassifierFreeGuidance
+from ...generation.guidance import step_progress
 from ...models.transfusion.generation_transfusion import scheduler_step_kwargs
 from ...models.transfusion.modeling_transfusion import TransfusionForConditionalGeneration
 from ...models.transfusion.processing_transfusion import TransfusionProcessor
@@ -174,7 +175,7 @@ class TransfusionPipeline(T2IPipeline):
         with self.progress_bar(total=steps) as progress_bar:
             for i, t in enumerate(self.scheduler.timesteps):
                 noise_pred = self.model.guided_noise_prediction(
-                    state, self.scheduler, latents, t, i / max(steps - 1, 1)
+                    state, self.scheduler, latents, t, step_progress(i, steps)
                 )
                 latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
                 if callback_on_step_end is not None:
