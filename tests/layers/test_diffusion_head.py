@@ -7,6 +7,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.utils.torch_utils import randn_tensor
 
 from hf_t2i.layers.diffusion_head import (
     DiffusionHead,
@@ -222,6 +223,38 @@ def test_guided_sampling_with_equal_branches_equals_unguided():
     assert torch.equal(
         unguided, ddpm_sample(lambda x, t: head(x, t, z), (5, 3), scheduler, 8, torch.Generator().manual_seed(0))
     )
+
+
+def test_unguided_steps_of_an_interval_run_the_conditional_rows_alone():
+    """Outside `guidance_interval` the guided noise is the conditional one, so `ddpm_sample` hands the denoiser the N
+    conditional rows alone (8 steps, (0.5, 1): progress 0, 1/7, ..., 1, the last four guided), and draws what running
+    both branches and combining at scale 1 there draws."""
+    torch.manual_seed(0)
+    head = DiffusionHead(3, 4, 16, 1)
+    torch.nn.init.normal_(head.output.weight)
+    z = torch.randn(10, 4)  # 5 conditional rows, then 5 unconditional
+    scheduler = build_ddpm_scheduler(100)
+    rows = []
+
+    def denoise(x, t):
+        rows.append(x.shape[0])
+        return head(x, t, z[: x.shape[0]])
+
+    fast = ddpm_sample(
+        denoise, (5, 3), scheduler, 8, torch.Generator().manual_seed(0), 1.0, 3.0, guidance_interval=(0.5, 1)
+    )
+    assert rows == [5] * 4 + [10] * 4
+
+    generator = torch.Generator().manual_seed(0)  # the loop before: both branches at every step
+    sample = randn_tensor((5, 3), generator=generator)
+    scheduler.set_timesteps(8)
+    for i, t in enumerate(scheduler.timesteps):
+        eps = head(torch.cat([sample, sample]), t.expand(10), z)
+        eps_c, eps_u = eps.chunk(2)
+        eps = eps_u + (3.0 if i >= 4 else 1.0) * (eps_c - eps_u)
+        sample = scheduler.step(eps, t, sample, generator=generator).prev_sample
+    reference = sample
+    assert torch.allclose(fast, reference, atol=1e-5)
 
 
 def test_bad_arguments_name_themselves():

@@ -329,7 +329,8 @@ class _FluidPrior(PriorTesterMixin):
 
         def record(module, args):
             hidden = args[-1] if model.config.is_continuous else args[0]  # (B, C) condition or (B, 1, C)
-            if not seen or hidden is not seen[-1]:  # the diffusion head reads one condition for all its steps
+            # the diffusion head reads one condition (or its leading rows: views of it) for all its steps
+            if not seen or hidden.data_ptr() != seen[-1].data_ptr():
                 seen.append(hidden)
 
         hook = head.register_forward_pre_hook(record)

@@ -96,7 +96,7 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
 def test_guidance_interval_guides_only_those_head_steps(tokenizer, tmp_path):
     """Continuous Fluid's `guidance_interval` is over the diffusion head's denoising steps (progress i / (N - 1); 4
     steps: 0, 1/3, 2/3, 1). (0, 1) is plain guidance; (0.4, 0.6) holds no step, so the tokens are the unguided
-    head's (the backbone still runs both branches: equal up to float error); (0, 0.5) differs from both. A folder's
+    head's (the backbone still runs both branches, the head the conditional rows alone: equal up to float error); (0, 0.5) differs from both. A folder's
     `default_guidance_interval` is what a call without one uses. Discrete Fluid, with no head, refuses one."""
     pipe = make_pipeline(tokenizer)
     kwargs = dict(guidance_scale=3.0, num_inference_steps=4, num_diffusion_steps=4)
@@ -121,6 +121,11 @@ def test_guidance_interval_guides_only_those_head_steps(tokenizer, tmp_path):
         **kwargs,
     )
     assert torch.allclose(from_model, early, atol=1e-6)  # the model's loop and the pipeline's agree
+    one_per_image = [torch.Generator().manual_seed(1)]  # the per-image head denoiser, N rows on unguided steps
+    listed = pipe(
+        "a red circle", generator=one_per_image, output_type="latent", guidance_interval=(0.0, 0.5), **kwargs
+    )
+    assert torch.allclose(listed.images, early, atol=1e-6)
 
     pipe.register_default_guidance_interval((0.0, 0.5))
     pipe.save_pretrained(tmp_path)

@@ -12,6 +12,7 @@ from hf_t2i import (
     TransfusionPipeline,
     TransfusionProcessor,
 )
+from hf_t2i.generation import ClassifierFreeGuidance
 from hf_t2i.pipelines import T2IPipeline
 
 from ..models.test_transfusion import processor, tiny_config  # noqa: F401  (module fixture)
@@ -139,8 +140,8 @@ def test_export_refuses_a_temperature_the_family_does_not_read(pipe, tmp_path):
 
 def test_guidance_interval_guides_only_the_steps_inside_it(pipe, processor):  # noqa: F811
     """Guidance in a limited interval: progress i / (N - 1) picks the guided steps. With 3 steps (progress 0, 0.5, 1),
-    (0, 1) is plain guidance; (0.6, 0.9) holds no step, so the images are the unguided ones (the doubled batch
-    still runs, so equal up to float error); (0.5, 1) guides the last two steps only, which differs from both; the
+    (0, 1) is plain guidance; (0.6, 0.9) holds no step, so the images are the unguided ones (the conditional rows
+    run after the doubled batch's cached prefix, so equal up to float error); (0.5, 1) guides the last two steps only, which differs from both; the
     model's own loop gives the same images as the pipeline's."""
     guided, unguided = run(pipe, seed=2), run(pipe, seed=2, guidance_scale=1.0)
     assert np.array_equal(run(pipe, seed=2, guidance_interval=(0.0, 1.0)), guided)
@@ -158,6 +159,37 @@ def test_guidance_interval_guides_only_the_steps_inside_it(pipe, processor):  # 
     for bad in [(0.5, 0.2), (-0.1, 1.0), (0.0, 1.5), (0.2,), "0.2,1", (0.0, float("nan"))]:
         with pytest.raises(ValueError, match=r"`guidance_interval` must be a pair \(start, stop\)"):
             run(pipe, guidance_interval=bad)
+
+
+def test_steps_outside_the_interval_run_the_conditional_rows_alone(pipe, processor):  # noqa: F811
+    """Outside the interval the guided noise is the conditional prediction (`uncond + 1 * (cond - uncond)`), so only
+    the B conditional rows run: with 4 steps (progress 0, 1/3, 2/3, 1) and (0.5, 1), the first two steps run B rows
+    and the last two 2B, after the one doubled prefix. The images equal those of running both branches at every step
+    and combining at scale 1 outside the interval (the loop before this saving), up to float error."""
+    rows = []
+    hook = pipe.model.model.register_forward_hook(
+        lambda module, args, kwargs, out: rows.append(args[0].shape[0]), with_kwargs=True
+    )
+    try:
+        fast = run(
+            pipe, ["a red circle", "two blue squares"], seed=5, num_inference_steps=4, guidance_interval=(0.5, 1)
+        )
+    finally:
+        hook.remove()
+    assert rows == [4, 2, 2, 4, 4]  # the doubled prefix, then one call per step
+
+    model, guidance = pipe.model, ClassifierFreeGuidance(3.0, interval=(0.5, 1.0))
+    inputs = processor.image_generation_inputs(["a red circle", "two blue squares"])
+    state = model.prepare_image_generation(**inputs, guidance=guidance)
+    scheduler = model.make_scheduler("ddim")
+    scheduler.set_timesteps(4)
+    latents = model.prepare_latents(state, scheduler, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for i, t in enumerate(scheduler.timesteps):
+            both = model.image_generation_step(state, guidance.double(latents), t)
+            latents = scheduler.step(guidance.combine(both, guidance.scale_at(i / 3)), t, latents).prev_sample
+        pixels = model.decode_image_tokens(latents)
+    assert np.allclose(fast, ((pixels.permute(0, 2, 3, 1) + 1) / 2).clamp(0, 1).numpy(), atol=1e-5)
 
 
 def test_default_guidance_interval_is_saved_exported_and_used(pipe, tmp_path):

@@ -474,10 +474,13 @@ def ddpm_sample(
     With `guidance_scale != 1` the sample is doubled: `denoise` sees (2N, ...) rows, conditional first, and
     returns their predictions; `eps = eps_u + s * (eps_c - eps_u)` drives both halves (MAR's `forward_with_cfg`). A
     learned-variance denoiser (twice the channels along dim 1) keeps the conditional rows' variance values, as MAR;
-    schedulers other than DDPM get the noise prediction only.
+    schedulers other than DDPM get the noise prediction only. Steps outside `guidance_interval` are unguided, so
+    there `denoise` sees the N conditional rows alone: a denoiser that holds a doubled condition takes its first
+    `x.shape[0]` rows.
 
     Args:
-        denoise: `denoise(x_t, t) -> eps_hat` with t a (rows,) tensor of one timestep.
+        denoise: `denoise(x_t, t) -> eps_hat` with t a (rows,) tensor of one timestep; rows is 2N on guided steps
+            and N on the others (see above).
         shape: (N, ...) of the samples.
         scheduler: a `DiffusionHeadScheduler`, or another DDPM-family scheduler with the head's noise schedule (see
             `check_head_scheduler`).
@@ -509,10 +512,13 @@ def ddpm_sample(
     consumes_variance = _consumes_variance(scheduler)
     steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
-        x = guidance.double(scheduler.scale_model_input(sample, t))
+        x, scale = scheduler.scale_model_input(sample, t), guidance.scale_at(step_progress(i, steps))
+        guided = scale != 1.0  # at scale 1 the guided noise is the conditional one: the N rows alone run
+        if guided:
+            x = guidance.double(x)
         eps = denoise(x, t.expand(x.shape[0]))
-        if guidance.enabled:  # a learned-variance denoiser keeps the conditional rows' variance values
-            eps = guidance.combine(eps, guidance.scale_at(step_progress(i, steps)), channels=shape[1])
+        if guided:  # a learned-variance denoiser keeps the conditional rows' variance values
+            eps = guidance.combine(eps, scale, channels=shape[1])
         if not consumes_variance:
             eps = eps[:, : shape[1]]  # (N, ...): the noise; a learned variance only DDPM's step reads
         sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample

@@ -330,7 +330,11 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         count = hidden.shape[1]
         if self.config.is_continuous:
             condition = hidden.reshape(-1, hidden.shape[-1])  # (B' * M, C): conditional rows first
-            denoise, shape = lambda x, t: self.diffusion_head(x, t, condition), (batch * count, self.config.token_dim)
+
+            def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # x: 2N rows, or N unguided (ddpm_sample)
+                return self.diffusion_head(x, t, condition[: x.shape[0]])
+
+            shape = (batch * count, self.config.token_dim)
             if isinstance(state.generator, list):
                 denoise, shape = self._per_image_denoiser(condition, count), (batch, count * self.config.token_dim)
             new = ddpm_sample(
@@ -365,7 +369,9 @@ class FluidGenerationMixin(MaskedDecodingMixin):
         def denoise(x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
             rows = x.shape[0]
             tokens = x.reshape(rows * count, width)  # (B' * M, D)
-            prediction = self.diffusion_head(tokens, timesteps.repeat_interleave(count), condition)  # (B' * M, kD)
+            prediction = self.diffusion_head(
+                tokens, timesteps.repeat_interleave(count), condition[: rows * count]
+            )  # (B' * M, kD); B' = B on the head's unguided steps (`ddpm_sample`)
             parts = prediction.view(rows, count, -1).split(width, dim=-1)  # noise (B', M, D) [, variance (B', M, D)]
             return torch.cat([part.reshape(rows, count * width) for part in parts], dim=1)  # (B', k * M * D)
 

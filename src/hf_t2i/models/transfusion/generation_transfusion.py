@@ -9,8 +9,9 @@ way caption dropout wrote it in training: `<s> </s> <boi>`.
 
 from __future__ import annotations
 
+import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +57,20 @@ class _Prefix:
     attention_mask: torch.Tensor  # (B', P)
     cache: DynamicCache | None
 
+    @property
+    def rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    def leading_rows(self, rows: int) -> _Prefix:
+        """The same context for its first `rows` rows alone (the cache copied, then narrowed: this one is kept)."""
+        if rows == self.rows:
+            return self
+        cache = None
+        if self.cache is not None:
+            cache = copy.deepcopy(self.cache)
+            cache.batch_select_indices(torch.arange(rows, device=self.input_ids.device))
+        return _Prefix(self.input_ids[:rows], self.attention_mask[:rows], cache)
+
 
 @dataclass
 class TransfusionGenerationState:
@@ -71,6 +86,21 @@ class TransfusionGenerationState:
     prefixes: list[_Prefix]
     batch_size: int
     guidance: ClassifierFreeGuidance
+    _conditional: list[_Prefix] | None = field(default=None, repr=False)
+
+    def conditional_prefixes(self) -> list[_Prefix]:
+        """The prefixes of the B conditional rows alone, for the steps guidance leaves out (outside its interval):
+        there the guided noise is the conditional prediction, so the unconditional rows need not run. Built on first
+        use (a one-off copy of the conditional rows' cache) and kept."""
+        if self._conditional is None:
+            prefixes, left = [], self.batch_size
+            for prefix in self.prefixes:
+                if left == 0:
+                    break
+                prefixes.append(prefix.leading_rows(min(prefix.rows, left)))
+                left -= prefixes[-1].rows
+            self._conditional = prefixes
+        return self._conditional
 
 
 @dataclass
@@ -218,11 +248,14 @@ class TransfusionGenerationMixin:
         Returns:
             (B', C, h, w) predicted noise; `state.guidance.combine` guides it.
         """
+        return self._predict_after(state.prefixes, latents, timestep)
+
+    def _predict_after(self, prefixes: list[_Prefix], latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """Noise predictions for `latents`' rows after `prefixes`' rows, in order."""
         preds, row = [], 0
-        for prefix in state.prefixes:
-            rows = prefix.input_ids.shape[0]
-            preds.append(self._predict_noise(prefix, latents[row : row + rows], timestep))
-            row += rows
+        for prefix in prefixes:
+            preds.append(self._predict_noise(prefix, latents[row : row + prefix.rows], timestep))
+            row += prefix.rows
         return torch.cat(preds)
 
     def guided_noise_prediction(
@@ -234,12 +267,13 @@ class TransfusionGenerationMixin:
         progress: float,
     ) -> torch.Tensor:
         """One denoising step's noise prediction for (B, C, h, w) `latents` at `timestep`, guided with the scale
-        `state.guidance` gives the step's `progress` (`i / (N - 1)` at step `i` of `N`; 1.0 outside its interval)."""
-        guidance = state.guidance
-        noise_pred = self.image_generation_step(
-            state, scheduler.scale_model_input(guidance.double(latents), timestep), timestep
-        )
-        return guidance.combine(noise_pred, guidance.scale_at(progress)) if guidance.enabled else noise_pred
+        `state.guidance` gives the step's `progress` (`i / (N - 1)` at step `i` of `N`; 1.0 outside its interval).
+        A step at scale 1 runs the conditional rows alone: `uncond + 1 * (cond - uncond)` is `cond`."""
+        guidance, latents = state.guidance, scheduler.scale_model_input(latents, timestep)
+        scale = guidance.scale_at(progress)
+        if scale == 1.0:
+            return self._predict_after(state.conditional_prefixes(), latents, timestep)
+        return guidance.combine(self.image_generation_step(state, guidance.double(latents), timestep), scale)
 
     def _denoise(
         self,
