@@ -386,7 +386,8 @@ def evaluate_pipeline(
     pipe, model_path = _load_pipeline(pipe, device)
     if guidance_scale is None and hasattr(pipe, "guidance_scale_or_default"):
         guidance_scale = pipe.guidance_scale_or_default(None)  # the checkpoint's own, recorded in the report
-    if "guidance_interval" in inspect.signature(pipe.__call__).parameters:
+    accepted = inspect.signature(pipe.__call__).parameters
+    if "guidance_interval" in accepted:
         # the call's or the checkpoint's own, recorded in the report
         pipeline_kwargs["guidance_interval"] = pipe.guidance_interval_or_default(
             pipeline_kwargs.get("guidance_interval")
@@ -396,7 +397,7 @@ def evaluate_pipeline(
         scorer.to(device)
     if num_candidates is not None:
         _check_positive_int("num_candidates", num_candidates)
-        if "num_candidates" not in inspect.signature(pipe.__call__).parameters:
+        if "num_candidates" not in accepted:
             raise ValueError(
                 f"`num_candidates` ({num_candidates}) reranks candidates, but {type(pipe).__name__} cannot (its "
                 "call has no `num_candidates`): use an hf_t2i pipeline, or leave `num_candidates` (--num-candidates) "

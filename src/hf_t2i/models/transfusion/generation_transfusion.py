@@ -242,16 +242,18 @@ class TransfusionGenerationMixin:
     def image_generation_step(
         self, state: TransfusionGenerationState, latents: torch.Tensor, timestep: torch.Tensor
     ) -> torch.Tensor:
-        """One denoising step's model computation: the noise predicted for `latents` (B', C, h, w) (both guidance
-        branches, conditional rows first, already scaled by the scheduler) after the cached prefixes, at `timestep`.
+        """One denoising step's model computation: the noise predicted for `latents` (already scaled by the scheduler)
+        after the cached prefixes, at `timestep`. `latents` holds a row per prefix row (both guidance branches,
+        conditional rows first) or the B conditional rows alone (a step guidance leaves out), which then run after
+        `state.conditional_prefixes()`.
 
         Returns:
-            (B', C, h, w) predicted noise; `state.guidance.combine` guides it.
+            (B', C, h, w) predicted noise, a row per row of `latents`; `state.guidance.combine` guides the two
+            branches' rows.
         """
-        return self._predict_after(state.prefixes, latents, timestep)
-
-    def _predict_after(self, prefixes: list[_Prefix], latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        """Noise predictions for `latents`' rows after `prefixes`' rows, in order."""
+        prefixes = state.prefixes
+        if latents.shape[0] != sum(prefix.rows for prefix in prefixes):
+            prefixes = state.conditional_prefixes()
         preds, row = [], 0
         for prefix in prefixes:
             preds.append(self._predict_noise(prefix, latents[row : row + prefix.rows], timestep))
@@ -272,7 +274,7 @@ class TransfusionGenerationMixin:
         guidance, latents = state.guidance, scheduler.scale_model_input(latents, timestep)
         scale = guidance.scale_at(progress)
         if scale == 1.0:
-            return self._predict_after(state.conditional_prefixes(), latents, timestep)
+            return self.image_generation_step(state, latents, timestep)
         return guidance.combine(self.image_generation_step(state, guidance.double(latents), timestep), scale)
 
     def _denoise(
