@@ -96,7 +96,8 @@ def test_save_load_all_three_entry_points(tokenizer, tmp_path):
 def test_guidance_interval_guides_only_those_head_steps(tokenizer, tmp_path):
     """Continuous Fluid's `guidance_interval` is over the diffusion head's denoising steps (progress i / (N - 1); 4
     steps: 0, 1/3, 2/3, 1). (0, 1) is plain guidance; (0.4, 0.6) holds no step, so the tokens are the unguided
-    head's (the backbone still runs both branches, the head the conditional rows alone: equal up to float error); (0, 0.5) differs from both. A folder's
+    head's (the backbone still runs both branches, the head the conditional rows alone: equal up to float error);
+    (0, 0.5) differs from both; one generator per image (the per-image head denoiser) draws the same. A folder's
     `default_guidance_interval` is what a call without one uses. Discrete Fluid, with no head, refuses one."""
     pipe = make_pipeline(tokenizer)
     kwargs = dict(guidance_scale=3.0, num_inference_steps=4, num_diffusion_steps=4)

@@ -141,8 +141,8 @@ def test_export_refuses_a_temperature_the_family_does_not_read(pipe, tmp_path):
 def test_guidance_interval_guides_only_the_steps_inside_it(pipe, processor):  # noqa: F811
     """Guidance in a limited interval: progress i / (N - 1) picks the guided steps. With 3 steps (progress 0, 0.5, 1),
     (0, 1) is plain guidance; (0.6, 0.9) holds no step, so the images are the unguided ones (the conditional rows
-    run after the doubled batch's cached prefix, so equal up to float error); (0.5, 1) guides the last two steps only, which differs from both; the
-    model's own loop gives the same images as the pipeline's."""
+    run after the doubled batch's cached prefix, so equal up to float error); (0.5, 1) guides the last two steps
+    only, which differs from both; the model's own loop gives the same images as the pipeline's."""
     guided, unguided = run(pipe, seed=2), run(pipe, seed=2, guidance_scale=1.0)
     assert np.array_equal(run(pipe, seed=2, guidance_interval=(0.0, 1.0)), guided)
     assert np.allclose(run(pipe, seed=2, guidance_interval=(0.6, 0.9)), unguided, atol=1e-5)
