@@ -124,6 +124,17 @@ def test_guidance_combines_doubled_batch_and_follows_its_schedule():
     assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.5) == 3.0
     assert ClassifierFreeGuidance(5.0, "linear", interval=(0.0, 0.5)).scale_at(0.75) == 1.0
     assert ClassifierFreeGuidance(5.0, interval=[0, 1]).interval == (0.0, 1.0)
+    # one step's guided prediction: outside the interval the conditional rows alone run (cond == uncond + 1 * (...))
+    seen, x = [], torch.tensor([[1.0], [2.0]])
+
+    def predict(rows):  # row r of the batch predicts (r + 1) * input: the two branches differ
+        seen.append(rows.shape[0])
+        return rows * (1 + torch.arange(rows.shape[0]))[:, None]
+
+    late = ClassifierFreeGuidance(3.0, interval=(0.5, 1.0))
+    assert torch.equal(late.guided_prediction(predict, x, 0.2), torch.tensor([[1.0], [4.0]]))
+    assert torch.equal(late.guided_prediction(predict, x, 1.0), torch.tensor([[-3.0], [-4.0]]))  # 3 + 3 * (1 - 3), ...
+    assert seen == [2, 4]
     # the progress every step loop (raster tokens, diffusion steps) feeds `scale_at`: a single step counts as the last
     assert [step_progress(i, 5) for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0] and step_progress(0, 1) == 1.0
     for bad in [(0.5, 0.5), (1, 0), (0, 2), (0, 1, 1), None, "01", (True, 1)]:

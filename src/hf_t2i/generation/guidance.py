@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -156,6 +157,18 @@ class ClassifierFreeGuidance:
                 f"{tuple(negative.shape)}."
             )
         return self.conditioned(positive, negative)
+
+    def guided_prediction(
+        self, predict: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, progress: float, **combine_kwargs
+    ) -> torch.Tensor:
+        """One step's guided prediction at decoding progress `progress`: `predict` on the doubled `inputs` (B, ...)
+        combined at `scale_at(progress)`, or, at scale 1 (guidance off, or a step outside `interval`), on the B
+        conditional rows alone: `uncond + 1 * (cond - uncond)` is `cond`, so the unconditional rows are not run.
+        `predict` sees 2B or B rows, conditional first; `combine_kwargs` go to `combine` (e.g. `channels`)."""
+        scale = self.scale_at(progress)
+        if scale == 1.0:
+            return predict(inputs)
+        return self.combine(predict(self.double(inputs)), scale, **combine_kwargs)
 
     def combine(
         self, prediction: torch.Tensor, scale: float | None = None, channels: int | None = None

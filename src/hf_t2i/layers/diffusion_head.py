@@ -512,13 +512,12 @@ def ddpm_sample(
     consumes_variance = _consumes_variance(scheduler)
     steps = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
-        x, scale = scheduler.scale_model_input(sample, t), guidance.scale_at(step_progress(i, steps))
-        guided = scale != 1.0  # at scale 1 the guided noise is the conditional one: the N rows alone run
-        if guided:
-            x = guidance.double(x)
-        eps = denoise(x, t.expand(x.shape[0]))
-        if guided:  # a learned-variance denoiser keeps the conditional rows' variance values
-            eps = guidance.combine(eps, scale, channels=shape[1])
+        eps = guidance.guided_prediction(  # a learned-variance denoiser keeps the conditional rows' variance values
+            lambda x: denoise(x, t.expand(x.shape[0])),  # noqa: B023  (called at once, in this iteration)
+            scheduler.scale_model_input(sample, t),
+            step_progress(i, steps),
+            channels=shape[1],
+        )
         if not consumes_variance:
             eps = eps[:, : shape[1]]  # (N, ...): the noise; a learned variance only DDPM's step reads
         sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample

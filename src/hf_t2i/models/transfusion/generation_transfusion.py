@@ -270,12 +270,12 @@ class TransfusionGenerationMixin:
     ) -> torch.Tensor:
         """One denoising step's noise prediction for (B, C, h, w) `latents` at `timestep`, guided with the scale
         `state.guidance` gives the step's `progress` (`i / (N - 1)` at step `i` of `N`; 1.0 outside its interval).
-        A step at scale 1 runs the conditional rows alone: `uncond + 1 * (cond - uncond)` is `cond`."""
-        guidance, latents = state.guidance, scheduler.scale_model_input(latents, timestep)
-        scale = guidance.scale_at(progress)
-        if scale == 1.0:
-            return self.image_generation_step(state, latents, timestep)
-        return guidance.combine(self.image_generation_step(state, guidance.double(latents), timestep), scale)
+        A step at scale 1 runs the conditional rows alone (`ClassifierFreeGuidance.guided_prediction`)."""
+        return state.guidance.guided_prediction(
+            lambda rows: self.image_generation_step(state, rows, timestep),
+            scheduler.scale_model_input(latents, timestep),
+            progress,
+        )
 
     def _denoise(
         self,
