@@ -7,6 +7,8 @@ Rows, per batch and with / without classifier-free guidance (scale 3):
     - hf_t2i `generate_image_latents` (DDIM, 30 steps): the 32-token prefix runs once into a DynamicCache, each step
       runs only the 256 patch positions; guidance is one doubled batch;
     - hf_t2i with `use_cache=False` (the prefix recomputed at every step), to show what the cache saves;
+    - hf_t2i guided on the last 80 % of the steps only (`guidance_interval=(0.2, 1)`, the shipped `transfusion`
+      folder's default): the unguided first fifth runs the B conditional rows alone, not the doubled batch;
     - hf_t2i VAE decode of the latents (the default small AutoencoderKL, 128 px), reported apart because the peer
       has no VAE in its loop;
     - transfusion-pytorch 0.20.0 `sample_one` (batch 1) / `sample_many` (batch 8, opt-in: `--peer-batch-8`, minutes
@@ -141,8 +143,10 @@ def peer_sample(peer, prompts: list[torch.Tensor], guidance: float, steps: int |
     return peer.sample_many(prompts, **kwargs)
 
 
-OURS, OURS_FULL, OURS_DECODE, PEER = (
+INTERVAL = (0.2, 1.0)  # the guided steps of the interval row
+OURS, OURS_INTERVAL, OURS_FULL, OURS_DECODE, PEER = (
     "hf_t2i generate_image_latents",
+    f"hf_t2i, guided on steps in {INTERVAL}",
     "hf_t2i, prefix recomputed each step",
     "hf_t2i VAE decode",
     "transfusion-pytorch sample (euler)",
@@ -158,12 +162,18 @@ HEADERS = [
     *ROOFLINE_HEADERS,
 ]
 #: the keys of `plan`'s cells
-CACHED, RECOMPUTED, DECODE, TRANSFUSION_PYTORCH = "cached", "recomputed", "decode", "transfusion-pytorch"
+CACHED, INTERVAL_CASE, RECOMPUTED, DECODE, TRANSFUSION_PYTORCH = (
+    "cached",
+    "interval",
+    "recomputed",
+    "decode",
+    "transfusion-pytorch",
+)
 
 
 def plan(mode: str, batches: list[int], peer_batch_8: bool = False) -> list[Cell]:
     """The cells of a run. Full and smoke: per batch, an unguided and a guided cell of our cached and recomputed
-    samplers, the VAE decode in the unguided one, and the peer at batch 1 (at every batch with `peer_batch_8`), at
+    samplers, the VAE decode in the unguided one, our cached sampler guided on `INTERVAL` in the guided one, and the peer at batch 1 (at every batch with `peer_batch_8`), at
     `STEPS` steps. Quick: the guided cells only, our cached sampler and the peer at every batch, at `QUICK_STEPS`."""
     if mode == "quick":
         return [Cell(batch, GUIDANCE, (CACHED, TRANSFUSION_PYTORCH), QUICK_STEPS) for batch in batches]
@@ -171,7 +181,7 @@ def plan(mode: str, batches: list[int], peer_batch_8: bool = False) -> list[Cell
     for batch in batches:
         peer = (TRANSFUSION_PYTORCH,) if batch == 1 or peer_batch_8 else ()
         cells.append(Cell(batch, 1.0, (CACHED, RECOMPUTED, DECODE, *peer), STEPS))
-        cells.append(Cell(batch, GUIDANCE, (CACHED, RECOMPUTED, *peer), STEPS))
+        cells.append(Cell(batch, GUIDANCE, (CACHED, INTERVAL_CASE, RECOMPUTED, *peer), STEPS))
     return cells
 
 
@@ -182,13 +192,14 @@ def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
     suffix = f", {steps} steps" if quick else ""
     prompt = our_prompt(ours, batch)
 
-    def sample(use_cache=True):
+    def sample(use_cache=True, guidance_interval=(0.0, 1.0)):
         return ours.generate_image_latents(
             prompt,
             guidance_scale=guidance,
             num_inference_steps=steps,
             generator=torch.Generator().manual_seed(0),
             use_cache=use_cache,
+            guidance_interval=guidance_interval,
         )
 
     prompts = peer_prompts(peer, batch) if peer is not None else None
@@ -200,6 +211,9 @@ def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
     for key in cell.cases:
         if key == CACHED:
             cases.append(Case(OURS + suffix, sample, per=batch, count_flops=True))
+        elif key == INTERVAL_CASE:
+            interval = Case(OURS_INTERVAL + suffix, lambda: sample(guidance_interval=INTERVAL), per=batch, count_flops=True)
+            cases.append(interval)
         elif key == RECOMPUTED:
             cases.append(Case(OURS_FULL + suffix, lambda: sample(False), per=batch, count_flops=True))
         elif key == DECODE:

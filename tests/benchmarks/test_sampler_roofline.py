@@ -265,11 +265,37 @@ def test_full_mode_cells_are_the_scripts_full_benchmarks(scripts):
     transfusion = [(cell.batch, cell.guidance_scale, cell.cases) for cell in full["transfusion"]]
     assert transfusion[:2] == [
         (1, 1.0, ("cached", "recomputed", "decode", "transfusion-pytorch")),
-        (1, 3.0, ("cached", "recomputed", "transfusion-pytorch")),
+        (1, 3.0, ("cached", "interval", "recomputed", "transfusion-pytorch")),
     ]
     without_peer_8 = scripts["transfusion"].plan("full", [1, 8], peer_batch_8=False)
     assert "transfusion-pytorch" not in without_peer_8[-1].cases
     assert len(full["muse"]) == 4 and cell_plans(scripts, "smoke")["muse"][0].iterations == 4
+
+
+def test_transfusion_interval_row_runs_the_conditional_rows_alone_on_its_unguided_steps(scripts, bench):
+    """The interval row (guidance where the progress `i / (N - 1)` lies in (0.2, 1)) leaves steps 0 and 1 unguided at
+    10 and at 11 steps, and runs the B conditional rows alone there: it saves two half-steps of the guided row, i.e.
+    one guided step, which is what an 11th step adds to the guided row (the prefix and the decode cost the same)."""
+    _timing, _flops = bench
+    from hf_t2i import TransfusionConfig, TransfusionForConditionalGeneration
+
+    bench_transfusion = scripts["transfusion"]
+    torch.manual_seed(0)
+    config = TransfusionConfig(
+        image_size=32, patch_size=2, vocab_size=bench_transfusion.TEXT_VOCAB, hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64,
+    )  # fmt: skip
+    model = TransfusionForConditionalGeneration(config).eval()
+    flops = {}
+    for steps in (10, 11):
+        cases = bench_transfusion.cell_cases(model, None, _timing.Cell(2, 3.0, ("cached", "interval"), steps), False)
+        with torch.inference_mode():
+            _timing.CellRunner("smoke", repeats=1).run(cases)
+        assert [case.name for case in cases] == [bench_transfusion.OURS, bench_transfusion.OURS_INTERVAL]
+        flops[steps] = [_flops.total_flops(case.matmuls) for case in cases]
+    guided_step = flops[11][0] - flops[10][0]
+    assert guided_step > 0 and flops[10][0] - flops[10][1] == guided_step
+    assert flops[11][0] - flops[11][1] == guided_step
 
 
 def test_every_script_reads_the_common_configuration(scripts, bench):
