@@ -61,6 +61,7 @@ from _timing import (
 )
 
 from hf_t2i import TransfusionConfig, TransfusionForConditionalGeneration
+from hf_t2i.generation.guidance import FULL_INTERVAL
 
 
 STEPS = 30
@@ -192,7 +193,7 @@ def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
     suffix = f", {steps} steps" if quick else ""
     prompt = our_prompt(ours, batch)
 
-    def sample(use_cache=True, guidance_interval=(0.0, 1.0)):
+    def sample(use_cache=True, guidance_interval=FULL_INTERVAL):
         return ours.generate_image_latents(
             prompt,
             guidance_scale=guidance,
@@ -201,6 +202,9 @@ def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
             use_cache=use_cache,
             guidance_interval=guidance_interval,
         )
+
+    def sample_in_interval():
+        return sample(guidance_interval=INTERVAL)
 
     prompts = peer_prompts(peer, batch) if peer is not None else None
 
@@ -212,8 +216,7 @@ def cell_cases(ours, peer, cell: Cell, quick: bool) -> list[Case]:
         if key == CACHED:
             cases.append(Case(OURS + suffix, sample, per=batch, count_flops=True))
         elif key == INTERVAL_CASE:
-            interval = Case(OURS_INTERVAL + suffix, lambda: sample(guidance_interval=INTERVAL), per=batch, count_flops=True)
-            cases.append(interval)
+            cases.append(Case(OURS_INTERVAL + suffix, sample_in_interval, per=batch, count_flops=True))
         elif key == RECOMPUTED:
             cases.append(Case(OURS_FULL + suffix, lambda: sample(False), per=batch, count_flops=True))
         elif key == DECODE:
