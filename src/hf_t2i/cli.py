@@ -316,6 +316,13 @@ def _add_export(subparsers) -> None:
         "naming one",
     )
     p.add_argument(
+        "--image-tokenizer",
+        default=None,
+        help="an image tokenizer folder that replaces the one nested in the prior: a decoder-only fine-tune of it "
+        "(`hf-t2i train vit_vqgan|dalle_dvae --no-train-encoder`), checked to encode alike, so the prior's tokens "
+        "decode through the new decoder",
+    )
+    p.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
         default=None,
@@ -352,6 +359,7 @@ def _run_export(args) -> int:
         default_guidance_interval=args.default_guidance_interval,
         default_temperature=args.default_temperature,
         rerank_scorer=args.rerank_scorer,
+        image_tokenizer=args.image_tokenizer,
     )
     print(f"exported {args.source} to {path} ({args.dtype})")
     if args.push_to_hub is not None:

@@ -38,6 +38,49 @@ def set_compute_dtype(folder: str | os.PathLike, dtype: str = "float32") -> list
     return changed
 
 
+#: parameter-name prefixes of an image tokenizer's decoding half (DalleDVAE, ViTVQGAN: `decoder`; diffusers
+#: AutoencoderKL: `post_quant_conv` then `decoder`); the rest (encoder, codebook) decides the codes a prior learned
+DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
+
+
+def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathLike) -> str:
+    """Load the image tokenizer folder `tokenizer_path` into the tokenizer nested in `model` (a prior), after checking
+    that the two encode alike: every parameter outside the decoder (`DECODER_PREFIXES`) must be equal, as after a
+    decoder-only fine-tune (`hf-t2i train vit_vqgan|dalle_dvae --no-train-encoder`), so the prior's tokens decode
+    through the new decoder. Returns the nested tokenizer's attribute name; raises a `ValueError` naming
+    `image_tokenizer` otherwise."""
+    from .models.image_tokenizers import load_image_tokenizer
+
+    tokenizer = load_image_tokenizer(tokenizer_path)
+    path = os.fspath(tokenizer_path)
+    nested = [(name, child) for name, child in model.named_children() if type(child) is type(tokenizer)]
+    if len(nested) != 1:
+        raise ValueError(
+            f"`image_tokenizer` ({path!r}) is a {type(tokenizer).__name__}, but {type(model).__name__} nests "
+            f"{len(nested)} of that class; pass a tokenizer of the kind the prior was trained on."
+        )
+    name, current = nested[0]
+    ours, theirs = dict(current.named_parameters()), dict(tokenizer.named_parameters())
+    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
+        raise ValueError(
+            f"`image_tokenizer` ({path!r}) has another architecture than the folder's `{name}`; pass a fine-tune of "
+            "that tokenizer."
+        )
+    changed = [
+        key
+        for key in ours
+        if not key.startswith(DECODER_PREFIXES) and not torch.equal(ours[key].detach().float(), theirs[key].float())
+    ]
+    if changed:
+        raise ValueError(
+            f"`image_tokenizer` ({path!r}) does not encode as the folder's `{name}`: {len(changed)} parameters outside "
+            f"the decoder differ (first: {changed[0]}), so the prior's tokens would mean other images. Fine-tune the "
+            "decoder alone (`hf-t2i train vit_vqgan --pretrained-model-name-or-path ... --no-train-encoder`)."
+        )
+    current.load_state_dict(tokenizer.state_dict())
+    return name
+
+
 def export_checkpoint(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -49,6 +92,7 @@ def export_checkpoint(
     default_guidance_interval: tuple[float, float] | None = None,
     default_temperature: float | None = None,
     rerank_scorer: str | os.PathLike | None = None,
+    image_tokenizer: str | os.PathLike | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
     and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
@@ -73,6 +117,10 @@ def export_checkpoint(
     `rerank_scorer`, a `clip_scorer` recipe's folder, is stored in the folder as the pipeline's `scorer` and
     `scorer_processor` (DALL-E's reranking: `pipe(prompt, num_candidates=N)` then keeps the best of N). Only a pipeline
     with a `scorer` component takes one.
+
+    `image_tokenizer`, a tokenizer folder whose encoder and codebook are those of the tokenizer nested in the prior
+    (a decoder-only fine-tune of it), replaces that tokenizer: the prior's tokens then decode through its decoder
+    (`replace_image_decoder`).
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle64/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
@@ -109,6 +157,8 @@ def export_checkpoint(
 
         scorer, scorer_processor = load_scorer(rerank_scorer, argument="rerank_scorer")
         pipe.register_modules(scorer=scorer, scorer_processor=scorer_processor)
+    if image_tokenizer is not None:
+        replace_image_decoder(pipe.model, image_tokenizer)
     pipe.to(dtype=dtype or torch.float16)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
@@ -129,4 +179,4 @@ def export_checkpoint(
     return destination
 
 
-__all__ = ["export_checkpoint", "set_compute_dtype"]
+__all__ = ["export_checkpoint", "replace_image_decoder", "set_compute_dtype"]

@@ -134,3 +134,40 @@ def test_export_stores_the_empty_caption_for_stock_generate(parti_pipeline, tmp_
         negative_prompt_attention_mask=empty["attention_mask"],
     )
     torch.testing.assert_close(guided, explicit, rtol=0, atol=0)
+
+
+def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path):
+    """`hf-t2i export --image-tokenizer DIR` replaces the nested ViT-VQGAN with a decoder-only fine-tune of it: the
+    prior and its tokens stay, the pictures come from the new decoder. A tokenizer that encodes otherwise (an encoder
+    weight changed) is refused, naming the argument, and nothing is written."""
+    import copy
+
+    from hf_t2i.cli import main
+    from hf_t2i.export import export_checkpoint
+
+    parti_pipeline.save_pretrained(tmp_path / "full")
+    tuned = copy.deepcopy(parti_pipeline.model.vqmodel)
+    with torch.no_grad():
+        for parameter in tuned.decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    tuned.save_pretrained(tmp_path / "tuned")
+    assert (
+        main(["export", str(tmp_path / "full"), str(tmp_path / "new"), "--image-tokenizer", str(tmp_path / "tuned")])
+        == 0
+    )
+    exported = PartiPipeline.from_pretrained(tmp_path / "new", dtype=torch.float32)
+    exported.set_progress_bar_config(disable=True)
+    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    before = parti_pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = tuned.half().float().decode(tokens)
+        torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
+        assert not torch.allclose(parti_pipeline.model.decode_image_tokens(tokens), expected, atol=1e-3)
+
+    with torch.no_grad():
+        tuned.encoder.patch_embedding.weight.add_(1.0)
+    tuned.save_pretrained(tmp_path / "retrained")
+    with pytest.raises(ValueError, match="`image_tokenizer`.*does not encode as the folder's `vqmodel`.*encoder"):
+        export_checkpoint(tmp_path / "full", tmp_path / "bad", image_tokenizer=tmp_path / "retrained")
+    assert not (tmp_path / "bad").exists()

@@ -74,6 +74,35 @@ def test_tokenizer_recipe_exports_the_tokenizer_only(tokenizer_dir):
     assert ids.shape == (1, 16) and tokenizer.decode(ids).shape == (1, 3, 32, 32)
 
 
+def test_decoder_fine_tune_keeps_the_codes_and_moves_the_decoder_alone(tokenizer_dir, tmp_path):
+    """`train_encoder=False` continues a trained ViT-VQGAN with its encoder and codebook frozen (no dead-code
+    re-initialisation either), so `encode` gives the codes a prior was trained on, and trains the decoder on them with
+    the GAN on from step 0."""
+    before = ViTVQGAN.from_pretrained(tokenizer_dir)
+    config = ViTVQGANRecipeConfig(
+        **DATA, **SMALL_GAN, perceptual_network="none", perceptual_loss_weight=0.0, disc_start_step=0,
+        pretrained_model_name_or_path=str(tokenizer_dir), train_encoder=False, reinit_dead_codes_every=1,
+    )  # fmt: skip
+    config.hidden_size = 99  # a size flag the pretrained model overrides, with a warning
+    recipe = ViTVQGANRecipe(config)
+    assert (config.hidden_size, config.patch_size, config.vocab_size) == (32, 8, 32)
+    pixels = torch.stack([recipe.build_eval_dataset()[i]["pixel_values"] for i in range(8)])
+
+    def reconstruction_loss(model):
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(model.decode(model.encode(pixels)), pixels).item()
+
+    metrics = train(recipe, run_config(tmp_path, max_steps=6, eval_steps=6, learning_rate=3e-3, lr_warmup_steps=0))
+    assert "eval/psnr" in metrics and recipe._last_reinit_step == -1
+    after = ViTVQGAN.from_pretrained(tmp_path / "final")
+    for part in ("encoder", "quantizer"):
+        for name, value in getattr(before, part).named_parameters():
+            assert torch.equal(dict(getattr(after, part).named_parameters())[name], value), (part, name)
+    assert torch.equal(after.encode(pixels), before.encode(pixels))
+    assert any(not torch.equal(after.decoder.state_dict()[n], v) for n, v in before.decoder.state_dict().items())
+    assert reconstruction_loss(after) < reconstruction_loss(before)
+
+
 def test_upsampler_recipe_trains_on_frozen_tokens(tokenizer_dir, tmp_path):
     config = ViTVQGANUpsamplerRecipeConfig(
         **DATA,
@@ -107,6 +136,10 @@ def test_recipe_config_errors(tokenizer_dir):
         ViTVQGANRecipe(ViTVQGANRecipeConfig(perceptual_network="none"))
     with pytest.raises(ValueError, match="reinit_dead_codes_every"):
         ViTVQGANRecipe(ViTVQGANRecipeConfig(reinit_dead_codes_every=-1))
+    with pytest.raises(ValueError, match="train_encoder=False.*pretrained_model_name_or_path"):
+        ViTVQGANRecipe(ViTVQGANRecipeConfig(train_encoder=False))
+    with pytest.raises(ValueError, match="is not a ViTVQGAN folder"):
+        ViTVQGANRecipe(ViTVQGANRecipeConfig(pretrained_model_name_or_path=str(tokenizer_dir.parent / "samples")))
     recipe = ViTVQGANUpsamplerRecipe(ViTVQGANUpsamplerRecipeConfig(tokenizer_path=str(tokenizer_dir), image_size=64))
     with pytest.raises(ValueError, match="image_size"):
         recipe.tokenizer()

@@ -2,7 +2,10 @@
 
 - `vit_vqgan`: the ViT-VQGAN tokenizer with L2 (+ optional logit-Laplace) + perceptual + adversarial + VQ losses,
   dead codes re-initialised every `reinit_dead_codes_every` steps, codebook perplexity logged while training and
-  held-out reconstruction (mse, psnr, perplexity, codebook usage) evaluated. Exports the tokenizer only.
+  held-out reconstruction (mse, psnr, perplexity, codebook usage) evaluated. Exports the tokenizer only. With
+  `--pretrained-model-name-or-path` it continues a trained one; `--no-train-encoder` then fine-tunes the decoder
+  alone (encoder and codebook frozen, so a prior trained on its codes stays valid: `hf-t2i export --image-tokenizer`
+  puts the new decoder into that prior's folder).
 - `vit_vqgan_upsampler`: the learned super-resolution decoder, trained on tokens of low-resolution images from a
   frozen tokenizer (`--tokenizer-path`) against the same images at `scale_factor` times the resolution. Exports
   the upsampler only.
@@ -33,8 +36,10 @@ from ..recipe import Recipe, register_recipe
 from .common import (
     ImageTextDataConfig,
     load_image_text_splits,
+    load_pretrained,
     reconstruction_metrics_on,
     stack_column,
+    warn_ignored_settings,
     with_pixel_values,
 )
 
@@ -133,6 +138,38 @@ class ViTVQGANRecipeConfig(AdversarialLossConfig):
     dead_code_threshold: float | None = field(
         default=None, metadata={"help": "usage below which a code is dead (default: 10% of uniform)"}
     )
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue from a trained ViTVQGAN (a folder that `hf-t2i train vit_vqgan` wrote, or a Hub id): its "
+            "weights, architecture and image size are used, and the size arguments are ignored"
+        },
+    )
+    train_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "train the encoder and codebook too; --no-train-encoder freezes both (so `encode` gives a prior "
+            "trained on this tokenizer the same codes, and dead codes are not re-initialised) and fine-tunes the "
+            "decoder alone, from --pretrained-model-name-or-path"
+        },
+    )
+
+
+#: the `ViTVQGANConfig` settings a fine-tuning run takes from the pretrained tokenizer (architecture and image size)
+_PRETRAINED_ARCHITECTURE = (
+    "image_size",
+    "patch_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "decoder_hidden_size",
+    "decoder_num_hidden_layers",
+    "vocab_size",
+    "code_dim",
+    "commitment_cost",
+    "usage_decay",
+)
 
 
 @register_recipe
@@ -159,11 +196,37 @@ class ViTVQGANRecipe(Recipe):
         if self.config.reinit_dead_codes_every < 0:
             raise ValueError(f"`reinit_dead_codes_every` must be >= 0, got {self.config.reinit_dead_codes_every}.")
         self._last_reinit_step = -1
+        self.pretrained_model = None
+        c = self.config
+        if c.pretrained_model_name_or_path:
+            self.pretrained_model = self._load_pretrained(c.pretrained_model_name_or_path)
+        elif not c.train_encoder:
+            raise ValueError(
+                "`train_encoder=False` fine-tunes the decoder of a trained ViT-VQGAN on its frozen encoder's codes, but "
+                "no `pretrained_model_name_or_path` names one: pass the folder of a trained ViTVQGAN."
+            )
+
+    def _load_pretrained(self, name: str):
+        from ...models.vit_vqgan import ViTVQGAN
+
+        model = load_pretrained(ViTVQGAN, name, self.name)
+        kept = {setting: getattr(model.config, setting) for setting in _PRETRAINED_ARCHITECTURE}
+        warn_ignored_settings(self.config, kept, name)
+        for setting, value in kept.items():
+            setattr(self.config, setting, value)
+        return model
 
     def build_model(self):
         from ...models.vit_vqgan import ViTVQGAN, ViTVQGANConfig
 
         c = self.config
+        if self.pretrained_model is not None:
+            tokenizer = self.pretrained_model
+            tokenizer.config.l2_loss_weight = c.l2_loss_weight  # the loss weights are this run's
+            tokenizer.config.logit_laplace_loss_weight = c.logit_laplace_loss_weight
+            tokenizer.encoder.requires_grad_(c.train_encoder)
+            tokenizer.quantizer.requires_grad_(c.train_encoder)
+            return build_adversarial_module(tokenizer, c, c.image_size)
         config = ViTVQGANConfig(
             image_size=c.image_size,
             patch_size=c.patch_size,
@@ -200,7 +263,7 @@ class ViTVQGANRecipe(Recipe):
         """Every `reinit_dead_codes_every` steps, before the forward pass (the codebook is edited in place), revive
         dead codes with this batch's encoder outputs. With several processes, process 0's codebook is broadcast so
         that every replica keeps the same one."""
-        every = self.config.reinit_dead_codes_every
+        every = self.config.reinit_dead_codes_every if self.config.train_encoder else 0
         if not (model.training and every and step > 0 and step % every == 0 and step != self._last_reinit_step):
             return {}
         self._last_reinit_step = step  # once per step, whatever the gradient accumulation
