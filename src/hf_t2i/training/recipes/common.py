@@ -337,6 +337,28 @@ def warn_ignored_settings(config, kept: dict, name: str) -> None:
         )
 
 
+def pretrained_tokenizer(config, model_class: type, recipe_name: str, kept):
+    """The trained image tokenizer a `recipe_name` run continues (`config.pretrained_model_name_or_path`, loaded by
+    `load_pretrained`), with its architecture and image size (`kept(model)`: setting -> value) written into `config`
+    over the run's own (a warning names the ignored ones); None for a run from scratch. A decoder-only fine-tune
+    (`config.train_encoder` False) without a trained tokenizer is a `ValueError`."""
+    name = config.pretrained_model_name_or_path
+    if not name:
+        if not config.train_encoder:
+            raise ValueError(
+                f"`train_encoder=False` fine-tunes the decoder of a trained {model_class.__name__} on its frozen "
+                "encoder's codes, but no `pretrained_model_name_or_path` names one: pass the folder of a trained "
+                f"{model_class.__name__}."
+            )
+        return None
+    model = load_pretrained(model_class, name, recipe_name)
+    settings = kept(model)
+    warn_ignored_settings(config, settings, name)
+    for setting, value in settings.items():
+        setattr(config, setting, value)
+    return model
+
+
 def refuse_tokenizer_path(tokenizer_path: str | None, name: str) -> None:
     """A fine-tuning run keeps the pretrained model's text tokenizer: a `tokenizer_path` as well is an error."""
     if tokenizer_path:

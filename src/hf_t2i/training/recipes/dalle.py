@@ -26,10 +26,9 @@ from .common import (
     ImageTextDataConfig,
     cosine_ramp,
     load_image_text_splits,
-    load_pretrained,
+    pretrained_tokenizer,
     reconstruction_metrics_on,
     stack_column,
-    warn_ignored_settings,
     with_pixel_values,
 )
 from .token_prior import TokenPriorRecipe, TokenPriorRecipeConfig
@@ -85,22 +84,15 @@ class DalleDVAERecipe(Recipe):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self.pretrained_model = None
-        c = self.config
-        if c.pretrained_model_name_or_path:
-            self.pretrained_model = self._load_pretrained(c.pretrained_model_name_or_path)
-        elif not c.train_encoder:
-            raise ValueError(
-                "`train_encoder=False` fine-tunes the decoder of a trained dVAE on its frozen encoder's codes, but no "
-                "`pretrained_model_name_or_path` names one: pass the folder of a trained DalleDVAE."
-            )
-
-    def _load_pretrained(self, name: str):
         from ...models.dalle_dvae import DalleDVAE
 
-        model = load_pretrained(DalleDVAE, name, self.name)
-        c, m = self.config, model.config
-        kept = {
+        self.pretrained_model = pretrained_tokenizer(self.config, DalleDVAE, self.name, self._architecture)
+
+    @staticmethod
+    def _architecture(model) -> dict:
+        """The settings a fine-tuning run takes from the pretrained dVAE (architecture and image size)."""
+        m = model.config
+        return {
             "image_size": m.image_size,
             "vocab_size": m.vocab_size,
             "hidden_size": m.hidden_size,
@@ -108,10 +100,6 @@ class DalleDVAERecipe(Recipe):
             "num_blocks_per_group": m.num_blocks_per_group,
             "reconstruction_loss": m.reconstruction_loss,
         }
-        warn_ignored_settings(c, kept, name)
-        for setting, value in kept.items():
-            setattr(c, setting, value)
-        return model
 
     def build_model(self):
         from ...models.dalle_dvae import DalleDVAE, DalleDVAEConfig

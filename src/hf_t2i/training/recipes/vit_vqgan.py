@@ -36,10 +36,9 @@ from ..recipe import Recipe, register_recipe
 from .common import (
     ImageTextDataConfig,
     load_image_text_splits,
-    load_pretrained,
+    pretrained_tokenizer,
     reconstruction_metrics_on,
     stack_column,
-    warn_ignored_settings,
     with_pixel_values,
 )
 
@@ -196,25 +195,14 @@ class ViTVQGANRecipe(Recipe):
         if self.config.reinit_dead_codes_every < 0:
             raise ValueError(f"`reinit_dead_codes_every` must be >= 0, got {self.config.reinit_dead_codes_every}.")
         self._last_reinit_step = -1
-        self.pretrained_model = None
-        c = self.config
-        if c.pretrained_model_name_or_path:
-            self.pretrained_model = self._load_pretrained(c.pretrained_model_name_or_path)
-        elif not c.train_encoder:
-            raise ValueError(
-                "`train_encoder=False` fine-tunes the decoder of a trained ViT-VQGAN on its frozen encoder's codes, but "
-                "no `pretrained_model_name_or_path` names one: pass the folder of a trained ViTVQGAN."
-            )
-
-    def _load_pretrained(self, name: str):
         from ...models.vit_vqgan import ViTVQGAN
 
-        model = load_pretrained(ViTVQGAN, name, self.name)
-        kept = {setting: getattr(model.config, setting) for setting in _PRETRAINED_ARCHITECTURE}
-        warn_ignored_settings(self.config, kept, name)
-        for setting, value in kept.items():
-            setattr(self.config, setting, value)
-        return model
+        self.pretrained_model = pretrained_tokenizer(self.config, ViTVQGAN, self.name, self._architecture)
+
+    @staticmethod
+    def _architecture(model) -> dict:
+        """The settings a fine-tuning run takes from the pretrained tokenizer (architecture and image size)."""
+        return {setting: getattr(model.config, setting) for setting in _PRETRAINED_ARCHITECTURE}
 
     def build_model(self):
         from ...models.vit_vqgan import ViTVQGAN, ViTVQGANConfig
