@@ -75,7 +75,7 @@ def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathL
         raise ValueError(
             f"`image_tokenizer` ({path!r}) does not encode as the folder's `{name}`: {len(changed)} parameters outside "
             f"the decoder differ (first: {changed[0]}), so the prior's tokens would mean other images. Fine-tune the "
-            "decoder alone (`hf-t2i train vit_vqgan --pretrained-model-name-or-path ... --no-train-encoder`)."
+            "decoder alone (`hf-t2i train vit_vqgan|dalle_dvae --pretrained-model-name-or-path ... --no-train-encoder`)."
         )
     current.load_state_dict(tokenizer.state_dict())
     return name
