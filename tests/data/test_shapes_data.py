@@ -136,3 +136,55 @@ def test_bad_arguments_raise(kwargs, message):
 def test_task_subset():
     rows = build_shapes_dataset(6, tasks=["counting"])
     assert set(rows["task"]) == {"counting"}
+
+
+# ------------------------------------------------------------------------------------------- contradicting twins
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_twins_contradict_their_rows_both_ways(split):
+    """Neither scene satisfies the other's caption under the evaluation's own rules (scored on the exact objects)."""
+    from hf_t2i.data import build_contradicting_twins
+    from hf_t2i.evaluation.compositional import score_sample
+
+    rows, twins = build_shapes_dataset(240, split), build_contradicting_twins(240, split)
+    assert twins["task"] == rows["task"]
+    for row, twin in zip(rows, twins):
+        assert twin["text"] != row["text"]
+        assert not score_sample(twin["spec"], row["objects"]), (row["text"], twin["text"])
+        assert not score_sample(row["spec"], twin["objects"]), (row["text"], twin["text"])
+        assert score_sample(twin["spec"], twin["objects"])  # the twin is a true pair of its own
+        if split != "test":
+            assert not any(is_held_out(c, s) for c, s in _pairs(twin)), twin["text"]
+
+
+def test_twins_keep_the_words_where_they_can():
+    """Structural edits first: position flips the relation, binding swaps the colours, counting changes the count."""
+    from hf_t2i.data import build_contradicting_twins
+
+    rows, twins = build_shapes_dataset(120), build_contradicting_twins(120)
+    flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    for row, twin in zip(rows, twins):
+        spec, edit = json.loads(row["spec"]), json.loads(twin["spec"])
+        if spec["task"] == "position":
+            assert edit["objects"] == spec["objects"] and edit["relation"] == flipped[spec["relation"]]
+        elif spec["task"] == "color_attr":
+            first, second = spec["objects"]
+            swapped = [(second["color"], first["shape"]), (first["color"], second["shape"])]
+            if any(is_held_out(*pair) for pair in swapped):  # the swap would name a held-out pair: another edit
+                continue
+            assert [(o["color"], o["shape"]) for o in edit["objects"]] == swapped
+            assert sorted(twin["text"].split()) == sorted(row["text"].split())
+        elif spec["task"] == "counting":
+            assert edit["objects"][0]["count"] != spec["objects"][0]["count"]
+    assert {json.loads(s)["task"] for s in twins["spec"]} == set(TASKS)
+
+
+def test_twins_are_reproducible_and_prefix_stable():
+    from hf_t2i.data import build_contradicting_twins
+    from hf_t2i.data.shapes import contradicting_spec
+
+    a, b = build_contradicting_twins(24, seed=3), build_contradicting_twins(12, seed=3)
+    assert a["text"][:12] == b["text"]
+    assert [np.asarray(im).tobytes() for im in a["image"][:12]] == [np.asarray(im).tobytes() for im in b["image"]]
+    assert a["text"] != build_contradicting_twins(24, seed=4)["text"]
+    with pytest.raises(ValueError, match="split"):
+        contradicting_spec(generate_sample(0)["spec"], "training", np.random.default_rng(0))

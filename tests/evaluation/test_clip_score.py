@@ -10,7 +10,13 @@ from transformers import CLIPModel
 
 from hf_t2i import DallePipeline, T2IImageProcessor
 from hf_t2i.data import build_shapes_dataset
-from hf_t2i.evaluation import clip_score, load_scorer, matched_vs_shuffled, retrieval_recall
+from hf_t2i.evaluation import (
+    clip_score,
+    load_scorer,
+    matched_vs_contradicting,
+    matched_vs_shuffled,
+    retrieval_recall,
+)
 from hf_t2i.evaluation.clip_score import pair_cosines
 from hf_t2i.pipelines.reranking import clip_scores
 from hf_t2i.training import TrainingConfig, train
@@ -149,6 +155,53 @@ def test_recipe_config_bad_values_name_the_field(kwargs, name):
         tiny_recipe_config(**kwargs)
 
 
+def test_hard_negative_batches_hold_each_pair_and_its_twin(tmp_path):
+    """With `hard_negatives` a training batch carries every pair's contradicting twin, the loss is CLIP's over all 2B
+    pairs, and a short run trains; without it the batch is unchanged."""
+    from hf_t2i.data import build_contradicting_twins
+
+    recipe = ClipScorerRecipe(tiny_recipe_config(dataset_size=64, hard_negatives=True))
+    dataset = recipe.build_train_dataset()
+    batch = recipe.collate_fn([dataset[i] for i in range(4)])
+    twins = build_contradicting_twins(4, "train", 32)
+    expected = recipe.processor(text=list(twins["text"]), images=list(twins["image"]), truncation=True)
+    assert torch.equal(batch["twin_input_ids"], expected["input_ids"])
+    assert torch.equal(batch["twin_pixel_values"], expected["pixel_values"])
+    assert batch["twin_pixel_values"].shape == batch["pixel_values"].shape
+
+    model = recipe.build_model()
+    loss, _ = recipe.training_step(model, batch, step=0)
+    keys = ("input_ids", "attention_mask", "pixel_values")
+    both = model(**{key: torch.cat([batch[key], batch[f"twin_{key}"]]) for key in keys}, return_loss=True)
+    assert torch.allclose(loss, both.loss)
+
+    plain = ClipScorerRecipe(tiny_recipe_config(dataset_size=64)).build_train_dataset()
+    assert "twin_input_ids" not in plain[0]
+    path = train_scorer(tmp_path, steps=20, dataset_size=256, hard_negatives=True)
+    metrics = ClipScorerRecipe(tiny_recipe_config(eval_size=32)).evaluate(load_scorer(path)[0], step=20)
+    assert 0.0 <= metrics["caption_above_contradicting"] <= 1.0 and 0.0 <= metrics["image_above_contradicting"] <= 1.0
+
+
+def test_patch_positions_can_start_from_the_2d_sincos_table():
+    from hf_t2i.layers.positional import sincos_2d_embedding
+
+    recipe = ClipScorerRecipe(tiny_recipe_config(dataset_size=64, position_embedding_init="sincos_2d"))
+    table = recipe.build_model().vision_model.embeddings.position_embedding.weight
+    assert torch.equal(table[0], torch.zeros(32))  # the class token's
+    assert torch.allclose(table[1:], sincos_2d_embedding(4, 4, 32))  # 32 px / patch 8: a 4 x 4 grid, width 32
+    default = ClipScorerRecipe(tiny_recipe_config(dataset_size=64)).build_model()
+    assert default.vision_model.embeddings.position_embedding.weight.std() < 0.1  # CLIP's own N(0, 0.02) start
+    with pytest.raises(ValueError, match="position_embedding_init"):
+        tiny_recipe_config(position_embedding_init="sincos")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        tiny_recipe_config(position_embedding_init="sincos_2d", hidden_size=34, num_attention_heads=2)
+
+
+def test_hard_negatives_need_shapes():
+    with pytest.raises(ValueError, match="hard_negatives"):
+        tiny_recipe_config(dataset="emoji", hard_negatives=True)
+
+
 def test_load_scorer_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="scorer_path"):
         load_scorer(tmp_path / "missing")
@@ -253,3 +306,31 @@ def test_retrieval_recall_identical_captions_count_as_matches():
     assert strict["text_to_image_recall@1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="k"):
         retrieval_recall(scorer, processor, texts, images, k=(0,))
+
+
+def test_matched_vs_contradicting_counts_exactly():
+    # pairs (a, image 0), (b, image 1); twins (c, image 2), (d, image 3)
+    texts, twin_texts = ["a", "b"], ["c", "d"]
+    scorer = AngleScorer({0: 0, 1: 90, 2: 20, 3: 130}, [5, 90, 0, 100])
+    images = [solid(i) for i in range(4)]
+    result = matched_vs_contradicting(
+        scorer, IndexProcessor(texts + twin_texts), texts, images[:2], twin_texts, images[2:]
+    )
+    # image 0 sits nearer "a" (5 deg) than "c" (15 deg); image 1 on "b"; so both images prefer their own caption
+    assert result["caption_above_contradicting"] == 1.0
+    # caption "a" prefers twin image 2 (0 deg) to its own image 0 (5 deg); caption "b" prefers image 1 (90) to 3 (100)
+    assert result["image_above_contradicting"] == 0.5
+    assert result["num_pairs"] == 2
+    per_task = matched_vs_contradicting(
+        scorer, IndexProcessor(texts + twin_texts), texts, images[:2], twin_texts, images[2:], tasks=["x", "y"]
+    )
+    assert per_task["image_above_contradicting_per_task"] == {"x": 0.0, "y": 1.0}
+    assert per_task["caption_above_contradicting_per_task"] == {"x": 1.0, "y": 1.0}
+    with pytest.raises(ValueError, match="task"):
+        matched_vs_contradicting(
+            scorer, IndexProcessor(texts + twin_texts), texts, images[:2], twin_texts, images[2:], tasks=["x"]
+        )
+    with pytest.raises(ValueError, match="twin"):
+        matched_vs_contradicting(
+            scorer, IndexProcessor(texts + twin_texts), texts, images[:2], twin_texts[:1], images[2:3]
+        )

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hf_t2i.data.shapes import TASKS, build_shapes_dataset, make_spec
-from hf_t2i.evaluation.compositional import compositional_accuracy, parse_spec, score_sample
+from hf_t2i.evaluation.compositional import compositional_accuracy, parse_spec, position_outcome, score_sample
 from hf_t2i.evaluation.shapes_detector import DetectedObject
 
 
@@ -68,6 +68,27 @@ def test_color_binding_and_position_rules():
     assert not score_sample(left, [_obj("circle", "red", 10, 10), _obj("square", "blue", 12, 30)])  # within margin
     below = [_obj("circle", "red", 10, 40), _obj("square", "blue", 10, 10)]
     assert score_sample(dict(left, relation="below"), below)
+
+
+def test_position_outcomes_tell_a_reversal_from_a_missing_object():
+    from hf_t2i.data import build_contradicting_twins
+
+    spec = make_spec(
+        "position", [{"shape": "circle", "color": "red"}, {"shape": "square", "color": "blue"}], "left of"
+    )
+    assert position_outcome(spec, [_obj("circle", "red", 10, 10), _obj("square", "blue", 40, 10)]) == "correct"
+    assert position_outcome(spec, [_obj("circle", "red", 40, 10), _obj("square", "blue", 10, 10)]) == "wrong_relation"
+    assert position_outcome(spec, [_obj("circle", "red", 10, 10), _obj("square", "red", 40, 10)]) == "missing_object"
+    with pytest.raises(ValueError, match="position"):
+        position_outcome(make_spec("colors", [{"shape": "circle", "color": "red"}]), [])
+
+    # each position scene scored against its twin's caption (the relation flipped): all the wrong way round
+    rows, twins = build_shapes_dataset(60, "validation"), build_contradicting_twins(60, "validation")
+    result = compositional_accuracy(rows["image"], twins["spec"])
+    assert result["per_task"]["position"] == 0.0
+    assert result["position_outcomes"] == {"correct": 0.0, "wrong_relation": 1.0, "missing_object": 0.0}
+    assert compositional_accuracy(rows["image"], rows["spec"])["position_outcomes"]["correct"] == 1.0
+    assert "position_outcomes" not in compositional_accuracy(rows["image"][:1], rows["spec"][:1])  # no position row
 
 
 def test_size_is_checked_only_when_named():

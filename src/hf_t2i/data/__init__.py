@@ -21,7 +21,7 @@ from .emoji import build_emoji_dataset, install_emoji_packages, split_by_concept
 from .external import load_image_text_dataset
 from .fashion_mnist import build_fashion_mnist_dataset
 from .imagefolder import build_imagefolder_dataset
-from .shapes import HELD_OUT_PAIRS, build_shapes_dataset, is_held_out
+from .shapes import HELD_OUT_PAIRS, build_contradicting_twins, build_shapes_dataset, is_held_out
 
 
 DATASETS: dict[str, Callable[..., datasets.Dataset]] = {
@@ -48,6 +48,7 @@ __all__ = [
     "build_emoji_dataset",
     "build_fashion_mnist_dataset",
     "build_imagefolder_dataset",
+    "build_contradicting_twins",
     "build_shapes_dataset",
     "install_emoji_packages",
     "is_held_out",

@@ -132,6 +132,68 @@ def _sample_spec(task: str, split: str, rng: np.random.Generator) -> dict:
     return make_spec(task, objects, relation)
 
 
+def _structural_edits(spec: dict) -> list[dict]:
+    """Specs that keep `spec`'s words but change what they say about the scene (order, binding, count, size)."""
+    task, objects = spec["task"], spec["objects"]
+    if task == "position":
+        flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+        return [make_spec(task, objects, flipped[spec["relation"]])]
+    if task in ("two_objects", "color_attr") and objects[0]["color"] != objects[1]["color"]:
+        first, second = objects
+        return [make_spec(task, [dict(first, color=second["color"]), dict(second, color=first["color"])])]
+    if task == "counting":
+        return [make_spec(task, [dict(objects[0], count=n)]) for n in COUNT_WORDS if n != objects[0]["count"]]
+    if task == "single_object" and objects[0].get("size"):
+        other = next(size for size in SIZES if size != objects[0]["size"])
+        return [make_spec(task, [dict(objects[0], size=other)])]
+    return []
+
+
+def _attribute_edits(spec: dict) -> list[dict]:
+    """Specs with one object's colour or shape replaced."""
+    edits = []
+    for i, obj in enumerate(spec["objects"]):
+        for key, values in (("color", COLORS), ("shape", SHAPES)):
+            for value in values:
+                if value != obj[key]:
+                    objects = [dict(o) for o in spec["objects"]]
+                    objects[i][key] = value
+                    edits.append(make_spec(spec["task"], objects, spec.get("relation")))
+    return edits
+
+
+def contradicting_spec(spec, split: str, rng: np.random.Generator) -> dict:
+    """A spec the scene rendered for `spec` contradicts, for hard-negative contrastive training (NegCLIP, Yuksekgonul
+    et al. 2023: in-batch negatives alone let a contrastive model read captions as bags of words).
+
+    Structural edits come first, as they keep every word and change only what the words say about the scene: the
+    relation flipped ("left of" <-> "right of", "above" <-> "below"; the renderer keeps the objects apart along that
+    axis, so the flipped relation never holds), the two objects' colours swapped, another count, the other size.
+    Where none applies, one object's colour or shape is replaced (never into a copy of the other object). Either way the result respects `split`'s
+    held-out rule (no pair of `HELD_OUT_PAIRS` outside "test"), so training negatives never name a held-out pair.
+
+    Args:
+        spec: a spec dict or the dataset's JSON string (see `make_spec`).
+        split: the split the spec comes from ("train", "validation" or "test").
+        rng: draws among the admissible edits.
+    """
+    spec = json.loads(spec) if isinstance(spec, str) else spec
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}.")
+    caption = caption_from_spec(spec)
+
+    def admissible(edit: dict) -> bool:
+        pairs = [(o["color"], o["shape"]) for o in edit["objects"]]
+        held = any(is_held_out(*pair) for pair in pairs)
+        return caption_from_spec(edit) != caption and len(set(pairs)) == len(pairs) and (split == "test" or not held)
+
+    for edits in (_structural_edits(spec), _attribute_edits(spec)):
+        edits = [edit for edit in edits if admissible(edit)]
+        if edits:
+            return edits[int(rng.integers(len(edits)))]
+    raise ValueError(f"spec {spec!r} admits no contradicting edit in split {split!r}.")
+
+
 def _relation_mask(relation: str, a: tuple[float, float], centres: np.ndarray, min_offset: float) -> np.ndarray:
     """Mask of centres (N, 2) that lie clearly `relation`-wise from centre `a` (i.e. "a <relation> centre").
 
@@ -297,6 +359,17 @@ def _generate(index: int, split: str, image_size: int, seed: int, tasks: tuple[s
     return {"image": image, "text": caption_from_spec(spec), "task": task, "objects": objects, "spec": spec}
 
 
+def _generate_twin(index: int, split: str, image_size: int, seed: int, tasks: tuple[str, ...]) -> dict:
+    # The row's spec is the first thing its generator draws, so it is recomputed without rendering the row; the twin
+    # has a generator of its own, apart from every row's.
+    task = tasks[index % len(tasks)]
+    spec = _sample_spec(task, split, np.random.default_rng([seed, SPLITS.index(split), index]))
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
+    twin = contradicting_spec(spec, split, rng)
+    image, objects = render_spec(twin, image_size, rng)
+    return {"image": image, "text": caption_from_spec(twin), "task": task, "objects": objects, "spec": twin}
+
+
 def build_shapes_dataset(
     num_samples: int, split: str = "train", image_size: int = 64, seed: int = 0, tasks=None
 ) -> datasets.Dataset:
@@ -312,10 +385,28 @@ def build_shapes_dataset(
     Returns:
         Dataset with columns image, text, task, objects, spec (JSON string); see the module docstring.
     """
+    return _build(_generate, num_samples, split, image_size, seed, tasks)
+
+
+def build_contradicting_twins(
+    num_samples: int, split: str = "train", image_size: int = 64, seed: int = 0, tasks=None
+) -> datasets.Dataset:
+    """Row `i` is the contradicting twin of row `i` of `build_shapes_dataset` (same arguments): the scene of a spec
+    the row's own scene contradicts (`contradicting_spec`: the relation flipped, the colours swapped, another count
+    or size, ...), with its caption. Row and twin side by side are hard negatives for each other in contrastive
+    training: "a red circle left of a blue square" beside a picture where it is right of it.
+
+    Returns:
+        Dataset with the columns of `build_shapes_dataset`; `task` is the original row's task.
+    """
+    return _build(_generate_twin, num_samples, split, image_size, seed, tasks)
+
+
+def _build(generate, num_samples: int, split: str, image_size: int, seed: int, tasks) -> datasets.Dataset:
     tasks = _check_args(num_samples, split, image_size, tasks)
     columns = {name: [] for name in FEATURES}
     for index in range(num_samples):
-        row = _generate(index, split, image_size, seed, tasks)
+        row = generate(index, split, image_size, seed, tasks)
         columns["image"].append(encode_png(row["image"]))
         columns["text"].append(row["text"])
         columns["task"].append(row["task"])

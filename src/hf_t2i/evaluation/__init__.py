@@ -6,7 +6,13 @@ from .shapes_detector import DetectedObject, detect_shapes
 
 __all__ = ["DetectedObject", "compositional_accuracy", "detect_shapes", "parse_spec", "score_sample"]
 
-from .clip_score import clip_score, load_scorer, matched_vs_shuffled, retrieval_recall  # noqa: E402
+from .clip_score import (  # noqa: E402
+    clip_score,
+    load_scorer,
+    matched_vs_contradicting,
+    matched_vs_shuffled,
+    retrieval_recall,
+)
 from .runner import (  # noqa: E402
     evaluate_for_training,
     evaluate_pipeline,
@@ -33,6 +39,7 @@ __all__ += [
     "flatten_metrics",
     "load_eval_split",
     "load_scorer",
+    "matched_vs_contradicting",
     "matched_vs_shuffled",
     "retrieval_recall",
     *_FID_NAMES,

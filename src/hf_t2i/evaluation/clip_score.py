@@ -220,11 +220,62 @@ def matched_vs_shuffled(
     }
 
 
+def matched_vs_contradicting(
+    scorer,
+    processor,
+    texts: Sequence[str],
+    images,
+    twin_texts: Sequence[str],
+    twin_images,
+    tasks: Sequence[str] | None = None,
+    batch_size: int = 64,
+) -> dict:
+    """Does the scorer tell each pair from its contradicting twin (`hf_t2i.data.build_contradicting_twins`: the
+    relation flipped, the colours swapped, another count...)?
+
+    Such twins use the same words, so a contrastive model trained on in-batch negatives alone, which can read
+    captions as bags of words, may score them at chance; best-of-N reranking with it cannot then pick the picture
+    with the objects the right way round.
+
+    Returns:
+        {"caption_above_contradicting": fraction of images that score their own caption above the twin's caption,
+        "image_above_contradicting": fraction of captions that score their own image above the twin's image,
+        "num_pairs"}; with `tasks` (one name per pair, e.g. the shapes `task` column) also both fractions per task,
+        as "caption_above_contradicting_per_task" / "image_above_contradicting_per_task" {task: fraction}.
+    """
+    count = _check_pairs(texts, images)
+    if _check_pairs(twin_texts, twin_images) != count:
+        raise ValueError(f"got {len(twin_texts)} twins for {count} pairs; pass one twin per pair.")
+    text, image = (
+        encode_texts(scorer, processor, texts, batch_size),
+        encode_images(scorer, processor, images, batch_size),
+    )
+    twin_text = encode_texts(scorer, processor, twin_texts, batch_size)
+    twin_image = encode_images(scorer, processor, twin_images, batch_size)
+    matched = (text * image).sum(-1)
+    wins = {
+        "caption_above_contradicting": matched > (twin_text * image).sum(-1),
+        "image_above_contradicting": matched > (text * twin_image).sum(-1),
+    }
+    results: dict = {name: won.float().mean().item() for name, won in wins.items()}
+    results["num_pairs"] = count
+    if tasks is not None:
+        tasks = list(tasks)
+        if len(tasks) != count:
+            raise ValueError(f"got {len(tasks)} tasks for {count} pairs; pass one task name per pair.")
+        for name, won in wins.items():
+            results[f"{name}_per_task"] = {
+                task: won[[t == task for t in tasks]].float().mean().item() for task in dict.fromkeys(tasks)
+            }
+    return results
+
+
 __all__ = [
     "clip_score",
     "encode_images",
     "encode_texts",
     "load_scorer",
+    "matched_vs_contradicting",
     "matched_vs_shuffled",
     "pair_cosines",
     "retrieval_recall",

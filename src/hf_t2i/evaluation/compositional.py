@@ -89,6 +89,18 @@ def score_sample(spec, detections: Sequence, strict: bool = False, position_marg
     return True
 
 
+def position_outcome(spec, detections: Sequence, position_margin: float = 3.0) -> str:
+    """Why a position sample passes or fails: "correct", "wrong_relation" (both objects drawn, the relation does not
+    hold: mostly the two the wrong way round) or "missing_object" (an object the caption names is not found)."""
+    spec = parse_spec(spec)
+    if spec["task"] != "position":
+        raise ValueError(f"position_outcome scores position specs, got task {spec['task']!r}.")
+    if score_sample(spec, detections, position_margin=position_margin):
+        return "correct"
+    matches = [_matches(request, detections) for request in spec["objects"]]
+    return "wrong_relation" if all(matches) else "missing_object"
+
+
 def compositional_accuracy(
     images: Iterable,
     specs: Iterable,
@@ -108,23 +120,26 @@ def compositional_accuracy(
     Returns:
         dict with "overall" (mean of the per-task accuracies, GenEval's headline number), "sample_accuracy"
         (mean over samples), "per_task" {task: accuracy}, "per_task_count" {task: samples}, "num_samples" and
-        "correct" (one bool per sample).
+        "correct" (one bool per sample); with position samples also "position_outcomes" {"correct",
+        "wrong_relation", "missing_object": fraction of the position samples} (`position_outcome`).
     """
     images, specs = list(images), [parse_spec(s) for s in specs]
     if len(images) != len(specs):
         raise ValueError(f"got {len(images)} images but {len(specs)} specs; pass one spec per image.")
     if not images:
         raise ValueError("images is empty; pass at least one image and its spec.")
-    correct = []
+    correct, outcomes = [], []
     for image, spec in zip(images, specs):
         detections: list[DetectedObject] = detect_shapes(image, **detector_kwargs)
         margin = 0.05 * _width(image) if position_margin is None else position_margin
         correct.append(score_sample(spec, detections, strict=strict, position_margin=margin))
+        if spec["task"] == "position" and not strict:
+            outcomes.append(position_outcome(spec, detections, position_margin=margin))
     per_task: dict[str, list[bool]] = {}
     for spec, ok in zip(specs, correct):
         per_task.setdefault(spec["task"], []).append(ok)
     accuracy = {task: sum(oks) / len(oks) for task, oks in per_task.items()}
-    return {
+    results = {
         "overall": sum(accuracy.values()) / len(accuracy),
         "sample_accuracy": sum(correct) / len(correct),
         "per_task": accuracy,
@@ -132,6 +147,10 @@ def compositional_accuracy(
         "num_samples": len(correct),
         "correct": correct,
     }
+    if outcomes:
+        kinds = ("correct", "wrong_relation", "missing_object")
+        results["position_outcomes"] = {kind: outcomes.count(kind) / len(outcomes) for kind in kinds}
+    return results
 
 
 def _width(image) -> int:

@@ -566,8 +566,10 @@ def evaluate_scorer(
 ) -> dict:
     """Retrieval recall@1/5 both ways and matched-vs-shuffled preference of a trained scorer on the pairs of
     `dataset_name`'s `split` ("test": held-out; "validation": shapes' in-distribution pairs), at the scorer's own
-    resolution."""
-    from .clip_score import load_scorer, matched_vs_shuffled, retrieval_recall
+    resolution; on shapes also how often it tells each pair from its contradicting twin (`matched_vs_contradicting`:
+    `caption_above_contradicting`, `image_above_contradicting`)."""
+    from .. import data
+    from .clip_score import load_scorer, matched_vs_contradicting, matched_vs_shuffled, retrieval_recall
 
     if dataset_name not in DATASETS:
         raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
@@ -580,6 +582,14 @@ def evaluate_scorer(
     texts, images = list(rows["text"]), list(rows["image"])
     results = retrieval_recall(scorer, processor, texts, images)
     results.update(matched_vs_shuffled(scorer, processor, texts, images))
+    if dataset_name == "shapes":
+        size = max(processor.image_processor.image_size, data.shapes.MIN_IMAGE_SIZE)  # as `load_eval_split` renders
+        twins = data.build_contradicting_twins(num_pairs, split, size, seed=data_seed)
+        results.update(
+            matched_vs_contradicting(
+                scorer, processor, texts, images, twins["text"], list(twins["image"]), tasks=list(rows["task"])
+            )
+        )
     return results
 
 

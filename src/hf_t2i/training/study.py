@@ -393,14 +393,18 @@ def _write_json(path: str, value: dict) -> None:
 
 
 def _headline_metrics(rows) -> list[str]:
-    """The `eval/*` keys worth a column: the metrics' overall values (per-task breakdowns and sample counts stay in
-    study.json), without the loss, which has its own column."""
+    """The `eval/*` keys worth a column: the metrics' overall values (per-task breakdowns, position outcomes and
+    sample counts stay in study.json), without the loss, which has its own column."""
     return sorted(
         {
             k
             for m in rows
             for k in m
-            if k.startswith("eval/") and k != "eval/loss" and "/per_task" not in k and not k.endswith("num_samples")
+            if k.startswith("eval/")
+            and k != "eval/loss"
+            and "/per_task" not in k
+            and "/position_outcomes" not in k
+            and not k.endswith("num_samples")
         }
     )
 

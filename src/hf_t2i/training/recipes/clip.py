@@ -6,6 +6,15 @@ package's own data, for DALL-E reranking (Ramesh et al. 2021, section 2.6) and a
 `<output_dir>/final` holds the model and its `T2IProcessor` (tokenizer + image processor) in one folder:
 `hf_t2i.evaluation.load_scorer(path)`, or `CLIPModel.from_pretrained(path)` + `T2IProcessor.from_pretrained(path)`.
 
+Hard negatives (`--hard-negatives`, shapes only): in-batch negatives almost never include a caption with the same
+words in another order, so a scorer trained on them alone can read captions as bags of words and score "a red circle
+left of a blue square" and "... right of ..." alike (Yuksekgonul et al. 2023), and best-of-N reranking with it cannot
+pick the picture with the objects the right way round. With the flag every training pair brings its contradicting twin
+(`hf_t2i.data.build_contradicting_twins`: the relation flipped, the colours swapped, another count...; caption and
+scene) into the same batch, and the usual symmetric loss over the 2B pairs makes each the other's hard negative, in
+both directions. `hf-t2i eval --scorer DIR --metrics retrieval` reports how often a scorer tells pairs from their
+twins (`caption_above_contradicting`, `image_above_contradicting`).
+
 Text pooling: transformers' CLIP text model pools at the first `eos_token_id` in `input_ids`, except when
 `eos_token_id == 2` (the id of `</s>` in our BPE), which it treats as a legacy config and pools at
 `argmax(input_ids)`. The recipe therefore gives its tokenizer an end-of-text token `<|endoftext|>` of its own (a
@@ -16,6 +25,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import datasets
+import torch
+
+from ...configuration_utils import check_position_embedding_init
 from ..recipe import Recipe, register_recipe
 from .common import ImageTextDataConfig, load_image_text_splits, training_captions
 
@@ -40,6 +53,20 @@ class ClipScorerRecipeConfig(ImageTextDataConfig):
         default="validation",
         metadata={"help": "shapes only: 'validation' or 'test' (held-out colour-shape pairs) for eval/ metrics"},
     )
+    position_embedding_init: str = field(
+        default="normal",
+        metadata={
+            "help": "normal | sincos_2d: how the image tower's learned patch positions start; sincos_2d (the 2-D "
+            "sin-cos table of the patch grid) is what lets it learn which object is left of which"
+        },
+    )
+    hard_negatives: bool = field(
+        default=False,
+        metadata={
+            "help": "shapes only: put each training pair's contradicting twin (its relation flipped, colours swapped, "
+            "another count...: caption and scene) in the same batch, so word order and binding decide the match"
+        },
+    )
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -53,6 +80,16 @@ class ClipScorerRecipeConfig(ImageTextDataConfig):
             )
         if self.eval_split not in ("validation", "test"):
             raise ValueError(f"`eval_split` must be 'validation' or 'test', got {self.eval_split!r}.")
+        check_position_embedding_init(self.position_embedding_init)
+        if self.position_embedding_init == "sincos_2d" and self.hidden_size % 4:
+            raise ValueError(
+                f"`position_embedding_init='sincos_2d'` needs `hidden_size` divisible by 4, got {self.hidden_size}."
+            )
+        if self.hard_negatives and self.dataset != "shapes":
+            raise ValueError(
+                f"`hard_negatives` needs the shapes dataset (its specs say what a caption claims), got dataset="
+                f"{self.dataset!r}; leave --hard-negatives out for this dataset."
+            )
 
 
 def build_scorer_tokenizer(texts, vocab_size: int, model_max_length: int):
@@ -101,6 +138,24 @@ def build_clip_config(config: ClipScorerRecipeConfig, tokenizer):
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=c.projection_dim)
 
 
+@torch.no_grad()
+def init_patch_positions_sincos_(model) -> None:
+    """Start a `CLIPModel`'s image positions from the 2-D sin-cos table of its patch grid (the class token's at zero).
+
+    CLIP starts its learned patch positions as N(0, 0.02) noise. On `shapes`, a small scorer started that way (with
+    `--hard-negatives`) learned colours, shapes, counts and bindings but stayed near chance at telling "left of" from
+    "right of"; started from the table, whose nearby patches get similar vectors, it learned the relations too (the
+    dalle-shapes model card has the measurements). The positions stay trained parameters.
+    """
+    from ...layers.positional import sincos_2d_embedding
+
+    embeddings = model.vision_model.embeddings
+    table = embeddings.position_embedding.weight  # (1 + patches, width): class token first
+    side = embeddings.image_size // embeddings.patch_size
+    table[0] = 0
+    table[1:] = sincos_2d_embedding(side, side, table.shape[1]).to(table)
+
+
 @register_recipe
 class ClipScorerRecipe(Recipe):
     """Train a `CLIPModel` with the symmetric contrastive loss (`return_loss=True`) on image-caption pairs; export
@@ -126,6 +181,12 @@ class ClipScorerRecipe(Recipe):
             train, evaluation = load_image_text_splits(c)
             if c.dataset == "shapes" and c.eval_split == "test":
                 evaluation = data.build_shapes_dataset(c.eval_size, "test", c.image_size, seed=c.data_seed)
+            if c.hard_negatives:
+                twins = data.build_contradicting_twins(len(train), "train", c.image_size, seed=c.data_seed)
+                twins = twins.select_columns(["text", "image"]).rename_columns(
+                    {"text": "twin_text", "image": "twin_image"}
+                )
+                train = datasets.concatenate_datasets([train, twins], axis=1)
             self._data = train, evaluation
         return self._data
 
@@ -155,7 +216,11 @@ class ClipScorerRecipe(Recipe):
 
         def transform(batch):
             inputs = processor(text=batch["text"], images=batch["image"], truncation=True, return_tensors="pt")
-            return {key: inputs[key] for key in ("input_ids", "attention_mask", "pixel_values")}
+            features = {key: inputs[key] for key in ("input_ids", "attention_mask", "pixel_values")}
+            if "twin_text" in batch:
+                twins = processor(text=batch["twin_text"], images=batch["twin_image"], truncation=True)
+                features.update({f"twin_{key}": twins[key] for key in ("input_ids", "attention_mask", "pixel_values")})
+            return features
 
         return dataset.with_transform(transform)
 
@@ -169,26 +234,35 @@ class ClipScorerRecipe(Recipe):
     def build_model(self):
         from transformers import CLIPModel
 
-        return CLIPModel(build_clip_config(self.config, self.processor.tokenizer))
+        model = CLIPModel(build_clip_config(self.config, self.processor.tokenizer))
+        if self.config.position_embedding_init == "sincos_2d":
+            init_patch_positions_sincos_(model)
+        return model
 
     def training_step(self, model, batch, step):
-        out = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            return_loss=True,
-        )
+        keys = ("input_ids", "attention_mask", "pixel_values")
+        inputs = {key: batch[key] for key in keys}
+        if "twin_input_ids" in batch:  # every pair and its contradicting twin: 2B pairs, each the other's negative
+            inputs = {key: torch.cat([batch[key], batch[f"twin_{key}"]]) for key in keys}
+        out = model(**inputs, return_loss=True)
         scale = self.accelerator.unwrap_model(model).logit_scale.detach().exp() if self.accelerator else 0.0
         return out.loss, {"logit_scale": scale}
 
     def evaluate(self, model, step):
         """Retrieval recall@1/5 both ways and matched-vs-shuffled preference on the eval split."""
-        from ...evaluation.clip_score import matched_vs_shuffled, retrieval_recall
+        from ... import data
+        from ...evaluation.clip_score import matched_vs_contradicting, matched_vs_shuffled, retrieval_recall
 
         evaluation = self._splits()[1]
         texts, images = evaluation["text"], evaluation["image"]
         metrics = retrieval_recall(model, self.processor, texts, images)
         metrics.update(matched_vs_shuffled(model, self.processor, texts, images))
+        if self.config.dataset == "shapes":
+            c = self.config
+            twins = data.build_contradicting_twins(len(evaluation), c.eval_split, c.image_size, seed=c.data_seed)
+            metrics.update(
+                matched_vs_contradicting(model, self.processor, texts, images, twins["text"], twins["image"])
+            )
         return {k: float(v) for k, v in metrics.items() if k != "num_pairs"}
 
     def save_pretrained(self, model, output_dir):
@@ -196,4 +270,10 @@ class ClipScorerRecipe(Recipe):
         self.processor.save_pretrained(output_dir)
 
 
-__all__ = ["ClipScorerRecipe", "ClipScorerRecipeConfig", "build_clip_config", "build_scorer_tokenizer"]
+__all__ = [
+    "ClipScorerRecipe",
+    "ClipScorerRecipeConfig",
+    "build_clip_config",
+    "build_scorer_tokenizer",
+    "init_patch_positions_sincos_",
+]
