@@ -133,7 +133,7 @@ def _sample_spec(task: str, split: str, rng: np.random.Generator) -> dict:
 
 
 def _structural_edits(spec: dict) -> list[dict]:
-    """Specs that keep `spec`'s words but change what they say about the scene (order, binding, count, size)."""
+    """Specs that keep `spec`'s objects but change what it says about them: their order, binding, count or size."""
     task, objects = spec["task"], spec["objects"]
     if task == "position":
         flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -166,11 +166,12 @@ def contradicting_spec(spec, split: str, rng: np.random.Generator) -> dict:
     """A spec the scene rendered for `spec` contradicts, for hard-negative contrastive training (NegCLIP, Yuksekgonul
     et al. 2023: in-batch negatives alone let a contrastive model read captions as bags of words).
 
-    Structural edits come first, as they keep every word and change only what the words say about the scene: the
+    Structural edits come first, as they keep the objects and change only what the caption says about them: the
     relation flipped ("left of" <-> "right of", "above" <-> "below"; the renderer keeps the objects apart along that
     axis, so the flipped relation never holds), the two objects' colours swapped, another count, the other size.
-    Where none applies, one object's colour or shape is replaced (never into a copy of the other object). Either way the result respects `split`'s
-    held-out rule (no pair of `HELD_OUT_PAIRS` outside "test"), so training negatives never name a held-out pair.
+    Where none applies, one object's colour or shape is replaced (never into a copy of the other object). Either way
+    the result respects `split`'s held-out rule (no pair of `HELD_OUT_PAIRS` outside "test"), so training negatives
+    never name a held-out pair.
 
     Args:
         spec: a spec dict or the dataset's JSON string (see `make_spec`).

@@ -120,8 +120,8 @@ def compositional_accuracy(
     Returns:
         dict with "overall" (mean of the per-task accuracies, GenEval's headline number), "sample_accuracy"
         (mean over samples), "per_task" {task: accuracy}, "per_task_count" {task: samples}, "num_samples" and
-        "correct" (one bool per sample); with position samples also "position_outcomes" {"correct",
-        "wrong_relation", "missing_object": fraction of the position samples} (`position_outcome`).
+        "correct" (one bool per sample); with position samples (and `strict=False`) also "position_outcomes"
+        {"correct", "wrong_relation", "missing_object": fraction of the position samples} (`position_outcome`).
     """
     images, specs = list(images), [parse_spec(s) for s in specs]
     if len(images) != len(specs):

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 import datasets
 import torch
 
-from ...configuration_utils import check_position_embedding_init
 from ..recipe import Recipe, register_recipe
 from .common import ImageTextDataConfig, load_image_text_splits, training_captions
 
@@ -80,6 +79,8 @@ class ClipScorerRecipeConfig(ImageTextDataConfig):
             )
         if self.eval_split not in ("validation", "test"):
             raise ValueError(f"`eval_split` must be 'validation' or 'test', got {self.eval_split!r}.")
+        from ...configuration_utils import check_position_embedding_init
+
         check_position_embedding_init(self.position_embedding_init)
         if self.position_embedding_init == "sincos_2d" and self.hidden_size % 4:
             raise ValueError(
