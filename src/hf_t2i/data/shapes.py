@@ -351,21 +351,23 @@ def generate_sample(index: int, split: str = "train", image_size: int = 64, seed
     return _generate(index, split, image_size, seed, _check_args(0, split, image_size, tasks))
 
 
-def _generate(index: int, split: str, image_size: int, seed: int, tasks: tuple[str, ...]) -> dict:
-    # One generator per row: rows are independent of `num_samples`; the task cycles so tasks stay balanced.
+def _row_spec(index: int, split: str, seed: int, tasks: tuple[str, ...]) -> tuple[str, dict, np.random.Generator]:
+    # One generator per row: rows are independent of `num_samples`; the task cycles so tasks stay balanced. The spec
+    # is the first thing the generator draws, so a row's twin knows the row's spec without rendering the row.
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     task = tasks[index % len(tasks)]
-    spec = _sample_spec(task, split, rng)
+    return task, _sample_spec(task, split, rng), rng
+
+
+def _generate(index: int, split: str, image_size: int, seed: int, tasks: tuple[str, ...]) -> dict:
+    task, spec, rng = _row_spec(index, split, seed, tasks)
     image, objects = render_spec(spec, image_size, rng)
     return {"image": image, "text": caption_from_spec(spec), "task": task, "objects": objects, "spec": spec}
 
 
 def _generate_twin(index: int, split: str, image_size: int, seed: int, tasks: tuple[str, ...]) -> dict:
-    # The row's spec is the first thing its generator draws, so it is recomputed without rendering the row; the twin
-    # has a generator of its own, apart from every row's.
-    task = tasks[index % len(tasks)]
-    spec = _sample_spec(task, split, np.random.default_rng([seed, SPLITS.index(split), index]))
-    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])
+    task, spec, _ = _row_spec(index, split, seed, tasks)
+    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])  # the twin's own, apart from every row's
     twin = contradicting_spec(spec, split, rng)
     image, objects = render_spec(twin, image_size, rng)
     return {"image": image, "text": caption_from_spec(twin), "task": task, "objects": objects, "spec": twin}

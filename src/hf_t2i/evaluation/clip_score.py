@@ -270,6 +270,21 @@ def matched_vs_contradicting(
     return results
 
 
+def scorer_metrics(scorer, processor, texts: Sequence[str], images, twins=None, tasks=None) -> dict:
+    """What `hf-t2i eval --scorer` and the `clip_scorer` recipe's evaluation report: `retrieval_recall`,
+    `matched_vs_shuffled` and, given `twins` (`(twin_texts, twin_images)`, e.g. from
+    `hf_t2i.data.build_contradicting_twins`), `matched_vs_contradicting` (per task too with `tasks`)."""
+    texts, images = list(texts), list(images)
+    results = retrieval_recall(scorer, processor, texts, images)
+    results.update(matched_vs_shuffled(scorer, processor, texts, images))
+    if twins is not None:
+        twin_texts, twin_images = twins
+        results.update(
+            matched_vs_contradicting(scorer, processor, texts, images, list(twin_texts), list(twin_images), tasks)
+        )
+    return results
+
+
 __all__ = [
     "clip_score",
     "encode_images",
@@ -279,4 +294,5 @@ __all__ = [
     "matched_vs_shuffled",
     "pair_cosines",
     "retrieval_recall",
+    "scorer_metrics",
 ]

@@ -132,9 +132,11 @@ def compositional_accuracy(
     for image, spec in zip(images, specs):
         detections: list[DetectedObject] = detect_shapes(image, **detector_kwargs)
         margin = 0.05 * _width(image) if position_margin is None else position_margin
-        correct.append(score_sample(spec, detections, strict=strict, position_margin=margin))
-        if spec["task"] == "position" and not strict:
+        if spec["task"] == "position" and not strict:  # the outcome says whether it passed, and why not
             outcomes.append(position_outcome(spec, detections, position_margin=margin))
+            correct.append(outcomes[-1] == "correct")
+        else:
+            correct.append(score_sample(spec, detections, strict=strict, position_margin=margin))
     per_task: dict[str, list[bool]] = {}
     for spec, ok in zip(specs, correct):
         per_task.setdefault(spec["task"], []).append(ok)

@@ -569,7 +569,7 @@ def evaluate_scorer(
     resolution; on shapes also how often it tells each pair from its contradicting twin (`matched_vs_contradicting`:
     `caption_above_contradicting`, `image_above_contradicting`)."""
     from .. import data
-    from .clip_score import load_scorer, matched_vs_contradicting, matched_vs_shuffled, retrieval_recall
+    from .clip_score import load_scorer, scorer_metrics
 
     if dataset_name not in DATASETS:
         raise ValueError(f"`dataset_name` must be one of {list(DATASETS)}, got {dataset_name!r}.")
@@ -579,18 +579,11 @@ def evaluate_scorer(
     rows = load_eval_split(
         dataset_name, num_pairs, processor.image_processor.image_size, data_dir, data_seed, split=split
     )
-    texts, images = list(rows["text"]), list(rows["image"])
-    results = retrieval_recall(scorer, processor, texts, images)
-    results.update(matched_vs_shuffled(scorer, processor, texts, images))
-    if dataset_name == "shapes":
-        size = max(processor.image_processor.image_size, data.shapes.MIN_IMAGE_SIZE)  # as `load_eval_split` renders
-        twins = data.build_contradicting_twins(num_pairs, split, size, seed=data_seed)
-        results.update(
-            matched_vs_contradicting(
-                scorer, processor, texts, images, twins["text"], list(twins["image"]), tasks=list(rows["task"])
-            )
-        )
-    return results
+    twins = tasks = None
+    if dataset_name == "shapes":  # rendered at the rows' own size
+        twin_rows = data.build_contradicting_twins(num_pairs, split, rows[0]["image"].width, seed=data_seed)
+        twins, tasks = (twin_rows["text"], twin_rows["image"]), rows["task"]
+    return scorer_metrics(scorer, processor, rows["text"], rows["image"], twins=twins, tasks=tasks)
 
 
 __all__ = [

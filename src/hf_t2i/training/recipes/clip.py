@@ -188,6 +188,10 @@ class ClipScorerRecipe(Recipe):
                     {"text": "twin_text", "image": "twin_image"}
                 )
                 train = datasets.concatenate_datasets([train, twins], axis=1)
+            self._eval_twins = None
+            if c.dataset == "shapes":  # for `evaluate`: built once, not at every evaluation
+                twins = data.build_contradicting_twins(len(evaluation), c.eval_split, c.image_size, seed=c.data_seed)
+                self._eval_twins = twins["text"], twins["image"]
             self._data = train, evaluation
         return self._data
 
@@ -250,20 +254,12 @@ class ClipScorerRecipe(Recipe):
         return out.loss, {"logit_scale": scale}
 
     def evaluate(self, model, step):
-        """Retrieval recall@1/5 both ways and matched-vs-shuffled preference on the eval split."""
-        from ... import data
-        from ...evaluation.clip_score import matched_vs_contradicting, matched_vs_shuffled, retrieval_recall
+        """Retrieval recall@1/5 both ways, matched-vs-shuffled preference and, on shapes, matched-vs-contradicting
+        preference (`hf_t2i.evaluation.clip_score.scorer_metrics`) on the eval split."""
+        from ...evaluation.clip_score import scorer_metrics
 
         evaluation = self._splits()[1]
-        texts, images = evaluation["text"], evaluation["image"]
-        metrics = retrieval_recall(model, self.processor, texts, images)
-        metrics.update(matched_vs_shuffled(model, self.processor, texts, images))
-        if self.config.dataset == "shapes":
-            c = self.config
-            twins = data.build_contradicting_twins(len(evaluation), c.eval_split, c.image_size, seed=c.data_seed)
-            metrics.update(
-                matched_vs_contradicting(model, self.processor, texts, images, twins["text"], twins["image"])
-            )
+        metrics = scorer_metrics(model, self.processor, evaluation["text"], evaluation["image"], self._eval_twins)
         return {k: float(v) for k, v in metrics.items() if k != "num_pairs"}
 
     def save_pretrained(self, model, output_dir):
