@@ -17,7 +17,7 @@ from hf_t2i.evaluation import (
     matched_vs_shuffled,
     retrieval_recall,
 )
-from hf_t2i.evaluation.clip_score import pair_cosines
+from hf_t2i.evaluation.clip_score import pair_cosines, scorer_metrics
 from hf_t2i.pipelines.reranking import clip_scores
 from hf_t2i.training import TrainingConfig, train
 from hf_t2i.training.recipes.clip import END_OF_TEXT, ClipScorerRecipe, ClipScorerRecipeConfig
@@ -340,3 +340,35 @@ def test_matched_vs_contradicting_counts_exactly():
         matched_vs_contradicting(
             scorer, IndexProcessor(texts + twin_texts), texts, images[:2], twin_texts[:1], images[2:3]
         )
+
+
+def test_scorer_metrics_encodes_each_set_once_and_agrees_with_each_metric():
+    texts, twin_texts = ["a", "b", "a"], ["c", "d", "e"]
+    scorer = AngleScorer({0: 0, 1: 90, 2: 20, 3: 130, 4: 10}, [5, 90, 3, 0, 100, 30])
+    images = [solid(i) for i in range(6)]
+    processor = IndexProcessor(texts + twin_texts)
+    pairs, twins = (texts, images[:3]), (twin_texts, images[3:])
+    calls = {"text": 0, "image": 0}
+    text_features, image_features = scorer.get_text_features, scorer.get_image_features
+
+    def counted(kind, features):
+        def wrapper(*args, **kwargs):
+            calls[kind] += 1
+            return features(*args, **kwargs)
+
+        return wrapper
+
+    scorer.get_text_features, scorer.get_image_features = (
+        counted("text", text_features),
+        counted("image", image_features),
+    )
+    result = scorer_metrics(scorer, processor, *pairs, twins=twins, tasks=["x", "y", "x"])
+    assert calls == {"text": 2, "image": 2}  # the pairs once, the twins once (one batch each)
+    expected = retrieval_recall(scorer, processor, *pairs)
+    expected.update(matched_vs_shuffled(scorer, processor, *pairs))
+    expected.update(matched_vs_contradicting(scorer, processor, *pairs, *twins, tasks=["x", "y", "x"]))
+    assert result == expected
+    with pytest.raises(ValueError, match="twin"):
+        scorer_metrics(scorer, processor, *pairs, twins=(twin_texts[:2], images[3:5]))
+    with pytest.raises(ValueError, match="two different captions"):
+        scorer_metrics(scorer, processor, ["a", "a"], images[:2])

@@ -161,13 +161,19 @@ def retrieval_recall(
     Returns:
         {"text_to_image_recall@k": ..., "image_to_text_recall@k": ... for each k, "num_pairs": N}.
     """
-    count = _check_pairs(texts, images)
+    _check_pairs(texts, images)
     if not k or any(not isinstance(c, int) or c < 1 for c in k):
         raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k!r}.")
     text, image = (
         encode_texts(scorer, processor, texts, batch_size),
         encode_images(scorer, processor, images, batch_size),
     )
+    return _retrieval(text, image, texts, k, identical_captions_match)
+
+
+def _retrieval(text, image, texts, k=(1, 5), identical_captions_match: bool = True) -> dict[str, float]:
+    """`retrieval_recall` from unit-norm embeddings (text (N, D), image (N, D)) of the pairs `texts` captions."""
+    count = len(texts)
     similarity = text @ image.T  # (N texts, N images)
     if identical_captions_match:
         caption_id = _caption_ids(texts)
@@ -198,25 +204,30 @@ def matched_vs_shuffled(
         {"matched_cosine", "shuffled_cosine" (means), "matched_above_shuffled" (fraction of images whose own caption
         scores higher), "num_pairs"}.
     """
-    count = _check_pairs(texts, images)
-    caption_id = _caption_ids(texts)
-    differs = caption_id[:, None] != caption_id[None, :]  # (N, N)
-    if not differs.any():
+    _check_pairs(texts, images)
+    if len(set(texts)) < 2:
         raise ValueError("matched_vs_shuffled needs at least two different captions.")
-    rows = differs.any(1).nonzero().squeeze(1)  # images that have some other caption to compare with
-    generator = torch.Generator().manual_seed(seed)
-    other = torch.multinomial(differs[rows].float(), 1, generator=generator).squeeze(1)  # (R,)
     text, image = (
         encode_texts(scorer, processor, texts, batch_size),
         encode_images(scorer, processor, images, batch_size),
     )
+    return _shuffled(text, image, texts, seed)
+
+
+def _shuffled(text, image, texts, seed: int = 0) -> dict[str, float]:
+    """`matched_vs_shuffled` from unit-norm embeddings of the pairs."""
+    caption_id = _caption_ids(texts)
+    differs = caption_id[:, None] != caption_id[None, :]  # (N, N)
+    rows = differs.any(1).nonzero().squeeze(1)  # images that have some other caption to compare with
+    generator = torch.Generator().manual_seed(seed)
+    other = torch.multinomial(differs[rows].float(), 1, generator=generator).squeeze(1)  # (R,)
     matched = (text[rows] * image[rows]).sum(-1)
     shuffled = (text[other] * image[rows]).sum(-1)
     return {
         "matched_cosine": matched.mean().item(),
         "shuffled_cosine": shuffled.mean().item(),
         "matched_above_shuffled": (matched > shuffled).float().mean().item(),
-        "num_pairs": count,
+        "num_pairs": len(texts),
     }
 
 
@@ -246,23 +257,28 @@ def matched_vs_contradicting(
     count = _check_pairs(texts, images)
     if _check_pairs(twin_texts, twin_images) != count:
         raise ValueError(f"got {len(twin_texts)} twins for {count} pairs; pass one twin per pair.")
+    if tasks is not None and len(tasks) != count:
+        raise ValueError(f"got {len(tasks)} tasks for {count} pairs; pass one task name per pair.")
     text, image = (
         encode_texts(scorer, processor, texts, batch_size),
         encode_images(scorer, processor, images, batch_size),
     )
     twin_text = encode_texts(scorer, processor, twin_texts, batch_size)
     twin_image = encode_images(scorer, processor, twin_images, batch_size)
+    return _contradicting(text, image, twin_text, twin_image, tasks)
+
+
+def _contradicting(text, image, twin_text, twin_image, tasks=None) -> dict:
+    """`matched_vs_contradicting` from unit-norm embeddings of the pairs and of their twins."""
     matched = (text * image).sum(-1)
     wins = {
         "caption_above_contradicting": matched > (twin_text * image).sum(-1),
         "image_above_contradicting": matched > (text * twin_image).sum(-1),
     }
     results: dict = {name: won.float().mean().item() for name, won in wins.items()}
-    results["num_pairs"] = count
+    results["num_pairs"] = len(matched)
     if tasks is not None:
         tasks = list(tasks)
-        if len(tasks) != count:
-            raise ValueError(f"got {len(tasks)} tasks for {count} pairs; pass one task name per pair.")
         for name, won in wins.items():
             results[f"{name}_per_task"] = {
                 task: won[[t == task for t in tasks]].float().mean().item() for task in dict.fromkeys(tasks)
@@ -275,13 +291,25 @@ def scorer_metrics(scorer, processor, texts: Sequence[str], images, twins=None, 
     `matched_vs_shuffled` and, given `twins` (`(twin_texts, twin_images)`, e.g. from
     `hf_t2i.data.build_contradicting_twins`), `matched_vs_contradicting` (per task too with `tasks`)."""
     texts, images = list(texts), list(images)
-    results = retrieval_recall(scorer, processor, texts, images)
-    results.update(matched_vs_shuffled(scorer, processor, texts, images))
+    _check_pairs(texts, images)
+    if len(set(texts)) < 2:
+        raise ValueError("scorer_metrics needs at least two different captions (for matched_vs_shuffled).")
     if twins is not None:
-        twin_texts, twin_images = twins
-        results.update(
-            matched_vs_contradicting(scorer, processor, texts, images, list(twin_texts), list(twin_images), tasks)
+        twin_texts, twin_images = list(twins[0]), list(twins[1])
+        if _check_pairs(twin_texts, twin_images) != len(texts):
+            raise ValueError(f"got {len(twin_texts)} twins for {len(texts)} pairs; pass one twin per pair.")
+    if tasks is not None and len(tasks) != len(texts):
+        raise ValueError(f"got {len(tasks)} tasks for {len(texts)} pairs; pass one task name per pair.")
+    # Each set of pairs is encoded once, and every metric reads the same embeddings.
+    text, image = encode_texts(scorer, processor, texts), encode_images(scorer, processor, images)
+    results = _retrieval(text, image, texts)
+    results.update(_shuffled(text, image, texts))
+    if twins is not None:
+        twin_text, twin_image = (
+            encode_texts(scorer, processor, twin_texts),
+            encode_images(scorer, processor, twin_images),
         )
+        results.update(_contradicting(text, image, twin_text, twin_image, tasks))
     return results
 
 
