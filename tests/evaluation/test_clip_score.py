@@ -203,9 +203,38 @@ def test_patch_positions_can_start_from_the_2d_sincos_table():
         tiny_recipe_config(position_embedding_init="sincos_2d", hidden_size=34, num_attention_heads=2)
 
 
+def test_shapes_tasks_weight_the_training_rows_and_their_twins_follow():
+    """`shapes_tasks` sets the tasks the training rows cycle through (a repeated name weighs more); each row's twin
+    keeps its row's task; evaluation rows keep all six; bad values name the field."""
+    from collections import Counter
+
+    from hf_t2i.data import build_contradicting_twins
+    from hf_t2i.data.shapes import TASKS
+
+    mix = ("position", "position", "counting")
+    recipe = ClipScorerRecipe(tiny_recipe_config(dataset_size=30, hard_negatives=True, shapes_tasks=list(mix)))
+    assert recipe.config.shapes_tasks == mix  # a JSON config file's list reads as the tuple
+    train_rows, evaluation = recipe._splits()
+    assert Counter(train_rows["task"]) == {"position": 20, "counting": 10}
+    assert set(evaluation["task"]) == set(TASKS)
+    twins = build_contradicting_twins(30, "train", 32, tasks=mix)
+    assert twins["task"] == train_rows["task"] and train_rows["twin_text"] == twins["text"]
+    with pytest.raises(ValueError, match="shapes_tasks"):
+        tiny_recipe_config(shapes_tasks=("position", "spelling"))
+    with pytest.raises(ValueError, match="shapes_tasks"):
+        tiny_recipe_config(dataset="emoji", shapes_tasks=("position",))
+
+
 def test_hard_negatives_need_shapes():
     with pytest.raises(ValueError, match="hard_negatives"):
         tiny_recipe_config(dataset="emoji", hard_negatives=True)
+
+
+def test_recipe_config_runs_the_data_fields_checks():
+    # --dataset-name must replace the default shapes set, not be ignored
+    assert tiny_recipe_config(dataset_name="some/dataset").dataset == "datasets"
+    with pytest.raises(ValueError, match="eval_size"):
+        tiny_recipe_config(eval_size=0)
 
 
 def test_load_scorer_missing_folder(tmp_path):

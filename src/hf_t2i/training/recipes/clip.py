@@ -68,6 +68,7 @@ class ClipScorerRecipeConfig(ImageTextDataConfig):
     )
 
     def __post_init__(self):
+        super().__post_init__()  # the data fields' own checks (and --dataset-name resolving `dataset`)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"`image_size` ({self.image_size}) must be a multiple of `patch_size` ({self.patch_size})."
@@ -183,7 +184,9 @@ class ClipScorerRecipe(Recipe):
             if c.dataset == "shapes" and c.eval_split == "test":
                 evaluation = data.build_shapes_dataset(c.eval_size, "test", c.image_size, seed=c.data_seed)
             if c.hard_negatives:
-                twins = data.build_contradicting_twins(len(train), "train", c.image_size, seed=c.data_seed)
+                twins = data.build_contradicting_twins(
+                    len(train), "train", c.image_size, seed=c.data_seed, tasks=c.shapes_tasks or None
+                )  # row for row: the same tasks as the training rows
                 twins = twins.select_columns(["text", "image"]).rename_columns(
                     {"text": "twin_text", "image": "twin_image"}
                 )

@@ -66,6 +66,14 @@ class ImageTextDataConfig(RecipeConfig):
         },
     )
     data_seed: int = field(default=0, metadata={"help": "seed of dataset generation and splits"})
+    shapes_tasks: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "shapes: the tasks training rows cycle through; repeat a name to weight it, e.g. "
+            "'position position counting single_object two_objects colors color_attr' (default: all six once; "
+            "evaluation rows always cycle through all six)"
+        },
+    )
 
     def __post_init__(self):
         if self.dataset_name is not None:
@@ -92,6 +100,20 @@ class ImageTextDataConfig(RecipeConfig):
             raise ValueError(f"shuffle_buffer_size={self.shuffle_buffer_size!r} is invalid: pass an integer >= 0.")
         if isinstance(self.eval_size, bool) or self.eval_size < 1:
             raise ValueError(f"eval_size={self.eval_size!r} is invalid: pass an integer >= 1.")
+        self.shapes_tasks = tuple(self.shapes_tasks)  # a JSON config file gives a list
+        if self.shapes_tasks:
+            from ...data.shapes import TASKS
+
+            if self.dataset != "shapes":
+                raise ValueError(
+                    f"shapes_tasks={self.shapes_tasks!r} only applies to --dataset shapes, not {self.dataset!r}; "
+                    "drop it."
+                )
+            unknown = sorted(set(self.shapes_tasks) - set(TASKS))
+            if unknown:
+                raise ValueError(
+                    f"shapes_tasks={self.shapes_tasks!r} names unknown tasks {unknown}; use names of {TASKS}."
+                )
 
 
 def load_image_text_splits(config: ImageTextDataConfig):
@@ -108,7 +130,9 @@ def load_image_text_splits(config: ImageTextDataConfig):
     if c.dataset == "datasets":
         return load_dataset_splits(c)
     if c.dataset == "shapes":
-        train = data.build_shapes_dataset(c.dataset_size, "train", c.image_size, seed=c.data_seed)
+        train = data.build_shapes_dataset(
+            c.dataset_size, "train", c.image_size, seed=c.data_seed, tasks=c.shapes_tasks or None
+        )
         return train, data.build_shapes_dataset(c.eval_size, "validation", c.image_size, seed=c.data_seed)
     if c.dataset == "emoji":
         splits = data.split_by_concept(data.build_emoji_dataset(c.data_dir, image_size=c.image_size), seed=c.data_seed)
