@@ -58,7 +58,7 @@ def test_shipped_checkpoint_draws_a_seeded_picture(shipped):
 
 
 #: the folders that hold a reranking scorer (`hf-t2i export --rerank-scorer`)
-RERANKING = {"dalle", "parti", "transfusion"}
+RERANKING = {"dalle", "parti", "fluid", "transfusion"}
 
 
 def test_shipped_reranking_folders_keep_the_candidate_their_scorer_prefers(shipped):
