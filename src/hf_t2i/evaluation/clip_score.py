@@ -172,7 +172,7 @@ def retrieval_recall(
 
 
 def _retrieval(text, image, texts, k=(1, 5), identical_captions_match: bool = True) -> dict[str, float]:
-    """`retrieval_recall` from unit-norm embeddings (text (N, D), image (N, D)) of the pairs `texts` captions."""
+    """`retrieval_recall` from the unit-norm embeddings of N pairs: text (N, D) of `texts`, image (N, D)."""
     count = len(texts)
     similarity = text @ image.T  # (N texts, N images)
     if identical_captions_match:
