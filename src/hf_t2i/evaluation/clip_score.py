@@ -119,11 +119,15 @@ def _check_pairs(texts, images) -> int:
     return count
 
 
+def _encode_pairs(scorer, processor, texts, images, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text (N, D), image (N, D)) unit-norm embeddings of N caption-image pairs, checked to pair up first."""
+    _check_pairs(texts, images)
+    return encode_texts(scorer, processor, texts, batch_size), encode_images(scorer, processor, images, batch_size)
+
+
 def pair_cosines(scorer, processor, prompts: Sequence[str], images, batch_size: int = 64) -> torch.Tensor:
     """(N,) cosine similarity of each image with its own prompt."""
-    _check_pairs(prompts, images)
-    text = encode_texts(scorer, processor, prompts, batch_size)
-    image = encode_images(scorer, processor, images, batch_size)
+    text, image = _encode_pairs(scorer, processor, prompts, images, batch_size)
     return (text * image).sum(-1)
 
 
@@ -161,13 +165,9 @@ def retrieval_recall(
     Returns:
         {"text_to_image_recall@k": ..., "image_to_text_recall@k": ... for each k, "num_pairs": N}.
     """
-    _check_pairs(texts, images)
     if not k or any(not isinstance(c, int) or c < 1 for c in k):
         raise ValueError(f"`k` must be a non-empty sequence of positive integers, got {k!r}.")
-    text, image = (
-        encode_texts(scorer, processor, texts, batch_size),
-        encode_images(scorer, processor, images, batch_size),
-    )
+    text, image = _encode_pairs(scorer, processor, texts, images, batch_size)
     return _retrieval(text, image, texts, k, identical_captions_match)
 
 
@@ -207,10 +207,7 @@ def matched_vs_shuffled(
     _check_pairs(texts, images)
     if len(set(texts)) < 2:
         raise ValueError("matched_vs_shuffled needs at least two different captions.")
-    text, image = (
-        encode_texts(scorer, processor, texts, batch_size),
-        encode_images(scorer, processor, images, batch_size),
-    )
+    text, image = _encode_pairs(scorer, processor, texts, images, batch_size)
     return _shuffled(text, image, texts, seed)
 
 
@@ -259,12 +256,8 @@ def matched_vs_contradicting(
         raise ValueError(f"got {len(twin_texts)} twins for {count} pairs; pass one twin per pair.")
     if tasks is not None and len(tasks) != count:
         raise ValueError(f"got {len(tasks)} tasks for {count} pairs; pass one task name per pair.")
-    text, image = (
-        encode_texts(scorer, processor, texts, batch_size),
-        encode_images(scorer, processor, images, batch_size),
-    )
-    twin_text = encode_texts(scorer, processor, twin_texts, batch_size)
-    twin_image = encode_images(scorer, processor, twin_images, batch_size)
+    text, image = _encode_pairs(scorer, processor, texts, images, batch_size)
+    twin_text, twin_image = _encode_pairs(scorer, processor, twin_texts, twin_images, batch_size)
     return _contradicting(text, image, twin_text, twin_image, tasks)
 
 
@@ -301,14 +294,11 @@ def scorer_metrics(scorer, processor, texts: Sequence[str], images, twins=None, 
     if tasks is not None and len(tasks) != len(texts):
         raise ValueError(f"got {len(tasks)} tasks for {len(texts)} pairs; pass one task name per pair.")
     # Each set of pairs is encoded once, and every metric reads the same embeddings.
-    text, image = encode_texts(scorer, processor, texts), encode_images(scorer, processor, images)
+    text, image = _encode_pairs(scorer, processor, texts, images)
     results = _retrieval(text, image, texts)
     results.update(_shuffled(text, image, texts))
     if twins is not None:
-        twin_text, twin_image = (
-            encode_texts(scorer, processor, twin_texts),
-            encode_images(scorer, processor, twin_images),
-        )
+        twin_text, twin_image = _encode_pairs(scorer, processor, twin_texts, twin_images)
         results.update(_contradicting(text, image, twin_text, twin_image, tasks))
     return results
 
