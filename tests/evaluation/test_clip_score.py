@@ -182,10 +182,21 @@ def test_hard_negative_batches_hold_each_pair_and_its_twin(tmp_path):
     metrics = ClipScorerRecipe(tiny_recipe_config(dataset_size=256, hard_negatives=True)).evaluate(scorer, step=20)
     rows, twins = build_shapes_dataset(64, "validation", 32), build_contradicting_twins(64, "validation", 32)
     expected = matched_vs_contradicting(
-        scorer, processor, list(rows["text"]), list(rows["image"]), list(twins["text"]), list(twins["image"])
+        scorer,
+        processor,
+        list(rows["text"]),
+        list(rows["image"]),
+        list(twins["text"]),
+        list(twins["image"]),
+        tasks=list(rows["task"]),
     )
     for name in ("caption_above_contradicting", "image_above_contradicting"):
         assert metrics[name] == pytest.approx(expected[name])
+        per_task = expected[f"{name}_per_task"]  # logged flat, one number per task, as trackers want
+        assert set(per_task) == set(rows["task"])
+        for task, value in per_task.items():
+            assert metrics[f"{name}/{task}"] == pytest.approx(value)
+    assert all(isinstance(value, float) for value in metrics.values())
 
 
 def test_patch_positions_can_start_from_the_2d_sincos_table():
