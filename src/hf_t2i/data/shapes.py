@@ -351,10 +351,15 @@ def generate_sample(index: int, split: str = "train", image_size: int = 64, seed
     return _generate(index, split, image_size, seed, _check_args(0, split, image_size, tasks))
 
 
+def _row_rng(index: int, split: str, seed: int, *stream: int) -> np.random.Generator:
+    # One generator per row: rows are independent of `num_samples`. `stream` keys a row's other generators (its twin's).
+    return np.random.default_rng([seed, SPLITS.index(split), index, *stream])
+
+
 def _row_spec(index: int, split: str, seed: int, tasks: tuple[str, ...]) -> tuple[str, dict, np.random.Generator]:
-    # One generator per row: rows are independent of `num_samples`; the task cycles so tasks stay balanced. The spec
-    # is the first thing the generator draws, so a row's twin knows the row's spec without rendering the row.
-    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    # The task cycles so tasks stay balanced. The spec is the first thing the row's generator draws, so a row's twin
+    # knows the row's spec without rendering the row.
+    rng = _row_rng(index, split, seed)
     task = tasks[index % len(tasks)]
     return task, _sample_spec(task, split, rng), rng
 
@@ -367,7 +372,7 @@ def _generate(index: int, split: str, image_size: int, seed: int, tasks: tuple[s
 
 def _generate_twin(index: int, split: str, image_size: int, seed: int, tasks: tuple[str, ...]) -> dict:
     task, spec, _ = _row_spec(index, split, seed, tasks)
-    rng = np.random.default_rng([seed, SPLITS.index(split), index, 1])  # the twin's own, apart from every row's
+    rng = _row_rng(index, split, seed, 1)  # the twin's own, apart from every row's
     twin = contradicting_spec(spec, split, rng)
     image, objects = render_spec(twin, image_size, rng)
     return {"image": image, "text": caption_from_spec(twin), "task": task, "objects": objects, "spec": twin}
