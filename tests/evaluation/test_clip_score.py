@@ -195,7 +195,7 @@ def test_hard_negative_batches_hold_each_pair_and_its_twin(tmp_path):
         per_task = expected[f"{name}_per_task"]  # logged flat, one number per task, as trackers want
         assert set(per_task) == set(rows["task"])
         for task, value in per_task.items():
-            assert metrics[f"{name}/{task}"] == pytest.approx(value)
+            assert metrics[f"{name}_per_task/{task}"] == pytest.approx(value)
     assert all(isinstance(value, float) for value in metrics.values())
 
 

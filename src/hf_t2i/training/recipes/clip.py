@@ -258,22 +258,18 @@ class ClipScorerRecipe(Recipe):
 
     def evaluate(self, model, step):
         """Retrieval recall@1/5 both ways, matched-vs-shuffled preference and, on shapes, matched-vs-contradicting
-        preference, overall and per task as `<metric>/<task>` (`hf_t2i.evaluation.clip_score.scorer_metrics`), on
-        the eval split."""
+        preference, overall and per task (`hf_t2i.evaluation.clip_score.scorer_metrics`), on the eval split; nested
+        results flattened as trackers take them (`<metric>_per_task/<task>`)."""
         from ...evaluation.clip_score import scorer_metrics
+        from ...evaluation.runner import flatten_metrics
 
         evaluation = self._splits()[1]
         tasks = evaluation["task"] if self._eval_twins is not None else None
         metrics = scorer_metrics(
             model, self.processor, evaluation["text"], evaluation["image"], self._eval_twins, tasks=tasks
         )
-        flat = {}
-        for name, value in metrics.items():
-            if name.endswith("_per_task"):
-                flat.update({f"{name.removesuffix('_per_task')}/{task}": float(v) for task, v in value.items()})
-            elif name != "num_pairs":
-                flat[name] = float(value)
-        return flat
+        metrics.pop("num_pairs", None)
+        return flatten_metrics(metrics)
 
     def save_pretrained(self, model, output_dir):
         model.save_pretrained(output_dir)
