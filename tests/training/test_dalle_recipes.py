@@ -161,3 +161,49 @@ def test_prior_recipe_fine_tunes_a_shipped_checkpoint_by_name(tmp_path):
     model = recipe.build_model()
     assert all(torch.equal(value, shipped.model.state_dict()[key]) for key, value in model.state_dict().items())
     assert model.dtype == torch.float32 and not any(p.requires_grad for p in model.vqmodel.parameters())
+
+
+def test_fine_tuning_onto_a_retrained_dvae_replaces_the_prior_s_dvae(dvae_dir, tmp_path):
+    """`replace_image_tokenizer`: the pretrained prior is fine-tuned on the codes of a dVAE of the same architecture
+    and other weights, and exported with it; without the flag such a dVAE is refused, naming the flag."""
+    from hf_t2i import DalleDVAE
+
+    train(
+        DallePriorRecipe(
+            DallePriorRecipeConfig(**DATA, dvae_path=str(dvae_dir), cache_dir=str(tmp_path), **PRIOR_FLAGS)
+        ),
+        run_config(tmp_path / "prior"),
+    )
+    prior = tmp_path / "prior" / "final"
+    torch.manual_seed(1)
+    retrained = DalleDVAE(DalleDVAE.from_pretrained(dvae_dir).config)  # same architecture, other weights
+    retrained.save_pretrained(tmp_path / "retrained")
+    base = dict(**DATA, pretrained_model_name_or_path=str(prior), dvae_path=str(tmp_path / "retrained"))
+    base["cache_dir"] = str(tmp_path)
+    with pytest.raises(ValueError, match="is not the image tokenizer of .*--replace-image-tokenizer"):
+        DallePriorRecipe(DallePriorRecipeConfig(**base))
+
+    recipe = DallePriorRecipe(DallePriorRecipeConfig(**base, replace_image_tokenizer=True))
+    model = recipe.build_model()
+    new = retrained.state_dict()
+    assert all(torch.equal(value, new[key]) for key, value in model.vqmodel.state_dict().items())
+    assert not any(p.requires_grad for p in model.vqmodel.parameters())
+    before = DallePipeline.from_pretrained(prior).model
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in model.state_dict().items() if "vqmodel" not in k)
+    train(recipe, run_config(tmp_path / "tuned", max_steps=2))
+    tuned = DallePipeline.from_pretrained(tmp_path / "tuned" / "final").model
+    assert all(torch.equal(value, new[key]) for key, value in tuned.vqmodel.state_dict().items())
+
+    with pytest.raises(ValueError, match="pretrained_model_name_or_path` is empty"):
+        DallePriorRecipe(
+            DallePriorRecipeConfig(**{**base, "pretrained_model_name_or_path": None}, replace_image_tokenizer=True)
+        )
+    with pytest.raises(ValueError, match="`dvae_path` is empty"):
+        DallePriorRecipe(DallePriorRecipeConfig(**{**base, "dvae_path": ""}, replace_image_tokenizer=True))
+    wider = DalleDVAE.from_pretrained(dvae_dir).config
+    wider.hidden_size *= 2
+    DalleDVAE(wider).save_pretrained(tmp_path / "wider")
+    with pytest.raises(ValueError, match="cannot replace the image tokenizer .*hidden_size"):
+        DallePriorRecipe(
+            DallePriorRecipeConfig(**{**base, "dvae_path": str(tmp_path / "wider")}, replace_image_tokenizer=True)
+        )

@@ -195,5 +195,22 @@ def test_fine_tuning_starts_from_the_trained_model_and_its_vae(vae_dir, tmp_path
     AutoencoderKL(**{**AutoencoderKL.load_config(vae_dir), "scaling_factor": 0.5}).save_pretrained(other)
     with pytest.raises(ValueError, match="`vae_path` .* is not the image tokenizer of"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, vae_path=str(other), pretrained_model_name_or_path=final))
+    # --replace-image-tokenizer swaps in a VAE of the same settings (`other`: other weights), and refuses one whose
+    # latents are scaled otherwise
+    swapped = TransfusionRecipe(
+        TransfusionRecipeConfig(
+            **data, vae_path=str(other), pretrained_model_name_or_path=final, replace_image_tokenizer=True
+        )
+    ).build_model()
+    new = AutoencoderKL.from_pretrained(other).state_dict()
+    assert all(torch.equal(value, new[key]) for key, value in swapped.vae.state_dict().items())
+    rescaled = tmp_path / "rescaled_vae"
+    AutoencoderKL(**{**AutoencoderKL.load_config(vae_dir), "scaling_factor": 0.25}).save_pretrained(rescaled)
+    with pytest.raises(ValueError, match="cannot replace the image tokenizer .*scaling_factor"):
+        TransfusionRecipe(
+            TransfusionRecipeConfig(
+                **data, vae_path=str(rescaled), pretrained_model_name_or_path=final, replace_image_tokenizer=True
+            )
+        )
     with pytest.raises(ValueError, match="is not a TransfusionPipeline folder"):
         TransfusionRecipe(TransfusionRecipeConfig(**data, pretrained_model_name_or_path=str(vae_dir)))

@@ -392,20 +392,83 @@ def refuse_tokenizer_path(tokenizer_path: str | None, name: str) -> None:
         )
 
 
-def frozen_part_folder(module: torch.nn.Module, argument: str, given: str, load_given, cache_dir, name: str) -> str:
+def replace_image_tokenizer_field():
+    """The `replace_image_tokenizer` field of a recipe that fine-tunes a prior with a frozen image tokenizer."""
+    return field(
+        default=False,
+        metadata={
+            "help": "with --pretrained-model-name-or-path: swap the model's image tokenizer for the one its image "
+            "tokenizer folder argument names (same architecture and settings, other weights, e.g. retrained) and "
+            "fine-tune the model onto its codes or latents; the export holds the new tokenizer"
+        },
+    )
+
+
+def refuse_replace_without_pretrained(config) -> None:
+    """`replace_image_tokenizer` swaps the tokenizer of a trained model: without one to fine-tune it is an error."""
+    if config.replace_image_tokenizer and not config.pretrained_model_name_or_path:
+        raise ValueError(
+            "`replace_image_tokenizer=True` swaps the image tokenizer of a trained model, but "
+            "`pretrained_model_name_or_path` is empty: name the model to fine-tune, or drop the flag."
+        )
+
+
+def frozen_part_folder(
+    module: torch.nn.Module, argument: str, given: str, load_given, cache_dir, name: str, replace: bool | None = None
+) -> str:
     """The folder a fine-tuning run encodes its images with: the pretrained model `name`'s frozen image tokenizer or
     VAE `module`, saved once into the cache (`saved_once`) when the `argument` folder is not `given`; a given folder
     (`load_given()` loads it) must hold exactly those weights, else its codes would not be the ones the model
-    learned."""
+    learned. `replace=True` (a recipe's `replace_image_tokenizer`) instead copies the given folder's weights into
+    `module`, which must have the same architecture, so that the model is fine-tuned onto the new codes and exported
+    with the tokenizer that made them; None: the recipe has no such option."""
     if not given:
+        if replace:
+            raise ValueError(
+                f"`replace_image_tokenizer=True` swaps in the image tokenizer that `{argument}` names, but "
+                f"`{argument}` is empty: pass the folder of the new image tokenizer."
+            )
         return saved_once(module, cache_dir)
-    ours, theirs = load_given().state_dict(), module.state_dict()
-    if ours.keys() != theirs.keys() or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
+    loaded = load_given()
+    ours, theirs = loaded.state_dict(), module.state_dict()
+    same_shapes = ours.keys() == theirs.keys() and all(value.shape == theirs[key].shape for key, value in ours.items())
+    if replace:
+        differing = config_differences(loaded, module)
+        if not same_shapes or differing:
+            raise ValueError(
+                f"`{argument}` ({given!r}) cannot replace the image tokenizer of {name!r}: its architecture or "
+                f"config differs ({differing or 'parameter names or shapes'}), and the prior was built for that "
+                "tokenizer's settings. Train the new tokenizer from the old one "
+                "(`--pretrained-model-name-or-path`), which keeps them."
+            )
+        with torch.no_grad():
+            for key, value in module.state_dict().items():
+                value.copy_(ours[key])
+        return given
+    if not same_shapes or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
+        fix = "Leave it out to use the model's own."
+        if replace is False:
+            fix += " To fine-tune the model onto this tokenizer's codes instead, pass `--replace-image-tokenizer`."
         raise ValueError(
             f"`{argument}` ({given!r}) is not the image tokenizer of {name!r}: its codes or latents would not be the "
-            "ones the model learned. Leave it out to use the model's own."
+            f"ones the model learned. {fix}"
         )
     return given
+
+
+def config_differences(model: torch.nn.Module, other: torch.nn.Module) -> list[str]:
+    """The config fields (bookkeeping such as `_name_or_path`, `_class_name` and `dtype` aside) whose values differ
+    between two models of one class (transformers or diffusers configs), or ['class'] when the classes differ."""
+    if type(model) is not type(other):
+        return ["class"]
+
+    def fields(config) -> dict:
+        return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+
+    ours, theirs = fields(model.config), fields(other.config)
+    keys = {key for key in ours.keys() | theirs.keys() if not key.startswith("_")}
+    keys -= {"torch_dtype", "dtype", "transformers_version", "architectures"}
+    return sorted(key for key in keys if ours.get(key) != theirs.get(key))
 
 
 def saved_once(module: torch.nn.Module, cache_dir: str | None) -> str:

@@ -18,7 +18,9 @@ from .common import (
     frozen_part_folder,
     load_image_text_splits,
     load_pretrained,
+    refuse_replace_without_pretrained,
     refuse_tokenizer_path,
+    replace_image_tokenizer_field,
     training_captions,
     warn_ignored_settings,
 )
@@ -38,6 +40,7 @@ class TokenPriorRecipeConfig(ImageTextDataConfig):
             "text length, image size and image tokenizer are used, and the size arguments are ignored"
         },
     )
+    replace_image_tokenizer: bool = replace_image_tokenizer_field()
     tokenizer_path: str | None = field(
         default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
     )
@@ -84,6 +87,7 @@ class TokenPriorRecipe(Recipe):
     def __init__(self, config=None):
         super().__init__(config)
         self.pretrained_pipeline = None
+        refuse_replace_without_pretrained(self.config)
         if self.config.pretrained_model_name_or_path:
             self._start_from_pretrained()
         if not self.image_tokenizer_path:
@@ -153,6 +157,7 @@ class TokenPriorRecipe(Recipe):
             self.load_image_tokenizer,
             c.cache_dir,
             name,
+            replace=c.replace_image_tokenizer,
         )
         setattr(c, self.image_tokenizer_argument, folder)
 

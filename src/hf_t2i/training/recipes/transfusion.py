@@ -34,7 +34,9 @@ from .common import (
     frozen_part_folder,
     load_image_text_splits,
     load_pretrained,
+    refuse_replace_without_pretrained,
     refuse_tokenizer_path,
+    replace_image_tokenizer_field,
     training_captions,
     warn_ignored_settings,
 )
@@ -67,6 +69,7 @@ class TransfusionRecipeConfig(ImageTextDataConfig):
         },
     )
     vae_path: str = field(default="", metadata={"help": "a diffusers AutoencoderKL folder (e.g. autoencoder_kl's)"})
+    replace_image_tokenizer: bool = replace_image_tokenizer_field()
     tokenizer_path: str | None = field(
         default=None, metadata={"help": "a Hugging Face tokenizer; default: train a byte-level BPE on the captions"}
     )
@@ -139,6 +142,7 @@ class TransfusionRecipe(Recipe):
         check_choice("timestep_sampling", c.timestep_sampling, TIMESTEP_SAMPLINGS)
         check_position_embedding_init(c.position_embedding_init)
         self.pretrained_pipeline = None
+        refuse_replace_without_pretrained(c)
         if c.pretrained_model_name_or_path:
             self._start_from_pretrained()
         if not c.vae_path:
@@ -170,7 +174,9 @@ class TransfusionRecipe(Recipe):
         model.config.timestep_sampling = c.timestep_sampling
         self.pretrained_pipeline = pipe
         self._tokenizer, self._processor, self._model_config = processor.tokenizer, processor, model.config
-        c.vae_path = frozen_part_folder(model.vae, "vae_path", c.vae_path, self.load_vae, c.cache_dir, name)
+        c.vae_path = frozen_part_folder(
+            model.vae, "vae_path", c.vae_path, self.load_vae, c.cache_dir, name, replace=c.replace_image_tokenizer
+        )
 
     # -- model and processor ------------------------------------------------------------------------------------------
     def _splits(self):
