@@ -414,14 +414,14 @@ def refuse_replace_without_pretrained(config) -> None:
 
 
 def frozen_part_folder(
-    module: torch.nn.Module, argument: str, given: str, load_given, cache_dir, name: str, replace: bool | None = None
+    module: torch.nn.Module, argument: str, given: str, load_given, cache_dir, name: str, replace: bool = False
 ) -> str:
     """The folder a fine-tuning run encodes its images with: the pretrained model `name`'s frozen image tokenizer or
     VAE `module`, saved once into the cache (`saved_once`) when the `argument` folder is not `given`; a given folder
     (`load_given()` loads it) must hold exactly those weights, else its codes would not be the ones the model
-    learned. `replace=True` (a recipe's `replace_image_tokenizer`) instead copies the given folder's weights into
-    `module`, which must have the same architecture, so that the model is fine-tuned onto the new codes and exported
-    with the tokenizer that made them; None: the recipe has no such option."""
+    learned. `replace=True` (a recipe's `replace_image_tokenizer`) instead loads the given folder's weights into
+    `module`, whose class and config it must share, so that the model is fine-tuned onto the new codes and exported
+    with the tokenizer that made them."""
     if not given:
         if replace:
             raise ValueError(
@@ -430,35 +430,30 @@ def frozen_part_folder(
             )
         return saved_once(module, cache_dir)
     loaded = load_given()
-    ours, theirs = loaded.state_dict(), module.state_dict()
-    same_shapes = ours.keys() == theirs.keys() and all(value.shape == theirs[key].shape for key, value in ours.items())
     if replace:
         differing = config_differences(loaded, module)
-        if not same_shapes or differing:
+        if differing:
             raise ValueError(
-                f"`{argument}` ({given!r}) cannot replace the image tokenizer of {name!r}: its architecture or "
-                f"config differs ({differing or 'parameter names or shapes'}), and the prior was built for that "
-                "tokenizer's settings. Train the new tokenizer from the old one "
+                f"`{argument}` ({given!r}) cannot replace the image tokenizer of {name!r}: its {differing} differ, "
+                "and the prior was built for that tokenizer's settings. Train the new tokenizer from the old one "
                 "(`--pretrained-model-name-or-path`), which keeps them."
             )
-        with torch.no_grad():
-            for key, value in module.state_dict().items():
-                value.copy_(ours[key])
+        module.load_state_dict(loaded.state_dict())
         return given
-    if not same_shapes or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
-        fix = "Leave it out to use the model's own."
-        if replace is False:
-            fix += " To fine-tune the model onto this tokenizer's codes instead, pass `--replace-image-tokenizer`."
+    ours, theirs = loaded.state_dict(), module.state_dict()
+    if ours.keys() != theirs.keys() or any(not torch.equal(value, theirs[key]) for key, value in ours.items()):
         raise ValueError(
             f"`{argument}` ({given!r}) is not the image tokenizer of {name!r}: its codes or latents would not be the "
-            f"ones the model learned. {fix}"
+            "ones the model learned. Leave it out to use the model's own, or pass `--replace-image-tokenizer` to "
+            "fine-tune the model onto this tokenizer's codes."
         )
     return given
 
 
 def config_differences(model: torch.nn.Module, other: torch.nn.Module) -> list[str]:
     """The config fields (bookkeeping such as `_name_or_path`, `_class_name` and `dtype` aside) whose values differ
-    between two models of one class (transformers or diffusers configs), or ['class'] when the classes differ."""
+    between two models of one class (transformers or diffusers configs), or ['class'] when the classes differ. Equal
+    configs of one class build the same parameters, so the two models' weights load into each other."""
     if type(model) is not type(other):
         return ["class"]
 
