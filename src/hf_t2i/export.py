@@ -45,11 +45,11 @@ DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathLike) -> str:
     """Load the image tokenizer folder `tokenizer_path` into the tokenizer nested in `model` (a prior), after checking
-    that the two encode alike: every parameter outside the decoder (`DECODER_PREFIXES`) must be equal, as after a
-    decoder-only fine-tune (`hf-t2i train vit_vqgan|dalle_dvae --no-train-encoder`), so the prior's tokens decode
-    through the new decoder. Returns the nested tokenizer's attribute name; raises a `ValueError` naming
+    that the two encode alike: the same config (`config_differences`) and every parameter outside the decoder
+    (`DECODER_PREFIXES`) equal, as after a decoder-only fine-tune (`hf-t2i train vit_vqgan|dalle_dvae
+    --no-train-encoder`), so the prior's tokens decode through the new decoder. Returns the nested tokenizer's attribute name; raises a `ValueError` naming
     `image_tokenizer` otherwise."""
-    from .models.image_tokenizers import load_image_tokenizer
+    from .models.image_tokenizers import config_differences, load_image_tokenizer
 
     tokenizer = load_image_tokenizer(tokenizer_path)
     path = os.fspath(tokenizer_path)
@@ -65,6 +65,12 @@ def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathL
         raise ValueError(
             f"`image_tokenizer` ({path!r}) has another architecture than the folder's `{name}`; pass a fine-tune of "
             "that tokenizer."
+        )
+    differing = config_differences(tokenizer, current)
+    if differing:
+        raise ValueError(
+            f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` ({differing} differ), so its "
+            "codes or latents would be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
         )
     changed = [
         key

@@ -138,8 +138,8 @@ def test_export_stores_the_empty_caption_for_stock_generate(parti_pipeline, tmp_
 
 def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path):
     """`hf-t2i export --image-tokenizer DIR` replaces the nested ViT-VQGAN with a decoder-only fine-tune of it: the
-    prior and its tokens stay, the pictures come from the new decoder. A tokenizer that encodes otherwise (an encoder
-    weight changed) is refused, naming the argument, and nothing is written."""
+    prior and its tokens stay, the pictures come from the new decoder. A tokenizer that encodes otherwise (another
+    setting, or an encoder weight changed) is refused, naming the argument, and nothing is written."""
     import copy
 
     from hf_t2i.cli import main
@@ -165,6 +165,12 @@ def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path
         torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
         assert not torch.allclose(parti_pipeline.model.decode_image_tokens(tokens), expected, atol=1e-3)
 
+    # the same weights under another setting encode otherwise too (a weights-only check would let it through)
+    other_activation = copy.deepcopy(tuned)
+    other_activation.config.hidden_act = "relu" if tuned.config.hidden_act != "relu" else "gelu"
+    other_activation.save_pretrained(tmp_path / "relu")
+    with pytest.raises(ValueError, match="`image_tokenizer`.*other settings.*hidden_act"):
+        export_checkpoint(tmp_path / "full", tmp_path / "bad", image_tokenizer=tmp_path / "relu")
     with torch.no_grad():
         tuned.encoder.patch_embedding.weight.add_(1.0)
     tuned.save_pretrained(tmp_path / "retrained")

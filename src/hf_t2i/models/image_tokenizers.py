@@ -208,6 +208,22 @@ def image_tokenizer_size(tokenizer: nn.Module) -> int:
     return tokenizer.config.sample_size if is_continuous_tokenizer(tokenizer) else tokenizer.config.image_size
 
 
+def config_differences(model: nn.Module, other: nn.Module) -> list[str]:
+    """The config fields (bookkeeping such as `_name_or_path`, `dtype` and `auto_map` aside) whose values differ
+    between two models of one class (transformers or diffusers configs), or ['class'] when the classes differ. Equal
+    configs of one class build the same parameters, so the two models' weights load into each other."""
+    if type(model) is not type(other):
+        return ["class"]
+
+    def fields(config) -> dict:
+        return dict(config.to_dict() if hasattr(config, "to_dict") else config)
+
+    ours, theirs = fields(model.config), fields(other.config)
+    keys = {key for key in ours.keys() | theirs.keys() if not key.startswith("_")}
+    keys -= {"torch_dtype", "dtype", "transformers_version", "architectures", "auto_map"}
+    return sorted(key for key in keys if ours.get(key) != theirs.get(key))
+
+
 __all__ = [
     "DalleDVAE",
     "DalleDVAEConfig",
@@ -221,4 +237,5 @@ __all__ = [
     "vq_config_from",
     "is_continuous_tokenizer",
     "load_image_tokenizer",
+    "config_differences",
 ]

@@ -431,6 +431,8 @@ def frozen_part_folder(
         return saved_once(module, cache_dir)
     loaded = load_given()
     if replace:
+        from ...models.image_tokenizers import config_differences
+
         differing = config_differences(loaded, module)
         if differing:
             raise ValueError(
@@ -448,22 +450,6 @@ def frozen_part_folder(
             "fine-tune the model onto this tokenizer's codes."
         )
     return given
-
-
-def config_differences(model: torch.nn.Module, other: torch.nn.Module) -> list[str]:
-    """The config fields (bookkeeping such as `_name_or_path`, `_class_name` and `dtype` aside) whose values differ
-    between two models of one class (transformers or diffusers configs), or ['class'] when the classes differ. Equal
-    configs of one class build the same parameters, so the two models' weights load into each other."""
-    if type(model) is not type(other):
-        return ["class"]
-
-    def fields(config) -> dict:
-        return dict(config.to_dict() if hasattr(config, "to_dict") else config)
-
-    ours, theirs = fields(model.config), fields(other.config)
-    keys = {key for key in ours.keys() | theirs.keys() if not key.startswith("_")}
-    keys -= {"torch_dtype", "dtype", "transformers_version", "architectures"}
-    return sorted(key for key in keys if ours.get(key) != theirs.get(key))
 
 
 def saved_once(module: torch.nn.Module, cache_dir: str | None) -> str:
