@@ -43,12 +43,18 @@ def set_compute_dtype(folder: str | os.PathLike, dtype: str = "float32") -> list
 DECODER_PREFIXES = ("decoder.", "post_quant_conv.")
 
 
-def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathLike) -> str:
+def replace_image_decoder(
+    model: torch.nn.Module, tokenizer_path: str | os.PathLike, stored_dtype: torch.dtype | None = None
+) -> str:
     """Load the image tokenizer folder `tokenizer_path` into the tokenizer nested in `model` (a prior), after checking
     that the two encode alike: the same config (`config_differences`) and every parameter outside the decoder
     (`DECODER_PREFIXES`) equal, as after a decoder-only fine-tune (`hf-t2i train vit_vqgan|dalle_dvae
-    --no-train-encoder`), so the prior's tokens decode through the new decoder. Returns the nested tokenizer's attribute name; raises a `ValueError` naming
-    `image_tokenizer` otherwise."""
+    --no-train-encoder`), so the prior's tokens decode through the new decoder. Returns the nested tokenizer's
+    attribute name; raises a `ValueError` naming `image_tokenizer` otherwise.
+
+    With `stored_dtype` (the dtype the caller saves the weights in) "equal" means equal once stored in it: a
+    float16 folder's encoder is the float32 one it was exported from rounded, so the decoder fine-tuned from that
+    float32 tokenizer still fits it, and the folder written keeps the encoder it had, byte for byte."""
     from .models.image_tokenizers import config_differences, load_image_tokenizer
 
     tokenizer = load_image_tokenizer(tokenizer_path)
@@ -72,10 +78,12 @@ def replace_image_decoder(model: torch.nn.Module, tokenizer_path: str | os.PathL
             f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` ({differing} differ), so its "
             "codes or latents would be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
         )
+    compare_dtype = stored_dtype or torch.float32
     changed = [
         key
         for key in ours
-        if not key.startswith(DECODER_PREFIXES) and not torch.equal(ours[key].detach().float(), theirs[key].float())
+        if not key.startswith(DECODER_PREFIXES)
+        and not torch.equal(ours[key].detach().to(compare_dtype), theirs[key].detach().to(compare_dtype))
     ]
     if changed:
         raise ValueError(
@@ -163,9 +171,10 @@ def export_checkpoint(
 
         scorer, scorer_processor = load_scorer(rerank_scorer, argument="rerank_scorer")
         pipe.register_modules(scorer=scorer, scorer_processor=scorer_processor)
+    dtype = dtype or torch.float16
     if image_tokenizer is not None:
-        replace_image_decoder(pipe.model, image_tokenizer)
-    pipe.to(dtype=dtype or torch.float16)
+        replace_image_decoder(pipe.model, image_tokenizer, stored_dtype=dtype)
+    pipe.to(dtype=dtype)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
     if default_guidance_scale is not None:

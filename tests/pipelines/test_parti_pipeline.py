@@ -165,6 +165,18 @@ def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path
         torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
         assert not torch.allclose(parti_pipeline.model.decode_image_tokens(tokens), expected, atol=1e-3)
 
+    # a float16 folder holds its encoder rounded; the float32 fine-tune fits it, since its encoder rounds the same
+    # way, and the folder written keeps its encoder; kept in float32, that rounding would be a change: refused
+    assert not all(
+        torch.equal(p, p.half().float()) for p in parti_pipeline.model.vqmodel.encoder.parameters()
+    )  # else this checks nothing
+    export_checkpoint(tmp_path / "new", tmp_path / "again", image_tokenizer=tmp_path / "tuned")
+    again = PartiPipeline.from_pretrained(tmp_path / "again", dtype=torch.float32)
+    for name, parameter in exported.model.vqmodel.named_parameters():
+        torch.testing.assert_close(dict(again.model.vqmodel.named_parameters())[name], parameter, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="`image_tokenizer`.*does not encode as the folder's `vqmodel`.*encoder"):
+        export_checkpoint(tmp_path / "new", tmp_path / "bad", dtype=torch.float32, image_tokenizer=tmp_path / "tuned")
+
     # the same weights under another setting encode otherwise too (a weights-only check would let it through)
     other_activation = copy.deepcopy(tuned)
     other_activation.config.hidden_act = "relu" if tuned.config.hidden_act != "relu" else "gelu"
