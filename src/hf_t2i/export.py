@@ -133,8 +133,8 @@ def export_checkpoint(
     with a `scorer` component takes one.
 
     `image_tokenizer`, a tokenizer folder whose encoder and codebook are those of the tokenizer nested in the prior
-    (a decoder-only fine-tune of it), replaces that tokenizer: the prior's tokens then decode through its decoder
-    (`replace_image_decoder`).
+    once stored in `dtype` (a decoder-only fine-tune of it), replaces that tokenizer: the prior's tokens then decode
+    through its decoder (`replace_image_decoder`).
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle64/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
