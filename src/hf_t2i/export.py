@@ -66,18 +66,13 @@ def replace_image_decoder(
             f"{len(nested)} of that class; pass a tokenizer of the kind the prior was trained on."
         )
     name, current = nested[0]
-    ours, theirs = dict(current.named_parameters()), dict(tokenizer.named_parameters())
-    if ours.keys() != theirs.keys() or any(ours[k].shape != theirs[k].shape for k in ours):
-        raise ValueError(
-            f"`image_tokenizer` ({path!r}) has another architecture than the folder's `{name}`; pass a fine-tune of "
-            "that tokenizer."
-        )
-    differing = config_differences(tokenizer, current)
+    differing = config_differences(tokenizer, current)  # equal configs of one class: the same parameter shapes
     if differing:
         raise ValueError(
             f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` ({differing} differ), so its "
             "codes or latents would be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
         )
+    ours, theirs = dict(current.named_parameters()), dict(tokenizer.named_parameters())
     compare_dtype = stored_dtype or torch.float32
     changed = [
         key
