@@ -49,8 +49,10 @@ def replace_image_decoder(
     """Load the image tokenizer folder `tokenizer_path` into the tokenizer nested in `model` (a prior), after checking
     that the two encode alike: the same config (`config_differences`) and every parameter outside the decoder
     (`DECODER_PREFIXES`) equal, as after a decoder-only fine-tune (`hf-t2i train vit_vqgan|dalle_dvae
-    --no-train-encoder`), so the prior's tokens decode through the new decoder. Returns the nested tokenizer's
-    attribute name; raises a `ValueError` naming `image_tokenizer` otherwise.
+    --no-train-encoder`), so the prior's tokens decode through the new decoder. A decoder of other sizes (the
+    tokenizer config's `decoder_settings`, e.g. Parti's larger decoder: `ViTVQGAN.with_decoder`) replaces the nested
+    tokenizer, and its config the prior's sub-config. Returns the nested tokenizer's attribute name; raises a
+    `ValueError` naming `image_tokenizer` otherwise.
 
     With `stored_dtype` (the dtype the caller saves the weights in) "equal" means equal once stored in it: a
     float16 folder's encoder is the float32 one it was exported from rounded, so the decoder fine-tuned from that
@@ -66,11 +68,14 @@ def replace_image_decoder(
             f"{len(nested)} of that class; pass a tokenizer of the kind the prior was trained on."
         )
     name, current = nested[0]
+    decoder_settings = getattr(current.config, "decoder_settings", ())
     differing = config_differences(tokenizer, current)  # equal configs of one class: the same parameter shapes
-    if differing:
+    resized = [setting for setting in differing if setting in decoder_settings]
+    if len(resized) < len(differing):
         raise ValueError(
-            f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` ({differing} differ), so its "
-            "codes or latents would be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
+            f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` "
+            f"({[setting for setting in differing if setting not in resized]} differ), so its codes or latents would "
+            "be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
         )
     ours, theirs = dict(current.named_parameters()), dict(tokenizer.named_parameters())
     compare_dtype = stored_dtype or torch.float32
@@ -86,7 +91,20 @@ def replace_image_decoder(
             f"the decoder differ (first: {changed[0]}), so the prior's tokens would mean other images. Fine-tune the "
             "decoder alone (`hf-t2i train vit_vqgan|dalle_dvae --pretrained-model-name-or-path ... --no-train-encoder`)."
         )
-    current.load_state_dict(tokenizer.state_dict())
+    if not resized:
+        current.load_state_dict(tokenizer.state_dict())
+        return name
+    # a decoder of other sizes (Parti's larger decoder): the tokenizer replaces the nested one, config included
+    sub_config = [key for key, value in vars(model.config).items() if value is current.config]
+    if len(sub_config) != 1:
+        raise ValueError(
+            f"`image_tokenizer` ({path!r}) has a decoder of other sizes ({resized}), but {type(model).__name__}'s "
+            f"config does not hold the config of its `{name}` as one field, so the new sizes cannot be saved with it."
+        )
+    tokenizer.requires_grad_(False).to(device=current.device, dtype=current.dtype)
+    tokenizer.config._name_or_path = current.config._name_or_path  # the folder records no local training path
+    setattr(model.config, sub_config[0], tokenizer.config)
+    setattr(model, name, tokenizer)
     return name
 
 

@@ -53,6 +53,32 @@ def test_gradient_reaches_the_encoder_through_the_codebook():
     assert model.quantizer.codebook.weight.grad is None  # codes only move through the VQ loss
 
 
+def test_with_decoder_grows_a_decoder_that_starts_as_the_trained_one(tmp_path):
+    """Parti's larger decoder: `with_decoder` copies the encoder and codebook (same codes); more blocks of the same
+    width decode exactly as before until trained, other sizes start from scratch; both save and load as they are."""
+    model = tiny().eval()
+    x = pixels()
+    ids = model.encode(x)
+    deeper = model.with_decoder(decoder_num_hidden_layers=3).eval()
+    assert len(deeper.decoder.layers) == 3 and deeper.config.decoder_num_hidden_layers == 3
+    assert model.config.decoder_num_hidden_layers == 1  # the original is untouched
+    assert torch.equal(deeper.encode(x), ids)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.decode(ids), model.decode(ids), rtol=0, atol=0)
+    assert all(p.requires_grad for p in deeper.decoder.layers[2].parameters())  # trainable, not frozen at zero
+    deeper.decoder.layers[2].mlp.fc2.weight.data.normal_(0.0, 1.0)  # once trained, the added blocks change the picture
+    assert not torch.allclose(deeper.decode(ids), model.decode(ids), atol=1e-4)
+
+    wider = model.with_decoder(decoder_hidden_size=64, decoder_intermediate_size=128)
+    assert wider.decoder.code_projection.out_features == 64 and torch.equal(wider.encode(x), ids)
+    wider.save_pretrained(tmp_path / "wider")
+    loaded = ViTVQGAN.from_pretrained(tmp_path / "wider")
+    assert loaded.config.decoder_hidden_size == 64 and loaded.config.hidden_size == 32
+    torch.testing.assert_close(loaded.decode(ids), wider.decode(ids))
+    with pytest.raises(ValueError, match="`with_decoder`.*hidden_size.*decoder_hidden_size"):
+        model.with_decoder(hidden_size=64)
+
+
 def test_upsampler_outputs_twice_the_size_and_round_trips(tmp_path):
     tokenizer = tiny()
     torch.manual_seed(2)

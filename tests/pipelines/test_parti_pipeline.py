@@ -188,3 +188,30 @@ def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path
     with pytest.raises(ValueError, match="`image_tokenizer`.*does not encode as the folder's `vqmodel`.*encoder"):
         export_checkpoint(tmp_path / "full", tmp_path / "bad", image_tokenizer=tmp_path / "retrained")
     assert not (tmp_path / "bad").exists()
+
+
+def test_export_puts_a_larger_decoder_into_the_prior(parti_pipeline, tmp_path):
+    """Parti's larger decoder (`ViTVQGAN.with_decoder`, then trained): the export replaces the nested tokenizer, its
+    sizes go into the prior's `vq_config`, and the folder loads with them; the prior's tokens stay."""
+    from hf_t2i.export import export_checkpoint
+
+    parti_pipeline.save_pretrained(tmp_path / "full")
+    nested = parti_pipeline.model.vqmodel
+    layers = nested.config.decoder_num_hidden_layers
+    larger = nested.with_decoder(decoder_num_hidden_layers=layers + 2)
+    with torch.no_grad():
+        for parameter in larger.decoder.layers[layers:].parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    larger.save_pretrained(tmp_path / "larger")
+    export_checkpoint(tmp_path / "full", tmp_path / "new", image_tokenizer=tmp_path / "larger")
+    config = PartiPipeline.from_pretrained(tmp_path / "new").model.config.vq_config
+    assert config.decoder_num_hidden_layers == layers + 2 and config._name_or_path == nested.config._name_or_path
+    exported = PartiPipeline.from_pretrained(tmp_path / "new", dtype=torch.float32)
+    exported.set_progress_bar_config(disable=True)
+    assert len(exported.model.vqmodel.decoder.layers) == layers + 2
+    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    before = parti_pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = larger.half().float().decode(tokens)
+        torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)

@@ -103,6 +103,33 @@ def test_decoder_fine_tune_keeps_the_codes_and_moves_the_decoder_alone(tokenizer
     assert reconstruction_loss(after) < reconstruction_loss(before)
 
 
+def test_decoder_fine_tune_with_a_larger_decoder(tokenizer_dir, tmp_path):
+    """Parti's second tokenizer stage: `--no-train-encoder --decoder-num-hidden-layers N` trains a deeper decoder on
+    the frozen codes; it starts as the trained decoder, and the export holds the new sizes and the same encoder."""
+    before = ViTVQGAN.from_pretrained(tokenizer_dir)
+    config = ViTVQGANRecipeConfig(
+        **DATA, **SMALL_GAN, perceptual_network="none", perceptual_loss_weight=0.0, disc_start_step=0,
+        pretrained_model_name_or_path=str(tokenizer_dir), train_encoder=False, decoder_num_hidden_layers=3,
+    )  # fmt: skip
+    recipe = ViTVQGANRecipe(config)
+    assert config.decoder_num_hidden_layers == 3 and config.decoder_hidden_size == 32  # the run records its decoder
+    pixels = torch.stack([recipe.build_eval_dataset()[i]["pixel_values"] for i in range(8)])
+    ids = before.encode(pixels)
+    with torch.no_grad():
+        torch.testing.assert_close(recipe.pretrained_model.decode(ids), before.decode(ids), rtol=0, atol=0)
+    train(recipe, run_config(tmp_path, max_steps=3, learning_rate=3e-3, lr_warmup_steps=0))
+    after = ViTVQGAN.from_pretrained(tmp_path / "final")
+    assert after.config.decoder_num_hidden_layers == 3 and len(after.decoder.layers) == 3
+    assert torch.equal(after.encode(pixels), ids)
+    added = after.decoder.layers[2].mlp.fc2.weight
+    assert added.abs().sum() > 0  # the added block trained away from its zero start
+    # with the encoder trained too, the decoder sizes are the pretrained model's (a warning names them)
+    whole = ViTVQGANRecipe(
+        ViTVQGANRecipeConfig(**DATA, pretrained_model_name_or_path=str(tokenizer_dir), decoder_num_hidden_layers=3)
+    )
+    assert whole.config.decoder_num_hidden_layers == 1 and len(whole.pretrained_model.decoder.layers) == 1
+
+
 def test_upsampler_recipe_trains_on_frozen_tokens(tokenizer_dir, tmp_path):
     config = ViTVQGANUpsamplerRecipeConfig(
         **DATA,

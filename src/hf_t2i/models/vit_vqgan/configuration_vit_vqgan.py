@@ -63,6 +63,14 @@ class ViTVQGANConfig(PreTrainedConfig):
     """
 
     model_type = "vit_vqgan"
+    #: the settings that size the decoder alone: a tokenizer that differs only in them encodes alike (Parti, section
+    #: 2.1, trains a larger decoder on the frozen encoder and codebook; see `ViTVQGAN.with_decoder`)
+    decoder_settings = (
+        "decoder_hidden_size",
+        "decoder_num_hidden_layers",
+        "decoder_num_attention_heads",
+        "decoder_intermediate_size",
+    )
 
     def __init__(
         self,

@@ -346,6 +346,43 @@ class ViTVQGAN(ViTVQGANPreTrainedModel):
         return out if return_dict else out.to_tuple()
 
     @torch.no_grad()
+    def with_decoder(self, **sizes: int) -> ViTVQGAN:
+        """A copy of this tokenizer with a decoder of other `sizes` (keywords of `ViTVQGANConfig.decoder_settings`):
+        Parti's second tokenizer stage (Yu et al. 2022, section 2.1) freezes the trained encoder and codebook and
+        trains a larger decoder on their codes (`hf-t2i train vit_vqgan --no-train-encoder --decoder-num-hidden-layers
+        N`). The encoder and codebook are copied, so the copy encodes exactly as this tokenizer.
+
+        When width, heads and feed-forward size stay and there are at least as many blocks, the new decoder starts as
+        this one (function-preserving growth): its projections, first blocks, norm and output head are copied, and the
+        added blocks come after them with both residual branches' output projections at zero, so the copy decodes
+        exactly as this tokenizer until it is trained. Otherwise the new decoder is freshly initialised."""
+        unknown = sorted(set(sizes) - set(self.config.decoder_settings))
+        if unknown:
+            raise ValueError(
+                f"`with_decoder` got {unknown}, which do not size the decoder; pass only "
+                f"{list(self.config.decoder_settings)}."
+            )
+        config = type(self.config).from_dict({**self.config.to_dict(), **sizes})
+        grown = type(self)(config).to(device=self.device, dtype=self.dtype)
+        grown.encoder.load_state_dict(self.encoder.state_dict())
+        grown.quantizer.load_state_dict(self.quantizer.state_dict())
+        old, new = self.decoder, grown.decoder
+        same_blocks = all(
+            getattr(config, setting) == getattr(self.config, setting)
+            for setting in ("decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size")
+        )
+        if same_blocks and len(new.layers) >= len(old.layers):
+            for name in ("code_projection", "position_embeddings", "norm", "output"):
+                getattr(new, name).load_state_dict(getattr(old, name).state_dict())
+            for block, trained in zip(new.layers, old.layers):
+                block.load_state_dict(trained.state_dict())
+            for block in new.layers[len(old.layers) :]:  # identity until trained: x + 0 + 0
+                for projection in (block.self_attn.out_proj, block.mlp.fc2):
+                    projection.weight.zero_()
+                    projection.bias.zero_()
+        return grown
+
+    @torch.no_grad()
     def reinit_dead_codes(
         self, pixel_values: torch.Tensor, threshold: float | None = None, generator: torch.Generator | None = None
     ) -> int:

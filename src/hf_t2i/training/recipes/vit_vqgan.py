@@ -125,6 +125,10 @@ class ViTVQGANRecipeConfig(AdversarialLossConfig):
     intermediate_size: int = 512
     decoder_hidden_size: int | None = field(default=None, metadata={"help": "decoder width (default: encoder's)"})
     decoder_num_hidden_layers: int | None = field(default=None, metadata={"help": "decoder blocks (default: same)"})
+    decoder_num_attention_heads: int | None = field(default=None, metadata={"help": "decoder heads (default: same)"})
+    decoder_intermediate_size: int | None = field(
+        default=None, metadata={"help": "decoder feed-forward width (default: same)"}
+    )
     vocab_size: int = field(default=1024, metadata={"help": "codebook size K"})
     code_dim: int = field(default=32, metadata={"help": "factorised code dimension (paper 32)"})
     commitment_cost: float = 0.25
@@ -141,7 +145,8 @@ class ViTVQGANRecipeConfig(AdversarialLossConfig):
         default=None,
         metadata={
             "help": "continue from a trained ViTVQGAN (a folder that `hf-t2i train vit_vqgan` wrote, or a Hub id): its "
-            "weights, architecture and image size are used, and the size arguments are ignored"
+            "weights, architecture and image size are used, and the size arguments are ignored (with "
+            "--no-train-encoder, the --decoder-* ones give it a new decoder of those sizes: Parti's larger decoder)"
         },
     )
     train_encoder: bool = field(
@@ -149,7 +154,9 @@ class ViTVQGANRecipeConfig(AdversarialLossConfig):
         metadata={
             "help": "train the encoder and codebook too; --no-train-encoder freezes both (so `encode` gives a prior "
             "trained on this tokenizer the same codes, and dead codes are not re-initialised) and fine-tunes the "
-            "decoder alone, from --pretrained-model-name-or-path"
+            "decoder alone, from --pretrained-model-name-or-path; --decoder-* sizes that differ from its decoder's "
+            "train a new one of those sizes (`ViTVQGAN.with_decoder`: more blocks of the same width start as the "
+            "trained decoder, other sizes from scratch)"
         },
     )
 
@@ -164,6 +171,8 @@ _PRETRAINED_ARCHITECTURE = (
     "intermediate_size",
     "decoder_hidden_size",
     "decoder_num_hidden_layers",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
     "vocab_size",
     "code_dim",
     "commitment_cost",
@@ -195,14 +204,33 @@ class ViTVQGANRecipe(Recipe):
         if self.config.reinit_dead_codes_every < 0:
             raise ValueError(f"`reinit_dead_codes_every` must be >= 0, got {self.config.reinit_dead_codes_every}.")
         self._last_reinit_step = -1
-        from ...models.vit_vqgan import ViTVQGAN
+        from ...models.vit_vqgan import ViTVQGAN, ViTVQGANConfig
 
+        decoder_sizes = self._decoder_sizes()
         self.pretrained_model = pretrained_tokenizer(self.config, ViTVQGAN, self.name, self._architecture)
+        if self.pretrained_model is not None:
+            current = {setting: getattr(self.pretrained_model.config, setting) for setting in decoder_sizes}
+            if decoder_sizes != current:  # Parti's second stage: a new (larger) decoder on the frozen codes
+                self.pretrained_model = self.pretrained_model.with_decoder(**decoder_sizes)
+            for setting in ViTVQGANConfig.decoder_settings:  # the run's record holds the decoder it trains
+                setattr(self.config, setting, getattr(self.pretrained_model.config, setting))
 
-    @staticmethod
-    def _architecture(model) -> dict:
-        """The settings a fine-tuning run takes from the pretrained tokenizer (architecture and image size)."""
-        return {setting: getattr(model.config, setting) for setting in _PRETRAINED_ARCHITECTURE}
+    def _decoder_sizes(self) -> dict:
+        """The decoder sizes this run sets over a pretrained tokenizer's: those given, in a decoder-only run."""
+        from ...models.vit_vqgan import ViTVQGANConfig
+
+        if self.config.train_encoder:
+            return {}
+        given = {setting: getattr(self.config, setting) for setting in ViTVQGANConfig.decoder_settings}
+        return {setting: value for setting, value in given.items() if value is not None}
+
+    def _architecture(self, model) -> dict:
+        """The settings a fine-tuning run takes from the pretrained tokenizer (architecture and image size): all of
+        `_PRETRAINED_ARCHITECTURE` but the decoder sizes a decoder-only run gives."""
+        kept = {setting: getattr(model.config, setting) for setting in _PRETRAINED_ARCHITECTURE}
+        for setting in self._decoder_sizes():
+            kept.pop(setting)
+        return kept
 
     def build_model(self):
         from ...models.vit_vqgan import ViTVQGAN, ViTVQGANConfig
@@ -224,6 +252,8 @@ class ViTVQGANRecipe(Recipe):
             intermediate_size=c.intermediate_size,
             decoder_hidden_size=c.decoder_hidden_size,
             decoder_num_hidden_layers=c.decoder_num_hidden_layers,
+            decoder_num_attention_heads=c.decoder_num_attention_heads,
+            decoder_intermediate_size=c.decoder_intermediate_size,
             vocab_size=c.vocab_size,
             code_dim=c.code_dim,
             commitment_cost=c.commitment_cost,
