@@ -154,6 +154,31 @@ def test_upsampler_recipe_trains_on_frozen_tokens(tokenizer_dir, tmp_path):
     assert not any(key.startswith("discriminator") for key in load_file(tmp_path / "final" / "model.safetensors"))
 
 
+def test_upsampler_copied_from_the_tokenizer_decoder_starts_as_its_nearest_upsampling(tokenizer_dir, tmp_path):
+    """`copy_tokenizer_decoder` builds the upsampler from the tokenizer's trained decoder: before training it decodes
+    the tokenizer's reconstruction upsampled to the nearest pixel, and training moves it from there."""
+    import torch.nn.functional as F
+
+    config = ViTVQGANUpsamplerRecipeConfig(
+        **DATA, **SMALL_GAN, perceptual_network="none", perceptual_loss_weight=0.0, disc_start_step=0,
+        tokenizer_path=str(tokenizer_dir), copy_tokenizer_decoder=True,
+    )  # fmt: skip
+    recipe = ViTVQGANUpsamplerRecipe(config)
+    tokenizer = ViTVQGAN.from_pretrained(tokenizer_dir)
+    ids = tokenizer.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    nearest = F.interpolate(tokenizer.decode(ids), scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        start = recipe.build_model().generator
+        torch.testing.assert_close(start.decode(ids), nearest, rtol=0, atol=1e-6)
+    assert (config.hidden_size, config.num_hidden_layers) == (32, 1)  # the tokenizer decoder's, recorded
+    train(recipe, run_config(tmp_path, learning_rate=3e-3, lr_warmup_steps=0))
+    trained = ViTVQGANUpsampler.from_pretrained(tmp_path / "final")
+    assert trained.config.hidden_size == 32 and trained.decode(ids).shape == (2, 3, 64, 64)
+    assert not torch.allclose(trained.decode(ids), nearest, atol=1e-3)
+    with pytest.raises(ValueError, match="copy_decoder=True.*hidden_size"):
+        ViTVQGANUpsampler.from_tokenizer(tokenizer, copy_decoder=True, hidden_size=64)
+
+
 def test_recipe_config_errors(tokenizer_dir):
     with pytest.raises(ValueError, match="tokenizer_path"):
         ViTVQGANUpsamplerRecipe(ViTVQGANUpsamplerRecipeConfig())

@@ -435,14 +435,50 @@ class ViTVQGANUpsampler(ViTVQGANUpsamplerPreTrainedModel):
         self.pixels = LogitLaplacePixels(config.num_channels, config.logit_laplace_eps)
         self.post_init()
 
+    #: the upsampler's decoder sizes and the tokenizer config fields they are copied from (`copy_decoder=True`)
+    _DECODER_SIZES = {
+        "hidden_size": "decoder_hidden_size",
+        "num_hidden_layers": "decoder_num_hidden_layers",
+        "num_attention_heads": "decoder_num_attention_heads",
+        "intermediate_size": "decoder_intermediate_size",
+        "hidden_act": "hidden_act",
+        "layer_norm_eps": "layer_norm_eps",
+    }
+
     @classmethod
-    def from_tokenizer(cls, tokenizer: ViTVQGAN, **kwargs) -> ViTVQGANUpsampler:
-        """A new upsampler for `tokenizer`'s tokens with a copy of its codebook; `kwargs` set the decoder's size."""
+    def from_tokenizer(cls, tokenizer: ViTVQGAN, copy_decoder: bool = False, **kwargs) -> ViTVQGANUpsampler:
+        """A new upsampler for `tokenizer`'s tokens with a copy of its codebook; `kwargs` set the decoder's size.
+
+        With `copy_decoder`, the upsampler starts as the tokenizer's trained decoder: its sizes, its weights, and its
+        output head with each pixel's row repeated `scale_factor` x `scale_factor` times, so that before training it
+        decodes exactly the tokenizer's reconstruction upsampled to the nearest pixel (training then only has to
+        sharpen it, where a fresh decoder would first have to learn the codes)."""
         if not isinstance(tokenizer, ViTVQGAN):
             raise TypeError(f"`tokenizer` must be a ViTVQGAN, got {type(tokenizer).__name__}.")
+        if copy_decoder:
+            sizes = sorted(set(kwargs) & set(cls._DECODER_SIZES))
+            if sizes:
+                raise ValueError(
+                    f"`copy_decoder=True` takes the decoder's sizes from the tokenizer; do not pass {sizes}."
+                )
+            kwargs.update({ours: getattr(tokenizer.config, theirs) for ours, theirs in cls._DECODER_SIZES.items()})
         model = cls(ViTVQGANUpsamplerConfig.from_tokenizer_config(tokenizer.config, **kwargs))
         model.load_codebook(tokenizer)
+        if copy_decoder:
+            model._copy_decoder(tokenizer.decoder)
         return model
+
+    @torch.no_grad()
+    def _copy_decoder(self, trained: ViTVQGANDecoder) -> None:
+        """Load `trained` (a tokenizer's decoder of the same sizes) into this decoder, its output head's rows repeated
+        so that each of its pixels covers `scale_factor` x `scale_factor` of ours."""
+        state = dict(trained.state_dict())
+        scale, head = self.config.scale_factor, f"output.{len(trained.output) - 1}"
+        for name in (f"{head}.weight", f"{head}.bias"):
+            rows = state[name].view(2 * self.config.num_channels, trained.patch_size, trained.patch_size, -1)
+            rows = rows.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+            state[name] = rows.reshape(-1, *state[name].shape[1:])
+        self.decoder.load_state_dict(state)
 
     @torch.no_grad()
     def load_codebook(self, tokenizer: ViTVQGAN) -> None:

@@ -336,6 +336,14 @@ class ViTVQGANUpsamplerRecipeConfig(AdversarialLossConfig):
     num_hidden_layers: int = field(default=4, metadata={"help": "upsampler decoder blocks"})
     num_attention_heads: int = 8
     intermediate_size: int = 1024
+    copy_tokenizer_decoder: bool = field(
+        default=False,
+        metadata={
+            "help": "start from the tokenizer's trained decoder (its sizes: the four size arguments are ignored), its "
+            "output pixels repeated scale_factor times on a side, so that training starts from the tokenizer's "
+            "reconstruction upsampled to the nearest pixel"
+        },
+    )
 
 
 def with_two_resolutions(dataset, low: int, high: int):
@@ -391,16 +399,17 @@ class ViTVQGANUpsamplerRecipe(Recipe):
         from ...models.vit_vqgan import ViTVQGANUpsampler
 
         c = self.config
+        sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         upsampler = ViTVQGANUpsampler.from_tokenizer(
             self.tokenizer(),
+            copy_decoder=c.copy_tokenizer_decoder,
             scale_factor=c.scale_factor,
-            hidden_size=c.hidden_size,
-            num_hidden_layers=c.num_hidden_layers,
-            num_attention_heads=c.num_attention_heads,
-            intermediate_size=c.intermediate_size,
             l2_loss_weight=c.l2_loss_weight,
             logit_laplace_loss_weight=c.logit_laplace_loss_weight,
+            **({} if c.copy_tokenizer_decoder else {size: getattr(c, size) for size in sizes}),
         )
+        for size in sizes:  # the run's record holds the decoder it trains
+            setattr(c, size, getattr(upsampler.config, size))
         return build_adversarial_module(upsampler, c, self.output_size)
 
     def _splits(self):
