@@ -136,6 +136,20 @@ def test_export_stores_the_empty_caption_for_stock_generate(parti_pipeline, tmp_
     torch.testing.assert_close(guided, explicit, rtol=0, atol=0)
 
 
+def _draws_the_same_tokens_through(folder, tokenizer, original):
+    """Load the exported `folder`; check that its prior draws `original`'s tokens (seed 0) and that they decode as
+    `tokenizer` (stored in float16) decodes them. Returns (pipeline, tokens, those pixels)."""
+    exported = PartiPipeline.from_pretrained(folder, dtype=torch.float32)
+    exported.set_progress_bar_config(disable=True)
+    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    before = original("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+    with torch.no_grad():
+        expected = tokenizer.half().float().decode(tokens)
+        torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
+    return exported, tokens, expected
+
+
 def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path):
     """`hf-t2i export --image-tokenizer DIR` replaces the nested ViT-VQGAN with a decoder-only fine-tune of it: the
     prior and its tokens stay, the pictures come from the new decoder. A tokenizer that encodes otherwise (another
@@ -155,14 +169,8 @@ def test_export_puts_a_decoder_fine_tune_into_the_prior(parti_pipeline, tmp_path
         main(["export", str(tmp_path / "full"), str(tmp_path / "new"), "--image-tokenizer", str(tmp_path / "tuned")])
         == 0
     )
-    exported = PartiPipeline.from_pretrained(tmp_path / "new", dtype=torch.float32)
-    exported.set_progress_bar_config(disable=True)
-    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
-    before = parti_pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
-    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
+    exported, tokens, expected = _draws_the_same_tokens_through(tmp_path / "new", tuned, parti_pipeline)
     with torch.no_grad():
-        expected = tuned.half().float().decode(tokens)
-        torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
         assert not torch.allclose(parti_pipeline.model.decode_image_tokens(tokens), expected, atol=1e-3)
 
     # a float16 folder holds its encoder rounded; the float32 fine-tune fits it, since its encoder rounds the same
@@ -206,12 +214,5 @@ def test_export_puts_a_larger_decoder_into_the_prior(parti_pipeline, tmp_path):
     export_checkpoint(tmp_path / "full", tmp_path / "new", image_tokenizer=tmp_path / "larger")
     config = PartiPipeline.from_pretrained(tmp_path / "new").model.config.vq_config
     assert config.decoder_num_hidden_layers == layers + 2 and config._name_or_path == nested.config._name_or_path
-    exported = PartiPipeline.from_pretrained(tmp_path / "new", dtype=torch.float32)
-    exported.set_progress_bar_config(disable=True)
+    exported, _, _ = _draws_the_same_tokens_through(tmp_path / "new", larger, parti_pipeline)
     assert len(exported.model.vqmodel.decoder.layers) == layers + 2
-    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
-    before = parti_pipeline("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
-    torch.testing.assert_close(tokens, before, rtol=0, atol=0)
-    with torch.no_grad():
-        expected = larger.half().float().decode(tokens)
-        torch.testing.assert_close(exported.model.decode_image_tokens(tokens), expected, rtol=0, atol=1e-5)
