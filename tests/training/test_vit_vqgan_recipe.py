@@ -161,7 +161,7 @@ def test_upsampler_copied_from_the_tokenizer_decoder_starts_as_its_nearest_upsam
 
     config = ViTVQGANUpsamplerRecipeConfig(
         **DATA, **SMALL_GAN, perceptual_network="none", perceptual_loss_weight=0.0, disc_start_step=0,
-        tokenizer_path=str(tokenizer_dir), copy_tokenizer_decoder=True,
+        tokenizer_path=str(tokenizer_dir), copy_tokenizer_decoder=True, num_hidden_layers=3,
     )  # fmt: skip
     recipe = ViTVQGANUpsamplerRecipe(config)
     tokenizer = ViTVQGAN.from_pretrained(tokenizer_dir)
@@ -170,7 +170,7 @@ def test_upsampler_copied_from_the_tokenizer_decoder_starts_as_its_nearest_upsam
     with torch.no_grad():
         start = recipe.build_model().generator
         torch.testing.assert_close(start.decode(ids), nearest, rtol=0, atol=1e-6)
-    assert (config.hidden_size, config.num_hidden_layers) == (32, 1)  # the tokenizer decoder's, recorded
+    assert (config.hidden_size, config.num_hidden_layers) == (32, 1)  # the tokenizer decoder's (3 ignored), recorded
     train(recipe, run_config(tmp_path, learning_rate=3e-3, lr_warmup_steps=0))
     trained = ViTVQGANUpsampler.from_pretrained(tmp_path / "final")
     assert trained.config.hidden_size == 32 and trained.decode(ids).shape == (2, 3, 64, 64)
