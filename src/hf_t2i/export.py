@@ -71,11 +71,11 @@ def replace_image_decoder(
     decoder_settings = getattr(current.config, "decoder_settings", ())
     differing = config_differences(tokenizer, current)  # equal configs of one class: the same parameter shapes
     resized = [setting for setting in differing if setting in decoder_settings]
-    if len(resized) < len(differing):
+    fixed = [setting for setting in differing if setting not in decoder_settings]
+    if fixed:
         raise ValueError(
-            f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` "
-            f"({[setting for setting in differing if setting not in resized]} differ), so its codes or latents would "
-            "be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
+            f"`image_tokenizer` ({path!r}) has other settings than the folder's `{name}` ({fixed} differ), so its "
+            "codes or latents would be read otherwise; pass a fine-tune of that tokenizer, which keeps them."
         )
     ours, theirs = dict(current.named_parameters()), dict(tokenizer.named_parameters())
     compare_dtype = stored_dtype or torch.float32

@@ -212,7 +212,7 @@ def test_export_puts_a_larger_decoder_into_the_prior(parti_pipeline, tmp_path):
             parameter.add_(0.05 * torch.randn_like(parameter))
     larger.save_pretrained(tmp_path / "larger")
     export_checkpoint(tmp_path / "full", tmp_path / "new", image_tokenizer=tmp_path / "larger")
-    config = PartiPipeline.from_pretrained(tmp_path / "new").model.config.vq_config
-    assert config.decoder_num_hidden_layers == layers + 2 and config._name_or_path == nested.config._name_or_path
     exported, _, _ = _draws_the_same_tokens_through(tmp_path / "new", larger, parti_pipeline)
+    config = exported.model.config.vq_config  # as read back from the folder's config.json
+    assert config.decoder_num_hidden_layers == layers + 2 and config._name_or_path == nested.config._name_or_path
     assert len(exported.model.vqmodel.decoder.layers) == layers + 2

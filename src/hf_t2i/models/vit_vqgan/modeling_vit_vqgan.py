@@ -367,9 +367,10 @@ class ViTVQGAN(ViTVQGANPreTrainedModel):
         grown.encoder.load_state_dict(self.encoder.state_dict())
         grown.quantizer.load_state_dict(self.quantizer.state_dict())
         old, new = self.decoder, grown.decoder
-        same_blocks = all(
+        same_blocks = all(  # every size but the number of blocks
             getattr(config, setting) == getattr(self.config, setting)
-            for setting in ("decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size")
+            for setting in config.decoder_settings
+            if setting != "decoder_num_hidden_layers"
         )
         if same_blocks and len(new.layers) >= len(old.layers):
             for name in ("code_projection", "position_embeddings", "norm", "output"):
