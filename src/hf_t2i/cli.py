@@ -52,6 +52,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         help="draw N candidates per image and keep the one the folder's reranking scorer ranks highest (DALL-E's "
         "reranking; folders exported with `--rerank-scorer`)",
     )
+    p.add_argument(
+        "--super-resolution",
+        action="store_true",
+        default=None,
+        help="decode with the folder's 2x upsampler (Parti's super-resolution stage; folders exported with "
+        "`--upsampler`)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
 
@@ -77,6 +84,7 @@ def _load_for_sampling(args):
         "num_inference_steps": args.num_inference_steps,
         "guidance_interval": args.guidance_interval,
         "num_candidates": args.num_candidates,
+        "super_resolution": args.super_resolution,
     }
     accepted = inspect.signature(pipe.__call__).parameters
     if options["guidance_scale"] is None and "guidance_scale" in accepted:
@@ -323,6 +331,12 @@ def _add_export(subparsers) -> None:
         "decode through the new decoder",
     )
     p.add_argument(
+        "--upsampler",
+        default=None,
+        help="a `vit_vqgan_upsampler` folder trained on the prior's tokenizer, stored as Parti's 2x super-resolution "
+        "stage (`--super-resolution` / `pipe(prompt, super_resolution=True)`), checked to decode the prior's tokens",
+    )
+    p.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
         default=None,
@@ -360,6 +374,7 @@ def _run_export(args) -> int:
         default_temperature=args.default_temperature,
         rerank_scorer=args.rerank_scorer,
         image_tokenizer=args.image_tokenizer,
+        upsampler=args.upsampler,
     )
     print(f"exported {args.source} to {path} ({args.dtype})")
     if args.push_to_hub is not None:

@@ -108,6 +108,56 @@ def replace_image_decoder(
     return name
 
 
+def load_upsampler(pipe, upsampler_path: str | os.PathLike) -> torch.nn.Module:
+    """Load the `ViTVQGANUpsampler` folder `upsampler_path` (`hf-t2i train vit_vqgan_upsampler`) for `pipe`, after
+    checking that it decodes the tokens `pipe`'s prior draws: `pipe` takes an `upsampler` (Parti), and the upsampler's
+    token grid and codebook are those of the ViT-VQGAN nested in the prior (its copy of the codebook equal to the
+    tokenizer's normalised one up to float16 rounding). Raises a `ValueError` naming `upsampler` otherwise."""
+    from .models.vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
+
+    path = os.fspath(upsampler_path)
+    if "upsampler" not in getattr(pipe, "_optional_components", ()):
+        raise ValueError(
+            f"`upsampler` ({path!r}) is given, but {type(pipe).__name__} has no `upsampler` component (Parti's "
+            "super-resolution stage); leave it out."
+        )
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"`upsampler` ({path!r}) is not a saved model folder (no config.json).")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        model_type = json.load(f).get("model_type")
+    if model_type != ViTVQGANUpsampler.config_class.model_type:
+        raise ValueError(
+            f"`upsampler` ({path!r}) holds a {model_type!r} model; pass the final/ folder of `hf-t2i train "
+            "vit_vqgan_upsampler`."
+        )
+    upsampler = ViTVQGANUpsampler.from_pretrained(path, dtype=torch.float32).eval()
+    nested = [child for child in pipe.model.children() if isinstance(child, ViTVQGAN)]
+    if len(nested) != 1:
+        raise ValueError(
+            f"`upsampler` ({path!r}) decodes ViT-VQGAN tokens, but {type(pipe.model).__name__} nests "
+            f"{len(nested)} ViT-VQGAN tokenizers."
+        )
+    tokenizer = nested[0]
+    grid = tokenizer.config.image_size // tokenizer.config.patch_size
+    with torch.no_grad():
+        codes = tokenizer.quantizer.normalized_codebook().float()
+    if upsampler.config.grid_size != grid or upsampler.codebook.shape != codes.shape:
+        raise ValueError(
+            f"`upsampler` ({path!r}) decodes a {upsampler.config.grid_size}x{upsampler.config.grid_size} grid of "
+            f"{tuple(upsampler.codebook.shape)} codes, the folder's tokenizer draws {grid}x{grid} of "
+            f"{tuple(codes.shape)}; train the upsampler on this tokenizer (`--tokenizer-path`)."
+        )
+    gap = (upsampler.codebook.float() - codes).abs().max().item()
+    if gap > 1e-3:  # float16 rounding of unit vectors is ~5e-4; another tokenizer's codes differ by ~1
+        raise ValueError(
+            f"`upsampler` ({path!r}) holds another codebook than the folder's tokenizer (largest difference "
+            f"{gap:.3g}), so it would decode the prior's tokens as other images; train it on this tokenizer "
+            "(`--tokenizer-path`)."
+        )
+    upsampler.config._name_or_path = ""  # the folder records no local training path
+    return upsampler
+
+
 def export_checkpoint(
     source: str | os.PathLike,
     destination: str | os.PathLike,
@@ -120,6 +170,7 @@ def export_checkpoint(
     default_temperature: float | None = None,
     rerank_scorer: str | os.PathLike | None = None,
     image_tokenizer: str | os.PathLike | None = None,
+    upsampler: str | os.PathLike | None = None,
 ) -> str:
     """Copy a trained pipeline folder into a shippable one: weights stored in `dtype` (default float16, half the size),
     and a model card as the folder's README.md. The saved configs keep `"dtype": "float32"`, so every loader
@@ -148,6 +199,10 @@ def export_checkpoint(
     `image_tokenizer`, a tokenizer folder whose encoder and codebook are those of the tokenizer nested in the prior
     once stored in `dtype` (a decoder-only fine-tune of it), replaces that tokenizer: the prior's tokens then decode
     through its decoder (`replace_image_decoder`).
+
+    `upsampler`, a `vit_vqgan_upsampler` recipe's folder trained on the prior's tokenizer, is stored as Parti's
+    super-resolution stage (`pipe(prompt, super_resolution=True)`, `hf-t2i generate --super-resolution`), checked
+    by `load_upsampler` to decode the prior's tokens.
 
     This is how the checkpoints under `hf_t2i/shipped/` are made from a recipe's `final/` export, e.g.
     `hf-t2i export runs/dalle64/final src/hf_t2i/shipped/dalle-shapes --model-card model_cards/dalle-shapes.md
@@ -187,6 +242,8 @@ def export_checkpoint(
     dtype = dtype or torch.float16
     if image_tokenizer is not None:
         replace_image_decoder(pipe.model, image_tokenizer, stored_dtype=dtype)
+    if upsampler is not None:  # after a new decoder: the codebook checked is the one the folder keeps
+        pipe.register_modules(upsampler=load_upsampler(pipe, upsampler))
     pipe.to(dtype=dtype)
     if isinstance(pipe.model, ImageGenerationMixin) and getattr(pipe, "processor", None) is not None:
         pipe.model.store_unconditional_caption(pipe.processor)  # stock generate() guides with it
@@ -207,4 +264,4 @@ def export_checkpoint(
     return destination
 
 
-__all__ = ["export_checkpoint", "replace_image_decoder", "set_compute_dtype"]
+__all__ = ["export_checkpoint", "load_upsampler", "replace_image_decoder", "set_compute_dtype"]

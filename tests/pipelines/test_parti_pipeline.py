@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,95 @@ def test_export_puts_a_larger_decoder_into_the_prior(parti_pipeline, tmp_path):
     config = exported.model.config.vq_config  # as read back from the folder's config.json
     assert config.decoder_num_hidden_layers == layers + 2 and config._name_or_path == nested.config._name_or_path
     assert len(exported.model.vqmodel.decoder.layers) == layers + 2
+
+
+def test_export_stores_an_upsampler_that_decodes_the_priors_tokens(parti_pipeline, tmp_path, capsys):
+    """`hf-t2i export --upsampler DIR` stores a `vit_vqgan_upsampler` folder as the pipeline's super-resolution
+    stage, and `hf-t2i generate --super-resolution` then draws at twice the size. An upsampler of another tokenizer,
+    or a folder of another model, is refused, naming the argument, and nothing is written."""
+    from PIL import Image
+
+    from hf_t2i.cli import main
+    from hf_t2i.export import export_checkpoint
+    from hf_t2i.models.vit_vqgan import ViTVQGAN
+
+    bare = PartiPipeline(model=parti_pipeline.model, processor=parti_pipeline.processor)
+    bare.save_pretrained(tmp_path / "full")
+    upsampler = ViTVQGANUpsampler.from_tokenizer(parti_pipeline.model.vqmodel, copy_decoder=True).eval()
+    with torch.no_grad():
+        for parameter in upsampler.decoder.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    upsampler.save_pretrained(tmp_path / "up")
+    new = str(tmp_path / "new")
+    assert main(["export", str(tmp_path / "full"), new, "--upsampler", str(tmp_path / "up")]) == 0
+
+    exported = PartiPipeline.from_pretrained(new, dtype=torch.float32)
+    exported.set_progress_bar_config(disable=True)
+    tokens = exported("a red circle", generator=torch.Generator().manual_seed(0), output_type="latent").images
+    big = exported(
+        "a red circle", generator=torch.Generator().manual_seed(0), super_resolution=True, output_type="pt"
+    ).images
+    with torch.no_grad():
+        expected = (upsampler.half().float().decode(tokens) + 1) / 2  # the folder stores it in float16
+    assert big.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(big, expected, rtol=0, atol=1e-5)
+
+    out = tmp_path / "big.png"
+    argv = ["generate", "a red circle", "--upscale", "1", "--super-resolution", "--output", str(out)]
+    assert main([*argv, "--model", new]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert main([*argv, "--model", str(tmp_path / "full")]) == 2  # a folder without one says so
+    assert "`super_resolution=True` needs an `upsampler` component" in capsys.readouterr().err
+
+    other = ViTVQGANUpsampler.from_tokenizer(ViTVQGAN(parti_pipeline.model.vqmodel.config))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="`upsampler`.*another codebook"):
+        export_checkpoint(tmp_path / "full", tmp_path / "bad", upsampler=tmp_path / "other")
+    parti_pipeline.model.vqmodel.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match="`upsampler`.*holds a 'vit_vqgan' model"):
+        export_checkpoint(tmp_path / "full", tmp_path / "bad", upsampler=tmp_path / "tokenizer")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_eval_super_resolution_scores_against_scenes_rendered_at_the_doubled_size(parti_pipeline, tmp_path):
+    """`hf-t2i eval --super-resolution` draws through the upsampler and scores against the same scenes rendered at
+    the doubled size (not the processor's renders resized), so its FID compares 2x pictures with real ones."""
+    from hf_t2i.cli import main
+    from hf_t2i.data import build_shapes_dataset
+    from hf_t2i.evaluation import evaluate_pipeline
+    from hf_t2i.evaluation import runner as eval_runner
+
+    from ..evaluation.test_runner import PooledColours
+
+    seen = {}
+    original = eval_runner._fid
+
+    def spy(real_images, images, *args):
+        seen["real"], seen["generated"] = real_images, images
+        return original(real_images, images, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(eval_runner, "_fid", spy)
+        report = evaluate_pipeline(
+            parti_pipeline,
+            "shapes",
+            num_images=3,
+            batch_size=3,
+            metrics="compositional,fid",
+            fid_cache_dir=str(tmp_path / "fid"),
+            fid_feature_extractor=PooledColours(),
+            progress=False,
+            super_resolution=True,
+        )
+    settings = report["settings"]
+    assert settings["image_size"] == 64 and settings["pipeline_kwargs"] == {"super_resolution": True}
+    assert [image.size for image in seen["generated"]] == [(64, 64)] * 3
+    for real, rendered in zip(seen["real"], build_shapes_dataset(3, "test", 64)["image"], strict=True):
+        np.testing.assert_array_equal(np.asarray(real), np.asarray(rendered.convert("RGB")))
+
+    parti_pipeline.save_pretrained(tmp_path / "parti")
+    argv = ["eval", "--model", str(tmp_path / "parti"), "--dataset", "shapes", "--num-images", "2"]
+    argv += ["--batch-size", "2", "--metrics", "compositional", "--output-dir", str(tmp_path / "eval")]
+    assert main([*argv, "--super-resolution"]) == 0
+    settings = json.loads((tmp_path / "eval" / "report.json").read_text())["settings"]
+    assert settings["image_size"] == 64 and settings["pipeline_kwargs"] == {"super_resolution": True}

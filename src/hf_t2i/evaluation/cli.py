@@ -111,6 +111,13 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
         help="the pipeline's steps or iterations (diffusion / masked models; default: its own)",
     )
     p.add_argument(
+        "--super-resolution",
+        action="store_true",
+        default=None,
+        help="decode with the folder's 2x upsampler (Parti's super-resolution stage); the shapes references are "
+        "rendered at the doubled size",
+    )
+    p.add_argument(
         "--metrics", default=None, help=f"comma-separated subset of {','.join(METRICS)} (default: all that apply)"
     )
     p.add_argument("--data-dir", default=None, help="emoji: npm cache folder; imagefolder: the folder")
@@ -172,7 +179,14 @@ def run_eval(args) -> int:
     rerank_scorer = getattr(args, "rerank_scorer", None) or (args.scorer if num_candidates is not None else None)
     sampling = {
         name: getattr(args, name, None)
-        for name in ("temperature", "guidance_schedule", "guidance_interval", "top_k", "num_inference_steps")
+        for name in (
+            "temperature",
+            "guidance_schedule",
+            "guidance_interval",
+            "top_k",
+            "num_inference_steps",
+            "super_resolution",
+        )
     }
     sampling = {name: value for name, value in sampling.items() if value is not None}
     reports = []

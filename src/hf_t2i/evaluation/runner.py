@@ -421,6 +421,10 @@ def evaluate_pipeline(
     timings["generation_s"] = time.perf_counter() - tick
     timings["generation_s_per_image"] = timings["generation_s"] / num_images
     image_size = images[0].width
+    if dataset_name == "shapes" and rows[0]["image"].width != image_size:
+        # drawn at another size than the processor's (Parti's super-resolution): the same scenes and captions,
+        # rendered at that size rather than resized
+        rows = load_eval_split(dataset_name, num_images, image_size, data_dir, data_seed, split=split)
     real_images = _resized(list(rows["image"]), image_size)
 
     results: dict = {}
