@@ -111,8 +111,8 @@ def replace_image_decoder(
 def load_upsampler(pipe, upsampler_path: str | os.PathLike) -> torch.nn.Module:
     """Load the `ViTVQGANUpsampler` folder `upsampler_path` (`hf-t2i train vit_vqgan_upsampler`) for `pipe`, after
     checking that it decodes the tokens `pipe`'s prior draws: `pipe` takes an `upsampler` (Parti), and the upsampler's
-    token grid and codebook are those of the ViT-VQGAN nested in the prior (its copy of the codebook equal to the
-    tokenizer's normalised one up to float16 rounding). Raises a `ValueError` naming `upsampler` otherwise."""
+    token grid and codebook are those of the ViT-VQGAN nested in the prior (`ViTVQGANUpsampler.tokenizer_mismatch`).
+    Raises a `ValueError` naming `upsampler` otherwise."""
     from .models.vit_vqgan import ViTVQGAN, ViTVQGANUpsampler
 
     path = os.fspath(upsampler_path)
@@ -137,22 +137,11 @@ def load_upsampler(pipe, upsampler_path: str | os.PathLike) -> torch.nn.Module:
             f"`upsampler` ({path!r}) decodes ViT-VQGAN tokens, but {type(pipe.model).__name__} nests "
             f"{len(nested)} ViT-VQGAN tokenizers."
         )
-    tokenizer = nested[0]
-    grid = tokenizer.config.image_size // tokenizer.config.patch_size
-    with torch.no_grad():
-        codes = tokenizer.quantizer.normalized_codebook().float()
-    if upsampler.config.grid_size != grid or upsampler.codebook.shape != codes.shape:
+    mismatch = upsampler.tokenizer_mismatch(nested[0])
+    if mismatch:
         raise ValueError(
-            f"`upsampler` ({path!r}) decodes a {upsampler.config.grid_size}x{upsampler.config.grid_size} grid of "
-            f"{tuple(upsampler.codebook.shape)} codes, the folder's tokenizer draws {grid}x{grid} of "
-            f"{tuple(codes.shape)}; train the upsampler on this tokenizer (`--tokenizer-path`)."
-        )
-    gap = (upsampler.codebook.float() - codes).abs().max().item()
-    if gap > 1e-3:  # float16 rounding of unit vectors is ~5e-4; another tokenizer's codes differ by ~1
-        raise ValueError(
-            f"`upsampler` ({path!r}) holds another codebook than the folder's tokenizer (largest difference "
-            f"{gap:.3g}), so it would decode the prior's tokens as other images; train it on this tokenizer "
-            "(`--tokenizer-path`)."
+            f"`upsampler` ({path!r}) would not decode the prior's tokens as the folder's tokenizer means them: "
+            f"{mismatch}; train it on this tokenizer (`--tokenizer-path`)."
         )
     upsampler.config._name_or_path = ""  # the folder records no local training path
     return upsampler

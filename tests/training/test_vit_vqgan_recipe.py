@@ -1,6 +1,8 @@
 """The ViT-VQGAN recipes end to end on tiny sizes through the shared loop: tokenizer (GAN on, dead codes re-initialised,
 held-out metrics, tokenizer-only export), then the 2x upsampler trained on the frozen tokenizer's tokens."""
 
+import dataclasses
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -177,6 +179,44 @@ def test_upsampler_copied_from_the_tokenizer_decoder_starts_as_its_nearest_upsam
     assert not torch.allclose(trained.decode(ids), nearest, atol=1e-3)
     with pytest.raises(ValueError, match="copy_decoder=True.*hidden_size"):
         ViTVQGANUpsampler.from_tokenizer(tokenizer, copy_decoder=True, hidden_size=64)
+
+
+def test_upsampler_continues_a_trained_upsampler(tokenizer_dir, tmp_path):
+    """`pretrained_model_name_or_path` continues a trained upsampler (its sizes kept, the size flags ignored), e.g.
+    with the discriminator on after an L2 run; one trained on another tokenizer, or a folder of another model, is
+    refused, naming the argument."""
+    tokenizer = ViTVQGAN.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    start = ViTVQGANUpsampler.from_tokenizer(
+        tokenizer, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
+    start.save_pretrained(tmp_path / "start")
+    flags = dict(**DATA, **SMALL_GAN, perceptual_network="none", perceptual_loss_weight=0.0, disc_start_step=0)
+    config = ViTVQGANUpsamplerRecipeConfig(
+        **flags,
+        tokenizer_path=str(tokenizer_dir),
+        pretrained_model_name_or_path=str(tmp_path / "start"),
+        hidden_size=64,
+    )
+    recipe = ViTVQGANUpsamplerRecipe(config)
+    ids = tokenizer.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+    with torch.no_grad():
+        torch.testing.assert_close(recipe.build_model().generator.decode(ids), start.decode(ids), rtol=0, atol=0)
+    assert (config.hidden_size, config.num_hidden_layers) == (32, 2)  # the pretrained sizes (64 ignored), recorded
+    train(recipe, run_config(tmp_path / "run", learning_rate=3e-3, lr_warmup_steps=0))
+    trained = ViTVQGANUpsampler.from_pretrained(tmp_path / "run" / "final")
+    assert trained.config.num_hidden_layers == 2 and not torch.allclose(trained.decode(ids), start.decode(ids))
+
+    with pytest.raises(ValueError, match="copy_tokenizer_decoder.*pretrained_model_name_or_path.*one of them"):
+        ViTVQGANUpsamplerRecipe(dataclasses.replace(config, copy_tokenizer_decoder=True))
+    torch.manual_seed(1)  # `train` left the global RNG seeded with the seed the fixture's tokenizer was built from
+    ViTVQGANUpsampler.from_tokenizer(ViTVQGAN(tokenizer.config)).save_pretrained(tmp_path / "other")
+    other = dataclasses.replace(config, pretrained_model_name_or_path=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="was not trained on `tokenizer_path`.*another codebook"):
+        ViTVQGANUpsamplerRecipe(other).build_model()
+    wrong = dataclasses.replace(config, pretrained_model_name_or_path=str(tokenizer_dir))
+    with pytest.raises(ValueError, match="is not a ViTVQGANUpsampler folder"):
+        ViTVQGANUpsamplerRecipe(wrong).build_model()
 
 
 def test_recipe_config_errors(tokenizer_dir):

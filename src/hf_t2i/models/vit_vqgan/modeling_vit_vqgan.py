@@ -492,6 +492,22 @@ class ViTVQGANUpsampler(ViTVQGANUpsamplerPreTrainedModel):
             )
         self.codebook.copy_(codes)
 
+    @torch.no_grad()
+    def tokenizer_mismatch(self, tokenizer: ViTVQGAN, atol: float = 1e-3) -> str | None:
+        """Why this upsampler would not decode `tokenizer`'s tokens (another token grid, or another codebook than
+        the tokenizer's normalised one beyond `atol`, about twice float16's rounding of unit vectors), or None."""
+        grid = tokenizer.config.image_size // tokenizer.config.patch_size
+        codes = tokenizer.quantizer.normalized_codebook().float()
+        if self.config.grid_size != grid or self.codebook.shape != codes.shape:
+            return (
+                f"it decodes a {self.config.grid_size}x{self.config.grid_size} grid of {tuple(self.codebook.shape)} "
+                f"codes, the tokenizer draws {grid}x{grid} of {tuple(codes.shape)}"
+            )
+        gap = (self.codebook.float() - codes.to(self.codebook.device)).abs().max().item()
+        if gap > atol:  # another tokenizer's codes differ by ~1
+            return f"it holds another codebook than the tokenizer's (largest difference {gap:.3g})"
+        return None
+
     def decode_stats(self, image_token_ids: torch.Tensor) -> torch.Tensor:
         """(B, N) or (B, h, w) ids -> (B, 2C, sH, sW) logit-Laplace statistics."""
         ids = _check_image_token_ids(image_token_ids, self.config.grid_size, self.config.vocab_size)

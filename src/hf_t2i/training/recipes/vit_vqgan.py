@@ -36,6 +36,7 @@ from ..recipe import Recipe, register_recipe
 from .common import (
     ImageTextDataConfig,
     load_image_text_splits,
+    load_pretrained,
     pretrained_tokenizer,
     reconstruction_metrics_on,
     stack_column,
@@ -345,6 +346,14 @@ class ViTVQGANUpsamplerRecipeConfig(AdversarialLossConfig):
             "reconstruction upsampled to the nearest pixel"
         },
     )
+    pretrained_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "continue from a trained upsampler (the final/ folder of a vit_vqgan_upsampler run on the same "
+            "tokenizer): its weights, sizes and scale factor are used and the size arguments ignored, e.g. to "
+            "fine-tune an L2-trained upsampler with the discriminator on"
+        },
+    )
 
 
 def with_two_resolutions(dataset, low: int, high: int):
@@ -377,6 +386,11 @@ class ViTVQGANUpsamplerRecipe(Recipe):
             raise ValueError("`tokenizer_path` is required: pass the folder of a trained ViTVQGAN (`vit_vqgan`).")
         if self.config.scale_factor < 2:
             raise ValueError(f"`scale_factor` must be >= 2, got {self.config.scale_factor}.")
+        if self.config.pretrained_model_name_or_path and self.config.copy_tokenizer_decoder:
+            raise ValueError(
+                "`copy_tokenizer_decoder` starts a new upsampler from the tokenizer's decoder and "
+                "`pretrained_model_name_or_path` continues a trained one; pass one of them."
+            )
 
     @property
     def output_size(self) -> int:
@@ -401,14 +415,28 @@ class ViTVQGANUpsamplerRecipe(Recipe):
 
         c = self.config
         sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-        upsampler = ViTVQGANUpsampler.from_tokenizer(
-            self.tokenizer(),
-            copy_decoder=c.copy_tokenizer_decoder,
-            scale_factor=c.scale_factor,
-            l2_loss_weight=c.l2_loss_weight,
-            logit_laplace_loss_weight=c.logit_laplace_loss_weight,
-            **({} if c.copy_tokenizer_decoder else {size: getattr(c, size) for size in sizes}),
-        )
+        if c.pretrained_model_name_or_path:
+            upsampler = load_pretrained(ViTVQGANUpsampler, c.pretrained_model_name_or_path, self.name)
+            mismatch = upsampler.tokenizer_mismatch(self.tokenizer())
+            if mismatch:
+                raise ValueError(
+                    f"`pretrained_model_name_or_path` {c.pretrained_model_name_or_path!r} was not trained on "
+                    f"`tokenizer_path` {c.tokenizer_path!r}: {mismatch}; pass the tokenizer it was trained on."
+                )
+            upsampler.config.l2_loss_weight = c.l2_loss_weight  # the run's losses, not the saved ones
+            upsampler.config.logit_laplace_loss_weight = c.logit_laplace_loss_weight
+            kept = {size: getattr(upsampler.config, size) for size in (*sizes, "scale_factor")}
+            warn_ignored_settings(c, kept, c.pretrained_model_name_or_path)
+            c.scale_factor = upsampler.config.scale_factor
+        else:
+            upsampler = ViTVQGANUpsampler.from_tokenizer(
+                self.tokenizer(),
+                copy_decoder=c.copy_tokenizer_decoder,
+                scale_factor=c.scale_factor,
+                l2_loss_weight=c.l2_loss_weight,
+                logit_laplace_loss_weight=c.logit_laplace_loss_weight,
+                **({} if c.copy_tokenizer_decoder else {size: getattr(c, size) for size in sizes}),
+            )
         if c.copy_tokenizer_decoder:  # size flags given anyway are named in a warning
             warn_ignored_settings(c, {size: getattr(upsampler.config, size) for size in sizes}, c.tokenizer_path)
         for size in sizes:  # the run's record holds the decoder it trains
