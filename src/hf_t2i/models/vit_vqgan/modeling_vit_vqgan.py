@@ -496,7 +496,7 @@ class ViTVQGANUpsampler(ViTVQGANUpsamplerPreTrainedModel):
     def tokenizer_mismatch(self, tokenizer: ViTVQGAN, atol: float = 1e-3) -> str | None:
         """Why this upsampler would not decode `tokenizer`'s tokens (another token grid, or another codebook than
         the tokenizer's normalised one beyond `atol`, about twice float16's rounding of unit vectors), or None."""
-        grid = tokenizer.config.image_size // tokenizer.config.patch_size
+        grid = tokenizer.config.grid_size
         codes = tokenizer.quantizer.normalized_codebook().float()
         if self.config.grid_size != grid or self.codebook.shape != codes.shape:
             return (

@@ -437,8 +437,8 @@ class ViTVQGANUpsamplerRecipe(Recipe):
                 logit_laplace_loss_weight=c.logit_laplace_loss_weight,
                 **({} if c.copy_tokenizer_decoder else {size: getattr(c, size) for size in sizes}),
             )
-        if c.copy_tokenizer_decoder:  # size flags given anyway are named in a warning
-            warn_ignored_settings(c, {size: getattr(upsampler.config, size) for size in sizes}, c.tokenizer_path)
+            if c.copy_tokenizer_decoder:  # size flags given anyway are named in a warning
+                warn_ignored_settings(c, {size: getattr(upsampler.config, size) for size in sizes}, c.tokenizer_path)
         for size in sizes:  # the run's record holds the decoder it trains
             setattr(c, size, getattr(upsampler.config, size))
         return build_adversarial_module(upsampler, c, self.output_size)
